@@ -1,0 +1,258 @@
+// Package anthropic is the Anthropic Messages API (/v1/messages) wire
+// format: parse and estimate a request, rewrite its model byte-exactly,
+// extract usage from a JSON response or an SSE stream, and build the API's
+// error body. Pure: bytes in, values and bytes out.
+package anthropic
+
+import (
+	"fmt"
+
+	"github.com/tokenwarden/tokenwarden/extproc/llm"
+)
+
+// maxBlockDepth bounds recursion through nested content (tool_result and
+// document content holding blocks); deeper content is estimated as raw JSON.
+const maxBlockDepth = 3
+
+// ParseRequest reads a Messages API request body in one pass: model
+// (required string), max_tokens, stream, messages (required array), system
+// (string or blocks) and tools, and estimates the input tokens. Malformed
+// bodies yield an error matching llm.ErrInvalidRequest whose message is meant
+// for the client's 400. Unknown fields are validated as JSON and otherwise
+// ignored; they still count towards the estimate only where the model reads
+// them (messages, system, tools).
+func ParseRequest(body []byte) (llm.Request, error) {
+	var (
+		req  llm.Request
+		r    llm.Reader
+		c    llm.TokenCounter
+		seen llm.KeySet
+	)
+	r.Reset(body)
+	if err := llm.ExpectObject(&r); err != nil {
+		return req, err
+	}
+	var haveModel, haveMessages bool
+	it := r.Object()
+	for key, ok := r.NextKey(&it); ok; key, ok = r.NextKey(&it) {
+		if err := seen.Add(key); err != nil {
+			return req, llm.Fail(&r, err)
+		}
+		var err error
+		switch string(key) {
+		case "model":
+			req.Model, err = llm.ReadModel(&r)
+			haveModel = true
+		case "max_tokens":
+			req.MaxTokens, err = llm.ReadMaxTokens(&r, "max_tokens")
+		case "stream":
+			req.Stream, err = llm.ReadOptionalBool(&r, "stream")
+		case "messages":
+			haveMessages = true
+			req.Messages, err = estimateMessages(&r, &c)
+		case "system":
+			err = estimateSystem(&r, &c)
+		case "tools":
+			var n int
+			n, err = llm.EstimateTools(&r, &c, estimateTool)
+			req.HasTools = n > 0
+		default:
+			r.Skip()
+		}
+		if err != nil {
+			return req, llm.Fail(&r, err)
+		}
+	}
+	if err := llm.Finish(&r, haveModel, haveMessages); err != nil {
+		return req, err
+	}
+	req.InputTokens = c.Tokens() + llm.RequestOverheadTokens
+	return req, nil
+}
+
+func estimateMessages(r *llm.Reader, c *llm.TokenCounter) (int, error) {
+	if r.Peek() != llm.KindArray {
+		return 0, llm.Invalid("messages: must be an array")
+	}
+	n := 0
+	it := r.Array()
+	for r.NextElem(&it) {
+		if r.Peek() != llm.KindObject {
+			return n, llm.Invalid(fmt.Sprintf("messages.%d: must be an object", n))
+		}
+		c.AddTokens(llm.MessageOverheadTokens)
+		mit := r.Object()
+		for key, ok := r.NextKey(&mit); ok; key, ok = r.NextKey(&mit) {
+			if string(key) != "content" {
+				r.Skip()
+				continue
+			}
+			switch r.Peek() {
+			case llm.KindString:
+				r.EstimateString(c)
+			case llm.KindArray:
+				if err := estimateBlocks(r, c, 0); err != nil {
+					return n, fmt.Errorf("messages.%d.content: %w", n, err)
+				}
+			default:
+				return n, llm.Invalid(fmt.Sprintf("messages.%d.content: must be a string or an array of content blocks", n))
+			}
+		}
+		n++
+	}
+	return n, nil
+}
+
+func estimateSystem(r *llm.Reader, c *llm.TokenCounter) error {
+	c.AddTokens(llm.MessageOverheadTokens)
+	switch r.Peek() {
+	case llm.KindString:
+		r.EstimateString(c)
+	case llm.KindArray:
+		if err := estimateBlocks(r, c, 0); err != nil {
+			return fmt.Errorf("system: %w", err)
+		}
+	case llm.KindNull:
+		r.Skip()
+	default:
+		return llm.Invalid("system: must be a string or an array of text blocks")
+	}
+	return nil
+}
+
+// estimateBlocks consumes an array of content blocks.
+func estimateBlocks(r *llm.Reader, c *llm.TokenCounter, depth int) error {
+	it := r.Array()
+	for i := 0; r.NextElem(&it); i++ {
+		if r.Peek() != llm.KindObject {
+			return llm.Invalid(fmt.Sprintf("%d: content block must be an object", i))
+		}
+		if err := estimateBlock(r, c, depth); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// estimateBlock consumes one content block. Text-bearing fields are counted
+// as they stream past; the source is only located, because whether its data
+// is text or an opaque base64 blob depends on fields that may come after it.
+func estimateBlock(r *llm.Reader, c *llm.TokenCounter, depth int) error {
+	var typ []byte
+	src := [2]int{-1, -1}
+	it := r.Object()
+	for key, ok := r.NextKey(&it); ok; key, ok = r.NextKey(&it) {
+		switch string(key) {
+		case "type":
+			if r.Peek() != llm.KindString {
+				return llm.Invalid("type: must be a string")
+			}
+			typ, _ = r.RawString()
+		case "text", "thinking", "title", "context", "name":
+			estimateText(r, c)
+		case "content":
+			if err := estimateContent(r, c, depth); err != nil {
+				return err
+			}
+		case "source":
+			src[0], src[1] = r.Skip()
+		case "cache_control", "citations", "signature", "id", "tool_use_id", "is_error":
+			r.Skip()
+		default: // input (tool_use), data (redacted_thinking), unknown fields
+			r.EstimateValue(c)
+		}
+	}
+	if r.Err() != nil {
+		return nil // reported by llm.Finish
+	}
+	if string(typ) == "image" {
+		c.AddTokens(llm.ImageTokens)
+		return nil
+	}
+	if src[0] >= 0 {
+		return estimateSource(r.Slice(src[0], src[1]), c, depth)
+	}
+	return nil
+}
+
+// estimateContent consumes nested content: a string, or blocks.
+func estimateContent(r *llm.Reader, c *llm.TokenCounter, depth int) error {
+	switch {
+	case r.Peek() == llm.KindString:
+		r.EstimateString(c)
+	case r.Peek() == llm.KindArray && depth < maxBlockDepth:
+		return estimateBlocks(r, c, depth+1)
+	default:
+		r.EstimateValue(c)
+	}
+	return nil
+}
+
+func estimateText(r *llm.Reader, c *llm.TokenCounter) {
+	if r.Peek() == llm.KindString {
+		r.EstimateString(c)
+		return
+	}
+	r.EstimateValue(c)
+}
+
+// estimateSource estimates a document (or other non-image) source:
+// {"type":"base64"|"text"|"content"|"url"|"file", ...}. Its span was
+// validated when it was skipped.
+func estimateSource(src []byte, c *llm.TokenCounter, depth int) error {
+	var r llm.Reader
+	r.Reset(src)
+	if r.Peek() != llm.KindObject {
+		r.EstimateValue(c)
+		return nil
+	}
+	var typ []byte
+	data := [2]int{-1, -1}
+	it := r.Object()
+	for key, ok := r.NextKey(&it); ok; key, ok = r.NextKey(&it) {
+		switch string(key) {
+		case "type":
+			typ, _ = r.RawString()
+		case "data":
+			data[0], data[1] = r.Skip()
+		case "content":
+			if err := estimateContent(&r, c, depth); err != nil {
+				return err
+			}
+		default:
+			r.Skip()
+		}
+	}
+	switch {
+	case string(typ) == "content":
+	case string(typ) == "text" && data[0] >= 0:
+		var d llm.Reader
+		d.Reset(src[data[0]:data[1]])
+		estimateText(&d, c)
+	case string(typ) == "base64" && data[0] >= 0:
+		c.AddTokens(llm.Base64DocumentTokens(data[1] - data[0]))
+	default:
+		c.AddTokens(llm.DocumentTokens)
+	}
+	return nil
+}
+
+// estimateTool counts one tool definition: client tools by name,
+// description and input schema; server tools (web search, code execution…)
+// by their whole definition.
+func estimateTool(r *llm.Reader, c *llm.TokenCounter) {
+	it := r.Object()
+	for key, ok := r.NextKey(&it); ok; key, ok = r.NextKey(&it) {
+		switch string(key) {
+		case "cache_control", "defer_loading", "eager_input_streaming", "strict":
+			r.Skip()
+		case "name", "description":
+			estimateText(r, c)
+		default:
+			r.EstimateValue(c)
+		}
+	}
+}
+
+// SetModel rewrites the top-level "model", preserving every other byte.
+func SetModel(body []byte, model string) ([]byte, error) { return llm.SetModel(body, model) }

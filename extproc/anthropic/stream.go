@@ -1,0 +1,119 @@
+package anthropic
+
+import (
+	"strings"
+
+	"github.com/tidwall/gjson"
+	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/extproc/llm"
+)
+
+// StreamParser reads usage from a Messages API SSE stream as it passes, the
+// way the official SDKs accumulate it: message_start sets the snapshot; each
+// message_delta (whose usage is cumulative) overwrites output_tokens
+// unconditionally and input_tokens, cache_read_input_tokens and
+// cache_creation_input_tokens only where present and non-null. The TTL split
+// of cache writes exists only in message_start; see rawUsage.usage for how a
+// later, larger cache_creation_input_tokens is attributed.
+//
+// It implements llm.StreamParser. Steady-state parsing allocates nothing per
+// event: event data is read in place with gjson over a view of the decoder's
+// buffer; only the model name and an error message are copied, once.
+type StreamParser struct {
+	dec      llm.SSEDecoder
+	u        rawUsage
+	final    bool
+	started  bool
+	model    string
+	outBytes int64
+	errKind  string
+	errMsg   string
+	hasErr   bool
+	invalid  int
+}
+
+var _ llm.StreamParser = (*StreamParser)(nil)
+
+// NewStreamParser returns a parser for one response stream.
+func NewStreamParser() *StreamParser { return &StreamParser{} }
+
+// sink receives decoded events; a distinct type keeps Event out of
+// StreamParser's API.
+type sink StreamParser
+
+// Write feeds one chunk of the response body.
+func (p *StreamParser) Write(chunk []byte) { p.dec.Write(chunk, (*sink)(p)) }
+
+// Usage returns the usage known so far; final is true once a message_delta
+// carrying usage, or message_stop, has been seen.
+func (p *StreamParser) Usage() (accounting.Usage, bool) { return p.u.usage(), p.final }
+
+// Model returns the model named by message_start.
+func (p *StreamParser) Model() string { return p.model }
+
+// OutputTextBytes returns the decoded bytes of text, thinking and tool input
+// streamed so far.
+func (p *StreamParser) OutputTextBytes() int64 { return p.outBytes }
+
+// Error returns the first "error" event.
+func (p *StreamParser) Error() (kind, message string, ok bool) {
+	return p.errKind, p.errMsg, p.hasErr
+}
+
+// Dropped returns how many events were ignored: not JSON, or over
+// llm.MaxSSELine.
+func (p *StreamParser) Dropped() int { return p.dec.Dropped() + p.invalid }
+
+// Event handles one SSE event. The JSON "type" is authoritative (it always
+// equals the event name on the real API); the name is the fallback.
+func (s *sink) Event(name, data []byte) {
+	p := (*StreamParser)(s)
+	js := llm.View(data)
+	if !gjson.Valid(js) {
+		p.invalid++
+		return
+	}
+	typ := gjson.Get(js, "type").Str
+	if typ == "" {
+		typ = llm.View(name)
+	}
+	switch typ {
+	case "message_start":
+		msg := gjson.Get(js, "message")
+		if m := msg.Get("model"); m.Type == gjson.String && m.Str != p.model {
+			p.model = strings.Clone(m.Str) // m.Str may be a view of data
+		}
+		p.u = fromMessage(msg.Get("usage"))
+		p.started = true
+	case "message_delta":
+		if u := gjson.Get(js, "usage"); u.IsObject() {
+			p.u.output = max(u.Get("output_tokens").Int(), 0)
+			p.u.overlay(u)
+			p.final = true
+		}
+	case "message_stop":
+		if p.started {
+			p.final = true
+		}
+	case "content_block_start":
+		p.outBytes += textLen(data, gjson.Get(js, "content_block"))
+	case "content_block_delta":
+		p.outBytes += textLen(data, gjson.Get(js, "delta"))
+	case "error":
+		if !p.hasErr {
+			e := gjson.Get(js, "error")
+			p.errKind = e.Get("type").String()
+			p.errMsg = e.Get("message").String()
+			p.hasErr = true
+		}
+	}
+}
+
+// textLen sums the decoded lengths of the generated-text fields of a delta
+// or content block found in data.
+func textLen(data []byte, obj gjson.Result) int64 {
+	if !obj.IsObject() {
+		return 0
+	}
+	return llm.StringFieldsLen(data[obj.Index:obj.Index+len(obj.Raw)], "text", "partial_json", "thinking")
+}

@@ -1,0 +1,648 @@
+package llm
+
+import (
+	"encoding/binary"
+	"fmt"
+	"unicode/utf8"
+	"unsafe"
+)
+
+// Why a JSON reader of our own next to gjson: gjson unescapes every string
+// value it hands out (ForEach, Get), which allocates once per string that
+// contains an escape — once per message for any prompt with a newline — and
+// it does not validate. Reader walks a body once, validating as it goes,
+// hands out raw spans of the caller's buffer, and allocates nothing; so
+// parsing a request costs O(1) allocations whatever the message count.
+
+// MaxDepth bounds nesting, so a hostile body cannot exhaust the stack.
+const MaxDepth = 512
+
+// Kind is the type of the next JSON value.
+type Kind uint8
+
+// Kinds of JSON values; KindInvalid means no value starts here.
+const (
+	KindInvalid Kind = iota
+	KindObject
+	KindArray
+	KindString
+	KindNumber
+	KindBool
+	KindNull
+)
+
+// SyntaxError is malformed JSON at a byte offset.
+type SyntaxError struct {
+	Msg    string
+	Offset int
+}
+
+func (e *SyntaxError) Error() string { return fmt.Sprintf("%s at byte %d", e.Msg, e.Offset) }
+
+// Reader is a validating pull reader over one JSON document held in memory.
+// Methods consume one value each; after the first syntax error every method
+// is a no-op and Err reports it. Spans it returns alias the buffer given to
+// Reset. The zero value reads an empty document; declare it on the stack.
+type Reader struct {
+	buf   []byte
+	pos   int
+	depth int
+	err   error
+	key   [64]byte // escaped keys are decoded here, never on the heap
+}
+
+// Iter is the state of one object or array being iterated.
+type Iter struct {
+	n    int
+	done bool
+}
+
+// Reset starts reading b from its beginning.
+func (r *Reader) Reset(b []byte) {
+	r.buf, r.pos, r.depth, r.err = b, 0, 0, nil
+}
+
+// Err returns the first syntax error, or nil.
+func (r *Reader) Err() error { return r.err }
+
+// Pos returns the offset of the next unread byte.
+func (r *Reader) Pos() int { return r.pos }
+
+func (r *Reader) fail(msg string) {
+	if r.err == nil {
+		r.err = &SyntaxError{Msg: msg, Offset: r.pos}
+	}
+}
+
+func (r *Reader) ws() {
+	for r.pos < len(r.buf) {
+		switch r.buf[r.pos] {
+		case ' ', '\t', '\n', '\r':
+			r.pos++
+		default:
+			return
+		}
+	}
+}
+
+// Peek returns the kind of the next value without consuming it.
+func (r *Reader) Peek() Kind {
+	if r.err != nil {
+		return KindInvalid
+	}
+	r.ws()
+	if r.pos >= len(r.buf) {
+		return KindInvalid
+	}
+	switch c := r.buf[r.pos]; {
+	case c == '{':
+		return KindObject
+	case c == '[':
+		return KindArray
+	case c == '"':
+		return KindString
+	case c == '-' || (c >= '0' && c <= '9'):
+		return KindNumber
+	case c == 't' || c == 'f':
+		return KindBool
+	case c == 'n':
+		return KindNull
+	}
+	return KindInvalid
+}
+
+func (r *Reader) enter(open byte) Iter {
+	if r.Peek() == KindInvalid || r.buf[r.pos] != open {
+		r.fail("expected " + string(open))
+		return Iter{done: true}
+	}
+	r.depth++
+	if r.depth > MaxDepth {
+		r.fail("nesting too deep")
+		return Iter{done: true}
+	}
+	r.pos++
+	return Iter{}
+}
+
+// next advances an iteration: it consumes the separator or the closing
+// bracket and reports whether another member follows.
+func (r *Reader) next(it *Iter, closing byte) bool {
+	if r.err != nil || it.done {
+		return false
+	}
+	r.ws()
+	if r.pos >= len(r.buf) {
+		r.fail("unexpected end of input")
+		return false
+	}
+	c := r.buf[r.pos]
+	if c == closing {
+		r.pos++
+		r.depth--
+		it.done = true
+		return false
+	}
+	if it.n > 0 {
+		if c != ',' {
+			r.fail("expected ',' or '" + string(closing) + "'")
+			return false
+		}
+		r.pos++
+		r.ws()
+	}
+	it.n++
+	return true
+}
+
+// Object consumes '{' and returns the iteration state for NextKey.
+func (r *Reader) Object() Iter { return r.enter('{') }
+
+// Array consumes '[' and returns the iteration state for NextElem.
+func (r *Reader) Array() Iter { return r.enter('[') }
+
+// NextElem reports whether another array element follows; the caller must
+// then consume exactly one value.
+func (r *Reader) NextElem(it *Iter) bool { return r.next(it, ']') }
+
+// NextKey returns the next member's key, decoded, and consumes the ':'; the
+// caller must then consume exactly one value. ok is false at the closing
+// brace or on error. The key is valid until the next call. Escaped keys
+// longer than the internal buffer are returned raw: they cannot equal any
+// key a dialect looks for.
+func (r *Reader) NextKey(it *Iter) (key []byte, ok bool) {
+	if !r.next(it, '}') {
+		return nil, false
+	}
+	if r.pos >= len(r.buf) || r.buf[r.pos] != '"' {
+		r.fail("expected object key")
+		return nil, false
+	}
+	start, end, esc := r.scanString()
+	if r.err != nil {
+		return nil, false
+	}
+	key = r.buf[start:end]
+	if esc {
+		if d, ok := unescapeInto(r.key[:0], key); ok {
+			key = d
+		}
+	}
+	r.ws()
+	if r.pos >= len(r.buf) || r.buf[r.pos] != ':' {
+		r.fail("expected ':'")
+		return nil, false
+	}
+	r.pos++
+	return key, true
+}
+
+const (
+	lsb = 0x0101010101010101
+	msb = 0x8080808080808080
+)
+
+// special reports whether any byte of x is '"', '\\' or a control character.
+func special(x uint64) bool {
+	q := x ^ (lsb * '"')
+	s := x ^ (lsb * '\\')
+	return ((x-lsb*0x20)&^x|(q-lsb)&^q|(s-lsb)&^s)&msb != 0
+}
+
+// scanString consumes a string, validating escapes and rejecting raw control
+// characters, and returns the span of its content (without quotes).
+func (r *Reader) scanString() (start, end int, esc bool) {
+	b := r.buf
+	i := r.pos + 1
+	start = i
+	for {
+		for i+8 <= len(b) && !special(binary.LittleEndian.Uint64(b[i:])) {
+			i += 8
+		}
+		if i >= len(b) {
+			r.pos = i
+			r.fail("unterminated string")
+			return start, i, esc
+		}
+		switch c := b[i]; {
+		case c == '"':
+			r.pos = i + 1
+			return start, i, esc
+		case c == '\\':
+			esc = true
+			n := escapeLen(b, i)
+			if n == 0 {
+				r.pos = i
+				r.fail("invalid escape in string")
+				return start, i, esc
+			}
+			i += n
+		case c < 0x20:
+			r.pos = i
+			r.fail("control character in string")
+			return start, i, esc
+		default:
+			i++
+		}
+	}
+}
+
+// escapeLen returns the length of the valid escape sequence at b[i] (a
+// backslash), or 0.
+func escapeLen(b []byte, i int) int {
+	if i+1 >= len(b) {
+		return 0
+	}
+	switch b[i+1] {
+	case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		return 2
+	case 'u':
+		if i+6 > len(b) {
+			return 0
+		}
+		for _, h := range b[i+2 : i+6] {
+			if hexVal(h) < 0 {
+				return 0
+			}
+		}
+		return 6
+	}
+	return 0
+}
+
+func hexVal(c byte) int {
+	switch {
+	case c >= '0' && c <= '9':
+		return int(c - '0')
+	case c >= 'a' && c <= 'f':
+		return int(c-'a') + 10
+	case c >= 'A' && c <= 'F':
+		return int(c-'A') + 10
+	}
+	return -1
+}
+
+func hex4(b []byte) rune {
+	return rune(hexVal(b[0])<<12 | hexVal(b[1])<<8 | hexVal(b[2])<<4 | hexVal(b[3]))
+}
+
+// unescapeInto appends the decoded form of a valid escaped string body to
+// dst without growing it; ok is false if it does not fit.
+func unescapeInto(dst, s []byte) ([]byte, bool) {
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c != '\\' {
+			if len(dst) == cap(dst) {
+				return dst, false
+			}
+			dst = append(dst, c)
+			i++
+			continue
+		}
+		var r rune
+		switch s[i+1] {
+		case 'b':
+			r = '\b'
+		case 'f':
+			r = '\f'
+		case 'n':
+			r = '\n'
+		case 'r':
+			r = '\r'
+		case 't':
+			r = '\t'
+		case 'u':
+			r = hex4(s[i+2:])
+			i += 4
+			if utf16IsHigh(r) && i+8 <= len(s) && s[i+2] == '\\' && s[i+3] == 'u' {
+				if lo := hex4(s[i+4:]); utf16IsLow(lo) {
+					r = (r-0xD800)<<10 + (lo - 0xDC00) + 0x10000
+					i += 6
+				}
+			}
+		default:
+			r = rune(s[i+1])
+		}
+		i += 2
+		if cap(dst)-len(dst) < utf8.UTFMax {
+			return dst, false
+		}
+		dst = utf8.AppendRune(dst, r)
+	}
+	return dst, true
+}
+
+func utf16IsHigh(r rune) bool { return r >= 0xD800 && r < 0xDC00 }
+func utf16IsLow(r rune) bool  { return r >= 0xDC00 && r < 0xE000 }
+
+// RawString consumes a string and returns its content, still escaped.
+func (r *Reader) RawString() (raw []byte, ok bool) {
+	if r.Peek() != KindString {
+		r.fail("expected string")
+		return nil, false
+	}
+	start, end, _ := r.scanString()
+	return r.buf[start:end], r.err == nil
+}
+
+// String consumes a string and returns it decoded. It allocates the result;
+// use it only for values that are kept (the model name).
+func (r *Reader) String() (string, bool) {
+	if r.Peek() != KindString {
+		r.fail("expected string")
+		return "", false
+	}
+	start, end, esc := r.scanString()
+	if r.err != nil {
+		return "", false
+	}
+	if !esc {
+		return string(r.buf[start:end]), true
+	}
+	// Decoding never lengthens a string; the slack covers unescapeInto's
+	// worst-case check before each rune.
+	d, _ := unescapeInto(make([]byte, 0, end-start+utf8.UTFMax), r.buf[start:end])
+	return string(d), true
+}
+
+// EstimateString consumes a string and adds its decoded text to c (escapes
+// weigh what they decode to), in the same pass that validates it.
+func (r *Reader) EstimateString(c *TokenCounter) bool {
+	if r.Peek() != KindString {
+		r.fail("expected string")
+		return false
+	}
+	b := r.buf
+	var u int64
+	i := r.pos + 1
+	for i < len(b) {
+		ch := b[i]
+		if ch >= 0x20 && ch != '"' && ch != '\\' {
+			u += int64(weight[ch])
+			i++
+			continue
+		}
+		switch {
+		case ch == '"':
+			r.pos = i + 1
+			c.units += u
+			return true
+		case ch == '\\':
+			n := escapeLen(b, i)
+			if n == 0 {
+				r.pos = i
+				r.fail("invalid escape in string")
+				return false
+			}
+			u += int64(escapeWeight(b[i:]))
+			i += n
+		default:
+			r.pos = i
+			r.fail("control character in string")
+			return false
+		}
+	}
+	r.pos = i
+	r.fail("unterminated string")
+	return false
+}
+
+// escapeWeight is the weight of what a valid escape sequence decodes to.
+func escapeWeight(esc []byte) uint8 {
+	switch esc[1] {
+	case 'n', 't', 'r':
+		return weight[' ']
+	case 'u':
+		cp := hex4(esc[2:])
+		switch {
+		case cp < 0x80:
+			return weight[cp]
+		case cp < 0x800:
+			return weight[0xC2]
+		}
+		return weight[0xE0] // BMP rune, or half of a surrogate pair
+	}
+	return weight[esc[1]]
+}
+
+// StringLen consumes a string and returns the length of its decoded UTF-8.
+func (r *Reader) StringLen() int64 {
+	raw, ok := r.RawString()
+	if !ok {
+		return 0
+	}
+	return DecodedLen(raw)
+}
+
+// DecodedLen is the UTF-8 length of a valid escaped JSON string body; each
+// half of a surrogate pair counts 2, so a pair counts the 4 it decodes to.
+func DecodedLen(raw []byte) int64 {
+	var n int64
+	for i := 0; i < len(raw); {
+		if raw[i] != '\\' || i+1 >= len(raw) {
+			n++
+			i++
+			continue
+		}
+		if raw[i+1] != 'u' || i+6 > len(raw) {
+			n++
+			i += 2
+			continue
+		}
+		switch cp := hex4(raw[i+2:]); {
+		case cp < 0x80:
+			n++
+		case cp < 0x800 || (cp >= 0xD800 && cp < 0xE000):
+			n += 2
+		default:
+			n += 3
+		}
+		i += 6
+	}
+	return n
+}
+
+// Int consumes a number; isInt is false when it has a fraction, an exponent
+// or does not fit in int64 (the value is still consumed).
+func (r *Reader) Int() (v int64, isInt bool) {
+	if r.Peek() != KindNumber {
+		r.fail("expected number")
+		return 0, false
+	}
+	start := r.pos
+	r.number()
+	if r.err != nil {
+		return 0, false
+	}
+	s := r.buf[start:r.pos]
+	neg := s[0] == '-'
+	if neg {
+		s = s[1:]
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		d := int64(c - '0')
+		if v > (1<<63-1-d)/10 {
+			return 0, false
+		}
+		v = v*10 + d
+	}
+	if neg {
+		v = -v
+	}
+	return v, true
+}
+
+func (r *Reader) digits() int {
+	n := 0
+	for r.pos < len(r.buf) && r.buf[r.pos] >= '0' && r.buf[r.pos] <= '9' {
+		r.pos++
+		n++
+	}
+	return n
+}
+
+func (r *Reader) number() {
+	if r.buf[r.pos] == '-' {
+		r.pos++
+	}
+	if r.pos < len(r.buf) && r.buf[r.pos] == '0' {
+		r.pos++
+	} else if r.digits() == 0 {
+		r.fail("invalid number")
+		return
+	}
+	if r.pos < len(r.buf) && r.buf[r.pos] == '.' {
+		r.pos++
+		if r.digits() == 0 {
+			r.fail("invalid number")
+			return
+		}
+	}
+	if r.pos < len(r.buf) && (r.buf[r.pos] == 'e' || r.buf[r.pos] == 'E') {
+		r.pos++
+		if r.pos < len(r.buf) && (r.buf[r.pos] == '+' || r.buf[r.pos] == '-') {
+			r.pos++
+		}
+		if r.digits() == 0 {
+			r.fail("invalid number")
+		}
+	}
+}
+
+func (r *Reader) literal(lit string) bool {
+	if len(r.buf)-r.pos >= len(lit) && string(r.buf[r.pos:r.pos+len(lit)]) == lit {
+		r.pos += len(lit)
+		return true
+	}
+	r.fail("invalid literal")
+	return false
+}
+
+// Bool consumes true or false.
+func (r *Reader) Bool() (v, ok bool) {
+	if r.Peek() != KindBool {
+		r.fail("expected boolean")
+		return false, false
+	}
+	if r.buf[r.pos] == 't' {
+		return true, r.literal("true")
+	}
+	return false, r.literal("false")
+}
+
+// Null consumes a null if one is next and reports whether it did.
+func (r *Reader) Null() bool {
+	return r.Peek() == KindNull && r.literal("null")
+}
+
+// Skip consumes one value of any kind, validating it, and returns its span.
+func (r *Reader) Skip() (start, end int) {
+	k := r.Peek()
+	start = r.pos
+	switch k {
+	case KindObject:
+		it := r.Object()
+		for _, ok := r.NextKey(&it); ok; _, ok = r.NextKey(&it) {
+			r.Skip()
+		}
+	case KindArray:
+		it := r.Array()
+		for r.NextElem(&it) {
+			r.Skip()
+		}
+	case KindString:
+		r.scanString()
+	case KindNumber:
+		r.number()
+	case KindBool:
+		r.Bool()
+	case KindNull:
+		r.literal("null")
+	default:
+		r.fail("expected a value")
+	}
+	return start, r.pos
+}
+
+// EstimateValue consumes one value of any kind and adds its JSON text to c:
+// tool schemas, tool-call arguments and unknown blocks are read by the model
+// much as they are written.
+func (r *Reader) EstimateValue(c *TokenCounter) {
+	start, end := r.Skip()
+	if r.err == nil {
+		c.Add(r.buf[start:end])
+	}
+}
+
+// End reports whether only whitespace remains; it records an error if not.
+func (r *Reader) End() bool {
+	if r.err != nil {
+		return false
+	}
+	r.ws()
+	if r.pos != len(r.buf) {
+		r.fail("unexpected data after the JSON value")
+		return false
+	}
+	return true
+}
+
+// View returns b as a string without copying, for read-only lookups with
+// gjson. The string must not outlive b's contents or be retained.
+func View(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// StringFieldsLen sums the decoded lengths of the string members of the JSON
+// object obj whose keys are listed; other members are skipped. It returns 0
+// for anything that is not a valid object.
+func StringFieldsLen(obj []byte, keys ...string) int64 {
+	var r Reader
+	r.Reset(obj)
+	if r.Peek() != KindObject {
+		return 0
+	}
+	var n int64
+	it := r.Object()
+	for k, ok := r.NextKey(&it); ok; k, ok = r.NextKey(&it) {
+		if r.Peek() == KindString && contains(keys, k) {
+			n += r.StringLen()
+			continue
+		}
+		r.Skip()
+	}
+	if r.Err() != nil {
+		return 0
+	}
+	return n
+}
+
+func contains(keys []string, k []byte) bool {
+	for _, s := range keys {
+		if s == string(k) {
+			return true
+		}
+	}
+	return false
+}
