@@ -1,0 +1,65 @@
+// Package mockprovider is an offline, wire-faithful stand-in for the Anthropic
+// Messages API and the OpenAI Chat Completions API, used by tokenwarden's tests
+// and by `tokenwarden mock-provider`.
+//
+// It is deliberately an independent implementation of the wire formats (it does
+// not import the processor's dialect parsers), so that testing one against the
+// other means something. Its output follows real recordings: Anthropic field
+// order, whitespace padding before the final `}` of SSE data JSON,
+// `{"type": "ping"}` after the first content_block_start, cumulative usage on
+// message_delta; OpenAI `data:`-only chunks with `obfuscation`, a usage chunk
+// with `choices: []` only when `stream_options.include_usage` is set, and
+// `data: [DONE]`.
+//
+// # Token rule
+//
+// Usage is a pure function of the request (plus, for Anthropic, the prompt
+// cache state of the instance), so a test can predict it:
+//
+//   - Every content block is counted on its own, and the sum is the input
+//     count, so any prefix of the prompt has a well-defined token count:
+//     text, thinking and string content count ceil(bytes/4); tool_use counts
+//     ceil((len(name)+len(input JSON))/4); tool_result counts its string content
+//     or the sum of its nested blocks; image and non-text document blocks count
+//     Options.ImageTokens; any other block counts ceil(len(block JSON)/4).
+//   - Tool definitions count ceil((len(name)+len(description)+len(input_schema
+//     JSON))/4), or ceil(len(tool JSON)/4) when they carry no input_schema.
+//   - Each message adds Options.MessageOverhead tokens (default 3), attributed
+//     to its first block. OpenAI adds the same per message plus 3 for the reply.
+//   - Output tokens are 5 + h mod 196, where h is the FNV-1a hash of the raw
+//     JSON content of the last user message, capped by max_tokens
+//     (max_completion_tokens or max_tokens for OpenAI). The header
+//     `x-mock-output-tokens: N` replaces the hashed value (still capped). The
+//     reply is that many words, one token per word.
+//
+// # Prompt caching (Anthropic)
+//
+// Breakpoints are the cache_control markers in tools, system blocks, message
+// blocks (a marker inside a tool_result's content applies at the tool_result)
+// and a top-level cache_control (automatic caching: the last cacheable block).
+// More than four is a 400, as is a 1h marker after a 5m one. A breakpoint
+// whose prefix is shorter than the model's minimum (Options.MinCacheTokens,
+// defaulting to the table in [DefaultMinCacheTokens]) silently does not cache.
+// The prefix identity is a hash chain over model, tools, system and messages,
+// block by block, on the block JSON exactly as sent minus its cache_control
+// member. Reads look back at most 20 blocks per breakpoint. Tokens up to the
+// highest hit are cache_read_input_tokens, from there to the last 1h
+// breakpoint 1h writes, then to the last breakpoint 5m writes, and the rest is
+// input_tokens; the three always sum to the uncached count.
+//
+// # Scripting by request header
+//
+//	x-mock-status: N            respond N with the dialect's error body
+//	x-mock-retry-after: N       retry-after on that response (429 defaults to 1)
+//	x-mock-output-tokens: N     exact output token count (capped by max tokens)
+//	x-mock-error-after: N       mid-stream error event after N events
+//	x-mock-disconnect-after: N  abort the connection after N events
+//	x-mock-chunk-delay: 20ms    pause between events
+//	x-mock-split: random|N      split every event into random or N-byte writes
+//	x-mock-no-usage: true       a 200 response without any usage
+//	x-mock-usage-on-delta-only: true  Anthropic stream: zeros in message_start
+//
+// Every usage the mock sent is recorded in a ledger, served at
+// GET /mock/ledger and cleared (with the cache and rate-limit state) by
+// POST /mock/reset.
+package mockprovider

@@ -1,0 +1,99 @@
+package mockprovider
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// knobs are the test-facing x-mock-* request headers, parsed once.
+type knobs struct {
+	status          int   // 0: no scripted failure
+	retryAfter      int64 // -1: not given
+	outputTokens    int64 // -1: derive from the request
+	errorAfter      int   // -1: never
+	disconnectAfter int   // -1: never
+	chunkDelay      time.Duration
+	splitRandom     bool
+	splitSize       int // 0: one write per event
+	noUsage         bool
+	usageOnDelta    bool
+}
+
+// maxChunkDelay keeps a typo such as "20s" per event from hanging a test run.
+const maxChunkDelay = 10 * time.Second
+
+// parseKnobs reads the x-mock-* headers; a malformed value is an error so a
+// test never silently runs without the knob it asked for.
+func parseKnobs(h http.Header) (knobs, error) {
+	k := knobs{retryAfter: -1, outputTokens: -1, errorAfter: -1, disconnectAfter: -1}
+	var err error
+	intHeader := func(name string, min int64, dst *int64) {
+		v := strings.TrimSpace(h.Get(name))
+		if v == "" || err != nil {
+			return
+		}
+		n, perr := strconv.ParseInt(v, 10, 64)
+		if perr != nil || n < min {
+			err = fmt.Errorf("%s: want an integer >= %d, got %q", name, min, v)
+			return
+		}
+		*dst = n
+	}
+	var status, errAfter, discAfter int64 = 0, -1, -1
+	intHeader("x-mock-status", 100, &status)
+	if err == nil && status > 599 {
+		err = fmt.Errorf("x-mock-status: %d is not an HTTP status", status)
+	}
+	intHeader("x-mock-retry-after", 0, &k.retryAfter)
+	intHeader("x-mock-output-tokens", 0, &k.outputTokens)
+	intHeader("x-mock-error-after", 0, &errAfter)
+	intHeader("x-mock-disconnect-after", 0, &discAfter)
+	if err != nil {
+		return knobs{}, err
+	}
+	k.status, k.errorAfter, k.disconnectAfter = int(status), int(errAfter), int(discAfter)
+	if v := strings.TrimSpace(h.Get("x-mock-chunk-delay")); v != "" {
+		d, perr := time.ParseDuration(v)
+		if perr != nil || d < 0 || d > maxChunkDelay {
+			return knobs{}, fmt.Errorf("x-mock-chunk-delay: want a duration in [0, %s], got %q", maxChunkDelay, v)
+		}
+		k.chunkDelay = d
+	}
+	if v := strings.TrimSpace(h.Get("x-mock-split")); v != "" {
+		if strings.EqualFold(v, "random") {
+			k.splitRandom = true
+		} else if n, perr := strconv.Atoi(v); perr == nil && n > 0 {
+			k.splitSize = n
+		} else {
+			return knobs{}, fmt.Errorf("x-mock-split: want \"random\" or a positive byte count, got %q", v)
+		}
+	}
+	if k.noUsage, err = boolHeader(h, "x-mock-no-usage"); err != nil {
+		return knobs{}, err
+	}
+	if k.usageOnDelta, err = boolHeader(h, "x-mock-usage-on-delta-only"); err != nil {
+		return knobs{}, err
+	}
+	return k, nil
+}
+
+// boolHeader treats a present header with an empty value as true, since
+// "x-mock-usage-on-delta-only" reads naturally as a bare flag.
+func boolHeader(h http.Header, name string) (bool, error) {
+	vals, ok := h[http.CanonicalHeaderKey(name)]
+	if !ok || len(vals) == 0 {
+		return false, nil
+	}
+	v := strings.TrimSpace(vals[0])
+	if v == "" {
+		return true, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("%s: want true or false, got %q", name, v)
+	}
+	return b, nil
+}

@@ -1,0 +1,87 @@
+package mockprovider
+
+import (
+	"encoding/json"
+	"sync"
+
+	"github.com/tokenwarden/tokenwarden/accounting"
+)
+
+// Dialect names in the ledger.
+const (
+	DialectAnthropic = "anthropic"
+	DialectOpenAI    = "openai"
+)
+
+// LedgerEntry is one response that carried (or was meant to carry) usage.
+type LedgerEntry struct {
+	RequestID string `json:"request_id"`
+	Model     string `json:"model"`
+	Dialect   string `json:"dialect"`
+	Stream    bool   `json:"stream"`
+	// Usage holds the usage objects exactly as sent, in order: for an
+	// Anthropic stream message_start's message.usage then message_delta's
+	// usage; for JSON bodies and OpenAI streams the one usage object. Empty
+	// when none was sent.
+	Usage []json.RawMessage `json:"usage"`
+	// Reported is what a client merging the sent usage by the SDKs' rules
+	// ends up with (message_delta fields overwrite message_start's; OpenAI
+	// cached tokens moved out of prompt tokens).
+	Reported Tokens `json:"reported"`
+	// Computed is what the mock computed for the request, whether or not it
+	// was sent.
+	Computed Tokens `json:"computed"`
+	// Cut is true when the response ended (error event, disconnect, client
+	// gone) before its final usage was sent.
+	Cut bool `json:"cut"`
+	// NoUsage is true when x-mock-no-usage suppressed usage deliberately.
+	NoUsage bool `json:"no_usage"`
+}
+
+// Tokens is a usage record in the billing classes tokenwarden uses.
+type Tokens struct {
+	InputTokens        int64 `json:"input_tokens"`
+	OutputTokens       int64 `json:"output_tokens"`
+	CacheReadTokens    int64 `json:"cache_read_input_tokens"`
+	CacheWrite5mTokens int64 `json:"cache_write_5m_input_tokens"`
+	CacheWrite1hTokens int64 `json:"cache_write_1h_input_tokens"`
+}
+
+// Accounting converts to accounting.Usage for cost comparisons.
+func (t Tokens) Accounting() accounting.Usage {
+	return accounting.Usage{
+		InputTokens: t.InputTokens, OutputTokens: t.OutputTokens, CacheReadTokens: t.CacheReadTokens,
+		CacheWrite5mTokens: t.CacheWrite5mTokens, CacheWrite1hTokens: t.CacheWrite1hTokens,
+	}
+}
+
+type ledger struct {
+	mu      sync.Mutex
+	max     int
+	entries []LedgerEntry
+}
+
+func newLedger(max int) *ledger { return &ledger{max: max} }
+
+func (l *ledger) add(e LedgerEntry) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.entries) >= l.max {
+		l.entries = append(l.entries[:0], l.entries[len(l.entries)-l.max+1:]...)
+	}
+	l.entries = append(l.entries, e)
+}
+
+func (l *ledger) snapshot() []LedgerEntry {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]LedgerEntry, len(l.entries))
+	copy(out, l.entries)
+	return out
+}
+
+func (l *ledger) reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.entries = nil
+}
