@@ -92,7 +92,7 @@ func estimateMessages(r *llm.Reader, c *llm.TokenCounter) (int, error) {
 				r.EstimateString(c)
 			case llm.KindArray:
 				if err := estimateBlocks(r, c, 0); err != nil {
-					return n, fmt.Errorf("messages.%d.content: %w", n, err)
+					return n, llm.Within(fmt.Sprintf("messages.%d.content", n), err)
 				}
 			default:
 				return n, llm.Invalid(fmt.Sprintf("messages.%d.content: must be a string or an array of content blocks", n))
@@ -110,7 +110,7 @@ func estimateSystem(r *llm.Reader, c *llm.TokenCounter) error {
 		r.EstimateString(c)
 	case llm.KindArray:
 		if err := estimateBlocks(r, c, 0); err != nil {
-			return fmt.Errorf("system: %w", err)
+			return llm.Within("system", err)
 		}
 	case llm.KindNull:
 		r.Skip()

@@ -96,9 +96,9 @@ func (s *sink) Event(name, data []byte) {
 			p.final = true
 		}
 	case "content_block_start":
-		p.outBytes += textLen(data, gjson.Get(js, "content_block"))
+		p.outBytes += textLen(gjson.Get(js, "content_block"))
 	case "content_block_delta":
-		p.outBytes += textLen(data, gjson.Get(js, "delta"))
+		p.outBytes += textLen(gjson.Get(js, "delta"))
 	case "error":
 		if !p.hasErr {
 			e := gjson.Get(js, "error")
@@ -110,10 +110,7 @@ func (s *sink) Event(name, data []byte) {
 }
 
 // textLen sums the decoded lengths of the generated-text fields of a delta
-// or content block found in data.
-func textLen(data []byte, obj gjson.Result) int64 {
-	if !obj.IsObject() {
-		return 0
-	}
-	return llm.StringFieldsLen(data[obj.Index:obj.Index+len(obj.Raw)], "text", "partial_json", "thinking")
+// or content block.
+func textLen(obj gjson.Result) int64 {
+	return llm.StringFieldsLen(obj.Raw, "text", "partial_json", "thinking")
 }

@@ -616,10 +616,11 @@ func View(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // StringFieldsLen sums the decoded lengths of the string members of the JSON
 // object obj whose keys are listed; other members are skipped. It returns 0
-// for anything that is not a valid object.
-func StringFieldsLen(obj []byte, keys ...string) int64 {
+// for anything that is not a valid object. obj is typically a gjson Raw,
+// read in place without copying.
+func StringFieldsLen(obj string, keys ...string) int64 {
 	var r Reader
-	r.Reset(obj)
+	r.Reset(unsafe.Slice(unsafe.StringData(obj), len(obj))) // read-only
 	if r.Peek() != KindObject {
 		return 0
 	}

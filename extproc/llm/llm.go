@@ -77,3 +77,14 @@ func (e *RequestError) Is(target error) bool { return target == ErrInvalidReques
 
 // Invalid returns a *RequestError with the given client-facing message.
 func Invalid(msg string) error { return &RequestError{Msg: msg} }
+
+// Within returns err with its client-facing message prefixed by the path of
+// the value it concerns ("messages.3.content: ..."); other errors are
+// returned as they are.
+func Within(path string, err error) error {
+	var re *RequestError
+	if errors.As(err, &re) {
+		return &RequestError{Msg: path + ": " + re.Msg}
+	}
+	return err
+}

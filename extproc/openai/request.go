@@ -1,0 +1,257 @@
+// Package openai is the OpenAI Chat Completions (/v1/chat/completions) wire
+// format, as spoken by OpenAI and OpenAI-compatible servers: parse and
+// estimate a request, rewrite its model and force stream usage byte-exactly,
+// extract usage from a JSON response or an SSE stream, and build the error
+// body. Pure: bytes in, values and bytes out.
+package openai
+
+import (
+	"fmt"
+
+	"github.com/tokenwarden/tokenwarden/extproc/llm"
+)
+
+// ParseRequest reads a Chat Completions request body in one pass: model and
+// messages (required), max_completion_tokens (else max_tokens), stream,
+// stream_options.include_usage, tools and legacy functions, and estimates
+// the input tokens. Malformed bodies yield an error matching
+// llm.ErrInvalidRequest whose message is meant for the client's 400.
+func ParseRequest(body []byte) (llm.Request, error) {
+	var (
+		req                 llm.Request
+		r                   llm.Reader
+		c                   llm.TokenCounter
+		seen                llm.KeySet
+		maxTokens, maxCompl int64
+		haveCompl           bool
+		haveModel, haveMsgs bool
+	)
+	r.Reset(body)
+	if err := llm.ExpectObject(&r); err != nil {
+		return req, err
+	}
+	it := r.Object()
+	for key, ok := r.NextKey(&it); ok; key, ok = r.NextKey(&it) {
+		if err := seen.Add(key); err != nil {
+			return req, llm.Fail(&r, err)
+		}
+		var err error
+		switch string(key) {
+		case "model":
+			req.Model, err = llm.ReadModel(&r)
+			haveModel = true
+		case "max_tokens":
+			maxTokens, err = llm.ReadMaxTokens(&r, "max_tokens")
+		case "max_completion_tokens":
+			haveCompl = r.Peek() != llm.KindNull
+			maxCompl, err = llm.ReadMaxTokens(&r, "max_completion_tokens")
+		case "stream":
+			req.Stream, err = llm.ReadOptionalBool(&r, "stream")
+		case "stream_options":
+			req.StreamUsageRequested, err = readStreamOptions(&r)
+		case "messages":
+			haveMsgs = true
+			req.Messages, err = estimateMessages(&r, &c)
+		case "tools", "functions":
+			var n int
+			n, err = llm.EstimateTools(&r, &c, func(r *llm.Reader, c *llm.TokenCounter) { r.EstimateValue(c) })
+			req.HasTools = req.HasTools || n > 0
+		default:
+			r.Skip()
+		}
+		if err != nil {
+			return req, llm.Fail(&r, err)
+		}
+	}
+	if err := llm.Finish(&r, haveModel, haveMsgs); err != nil {
+		return req, err
+	}
+	req.MaxTokens = maxTokens
+	if haveCompl {
+		req.MaxTokens = maxCompl
+	}
+	req.InputTokens = c.Tokens() + llm.RequestOverheadTokens
+	return req, nil
+}
+
+// readStreamOptions reads stream_options (object or null) and reports
+// include_usage.
+func readStreamOptions(r *llm.Reader) (bool, error) {
+	if r.Null() {
+		return false, nil
+	}
+	if r.Peek() != llm.KindObject {
+		return false, llm.Invalid("stream_options: must be an object")
+	}
+	include := false
+	it := r.Object()
+	for key, ok := r.NextKey(&it); ok; key, ok = r.NextKey(&it) {
+		if string(key) != "include_usage" {
+			r.Skip()
+			continue
+		}
+		v, err := llm.ReadOptionalBool(r, "stream_options.include_usage")
+		if err != nil {
+			return false, err
+		}
+		include = v
+	}
+	return include, nil
+}
+
+func estimateMessages(r *llm.Reader, c *llm.TokenCounter) (int, error) {
+	if r.Peek() != llm.KindArray {
+		return 0, llm.Invalid("messages: must be an array")
+	}
+	n := 0
+	it := r.Array()
+	for r.NextElem(&it) {
+		if r.Peek() != llm.KindObject {
+			return n, llm.Invalid(fmt.Sprintf("messages.%d: must be an object", n))
+		}
+		c.AddTokens(llm.MessageOverheadTokens)
+		mit := r.Object()
+		for key, ok := r.NextKey(&mit); ok; key, ok = r.NextKey(&mit) {
+			switch string(key) {
+			case "role":
+				r.Skip()
+			case "content":
+				if err := estimateContent(r, c); err != nil {
+					return n, llm.Within(fmt.Sprintf("messages.%d.content", n), err)
+				}
+			default: // name, tool_calls, function_call, tool_call_id, reasoning…
+				r.EstimateValue(c)
+			}
+		}
+		n++
+	}
+	return n, nil
+}
+
+// estimateContent consumes message content: a string, null (assistant
+// turns with tool calls), or an array of parts.
+func estimateContent(r *llm.Reader, c *llm.TokenCounter) error {
+	switch r.Peek() {
+	case llm.KindString:
+		r.EstimateString(c)
+		return nil
+	case llm.KindNull:
+		r.Skip()
+		return nil
+	case llm.KindArray:
+	default:
+		return llm.Invalid("must be a string, null or an array of content parts")
+	}
+	it := r.Array()
+	for i := 0; r.NextElem(&it); i++ {
+		if r.Peek() != llm.KindObject {
+			return llm.Invalid(fmt.Sprintf("%d: content part must be an object", i))
+		}
+		estimatePart(r, c)
+	}
+	return nil
+}
+
+// estimatePart consumes one content part. Media parts cost a fixed estimate
+// whatever their encoded size; a file part is estimated from its base64 size.
+func estimatePart(r *llm.Reader, c *llm.TokenCounter) {
+	var typ []byte
+	fileData := -1
+	it := r.Object()
+	for key, ok := r.NextKey(&it); ok; key, ok = r.NextKey(&it) {
+		switch string(key) {
+		case "type":
+			if r.Peek() == llm.KindString {
+				typ, _ = r.RawString()
+			} else {
+				r.Skip()
+			}
+		case "text", "refusal":
+			if r.Peek() == llm.KindString {
+				r.EstimateString(c)
+			} else {
+				r.EstimateValue(c)
+			}
+		case "image_url", "input_audio":
+			r.Skip()
+		case "file":
+			fileData = fileDataLen(r)
+		default:
+			r.EstimateValue(c)
+		}
+	}
+	switch string(typ) {
+	case "image_url":
+		c.AddTokens(llm.ImageTokens)
+	case "input_audio":
+		c.AddTokens(llm.MediaTokens)
+	case "file":
+		if fileData >= 0 {
+			c.AddTokens(llm.Base64DocumentTokens(fileData))
+		} else {
+			c.AddTokens(llm.DocumentTokens)
+		}
+	}
+}
+
+// fileDataLen consumes a file object and returns the length of its
+// file_data (a base64 data URL), or -1 when it names a file by id.
+func fileDataLen(r *llm.Reader) int {
+	if r.Peek() != llm.KindObject {
+		r.Skip()
+		return -1
+	}
+	n := -1
+	it := r.Object()
+	for key, ok := r.NextKey(&it); ok; key, ok = r.NextKey(&it) {
+		start, end := r.Skip()
+		if string(key) == "file_data" {
+			n = end - start
+		}
+	}
+	return n
+}
+
+// SetModel rewrites the top-level "model", preserving every other byte.
+func SetModel(body []byte, model string) ([]byte, error) { return llm.SetModel(body, model) }
+
+// ForceStreamUsage sets stream_options.include_usage to true so the stream
+// ends with a usage chunk, creating stream_options when absent or null and
+// keeping its other fields; every other byte is preserved. changed is false
+// when include_usage was already true (the body is returned as is).
+func ForceStreamUsage(body []byte) (out []byte, changed bool, err error) {
+	m, err := llm.FindMember(body, "stream_options")
+	if err != nil {
+		return nil, false, err
+	}
+	if !m.Found {
+		sep := ","
+		if m.Members == 0 {
+			sep = ""
+		}
+		return llm.Splice(body, m.InsertAt, m.InsertAt, sep, `"stream_options":{"include_usage":true}`), true, nil
+	}
+	opts := body[m.Start:m.End]
+	if string(opts) == "null" {
+		return llm.Splice(body, m.Start, m.End, `{"include_usage":true}`), true, nil
+	}
+	if opts[0] != '{' {
+		return nil, false, llm.Invalid("stream_options: must be an object")
+	}
+	inc, err := llm.FindMember(opts, "include_usage")
+	if err != nil {
+		return nil, false, llm.Within("stream_options", err)
+	}
+	if !inc.Found {
+		sep := ","
+		if inc.Members == 0 {
+			sep = ""
+		}
+		at := m.Start + inc.InsertAt
+		return llm.Splice(body, at, at, sep, `"include_usage":true`), true, nil
+	}
+	if string(opts[inc.Start:inc.End]) == "true" {
+		return body, false, nil
+	}
+	return llm.Splice(body, m.Start+inc.Start, m.Start+inc.End, "true"), true, nil
+}
