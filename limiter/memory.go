@@ -1,0 +1,353 @@
+package limiter
+
+import (
+	"cmp"
+	"context"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// MemoryOptions configure a Memory store.
+type MemoryOptions struct {
+	// Now is the store's clock; nil means time.Now. Tests inject a fake one.
+	Now func() time.Time
+	// Retention, SettledTTL and SweepLimit mean what they mean for
+	// RedisOptions; zero picks the same defaults.
+	Retention  time.Duration
+	SettledTTL time.Duration
+	SweepLimit int
+}
+
+// Memory is a Store kept in this process, for a single replica and for the
+// "local" failure mode. It has the Redis store's semantics, integer for
+// integer: a mutex stands in for Redis's single thread, its clock for Redis
+// TIME, and deadlines checked on access for key TTLs. Nothing runs in the
+// background: expired reservations are swept by the next write for their
+// tenant, and state whose every deadline has passed is dropped by a pass over
+// all tenants at most once per minute of store time, so idle tenants cost
+// nothing.
+type Memory struct {
+	now        func() time.Time
+	retention  int64 // µs
+	settledTTL int64 // µs
+	sweepLimit int
+
+	mu      sync.Mutex
+	tenants map[string]*memTenant
+	nextGC  int64
+}
+
+type memTenant struct {
+	rpm, tpm int64            // TATs; a value ≤ now means a full bucket
+	pending  map[string]int64 // request id → expiry: leases and unsettled reservations at once
+	records  map[string]*memRecord
+	budgets  map[string]*memBudget // by budgetKey
+}
+
+type memRecord struct {
+	state    byte // 'p' pending, 's' settled, 'x' expired
+	tokens   int64
+	cost     int64
+	tpmLimit int64
+	model    string
+	windows  []recWindow
+	deadline int64 // the record's TTL
+}
+
+type recWindow struct {
+	name       string
+	start, end int64
+}
+
+type memBudget struct {
+	spent, reserved int64
+	alerts          map[int64]bool
+	deadline        int64
+}
+
+// NewMemory returns an empty memory store.
+func NewMemory(opts MemoryOptions) *Memory {
+	m := &Memory{
+		now:        opts.Now,
+		retention:  int64(cmp.Or(opts.Retention, DefaultRetention) / time.Microsecond),
+		settledTTL: int64(cmp.Or(opts.SettledTTL, DefaultSettledTTL) / time.Microsecond),
+		sweepLimit: cmp.Or(opts.SweepLimit, DefaultSweepLimit),
+		tenants:    make(map[string]*memTenant),
+	}
+	if m.now == nil {
+		m.now = time.Now
+	}
+	return m
+}
+
+func budgetKey(name string, windowStart int64) string {
+	return name + ":" + strconv.FormatInt(windowStart/1_000_000, 10)
+}
+
+// Admit implements Store.
+func (m *Memory) Admit(ctx context.Context, req AdmitRequest) (Decision, error) {
+	if err := validateAdmit(&req); err != nil {
+		return Decision{}, err
+	}
+	m.mu.Lock()
+	o := m.admit(&req)
+	m.mu.Unlock()
+	return o.decision(&req)
+}
+
+func (m *Memory) admit(req *AdmitRequest) admitOutcome {
+	now := unixMicros(m.now())
+	m.gc(now)
+	t := m.tenant(req.Tenant)
+	o := admitOutcome{now: now, rpmTAT: max(t.rpm, now), tpmTAT: max(t.tpm, now)}
+	if r := t.records[req.RequestID]; r != nil && r.deadline > now {
+		o.code = codeDuplicate
+		return o
+	}
+	l := req.Limits
+	rpmNew := o.rpmTAT + increment(1, l.RequestsPerMinute)
+	tpmNew := o.tpmTAT + increment(req.Tokens, l.TokensPerMinute)
+	keys := make([]string, len(req.Budgets))
+	for i := range req.Budgets {
+		b := &req.Budgets[i]
+		w := pickWindow(&b.Windows, now)
+		keys[i] = budgetKey(b.Name, unixMicros(b.Windows[w].Start))
+		bo := budgetOutcome{window: w}
+		if s := t.budget(keys[i], now); s != nil {
+			bo.spent, bo.reserved = s.spent, s.reserved
+		}
+		o.budgets = append(o.budgets, bo)
+	}
+	switch {
+	case l.Concurrent > 0 && t.leases(now) >= l.Concurrent:
+		o.code = codeConcurrency
+	case l.RequestsPerMinute > 0 && rpmNew-now > newRate(l.RequestsPerMinute, l.Burst).tolerance:
+		o.code = codeRequests
+	case l.TokensPerMinute > 0 && tpmNew-now > newRate(l.TokensPerMinute, l.Burst).tolerance:
+		o.code = codeTokens
+	default:
+		for i, b := range o.budgets {
+			if b.spent+b.reserved+req.Cost > req.Budgets[i].Cap {
+				o.code = codeBudget0 + i
+				break
+			}
+		}
+	}
+	if o.code != codeAllowed {
+		return o
+	}
+
+	// Allowed: sweep first, then reserve every dimension.
+	m.sweep(t, now, alertsByName(req.Budgets), &o.expired, &o.crossed)
+	if l.RequestsPerMinute > 0 {
+		t.rpm, o.rpmTAT = rpmNew, rpmNew
+	}
+	if l.TokensPerMinute > 0 {
+		t.tpm, o.tpmTAT = tpmNew, tpmNew
+	}
+	lease := int64(cmp.Or(l.LeaseTTL, DefaultLeaseTTL) / time.Microsecond)
+	expiry := now + lease
+	t.pending[req.RequestID] = expiry
+	rec := &memRecord{state: 'p', tokens: req.Tokens, cost: req.Cost, tpmLimit: l.TokensPerMinute,
+		model: req.Model, deadline: expiry + m.retention}
+	for i := range req.Budgets {
+		w := req.Budgets[i].Windows[o.budgets[i].window]
+		s := t.budget(keys[i], now)
+		if s == nil {
+			s = &memBudget{}
+			t.budgets[keys[i]] = s
+		}
+		s.reserved += req.Cost
+		s.deadline = unixMicros(w.End) + m.retention
+		o.budgets[i].spent, o.budgets[i].reserved = s.spent, s.reserved // the sweep may have moved both
+		rec.windows = append(rec.windows, recWindow{req.Budgets[i].Name, unixMicros(w.Start), unixMicros(w.End)})
+	}
+	t.records[req.RequestID] = rec
+	return o
+}
+
+// Settle implements Store.
+func (m *Memory) Settle(ctx context.Context, req SettleRequest) (SettleResult, error) {
+	if err := validateSettle(&req); err != nil {
+		return SettleResult{}, err
+	}
+	m.mu.Lock()
+	o := m.settle(&req)
+	m.mu.Unlock()
+	return o.result(&req), nil
+}
+
+func (m *Memory) settle(req *SettleRequest) settleOutcome {
+	now := unixMicros(m.now())
+	m.gc(now)
+	o := settleOutcome{now: now}
+	t := m.tenants[req.Tenant]
+	if t == nil {
+		return o
+	}
+	rec := t.records[req.RequestID]
+	if rec == nil || rec.deadline <= now || rec.state != 'p' {
+		return o
+	}
+	m.sweep(t, now, alertsByName(req.Budgets), &o.expired, &o.crossed)
+	if rec.state != 'p' {
+		return o // expired just now: already charged at its estimate
+	}
+	if rec.tpmLimit > 0 {
+		diff := increment(req.Tokens, rec.tpmLimit) - increment(rec.tokens, rec.tpmLimit)
+		t.tpm = max(max(t.tpm, now)+diff, now)
+	}
+	o.settled = true
+	o.budgets = m.charge(t, now, rec, req.Cost, alertsByName(req.Budgets), &o.crossed)
+	m.finish(t, now, req.RequestID, rec, 's')
+	return o
+}
+
+// sweep charges every reservation of t whose expiry has passed at its
+// estimate, up to the sweep limit, oldest first.
+func (m *Memory) sweep(t *memTenant, now int64, alerts map[string][]int64, expired *[]Expired, crossed *[]rawCrossing) {
+	type due struct {
+		id  string
+		exp int64
+	}
+	var dues []due
+	for id, exp := range t.pending {
+		if exp <= now {
+			dues = append(dues, due{id, exp})
+		}
+	}
+	slices.SortFunc(dues, func(a, b due) int { return cmp.Or(cmp.Compare(a.exp, b.exp), cmp.Compare(a.id, b.id)) })
+	for _, d := range dues[:min(len(dues), m.sweepLimit)] {
+		delete(t.pending, d.id)
+		rec := t.records[d.id]
+		if rec == nil || rec.deadline <= now || rec.state != 'p' {
+			continue
+		}
+		m.charge(t, now, rec, rec.cost, alerts, crossed)
+		m.finish(t, now, d.id, rec, 'x')
+		*expired = append(*expired, Expired{RequestID: d.id, Model: rec.model, Cost: rec.cost})
+	}
+}
+
+// charge replaces a reservation's estimate by cost in each of its windows and
+// records first alert crossings.
+func (m *Memory) charge(t *memTenant, now int64, rec *memRecord, cost int64, alerts map[string][]int64, crossed *[]rawCrossing) []windowOutcome {
+	var out []windowOutcome
+	for _, w := range rec.windows {
+		key := budgetKey(w.name, w.start)
+		s := t.budget(key, now)
+		if s == nil { // the window's retention ran out; charge a fresh one like HINCRBY would
+			s = &memBudget{deadline: w.end + m.retention}
+			t.budgets[key] = s
+		}
+		s.reserved -= rec.cost
+		s.spent += cost
+		for _, a := range alerts[w.name] {
+			if s.spent >= a && !s.alerts[a] {
+				if s.alerts == nil {
+					s.alerts = make(map[int64]bool)
+				}
+				s.alerts[a] = true
+				*crossed = append(*crossed, rawCrossing{name: w.name, start: w.start, end: w.end, threshold: a, spent: s.spent})
+			}
+		}
+		out = append(out, windowOutcome{name: w.name, start: w.start, end: w.end, spent: s.spent, reserved: s.reserved})
+	}
+	return out
+}
+
+func (m *Memory) finish(t *memTenant, now int64, id string, rec *memRecord, state byte) {
+	delete(t.pending, id)
+	rec.state = state
+	rec.deadline = now + m.settledTTL
+}
+
+// Budgets implements Store.
+func (m *Memory) Budgets(ctx context.Context, tenant string, budgets []Budget) ([]BudgetState, error) {
+	if err := validateBudgets(budgets, true); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := unixMicros(m.now())
+	t := m.tenants[tenant]
+	out := make([]BudgetState, 0, len(budgets))
+	for _, b := range budgets {
+		w := pickWindow(&b.Windows, now)
+		st := BudgetState{Name: b.Name, Window: b.Windows[w], Cap: b.Cap}
+		if t != nil {
+			if s := t.budget(budgetKey(b.Name, unixMicros(b.Windows[w].Start)), now); s != nil {
+				st.Spent, st.Reserved = s.spent, s.reserved
+			}
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// Ping implements Store; memory always answers.
+func (m *Memory) Ping(context.Context) error { return nil }
+
+// Close implements Store.
+func (m *Memory) Close() error { return nil }
+
+func (m *Memory) tenant(name string) *memTenant {
+	t := m.tenants[name]
+	if t == nil {
+		t = &memTenant{pending: map[string]int64{}, records: map[string]*memRecord{}, budgets: map[string]*memBudget{}}
+		m.tenants[name] = t
+	}
+	return t
+}
+
+// budget returns a live budget window, or nil when absent or past its TTL.
+func (t *memTenant) budget(key string, now int64) *memBudget {
+	s := t.budgets[key]
+	if s == nil || s.deadline <= now {
+		return nil
+	}
+	return s
+}
+
+func (t *memTenant) leases(now int64) int64 {
+	var n int64
+	for _, exp := range t.pending {
+		if exp > now {
+			n++
+		}
+	}
+	return n
+}
+
+// gc drops state past its deadline, at most once per minute of store time.
+// A pending reservation is never dropped: it lives until swept.
+func (m *Memory) gc(now int64) {
+	if now < m.nextGC {
+		return
+	}
+	m.nextGC = now + minute
+	for name, t := range m.tenants {
+		for id, r := range t.records {
+			if r.deadline <= now {
+				delete(t.records, id)
+			}
+		}
+		for k, b := range t.budgets {
+			if b.deadline <= now {
+				delete(t.budgets, k)
+			}
+		}
+		if len(t.records) == 0 && len(t.budgets) == 0 && len(t.pending) == 0 && t.rpm <= now && t.tpm <= now {
+			delete(m.tenants, name)
+		}
+	}
+}
+
+// memTenantCount reports how many tenants hold state, for tests.
+func (m *Memory) memTenantCount() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.tenants)
+}

@@ -1,0 +1,389 @@
+package limiter
+
+import (
+	"cmp"
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+var (
+	//go:embed lua/common.lua
+	commonLua string
+	//go:embed lua/admit.lua
+	admitLua string
+	//go:embed lua/settle.lua
+	settleLua string
+	//go:embed lua/budgets.lua
+	budgetsLua string
+
+	admitScript   = redis.NewScript(commonLua + admitLua)
+	settleScript  = redis.NewScript(commonLua + settleLua)
+	budgetsScript = redis.NewScript(budgetsLua)
+)
+
+// DefaultTimeout bounds one store call when RedisOptions.Timeout is zero.
+const DefaultTimeout = 25 * time.Millisecond
+
+// RedisOptions configure a Redis store.
+type RedisOptions struct {
+	// Client is a *redis.Client, *redis.ClusterClient or any
+	// UniversalClient. The store does not close it.
+	Client redis.UniversalClient
+	// Timeout bounds each call (one script round trip) on top of the
+	// caller's context. Zero means DefaultTimeout.
+	Timeout time.Duration
+	// Retention is how long budget windows' keys outlive the window, and how
+	// long an unswept reservation is kept. Zero means DefaultRetention.
+	Retention time.Duration
+	// SettledTTL is how long a settled or expired reservation's record stays
+	// to make duplicate Settles no-ops. Zero means DefaultSettledTTL.
+	SettledTTL time.Duration
+	// SweepLimit bounds the expired reservations one call sweeps. Zero means
+	// DefaultSweepLimit.
+	SweepLimit int
+}
+
+// Redis is the shared Store: each Admit and Settle is one EVALSHA of an
+// embedded Lua script (EVAL once after a NOSCRIPT), all keys of a tenant
+// share one hash tag, and Redis TIME is the only clock.
+//
+// Keys, all under tw:{tenant}: and all with a TTL:
+//
+//	rpm, tpm               GCRA theoretical arrival time (µs), expiring when the bucket is full
+//	p                      zset of request id → expiry: the concurrency leases and the pending
+//	                       reservations at once (unexpired members are the leases)
+//	r:<id>                 hash: st (p pending, s settled, x expired), tok, cost, tl (TPM limit),
+//	                       model, b (the reserved windows)
+//	b:<name>:<startUnix>   hash: spent, reserved (nano-USD); TTL window end + Retention
+//	a:<name>:<startUnix>   set of alert thresholds already reported for the window
+type Redis struct {
+	client     redis.UniversalClient
+	timeout    time.Duration
+	retention  time.Duration
+	settledTTL time.Duration
+	sweepLimit int
+}
+
+// NewRedis returns a Redis store over opts.Client.
+func NewRedis(opts RedisOptions) (*Redis, error) {
+	if opts.Client == nil {
+		return nil, errors.New("limiter: RedisOptions.Client is nil")
+	}
+	return &Redis{
+		client:     opts.Client,
+		timeout:    cmp.Or(opts.Timeout, DefaultTimeout),
+		retention:  cmp.Or(opts.Retention, DefaultRetention),
+		settledTTL: cmp.Or(opts.SettledTTL, DefaultSettledTTL),
+		sweepLimit: cmp.Or(opts.SweepLimit, DefaultSweepLimit),
+	}, nil
+}
+
+// Admit implements Store in one round trip.
+func (r *Redis) Admit(ctx context.Context, req AdmitRequest) (Decision, error) {
+	if err := validateAdmit(&req); err != nil {
+		return Decision{}, err
+	}
+	prefix := tenantPrefix(req.Tenant)
+	l := req.Limits
+	rpm, tpm := newRate(l.RequestsPerMinute, l.Burst), newRate(l.TokensPerMinute, l.Burst)
+	args := make([]any, 0, 16+8*len(req.Budgets)+2*len(req.Budgets))
+	args = append(args, prefix, req.RequestID,
+		rpm.limit, rpm.tolerance, tpm.limit, tpm.tolerance, l.Concurrent,
+		int64(cmp.Or(l.LeaseTTL, DefaultLeaseTTL)/time.Microsecond),
+		req.Tokens, req.Cost, req.Model,
+		int64(r.retention/time.Second), r.settledTTL.Milliseconds(), r.sweepLimit, len(req.Budgets))
+	for _, b := range req.Budgets {
+		args = append(args, b.Name, b.Cap)
+		for _, w := range b.Windows {
+			args = append(args, unixMicros(w.Start), unixMicros(w.End))
+		}
+	}
+	args = appendAlerts(args, req.Budgets)
+	keys := []string{prefix + "rpm", prefix + "tpm", prefix + "p", prefix + "r:" + req.RequestID}
+	v, err := r.run(ctx, admitScript, keys, args)
+	if err != nil {
+		return Decision{}, fmt.Errorf("limiter: admit: %w", err)
+	}
+	o, err := parseAdmit(v, len(req.Budgets))
+	if err != nil {
+		return Decision{}, fmt.Errorf("limiter: admit: %w", err)
+	}
+	return o.decision(&req)
+}
+
+// Settle implements Store in one round trip.
+func (r *Redis) Settle(ctx context.Context, req SettleRequest) (SettleResult, error) {
+	if err := validateSettle(&req); err != nil {
+		return SettleResult{}, err
+	}
+	prefix := tenantPrefix(req.Tenant)
+	args := []any{prefix, req.RequestID, req.Tokens, req.Cost,
+		int64(r.retention / time.Second), r.settledTTL.Milliseconds(), r.sweepLimit}
+	args = appendAlerts(args, req.Budgets)
+	keys := []string{prefix + "tpm", prefix + "p", prefix + "r:" + req.RequestID}
+	v, err := r.run(ctx, settleScript, keys, args)
+	if err != nil {
+		return SettleResult{}, fmt.Errorf("limiter: settle: %w", err)
+	}
+	o, err := parseSettle(v)
+	if err != nil {
+		return SettleResult{}, fmt.Errorf("limiter: settle: %w", err)
+	}
+	return o.result(&req), nil
+}
+
+// Budgets implements Store in one read-only round trip.
+func (r *Redis) Budgets(ctx context.Context, tenant string, budgets []Budget) ([]BudgetState, error) {
+	if err := validateBudgets(budgets, true); err != nil {
+		return nil, err
+	}
+	prefix := tenantPrefix(tenant)
+	args := []any{prefix, len(budgets)}
+	for _, b := range budgets {
+		args = append(args, b.Name)
+		for _, w := range b.Windows {
+			args = append(args, unixMicros(w.Start), unixMicros(w.End))
+		}
+	}
+	v, err := r.run(ctx, budgetsScript, []string{prefix + "p"}, args)
+	if err != nil {
+		return nil, fmt.Errorf("limiter: budgets: %w", err)
+	}
+	top, err := asSlice(v, 2)
+	if err != nil {
+		return nil, fmt.Errorf("limiter: budgets: %w", err)
+	}
+	rows, err := asSlice(top[1], len(budgets))
+	if err != nil {
+		return nil, fmt.Errorf("limiter: budgets: %w", err)
+	}
+	out := make([]BudgetState, len(budgets))
+	for i, b := range budgets {
+		bo, err := parseBudget(rows[i])
+		if err != nil || bo.window > 2 {
+			return nil, fmt.Errorf("limiter: budgets: bad row %v: %w", rows[i], err)
+		}
+		out[i] = BudgetState{Name: b.Name, Window: b.Windows[bo.window], Cap: b.Cap, Spent: bo.spent, Reserved: bo.reserved}
+	}
+	return out, nil
+}
+
+// Ping implements Store.
+func (r *Redis) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	if err := r.client.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("limiter: ping: %w: %w", ErrUnavailable, err)
+	}
+	return nil
+}
+
+// Close implements Store. The client belongs to the caller and stays open.
+func (r *Redis) Close() error { return nil }
+
+func (r *Redis) run(ctx context.Context, s *redis.Script, keys []string, args []any) (any, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	v, err := s.Run(ctx, r.client, keys, args...).Result()
+	if err != nil {
+		if unavailable(err) {
+			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		return nil, err
+	}
+	return v, nil
+}
+
+// unavailable tells a store that cannot answer now (no reply at all:
+// network, timeout, a closed client; or a node loading, failing over or
+// without quorum) from an error reply to the script or the request, which
+// retrying elsewhere would not fix.
+func unavailable(err error) bool {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return true
+	}
+	msg := rerr.Error()
+	for _, p := range []string{"LOADING", "CLUSTERDOWN", "MASTERDOWN", "READONLY", "TRYAGAIN", "BUSY"} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// appendAlerts appends the alerts block that lua/common.lua read_alerts reads.
+func appendAlerts(args []any, budgets []Budget) []any {
+	args = append(args, len(budgets))
+	for _, b := range budgets {
+		args = append(args, b.Name, len(b.Alerts))
+		for _, a := range b.Alerts {
+			args = append(args, a)
+		}
+	}
+	return args
+}
+
+func parseAdmit(v any, nb int) (admitOutcome, error) {
+	top, err := asSlice(v, 7)
+	if err != nil {
+		return admitOutcome{}, err
+	}
+	var o admitOutcome
+	var code int64
+	for i, p := range []*int64{&o.now, &code, &o.rpmTAT, &o.tpmTAT} {
+		if *p, err = asInt(top[i]); err != nil {
+			return admitOutcome{}, err
+		}
+	}
+	o.code = int(code)
+	if code == codeDuplicate {
+		return o, nil
+	}
+	rows, err := asSlice(top[4], nb)
+	if err != nil {
+		return admitOutcome{}, err
+	}
+	for _, row := range rows {
+		b, err := parseBudget(row)
+		if err != nil {
+			return admitOutcome{}, err
+		}
+		o.budgets = append(o.budgets, b)
+	}
+	if o.expired, err = parseExpired(top[5]); err != nil {
+		return admitOutcome{}, err
+	}
+	o.crossed, err = parseCrossed(top[6])
+	return o, err
+}
+
+func parseSettle(v any) (settleOutcome, error) {
+	top, err := asSlice(v, 5)
+	if err != nil {
+		return settleOutcome{}, err
+	}
+	var o settleOutcome
+	if o.now, err = asInt(top[0]); err != nil {
+		return settleOutcome{}, err
+	}
+	settled, err := asInt(top[1])
+	if err != nil {
+		return settleOutcome{}, err
+	}
+	o.settled = settled == 1
+	rows, err := asSlice(top[2], -1)
+	if err != nil {
+		return settleOutcome{}, err
+	}
+	for _, row := range rows {
+		f, err := asSlice(row, 5)
+		if err != nil {
+			return settleOutcome{}, err
+		}
+		w := windowOutcome{name: asString(f[0])}
+		for i, p := range []*int64{&w.start, &w.end, &w.spent, &w.reserved} {
+			if *p, err = asInt(f[i+1]); err != nil {
+				return settleOutcome{}, err
+			}
+		}
+		o.budgets = append(o.budgets, w)
+	}
+	if o.expired, err = parseExpired(top[3]); err != nil {
+		return settleOutcome{}, err
+	}
+	o.crossed, err = parseCrossed(top[4])
+	return o, err
+}
+
+func parseBudget(v any) (budgetOutcome, error) {
+	f, err := asSlice(v, 3)
+	if err != nil {
+		return budgetOutcome{}, err
+	}
+	w, err := asInt(f[0])
+	if err != nil {
+		return budgetOutcome{}, err
+	}
+	b := budgetOutcome{window: int(w)}
+	if b.spent, err = asInt(f[1]); err != nil {
+		return budgetOutcome{}, err
+	}
+	b.reserved, err = asInt(f[2])
+	return b, err
+}
+
+func parseExpired(v any) ([]Expired, error) {
+	rows, err := asSlice(v, -1)
+	if err != nil {
+		return nil, err
+	}
+	var out []Expired
+	for _, row := range rows {
+		f, err := asSlice(row, 3)
+		if err != nil {
+			return nil, err
+		}
+		cost, err := asInt(f[2])
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Expired{RequestID: asString(f[0]), Model: asString(f[1]), Cost: cost})
+	}
+	return out, nil
+}
+
+func parseCrossed(v any) ([]rawCrossing, error) {
+	rows, err := asSlice(v, -1)
+	if err != nil {
+		return nil, err
+	}
+	var out []rawCrossing
+	for _, row := range rows {
+		f, err := asSlice(row, 5)
+		if err != nil {
+			return nil, err
+		}
+		c := rawCrossing{name: asString(f[0])}
+		for i, p := range []*int64{&c.start, &c.end, &c.threshold, &c.spent} {
+			if *p, err = asInt(f[i+1]); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// asSlice checks a script reply is an array of n elements (any n when n < 0).
+func asSlice(v any, n int) ([]any, error) {
+	s, ok := v.([]any)
+	if !ok || (n >= 0 && len(s) != n) {
+		return nil, fmt.Errorf("unexpected script reply %T of length %d, want %d", v, len(s), n)
+	}
+	return s, nil
+}
+
+// asInt reads an integer reply, or an integer the script passed through as a
+// string (window bounds read back from a record).
+func asInt(v any) (int64, error) {
+	switch x := v.(type) {
+	case int64:
+		return x, nil
+	case string:
+		return strconv.ParseInt(x, 10, 64)
+	}
+	return 0, fmt.Errorf("unexpected script value %T", v)
+}
+
+func asString(v any) string {
+	s, _ := v.(string)
+	return s
+}
