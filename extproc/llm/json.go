@@ -412,6 +412,8 @@ func escapeWeight(esc []byte) uint8 {
 	switch esc[1] {
 	case 'n', 't', 'r':
 		return weight[' ']
+	case 'b', 'f':
+		return weight['\b']
 	case 'u':
 		cp := hex4(esc[2:])
 		switch {

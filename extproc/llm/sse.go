@@ -72,7 +72,7 @@ func (d *SSEDecoder) Write(chunk []byte, h SSEHandler) {
 				d.line = d.line[:0]
 				continue
 			}
-			d.line = append(d.line, line...)
+			d.appendLine(line)
 			line = d.line
 			d.line = d.line[:0] // line is consumed before the buffer is reused
 		}
@@ -102,6 +102,17 @@ func (d *SSEDecoder) partial(b []byte) {
 		d.discard = true
 		d.line = d.line[:0]
 		return
+	}
+	d.appendLine(b)
+}
+
+// appendLine appends to the carry buffer, growing it geometrically but never
+// past MaxSSELine (callers check the total first).
+func (d *SSEDecoder) appendLine(b []byte) {
+	if need := len(d.line) + len(b); need > cap(d.line) {
+		grown := make([]byte, len(d.line), min(max(2*cap(d.line), need, 256), MaxSSELine))
+		copy(grown, d.line)
+		d.line = grown
 	}
 	d.line = append(d.line, b...)
 }
