@@ -14,16 +14,16 @@ func TestEstimateTokens(t *testing.T) {
 	}{
 		{"empty", "", 0},
 		{"one letter rounds up", "a", 1},
-		{"word and space", "hello world", 3},         // 11 bytes at 4/token
-		{"digits group in threes", "123456789", 3},   // 9 digits at 3/token
-		{"punctuation", `{"":""}`, 4},                // 7 punctuation bytes at 2/token
-		{"cjk one per rune", "你好世界", 4},              // 3-byte runes
-		{"cyrillic", "привет", 4},                    // 6 two-byte runes at 7/12
-		{"emoji two per rune", "😀😀", 4},              // 4-byte runes
-		{"control characters", "\x00\x01", 2},        // one token each
-		{"invalid utf-8 lead", "\xff", 1},            // counted, never free
-		{"newlines are whitespace", "\n\n\n\n", 1},   // 4 at 4/token
-		{"mixed", "The answer is 42.", 5},             // 13 letters/spaces, 2 digits, 1 dot
+		{"word and space", "hello world", 3},       // 11 bytes at 4/token
+		{"digits group in threes", "123456789", 3}, // 9 digits at 3/token
+		{"punctuation", `{"":""}`, 4},              // 7 punctuation bytes at 2/token
+		{"cjk one per rune", "你好世界", 4},            // 3-byte runes
+		{"cyrillic", "привет", 4},                  // 6 two-byte runes at 7/12
+		{"emoji two per rune", "😀😀", 4},            // 4-byte runes
+		{"control characters", "\x00\x01", 2},      // one token each
+		{"invalid utf-8 lead", "\xff", 1},          // counted, never free
+		{"newlines are whitespace", "\n\n\n\n", 1}, // 4 at 4/token
+		{"mixed", "The answer is 42.", 5},          // 13 letters/spaces, 2 digits, 1 dot
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
