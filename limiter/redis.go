@@ -25,7 +25,7 @@ var (
 
 	admitScript   = redis.NewScript(commonLua + admitLua)
 	settleScript  = redis.NewScript(commonLua + settleLua)
-	budgetsScript = redis.NewScript(budgetsLua)
+	budgetsScript = redis.NewScript(commonLua + budgetsLua)
 )
 
 // DefaultTimeout bounds one store call when RedisOptions.Timeout is zero.

@@ -34,15 +34,7 @@ local nb = tonumber(ARGV[15])
 local budgets, states = {}, {}
 local i = 16
 for b = 1, nb do
-  local w = 0
-  for j = 0, 2 do
-    local s, e = tonumber(ARGV[i + 2 + 2 * j]), tonumber(ARGV[i + 3 + 2 * j])
-    if s <= now then
-      w = j
-      if now < e then break end
-    end
-  end
-  local start_us, end_us = tonumber(ARGV[i + 2 + 2 * w]), tonumber(ARGV[i + 3 + 2 * w])
+  local w, start_us, end_us = pick_window(i + 2, now)
   local key = budget_key(prefix, ARGV[i], start_us)
   local v = redis.call('HMGET', key, 'spent', 'reserved')
   budgets[b] = {name = ARGV[i], cap = tonumber(ARGV[i + 1]), start_us = start_us, end_us = end_us, key = key,

@@ -10,6 +10,20 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
+-- The index (0-2) of the window in ARGV[i..i+5] (three start, end pairs)
+-- that contains now, as limiter.pickWindow; returns it with its start, end.
+local function pick_window(i, now)
+  local w = 0
+  for j = 0, 2 do
+    local s, e = tonumber(ARGV[i + 2 * j]), tonumber(ARGV[i + 1 + 2 * j])
+    if s <= now then
+      w = j
+      if now < e then break end
+    end
+  end
+  return w, tonumber(ARGV[i + 2 * w]), tonumber(ARGV[i + 1 + 2 * w])
+end
+
 local P = 60000000 -- the GCRA period, one minute in µs
 
 -- floor(cost * 60s / limit), as limiter.increment does.

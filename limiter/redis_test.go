@@ -1,0 +1,314 @@
+package limiter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenwarden/tokenwarden/limiter/redistest"
+)
+
+// testTimeout replaces the 25ms production default in tests: the two-core CI
+// machine runs 500 goroutines against one redis-server, and a slow call must
+// not turn into an ErrUnavailable that would hide a real failure.
+const testTimeout = 5 * time.Second
+
+func newRedisStore(t testing.TB, c redis.UniversalClient) *Redis {
+	t.Helper()
+	s, err := NewRedis(RedisOptions{Client: c, Timeout: testTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func newClient(t testing.TB, addr string) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 64, MaxRetries: -1})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func newClusterClient(t testing.TB, addrs []string) *redis.ClusterClient {
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, PoolSize: 64})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// redisHarness runs the suite on two stores (two replicas) over two clients
+// of one Redis; Redis TIME stays the only clock, so time passes by sleeping.
+func redisHarness(c1, c2 redis.UniversalClient) harness {
+	s1, _ := NewRedis(RedisOptions{Client: c1, Timeout: testTimeout})
+	s2, _ := NewRedis(RedisOptions{Client: c2, Timeout: testTimeout})
+	return harness{
+		store:   s1,
+		replica: s2,
+		now: func(t *testing.T) time.Time {
+			now, err := c1.Time(ctxb).Result()
+			if err != nil {
+				t.Fatalf("TIME: %v", err)
+			}
+			return now
+		},
+		advance: time.Sleep,
+		dump:    func(t *testing.T, tenant string) string { return dumpKeys(t, c1, tenantPrefix(tenant)+"*") },
+		slack:   200 * time.Millisecond,
+	}
+}
+
+// dumpKeys renders every key matching pattern with its serialized value and
+// absolute expiry (PEXPIRETIME, which does not tick like PTTL).
+func dumpKeys(t *testing.T, c redis.UniversalClient, pattern string) string {
+	t.Helper()
+	var mu sync.Mutex
+	var lines []string
+	each := func(ctx context.Context, n *redis.Client) error {
+		iter := n.Scan(ctx, 0, pattern, 100).Iterator()
+		for iter.Next(ctx) {
+			k := iter.Val()
+			v, err := n.Dump(ctx, k).Result()
+			if err != nil {
+				return err
+			}
+			exp, err := n.PExpireTime(ctx, k).Result()
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			lines = append(lines, fmt.Sprintf("%s exp=%d %q", k, exp.Milliseconds(), v))
+			mu.Unlock()
+		}
+		return iter.Err()
+	}
+	var err error
+	switch c := c.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctxb, each)
+	case *redis.Client:
+		err = each(ctxb, c)
+	}
+	if err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
+func TestRedisConformance(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	runConformance(t, redisHarness(newClient(t, srv.Addr()), newClient(t, srv.Addr())))
+}
+
+func TestRedisClusterConformance(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 3-node Redis Cluster; skipped with -short")
+	}
+	cl := redistest.StartCluster(t, 3)
+	runConformance(t, redisHarness(newClusterClient(t, cl.Addrs()), newClusterClient(t, cl.Addrs())))
+}
+
+// TestRedisKeys checks the key layout: one hash tag per tenant (braces in
+// the tenant escaped), every key with a TTL.
+func TestRedisKeys(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	c := newClient(t, srv.Addr())
+	s := newRedisStore(t, c)
+	now, _ := c.Time(ctxb).Result()
+	b := dayBudget("day", now, 1000, 1)
+	for _, tenant := range []string{"plain", "we{ir}d", "%7B"} {
+		mustAdmit(t, s, AdmitRequest{Tenant: tenant, RequestID: "a", Tokens: 5, Cost: 5, Budgets: []Budget{b},
+			Limits: Limits{RequestsPerMinute: 10, TokensPerMinute: 100, Concurrent: 3}})
+		mustAdmit(t, s, AdmitRequest{Tenant: tenant, RequestID: "b", Cost: 5, Budgets: []Budget{b}})
+		mustSettle(t, s, SettleRequest{Tenant: tenant, RequestID: "a", Tokens: 5, Cost: 3, Budgets: []Budget{b}})
+	}
+	keys, err := c.Keys(ctxb, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(keys)
+	want := []string{}
+	for _, p := range []string{"tw:{%257B}:", "tw:{plain}:", "tw:{we%7Bir%7Dd}:"} {
+		start := strconv.FormatInt(b.Windows[1].Start.Unix(), 10)
+		want = append(want, p+"a:day:"+start, p+"b:day:"+start, p+"p", p+"r:a", p+"r:b", p+"rpm", p+"tpm")
+	}
+	if !slices.Equal(keys, want) {
+		t.Fatalf("keys\n%v\nwant\n%v", keys, want)
+	}
+	for _, k := range keys {
+		if ttl, err := c.PTTL(ctxb, k).Result(); err != nil || ttl <= 0 {
+			t.Errorf("key %s has PTTL %v, %v; every key needs a TTL", k, ttl, err)
+		}
+		if strings.Count(k, "{") != 1 || strings.Count(k, "}") != 1 {
+			t.Errorf("key %s has more than one hash tag", k)
+		}
+	}
+}
+
+// commandCounter counts the commands a client sends, pipelines included.
+type commandCounter struct{ n atomic.Int64 }
+
+func (h *commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.n.Add(int64(len(cmds)))
+		return next(ctx, cmds)
+	}
+}
+
+// commandStat reads calls and usec_per_call of one command from INFO
+// commandstats.
+func commandStat(t testing.TB, c *redis.Client, name string) (calls int64, usecPerCall float64) {
+	t.Helper()
+	info, err := c.Info(ctxb, "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`cmdstat_` + name + `:calls=(\d+),usec=\d+,usec_per_call=([\d.]+)`).FindStringSubmatch(info)
+	if m == nil {
+		return 0, 0
+	}
+	calls, _ = strconv.ParseInt(m[1], 10, 64)
+	usecPerCall, _ = strconv.ParseFloat(m[2], 64)
+	return calls, usecPerCall
+}
+
+func TestRedisOneRoundTripEach(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	c := newClient(t, srv.Addr())
+	counter := &commandCounter{}
+	c.AddHook(counter)
+	s := newRedisStore(t, c)
+	now, _ := c.Time(ctxb).Result()
+	bs := []Budget{dayBudget("day", now, 1<<40, 1<<30), dayBudget("month", now, 1<<40)}
+	lim := Limits{RequestsPerMinute: 1 << 30, TokensPerMinute: 1 << 30, Concurrent: 1000}
+	// Warm up: the first call of each script falls back from NOSCRIPT to EVAL.
+	mustAdmit(t, s, AdmitRequest{Tenant: "t", RequestID: "warm", Limits: lim, Tokens: 100, Cost: 10, Budgets: bs})
+	mustSettle(t, s, SettleRequest{Tenant: "t", RequestID: "warm", Tokens: 50, Cost: 5, Budgets: bs})
+	if _, err := c.ConfigResetStat(ctxb).Result(); err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	start := counter.n.Load()
+	for i := range n {
+		id := fmt.Sprint(i)
+		if d := mustAdmit(t, s, AdmitRequest{Tenant: "t", RequestID: id, Limits: lim, Tokens: 100, Cost: 10, Budgets: bs}); !d.Allowed {
+			t.Fatalf("admit %d denied: %+v", i, d)
+		}
+		if after := counter.n.Load(); after-start != int64(2*i+1) {
+			t.Fatalf("admit %d sent %d commands, want 1", i, after-start-int64(2*i))
+		}
+		if r := mustSettle(t, s, SettleRequest{Tenant: "t", RequestID: id, Tokens: 50, Cost: 5, Budgets: bs}); !r.Settled {
+			t.Fatalf("settle %d: %+v", i, r)
+		}
+		if after := counter.n.Load(); after-start != int64(2*i+2) {
+			t.Fatalf("settle %d sent %d commands, want 1", i, after-start-int64(2*i+1))
+		}
+	}
+	calls, usec := commandStat(t, c, "evalsha")
+	if calls != 2*n {
+		t.Fatalf("redis saw %d EVALSHA for %d admits and %d settles", calls, n, n)
+	}
+	if evals, _ := commandStat(t, c, "eval"); evals != 0 {
+		t.Fatalf("redis saw %d EVAL in the steady state", evals)
+	}
+	t.Logf("redis-side: %d EVALSHA, %.2f µs per call (admit and settle, 2 budgets)", calls, usec)
+}
+
+func TestRedisNoScriptFallback(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	c := newClient(t, srv.Addr())
+	s := newRedisStore(t, c)
+	for i := range 3 {
+		if err := c.ScriptFlush(ctxb).Err(); err != nil {
+			t.Fatal(err)
+		}
+		evals, _ := commandStat(t, c, "eval")
+		id := fmt.Sprint(i)
+		if d := mustAdmit(t, s, AdmitRequest{Tenant: "t", RequestID: id, Cost: 1}); !d.Allowed {
+			t.Fatalf("admit after SCRIPT FLUSH: %+v", d)
+		}
+		if r := mustSettle(t, s, SettleRequest{Tenant: "t", RequestID: id}); !r.Settled {
+			t.Fatalf("settle after SCRIPT FLUSH: %+v", r)
+		}
+		if after, _ := commandStat(t, c, "eval"); after != evals+2 {
+			t.Fatalf("EVAL calls %d → %d; want one fallback per script", evals, after)
+		}
+	}
+}
+
+func TestRedisUnavailable(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	c := newClient(t, srv.Addr())
+	s, err := NewRedis(RedisOptions{Client: c, Timeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAdmit(t, s, AdmitRequest{Tenant: "t", RequestID: "a"})
+	srv.Kill()
+	if _, err := s.Admit(ctxb, AdmitRequest{Tenant: "t", RequestID: "b"}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Admit with redis down: %v, want ErrUnavailable", err)
+	}
+	if _, err := s.Settle(ctxb, SettleRequest{Tenant: "t", RequestID: "a"}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Settle with redis down: %v, want ErrUnavailable", err)
+	}
+	if err := s.Ping(ctxb); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Ping with redis down: %v, want ErrUnavailable", err)
+	}
+	srv.Restart()
+	if d := mustAdmit(t, s, AdmitRequest{Tenant: "t", RequestID: "b"}); !d.Allowed {
+		t.Fatalf("after restart: %+v", d)
+	}
+	// A server that accepts but never answers: the timeout bounds the call.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+		}
+	}()
+	silent, _ := NewRedis(RedisOptions{Client: newClient(t, l.Addr().String()), Timeout: 50 * time.Millisecond})
+	if _, err := silent.Admit(ctxb, AdmitRequest{Tenant: "t", RequestID: "c"}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Admit against a silent server: %v, want ErrUnavailable", err)
+	}
+}
+
+// A script error is a bug, not an outage: it must not be reported as
+// ErrUnavailable (which would trigger the failure policy and hide it).
+func TestRedisErrorReplyIsNotUnavailable(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	c := newClient(t, srv.Addr())
+	s := newRedisStore(t, c)
+	// A key of the wrong type where the script expects a string.
+	if err := c.HSet(ctxb, tenantPrefix("t")+"rpm", "x", "y").Err(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Admit(ctxb, AdmitRequest{Tenant: "t", RequestID: "a", Limits: Limits{RequestsPerMinute: 5}})
+	if err == nil || errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Admit over a corrupt key: %v; want a plain error", err)
+	}
+}
