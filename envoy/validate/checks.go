@@ -1,0 +1,341 @@
+package validate
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+)
+
+// MinMessageTimeout is the smallest ext_proc message_timeout accepted: admission tokenises the
+// body and makes a Redis round trip, and Envoy answers a timeout with a 504 (reference §6.2).
+// Envoy's own default, 200ms, is below it on purpose.
+const MinMessageTimeout = time.Second
+
+// httpProtocolOptionsKey is the typed_extension_protocol_options key for upstream HTTP options.
+const httpProtocolOptionsKey = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+// istioClusterName is the form of an Istio-generated cluster, outbound|<port>|<subset>|<FQDN>
+// (reference §8.4, BuildSubsetKey).
+var istioClusterName = regexp.MustCompile(`^outbound\|[0-9]+\|[^|]*\|[^|]+$`)
+
+// checker accumulates cross-reference and tokenwarden-specific problems.
+type checker struct {
+	// clusters are the bootstrap's static clusters by name; nil when they are not known (Istio
+	// patches), in which case ext_proc cluster names are checked by form only.
+	clusters map[string]*clusterv3.Cluster
+	errs     []error
+	policies map[string]bool
+	disabled []string
+	routes   int
+}
+
+func (c *checker) errorf(path, format string, args ...any) {
+	c.errs = append(c.errs, fmt.Errorf("%s: %s", orRoot(path), fmt.Sprintf(format, args...)))
+}
+
+func (c *checker) policyList() []string {
+	out := make([]string, 0, len(c.policies))
+	for p := range c.policies {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func checkBootstrap(b *bootstrapv3.Bootstrap) (Summary, error) {
+	sr := b.GetStaticResources()
+	c := &checker{clusters: map[string]*clusterv3.Cluster{}, policies: map[string]bool{}}
+	for i, cl := range sr.GetClusters() {
+		if _, dup := c.clusters[cl.GetName()]; dup {
+			c.errorf(fmt.Sprintf("static_resources.clusters[%d]", i), "duplicate cluster name %q", cl.GetName())
+		}
+		c.clusters[cl.GetName()] = cl
+	}
+	s := Summary{Listeners: len(sr.GetListeners()), Clusters: len(sr.GetClusters())}
+	for li, l := range sr.GetListeners() {
+		chains := l.GetFilterChains()
+		if d := l.GetDefaultFilterChain(); d != nil {
+			chains = append(chains[:len(chains):len(chains)], d)
+		}
+		for fci, fc := range chains {
+			for fi, f := range fc.GetFilters() {
+				path := fmt.Sprintf("static_resources.listeners[%d](%s).filter_chains[%d].filters[%d]", li, l.GetName(), fci, fi)
+				hcm := &hcmv3.HttpConnectionManager{}
+				if !f.GetTypedConfig().MessageIs(hcm) {
+					continue
+				}
+				if err := f.GetTypedConfig().UnmarshalTo(hcm); err != nil {
+					c.errorf(path, "unpack HttpConnectionManager: %v", err)
+					continue
+				}
+				s.ExtProcFilters += c.checkHCM(hcm, path+".typed_config")
+			}
+		}
+	}
+	if s.ExtProcFilters == 0 && len(c.errs) == 0 {
+		c.errorf("static_resources", "no %s filter in any HTTP connection manager: tokenwarden would never be called", ExtProcFilter)
+	}
+	s.Routes, s.Policies, s.Disabled = c.routes, c.policyList(), c.disabled
+	if err := errors.Join(c.errs...); err != nil {
+		return Summary{}, err
+	}
+	return s, nil
+}
+
+// checkHCM checks the filter order, every ext_proc filter and the inline routes of one HTTP
+// connection manager, and returns how many ext_proc filters it holds.
+func (c *checker) checkHCM(hcm *hcmv3.HttpConnectionManager, path string) int {
+	filters := hcm.GetHttpFilters()
+	router, extProcs := -1, 0
+	for i, f := range filters {
+		fpath := fmt.Sprintf("%s.http_filters[%d](%s)", path, i, f.GetName())
+		switch f.GetName() {
+		case RouterFilter:
+			router = i
+		case ExtProcFilter:
+			extProcs++
+			if router >= 0 {
+				c.errorf(fpath, "ext_proc after the router: the router is terminal, so the processor would never see a request")
+			}
+			c.checkExtProcFilter(f, fpath)
+		}
+	}
+	switch {
+	case router < 0:
+		c.errorf(path, "no %s filter: requests would never reach a cluster", RouterFilter)
+	case router != len(filters)-1:
+		c.errorf(fmt.Sprintf("%s.http_filters[%d]", path, router), "the router must be the last HTTP filter (it is terminal)")
+	}
+	if hcm.GetRouteConfig() != nil {
+		for vi, vh := range hcm.GetRouteConfig().GetVirtualHosts() {
+			vpath := fmt.Sprintf("%s.route_config.virtual_hosts[%d](%s)", path, vi, vh.GetName())
+			c.checkPerFilterConfig(vh.GetTypedPerFilterConfig(), vpath, extProcs > 0)
+			for ri, r := range vh.GetRoutes() {
+				c.routes++
+				c.checkRoute(r, fmt.Sprintf("%s.routes[%d](%s)", vpath, ri, routeLabel(r)), extProcs > 0)
+			}
+		}
+	}
+	return extProcs
+}
+
+// checkExtProcFilter unpacks an ext_proc HttpFilter and checks its configuration.
+func (c *checker) checkExtProcFilter(f *hcmv3.HttpFilter, path string) {
+	ep := &extprocv3.ExternalProcessor{}
+	if !f.GetTypedConfig().MessageIs(ep) {
+		c.errorf(path, "typed_config is %q, want ExternalProcessor", f.GetTypedConfig().GetTypeUrl())
+		return
+	}
+	if err := f.GetTypedConfig().UnmarshalTo(ep); err != nil {
+		c.errorf(path, "unpack ExternalProcessor: %v", err)
+		return
+	}
+	c.checkExtProc(ep, path+".typed_config")
+}
+
+// checkExtProc applies Envoy's non-PGV load-time checks (reference §8.3) and what tokenwarden's
+// processor depends on.
+func (c *checker) checkExtProc(ep *extprocv3.ExternalProcessor, path string) {
+	switch {
+	case ep.GetGrpcService() != nil && ep.GetHttpService() != nil:
+		c.errorf(path, "exactly one of grpc_service and http_service may be set")
+	case ep.GetGrpcService() == nil:
+		c.errorf(path, "grpc_service is required: tokenwarden is a gRPC ExternalProcessor")
+	default:
+		c.checkGrpcCluster(ep.GetGrpcService(), path+".grpc_service")
+	}
+	timeout := 200 * time.Millisecond // Envoy's default when unset
+	if ep.GetMessageTimeout() != nil {
+		timeout = ep.GetMessageTimeout().AsDuration()
+	}
+	if timeout < MinMessageTimeout {
+		c.errorf(path+".message_timeout", "%s is below %s: admission (tokenising plus a store round trip) would end in Envoy 504s (reference §6.2)", timeout, MinMessageTimeout)
+	}
+	if mx := ep.GetMaxMessageTimeout(); mx != nil && mx.AsDuration() != 0 && mx.AsDuration() < timeout {
+		c.errorf(path+".max_message_timeout", "%s is below message_timeout %s", mx.AsDuration(), timeout)
+	}
+	if !ep.GetAllowModeOverride() {
+		c.errorf(path+".allow_mode_override", "must be true: the processor switches SSE responses to STREAMED with mode_override (reference §2.4)")
+	}
+	if ep.GetObservabilityMode() {
+		c.errorf(path+".observability_mode", "must be false: Envoy ignores every processor response in observability mode, so nothing can be admitted or denied")
+	}
+	if ep.GetSendBodyWithoutWaitingForHeaderResponse() {
+		c.errorf(path+".send_body_without_waiting_for_header_response", "must be false: it disables mode_override (reference §2.4)")
+	}
+	if ep.GetDisableClearRouteCache() && ep.GetRouteCacheAction() != extprocv3.ExternalProcessor_DEFAULT {
+		c.errorf(path, "disable_clear_route_cache and route_cache_action are mutually exclusive (Envoy rejects both set)")
+	} else if ep.GetDisableClearRouteCache() || ep.GetRouteCacheAction() == extprocv3.ExternalProcessor_RETAIN {
+		c.errorf(path, "route cache clearing is disabled: routes matching %s would never be re-evaluated (reference §3.4)", ModelHeader)
+	}
+	c.checkProcessingMode(ep.GetProcessingMode(), path+".processing_mode")
+	if len(ep.GetAllowedOverrideModes()) > 0 && !anyStreamsResponse(ep.GetAllowedOverrideModes()) {
+		c.errorf(path+".allowed_override_modes", "no allowed mode streams the response body: SSE responses could not be switched to STREAMED")
+	}
+	if !slices.Contains(ep.GetRequestAttributes(), PolicyAttribute) {
+		c.errorf(path+".request_attributes", "must list %q: it is how the processor learns the route's policy (reference §5.3)", PolicyAttribute)
+	}
+	if !slices.Contains(ep.GetMetadataOptions().GetReceivingNamespaces().GetUntyped(), MetadataNamespace) {
+		c.errorf(path+".metadata_options.receiving_namespaces.untyped", "must contain %q: Envoy drops dynamic metadata from unlisted namespaces (reference §5.1)", MetadataNamespace)
+	}
+}
+
+// checkProcessingMode requires the modes the processor is written for: it reads request
+// headers, parses the whole request body once, reads response headers and a whole (JSON) or
+// streamed (SSE) response body.
+func (c *checker) checkProcessingMode(pm *extprocv3.ProcessingMode, path string) {
+	if pm.GetRequestHeaderMode() == extprocv3.ProcessingMode_SKIP {
+		c.errorf(path+".request_header_mode", "must not be SKIP: tenant and dialect come from request headers")
+	}
+	if pm.GetRequestBodyMode() != extprocv3.ProcessingMode_BUFFERED {
+		c.errorf(path+".request_body_mode", "is %s, must be BUFFERED: the processor parses and rewrites the whole body once", pm.GetRequestBodyMode())
+	}
+	if pm.GetResponseHeaderMode() == extprocv3.ProcessingMode_SKIP {
+		c.errorf(path+".response_header_mode", "must not be SKIP: provider rate-limit headers and the SSE switch happen there")
+	}
+	if m := pm.GetResponseBodyMode(); m != extprocv3.ProcessingMode_BUFFERED && m != extprocv3.ProcessingMode_STREAMED {
+		c.errorf(path+".response_body_mode", "is %s, must be BUFFERED or STREAMED: usage is read from the response body", m)
+	}
+}
+
+func anyStreamsResponse(modes []*extprocv3.ProcessingMode) bool {
+	for _, m := range modes {
+		if m.GetResponseBodyMode() == extprocv3.ProcessingMode_STREAMED {
+			return true
+		}
+	}
+	return false
+}
+
+// checkGrpcCluster checks that an envoy_grpc target names an existing HTTP/2 cluster (or, for
+// Istio, has the form of a generated one). google_grpc targets are opaque URIs and not checked.
+func (c *checker) checkGrpcCluster(gs *corev3.GrpcService, path string) {
+	name := gs.GetEnvoyGrpc().GetClusterName()
+	if gs.GetEnvoyGrpc() == nil {
+		return
+	}
+	path += ".envoy_grpc.cluster_name"
+	if c.clusters == nil {
+		if !istioClusterName.MatchString(name) {
+			c.errorf(path, "%q is not an Istio cluster name outbound|<port>|<subset>|<FQDN> (reference §8.4)", name)
+		}
+		return
+	}
+	cl, ok := c.clusters[name]
+	if !ok {
+		c.errorf(path, "cluster %q does not exist", name)
+		return
+	}
+	if !isHTTP2(cl) {
+		c.errorf(path, "cluster %q is not HTTP/2 (gRPC needs typed_extension_protocol_options %s with explicit_http_config.http2_protocol_options)", name, httpProtocolOptionsKey)
+	}
+}
+
+func isHTTP2(cl *clusterv3.Cluster) bool {
+	opts := &upstreamhttpv3.HttpProtocolOptions{}
+	a := cl.GetTypedExtensionProtocolOptions()[httpProtocolOptionsKey]
+	if !a.MessageIs(opts) || a.UnmarshalTo(opts) != nil {
+		return false
+	}
+	return opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions() != nil
+}
+
+// checkRoute checks the cluster a route forwards to, its tokenwarden metadata and its
+// per-filter configuration.
+func (c *checker) checkRoute(r *routev3.Route, path string, extProc bool) {
+	if c.clusters != nil {
+		if name := r.GetRoute().GetCluster(); name != "" {
+			if _, ok := c.clusters[name]; !ok {
+				c.errorf(path+".route.cluster", "cluster %q does not exist", name)
+			}
+		}
+		for i, wc := range r.GetRoute().GetWeightedClusters().GetClusters() {
+			if _, ok := c.clusters[wc.GetName()]; !ok {
+				c.errorf(fmt.Sprintf("%s.route.weighted_clusters.clusters[%d]", path, i), "cluster %q does not exist", wc.GetName())
+			}
+		}
+	}
+	c.checkRouteMetadata(r.GetMetadata(), path+".metadata")
+	if c.checkPerFilterConfig(r.GetTypedPerFilterConfig(), path, extProc) {
+		c.disabled = append(c.disabled, routeLabel(r))
+	}
+}
+
+// checkRouteMetadata checks filter_metadata.tokenwarden: it holds exactly one key, policy, a
+// non-empty string without whitespace (a policy name from tokenwarden.yaml).
+func (c *checker) checkRouteMetadata(md *corev3.Metadata, path string) {
+	ns, ok := md.GetFilterMetadata()[MetadataNamespace]
+	if !ok {
+		return
+	}
+	path += ".filter_metadata." + MetadataNamespace
+	for k, v := range ns.GetFields() {
+		if k != "policy" {
+			c.errorf(path, "unknown key %q: the processor reads only \"policy\"", k)
+			continue
+		}
+		sv, isString := v.GetKind().(*structpb.Value_StringValue)
+		if !isString || sv.StringValue == "" || strings.ContainsAny(sv.StringValue, " \t\r\n") {
+			c.errorf(path+".policy", "must be a non-empty policy name (a plain string), got %v", v.AsInterface())
+			continue
+		}
+		c.policies[sv.StringValue] = true
+	}
+}
+
+// checkPerFilterConfig checks the ext_proc entry of a typed_per_filter_config map and reports
+// whether it disables ext_proc. Envoy requires the entry's type to match the filter.
+func (c *checker) checkPerFilterConfig(cfg map[string]*anypb.Any, path string, extProc bool) (disabled bool) {
+	a, ok := cfg[ExtProcFilter]
+	if !ok {
+		return false
+	}
+	path = fmt.Sprintf("%s.typed_per_filter_config[%q]", path, ExtProcFilter)
+	if !extProc {
+		c.errorf(path, "per-route ext_proc configuration without an ext_proc filter in the chain")
+	}
+	pr := &extprocv3.ExtProcPerRoute{}
+	if !a.MessageIs(pr) {
+		c.errorf(path, "is %q, want ExtProcPerRoute", a.GetTypeUrl())
+		return false
+	}
+	if err := a.UnmarshalTo(pr); err != nil {
+		c.errorf(path, "unpack ExtProcPerRoute: %v", err)
+		return false
+	}
+	if gs := pr.GetOverrides().GetGrpcService(); gs != nil {
+		c.checkGrpcCluster(gs, path+".overrides.grpc_service")
+	}
+	return pr.GetDisabled()
+}
+
+func routeLabel(r *routev3.Route) string {
+	if r.GetName() != "" {
+		return r.GetName()
+	}
+	m := r.GetMatch()
+	switch {
+	case m.GetPath() != "":
+		return "path " + m.GetPath()
+	case m.GetPrefix() != "":
+		return "prefix " + m.GetPrefix()
+	case m.GetPathSeparatedPrefix() != "":
+		return "prefix " + m.GetPathSeparatedPrefix()
+	}
+	return "unnamed"
+}
