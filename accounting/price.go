@@ -87,6 +87,32 @@ func PriceFromUSDPerMTok(in, out, cacheWrite5m, cacheWrite1h, cacheRead float64)
 	return p, nil
 }
 
+// USDPerMTok is a price as configuration writes it, in USD per million
+// tokens, with JSON (and so sigs.k8s.io/yaml) field names matching the
+// `prices:` section of tokenwarden.yaml. Input and Output are required; a nil
+// cache class is derived as PriceFromUSDPerMTok describes.
+type USDPerMTok struct {
+	Input        *float64 `json:"input"`
+	Output       *float64 `json:"output"`
+	CacheWrite5m *float64 `json:"cache_write_5m,omitempty"`
+	CacheWrite1h *float64 `json:"cache_write_1h,omitempty"`
+	CacheRead    *float64 `json:"cache_read,omitempty"`
+}
+
+// Price converts u with PriceFromUSDPerMTok.
+func (u USDPerMTok) Price() (Price, error) {
+	if u.Input == nil || u.Output == nil {
+		return Price{}, errors.New("price: input and output (USD per million tokens) are required")
+	}
+	opt := func(v *float64) float64 {
+		if v == nil {
+			return math.NaN()
+		}
+		return *v
+	}
+	return PriceFromUSDPerMTok(*u.Input, *u.Output, opt(u.CacheWrite5m), opt(u.CacheWrite1h), opt(u.CacheRead))
+}
+
 // usdPerMTokToNano converts one USD/MTok figure to nano-USD per token exactly.
 // The test float64(r)/1000 == v is exact because IEEE division is correctly
 // rounded: it holds precisely when v is the float64 nearest to the decimal

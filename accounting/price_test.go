@@ -289,3 +289,29 @@ func BenchmarkCost(b *testing.B) {
 	}
 	_ = sink
 }
+
+func TestUSDPerMTok(t *testing.T) {
+	f := func(v float64) *float64 { return &v }
+	tests := []struct {
+		name    string
+		in      USDPerMTok
+		want    Price
+		wantErr bool
+	}{
+		{name: "all given", in: USDPerMTok{Input: f(3), Output: f(15), CacheWrite5m: f(3.75), CacheWrite1h: f(6), CacheRead: f(0.3)},
+			want: Price{Input: 3000, Output: 15000, CacheWrite5m: 3750, CacheWrite1h: 6000, CacheRead: 300}},
+		{name: "cache omitted", in: USDPerMTok{Input: f(2.5), Output: f(10)},
+			want: Price{Input: 2500, Output: 10000, CacheWrite5m: 3125, CacheWrite1h: 5000, CacheRead: 250}},
+		{name: "cache read given only", in: USDPerMTok{Input: f(2.5), Output: f(10), CacheRead: f(1.25)},
+			want: Price{Input: 2500, Output: 10000, CacheWrite5m: 3125, CacheWrite1h: 5000, CacheRead: 1250}},
+		{name: "input missing", in: USDPerMTok{Output: f(10)}, wantErr: true},
+		{name: "output missing", in: USDPerMTok{Input: f(10)}, wantErr: true},
+		{name: "inexact", in: USDPerMTok{Input: f(2.5), Output: f(10.0001)}, wantErr: true},
+	}
+	for _, tc := range tests {
+		got, err := tc.in.Price()
+		if (err != nil) != tc.wantErr || (err == nil && got != tc.want) {
+			t.Errorf("%s: Price() = %+v, %v; want %+v, error %v", tc.name, got, err, tc.want, tc.wantErr)
+		}
+	}
+}

@@ -26,13 +26,9 @@ type priceFile struct {
 }
 
 type priceEntry struct {
-	Name         string   `json:"name"`
-	IDs          []string `json:"ids"`
-	Input        *float64 `json:"input"`
-	Output       *float64 `json:"output"`
-	CacheWrite5m *float64 `json:"cache_write_5m"`
-	CacheWrite1h *float64 `json:"cache_write_1h"`
-	CacheRead    *float64 `json:"cache_read"`
+	Name string   `json:"name"`
+	IDs  []string `json:"ids"`
+	USDPerMTok
 }
 
 // tableModel is one model of the embedded table: its canonical name, the
@@ -81,11 +77,12 @@ func parseTable(data []byte) (embeddedTable, error) {
 			}
 			seen[n] = true
 		}
-		vals := []*float64{e.Input, e.Output, e.CacheWrite5m, e.CacheWrite1h, e.CacheRead}
-		if slices.Contains(vals, nil) {
+		// The table states every class: derived cache prices are for
+		// configuration, and official figures are not always the multiples.
+		if e.CacheWrite5m == nil || e.CacheWrite1h == nil || e.CacheRead == nil {
 			return embeddedTable{}, fmt.Errorf("model %s: all five prices are required", e.Name)
 		}
-		p, err := PriceFromUSDPerMTok(*e.Input, *e.Output, *e.CacheWrite5m, *e.CacheWrite1h, *e.CacheRead)
+		p, err := e.Price()
 		if err != nil {
 			return embeddedTable{}, fmt.Errorf("model %s: %w", e.Name, err)
 		}
