@@ -183,18 +183,28 @@ func (p *Provider) anthropicRequestFailure(w http.ResponseWriter, c *anthCall, e
 	p.anthropicError(w, c, http.StatusInternalServerError, "Internal server error", "")
 }
 
-func (p *Provider) handleCountTokens(w http.ResponseWriter, r *http.Request) {
+// anthropicPrompt runs the shared preamble and parses the body; ok is false
+// when a response has already been written.
+func (p *Provider) anthropicPrompt(w http.ResponseWriter, r *http.Request, needMaxTokens bool) (*anthCall, *flatPrompt, bool) {
 	c, body, ok := p.beginAnthropic(w, r)
 	if !ok {
-		return
+		return nil, nil, false
 	}
-	f, err := parseAnthropic(body, false, p.opts)
+	f, err := parseAnthropic(body, needMaxTokens, p.opts)
 	if err != nil {
 		p.anthropicRequestFailure(w, c, err)
-		return
+		return nil, nil, false
 	}
 	if !p.knownModel(f.model) {
 		p.anthropicError(w, c, http.StatusNotFound, "model: "+f.model, "")
+		return nil, nil, false
+	}
+	return c, f, true
+}
+
+func (p *Provider) handleCountTokens(w http.ResponseWriter, r *http.Request) {
+	c, f, ok := p.anthropicPrompt(w, r, false)
+	if !ok {
 		return
 	}
 	if _, err := resolveBreakpoints(f); err != nil {
@@ -208,17 +218,8 @@ func (p *Provider) handleCountTokens(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Provider) handleMessages(w http.ResponseWriter, r *http.Request) {
-	c, body, ok := p.beginAnthropic(w, r)
+	c, f, ok := p.anthropicPrompt(w, r, true)
 	if !ok {
-		return
-	}
-	f, err := parseAnthropic(body, true, p.opts)
-	if err != nil {
-		p.anthropicRequestFailure(w, c, err)
-		return
-	}
-	if !p.knownModel(f.model) {
-		p.anthropicError(w, c, http.StatusNotFound, "model: "+f.model, "")
 		return
 	}
 	plan, err := p.cache.plan(f, c.now, p.opts)
@@ -270,6 +271,7 @@ func (p *Provider) handleMessages(w http.ResponseWriter, r *http.Request) {
 		entry.Usage = []json.RawMessage{marshal(usage)}
 		entry.Reported = entry.Computed
 	}
+	entry.Complete = true // a JSON body is written in one piece
 	p.ledger.add(entry)
 	writeJSON(w, http.StatusOK, msg)
 }
@@ -307,28 +309,14 @@ func (p *Provider) streamAnthropic(w http.ResponseWriter, r *http.Request, c *an
 
 	finalSent := false
 	var merged *anthUsage
-	record := func() {
-		if merged != nil {
-			entry.Reported = anthTokens(*merged)
-		}
-		entry.Cut = !finalSent && !c.k.noUsage
-		p.ledger.add(entry)
+	raw := make([][]byte, len(frames))
+	for i, fr := range frames {
+		raw[i] = fr.bytes
 	}
-	for _, fr := range frames {
-		err := s.send(fr.bytes)
-		switch {
-		case errors.Is(err, errInjected):
-			_ = s.writeFrame(namedEvent("error", []byte(anthropicStreamError)))
-			record()
-			return
-		case errors.Is(err, errDisconnect):
-			record()
-			s.abort()
-			return
-		case err != nil:
-			record()
-			return
-		}
+	complete := false
+	disconnect := s.play(raw, namedEvent("error", []byte(anthropicStreamError)), func(i int) {
+		complete = i == len(frames)-1
+		fr := frames[i]
 		if fr.start != nil {
 			u := *fr.start
 			merged = &u
@@ -351,8 +339,16 @@ func (p *Provider) streamAnthropic(w http.ResponseWriter, r *http.Request, c *an
 			entry.Usage = append(entry.Usage, marshal(*fr.delta))
 			finalSent = true
 		}
+	})
+	if merged != nil {
+		entry.Reported = anthTokens(*merged)
 	}
-	record()
+	entry.Cut = !finalSent && !c.k.noUsage
+	entry.Complete = complete
+	p.ledger.add(entry)
+	if disconnect {
+		s.abort()
+	}
 }
 
 // anthropicFrames builds the whole event sequence up front; padding comes

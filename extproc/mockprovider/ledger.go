@@ -36,6 +36,9 @@ type LedgerEntry struct {
 	Cut bool `json:"cut"`
 	// NoUsage is true when x-mock-no-usage suppressed usage deliberately.
 	NoUsage bool `json:"no_usage"`
+	// Complete is true when the whole response (up to message_stop or
+	// data: [DONE]) was delivered.
+	Complete bool `json:"complete"`
 }
 
 // Tokens is a usage record in the billing classes tokenwarden uses.

@@ -304,6 +304,7 @@ func (p *Provider) handleChat(w http.ResponseWriter, r *http.Request) {
 		entry.Usage = []json.RawMessage{marshal(usage)}
 		entry.Reported = entry.Computed
 	}
+	entry.Complete = true // a JSON body is written in one piece
 	p.ledger.add(entry)
 	writeJSON(w, http.StatusOK, resp)
 }
@@ -450,32 +451,25 @@ func (p *Provider) streamOpenAI(w http.ResponseWriter, r *http.Request, c *oaiCa
 	frames = append(frames, frame{bytes: []byte("data: [DONE]\n\n")})
 
 	finalSent := false
-	record := func() {
-		entry.Cut = req.includeUsage && !c.k.noUsage && !finalSent
-		p.ledger.add(entry)
+	raw := make([][]byte, len(frames))
+	for i, fr := range frames {
+		raw[i] = fr.bytes
 	}
-	for _, fr := range frames {
-		err := s.send(fr.bytes)
-		switch {
-		case errors.Is(err, errInjected):
-			_ = s.writeFrame(dataEvent([]byte(openaiStreamError)))
-			record()
-			return
-		case errors.Is(err, errDisconnect):
-			record()
-			s.abort()
-			return
-		case err != nil:
-			record()
-			return
-		}
-		if fr.usage != nil {
-			entry.Usage = []json.RawMessage{fr.usage}
+	complete := false
+	disconnect := s.play(raw, dataEvent([]byte(openaiStreamError)), func(i int) {
+		complete = i == len(frames)-1
+		if u := frames[i].usage; u != nil {
+			entry.Usage = []json.RawMessage{u}
 			entry.Reported = entry.Computed
 			finalSent = true
 		}
+	})
+	entry.Cut = req.includeUsage && !c.k.noUsage && !finalSent
+	entry.Complete = complete
+	p.ledger.add(entry)
+	if disconnect {
+		s.abort()
 	}
-	record()
 }
 
 func (p *Provider) openaiModels(w http.ResponseWriter, r *http.Request, models []string, created time.Time) {

@@ -90,6 +90,27 @@ func (s *streamer) writeFrame(frame []byte) error {
 	return nil
 }
 
+// play sends frames in order, calling sent(i) after frame i went out. An
+// injected error writes errFrame and ends the stream; a scripted disconnect
+// returns true, and the caller records what was sent, then calls abort. A
+// client that goes away just ends the stream.
+func (s *streamer) play(frames [][]byte, errFrame []byte, sent func(i int)) (disconnect bool) {
+	for i, f := range frames {
+		err := s.send(f)
+		switch {
+		case errors.Is(err, errInjected):
+			_ = s.writeFrame(errFrame)
+			return false
+		case errors.Is(err, errDisconnect):
+			return true
+		case err != nil:
+			return false
+		}
+		sent(i)
+	}
+	return false
+}
+
 // abort ends the response without its terminating chunk: hijack and close
 // the TCP connection (HTTP/1.1), or abort the handler where hijacking is not
 // possible (HTTP/2), which net/http turns into a stream reset.

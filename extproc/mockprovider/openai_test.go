@@ -1,0 +1,211 @@
+package mockprovider
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tidwall/gjson"
+)
+
+const (
+	oaiHello  = `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}`
+	oaiStream = `{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Hello"}]}`
+)
+
+func TestOpenAIJSONResponse(t *testing.T) {
+	s := startMock(t, Options{})
+	resp, body, err := post(t, s.URL()+"/v1/chat/completions", oaiHello, openaiHeaders())
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("status %d err %v body %s", resp.StatusCode, err, body)
+	}
+	h := resp.Header
+	if !strings.HasPrefix(h.Get("x-request-id"), "req_") || h.Get("openai-version") != "2020-10-01" || h.Get("openai-processing-ms") == "" {
+		t.Errorf("identity headers %v", h)
+	}
+	checkOpenAIRateHeaders(t, h)
+	if got := keys(body, "@this"); got != "id,object,created,model,choices,usage,service_tier,system_fingerprint" {
+		t.Errorf("key order %s", got)
+	}
+	u := gjson.GetBytes(body, "usage")
+	// "Hello": 2 + 3 per message + 3 for the reply.
+	if u.Get("prompt_tokens").Int() != 8 || !u.Get("prompt_tokens_details.cached_tokens").Exists() ||
+		!u.Get("completion_tokens_details.reasoning_tokens").Exists() ||
+		u.Get("total_tokens").Int() != u.Get("prompt_tokens").Int()+u.Get("completion_tokens").Int() {
+		t.Errorf("usage %s", u.Raw)
+	}
+	text := gjson.GetBytes(body, "choices.0.message.content").String()
+	if int64(len(strings.Fields(text))) != u.Get("completion_tokens").Int() {
+		t.Errorf("%q is not %d words", text, u.Get("completion_tokens").Int())
+	}
+	if fr := gjson.GetBytes(body, "choices.0.finish_reason").String(); fr != "stop" {
+		t.Errorf("finish_reason %q", fr)
+	}
+	led := s.Provider().Ledger()
+	if len(led) != 1 || led[0].Dialect != DialectOpenAI || led[0].Reported.InputTokens != 8 || led[0].RequestID != h.Get("x-request-id") {
+		t.Errorf("ledger %+v", led)
+	}
+}
+
+func checkOpenAIRateHeaders(t *testing.T, h http.Header) {
+	t.Helper()
+	for _, name := range []string{"limit-requests", "limit-tokens", "remaining-requests", "remaining-tokens"} {
+		if v := h.Get("x-ratelimit-" + name); v == "" || strings.Trim(v, "0123456789") != "" {
+			t.Errorf("x-ratelimit-%s = %q", name, v)
+		}
+	}
+	for _, name := range []string{"reset-requests", "reset-tokens"} {
+		if _, err := time.ParseDuration(h.Get("x-ratelimit-" + name)); err != nil {
+			t.Errorf("x-ratelimit-%s = %q: %v", name, h.Get("x-ratelimit-"+name), err)
+		}
+	}
+}
+
+func TestOpenAIPromptRule(t *testing.T) {
+	opts := Options{}.withDefaults()
+	tests := []struct {
+		name, body string
+		want       int64
+	}{
+		{"string", oaiHello, 2 + 3 + 3},
+		{"parts", `{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"12345"},{"type":"image_url","image_url":{"url":"x"}}]}]}`, 2 + 1600 + 3 + 3},
+		{"system and tool call", `{"model":"m","messages":[{"role":"system","content":"abcd"},{"role":"assistant","content":null,"tool_calls":[{"id":"c"}]},{"role":"tool","content":"ok"}]}`,
+			1 + 3 + ceilTokens(len(`[{"id":"c"}]`)) + 3 + 1 + 3 + 3},
+		{"tools", `{"model":"m","tools":[{"type":"function","function":{"name":"f"}}],"messages":[{"role":"user","content":"a"}]}`,
+			ceilTokens(len(`{"type":"function","function":{"name":"f"}}`)) + 1 + 3 + 3},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := parseOpenAI([]byte(tc.body), opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.promptTokens != tc.want {
+				t.Errorf("prompt tokens %d, want %d", p.promptTokens, tc.want)
+			}
+		})
+	}
+}
+
+func TestOpenAIBadRequests(t *testing.T) {
+	s := startMock(t, Options{Models: []string{"gpt-4o-mini", "gpt-5-nano"}})
+	tests := []struct {
+		name, body string
+		h          http.Header
+		status     int
+		code       string
+	}{
+		{"no auth", oaiHello, http.Header{}, 401, ""},
+		{"x-api-key is not OpenAI auth", oaiHello, with(http.Header{}, "x-api-key", "k"), 401, ""},
+		{"malformed", `{"model"`, openaiHeaders(), 400, ""},
+		{"no messages", `{"model":"gpt-4o-mini"}`, openaiHeaders(), 400, "missing_required_parameter"},
+		{"empty messages", `{"model":"gpt-4o-mini","messages":[]}`, openaiHeaders(), 400, "empty_array"},
+		{"max_tokens on reasoning model", `{"model":"gpt-5-nano","max_tokens":10,"messages":[{"role":"user","content":"a"}]}`, openaiHeaders(), 400, "unsupported_parameter"},
+		{"stream_options without stream", `{"model":"gpt-4o-mini","stream_options":{"include_usage":true},"messages":[{"role":"user","content":"a"}]}`, openaiHeaders(), 400, "invalid_value"},
+		{"unknown model", `{"model":"gpt-x","messages":[{"role":"user","content":"a"}]}`, openaiHeaders(), 404, "model_not_found"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body, _ := post(t, s.URL()+"/v1/chat/completions", tc.body, tc.h)
+			e := gjson.GetBytes(body, "error")
+			if resp.StatusCode != tc.status || e.Get("type").String() != "invalid_request_error" || e.Get("message").String() == "" ||
+				e.Get("code").String() != tc.code || !e.Get("param").Exists() {
+				t.Errorf("status %d body %s", resp.StatusCode, body)
+			}
+		})
+	}
+}
+
+func TestOpenAIMaxTokens(t *testing.T) {
+	s := startMock(t, Options{})
+	_, body, _ := post(t, s.URL()+"/v1/chat/completions",
+		`{"model":"gpt-5-nano","max_completion_tokens":4,"messages":[{"role":"user","content":"Hello"}]}`, with(openaiHeaders(), "x-mock-output-tokens", "50"))
+	if gjson.GetBytes(body, "usage.completion_tokens").Int() != 4 || gjson.GetBytes(body, "choices.0.finish_reason").String() != "length" {
+		t.Errorf("body %s", body)
+	}
+}
+
+func TestOpenAIStream(t *testing.T) {
+	s := startMock(t, Options{})
+	tests := []struct {
+		name, body  string
+		h           http.Header
+		wantUsage   bool
+		obfuscation bool
+	}{
+		{"include_usage", oaiStream, openaiHeaders(), true, true},
+		{"no include_usage", strings.Replace(oaiStream, `"stream_options":{"include_usage":true},`, "", 1), openaiHeaders(), false, true},
+		{"no obfuscation", strings.Replace(oaiStream, `"include_usage":true`, `"include_usage":true,"include_obfuscation":false`, 1), openaiHeaders(), true, false},
+		{"no usage knob", oaiStream, with(openaiHeaders(), "x-mock-no-usage", "1"), false, true},
+		{"random split", oaiStream, with(openaiHeaders(), "x-mock-split", "random"), true, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body, err := post(t, s.URL()+"/v1/chat/completions", tc.body, tc.h)
+			if err != nil || resp.StatusCode != 200 || resp.Header.Get("content-type") != "text/event-stream; charset=utf-8" {
+				t.Fatalf("status %d err %v headers %v", resp.StatusCode, err, resp.Header)
+			}
+			events, err := decodeSSE(body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if last := events[len(events)-1]; last.Data != "[DONE]" || last.Event != "" {
+				t.Errorf("last event %+v", last)
+			}
+			var text strings.Builder
+			usageChunks := 0
+			var usage gjson.Result
+			for i, e := range events[:len(events)-1] {
+				if e.Event != "" || !json.Valid([]byte(e.Data)) {
+					t.Fatalf("chunk %d: %+v", i, e)
+				}
+				c := gjson.Parse(e.Data)
+				if c.Get("object").String() != "chat.completion.chunk" || c.Get("obfuscation").Exists() != tc.obfuscation {
+					t.Errorf("chunk %d: %s", i, e.Data)
+				}
+				if c.Get("usage").Exists() != tc.wantUsage && !(tc.name == "no usage knob") {
+					t.Errorf("chunk %d usage presence: %s", i, e.Data)
+				}
+				if c.Get("usage").IsObject() {
+					usageChunks++
+					usage = c.Get("usage")
+					if c.Get("choices").Raw != "[]" || i != len(events)-2 {
+						t.Errorf("usage chunk %d (of %d) has choices %s", i, len(events), c.Get("choices").Raw)
+					}
+				}
+				text.WriteString(c.Get("choices.0.delta.content").String())
+			}
+			if (usageChunks == 1) != tc.wantUsage {
+				t.Fatalf("%d usage chunks", usageChunks)
+			}
+			if tc.wantUsage && int64(len(strings.Fields(text.String()))) != usage.Get("completion_tokens").Int() {
+				t.Errorf("streamed %q, usage %s", text.String(), usage.Raw)
+			}
+			if fr := gjson.Get(events[len(events)-2-boolInt(tc.wantUsage)].Data, "choices.0.finish_reason").String(); fr != "stop" {
+				t.Errorf("finish chunk reason %q", fr)
+			}
+		})
+	}
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func TestOpenAIStreamErrorAfter(t *testing.T) {
+	s := startMock(t, Options{})
+	_, body, _ := post(t, s.URL()+"/v1/chat/completions", oaiStream, with(openaiHeaders(), "x-mock-error-after", "2"))
+	events, err := decodeSSE(body)
+	if err != nil || len(events) != 3 || gjson.Get(events[2].Data, "error.type").String() != "server_error" {
+		t.Fatalf("events %+v (%v)", events, err)
+	}
+	led := s.Provider().Ledger()
+	if len(led) != 1 || !led[0].Cut || len(led[0].Usage) != 0 || led[0].Reported != (Tokens{}) {
+		t.Errorf("ledger %+v", led)
+	}
+}
