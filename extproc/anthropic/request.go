@@ -165,9 +165,12 @@ func estimateBlock(r *llm.Reader, c *llm.TokenCounter, depth int) error {
 	if r.Err() != nil {
 		return nil // reported by llm.Finish
 	}
-	if string(typ) == "image" {
+	switch string(typ) {
+	case "image":
 		c.AddTokens(llm.ImageTokens)
 		return nil
+	case "tool_use", "server_tool_use", "tool_result":
+		c.AddTokens(llm.ToolCallOverheadTokens)
 	}
 	if src[0] >= 0 {
 		return estimateSource(r.Slice(src[0], src[1]), c, depth)

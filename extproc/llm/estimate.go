@@ -22,7 +22,11 @@ package llm
 //     per 8 decoded bytes but at least DocumentTokens.
 //   - Framing: MessageOverheadTokens per message, ToolOverheadTokens per tool
 //     definition, ToolPromptTokens once when tools are present (the hidden
-//     tool-use system prompt), RequestOverheadTokens per request.
+//     tool-use system prompt), ToolCallOverheadTokens per tool call and per
+//     tool result in the conversation, RequestOverheadTokens per request.
+//     The tool figures are calibrated on the recorded Anthropic exchanges
+//     (shared/fixtures): a tool call with its result bills ~60 tokens beyond
+//     their visible text.
 //
 // Weights are kept in twelfths of a token so one table lookup and one add per
 // byte does all the work; continuation bytes of a UTF-8 sequence weigh 0 and
@@ -30,14 +34,15 @@ package llm
 
 // Fixed estimates, in tokens.
 const (
-	ImageTokens           = 1600
-	MediaTokens           = 1600
-	DocumentTokens        = 3200
-	DocumentBytesPerToken = 8
-	MessageOverheadTokens = 4
-	ToolOverheadTokens    = 8
-	ToolPromptTokens      = 350
-	RequestOverheadTokens = 8
+	ImageTokens            = 1600
+	MediaTokens            = 1600
+	DocumentTokens         = 3200
+	DocumentBytesPerToken  = 8
+	MessageOverheadTokens  = 4
+	ToolOverheadTokens     = 8
+	ToolPromptTokens       = 350
+	ToolCallOverheadTokens = 30
+	RequestOverheadTokens  = 8
 )
 
 const unitsPerToken = 12

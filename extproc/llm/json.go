@@ -92,6 +92,7 @@ func (r *Reader) Peek() Kind {
 	}
 	r.ws()
 	if r.pos >= len(r.buf) {
+		r.fail("unexpected end of input")
 		return KindInvalid
 	}
 	switch c := r.buf[r.pos]; {
@@ -108,6 +109,8 @@ func (r *Reader) Peek() Kind {
 	case c == 'n':
 		return KindNull
 	}
+	// A value is expected wherever Peek is called, so nothing valid starts here.
+	r.fail("expected a value")
 	return KindInvalid
 }
 
