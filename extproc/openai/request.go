@@ -115,6 +115,11 @@ func estimateMessages(r *llm.Reader, c *llm.TokenCounter) (int, error) {
 			switch string(key) {
 			case "role":
 				r.Skip()
+			case "tool_call_id": // a tool result, framed like Anthropic's
+				r.Skip()
+				c.AddTokens(llm.ToolCallOverheadTokens)
+			case "tool_calls":
+				estimateToolCalls(r, c)
 			case "content":
 				if err := estimateContent(r, c); err != nil {
 					return n, llm.Within(fmt.Sprintf("messages.%d.content", n), err)
@@ -126,6 +131,19 @@ func estimateMessages(r *llm.Reader, c *llm.TokenCounter) (int, error) {
 		n++
 	}
 	return n, nil
+}
+
+// estimateToolCalls counts each call's JSON plus the per-call framing.
+func estimateToolCalls(r *llm.Reader, c *llm.TokenCounter) {
+	if r.Peek() != llm.KindArray {
+		r.EstimateValue(c)
+		return
+	}
+	it := r.Array()
+	for r.NextElem(&it) {
+		r.EstimateValue(c)
+		c.AddTokens(llm.ToolCallOverheadTokens)
+	}
 }
 
 // estimateContent consumes message content: a string, null (assistant
