@@ -142,7 +142,6 @@ func TestStreamOpenFailure(t *testing.T) {
 	}
 }
 
-
 // TestImmediateResponse is ref §4 in the request phase.
 func TestImmediateResponse(t *testing.T) {
 	c, p := startProc(t, func(s *pstream) error {
