@@ -49,7 +49,7 @@ func ParseRequest(body []byte) (llm.Request, error) {
 			req.Stream, err = llm.ReadOptionalBool(&r, "stream")
 		case "messages":
 			haveMessages = true
-			req.Messages, err = estimateMessages(&r, &c)
+			req.Messages, err = llm.EstimateMessages(&r, &c, messageMember)
 		case "system":
 			err = estimateSystem(&r, &c)
 		case "tools":
@@ -70,37 +70,24 @@ func ParseRequest(body []byte) (llm.Request, error) {
 	return req, nil
 }
 
-func estimateMessages(r *llm.Reader, c *llm.TokenCounter) (int, error) {
-	if r.Peek() != llm.KindArray {
-		return 0, llm.Invalid("messages: must be an array")
+// messageMember estimates one member of a message: only content is read by
+// the model (role is framing, counted in the per-message overhead).
+func messageMember(r *llm.Reader, c *llm.TokenCounter, key []byte) error {
+	if string(key) != "content" {
+		r.Skip()
+		return nil
 	}
-	n := 0
-	it := r.Array()
-	for r.NextElem(&it) {
-		if r.Peek() != llm.KindObject {
-			return n, llm.Invalid(fmt.Sprintf("messages.%d: must be an object", n))
+	switch r.Peek() {
+	case llm.KindString:
+		r.EstimateString(c)
+	case llm.KindArray:
+		if err := estimateBlocks(r, c, 0); err != nil {
+			return llm.Within("content", err)
 		}
-		c.AddTokens(llm.MessageOverheadTokens)
-		mit := r.Object()
-		for key, ok := r.NextKey(&mit); ok; key, ok = r.NextKey(&mit) {
-			if string(key) != "content" {
-				r.Skip()
-				continue
-			}
-			switch r.Peek() {
-			case llm.KindString:
-				r.EstimateString(c)
-			case llm.KindArray:
-				if err := estimateBlocks(r, c, 0); err != nil {
-					return n, llm.Within(fmt.Sprintf("messages.%d.content", n), err)
-				}
-			default:
-				return n, llm.Invalid(fmt.Sprintf("messages.%d.content: must be a string or an array of content blocks", n))
-			}
-		}
-		n++
+	default:
+		return llm.Invalid("content: must be a string or an array of content blocks")
 	}
-	return n, nil
+	return nil
 }
 
 func estimateSystem(r *llm.Reader, c *llm.TokenCounter) error {

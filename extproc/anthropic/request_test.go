@@ -56,7 +56,7 @@ func TestParseRequestErrors(t *testing.T) {
 		{"messages object", `{"model":"m","messages":{}}`, "messages: must be an array"},
 		{"message not object", `{"model":"m","messages":["hi"]}`, "messages.0: must be an object"},
 		{"content number", `{"model":"m","messages":[{"role":"user","content":1}]}`, "messages.0.content: must be a string or an array"},
-		{"block not object", `{"model":"m","messages":[{"role":"user","content":["x"]}]}`, "messages.0.content: 0: content block must be an object"},
+		{"block not object", `{"model":"m","messages":[{"role":"user","content":["x"]}]}`, "messages.0.content.0: content block must be an object"},
 		{"max_tokens float", `{"model":"m","messages":[],"max_tokens":1.5}`, "max_tokens: must be a non-negative integer"},
 		{"max_tokens negative", `{"model":"m","messages":[],"max_tokens":-1}`, "max_tokens: must be a non-negative integer"},
 		{"max_tokens string", `{"model":"m","messages":[],"max_tokens":"9"}`, "max_tokens: must be an integer"},

@@ -20,16 +20,10 @@ import (
 // event: event data is read in place with gjson over a view of the decoder's
 // buffer; only the model name and an error message are copied, once.
 type StreamParser struct {
-	dec      llm.SSEDecoder
-	u        rawUsage
-	final    bool
-	started  bool
-	model    string
-	outBytes int64
-	errKind  string
-	errMsg   string
-	hasErr   bool
-	invalid  int
+	llm.StreamState
+	u       rawUsage
+	final   bool
+	started bool
 }
 
 var _ llm.StreamParser = (*StreamParser)(nil)
@@ -42,35 +36,18 @@ func NewStreamParser() *StreamParser { return &StreamParser{} }
 type sink StreamParser
 
 // Write feeds one chunk of the response body.
-func (p *StreamParser) Write(chunk []byte) { p.dec.Write(chunk, (*sink)(p)) }
+func (p *StreamParser) Write(chunk []byte) { p.Feed(chunk, (*sink)(p)) }
 
 // Usage returns the usage known so far; final is true once a message_delta
 // carrying usage, or message_stop, has been seen.
 func (p *StreamParser) Usage() (accounting.Usage, bool) { return p.u.usage(), p.final }
 
-// Model returns the model named by message_start.
-func (p *StreamParser) Model() string { return p.model }
-
-// OutputTextBytes returns the decoded bytes of text, thinking and tool input
-// streamed so far.
-func (p *StreamParser) OutputTextBytes() int64 { return p.outBytes }
-
-// Error returns the first "error" event.
-func (p *StreamParser) Error() (kind, message string, ok bool) {
-	return p.errKind, p.errMsg, p.hasErr
-}
-
-// Dropped returns how many events were ignored: not JSON, or over
-// llm.MaxSSELine.
-func (p *StreamParser) Dropped() int { return p.dec.Dropped() + p.invalid }
-
 // Event handles one SSE event. The JSON "type" is authoritative (it always
 // equals the event name on the real API); the name is the fallback.
 func (s *sink) Event(name, data []byte) {
 	p := (*StreamParser)(s)
-	js := llm.View(data)
-	if !gjson.Valid(js) {
-		p.invalid++
+	js, ok := p.EventJSON(data)
+	if !ok {
 		return
 	}
 	typ := gjson.Get(js, "type").Str
@@ -80,9 +57,7 @@ func (s *sink) Event(name, data []byte) {
 	switch typ {
 	case "message_start":
 		msg := gjson.Get(js, "message")
-		if m := msg.Get("model"); m.Type == gjson.String && m.Str != p.model {
-			p.model = strings.Clone(m.Str) // m.Str may be a view of data
-		}
+		p.RecordModel(msg.Get("model"))
 		p.u = fromMessage(msg.Get("usage"))
 		p.started = true
 	case "message_delta":
@@ -96,16 +71,12 @@ func (s *sink) Event(name, data []byte) {
 			p.final = true
 		}
 	case "content_block_start":
-		p.outBytes += textLen(gjson.Get(js, "content_block"))
+		p.AddOutput(textLen(gjson.Get(js, "content_block")))
 	case "content_block_delta":
-		p.outBytes += textLen(gjson.Get(js, "delta"))
+		p.AddOutput(textLen(gjson.Get(js, "delta")))
 	case "error":
-		if !p.hasErr {
-			e := gjson.Get(js, "error")
-			p.errKind = e.Get("type").String()
-			p.errMsg = e.Get("message").String()
-			p.hasErr = true
-		}
+		e := gjson.Get(js, "error")
+		p.RecordError(strings.Clone(e.Get("type").String()), strings.Clone(e.Get("message").String()))
 	}
 }
 

@@ -73,13 +73,9 @@ func fromMessage(obj gjson.Result) rawUsage {
 // ok is false when the body is not valid JSON (truncated) or has no usage
 // object (error bodies).
 func UsageFromJSON(body []byte) (usage accounting.Usage, model string, ok bool) {
-	s := llm.View(body)
-	if !gjson.Valid(s) {
+	u, model, ok := llm.ResponseUsage(body)
+	if !ok {
 		return usage, "", false
 	}
-	u := gjson.Get(s, "usage")
-	if !u.IsObject() {
-		return usage, "", false
-	}
-	return fromMessage(u).usage(), gjson.Get(s, "model").String(), true
+	return fromMessage(u).usage(), model, true
 }

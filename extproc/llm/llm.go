@@ -11,6 +11,7 @@ package llm
 
 import (
 	"errors"
+	"strings"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
 )
@@ -78,13 +79,16 @@ func (e *RequestError) Is(target error) bool { return target == ErrInvalidReques
 // Invalid returns a *RequestError with the given client-facing message.
 func Invalid(msg string) error { return &RequestError{Msg: msg} }
 
-// Within returns err with its client-facing message prefixed by the path of
-// the value it concerns ("messages.3.content: ..."); other errors are
-// returned as they are.
+// Within returns err with its client-facing message qualified by the path
+// of the value it concerns: "content: must be…" within "messages.3" reads
+// "messages.3.content: must be…". Other errors are returned as they are.
 func Within(path string, err error) error {
 	var re *RequestError
-	if errors.As(err, &re) {
-		return &RequestError{Msg: path + ": " + re.Msg}
+	if !errors.As(err, &re) {
+		return err
 	}
-	return err
+	if i := strings.Index(re.Msg, ": "); i > 0 && !strings.ContainsRune(re.Msg[:i], ' ') {
+		return &RequestError{Msg: path + "." + re.Msg}
+	}
+	return &RequestError{Msg: path + ": " + re.Msg}
 }

@@ -111,6 +111,32 @@ func EstimateTools(r *Reader, c *TokenCounter, each func(*Reader, *TokenCounter)
 	return n, nil
 }
 
+// EstimateMessages consumes the messages array, adding the per-message
+// overhead, and calls member for each member of each message with the
+// Reader positioned at its value (member must consume it). It returns the
+// number of messages; member errors are prefixed with "messages.N".
+func EstimateMessages(r *Reader, c *TokenCounter, member func(r *Reader, c *TokenCounter, key []byte) error) (int, error) {
+	if r.Peek() != KindArray {
+		return 0, Invalid("messages: must be an array")
+	}
+	n := 0
+	it := r.Array()
+	for r.NextElem(&it) {
+		if r.Peek() != KindObject {
+			return n, Invalid(fmt.Sprintf("messages.%d: must be an object", n))
+		}
+		c.AddTokens(MessageOverheadTokens)
+		mit := r.Object()
+		for key, ok := r.NextKey(&mit); ok; key, ok = r.NextKey(&mit) {
+			if err := member(r, c, key); err != nil {
+				return n, Within(fmt.Sprintf("messages.%d", n), err)
+			}
+		}
+		n++
+	}
+	return n, nil
+}
+
 // Finish checks that the document ended cleanly and that the required
 // fields were present.
 func Finish(r *Reader, haveModel, haveMessages bool) error {

@@ -51,7 +51,7 @@ func ParseRequest(body []byte) (llm.Request, error) {
 			req.StreamUsageRequested, err = readStreamOptions(&r)
 		case "messages":
 			haveMsgs = true
-			req.Messages, err = estimateMessages(&r, &c)
+			req.Messages, err = llm.EstimateMessages(&r, &c, messageMember)
 		case "tools", "functions":
 			var n int
 			n, err = llm.EstimateTools(&r, &c, func(r *llm.Reader, c *llm.TokenCounter) { r.EstimateValue(c) })
@@ -99,38 +99,24 @@ func readStreamOptions(r *llm.Reader) (bool, error) {
 	return include, nil
 }
 
-func estimateMessages(r *llm.Reader, c *llm.TokenCounter) (int, error) {
-	if r.Peek() != llm.KindArray {
-		return 0, llm.Invalid("messages: must be an array")
-	}
-	n := 0
-	it := r.Array()
-	for r.NextElem(&it) {
-		if r.Peek() != llm.KindObject {
-			return n, llm.Invalid(fmt.Sprintf("messages.%d: must be an object", n))
+// messageMember estimates one member of a message.
+func messageMember(r *llm.Reader, c *llm.TokenCounter, key []byte) error {
+	switch string(key) {
+	case "role":
+		r.Skip()
+	case "tool_call_id": // a tool result, framed like Anthropic's
+		r.Skip()
+		c.AddTokens(llm.ToolCallOverheadTokens)
+	case "tool_calls":
+		estimateToolCalls(r, c)
+	case "content":
+		if err := estimateContent(r, c); err != nil {
+			return llm.Within("content", err)
 		}
-		c.AddTokens(llm.MessageOverheadTokens)
-		mit := r.Object()
-		for key, ok := r.NextKey(&mit); ok; key, ok = r.NextKey(&mit) {
-			switch string(key) {
-			case "role":
-				r.Skip()
-			case "tool_call_id": // a tool result, framed like Anthropic's
-				r.Skip()
-				c.AddTokens(llm.ToolCallOverheadTokens)
-			case "tool_calls":
-				estimateToolCalls(r, c)
-			case "content":
-				if err := estimateContent(r, c); err != nil {
-					return n, llm.Within(fmt.Sprintf("messages.%d.content", n), err)
-				}
-			default: // name, tool_calls, function_call, tool_call_id, reasoning…
-				r.EstimateValue(c)
-			}
-		}
-		n++
+	default: // name, function_call, reasoning…
+		r.EstimateValue(c)
 	}
-	return n, nil
+	return nil
 }
 
 // estimateToolCalls counts each call's JSON plus the per-call framing.

@@ -54,7 +54,7 @@ func TestParseRequestErrors(t *testing.T) {
 		{"model bool", `{"model":true,"messages":[]}`, "model: must be a string"},
 		{"messages string", `{"model":"m","messages":"hi"}`, "messages: must be an array"},
 		{"content number", `{"model":"m","messages":[{"role":"user","content":5}]}`, "messages.0.content: must be a string, null"},
-		{"part not object", `{"model":"m","messages":[{"role":"user","content":[1]}]}`, "messages.0.content: 0: content part must be an object"},
+		{"part not object", `{"model":"m","messages":[{"role":"user","content":[1]}]}`, "messages.0.content.0: content part must be an object"},
 		{"stream_options array", `{"model":"m","messages":[],"stream_options":[]}`, "stream_options: must be an object"},
 		{"include_usage string", `{"model":"m","messages":[],"stream_options":{"include_usage":"yes"}}`, "stream_options.include_usage: must be a boolean"},
 		{"max_completion_tokens negative", `{"model":"m","messages":[],"max_completion_tokens":-3}`, "max_completion_tokens: must be a non-negative integer"},
