@@ -16,6 +16,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
@@ -40,8 +41,10 @@ type checker struct {
 	clusters map[string]*clusterv3.Cluster
 	errs     []error
 	policies map[string]bool
-	disabled []string
-	routes   int
+	// namespaces are the receiving namespaces of the ext_proc filters of the HCM being checked.
+	namespaces map[string]bool
+	disabled   []string
+	routes     int
 }
 
 func (c *checker) errorf(path, format string, args ...any) {
@@ -87,7 +90,7 @@ func checkBootstrap(b *bootstrapv3.Bootstrap) (Summary, error) {
 			}
 		}
 	}
-	if s.ExtProcFilters == 0 && len(c.errs) == 0 {
+	if s.ExtProcFilters == 0 {
 		c.errorf("static_resources", "no %s filter in any HTTP connection manager: tokenwarden would never be called", ExtProcFilter)
 	}
 	s.Routes, s.Policies, s.Disabled = c.routes, c.policyList(), c.disabled
@@ -102,6 +105,7 @@ func checkBootstrap(b *bootstrapv3.Bootstrap) (Summary, error) {
 func (c *checker) checkHCM(hcm *hcmv3.HttpConnectionManager, path string) int {
 	filters := hcm.GetHttpFilters()
 	router, extProcs := -1, 0
+	c.namespaces = map[string]bool{}
 	for i, f := range filters {
 		fpath := fmt.Sprintf("%s.http_filters[%d](%s)", path, i, f.GetName())
 		switch f.GetName() {
@@ -120,6 +124,9 @@ func (c *checker) checkHCM(hcm *hcmv3.HttpConnectionManager, path string) int {
 		c.errorf(path, "no %s filter: requests would never reach a cluster", RouterFilter)
 	case router != len(filters)-1:
 		c.errorf(fmt.Sprintf("%s.http_filters[%d]", path, router), "the router must be the last HTTP filter (it is terminal)")
+	}
+	for i, al := range hcm.GetAccessLog() {
+		c.checkAccessLog(al.GetTypedConfig(), fmt.Sprintf("%s.access_log[%d]", path, i))
 	}
 	if hcm.GetRouteConfig() != nil {
 		for vi, vh := range hcm.GetRouteConfig().GetVirtualHosts() {
@@ -189,6 +196,11 @@ func (c *checker) checkExtProc(ep *extprocv3.ExternalProcessor, path string) {
 	}
 	if !slices.Contains(ep.GetRequestAttributes(), PolicyAttribute) {
 		c.errorf(path+".request_attributes", "must list %q: it is how the processor learns the route's policy (reference §5.3)", PolicyAttribute)
+	}
+	for _, ns := range ep.GetMetadataOptions().GetReceivingNamespaces().GetUntyped() {
+		if c.namespaces != nil {
+			c.namespaces[ns] = true
+		}
 	}
 	if !slices.Contains(ep.GetMetadataOptions().GetReceivingNamespaces().GetUntyped(), MetadataNamespace) {
 		c.errorf(path+".metadata_options.receiving_namespaces.untyped", "must contain %q: Envoy drops dynamic metadata from unlisted namespaces (reference §5.1)", MetadataNamespace)
@@ -338,4 +350,54 @@ func routeLabel(r *routev3.Route) string {
 		return "prefix " + m.GetPathSeparatedPrefix()
 	}
 	return "unnamed"
+}
+
+// MetadataKeys are the keys the processor writes in namespace tokenwarden at the end of each
+// response; access logs may reference only these.
+var MetadataKeys = []string{"tenant", "policy", "model", "requested_model", "input_tokens", "output_tokens",
+	"cache_read_tokens", "cache_write_tokens", "cost_usd", "usage_source", "decision"}
+
+var dynamicMetadataRef = regexp.MustCompile(`%DYNAMIC_METADATA\(([^:)]*)((?::[^:)]*)*)\)(?::[0-9]+)?%`)
+
+// checkAccessLog checks %DYNAMIC_METADATA(ns:key)% references in a stdout access log format:
+// the namespace must be one an ext_proc filter receives (or the value is always "-"), and
+// tokenwarden keys must be ones the processor writes.
+func (c *checker) checkAccessLog(a *anypb.Any, path string) {
+	sl := &streamv3.StdoutAccessLog{}
+	if !a.MessageIs(sl) || a.UnmarshalTo(sl) != nil {
+		return // other loggers' formats are not inspected
+	}
+	f := sl.GetLogFormat()
+	texts := []string{f.GetTextFormat(), f.GetTextFormatSource().GetInlineString()}
+	var collect func(v *structpb.Value)
+	collect = func(v *structpb.Value) {
+		switch k := v.GetKind().(type) {
+		case *structpb.Value_StringValue:
+			texts = append(texts, k.StringValue)
+		case *structpb.Value_StructValue:
+			for _, x := range k.StructValue.GetFields() {
+				collect(x)
+			}
+		case *structpb.Value_ListValue:
+			for _, x := range k.ListValue.GetValues() {
+				collect(x)
+			}
+		}
+	}
+	for _, v := range f.GetJsonFormat().GetFields() {
+		collect(v)
+	}
+	reported := map[string]bool{}
+	for _, text := range texts {
+		for _, m := range dynamicMetadataRef.FindAllStringSubmatch(text, -1) {
+			ns, key := m[1], strings.TrimPrefix(m[2], ":")
+			if !c.namespaces[ns] && !reported[ns] {
+				reported[ns] = true
+				c.errorf(path, "%s reads namespace %q, which no ext_proc filter receives: it would always log \"-\"", m[0], ns)
+			}
+			if ns == MetadataNamespace && !slices.Contains(MetadataKeys, strings.Split(key, ":")[0]) {
+				c.errorf(path, "%s: the processor writes no key %q (it writes %v)", m[0], key, MetadataKeys)
+			}
+		}
+	}
 }

@@ -102,6 +102,10 @@ func TestTextMutations(t *testing.T) {
 			[]string{"policy: must be a non-empty policy name"}},
 		{"unknown tokenwarden metadata key", "tokenwarden: { policy: batch }", "tokenwarden: { policy: batch, tier: gold }",
 			[]string{`unknown key "tier"`}},
+		{"access log key typo", "%DYNAMIC_METADATA(tokenwarden:cost_usd)%", "%DYNAMIC_METADATA(tokenwarden:cost)%",
+			[]string{`the processor writes no key "cost"`}},
+		{"access log namespace not received", "%DYNAMIC_METADATA(tokenwarden:tenant)%", "%DYNAMIC_METADATA(llm.extproc:tenant)%",
+			[]string{`reads namespace "llm.extproc", which no ext_proc filter receives`}},
 		{"yaml syntax", "static_resources:", "static_resources: [", []string{"yaml:"}},
 	}
 	for _, tc := range cases {
