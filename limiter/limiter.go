@@ -231,6 +231,9 @@ type SettleResult struct {
 	// across all replicas.
 	Crossed []Crossing
 	Expired []Expired
+	// Queued is set by a Resilient store when the shared store was down and
+	// the settle was queued to be applied when it is back.
+	Queued bool
 }
 
 // Crossing is one alert threshold crossed for the first time in a window.

@@ -3,7 +3,6 @@ package limiter
 import (
 	"cmp"
 	"context"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -40,8 +39,8 @@ type Memory struct {
 }
 
 type memTenant struct {
-	rpm, tpm int64            // TATs; a value ≤ now means a full bucket
-	pending  map[string]int64 // request id → expiry: leases and unsettled reservations at once
+	rpm, tpm int64      // TATs; a value ≤ now means a full bucket
+	pending  pendingSet // request id by expiry: leases and unsettled reservations at once
 	records  map[string]*memRecord
 	budgets  map[string]*memBudget // by budgetKey
 }
@@ -121,7 +120,7 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 		o.budgets = append(o.budgets, bo)
 	}
 	switch {
-	case l.Concurrent > 0 && t.leases(now) >= l.Concurrent:
+	case l.Concurrent > 0 && t.pending.live(now) >= l.Concurrent:
 		o.code = codeConcurrency
 	case l.RequestsPerMinute > 0 && rpmNew-now > newRate(l.RequestsPerMinute, l.Burst).tolerance:
 		o.code = codeRequests
@@ -149,7 +148,7 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 	}
 	lease := int64(cmp.Or(l.LeaseTTL, DefaultLeaseTTL) / time.Microsecond)
 	expiry := now + lease
-	t.pending[req.RequestID] = expiry
+	t.pending.add(req.RequestID, expiry)
 	rec := &memRecord{state: 'p', tokens: req.Tokens, cost: req.Cost, tpmLimit: l.TokensPerMinute,
 		model: req.Model, deadline: expiry + m.retention}
 	for i := range req.Budgets {
@@ -208,26 +207,18 @@ func (m *Memory) settle(req *SettleRequest) settleOutcome {
 // sweep charges every reservation of t whose expiry has passed at its
 // estimate, up to the sweep limit, oldest first.
 func (m *Memory) sweep(t *memTenant, now int64, alerts map[string][]int64, expired *[]Expired, crossed *[]rawCrossing) {
-	type due struct {
-		id  string
-		exp int64
-	}
-	var dues []due
-	for id, exp := range t.pending {
-		if exp <= now {
-			dues = append(dues, due{id, exp})
+	for range m.sweepLimit {
+		id, ok := t.pending.popExpired(now)
+		if !ok {
+			return
 		}
-	}
-	slices.SortFunc(dues, func(a, b due) int { return cmp.Or(cmp.Compare(a.exp, b.exp), cmp.Compare(a.id, b.id)) })
-	for _, d := range dues[:min(len(dues), m.sweepLimit)] {
-		delete(t.pending, d.id)
-		rec := t.records[d.id]
+		rec := t.records[id]
 		if rec == nil || rec.deadline <= now || rec.state != 'p' {
 			continue
 		}
 		m.charge(t, now, rec, rec.cost, alerts, crossed)
-		m.finish(t, now, d.id, rec, 'x')
-		*expired = append(*expired, Expired{RequestID: d.id, Model: rec.model, Cost: rec.cost})
+		m.finish(t, now, id, rec, 'x')
+		*expired = append(*expired, Expired{RequestID: id, Model: rec.model, Cost: rec.cost})
 	}
 }
 
@@ -259,7 +250,7 @@ func (m *Memory) charge(t *memTenant, now int64, rec *memRecord, cost int64, ale
 }
 
 func (m *Memory) finish(t *memTenant, now int64, id string, rec *memRecord, state byte) {
-	delete(t.pending, id)
+	t.pending.remove(id)
 	rec.state = state
 	rec.deadline = now + m.settledTTL
 }
@@ -296,7 +287,7 @@ func (m *Memory) Close() error { return nil }
 func (m *Memory) tenant(name string) *memTenant {
 	t := m.tenants[name]
 	if t == nil {
-		t = &memTenant{pending: map[string]int64{}, records: map[string]*memRecord{}, budgets: map[string]*memBudget{}}
+		t = &memTenant{pending: newPendingSet(), records: map[string]*memRecord{}, budgets: map[string]*memBudget{}}
 		m.tenants[name] = t
 	}
 	return t
@@ -309,16 +300,6 @@ func (t *memTenant) budget(key string, now int64) *memBudget {
 		return nil
 	}
 	return s
-}
-
-func (t *memTenant) leases(now int64) int64 {
-	var n int64
-	for _, exp := range t.pending {
-		if exp > now {
-			n++
-		}
-	}
-	return n
 }
 
 // gc drops state past its deadline, at most once per minute of store time.
@@ -339,7 +320,7 @@ func (m *Memory) gc(now int64) {
 				delete(t.budgets, k)
 			}
 		}
-		if len(t.records) == 0 && len(t.budgets) == 0 && len(t.pending) == 0 && t.rpm <= now && t.tpm <= now {
+		if len(t.records) == 0 && len(t.budgets) == 0 && t.pending.len() == 0 && t.rpm <= now && t.tpm <= now {
 			delete(m.tenants, name)
 		}
 	}

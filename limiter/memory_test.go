@@ -3,6 +3,7 @@ package limiter
 import (
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -54,7 +55,10 @@ func (m *Memory) dump(tenant string) string {
 		return "<none>"
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "rpm=%d tpm=%d pending=%v", t.rpm, t.tpm, t.pending)
+	fmt.Fprintf(&b, "rpm=%d tpm=%d", t.rpm, t.tpm)
+	for _, id := range slices.Sorted(maps.Keys(t.pending.byID)) {
+		fmt.Fprintf(&b, " p:%s=%d", id, t.pending.byID[id].exp)
+	}
 	for _, id := range slices.Sorted(maps.Keys(t.records)) {
 		fmt.Fprintf(&b, " r:%s=%+v", id, *t.records[id])
 	}
@@ -99,5 +103,60 @@ func TestMemoryKeepsUnsweptReservations(t *testing.T) {
 	d := mustAdmit(t, m, AdmitRequest{Tenant: "t", RequestID: "b", Cost: 1, Budgets: []Budget{b}})
 	if len(d.Expired) != 1 || d.Budgets[0].Spent != 10 || d.Budgets[0].Reserved != 1 {
 		t.Fatalf("after half an hour: %+v", d)
+	}
+}
+
+// TestPendingSet checks the heap against a brute-force count and order.
+func TestPendingSet(t *testing.T) {
+	s := newPendingSet()
+	want := map[string]int64{}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for step := range 2000 {
+		id := fmt.Sprint(rng.IntN(300))
+		switch rng.IntN(3) {
+		case 0, 1:
+			exp := rng.Int64N(1000)
+			s.add(id, exp)
+			want[id] = exp
+		case 2:
+			s.remove(id)
+			delete(want, id)
+		}
+		now := rng.Int64N(1000)
+		var live int64
+		for _, exp := range want {
+			if exp > now {
+				live++
+			}
+		}
+		if got := s.live(now); got != live || s.len() != len(want) {
+			t.Fatalf("step %d: live(%d) = %d (len %d), want %d (len %d)", step, now, got, s.len(), live, len(want))
+		}
+	}
+	// Popping yields the expired members in (expiry, id) order, then stops.
+	type member struct {
+		id  string
+		exp int64
+	}
+	var expired []member
+	for id, exp := range want {
+		if exp <= 500 {
+			expired = append(expired, member{id, exp})
+		}
+	}
+	slices.SortFunc(expired, func(a, b member) int {
+		if a.exp != b.exp {
+			return int(a.exp - b.exp)
+		}
+		return strings.Compare(a.id, b.id)
+	})
+	for i, m := range expired {
+		id, ok := s.popExpired(500)
+		if !ok || id != m.id {
+			t.Fatalf("pop %d = %q, %v; want %q", i, id, ok, m.id)
+		}
+	}
+	if id, ok := s.popExpired(500); ok {
+		t.Fatalf("popped live member %q", id)
 	}
 }

@@ -167,8 +167,8 @@ func (r *Redis) Budgets(ctx context.Context, tenant string, budgets []Budget) ([
 	out := make([]BudgetState, len(budgets))
 	for i, b := range budgets {
 		bo, err := parseBudget(rows[i])
-		if err != nil || bo.window > 2 {
-			return nil, fmt.Errorf("limiter: budgets: bad row %v: %w", rows[i], err)
+		if err != nil {
+			return nil, fmt.Errorf("limiter: budgets: %w", err)
 		}
 		out[i] = BudgetState{Name: b.Name, Window: b.Windows[bo.window], Cap: b.Cap, Spent: bo.spent, Reserved: bo.reserved}
 	}
@@ -311,6 +311,9 @@ func parseBudget(v any) (budgetOutcome, error) {
 	w, err := asInt(f[0])
 	if err != nil {
 		return budgetOutcome{}, err
+	}
+	if w < 0 || w > 2 {
+		return budgetOutcome{}, fmt.Errorf("window index %d", w)
 	}
 	b := budgetOutcome{window: int(w)}
 	if b.spent, err = asInt(f[1]); err != nil {

@@ -73,7 +73,9 @@ local windows = {}
 for b = 1, nb do
   local bt = budgets[b]
   states[b][3] = redis.call('HINCRBY', bt.key, 'reserved', fmt(cost))
-  states[b][2] = tonumber(redis.call('HGET', bt.key, 'spent')) or 0 -- the sweep may have charged it
+  if #expired > 0 then -- the sweep may have charged this window
+    states[b][2] = tonumber(redis.call('HGET', bt.key, 'spent')) or 0
+  end
   redis.call('EXPIREAT', bt.key, fmt(math.floor(bt.end_us / 1000000) + retention_s))
   windows[b] = bt.name .. '\t' .. fmt(bt.start_us) .. '\t' .. fmt(bt.end_us) .. '\n'
 end
