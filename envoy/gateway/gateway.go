@@ -93,6 +93,8 @@ func DefaultFilterConfig() sim.Config {
 		ReceivingNamespaces: []string{MetadataNamespace},
 		RequestAttributes:   []string{PolicyAttribute},
 		ClusterName:         "llm_extproc",
+		NoTrace:             true,
+		NoRecordBody:        true,
 	}
 }
 

@@ -76,6 +76,10 @@ func (p *scriptedProcessor) Process(s extprocv3.ExternalProcessor_ProcessServer)
 			p.chunks++
 			p.mu.Unlock()
 			r = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
+			if bytes.Contains(v.ResponseBody.GetBody(), []byte("RESET")) {
+				r = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{ImmediateResponse: &extprocv3.ImmediateResponse{
+					Status: &typev3.HttpStatus{Code: 500}}}}
+			}
 			if v.ResponseBody.GetEndOfStream() {
 				r.DynamicMetadata, _ = structpb.NewStruct(map[string]any{MetadataNamespace: map[string]any{"output_tokens": 17}})
 			}
@@ -316,5 +320,33 @@ func TestStartValidates(t *testing.T) {
 		if _, err := Start(context.Background(), o); err == nil {
 			t.Errorf("Start(%+v) succeeded", o)
 		}
+	}
+}
+
+// TestGatewayResetMidStream: an ImmediateResponse after the response headers
+// went out resets the stream; the client sees a truncated body, not a clean
+// end (ref §4).
+func TestGatewayResetMidStream(t *testing.T) {
+	gotHeaders := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("content-type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: one\n\n")
+		w.(http.Flusher).Flush()
+		<-gotHeaders // the client has the headers: the rest is STREAMED
+		_, _ = io.WriteString(w, "data: RESET\n\n")
+		w.(http.Flusher).Flush()
+	}))
+	defer up.Close()
+	_, paddr := startProcessor(t)
+	gw, _, _ := startGateway(t, up.URL, paddr)
+	resp, err := http.Get("http://" + gw.Addr() + "/v1/messages")
+	close(gotHeaders)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, rerr := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if rerr == nil || strings.Contains(string(body), "RESET") {
+		t.Fatalf("body %q err %v: want a truncated stream", body, rerr)
 	}
 }

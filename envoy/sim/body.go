@@ -176,7 +176,7 @@ func (d *direction) forward(b []byte) {
 		return
 	}
 	out.write(b)
-	if d.request {
+	if d.request && !d.x.cfg.NoRecordBody {
 		d.x.mu.Lock()
 		d.x.sent.Body = append(d.x.sent.Body, b...)
 		d.x.mu.Unlock()
@@ -299,9 +299,10 @@ func (d *direction) onData(ev bodyEvent) {
 		d.flushHeld()
 		return
 	}
-	if d.cb == cbHeaders || (!d.continued && d.cb != cbIdle) {
-		// Header (or buffered body) reply outstanding: hold the data
-		// (StopIterationAndBuffer / StopIterationAndWatermark).
+	if d.cb == cbHeaders || d.cb == cbBufferedBody || d.cb == cbBufferedPartial || (!d.continued && d.cb != cbIdle) {
+		// Header or buffered-body reply outstanding: hold the data
+		// (StopIterationAndBuffer / StopIterationAndWatermark); a partial
+		// body's remainder waits here for its reply.
 		d.held = append(d.held, ev.data...)
 		if d.bodyMode == extprocfilterv3.ProcessingMode_BUFFERED && len(d.held) > limit {
 			d.tooLarge()

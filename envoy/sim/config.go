@@ -125,6 +125,10 @@ type Config struct {
 	MaxHeaders, MaxHeadersKB int
 	// Chunking controls how bodies are split into data callbacks.
 	Chunking Chunking
+	// NoTrace disables Response.Trace and NoRecordBody the copy of the
+	// upstream request body in Response.UpstreamRequest: both grow with the
+	// body, which a gateway or a load run does not want.
+	NoTrace, NoRecordBody bool
 }
 
 // normalized returns a copy with defaults filled in, or an error for

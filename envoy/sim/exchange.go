@@ -159,6 +159,9 @@ func newExchange(ctx context.Context, f *Filter, req *Request, up Upstream) *exc
 }
 
 func (x *exchange) record(e Event) {
+	if x.cfg.NoTrace {
+		return
+	}
 	x.mu.Lock()
 	x.trace = append(x.trace, e)
 	x.mu.Unlock()

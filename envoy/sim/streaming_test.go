@@ -615,3 +615,103 @@ func TestEmptyLastChunk(t *testing.T) {
 		t.Error("upstream body")
 	}
 }
+
+// TestSpuriousStreamedResponse: streamed_response in STREAMED mode is
+// spurious (ref §1.4); after the headers went the error reply can only reset,
+// and fail-open continues unmodified.
+func TestSpuriousStreamedResponse(t *testing.T) {
+	for _, fma := range []bool{false, true} {
+		c, _ := startProc(t, replyAll(func(m *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+			if m.GetResponseBody() != nil {
+				return reply(m, &extprocv3.CommonResponse{BodyMutation: &extprocv3.BodyMutation{
+					Mutation: &extprocv3.BodyMutation_StreamedResponse{StreamedResponse: &extprocv3.StreamedBodyResponse{Body: []byte("x")}}}})
+			}
+			return passthrough(m)
+		}))
+		f := newFilter(t, c, Config{ProcessingMode: mode(SKIP, SEND, NONE, STREAMED), FailureModeAllow: fma})
+		pr, pw := io.Pipe()
+		resp, err := f.Do(t.Context(), &Request{Method: "GET", Path: "/"}, &testUpstream{stream: pr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			_, _ = pw.Write([]byte("abc"))
+			_, _ = pw.Write([]byte("def"))
+			pw.Close()
+		}()
+		body, rerr := io.ReadAll(resp.Body)
+		<-resp.Done()
+		if !hasEvent(resp.Trace(), EventSpurious) {
+			t.Errorf("fma=%v: no spurious event", fma)
+		}
+		if fma && (rerr != nil || string(body) != "abcdef") {
+			t.Errorf("fail-open: body %q err %v", body, rerr)
+		}
+		if !fma && !errors.Is(rerr, ErrStreamReset) {
+			t.Errorf("fail-closed: err %v, want reset", rerr)
+		}
+	}
+}
+
+// TestImmediateResponseBufferedResponse: while response headers are still
+// held (BUFFERED), an ImmediateResponse becomes the response.
+func TestImmediateResponseBufferedResponse(t *testing.T) {
+	c, _ := startProc(t, replyAll(func(m *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+		if m.GetResponseBody() != nil {
+			return immediate(502, "bad upstream", "upstream_garbage")
+		}
+		return passthrough(m)
+	}))
+	f := newFilter(t, c, Config{ProcessingMode: mode(SKIP, SEND, NONE, BUFFERED)})
+	resp, body, err := run(t, f, &Request{Method: "GET", Path: "/"}, &testUpstream{body: []byte("garbage")})
+	if err != nil || resp.Status != 502 || string(body) != "bad upstream" || !resp.LocalReply {
+		t.Fatalf("status %d body %q err %v", resp.Status, body, err)
+	}
+}
+
+// TestTrailersDefaultSkipped: trailer mode DEFAULT means SKIP; the last body
+// chunk still has end_of_stream=false because trailers exist (ref §1.2).
+func TestTrailersDefaultSkipped(t *testing.T) {
+	c, p := startProc(t, replyAll(passthrough))
+	f := newFilter(t, c, Config{ProcessingMode: mode(SKIP, SKIP, NONE, STREAMED)})
+	resp, body, _ := run(t, f, &Request{Method: "GET", Path: "/"}, &testUpstream{body: []byte("abc"), trailer: []Header{{"x-t", "1"}}})
+	if string(body) != "abc" {
+		t.Fatalf("body %q", body)
+	}
+	if got := kinds(p.end(t).received); !slices.Equal(got, []string{"response_body len=3 eos=false"}) {
+		t.Fatalf("messages %v", got)
+	}
+	if v, _ := headerOf(resp.Trailers(), "x-t"); v != "1" {
+		t.Errorf("trailers %v", resp.Trailers())
+	}
+}
+
+// TestClearRouteCacheResponsePath: ignored in the response direction.
+func TestClearRouteCacheResponsePath(t *testing.T) {
+	c, _ := startProc(t, replyAll(func(m *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+		return reply(m, &extprocv3.CommonResponse{ClearRouteCache: true, HeaderMutation: &extprocv3.HeaderMutation{
+			SetHeaders: []*corev3.HeaderValueOption{setRaw("x-r", "1")}}})
+	}))
+	f := newFilter(t, c, Config{ProcessingMode: mode(SKIP, SEND, NONE, NONE)})
+	resp, _, _ := run(t, f, &Request{Method: "GET", Path: "/"}, &testUpstream{})
+	if hasEvent(resp.Trace(), EventClearRouteCache) {
+		t.Fatal("route cache cleared on the response path")
+	}
+	if v, _ := resp.Header("x-r"); v != "1" {
+		t.Error("response header mutation not applied")
+	}
+}
+
+// TestBufferedPartialHeadersSkipped: with headers skipped the partial body
+// is sent once; the remainder waits for its reply and then flows unprocessed.
+func TestBufferedPartialHeadersSkipped(t *testing.T) {
+	c, p := startProc(t, replyAll(passthrough))
+	f := newFilter(t, c, Config{ProcessingMode: mode(SKIP, SKIP, PARTIAL, NONE), BufferLimit: 8, Chunking: Chunking{Size: 4}})
+	resp, _, _ := run(t, f, &Request{Method: "POST", Path: "/", Body: []byte("0123456789abcdefXYZ")}, &testUpstream{})
+	if got := kinds(p.end(t).received); !slices.Equal(got, []string{"request_body len=8 eos=false"}) {
+		t.Fatalf("messages %v", got)
+	}
+	if b := resp.UpstreamRequest().Body; string(b) != "0123456789abcdefXYZ" {
+		t.Fatalf("upstream body %q", b)
+	}
+}
