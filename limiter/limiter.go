@@ -13,7 +13,27 @@
 // (one round trip) and uses Redis TIME as its only clock, so every replica
 // that shares the Redis shares the limits. The memory store has the same
 // semantics for a single replica, and is what "local" failure mode falls back
-// to while Redis is unreachable.
+// to while Redis is unreachable. Resilient wraps the shared store with a
+// circuit breaker and the per-request failure policy (closed, open, local).
+//
+// Choices worth knowing:
+//
+//   - Per-minute limits are GCRA with emission interval 60s/limit (floored to
+//     whole microseconds) and tolerance Burst×60s. A request whose cost
+//     exceeds the whole tolerance can never conform: it is denied with
+//     NeverFits set and RetryAfter = the time until the limit is full again.
+//   - Concurrency leases and pending reservations are one set: a reservation
+//     holds a slot until it is settled or its LeaseTTL passes.
+//   - A denied Admit writes nothing, not even the sweep of expired
+//     reservations; those are already counted as reserved, so the decision
+//     is the same as after a sweep.
+//   - An expired reservation is charged at its estimate by the next writing
+//     call for its tenant (on any replica), reported once in Expired; a Settle
+//     arriving later returns Settled=false and changes nothing, so a request
+//     is never charged twice.
+//   - Each budget is charged in the window among Budget.Windows that contains
+//     the store's own now; when none does (the caller's clock is far off), the
+//     last window that has started, else the first.
 package limiter
 
 import (

@@ -189,10 +189,15 @@ func (r *Redis) Ping(ctx context.Context) error {
 func (r *Redis) Close() error { return nil }
 
 func (r *Redis) run(ctx context.Context, s *redis.Script, keys []string, args []any) (any, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	callCtx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	v, err := s.Run(ctx, r.client, keys, args...).Result()
+	v, err := s.Run(callCtx, r.client, keys, args...).Result()
 	if err != nil {
+		// The caller giving up (a client gone, its own deadline) says nothing
+		// about the store; it must not open a circuit breaker.
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, fmt.Errorf("%w (%w)", cerr, err)
+		}
 		if unavailable(err) {
 			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}

@@ -297,6 +297,18 @@ func TestRedisUnavailable(t *testing.T) {
 	}
 }
 
+// A caller that gives up is not an outage.
+func TestRedisCallerCancelIsNotUnavailable(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	s := newRedisStore(t, newClient(t, srv.Addr()))
+	ctx, cancel := context.WithCancel(ctxb)
+	cancel()
+	_, err := s.Admit(ctx, AdmitRequest{Tenant: "t", RequestID: "a"})
+	if !errors.Is(err, context.Canceled) || errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Admit with a cancelled context: %v; want context.Canceled, not ErrUnavailable", err)
+	}
+}
+
 // A script error is a bug, not an outage: it must not be reported as
 // ErrUnavailable (which would trigger the failure policy and hide it).
 func TestRedisErrorReplyIsNotUnavailable(t *testing.T) {
