@@ -1,0 +1,469 @@
+// Command tokenwarden is an Envoy external processor that governs LLM API
+// traffic: per-tenant limits and dollar budgets shared through Redis, exact
+// cost from provider usage, and request shaping.
+//
+// main is thin: it parses the command line and wires packages together; run
+// is the whole program, so tests start servers in-process.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/envoy/gateway"
+	"github.com/tokenwarden/tokenwarden/extproc"
+	"github.com/tokenwarden/tokenwarden/extproc/config"
+	"github.com/tokenwarden/tokenwarden/extproc/mockprovider"
+	"github.com/tokenwarden/tokenwarden/limiter"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, errUsage) {
+			fmt.Fprintln(os.Stderr, "tokenwarden:", err)
+		}
+		os.Exit(exitCode(err))
+	}
+}
+
+// errUsage marks a command line the user must correct; the usage text has
+// already been printed.
+var errUsage = errors.New("usage")
+
+func exitCode(err error) int {
+	if errors.Is(err, errUsage) {
+		return 2
+	}
+	return 1
+}
+
+type command struct {
+	summary string
+	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+}
+
+var commands = map[string]command{
+	"serve":         {"run the ext_proc server", runServe},
+	"gateway":       {"run an HTTP front that stands in for Envoy (built on envoy/sim)", runGateway},
+	"mock-provider": {"run an offline, wire-faithful Anthropic and OpenAI stand-in", runMockProvider},
+	"check-config":  {"validate a tokenwarden.yaml", runCheckConfig},
+	"budgets":       {"show spend, reservations and caps per budget window", runBudgets},
+}
+
+// run executes one tokenwarden command line.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stderr)
+		if len(args) == 0 {
+			return errUsage
+		}
+		return nil
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "tokenwarden: unknown command %q\n\n", args[0])
+		usage(stderr)
+		return errUsage
+	}
+	return cmd.run(ctx, args[1:], stdout, stderr)
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: tokenwarden <command> [flags]\n\ncommands:")
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-14s %s\n", n, commands[n].summary)
+	}
+	fmt.Fprintln(w, "\nEvery flag may also be set as TOKENWARDEN_<FLAG> (e.g. TOKENWARDEN_GRPC_ADDR); a flag on the command line wins.")
+}
+
+// parseFlags parses args, first filling every flag not given on the command
+// line from its TOKENWARDEN_* environment variable.
+func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return errUsage
+		}
+		return errUsage
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || envErr != nil {
+			return
+		}
+		key := "TOKENWARDEN_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(key); ok {
+			if err := f.Value.Set(v); err != nil {
+				envErr = fmt.Errorf("%s=%q: %w", key, v, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return envErr
+	}
+	if fs.NArg() > 0 && fs.Name() != "check-config" {
+		fmt.Fprintf(stderr, "tokenwarden %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return errUsage
+	}
+	return nil
+}
+
+func runCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(stderr, "usage: tokenwarden check-config FILE")
+		return errUsage
+	}
+	data, err := os.ReadFile(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Parse(data)
+	if err != nil {
+		return fmt.Errorf("%s: %w", fs.Arg(0), err)
+	}
+	fmt.Fprintf(stdout, "%s: OK (%d policies, %d tenants, store %s)\n", fs.Arg(0), len(cfg.PolicyNames()), len(cfg.Tenants()), storeKind(cfg.Store))
+	return nil
+}
+
+func storeKind(s config.Store) string {
+	switch {
+	case len(s.RedisCluster) > 0:
+		return "redis cluster"
+	case s.Redis != "":
+		return "redis"
+	}
+	return "memory"
+}
+
+// loadConfig reads --config, or the embedded defaults when it is empty.
+func loadConfig(path string) ([]byte, *config.Config, error) {
+	data := config.DefaultYAML()
+	if path != "" {
+		var err error
+		if data, err = os.ReadFile(path); err != nil {
+			return nil, nil, err
+		}
+	}
+	cfg, err := config.Parse(data)
+	if err != nil {
+		if path == "" {
+			path = "embedded defaults"
+		}
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return data, cfg, nil
+}
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// openStore builds the limiter store the config asks for: in-memory for one
+// replica, or Redis wrapped so that each policy's failure mode applies while
+// Redis is unreachable. direct returns the bare Redis store, for commands
+// that must read the shared state or fail, never a local stand-in.
+func openStore(cfg config.Store, logger *slog.Logger, direct bool) (store limiter.Store, up func() bool, closeFn func(), err error) {
+	local := limiter.NewMemory(limiter.MemoryOptions{})
+	if !cfg.Shared() {
+		return local, func() bool { return true }, func() {}, nil
+	}
+	var client redis.UniversalClient
+	if len(cfg.RedisCluster) > 0 {
+		client = redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs: cfg.RedisCluster, DialTimeout: time.Second,
+			ReadTimeout: cfg.Timeout, WriteTimeout: cfg.Timeout, MaxRetries: -1,
+		})
+	} else {
+		opt, err := redis.ParseURL(cfg.Redis)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("store.redis: %w", err)
+		}
+		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.MaxRetries = time.Second, cfg.Timeout, cfg.Timeout, -1
+		client = redis.NewClient(opt)
+	}
+	primary, err := limiter.NewRedis(limiter.RedisOptions{Client: client, Timeout: cfg.Timeout})
+	if err != nil {
+		client.Close()
+		return nil, nil, nil, err
+	}
+	if direct {
+		return primary, func() bool { return primary.Ping(context.Background()) == nil }, func() { client.Close() }, nil
+	}
+	res, err := limiter.NewResilient(limiter.ResilientOptions{Primary: primary, Local: local, Replicas: cfg.Replicas, Logger: logger})
+	if err != nil {
+		client.Close()
+		return nil, nil, nil, err
+	}
+	return res, res.Up, func() { res.Close(); client.Close() }, nil
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	configPath := fs.String("config", "", "tokenwarden.yaml; empty runs on the embedded defaults")
+	grpcAddr := fs.String("grpc-addr", "127.0.0.1:50051", "ext_proc gRPC listen address")
+	adminAddr := fs.String("admin-addr", "127.0.0.1:9090", "admin HTTP listen address (/metrics, /healthz, /readyz)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	reloadEvery := fs.Duration("reload-interval", 2*time.Second, "how often --config is checked for changes")
+	drain := fs.Duration("drain-timeout", 30*time.Second, "how long shutdown waits for open streams to finish")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	logger, err := newLogger(stderr, *logLevel)
+	if err != nil {
+		return err
+	}
+	data, cfg, err := loadConfig(*configPath)
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := extproc.NewMetrics(reg)
+	metrics.ConfigReloads.WithLabelValues("success").Inc()
+	metrics.ConfigReloadTime.SetToCurrentTime()
+
+	store, up, closeStore, err := openStore(cfg.Store, logger, false)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	holder := config.NewHolder(cfg)
+	srv := extproc.NewServer(extproc.Options{Config: holder, Store: store, Metrics: metrics, Logger: logger})
+
+	grpcLis, err := net.Listen("tcp", *grpcAddr)
+	if err != nil {
+		return fmt.Errorf("--grpc-addr: %w", err)
+	}
+	adminLis, err := net.Listen("tcp", *adminAddr)
+	if err != nil {
+		grpcLis.Close()
+		return fmt.Errorf("--admin-addr: %w", err)
+	}
+	// Envoy enforces body size with its own buffer limit; the gRPC limit only
+	// has to let the largest allowed body through (Anthropic accepts 32 MB).
+	gs := grpc.NewServer(
+		grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	extprocv3.RegisterExternalProcessorServer(gs, srv)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	admin := &http.Server{
+		Handler: extproc.AdminHandler(extproc.AdminOptions{Gatherer: reg, Ready: func(ctx context.Context) error {
+			if up() {
+				return nil
+			}
+			return errors.New("the shared store is unreachable")
+		}}),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	go func() { errc <- gs.Serve(grpcLis) }()
+	go func() {
+		if err := admin.Serve(adminLis); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	go watchStoreUp(ctx, up, metrics)
+	if *configPath != "" {
+		go config.Watch(ctx, config.WatchOptions{
+			Read:     func() ([]byte, error) { return os.ReadFile(*configPath) },
+			Interval: *reloadEvery,
+			Initial:  data,
+			Apply: func(c *config.Config) {
+				if storeKind(c.Store) != storeKind(cfg.Store) || c.Store.Redis != cfg.Store.Redis {
+					logger.Warn("config reloaded; store settings change only on restart")
+				}
+				holder.Store(c)
+				metrics.ConfigReloads.WithLabelValues("success").Inc()
+				metrics.ConfigReloadTime.SetToCurrentTime()
+				logger.Info("config reloaded", "path", *configPath)
+			},
+			Rejected: func(err error) {
+				metrics.ConfigReloads.WithLabelValues("failure").Inc()
+				logger.Error("config rejected; keeping the last good config", "path", *configPath, "err", err)
+			},
+		})
+	}
+	logger.Info("tokenwarden serving", "grpc", grpcLis.Addr().String(), "admin", adminLis.Addr().String(), "store", storeKind(cfg.Store))
+	fmt.Fprintf(stdout, "tokenwarden serve: grpc %s admin %s\n", grpcLis.Addr(), adminLis.Addr())
+
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	// Drain: stop accepting streams and let open ones (long LLM responses)
+	// finish, up to the drain timeout.
+	hs.Shutdown()
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(*drain):
+		gs.Stop()
+	}
+	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelShutdown()
+	_ = admin.Shutdown(shutdownCtx)
+	return err
+}
+
+// watchStoreUp keeps tokenwarden_store_up true to what the store says.
+func watchStoreUp(ctx context.Context, up func() bool, m *extproc.Metrics) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		if up() {
+			m.StoreUp.Set(1)
+		} else {
+			m.StoreUp.Set(0)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func runBudgets(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("budgets", flag.ContinueOnError)
+	configPath := fs.String("config", "", "tokenwarden.yaml naming the store and the budgets; empty uses the embedded defaults")
+	tenant := fs.String("tenant", "", "one tenant (default: every tenant named in the config)")
+	policy := fs.String("policy", "", "the policy whose budgets apply (default: the tenant's own)")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	_, cfg, err := loadConfig(*configPath)
+	if err != nil {
+		return err
+	}
+	if !cfg.Store.Shared() {
+		fmt.Fprintln(stderr, "tokenwarden budgets: the config uses the in-memory store, whose state lives inside each serve process; nothing to read")
+		return errors.New("no shared store configured")
+	}
+	logger, _ := newLogger(stderr, "error")
+	store, _, closeStore, err := openStore(cfg.Store, logger, true)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	tenants := cfg.Tenants()
+	if *tenant != "" {
+		tenants = []string{*tenant}
+	}
+	if len(tenants) == 0 {
+		tenants = []string{cfg.Tenant.Default}
+	}
+	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TENANT\tPOLICY\tWINDOW\tSTART\tEND\tSPENT_USD\tRESERVED_USD\tCAP_USD\tUSED")
+	now := time.Now()
+	for _, t := range tenants {
+		p, _ := cfg.Policy(t, *policy)
+		budgets := make([]limiter.Budget, 0, len(p.Budgets))
+		for _, b := range p.Budgets {
+			ws := accounting.WindowsAround(b.Window, b.Location, now)
+			lb := limiter.Budget{Name: string(b.Window), Cap: int64(b.Cap), Alerts: b.Alerts}
+			for i := range ws {
+				lb.Windows[i] = limiter.Window{Start: ws[i][0], End: ws[i][1]}
+			}
+			budgets = append(budgets, lb)
+		}
+		if len(budgets) == 0 {
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\tno budgets\n", t, p.Name)
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		states, err := store.Budgets(cctx, t, budgets)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("tenant %s: %w", t, err)
+		}
+		for _, s := range states {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.6f\t%.6f\t%.2f\t%.1f%%\n", t, p.Name, s.Name,
+				s.Window.Start.Format(time.RFC3339), s.Window.End.Format(time.RFC3339),
+				accounting.NanoUSD(s.Spent).USD(), accounting.NanoUSD(s.Reserved).USD(), accounting.NanoUSD(s.Cap).USD(), 100*s.Used())
+		}
+	}
+	return tw.Flush()
+}
+
+func runMockProvider(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("mock-provider", flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:18000", "listen address")
+	rpm := fs.Int64("rpm", 0, "requests per minute behind the rate-limit headers (0: the mock's default)")
+	enforce := fs.Bool("enforce", false, "answer 429 with retry-after when the mock's own limits are exhausted")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "tokenwarden mock-provider: %s\n", *listen)
+	return mockprovider.Run(ctx, mockprovider.Options{Listen: *listen, RPM: *rpm, Enforce: *enforce})
+}
+
+func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:10000", "listen address")
+	upstream := fs.String("upstream", "http://127.0.0.1:18000", "provider base URL")
+	processor := fs.String("processor", "127.0.0.1:50051", "tokenwarden serve gRPC address")
+	policy := fs.String("policy", "", "route policy handed to the processor as route metadata (empty: none)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	logger, err := newLogger(stderr, *logLevel)
+	if err != nil {
+		return err
+	}
+	opts := gateway.Options{Listen: *listen, Upstream: *upstream, Processor: *processor, Logger: logger}
+	if *policy != "" {
+		opts.RouteAttributes = func(*http.Request) map[string]any {
+			return map[string]any{extproc.PolicyAttribute: *policy}
+		}
+	}
+	fmt.Fprintf(stdout, "tokenwarden gateway: %s -> %s (processor %s)\n", *listen, *upstream, *processor)
+	return gateway.Run(ctx, opts)
+}
