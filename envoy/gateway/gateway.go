@@ -156,7 +156,8 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	if rht <= 0 {
 		rht = 10 * time.Second
 	}
-	s.http = &http.Server{Handler: s, ReadHeaderTimeout: rht}
+	// No write timeout: SSE responses last as long as the generation.
+	s.http = &http.Server{Handler: s, ReadHeaderTimeout: rht, IdleTimeout: 2 * time.Minute}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- s.http.Serve(lis) }()
 	go s.lifecycle(ctx, serveErr)
