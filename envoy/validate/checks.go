@@ -353,9 +353,10 @@ func routeLabel(r *routev3.Route) string {
 }
 
 // MetadataKeys are the keys the processor writes in namespace tokenwarden at the end of each
-// response; access logs may reference only these.
+// response; access logs may reference only these. cost_nano_usd is the exact integer behind
+// cost_usd.
 var MetadataKeys = []string{"tenant", "policy", "model", "requested_model", "input_tokens", "output_tokens",
-	"cache_read_tokens", "cache_write_tokens", "cost_usd", "usage_source", "decision"}
+	"cache_read_tokens", "cache_write_tokens", "cost_usd", "cost_nano_usd", "usage_source", "decision"}
 
 var dynamicMetadataRef = regexp.MustCompile(`%DYNAMIC_METADATA\(([^:)]*)((?::[^:)]*)*)\)(?::[0-9]+)?%`)
 
