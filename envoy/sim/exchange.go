@@ -388,6 +388,10 @@ func (x *exchange) send(d *direction, m *extprocv3.ProcessingRequest, cb cbState
 	first := false
 	if x.stream == nil {
 		s, err := openStream(x.ctx, x.f.client, x.cfg, x.respCh, x.stop, x.record)
+		if errors.Is(err, errOpenTimeout) {
+			x.messageTimeout()
+			return false
+		}
 		if err != nil {
 			x.onGrpcError(err)
 			return false
@@ -613,6 +617,10 @@ func (x *exchange) onTimeout(d *direction) {
 	if x.processingComplete {
 		return
 	}
+	x.messageTimeout()
+}
+
+func (x *exchange) messageTimeout() {
 	x.record(Event{Kind: EventTimeout})
 	if x.cfg.FailureModeAllow {
 		x.failOpen("message timeout")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -331,5 +332,35 @@ func TestUpstreamFailure(t *testing.T) {
 		if m.GetResponseHeaders() != nil {
 			t.Error("local reply sent to the processor")
 		}
+	}
+}
+
+// TestStreamOpenTimeout: a processor address that never connects is bounded
+// by message_timeout (a 504), not by gRPC's connect timeout.
+func TestStreamOpenTimeout(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	// Accepts TCP but never speaks HTTP/2: the gRPC connection stays CONNECTING.
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	f := newFilter(t, extprocv3.NewExternalProcessorClient(conn), Config{MessageTimeout: 50 * time.Millisecond})
+	resp, _, _ := run(t, f, &Request{Method: "GET", Path: "/"}, &testUpstream{})
+	if resp.Status != 504 || resp.Details != "ext_proc_error_per-message_timeout_exceeded" {
+		t.Fatalf("status %d details %q", resp.Status, resp.Details)
 	}
 }

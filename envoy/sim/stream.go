@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -29,6 +30,9 @@ type procStream struct {
 	senderDone chan struct{} // closed when the sender (incl. the close sequence) exits
 }
 
+// errOpenTimeout: the stream could not be opened within message_timeout.
+var errOpenTimeout = errors.New("ext_proc stream open timed out")
+
 type recvResult struct {
 	msg *extprocv3.ProcessingResponse
 	err error
@@ -48,10 +52,31 @@ func openStream(parent context.Context, client extprocv3.ExternalProcessorClient
 	if cfg.ClusterName != "" {
 		opts = append(opts, grpc.CallAuthority(cfg.ClusterName))
 	}
-	cs, err := client.Process(ctx, opts...)
-	if err != nil {
-		cancel()
-		return nil, err
+	// grpc-go blocks in Process while the connection is still connecting;
+	// Envoy's async client never does, and its message timer runs from the
+	// first send. Bound the open by the message timeout.
+	type opened struct {
+		cs  extprocv3.ExternalProcessor_ProcessClient
+		err error
+	}
+	ch := make(chan opened, 1)
+	go func() {
+		cs, err := client.Process(ctx, opts...)
+		ch <- opened{cs, err}
+	}()
+	t := time.NewTimer(cfg.MessageTimeout)
+	defer t.Stop()
+	var cs extprocv3.ExternalProcessor_ProcessClient
+	select {
+	case o := <-ch:
+		if o.err != nil {
+			cancel()
+			return nil, o.err
+		}
+		cs = o.cs
+	case <-t.C:
+		cancel() // Process returns promptly once its context is cancelled
+		return nil, errOpenTimeout
 	}
 	s := &procStream{cs: cs, cancel: cancel, wake: make(chan struct{}, 1), trace: trace,
 		recvDone: make(chan struct{}), senderDone: make(chan struct{})}
