@@ -80,7 +80,7 @@ func increment(cost, limit int64) int64 {
 	return cost * minute / limit
 }
 
-// gcraRetry is how long after now a request of cost inc conforms, given the
+// retry is how long after now a request of cost inc conforms, given the
 // current TAT; 0 when it conforms now.
 func (r rate) retry(now, tat, inc int64) int64 {
 	tat = max(tat, now)
@@ -277,16 +277,16 @@ func rateDenial(r rate, now, tat, inc int64) (time.Duration, bool) {
 func crossings(raw []rawCrossing, budgets []Budget) []Crossing {
 	var out []Crossing
 	for _, c := range raw {
-		var cap int64
+		var capUSD int64
 		for _, b := range budgets {
 			if b.Name == c.name {
-				cap = b.Cap
+				capUSD = b.Cap
 				break
 			}
 		}
 		out = append(out, Crossing{
 			Budget: c.name, Window: Window{Start: fromMicros(c.start), End: fromMicros(c.end)},
-			Threshold: c.threshold, Spent: c.spent, Cap: cap,
+			Threshold: c.threshold, Spent: c.spent, Cap: capUSD,
 		})
 	}
 	return out

@@ -38,7 +38,7 @@ for b = 1, nb do
   local key = budget_key(prefix, ARGV[i], start_us)
   local v = redis.call('HMGET', key, 'spent', 'reserved')
   budgets[b] = {name = ARGV[i], cap = tonumber(ARGV[i + 1]), start_us = start_us, end_us = end_us, key = key,
-    spent = tonumber(v[1]) or 0, reserved = tonumber(v[2]) or 0}
+    spent = tonumber(v[1]) or 0, reserved = tonumber(v[2]) or 0, new = not v[1] and not v[2]}
   states[b] = {w, budgets[b].spent, budgets[b].reserved}
   i = i + 8
 end
@@ -76,7 +76,9 @@ for b = 1, nb do
   if #expired > 0 then -- the sweep may have charged this window
     states[b][2] = tonumber(redis.call('HGET', bt.key, 'spent')) or 0
   end
-  redis.call('EXPIREAT', bt.key, fmt(math.floor(bt.end_us / 1000000) + retention_s))
+  if bt.new then -- an existing window already expires at its end + retention
+    redis.call('EXPIREAT', bt.key, fmt(math.floor(bt.end_us / 1000000) + retention_s))
+  end
   windows[b] = bt.name .. '\t' .. fmt(bt.start_us) .. '\t' .. fmt(bt.end_us) .. '\n'
 end
 redis.call('HSET', KEYS[4], 'st', 'p', 'tok', fmt(tokens), 'cost', fmt(cost), 'tl', fmt(tpm_l),
