@@ -23,7 +23,6 @@ type StreamParser struct {
 	llm.StreamState
 	u       rawUsage
 	final   bool
-	started bool
 }
 
 var _ llm.StreamParser = (*StreamParser)(nil)
@@ -59,15 +58,10 @@ func (s *sink) Event(name, data []byte) {
 		msg := gjson.Get(js, "message")
 		p.RecordModel(msg.Get("model"))
 		p.u = fromMessage(msg.Get("usage"))
-		p.started = true
 	case "message_delta":
 		if u := gjson.Get(js, "usage"); u.IsObject() {
 			p.u.output = max(u.Get("output_tokens").Int(), 0)
 			p.u.overlay(u)
-			p.final = true
-		}
-	case "message_stop":
-		if p.started {
 			p.final = true
 		}
 	case "content_block_start":

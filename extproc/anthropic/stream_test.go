@@ -177,3 +177,20 @@ func BenchmarkStreamParserPerEvent(b *testing.B) {
 	}
 	var _ llm.StreamParser = p
 }
+
+// A stream that ends without message_delta usage has only message_start's
+// placeholder output count; treating message_stop as final would bill 1-2
+// output tokens for a whole answer.
+func TestStreamWithoutDeltaUsageIsNotFinal(t *testing.T) {
+	p := NewStreamParser()
+	p.Write([]byte("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n" +
+		"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hello world\"}}\n\n" +
+		"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"))
+	u, final := p.Usage()
+	if final {
+		t.Fatal("message_stop without message_delta usage must not be final")
+	}
+	if u.InputTokens != 10 || p.OutputTextBytes() != int64(len("hello world")) {
+		t.Fatalf("usage %+v, output bytes %d", u, p.OutputTextBytes())
+	}
+}

@@ -1,0 +1,337 @@
+// Package e2e runs tokenwarden end to end: the processor (extproc) behind
+// envoy/sim — Envoy's ext_proc filter — in front of the mock provider, with
+// real redis-server processes where state is shared. Nothing here is a
+// looser fake than Envoy.
+package e2e
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/envoy/gateway"
+	"github.com/tokenwarden/tokenwarden/envoy/sim"
+	"github.com/tokenwarden/tokenwarden/extproc"
+	"github.com/tokenwarden/tokenwarden/extproc/config"
+	"github.com/tokenwarden/tokenwarden/extproc/mockprovider"
+	"github.com/tokenwarden/tokenwarden/limiter"
+)
+
+type stackOptions struct {
+	config string
+	// processors is how many serve replicas share the store (default 1).
+	processors int
+	// redis is a redis-server address (host:port) or, with cluster, the
+	// cluster's seed addresses; empty means one in-memory store.
+	redis   string
+	cluster []string
+	// filter changes the Envoy filter config from the gateway's default.
+	filter func(*sim.Config)
+	mock   mockprovider.Options
+}
+
+type stack struct {
+	t        testing.TB
+	mock     *mockprovider.Server
+	upstream sim.Upstream
+	procs    []*proc
+	cfg      *config.Config
+}
+
+// proc is one in-process `tokenwarden serve`: its own gRPC server, metrics
+// registry and store client, like a replica.
+type proc struct {
+	srv     *extproc.Server
+	reg     *prometheus.Registry
+	store   limiter.Store
+	addr    string
+	filter  *sim.Filter
+	grpc    *grpc.Server
+	conn    *grpc.ClientConn
+	redis   redis.UniversalClient
+	stopped bool
+}
+
+func newStack(t testing.TB, o stackOptions) *stack {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	mock, err := mockprovider.Start(ctx, o.mock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+		defer c()
+		_ = mock.Shutdown(sctx)
+	})
+	up, err := sim.NewHTTPUpstream(mock.URL(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Parse([]byte(o.config))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &stack{t: t, mock: mock, upstream: up, cfg: cfg}
+	n := max(o.processors, 1)
+	var shared limiter.Store
+	if o.redis == "" && len(o.cluster) == 0 {
+		shared = limiter.NewMemory(limiter.MemoryOptions{})
+	}
+	for range n {
+		s.procs = append(s.procs, s.startProc(o, shared))
+	}
+	return s
+}
+
+func (s *stack) startProc(o stackOptions, store limiter.Store) *proc {
+	t := s.t
+	p := &proc{reg: prometheus.NewRegistry()}
+	if store == nil {
+		if len(o.cluster) > 0 {
+			p.redis = redis.NewClusterClient(&redis.ClusterOptions{Addrs: o.cluster, MaxRetries: -1})
+		} else {
+			p.redis = redis.NewClient(&redis.Options{Addr: o.redis, MaxRetries: -1})
+		}
+		r, err := limiter.NewRedis(limiter.RedisOptions{Client: p.redis, Timeout: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		store = r
+	}
+	p.store = store
+	metrics := extproc.NewMetrics(p.reg)
+	p.srv = extproc.NewServer(extproc.Options{
+		Config: config.NewHolder(s.cfg), Store: store, Metrics: metrics,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.addr = lis.Addr().String()
+	p.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(64 << 20))
+	extprocv3.RegisterExternalProcessorServer(p.grpc, p.srv)
+	go func() { _ = p.grpc.Serve(lis) }()
+	p.conn, err = grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := gateway.DefaultFilterConfig()
+	fc.NoTrace, fc.NoRecordBody = false, false
+	// SSE bodies reach the processor split at random byte boundaries.
+	fc.Chunking = sim.Chunking{Random: true, Seed: 7, MaxSize: 97, EmptyLast: sim.EmptyLastRandom}
+	if o.filter != nil {
+		o.filter(&fc)
+	}
+	p.filter, err = sim.New(extprocv3.NewExternalProcessorClient(p.conn), fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.stop)
+	return p
+}
+
+func (p *proc) stop() {
+	if p.stopped {
+		return
+	}
+	p.stopped = true
+	p.conn.Close()
+	p.grpc.Stop()
+	if p.redis != nil {
+		p.redis.Close()
+	}
+}
+
+// exchange is one finished HTTP exchange as the client saw it.
+type exchange struct {
+	resp *sim.Response
+	body []byte
+	err  error
+}
+
+func (e exchange) header(name string) string {
+	v, _ := e.resp.Header(name)
+	return v
+}
+
+// do runs one request through replica i and reads the whole response.
+func (s *stack) do(ctx context.Context, i int, req *sim.Request) exchange {
+	p := s.procs[i%len(s.procs)]
+	resp, err := p.filter.Do(ctx, req, s.upstream)
+	if err != nil {
+		return exchange{err: err}
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	select {
+	case <-resp.Done():
+	case <-time.After(10 * time.Second):
+		s.t.Errorf("exchange did not finish")
+	}
+	return exchange{resp: resp, body: body, err: err}
+}
+
+func anthropicRequest(body string, headers ...sim.Header) *sim.Request {
+	return &sim.Request{
+		Method: "POST", Path: "/v1/messages", Authority: "api.anthropic.com",
+		Headers: append([]sim.Header{
+			{Name: "content-type", Value: "application/json"},
+			{Name: "x-api-key", Value: "sk-ant-test"},
+			{Name: "anthropic-version", Value: "2023-06-01"},
+		}, headers...),
+		Body: []byte(body),
+	}
+}
+
+func openaiRequest(body string, headers ...sim.Header) *sim.Request {
+	return &sim.Request{
+		Method: "POST", Path: "/v1/chat/completions", Authority: "api.openai.com",
+		Headers: append([]sim.Header{
+			{Name: "content-type", Value: "application/json"},
+			{Name: "authorization", Value: "Bearer sk-test"},
+		}, headers...),
+		Body: []byte(body),
+	}
+}
+
+// counter sums a metric's series whose labels include every given pair.
+func counter(t testing.TB, reg prometheus.Gatherer, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if !hasLabels(m, labels) {
+				continue
+			}
+			switch {
+			case m.Counter != nil:
+				sum += m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				sum += m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				sum += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return sum
+}
+
+func hasLabels(m *dto.Metric, labels []string) bool {
+	for i := 0; i+1 < len(labels); i += 2 {
+		found := false
+		for _, lp := range m.GetLabel() {
+			if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// total sums a counter across every replica.
+func (s *stack) total(name string, labels ...string) float64 {
+	var sum float64
+	for _, p := range s.procs {
+		sum += counter(s.t, p.reg, name, labels...)
+	}
+	return sum
+}
+
+// budget reads one budget window of a tenant from replica 0's store.
+func (s *stack) budget(tenant, window string) limiter.BudgetState {
+	s.t.Helper()
+	p, _ := s.cfg.Policy(tenant, "")
+	for _, b := range p.Budgets {
+		if string(b.Window) != window {
+			continue
+		}
+		ws := accounting.WindowsAround(b.Window, b.Location, time.Now())
+		lb := limiter.Budget{Name: window, Cap: int64(b.Cap)}
+		for i := range ws {
+			lb.Windows[i] = limiter.Window{Start: ws[i][0], End: ws[i][1]}
+		}
+		st, err := s.procs[0].store.Budgets(context.Background(), tenant, []limiter.Budget{lb})
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		return st[0]
+	}
+	s.t.Fatalf("tenant %s has no %s budget", tenant, window)
+	return limiter.BudgetState{}
+}
+
+// ledgerSince returns the mock's ledger entries after the first n.
+func (s *stack) ledgerSince(n int) []mockprovider.LedgerEntry {
+	l := s.mock.Provider().Ledger()
+	if n > len(l) {
+		return nil
+	}
+	return l[n:]
+}
+
+// nanoPrices are the published prices of the models these tests use, in
+// nano-USD per token, written out independently of the accounting package
+// (reference/llm-apis.md §5.2), so a pricing bug cannot cancel itself out.
+var nanoPrices = map[string][5]int64{ // input, output, 5m write, 1h write, read
+	"claude-sonnet-4-5": {3000, 15000, 3750, 6000, 300},
+	"claude-haiku-4-5":  {1000, 5000, 1250, 2000, 100},
+	"claude-opus-4-5":   {5000, 25000, 6250, 10000, 500},
+	"gpt-test":          {50, 400, 63, 100, 5}, // from the tests' price override {input: 0.05, output: 0.4}
+}
+
+func expectedCost(t testing.TB, model string, u mockprovider.Tokens) int64 {
+	t.Helper()
+	p, ok := nanoPrices[model]
+	if !ok {
+		t.Fatalf("no test price for %s", model)
+	}
+	return u.InputTokens*p[0] + u.OutputTokens*p[1] + u.CacheWrite5mTokens*p[2] + u.CacheWrite1hTokens*p[3] + u.CacheReadTokens*p[4]
+}
+
+// parallel runs f(i) for i in [0, n) on at most workers goroutines.
+func parallel(n, workers int, f func(i int)) {
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				f(i)
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
