@@ -21,8 +21,8 @@ import (
 // buffer; only the model name and an error message are copied, once.
 type StreamParser struct {
 	llm.StreamState
-	u       rawUsage
-	final   bool
+	u     rawUsage
+	final bool
 }
 
 var _ llm.StreamParser = (*StreamParser)(nil)
