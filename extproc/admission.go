@@ -79,14 +79,14 @@ func (x *exchange) admitRequest(body []byte) *extprocv3.ProcessingResponse {
 		// rejects a body whose length differs from it (reference §3.5).
 		edits.Set("content-length", strconv.Itoa(len(newBody)))
 	}
-	if x.rewriteReason != "" {
-		edits.Set("x-tokenwarden-model", model)
-	}
+	// The resolved model, always, so envoy.yaml can route by model whether or
+	// not tokenwarden rewrote it; the route is picked again with it.
+	edits.Set(modelHeader, model)
 	if x.streamedRequest {
 		// Every earlier chunk was cleared; this answer carries the whole body.
 		changed = true
 	}
-	return requestBodyResponse(common(edits, newBody, changed, x.rewriteReason != ""))
+	return requestBodyResponse(common(edits, newBody, changed, true))
 }
 
 // resolveModel applies the policy's model rules: alias, size tiers, the
@@ -184,6 +184,7 @@ func (x *exchange) admit() *extprocv3.ProcessingResponse {
 	}
 	x.decision = d
 	s.recordExpired(d.Expired)
+	s.recordCrossings(x, x.tenant, d.Crossed)
 	s.observeBudgets(x.cfg, x.tenant, d.Budgets)
 	if !d.Allowed {
 		dim := string(d.Denied)

@@ -22,6 +22,10 @@ const PolicyAttribute = "xds.route_metadata.filter_metadata['tokenwarden']['poli
 
 const attributesKey = "envoy.filters.http.ext_proc"
 
+// modelHeader carries the resolved model on the request to the upstream, set
+// with clear_route_cache so envoy.yaml can route by model.
+const modelHeader = "x-tokenwarden-model"
+
 // headerEdits accumulates a header mutation. Envoy reads only raw_value (the
 // send_header_raw_value default) and ignores append_action, so values go in
 // raw_value with append left unset, which means overwrite; append_action is

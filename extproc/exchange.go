@@ -122,6 +122,7 @@ func (x *exchange) handle(req *extprocv3.ProcessingRequest) (resp *extprocv3.Pro
 
 func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
 	var path, method string
+	var clientModelHeader bool
 	sources := x.cfg.Tenant.Sources
 	var found [8]string
 	for _, hv := range h.GetHeaders().GetHeaders() {
@@ -132,6 +133,8 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, req *extprocv3.Pro
 			method = headerValue(hv)
 		case "x-request-id":
 			x.clientReqID = headerValue(hv)
+		case modelHeader:
+			clientModelHeader = true
 		}
 		for i := 0; i < len(sources) && i < len(found); i++ {
 			if found[i] == "" && (hv.Key == sources[i].Header || hv.Key == sources[i].APIKeyOf) {
@@ -155,12 +158,19 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, req *extprocv3.Pro
 		x.s.log.Warn("route names an unknown policy; using the tenant's or default policy", "policy", x.routePolicy, "used", x.policy.Name)
 	}
 
+	// x-tokenwarden-model is tokenwarden's to set: routes may match on it, so a
+	// client's own value is removed and the route picked again without it.
+	var edits *headerEdits
+	if clientModelHeader {
+		edits = &headerEdits{}
+		edits.Remove(modelHeader)
+	}
 	x.dialect = dialectFor(path)
 	if x.dialect == nil || method != "POST" {
 		x.passThrough = true
 		x.finished = true
 		x.s.opts.Metrics.Requests.WithLabelValues("passthrough", config.OtherLabel, outcomeOK).Inc()
-		return requestHeadersResponse(nil, passThroughMode)
+		return requestHeadersResponse(common(edits, nil, false, true), passThroughMode)
 	}
 	if h.GetEndOfStream() {
 		return x.reject(400, errInvalidRequest, "", "tokenwarden: the request has no body", outcomeInvalidRequest, nil)
@@ -169,12 +179,12 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, req *extprocv3.Pro
 	// A request body Envoy would stream chunk by chunk is asked for whole, when
 	// the filter allows overrides; otherwise onRequestBody copes with chunks.
 	if pc := req.GetProtocolConfig(); pc != nil && pc.GetRequestBodyMode() == filterv3.ProcessingMode_STREAMED {
-		return requestHeadersResponse(nil, &filterv3.ProcessingMode{
+		return requestHeadersResponse(common(edits, nil, false, true), &filterv3.ProcessingMode{
 			RequestBodyMode:  filterv3.ProcessingMode_BUFFERED,
 			ResponseBodyMode: pc.GetResponseBodyMode(),
 		})
 	}
-	return requestHeadersResponse(nil, nil)
+	return requestHeadersResponse(common(edits, nil, false, true), nil)
 }
 
 // tenantFromSource turns a source's header value into a tenant name that is

@@ -224,6 +224,9 @@ func (s *Server) settle(x *exchange, req limiter.SettleRequest) {
 			"tenant", req.Tenant, "request_id", x.clientReqID, "err", err)
 		return
 	}
+	if res.Queued {
+		s.log.Info("store unreachable; settle queued until it is back", "tenant", req.Tenant, "request_id", x.clientReqID)
+	}
 	s.recordExpired(res.Expired)
 	s.observeBudgets(x.cfg, req.Tenant, res.Budgets)
 	s.recordCrossings(x, req.Tenant, res.Crossed)
