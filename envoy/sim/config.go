@@ -16,8 +16,9 @@ const (
 	DefaultStatusOnError      = 500
 	DefaultBufferLimit        = 1 << 20 // per_connection_buffer_limit_bytes
 	DefaultRemoteCloseTimeout = time.Second
-	DefaultMaxHeaders         = 100 // HCM max_headers_count
-	DefaultMaxHeadersKB       = 60  // HCM max_request_headers_kb
+	DefaultStreamOpenTimeout  = 5 * time.Second // not Envoy's: see Config.StreamOpenTimeout
+	DefaultMaxHeaders         = 100             // HCM max_headers_count
+	DefaultMaxHeadersKB       = 60              // HCM max_request_headers_kb
 )
 
 // CloseMode selects how the filter closes the gRPC stream (ref §1.1, §11.9).
@@ -88,6 +89,9 @@ type Config struct {
 	// max_message_timeout (0 disables override_message_timeout).
 	MessageTimeout    time.Duration
 	MaxMessageTimeout time.Duration
+	// StreamOpenTimeout bounds opening the gRPC stream (0 → 5s), which in
+	// grpc-go includes connecting; expiry is handled like message_timeout.
+	StreamOpenTimeout time.Duration
 	FailureModeAllow  bool
 	// StatusOnError is status_on_error (0 → 500).
 	StatusOnError int
@@ -151,6 +155,9 @@ func (c Config) normalized() (Config, error) {
 	}
 	if c.BufferLimit <= 0 {
 		c.BufferLimit = DefaultBufferLimit
+	}
+	if c.StreamOpenTimeout <= 0 {
+		c.StreamOpenTimeout = DefaultStreamOpenTimeout
 	}
 	if c.RemoteCloseTimeout == 0 {
 		c.RemoteCloseTimeout = DefaultRemoteCloseTimeout

@@ -336,7 +336,7 @@ func TestUpstreamFailure(t *testing.T) {
 }
 
 // TestStreamOpenTimeout: a processor address that never connects is bounded
-// by message_timeout (a 504), not by gRPC's connect timeout.
+// by StreamOpenTimeout and answered like a message timeout (504).
 func TestStreamOpenTimeout(t *testing.T) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -358,7 +358,7 @@ func TestStreamOpenTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	f := newFilter(t, extprocv3.NewExternalProcessorClient(conn), Config{MessageTimeout: 50 * time.Millisecond})
+	f := newFilter(t, extprocv3.NewExternalProcessorClient(conn), Config{StreamOpenTimeout: 50 * time.Millisecond})
 	resp, _, _ := run(t, f, &Request{Method: "GET", Path: "/"}, &testUpstream{})
 	if resp.Status != 504 || resp.Details != "ext_proc_error_per-message_timeout_exceeded" {
 		t.Fatalf("status %d details %q", resp.Status, resp.Details)

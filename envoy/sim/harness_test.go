@@ -15,8 +15,10 @@ import (
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -244,8 +246,14 @@ func run(t *testing.T, f *Filter, req *Request, up Upstream) (*Response, []byte,
 	return resp, body, rerr
 }
 
+// newFilter builds a Filter; a test that does not exercise message_timeout
+// gets a generous one, since the machine may be loaded (Envoy's 200ms
+// default is tested through normalized, not through scheduling luck).
 func newFilter(t *testing.T, c extprocv3.ExternalProcessorClient, cfg Config) *Filter {
 	t.Helper()
+	if cfg.MessageTimeout == 0 {
+		cfg.MessageTimeout = 10 * time.Second
+	}
 	f, err := New(c, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -290,3 +298,11 @@ func protoHeader(hm *corev3.HeaderMap, name string) (*corev3.HeaderValue, bool) 
 var errBoom = errors.New("boom")
 
 func lines(s ...string) string { return strings.Join(s, "\n") }
+
+// halfClosedThenCancelled reports whether err is what a grpc-go server may
+// observe after Envoy's default close (half-close immediately followed by
+// RST_STREAM): io.EOF, or Canceled when the reset overtakes the read (ref
+// §1.1: "the server sees EOF and/or CANCELLED").
+func halfClosedThenCancelled(err error) bool {
+	return err == io.EOF || status.Code(err) == codes.Canceled
+}

@@ -1,10 +1,11 @@
 package sim
 
 import (
-	"io"
 	"slices"
 	"testing"
+	"time"
 
+	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 )
 
@@ -69,7 +70,7 @@ func TestDefaultModeMessages(t *testing.T) {
 	}
 	// Close optimization: response headers reply is the last needed one,
 	// closed with half-close then cancel: the server sees EOF.
-	if end.recvErr != io.EOF {
+	if !halfClosedThenCancelled(end.recvErr) {
 		t.Errorf("server Recv ended with %v, want EOF", end.recvErr)
 	}
 	_, sent, _ := up.request()
@@ -252,4 +253,30 @@ func TestTraceRecordsMessages(t *testing.T) {
 		t.Fatalf("sends = %v", sends)
 	}
 	_ = extprocv3.ProcessingRequest{}
+}
+
+// TestConfigDefaults: zero values become Envoy's defaults; unsupported modes
+// are rejected.
+func TestConfigDefaults(t *testing.T) {
+	c, err := Config{}.normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MessageTimeout != 200*time.Millisecond || c.StatusOnError != 500 || c.BufferLimit != 1<<20 ||
+		c.RemoteCloseTimeout != time.Second || c.MaxHeaders != 100 || c.ProcessingMode == nil {
+		t.Errorf("defaults %+v", c)
+	}
+	m := modeFor(c.ProcessingMode, true)
+	if !m.sendHeaders || m.bodyMode != NONE || m.sendTrailers {
+		t.Errorf("default request mode %+v", m)
+	}
+	for _, bad := range []Config{
+		{ProcessingMode: &extprocfilterv3.ProcessingMode{RequestBodyMode: extprocfilterv3.ProcessingMode_FULL_DUPLEX_STREAMED}},
+		{MessageTimeout: 2 * time.Hour},
+		{StatusOnError: 99},
+	} {
+		if _, err := bad.normalized(); err == nil {
+			t.Errorf("accepted %+v", bad)
+		}
+	}
 }

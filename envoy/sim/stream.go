@@ -30,7 +30,7 @@ type procStream struct {
 	senderDone chan struct{} // closed when the sender (incl. the close sequence) exits
 }
 
-// errOpenTimeout: the stream could not be opened within message_timeout.
+// errOpenTimeout: the stream could not be opened within StreamOpenTimeout.
 var errOpenTimeout = errors.New("ext_proc stream open timed out")
 
 type recvResult struct {
@@ -52,9 +52,11 @@ func openStream(parent context.Context, client extprocv3.ExternalProcessorClient
 	if cfg.ClusterName != "" {
 		opts = append(opts, grpc.CallAuthority(cfg.ClusterName))
 	}
-	// grpc-go blocks in Process while the connection is still connecting;
-	// Envoy's async client never does, and its message timer runs from the
-	// first send. Bound the open by the message timeout.
+	// grpc-go blocks in Process while the connection is still connecting.
+	// Envoy's async client never blocks and its connection to the ext_proc
+	// cluster is normally pooled and up, so the message timer (armed after
+	// the open here) would not include a connect; a separate, explicit bound
+	// keeps a processor that never answers the connect from hanging us.
 	type opened struct {
 		cs  extprocv3.ExternalProcessor_ProcessClient
 		err error
@@ -64,7 +66,7 @@ func openStream(parent context.Context, client extprocv3.ExternalProcessorClient
 		cs, err := client.Process(ctx, opts...)
 		ch <- opened{cs, err}
 	}()
-	t := time.NewTimer(cfg.MessageTimeout)
+	t := time.NewTimer(cfg.StreamOpenTimeout)
 	defer t.Stop()
 	var cs extprocv3.ExternalProcessor_ProcessClient
 	select {
