@@ -33,13 +33,16 @@ func poke(c chan<- struct{}) {
 	}
 }
 
+// write queues b without copying: every slice the loop releases is owned by
+// it (fresh source reads, processor-supplied bodies, the caller's immutable
+// Request.Body) and never written to again.
 func (p *pipe) write(b []byte) {
 	if len(b) == 0 {
 		return
 	}
 	p.mu.Lock()
 	if p.err == nil && !p.closed {
-		p.bufs = append(p.bufs, append([]byte(nil), b...))
+		p.bufs = append(p.bufs, b)
 		p.n += len(b)
 	}
 	p.mu.Unlock()

@@ -17,6 +17,8 @@ type Header struct {
 }
 
 // Request is the downstream HTTP request as it reaches the ext_proc filter.
+// The filter reads it (and aliases Body) until the exchange is Done; do not
+// modify it meanwhile.
 type Request struct {
 	// Method, Path (with query), Scheme and Authority become the pseudo-headers
 	// :method, :path, :scheme and :authority. Scheme defaults to "http".
