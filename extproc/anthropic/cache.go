@@ -137,10 +137,10 @@ func (b *blockInfo) canCarry(tool bool) bool {
 		// so a marker there would not mark what it seems to.
 		return !b.deferred
 	}
-	switch string(b.typ) {
-	case "thinking", "redacted_thinking", "":
+	switch {
+	case len(b.typ) == 0, llm.RawEqual(b.typ, "thinking"), llm.RawEqual(b.typ, "redacted_thinking"):
 		return false
-	case "text":
+	case llm.RawEqual(b.typ, "text"):
 		return b.hasText && !b.blankText
 	}
 	return true
@@ -654,7 +654,7 @@ func (s *scan) readCC(r *llm.Reader, b *blockInfo) {
 	for key, ok := r.NextKey(&it); ok; key, ok = r.NextKey(&it) {
 		if string(key) == "ttl" && r.Peek() == llm.KindString {
 			raw, _ := r.RawString()
-			if string(raw) == "1h" {
+			if llm.RawEqual(raw, "1h") {
 				b.ttl = ttl1h
 			}
 			continue
@@ -706,7 +706,7 @@ func (s *scan) walkMessages(r *llm.Reader) {
 			}
 		}
 		s.finalCanCarry = canCarry
-		if string(role) == "user" {
+		if llm.RawEqual(role, "user") {
 			turn.present = true
 			s.prevUser, s.lastUser = s.lastUser, turn
 		}
@@ -726,6 +726,81 @@ func blank(raw []byte) bool {
 			}
 			return false
 		default:
+			return false
+		}
+	}
+	return true
+}
+
+// UnknownModelMinCacheTokens is DefaultMinCacheTokens for a model the table
+// does not know. 1024 is the tier most models have shared since 2024; a
+// marker on a prefix that turns out too short costs nothing (the API just
+// does not cache it) but one slot, while a higher guess would forgo caching
+// of mid-sized prompts on new models, whose minimums have been falling
+// (512 for the "5" generation).
+const UnknownModelMinCacheTokens = 1024
+
+// DefaultMinCacheTokens returns the model's minimum cacheable prefix, in
+// tokens, from the prompt-caching page's later-2026 table (llm-apis.md §3.5,
+// "later 2026 page (quote sheet)"; earlier versions disagree, e.g. Opus 4.7
+// at 4096, hence config can override it). The model id may carry a provider
+// prefix ("anthropic.", "us.anthropic."), a date ("-20251101", "@20251101"),
+// "-latest" or a Bedrock version ("-v1:0"); anything else unknown gets
+// UnknownModelMinCacheTokens.
+func DefaultMinCacheTokens(model string) int64 {
+	switch baseModelID(model) {
+	case "claude-fable-5-1", "claude-mythos-5-1", "claude-opus-5-5",
+		"claude-opus-5", "claude-fable-5", "claude-mythos-5":
+		return 512
+	case "claude-opus-4-8", "claude-sonnet-5", "claude-sonnet-4-6", "claude-sonnet-4-5",
+		"claude-opus-4-1", "claude-opus-4", "claude-opus-4-0", "claude-4-opus",
+		"claude-sonnet-4", "claude-sonnet-4-0", "claude-4-sonnet", "claude-3-7-sonnet":
+		return 1024
+	case "claude-mythos-preview", "claude-opus-4-7", "claude-3-5-haiku", "claude-3-haiku":
+		return 2048
+	case "claude-opus-4-6", "claude-opus-4-5", "claude-haiku-4-5":
+		return 4096
+	}
+	return UnknownModelMinCacheTokens
+}
+
+// baseModelID strips what varies around a model family's id: anything before
+// "claude-" (provider and region prefixes), an "@" suffix (Vertex), and
+// trailing "-YYYYMMDD", "-latest" and "-vN[:M]" segments.
+func baseModelID(model string) string {
+	if i := strings.Index(model, "claude-"); i > 0 {
+		model = model[i:]
+	}
+	if i := strings.IndexByte(model, '@'); i >= 0 {
+		model = model[:i]
+	}
+	for {
+		i := strings.LastIndexByte(model, '-')
+		if i < 0 || !variantSuffix(model[i+1:]) {
+			return model
+		}
+		model = model[:i]
+	}
+}
+
+// variantSuffix reports whether a trailing segment of a model id names a
+// snapshot or a packaging rather than a model.
+func variantSuffix(seg string) bool {
+	switch {
+	case seg == "latest":
+		return true
+	case len(seg) == 8 && allDigits(seg):
+		return true
+	case len(seg) >= 2 && seg[0] == 'v':
+		v, _, _ := strings.Cut(seg[1:], ":")
+		return v != "" && allDigits(v)
+	}
+	return false
+}
+
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
 			return false
 		}
 	}
