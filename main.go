@@ -290,11 +290,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	admin := &http.Server{
+		// Ready while the store answers, or while the configured failure policy
+		// lets this replica decide without it (open or local); a replica that
+		// would refuse everything is taken out of rotation instead.
 		Handler: extproc.AdminHandler(extproc.AdminOptions{Gatherer: reg, Ready: func(ctx context.Context) error {
-			if up() {
+			if up() || holder.Load().Store.OnFailure != config.FailClosed {
 				return nil
 			}
-			return errors.New("the shared store is unreachable")
+			return errors.New("the shared store is unreachable and store.on_failure is closed")
 		}}),
 		ReadHeaderTimeout: 5 * time.Second,
 	}

@@ -41,6 +41,8 @@ type stackOptions struct {
 	// filter changes the Envoy filter config from the gateway's default.
 	filter func(*sim.Config)
 	mock   mockprovider.Options
+	// redisHook, if set, is added to every replica's Redis client.
+	redisHook redis.Hook
 }
 
 type stack struct {
@@ -106,6 +108,9 @@ func (s *stack) startProc(o stackOptions, store limiter.Store) *proc {
 			p.redis = redis.NewClusterClient(&redis.ClusterOptions{Addrs: o.cluster, MaxRetries: -1})
 		} else {
 			p.redis = redis.NewClient(&redis.Options{Addr: o.redis, MaxRetries: -1})
+		}
+		if o.redisHook != nil {
+			p.redis.AddHook(o.redisHook)
 		}
 		r, err := limiter.NewRedis(limiter.RedisOptions{Client: p.redis, Timeout: 2 * time.Second})
 		if err != nil {
