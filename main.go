@@ -407,15 +407,7 @@ func runBudgets(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	now := time.Now()
 	for _, t := range tenants {
 		p, _ := cfg.Policy(t, *policy)
-		budgets := make([]limiter.Budget, 0, len(p.Budgets))
-		for _, b := range p.Budgets {
-			ws := accounting.WindowsAround(b.Window, b.Location, now)
-			lb := limiter.Budget{Name: string(b.Window), Cap: int64(b.Cap), Alerts: b.Alerts}
-			for i := range ws {
-				lb.Windows[i] = limiter.Window{Start: ws[i][0], End: ws[i][1]}
-			}
-			budgets = append(budgets, lb)
-		}
+		budgets := p.LimiterBudgets(now)
 		if len(budgets) == 0 {
 			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\tno budgets\n", t, p.Name)
 			continue

@@ -140,23 +140,6 @@ func (x *exchange) resolveModel(requested string) (model, reason string, err err
 	return model, reason, nil
 }
 
-// budgetsFor returns the policy's budgets with their calendar windows around
-// now; the store picks the current one by its own clock.
-func (x *exchange) budgetsFor(now time.Time) []limiter.Budget {
-	if len(x.policy.Budgets) == 0 {
-		return nil
-	}
-	out := make([]limiter.Budget, len(x.policy.Budgets))
-	for i, b := range x.policy.Budgets {
-		ws := accounting.WindowsAround(b.Window, b.Location, now)
-		out[i] = limiter.Budget{Name: string(b.Window), Cap: int64(b.Cap), Alerts: b.Alerts}
-		for j := range ws {
-			out[i].Windows[j] = limiter.Window{Start: ws[j][0], End: ws[j][1]}
-		}
-	}
-	return out
-}
-
 // admit runs the one admission round trip. It returns nil when the request
 // may go on, or the local reply that ends it.
 func (x *exchange) admit() *extprocv3.ProcessingResponse {
@@ -171,7 +154,7 @@ func (x *exchange) admit() *extprocv3.ProcessingResponse {
 		Limits:    x.policy.Limits,
 		Tokens:    x.estimate.RateLimitedTokens(),
 		Cost:      int64(x.estimateCost),
-		Budgets:   x.budgetsFor(s.opts.Now()),
+		Budgets:   x.policy.LimiterBudgets(s.opts.Now()),
 		OnFailure: failurePolicy(x.policy.OnFailure),
 	})
 	m.StoreSeconds.WithLabelValues("admit").Observe(time.Since(start).Seconds())

@@ -202,7 +202,7 @@ func (x *exchange) complete(u accounting.Usage, source, outcome string) finalize
 			RequestID: x.requestID,
 			Tokens:    u.RateLimitedTokens(),
 			Cost:      int64(cost.Total),
-			Budgets:   x.budgetsFor(s.opts.Now()),
+			Budgets:   x.policy.LimiterBudgets(s.opts.Now()),
 		}
 		settle = func() { s.settle(x, req) }
 	}

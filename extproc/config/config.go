@@ -637,3 +637,21 @@ func sortedKeys[V any](m map[string]V) []string {
 	sort.Strings(out)
 	return out
 }
+
+// LimiterBudgets returns the policy's budgets as the store takes them: each
+// with its previous, current and next calendar window around now in the
+// budget's time zone, so the store can pick the current one by its own clock.
+func (p *Policy) LimiterBudgets(now time.Time) []limiter.Budget {
+	if len(p.Budgets) == 0 {
+		return nil
+	}
+	out := make([]limiter.Budget, len(p.Budgets))
+	for i, b := range p.Budgets {
+		ws := accounting.WindowsAround(b.Window, b.Location, now)
+		out[i] = limiter.Budget{Name: string(b.Window), Cap: int64(b.Cap), Alerts: b.Alerts}
+		for j := range ws {
+			out[i].Windows[j] = limiter.Window{Start: ws[j][0], End: ws[j][1]}
+		}
+	}
+	return out
+}

@@ -21,7 +21,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/envoy/gateway"
 	"github.com/tokenwarden/tokenwarden/envoy/sim"
 	"github.com/tokenwarden/tokenwarden/extproc"
@@ -272,14 +271,9 @@ func (s *stack) total(name string, labels ...string) float64 {
 func (s *stack) budget(tenant, window string) limiter.BudgetState {
 	s.t.Helper()
 	p, _ := s.cfg.Policy(tenant, "")
-	for _, b := range p.Budgets {
-		if string(b.Window) != window {
+	for _, lb := range p.LimiterBudgets(time.Now()) {
+		if lb.Name != window {
 			continue
-		}
-		ws := accounting.WindowsAround(b.Window, b.Location, time.Now())
-		lb := limiter.Budget{Name: window, Cap: int64(b.Cap)}
-		for i := range ws {
-			lb.Windows[i] = limiter.Window{Start: ws[i][0], End: ws[i][1]}
 		}
 		st, err := s.procs[0].store.Budgets(context.Background(), tenant, []limiter.Budget{lb})
 		if err != nil {

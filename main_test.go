@@ -1,0 +1,162 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/limiter"
+	"github.com/tokenwarden/tokenwarden/limiter/redistest"
+)
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "tokenwarden.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestCheckConfig(t *testing.T) {
+	good := writeFile(t, "policies: {default: {limits: {requests_per_minute: 10}}}\n")
+	bad := writeFile(t, "policies: {default: {budgets: [{window: fortnight, usd: 1}]}}\n")
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"check-config", good}, &out, &errOut); err != nil || !strings.Contains(out.String(), "OK") {
+		t.Fatalf("good config: %v %q", err, out.String())
+	}
+	err := run(context.Background(), []string{"check-config", bad}, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "policies.default.budgets[0].window") || exitCode(err) != 1 {
+		t.Fatalf("bad config: %v", err)
+	}
+	if err := run(context.Background(), []string{"check-config"}, &out, &errOut); !errors.Is(err, errUsage) || exitCode(err) != 2 {
+		t.Fatalf("missing file argument: %v", err)
+	}
+}
+
+func TestUnknownCommandAndEnvFlags(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"frobnicate"}, &out, &errOut); !errors.Is(err, errUsage) {
+		t.Fatalf("unknown command: %v", err)
+	}
+	// A TOKENWARDEN_* variable fills a flag the command line leaves out.
+	t.Setenv("TOKENWARDEN_GRPC_ADDR", "not-an-address")
+	err := run(context.Background(), []string{"serve"}, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "--grpc-addr") {
+		t.Fatalf("serve with a bad TOKENWARDEN_GRPC_ADDR: %v", err)
+	}
+}
+
+func freePort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func TestServeAnswersAdminAndStopsOnCancel(t *testing.T) {
+	grpcAddr, adminAddr := freePort(t), freePort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--grpc-addr", grpcAddr, "--admin-addr", adminAddr}, io.Discard, io.Discard)
+	}()
+	var body string
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get("http://" + adminAddr + "/metrics")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body = string(b)
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, want := range []string{"tokenwarden_store_up 1", "tokenwarden_config_reloads_total{result=\"success\"} 1", "go_goroutines"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get("http://" + adminAddr + path)
+		if err != nil || resp.StatusCode != 200 {
+			t.Errorf("%s: %v %v", path, err, resp)
+		} else {
+			resp.Body.Close()
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve returned %v on cancel", err)
+		}
+	case <-time.After(40 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+}
+
+func TestBudgetsReadsTheSharedStore(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts redis-server")
+	}
+	rs := redistest.Start(t, redistest.Options{})
+	cfgPath := writeFile(t, fmt.Sprintf(`
+store: {redis: "redis://%s/0"}
+policies:
+  default:
+    budgets: [{window: day, usd: 10}, {window: month, usd: 100}]
+tenants:
+  acme: {}
+`, rs.Addr()))
+	// Spend $1.50 and reserve $0.25 for acme, as a serve replica would.
+	_, cfg, err := loadConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, _, closeStore, err := openStore(cfg.Store, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeStore()
+	p, _ := cfg.Policy("acme", "")
+	now := time.Now()
+	budgets := p.LimiterBudgets(now)
+	for i, cost := range []int64{1_500_000_000, 250_000_000} {
+		if _, err := store.Admit(context.Background(), limiter.AdmitRequest{Tenant: "acme", RequestID: fmt.Sprint(i), Cost: cost, Budgets: budgets}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := store.Settle(context.Background(), limiter.SettleRequest{Tenant: "acme", RequestID: "0", Cost: 1_500_000_000, Budgets: budgets}); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"budgets", "--config", cfgPath, "--tenant", "acme"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("want a header and two windows:\n%s", out.String())
+	}
+	for _, l := range lines[1:] {
+		f := strings.Fields(l)
+		if f[0] != "acme" || f[5] != "1.500000" || f[6] != "0.250000" {
+			t.Errorf("row %q: want spent 1.500000 and reserved 0.250000", l)
+		}
+	}
+	if !strings.Contains(lines[1], "day") || !strings.Contains(lines[1], "17.5%") || !strings.Contains(lines[2], "1.8%") {
+		t.Errorf("used ratios:\n%s", out.String())
+	}
+}
