@@ -3,6 +3,7 @@ package anthropic
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/tokenwarden/tokenwarden/extproc/llm"
@@ -75,13 +76,6 @@ const (
 	ttl1h
 )
 
-func (t ttl) String() string {
-	if t == ttl1h {
-		return "1h"
-	}
-	return "5m"
-}
-
 // Markers are ordered by where they fall in the prompt, which is tools,
 // system, messages whatever the key order of the body: an ordinal is the
 // section in the high byte and a visit counter below it.
@@ -109,9 +103,8 @@ type candidate struct {
 	msg, idx     int // message index (messages only) and block index, -1 for none
 	ord          uint64
 	cc           ccState
-	str          bool // a string to convert to a text block
-	start, end   int  // the block's (or string's) span in the body
-	members      int
+	str          bool  // a string to convert to a text block
+	start, end   int   // the block's (or string's) span in the body
 	prefixTokens int64 // estimate within its own section, capped (see scan.estimating)
 }
 
@@ -280,19 +273,19 @@ func planCache(body []byte, opts CacheOptions) (edits [6]edit, n int, res CacheR
 			t, why = s.ttlFor(c.ord, want)
 		}
 		if why != "" {
-			res.Skipped = append(res.Skipped, c.name()+": "+why)
+			res.Skipped = append(res.Skipped, c.skipped(why))
 			continue
 		}
-		mark := marker5m
+		mark, closeText := marker5m, marker5m+textClose
 		if t == ttl1h {
-			mark = marker1h
+			mark, closeText = marker1h, marker1h+textClose
 			s.last1h = max(s.last1h, c.ord)
 		} else {
 			s.first5m = min(s.first5m, c.ord)
 		}
 		if c.str {
 			edits[n] = edit{at: c.start, text: textOpen}
-			edits[n+1] = edit{at: c.end, text: mark + textClose}
+			edits[n+1] = edit{at: c.end, text: closeText}
 			n += 2
 		} else {
 			edits[n] = edit{at: c.end - 1, text: mark}
@@ -355,19 +348,21 @@ func (s *scan) userCandidate() *userTurn {
 	return nil
 }
 
-func (c *candidate) name() string {
-	var b strings.Builder
-	b.WriteString(c.section)
+// skipped is the Skipped entry for c: its location, then why.
+func (c *candidate) skipped(why string) string {
+	b := make([]byte, 0, 64)
+	b = append(b, c.section...)
 	if c.msg >= 0 {
-		fmt.Fprintf(&b, ".%d", c.msg)
+		b = strconv.AppendInt(append(b, '.'), int64(c.msg), 10)
 		if c.idx >= 0 || c.str {
-			b.WriteString(".content")
+			b = append(b, ".content"...)
 		}
 	}
 	if c.idx >= 0 {
-		fmt.Fprintf(&b, ".%d", c.idx)
+		b = strconv.AppendInt(append(b, '.'), int64(c.idx), 10)
 	}
-	return b.String()
+	b = append(append(b, ": "...), why...)
+	return string(b)
 }
 
 // mark records a client marker.
@@ -465,7 +460,7 @@ func (c *candidate) set(b *blockInfo, idx, msg int, tokens int64) {
 	c.found, c.str = true, false
 	c.idx, c.msg = idx, msg
 	c.ord, c.cc = b.ord, b.cc
-	c.start, c.end, c.members = b.start, b.end, b.members
+	c.start, c.end = b.start, b.end
 	c.prefixTokens = tokens
 }
 
