@@ -52,7 +52,7 @@ type CacheResult struct {
 	// Added counts the markers injected.
 	Added int
 	// Skipped says, for each candidate breakpoint not used, why; e.g.
-	// "system: client marker kept" or "tools.2: prefix ~310 tokens, below
+	// "system.0: client marker kept" or "tools.2: prefix ~310 tokens, below
 	// the 1024 minimum". Built only when a candidate is skipped.
 	Skipped []string
 }
