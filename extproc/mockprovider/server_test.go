@@ -3,8 +3,8 @@ package mockprovider
 import (
 	"context"
 	"errors"
-	"net"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
