@@ -1,0 +1,119 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"testing"
+
+	"github.com/tokenwarden/tokenwarden/envoy/sim"
+)
+
+// TestModelRewriteReachesTheProviderIntact: an alias is rewritten in place —
+// every other byte of the client's JSON kept, content-length matching — the
+// request is routed by x-tokenwarden-model, priced at the resolved model, and
+// the client is told.
+func TestModelRewriteReachesTheProviderIntact(t *testing.T) {
+	s := newStack(t, stackOptions{config: `
+policies:
+  default:
+    models:
+      aliases: {fast: claude-haiku-4-5}
+    budgets: [{window: month, usd: 100}]
+tenants:
+  r: {}
+`})
+	body := "{\n  \"model\" : \"fast\",\n  \"max_tokens\": 64, \"temperature\": 1.0,\n  \"messages\": [{\"role\": \"user\", \"content\": \"caf\\u00e9 \\ud83d\\ude00 1e3\"}]\n}"
+	want := "{\n  \"model\" : \"claude-haiku-4-5\",\n  \"max_tokens\": 64, \"temperature\": 1.0,\n  \"messages\": [{\"role\": \"user\", \"content\": \"caf\\u00e9 \\ud83d\\ude00 1e3\"}]\n}"
+	x := s.do(context.Background(), 0, anthropicRequest(body,
+		sim.Header{Name: "content-length", Value: strconv.Itoa(len(body))},
+		sim.Header{Name: "x-tenant-id", Value: "r"},
+		sim.Header{Name: "x-tokenwarden-model", Value: "claude-opus-4-5"})) // a client cannot pick its route
+	if x.err != nil || x.resp.Status != 200 {
+		t.Fatalf("%v %+v %s", x.err, x.resp, x.body)
+	}
+	sent := x.resp.UpstreamRequest()
+	if string(sent.Body) != want {
+		t.Fatalf("upstream body\n%q\nwant\n%q", sent.Body, want)
+	}
+	headers := map[string]string{}
+	for _, h := range sent.Headers {
+		headers[h.Name] = h.Value
+	}
+	if headers["content-length"] != strconv.Itoa(len(want)) || headers["x-tokenwarden-model"] != "claude-haiku-4-5" {
+		t.Errorf("upstream headers %v", headers)
+	}
+	if got := x.header("x-tokenwarden-model-rewritten"); got != "fast -> claude-haiku-4-5" {
+		t.Errorf("x-tokenwarden-model-rewritten = %q", got)
+	}
+	var routed bool
+	for _, e := range x.resp.Trace() {
+		routed = routed || e.Kind == sim.EventClearRouteCache
+	}
+	if !routed {
+		t.Error("the route must be picked again after setting x-tokenwarden-model")
+	}
+	s.waitSettled(t, "r")
+	e := s.mock.Provider().Ledger()[0]
+	if e.Model != "claude-haiku-4-5" {
+		t.Errorf("the provider saw model %q", e.Model)
+	}
+	if got, want := s.budget("r", "month").Spent, expectedCost(t, "claude-haiku-4-5", e.Reported); got != want {
+		t.Errorf("charged %d nano-USD, want %d at Haiku prices", got, want)
+	}
+	if s.total("tokenwarden_model_rewrites_total", "reason", "alias") != 1 {
+		t.Error("the rewrite is counted")
+	}
+}
+
+// TestDowngradeAtTheConfiguredRatioAndNotBefore sends Opus requests until
+// the month budget is well past the downgrade threshold: every request sent
+// while less than half the budget was spent goes to Opus, every later one to
+// Sonnet.
+func TestDowngradeAtTheConfiguredRatioAndNotBefore(t *testing.T) {
+	s := newStack(t, stackOptions{config: `
+policies:
+  default:
+    budgets: [{window: month, usd: 0.05}]
+    models:
+      downgrade:
+        - {when_budget_used: 0.5, window: month, from: "claude-opus-*", to: claude-sonnet-4-5}
+tenants:
+  d: {}
+`})
+	capNano := int64(50_000_000)
+	var downgraded int
+	for i := range 12 {
+		spentBefore := s.budget("d", "month").Spent
+		x := s.do(context.Background(), 0, anthropicRequest(
+			`{"model":"claude-opus-4-5","max_tokens":100,"messages":[{"role":"user","content":"Quarterly numbers, briefly."}]}`,
+			sim.Header{Name: "x-tenant-id", Value: "d"}, sim.Header{Name: "x-mock-output-tokens", Value: "100"}))
+		if x.resp.Status == 429 {
+			break // the budget itself ran out
+		}
+		if x.err != nil || x.resp.Status != 200 {
+			t.Fatalf("request %d: %v %+v", i, x.err, x.resp)
+		}
+		s.waitSettled(t, "d")
+		var resp struct {
+			Model string `json:"model"`
+		}
+		if err := json.Unmarshal(x.body, &resp); err != nil {
+			t.Fatal(err)
+		}
+		wantDowngrade := float64(spentBefore)/float64(capNano) >= 0.5
+		if (resp.Model == "claude-sonnet-4-5") != wantDowngrade {
+			t.Fatalf("request %d with %.3f of the budget spent went to %s", i, float64(spentBefore)/float64(capNano), resp.Model)
+		}
+		if wantDowngrade {
+			downgraded++
+			if x.header("x-tokenwarden-model-rewritten") != "claude-opus-4-5 -> claude-sonnet-4-5" {
+				t.Errorf("request %d: rewritten header %q", i, x.header("x-tokenwarden-model-rewritten"))
+			}
+		}
+	}
+	if downgraded == 0 {
+		t.Fatal("the budget never reached the downgrade ratio; the test proves nothing")
+	}
+	t.Logf("%d requests downgraded once half the budget was spent", downgraded)
+}
