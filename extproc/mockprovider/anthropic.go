@@ -229,6 +229,7 @@ func (p *Provider) handleMessages(w http.ResponseWriter, r *http.Request) {
 	}
 	out, capped := outputPlan(f.lastUser, c.k.outputTokens, f.maxTokens)
 	cu := plan.usage
+	// Cache reads do not count towards input-token limits (Anthropic's rule).
 	state, wait, admitted := p.anthLimit.take(c.now, cu.input+cu.write5m+cu.write1h, out, p.opts.Enforce)
 	if !admitted {
 		p.anthropicError(w, c, http.StatusTooManyRequests,

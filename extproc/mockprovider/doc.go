@@ -59,6 +59,10 @@
 //	x-mock-no-usage: true       a 200 response without any usage
 //	x-mock-usage-on-delta-only: true  Anthropic stream: zeros in message_start
 //
+// The error-after, disconnect-after, chunk-delay and split knobs act on
+// streamed responses only; events are counted from 1 and include ping.
+// OpenAI prompt caching is not simulated (cached_tokens is always 0).
+//
 // Every usage the mock sent is recorded in a ledger, served at
 // GET /mock/ledger and cleared (with the cache and rate-limit state) by
 // POST /mock/reset.

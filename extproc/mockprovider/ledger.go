@@ -26,7 +26,9 @@ type LedgerEntry struct {
 	Usage []json.RawMessage `json:"usage"`
 	// Reported is what a client merging the sent usage by the SDKs' rules
 	// ends up with (message_delta fields overwrite message_start's; OpenAI
-	// cached tokens moved out of prompt tokens).
+	// cached tokens moved out of prompt tokens). Only message_start carries
+	// the 5m/1h split, so cache writes a client learns of from message_delta
+	// alone (x-mock-usage-on-delta-only) are counted as 5m.
 	Reported Tokens `json:"reported"`
 	// Computed is what the mock computed for the request, whether or not it
 	// was sent.

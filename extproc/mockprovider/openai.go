@@ -220,7 +220,11 @@ func (p *Provider) handleChat(w http.ResponseWriter, r *http.Request) {
 	c.k = k
 	body, err := readBody(w, r, p.opts.MaxBodyBytes)
 	if err != nil {
-		p.openaiError(w, c, http.StatusRequestEntityTooLarge, oaiErrorInner{Message: "Request too large.", Type: "invalid_request_error"}, "")
+		status, msg := http.StatusBadRequest, "could not read the request body"
+		if errors.Is(err, errBodyTooLarge) {
+			status, msg = http.StatusRequestEntityTooLarge, "Request too large."
+		}
+		p.openaiError(w, c, status, oaiErrorInner{Message: msg, Type: "invalid_request_error"}, "")
 		return
 	}
 	if k.status != 0 {

@@ -374,3 +374,14 @@ func recordedStream(t *testing.T, path string) []byte {
 	t.Fatalf("%s: no SSE response", path)
 	return nil
 }
+
+// BenchmarkAnthropicStream measures one complete streamed reply through the
+// handler (no network).
+func BenchmarkAnthropicStream(b *testing.B) {
+	p := New(Options{})
+	for b.Loop() {
+		req := httptest.NewRequest(http.MethodPost, "/v1/messages", strings.NewReader(streamReq))
+		req.Header = with(anthropicHeaders(), "x-mock-output-tokens", "200")
+		p.ServeHTTP(newRecordingWriter(), req)
+	}
+}
