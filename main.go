@@ -260,6 +260,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := extproc.NewMetrics(reg)
+	metrics.InitPolicies(cfg.PolicyNames())
 	metrics.ConfigReloads.WithLabelValues("success").Inc()
 	metrics.ConfigReloadTime.SetToCurrentTime()
 
@@ -322,6 +323,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 					logger.Warn("config reloaded; store settings change only on restart")
 				}
 				holder.Store(c)
+				metrics.InitPolicies(c.PolicyNames())
 				metrics.ConfigReloads.WithLabelValues("success").Inc()
 				metrics.ConfigReloadTime.SetToCurrentTime()
 				logger.Info("config reloaded", "path", *configPath)

@@ -63,6 +63,17 @@ func (x *exchange) admitRequest(body []byte) *extprocv3.ProcessingResponse {
 		return x.reject(400, errInvalidRequest, "", "tokenwarden: "+err.Error(), outcomeInvalidRequest, nil)
 	}
 	newBody, changed = prepared, changed || ch
+	if pc := x.policy.PromptCache; pc.Inject {
+		injected, ch, err := x.dialect.injectCache(newBody, model, pc)
+		if err != nil {
+			// The body already parsed; a failure here is tokenwarden's, and the
+			// request is better sent without breakpoints than refused.
+			x.s.log.Error("prompt-cache injection failed; forwarding without it", "policy", x.policy.Name, "err", err)
+		} else if ch {
+			newBody, changed = injected, true
+		}
+	}
+	x.s.prefixes.observe(x, body)
 
 	if x.policy.Enforces() {
 		if resp := x.admit(); resp != nil {

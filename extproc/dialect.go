@@ -5,6 +5,7 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/anthropic"
+	"github.com/tokenwarden/tokenwarden/extproc/config"
 	"github.com/tokenwarden/tokenwarden/extproc/llm"
 	"github.com/tokenwarden/tokenwarden/extproc/openai"
 )
@@ -29,6 +30,10 @@ type dialect interface {
 	// returned as is.
 	prepare(body []byte, req *llm.Request) (out []byte, changed bool, err error)
 	usageFromJSON(body []byte) (accounting.Usage, bool)
+	// injectCache adds prompt-cache breakpoints where the dialect has them.
+	injectCache(body []byte, model string, pc config.PromptCache) (out []byte, changed bool, err error)
+	// prefixFingerprint hashes the stable prompt prefix (tools, system).
+	prefixFingerprint(body []byte) (uint64, bool)
 	newStreamParser() llm.StreamParser
 	errorBody(kind errorKind, dimension, message string) []byte
 }
@@ -66,6 +71,13 @@ func (anthropicWire) usageFromJSON(b []byte) (accounting.Usage, bool) {
 	return u, ok
 }
 func (anthropicWire) newStreamParser() llm.StreamParser { return anthropic.NewStreamParser() }
+func (anthropicWire) injectCache(b []byte, model string, pc config.PromptCache) ([]byte, bool, error) {
+	out, res, err := anthropic.InjectCacheControl(b, anthropic.CacheOptions{TTL: pc.TTL, MinTokens: anthropic.DefaultMinCacheTokens(model)})
+	return out, res.Changed, err
+}
+func (anthropicWire) prefixFingerprint(b []byte) (uint64, bool) {
+	return anthropic.PrefixFingerprint(b)
+}
 func (anthropicWire) errorBody(kind errorKind, _ string, msg string) []byte {
 	t := anthropic.InvalidRequestError
 	switch kind {
@@ -93,6 +105,12 @@ func (openaiWire) usageFromJSON(b []byte) (accounting.Usage, bool) {
 	return u, ok
 }
 func (openaiWire) newStreamParser() llm.StreamParser { return openai.NewStreamParser() }
+
+// OpenAI caches prompt prefixes automatically; there is nothing to mark.
+func (openaiWire) injectCache(b []byte, _ string, _ config.PromptCache) ([]byte, bool, error) {
+	return b, false, nil
+}
+func (openaiWire) prefixFingerprint(b []byte) (uint64, bool) { return openai.PrefixFingerprint(b) }
 func (openaiWire) errorBody(kind errorKind, dimension, msg string) []byte {
 	switch kind {
 	case errRateLimited:

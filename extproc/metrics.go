@@ -144,6 +144,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
+// InitPolicies creates the per-policy series at zero, so that a policy's
+// counters exist on dashboards before anything happens to them.
+func (m *Metrics) InitPolicies(names []string) {
+	for _, p := range names {
+		m.PrefixChanges.WithLabelValues(p)
+	}
+}
+
 var knownStatus = map[int]string{}
 
 func init() {

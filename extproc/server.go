@@ -52,6 +52,7 @@ type Server struct {
 	idPrefix string
 	idSeq    atomic.Uint64
 	budgets  *budgetCache
+	prefixes *prefixTracker
 }
 
 // NewServer returns a Server. It panics only on missing required options,
@@ -71,7 +72,7 @@ func NewServer(opts Options) *Server {
 	}
 	var b [6]byte
 	_, _ = rand.Read(b[:])
-	return &Server{opts: opts, log: opts.Logger, idPrefix: hex.EncodeToString(b[:]), budgets: newBudgetCache()}
+	return &Server{opts: opts, log: opts.Logger, idPrefix: hex.EncodeToString(b[:]), budgets: newBudgetCache(), prefixes: newPrefixTracker()}
 }
 
 // Process serves one ext_proc stream, i.e. one HTTP request and its response.

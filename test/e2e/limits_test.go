@@ -52,7 +52,7 @@ func TestBudgetHoldsUnderConcurrency(t *testing.T) {
 policies:
   default:
     limits: {concurrent: 10000}
-    budgets: [{window: month, usd: %s}]
+    budgets: [{window: month, usd: %s, alert_at: [0.5, 0.9]}]
 tenants:
   team: {}
 `, strconv.FormatFloat(float64(capNano)/1e9, 'f', 9, 64))
@@ -118,6 +118,13 @@ tenants:
 			}
 			if int64(len(ledger)) != ok.Load() || ok.Load() < 50 || denied.Load() == 0 || other.Load() != 0 {
 				t.Errorf("ledger %d, admitted %d, denied %d, other %d", len(ledger), ok.Load(), denied.Load(), other.Load())
+			}
+			// Spend crossed 50% and 90% of the budget (not 100%): each alert
+			// fired exactly once, whichever replica settled across it.
+			for th, want := range map[string]float64{"0.5": 1, "0.9": 1, "1": 0} {
+				if got := s.total("tokenwarden_budget_alerts_total", "tenant", "team", "window", "month", "threshold", th); got != want {
+					t.Errorf("alerts at %s: %v across the replicas, want %v", th, got, want)
+				}
 			}
 		})
 	}

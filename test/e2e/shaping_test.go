@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/tokenwarden/tokenwarden/envoy/sim"
@@ -116,4 +118,84 @@ tenants:
 		t.Fatal("the budget never reached the downgrade ratio; the test proves nothing")
 	}
 	t.Logf("%d requests downgraded once half the budget was spent", downgraded)
+}
+
+// TestPromptCacheInjection: with injection on, breakpoints reach the
+// provider in a body whose content-length matches, the provider caches the
+// stable prefix, and the cache reads are priced at the cache-read price.
+func TestPromptCacheInjection(t *testing.T) {
+	s := newStack(t, stackOptions{config: `
+policies:
+  default:
+    prompt_cache: {inject: true, ttl: 5m}
+    budgets: [{window: month, usd: 100}]
+tenants:
+  c: {}
+`})
+	system := strings.Repeat("You are the support assistant of a hardware store. Answer with care. ", 120)
+	body := func(question string) string {
+		return fmt.Sprintf(`{"model":"claude-sonnet-4-5","max_tokens":50,"system":%q,"messages":[{"role":"user","content":"Do you sell drills?"},{"role":"assistant","content":"Yes."},{"role":"user","content":%q}]}`, system, question)
+	}
+	var costs []int64
+	for i, q := range []string{"Which brands?", "Any cordless ones?"} {
+		before := s.budget("c", "month").Spent
+		n := len(s.mock.Provider().Ledger())
+		b := body(q)
+		x := s.do(context.Background(), 0, anthropicRequest(b, sim.Header{Name: "content-length", Value: strconv.Itoa(len(b))}, sim.Header{Name: "x-tenant-id", Value: "c"}))
+		if x.err != nil || x.resp.Status != 200 {
+			t.Fatalf("request %d: %v %+v %s", i, x.err, x.resp, x.body)
+		}
+		sent := x.resp.UpstreamRequest()
+		if got := strings.Count(string(sent.Body), `"cache_control"`); got != 2 {
+			t.Fatalf("request %d: %d breakpoints sent (system and the previous user turn expected):\n%s", i, got, sent.Body)
+		}
+		if !json.Valid(sent.Body) {
+			t.Fatal("the injected body is not JSON")
+		}
+		for _, h := range sent.Headers {
+			if h.Name == "content-length" && h.Value != strconv.Itoa(len(sent.Body)) {
+				t.Fatalf("content-length %s for %d bytes", h.Value, len(sent.Body))
+			}
+		}
+		s.waitSettled(t, "c")
+		e := s.ledgerSince(n)[0]
+		if i == 0 && e.Reported.CacheWrite5mTokens == 0 || i == 1 && e.Reported.CacheReadTokens == 0 {
+			t.Fatalf("request %d: the provider's usage %+v shows no cache write/read", i, e.Reported)
+		}
+		want := expectedCost(t, "claude-sonnet-4-5", e.Reported)
+		if got := s.budget("c", "month").Spent - before; got != want {
+			t.Fatalf("request %d charged %d, want %d for %+v", i, got, want, e.Reported)
+		}
+		costs = append(costs, want)
+	}
+	if costs[1] >= costs[0] {
+		t.Errorf("a cache read (%d nano-USD) must cost less than the write (%d)", costs[1], costs[0])
+	}
+	if s.total("tokenwarden_prompt_cache_tokens_total", "type", "read") == 0 || s.total("tokenwarden_prompt_cache_tokens_total", "type", "write") == 0 {
+		t.Error("prompt-cache tokens are counted by type")
+	}
+}
+
+// TestPromptPrefixChangesAreCounted: a system prompt that changes on every
+// request (a leaked timestamp) shows up in the metric; a stable one does not.
+func TestPromptPrefixChangesAreCounted(t *testing.T) {
+	s := newStack(t, stackOptions{config: "policies: {default: {}}\n"})
+	send := func(system string) {
+		b := fmt.Sprintf(`{"model":"claude-sonnet-4-5","max_tokens":10,"system":%q,"messages":[{"role":"user","content":"hi"}]}`, system)
+		if x := s.do(context.Background(), 0, anthropicRequest(b, sim.Header{Name: "x-tenant-id", Value: "p"})); x.err != nil || x.resp.Status != 200 {
+			t.Fatalf("%v %+v", x.err, x.resp)
+		}
+	}
+	for range 3 {
+		send("You are helpful.")
+	}
+	if got := s.total("tokenwarden_prompt_prefix_changes_total", "policy", "default"); got != 0 {
+		t.Fatalf("a stable prefix counted %v changes", got)
+	}
+	for i := range 3 {
+		send(fmt.Sprintf("You are helpful. Now: 2026-11-21T09:00:0%dZ", i))
+	}
+	if got := s.total("tokenwarden_prompt_prefix_changes_total", "policy", "default"); got != 3 {
+		t.Fatalf("three changed prefixes counted %v", got)
+	}
 }
