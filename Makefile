@@ -45,8 +45,20 @@ lint:
 
 # bench: Go micro-benchmarks for the hot path, then the load harness against
 # the no-op ext_proc floor (see README "Performance").
+# Everything lands in $(BENCH_DIR): go-bench.txt, results.md, results.json.
+# BENCH_ARGS passes flags to the harness (go run ./test/load/cmd/twload -h).
+BENCH_DIR  ?= bin/bench
+BENCH_ARGS ?=
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./extproc/... ./accounting/... ./limiter/...
+	@mkdir -p $(BENCH_DIR)
+	@echo "== Go benchmarks (all packages) -> $(BENCH_DIR)/go-bench.txt"
+	@{ $(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 6m ./... 2>&1; echo $$? > $(BENCH_DIR)/go-bench.status; } \
+		| tee $(BENCH_DIR)/go-bench.txt; exit $$(cat $(BENCH_DIR)/go-bench.status)
+	$(GO) build -o $(BENCH_DIR)/tokenwarden .
+	$(GO) build -o $(BENCH_DIR)/twload ./test/load/cmd/twload
+	@echo "== load harness: tokenwarden vs the no-op ext_proc floor (own redis-server, bounded to 5 minutes)"
+	$(BENCH_DIR)/twload -tokenwarden $(BENCH_DIR)/tokenwarden -timeout 5m \
+		-bench-results $(BENCH_DIR)/go-bench.txt -out $(BENCH_DIR)/results.md -json $(BENCH_DIR)/results.json $(BENCH_ARGS)
 
 # fuzz: a longer fuzzing pass over every parser (make test runs their seeds).
 FUZZTIME ?= 30s

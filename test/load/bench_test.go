@@ -29,7 +29,7 @@ func inProcessServer(tb testing.TB) *extproc.Server {
 		Config:  config.NewHolder(cfg),
 		Store:   limiter.NewMemory(limiter.MemoryOptions{}),
 		Metrics: extproc.NewMetrics(prometheus.NewRegistry()),
-		Logger:  slog.New(slog.NewTextHandler(os.Stderr, nil)),
+		Logger:  slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 }
 

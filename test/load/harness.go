@@ -379,7 +379,10 @@ type RoundTrips struct {
 	Exchanges int64
 	// PerRequest counts every client command but connection housekeeping
 	// (HELLO, CLIENT, SELECT, AUTH, PING), divided by Exchanges.
-	PerRequest float64
+	// SteadyState leaves out EVAL too: the store sends a script's source
+	// only when Redis does not know its SHA yet (first use, NOSCRIPT), a
+	// per-connection cost, not a per-request one.
+	PerRequest, SteadyState float64
 	// Client are the client commands by name; Script the commands the
 	// scripts ran (what INFO commandstats adds on top).
 	Client map[string]int64
@@ -421,6 +424,7 @@ func (h *Harness) CountRoundTrips(ctx context.Context) (*RoundTrips, error) {
 	}
 	if rt.Exchanges > 0 {
 		rt.PerRequest = float64(n) / float64(rt.Exchanges)
+		rt.SteadyState = float64(n-client["eval"]) / float64(rt.Exchanges)
 	}
 	fmt.Fprintf(h.opts.Log, "round trips: %.2f per request over %d exchanges (%v; %d script commands)\n", rt.PerRequest, rt.Exchanges, client, script)
 	return rt, nil

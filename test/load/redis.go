@@ -48,7 +48,14 @@ func StartRedis(ctx context.Context, bin string, timeout time.Duration) (*Redis,
 	}
 	cmd := exec.Command(path, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", dir, "--protected-mode", "yes", "--loglevel", "warning")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	// Its log stays in its directory: the harness's output is the report.
+	logf, err := os.Create(dir + "/redis.log")
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("load: redis log: %w", err)
+	}
+	defer logf.Close() // the child has its own descriptor
+	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("load: start redis-server: %w", err)

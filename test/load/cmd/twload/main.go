@@ -41,7 +41,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	bin := fs.String("tokenwarden", "", "the tokenwarden binary to load (required)")
 	redisBin := fs.String("redis-server", "redis-server", "redis-server binary")
 	only := fs.String("scenarios", strings.Join([]string{load.ScenarioRate, load.ScenarioSaturation, load.ScenarioStreams}, ","), "comma-separated scenarios to run")
-	rates := fs.String("rates", "1000", "comma-separated open-loop rates, exchanges/s; each is a scenario open-loop@RATE")
+	rates := fs.String("rates", "400,1000", "comma-separated open-loop rates, exchanges/s; each is a scenario open-loop@RATE")
 	duration := fs.Duration("duration", 10*time.Second, "measured time of the open-loop and saturation scenarios")
 	warmup := fs.Duration("warmup", 2*time.Second, "unmeasured warmup before each scenario")
 	satConc := fs.Int("saturation-concurrency", 64, "closed-loop workers of the saturation scenario")

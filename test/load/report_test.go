@@ -1,0 +1,101 @@
+package load
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+const goBenchOutput = `goos: linux
+goarch: amd64
+pkg: github.com/tokenwarden/tokenwarden/extproc/anthropic
+cpu: Intel(R) Xeon(R) Processor @ 2.80GHz
+BenchmarkParseRequest/2KB-2         	  121988	     11212 ns/op	 244.57 MB/s	     168 B/op	       3 allocs/op
+BenchmarkParseRequest/100KB-2       	    2846	    398595 ns/op	 258.01 MB/s	     168 B/op	       3 allocs/op
+BenchmarkParseRequest/200KB-2       	    1749	   1034857 ns/op	 198.18 MB/s	     168 B/op	       3 allocs/op
+time=2026-11-21T08:51:36.221Z level=ERROR msg="noise"
+PASS
+ok  	github.com/tokenwarden/tokenwarden/extproc/anthropic	4.757s
+pkg: github.com/tokenwarden/tokenwarden/extproc/openai
+BenchmarkParseRequest/2KB-2         	   98770	     13097 ns/op
+BenchmarkParseRequest/100KB-2       	    2685	     47297 ns/op	     160 B/op	       9 allocs/op
+BenchmarkParseRequest/200KB-2       	    1414	     92182 ns/op	     160 B/op	      90 allocs/op
+BenchmarkBroken-2 	 x 	 1 ns/op
+`
+
+func TestParseGoBench(t *testing.T) {
+	got := ParseGoBench(goBenchOutput)
+	if len(got) != 6 {
+		t.Fatalf("%d lines parsed, want 6: %+v", len(got), got)
+	}
+	want := BenchLine{Pkg: "github.com/tokenwarden/tokenwarden/extproc/anthropic", Name: "BenchmarkParseRequest/100KB", N: 2846, NsPerOp: 398595, BytesPerOp: 168, AllocsPerOp: 3}
+	if got[1] != want {
+		t.Errorf("line 1 = %+v, want %+v", got[1], want)
+	}
+	if o := got[3]; o.Pkg != "github.com/tokenwarden/tokenwarden/extproc/openai" || o.BytesPerOp != -1 || o.AllocsPerOp != -1 {
+		t.Errorf("a line without -benchmem columns: %+v", o)
+	}
+}
+
+func FuzzParseGoBench(f *testing.F) {
+	f.Add(goBenchOutput)
+	f.Add("BenchmarkX-8 1 2 ns/op 3 B/op 4 allocs/op")
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, b := range ParseGoBench(s) {
+			if b.N <= 0 || b.NsPerOp < 0 || !strings.HasPrefix(b.Name, "Benchmark") {
+				t.Errorf("invalid line accepted: %+v", b)
+			}
+		}
+	})
+}
+
+// result builds a Result whose exchange and chunk series have the given
+// p50 and p99 (a hundred samples each).
+func result(p50, p99 time.Duration, throughput float64, rssKB int64) *Result {
+	rec := NewRecorder()
+	for i := range 100 {
+		d := p50
+		if i >= 98 {
+			d = p99
+		}
+		rec.Add(SeriesExchange, d)
+		rec.Add(SeriesSSEChunk, d/10)
+	}
+	return &Result{Exchanges: 100, Throughput: throughput, RSSPeakKB: rssKB, Latency: rec.Summaries()}
+}
+
+func TestTargetsVerdicts(t *testing.T) {
+	ms := time.Millisecond
+	rep := &Report{
+		Pairs: []Pair{
+			{Scenario: Scenario{Name: ScenarioRate + "@1000", Rate: 1000}, Floor: result(10*ms, 20*ms, 1000, 30<<10), Twdn: result(12*ms, 40*ms, 1000, 50<<10)},
+			{Scenario: Scenario{Name: ScenarioSaturation, Concurrency: 64}, Floor: result(ms, ms, 2000, 1), Twdn: result(ms, ms, 1300, 1)},
+			{Scenario: Scenario{Name: ScenarioStreams, Concurrency: 1000}, Floor: result(ms, ms, 1, 40<<10), Twdn: result(ms, ms, 1, 120<<10)},
+		},
+		RoundTrips: &RoundTrips{Exchanges: 1000, PerRequest: 2.005, SteadyState: 2, Client: map[string]int64{"evalsha": 2000, "eval": 5}},
+		Bench:      ParseGoBench(goBenchOutput),
+	}
+	verdicts := map[string]string{}
+	for _, r := range rep.Targets() {
+		verdicts[r.metric] = r.verdict
+	}
+	want := map[string]string{
+		"full exchange p50 at 1000/s":                            "met",        // 1.2×
+		"full exchange p99 at 1000/s":                            "**missed**", // 2×
+		"per SSE chunk p99, added":                               "**missed**", // chunks are p99/10: 2 ms → 4 ms, +2 ms
+		"saturation throughput (64 concurrent)":                  "met",        // 0.65×
+		"RSS with 1000 concurrent slow SSE streams":              "**missed**", // 120 MB
+		"Redis round trips per request (MONITOR, 1000 requests)": "met",
+		"parse a 100 KB body (extproc/anthropic)":                "**missed**", // 399 µs
+		"parse a 100 KB body (extproc/openai)":                   "**missed**", // 47 µs but allocs grow
+	}
+	for m, v := range want {
+		if verdicts[m] != v {
+			t.Errorf("%s: verdict %q, want %q (all: %v)", m, verdicts[m], v, verdicts)
+		}
+	}
+	md := rep.Markdown()
+	if !strings.Contains(md, "| full exchange p99 at 1000/s | 20000 µs | 40000 µs | 2.00× | ≤ 1.5× | **missed** |") {
+		t.Errorf("targets table row not rendered as expected:\n%s", md)
+	}
+}
