@@ -54,6 +54,7 @@ var Metrics = []Metric{
 	{"tokenwarden_budget_used_ratio", Gauge, []string{"tenant", "window"}},
 	{"tokenwarden_budget_spent_usd", Gauge, []string{"tenant", "window"}},
 	{"tokenwarden_budget_cap_usd", Gauge, []string{"tenant", "window"}},
+	{"tokenwarden_budget_exhaustion_seconds", Gauge, []string{"tenant", "window"}},
 	{"tokenwarden_budget_alerts_total", Counter, []string{"tenant", "window", "threshold"}},
 	{"tokenwarden_provider_latency_seconds", Histogram, []string{"policy"}},
 	{"tokenwarden_provider_responses_total", Counter, []string{"dialect", "code"}},

@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"math"
 	"sync"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
@@ -21,10 +22,16 @@ func (s *Server) observeBudgets(cfg *config.Config, tenant string, states []limi
 		return
 	}
 	m := s.opts.Metrics
+	now := s.opts.Now()
 	for _, b := range states {
 		m.BudgetUsed.WithLabelValues(label, b.Name).Set(b.Used())
 		m.BudgetSpent.WithLabelValues(label, b.Name).Set(accounting.NanoUSD(b.Spent).USD())
 		m.BudgetCap.WithLabelValues(label, b.Name).Set(accounting.NanoUSD(b.Cap).USD())
+		secs := math.Inf(1) // the budget outlasts its window at this rate
+		if eta, ok := accounting.Exhaustion(accounting.NanoUSD(b.Spent), accounting.NanoUSD(b.Cap), b.Window.Start, b.Window.End, now); ok {
+			secs = eta.Seconds()
+		}
+		m.BudgetExhaustion.WithLabelValues(label, b.Name).Set(secs)
 	}
 }
 

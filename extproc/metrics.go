@@ -20,6 +20,7 @@ type Metrics struct {
 	BudgetUsed       *prometheus.GaugeVec     // tenant, window
 	BudgetSpent      *prometheus.GaugeVec     // tenant, window
 	BudgetCap        *prometheus.GaugeVec     // tenant, window
+	BudgetExhaustion *prometheus.GaugeVec     // tenant, window
 	BudgetAlerts     *prometheus.CounterVec   // tenant, window, threshold
 	ProviderLatency  *prometheus.HistogramVec // policy
 	ProviderStatus   *prometheus.CounterVec   // dialect, code
@@ -74,6 +75,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tokenwarden_budget_cap_usd",
 			Help: "The budget of the current window in USD, by tenant and window.",
 		}, []string{"tenant", "window"}),
+		BudgetExhaustion: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tokenwarden_budget_exhaustion_seconds",
+			Help: "Forecast time until the current budget window is spent at the window's average burn rate so far; +Inf when it will last the window.",
+		}, []string{"tenant", "window"}),
 		BudgetAlerts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenwarden_budget_alerts_total",
 			Help: "Budget thresholds crossed, counted once per window across all replicas, by tenant, window and threshold ratio.",
@@ -126,7 +131,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.Requests, m.Tokens, m.Cost, m.Processing, m.Admissions, m.Spend,
-		m.BudgetUsed, m.BudgetSpent, m.BudgetCap, m.BudgetAlerts, m.ProviderLatency, m.ProviderStatus,
+		m.BudgetUsed, m.BudgetSpent, m.BudgetCap, m.BudgetExhaustion, m.BudgetAlerts, m.ProviderLatency, m.ProviderStatus,
 		m.PromptCache, m.PrefixChanges, m.ModelRewrites, m.StoreUp, m.StoreErrors, m.StoreSeconds,
 		m.ActiveStreams, m.ConfigReloads, m.ConfigReloadTime)
 	// Series that would otherwise appear only after their first event are

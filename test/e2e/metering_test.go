@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,7 +17,6 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/envoy/gateway"
 	"github.com/tokenwarden/tokenwarden/envoy/sim"
-	"github.com/tokenwarden/tokenwarden/extproc/mockprovider"
 )
 
 const meteringConfig = `
@@ -36,7 +37,8 @@ func TestSDKMeteringIsExact(t *testing.T) {
 	s := newStack(t, stackOptions{config: meteringConfig})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	gw, err := gateway.Start(ctx, gateway.Options{Listen: "127.0.0.1:0", Upstream: s.mock.URL(), Processor: s.procs[0].addr})
+	gw, err := gateway.Start(ctx, gateway.Options{Listen: "127.0.0.1:0", Upstream: s.mock.URL(), Processor: s.procs[0].addr,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,5 +284,3 @@ func TestOtherPathsPassThroughWithoutBodyProcessing(t *testing.T) {
 		t.Error("pass-through requests are counted")
 	}
 }
-
-var _ = mockprovider.Tokens{}
