@@ -85,6 +85,9 @@ func StartRedis(ctx context.Context, bin string, timeout time.Duration) (*Redis,
 	}
 }
 
+// PID is the redis-server process.
+func (r *Redis) PID() int { return r.cmd.Process.Pid }
+
 // URL is the store URL for tokenwarden.yaml.
 func (r *Redis) URL() string { return "redis://" + r.Addr + "/0" }
 

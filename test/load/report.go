@@ -149,6 +149,13 @@ func (r *Report) bench(pkg, name string) *BenchLine {
 	return nil
 }
 
+func perExchange(d time.Duration, n int64) time.Duration {
+	if n == 0 {
+		return 0
+	}
+	return d / time.Duration(n)
+}
+
 func shortPkg(p string) string {
 	if i := strings.Index(p, "/extproc/"); i >= 0 {
 		return p[i+1:]
@@ -199,6 +206,7 @@ func scenarioRows(p Pair) []row {
 	rows = append(rows,
 		row{metric: "processor CPU (cores busy)", floor: fmt.Sprintf("%.2f", f.Cores), twdn: fmt.Sprintf("%.2f", t.Cores), ratio: ratio(t.Cores, f.Cores)},
 		row{metric: "load generator CPU (cores busy)", floor: fmt.Sprintf("%.2f", f.GeneratorCores()), twdn: fmt.Sprintf("%.2f", t.GeneratorCores())},
+		row{metric: "redis-server CPU per exchange", floor: "—", twdn: us(perExchange(t.RedisCPU, t.Exchanges))},
 		row{metric: "processor CPU per exchange", floor: us(f.CPUPerExchange()), twdn: us(t.CPUPerExchange()), ratio: ratio(float64(t.CPUPerExchange()), float64(f.CPUPerExchange()))},
 		row{metric: "processor RSS peak", floor: mb(f.RSSPeakKB), twdn: mb(t.RSSPeakKB), ratio: ratio(float64(t.RSSPeakKB), float64(f.RSSPeakKB))},
 		row{metric: "Redis commands executed per request (scripts' calls included)", floor: "—", twdn: strconv.FormatFloat(t.RedisPerExchange, 'f', 2, 64) + byCommand(t.RedisByCommand)},

@@ -69,6 +69,8 @@ type Result struct {
 	// CPU is the processor's CPU time over Window; Cores is CPU/Window.
 	CPU   time.Duration
 	Cores float64
+	// RedisCPU is the redis-server's CPU over Window (tokenwarden only).
+	RedisCPU time.Duration
 	// GeneratorCPU is the harness's own CPU over Window (sim, the in-memory
 	// upstream, gRPC client): the share of the machine the load itself takes.
 	GeneratorCPU time.Duration
@@ -105,6 +107,7 @@ func Merge(rounds []*Result) *Result {
 		out.Window += r.Window
 		out.CPU += r.CPU
 		out.GeneratorCPU += r.GeneratorCPU
+		out.RedisCPU += r.RedisCPU
 		if r.Cores > 0 {
 			wall += r.CPU.Seconds() / r.Cores
 		}
@@ -184,11 +187,14 @@ func Run(ctx context.Context, sc Scenario, t Target, w *Workload) (*Result, erro
 	end := r.measureFrom.Add(sc.Duration)
 
 	// The CPU reading at the end of the warmup.
-	var cpuStart, selfStart ProcStat
-	var cpuErr, selfErr error
+	var cpuStart, selfStart, redisStart ProcStat
+	var cpuErr, selfErr, redisErr error
 	warm := time.AfterFunc(time.Until(r.measureFrom), func() {
 		if t.PID > 0 {
 			cpuStart, cpuErr = ReadProc(t.PID)
+		}
+		if t.Redis != nil {
+			redisStart, redisErr = ReadProc(t.Redis.PID())
 		}
 		selfStart, selfErr = ReadProc(os.Getpid())
 	})
@@ -238,6 +244,14 @@ func Run(ctx context.Context, sc Scenario, t Target, w *Workload) (*Result, erro
 		res.Cores = res.CPU.Seconds() / finished.Sub(r.measureFrom).Seconds()
 	}
 	if t.Redis != nil {
+		if redisErr != nil {
+			return nil, redisErr
+		}
+		redisEnd, err := ReadProc(t.Redis.PID())
+		if err != nil {
+			return nil, err
+		}
+		res.RedisCPU = redisEnd.CPU - redisStart.CPU
 		after, err := t.Redis.CommandCalls(ctx)
 		if err != nil {
 			return nil, err
