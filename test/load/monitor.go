@@ -90,7 +90,9 @@ func (m *Monitor) Stop() (client map[string]int64, script int64) {
 func ParseMonitorLine(line string) (source, command string, ok bool) {
 	line = strings.TrimRight(line, "\r\n")
 	line, ok = strings.CutPrefix(line, "+")
-	if !ok {
+	// Redis quotes every argument, escaping control bytes: a raw one means
+	// this is not a MONITOR line.
+	if !ok || strings.ContainsAny(line, "\r\n") {
 		return "", "", false
 	}
 	open := strings.IndexByte(line, '[')
