@@ -189,7 +189,7 @@ func Run(ctx context.Context, sc Scenario, t Target, w *Workload) (*Result, erro
 	// The CPU reading at the end of the warmup.
 	var cpuStart, selfStart, redisStart ProcStat
 	var cpuErr, selfErr, redisErr error
-	warm := time.AfterFunc(time.Until(r.measureFrom), func() {
+	readStart := func() {
 		if t.PID > 0 {
 			cpuStart, cpuErr = ReadProc(t.PID)
 		}
@@ -197,7 +197,9 @@ func Run(ctx context.Context, sc Scenario, t Target, w *Workload) (*Result, erro
 			redisStart, redisErr = ReadProc(t.Redis.PID())
 		}
 		selfStart, selfErr = ReadProc(os.Getpid())
-	})
+	}
+	warmDone := make(chan struct{})
+	warm := time.AfterFunc(time.Until(r.measureFrom), func() { readStart(); close(warmDone) })
 	var wg sync.WaitGroup
 	if sc.Rate > 0 {
 		r.openLoop(ctx, &wg, start, end)
@@ -205,7 +207,11 @@ func Run(ctx context.Context, sc Scenario, t Target, w *Workload) (*Result, erro
 		r.closedLoop(ctx, &wg, end)
 	}
 	wg.Wait()
-	warm.Stop()
+	if warm.Stop() {
+		readStart() // never fired: nothing ran after the warmup
+	} else {
+		<-warmDone
+	}
 	finished := time.Now()
 	peak := stopSampling()
 	if err := ctx.Err(); err != nil {
