@@ -90,9 +90,9 @@ func verdict(ok bool) string {
 	return "**missed**"
 }
 
-// Targets evaluates the issue's targets against the pairs; rows for
+// targets evaluates the issue's targets against the pairs; rows for
 // scenarios that were not run are left out.
-func (r *Report) Targets() []row {
+func (r *Report) targets() []row {
 	var out []row
 	for _, p := range r.Pairs {
 		f, t := p.Floor, p.Twdn
@@ -256,7 +256,7 @@ func (r *Report) Markdown() string {
 	fmt.Fprintf(&b, "Measured %s on %s; load average %s before, %s after.\n\nCommand: `%s`\n\n",
 		r.Date.UTC().Format("2006-01-02 15:04 MST"), r.Machine, r.LoadBefore, r.LoadAfter, r.Command)
 	b.WriteString("Load generator (envoy/sim), processor and Redis share the machine; the no-op floor is a separate process answering every ext_proc message with an empty response, measured in the same run under the same load. Ratios are tokenwarden ÷ floor.\n\n")
-	if t := r.Targets(); len(t) > 0 {
+	if t := r.targets(); len(t) > 0 {
 		b.WriteString("| target | no-op floor | tokenwarden | ratio / added | target | verdict |\n|---|---:|---:|---:|---|---|\n")
 		for _, x := range t {
 			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", x.metric, x.floor, x.twdn, x.ratio, x.target, x.verdict)

@@ -76,7 +76,7 @@ func TestTargetsVerdicts(t *testing.T) {
 		Bench:      ParseGoBench(goBenchOutput),
 	}
 	verdicts := map[string]string{}
-	for _, r := range rep.Targets() {
+	for _, r := range rep.targets() {
 		verdicts[r.metric] = r.verdict
 	}
 	want := map[string]string{
