@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"path"
@@ -169,6 +170,13 @@ func (x *exchange) admit() *extprocv3.ProcessingResponse {
 		OnFailure: failurePolicy(x.policy.OnFailure),
 	})
 	m.StoreSeconds.WithLabelValues("admit").Observe(time.Since(start).Seconds())
+	if errors.Is(err, limiter.ErrInvalid) {
+		// Not an outage: the store refused what tokenwarden asked (a value
+		// outside its bounds). That is tokenwarden's bug, not the client's.
+		m.StoreErrors.WithLabelValues("admit").Inc()
+		s.log.Error("the store rejected an admission as invalid", "tenant", x.tenant, "policy", x.policy.Name, "err", err)
+		return x.reject(500, errInternal, "", "tokenwarden: the request could not be admitted: "+err.Error(), outcomeStoreError, nil)
+	}
 	if err != nil {
 		m.StoreErrors.WithLabelValues("admit").Inc()
 		m.Admissions.WithLabelValues(tenantLabel, "failed_closed").Inc()

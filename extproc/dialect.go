@@ -18,6 +18,7 @@ const (
 	errRateLimited                     // 429 for requests/tokens/concurrency
 	errBudget                          // 429 for an exhausted budget
 	errUnavailable                     // 503: the store is down and the policy fails closed
+	errInternal                        // 500: tokenwarden's own fault
 )
 
 // dialect is one provider wire format, chosen by the request path.
@@ -83,7 +84,7 @@ func (anthropicWire) errorBody(kind errorKind, _ string, msg string) []byte {
 	switch kind {
 	case errRateLimited, errBudget:
 		t = anthropic.RateLimitError
-	case errUnavailable:
+	case errUnavailable, errInternal:
 		t = anthropic.APIError
 	}
 	return anthropic.ErrorBody(t, msg, "")
@@ -124,6 +125,8 @@ func (openaiWire) errorBody(kind errorKind, dimension, msg string) []byte {
 		return openai.ErrorBody("insufficient_quota", "insufficient_quota", msg)
 	case errUnavailable:
 		return openai.ErrorBody("server_error", "service_unavailable", msg)
+	case errInternal:
+		return openai.ErrorBody("server_error", "", msg)
 	}
 	return openai.ErrorBody("invalid_request_error", "", msg)
 }

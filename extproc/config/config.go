@@ -461,8 +461,8 @@ func compileBudgets(at string, in []budgetFile) ([]Budget, error) {
 			return nil, fmt.Errorf("%s.usd: a budget needs a positive amount in USD", bat)
 		}
 		capNano := math.Round(*b.USD * 1e9)
-		if capNano > math.MaxInt64/4 {
-			return nil, fmt.Errorf("%s.usd: %v is too large", bat, *b.USD)
+		if capNano > float64(limiter.MaxCost) {
+			return nil, fmt.Errorf("%s.usd: %v is above the largest budget, %d USD", bat, *b.USD, limiter.MaxCost/1e9)
 		}
 		loc := time.UTC
 		if b.Timezone != "" {

@@ -128,6 +128,7 @@ func TestParseErrorsNameThePath(t *testing.T) {
 	}{
 		{"unknown field", "store: {redis: redis://x, timout: 1s}", `unknown field "timout"`},
 		{"bad window", "policies: {default: {budgets: [{window: fortnight, usd: 5}]}}", "policies.default.budgets[0].window"},
+		{"huge usd", "policies: {default: {budgets: [{window: day, usd: 2e9}]}}", "policies.default.budgets[0].usd: 2e+09 is above the largest budget"},
 		{"missing usd", "policies: {default: {budgets: [{window: day}]}}", "policies.default.budgets[0].usd"},
 		{"duplicate window", "policies: {default: {budgets: [{window: day, usd: 1}, {window: day, usd: 2}]}}", "policies.default.budgets[1].window"},
 		{"bad timezone", "policies: {p: {budgets: [{window: day, usd: 1, timezone: Mars/Olympus}]}}", "policies.p.budgets[0].timezone"},
