@@ -5,14 +5,11 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,46 +22,8 @@ import (
 	"github.com/tokenwarden/tokenwarden/envoy/sim"
 	"github.com/tokenwarden/tokenwarden/extproc/anthropic"
 	"github.com/tokenwarden/tokenwarden/limiter/redistest"
+	"github.com/tokenwarden/tokenwarden/test/internal/procs"
 )
-
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// binary builds the tokenwarden command once per test run.
-func binary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		_, file, _, _ := runtime.Caller(0)
-		root := filepath.Join(filepath.Dir(file), "..", "..")
-		dir, err := os.MkdirTemp("", "tokenwarden-e2e")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "tokenwarden")
-		out, err := exec.Command("go", "build", "-o", binPath, root).CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // serveProc is a `tokenwarden serve` process.
 type serveProc struct {
@@ -81,8 +40,8 @@ func startServe(t *testing.T, configYAML string) *serveProc {
 	if err := os.WriteFile(cfgPath, []byte(configYAML), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &serveProc{grpc: freeAddr(t), admin: freeAddr(t), done: make(chan struct{})}
-	p.cmd = exec.Command(binary(t), "serve", "--config", cfgPath, "--grpc-addr", p.grpc, "--admin-addr", p.admin, "--log-level", "warn")
+	p := &serveProc{grpc: procs.FreeAddr(t), admin: procs.FreeAddr(t), done: make(chan struct{})}
+	p.cmd = exec.Command(procs.Binary(t), "serve", "--config", cfgPath, "--grpc-addr", p.grpc, "--admin-addr", p.admin, "--log-level", "warn")
 	stderr, _ := p.cmd.StderrPipe()
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -9,7 +9,6 @@ package mesh
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -23,48 +22,8 @@ import (
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/deploy"
+	"github.com/tokenwarden/tokenwarden/test/internal/procs"
 )
-
-// repoRoot walks up from the working directory to the go.mod of this module.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for ; dir != filepath.Dir(dir); dir = filepath.Dir(dir) {
-		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && bytes.Contains(b, []byte("module github.com/tokenwarden/tokenwarden\n")) {
-			return dir
-		}
-	}
-	t.Fatal("repository root (go.mod of github.com/tokenwarden/tokenwarden) not found")
-	return ""
-}
-
-// build compiles the binary; a build failure fails the test (it is the thing under test).
-func build(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "tokenwarden")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
-	cmd.Dir = repoRoot(t)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build -o %s . (in %s): %v\n%s", bin, cmd.Dir, err, out)
-	}
-	return bin
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // start runs one subcommand until the test ends; its output goes to a log file that is printed
 // if the test fails.
@@ -242,13 +201,13 @@ func (e exposition) has(family string, t deploy.MetricType) bool {
 func (e exposition) value(series string) float64 { return e.samples[series] }
 
 func TestDashboardAndAlertMetricsAreExported(t *testing.T) {
-	bin := build(t)
+	bin := procs.Binary(t)
 	dir := t.TempDir()
 	configPath := filepath.Join(dir, "tokenwarden.yaml")
 	if err := os.WriteFile(configPath, fmt.Appendf(nil, configTemplate, 600), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	mockAddr, grpcAddr, adminAddr, gwAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	mockAddr, grpcAddr, adminAddr, gwAddr := procs.FreeAddr(t), procs.FreeAddr(t), procs.FreeAddr(t), procs.FreeAddr(t)
 
 	start(t, bin, "mock-provider", "--listen", mockAddr)
 	start(t, bin, "serve", "--config", configPath, "--grpc-addr", grpcAddr, "--admin-addr", adminAddr)
