@@ -82,21 +82,76 @@ type TokenCounter struct {
 }
 
 // Add counts text (raw UTF-8, not JSON-escaped).
-func (c *TokenCounter) Add(text []byte) {
-	var u int64
-	for _, b := range text {
-		u += int64(weight[b])
-	}
-	c.units += u
-}
+func (c *TokenCounter) Add(text []byte) { c.units += int64(textUnits(text)) }
 
 // AddString is Add for a string.
-func (c *TokenCounter) AddString(text string) {
-	var u int64
-	for i := 0; i < len(text); i++ {
-		u += int64(weight[text[i]])
+func (c *TokenCounter) AddString(text string) { c.units += int64(textUnits(text)) }
+
+// textUnits sums weight over text a word at a time; it is the whole of
+// Add's work, written once for both string and []byte.
+func textUnits[T ~string | ~[]byte](text T) uint64 {
+	var u uint64
+	i := 0
+	for ; i+8 <= len(text); i += 8 {
+		x := load64(text, i)
+		if printableASCII(x) {
+			u += sumLanes(asciiLanes(x))
+		} else {
+			u += tableUnits(x)
+		}
 	}
-	c.units += u
+	for ; i < len(text); i++ {
+		u += uint64(weight[text[i]])
+	}
+	return u
+}
+
+// load64 reads text[i:i+8] little-endian; the compiler merges the byte loads
+// into one, for strings as for slices.
+func load64[T ~string | ~[]byte](text T, i int) uint64 {
+	_ = text[i+7]
+	return uint64(text[i]) | uint64(text[i+1])<<8 | uint64(text[i+2])<<16 | uint64(text[i+3])<<24 |
+		uint64(text[i+4])<<32 | uint64(text[i+5])<<40 | uint64(text[i+6])<<48 | uint64(text[i+7])<<56
+}
+
+// SWAR (SIMD within a register) constants: one in each byte lane, and the
+// high bit of each lane.
+const (
+	lsb = 0x0101010101010101
+	msb = 0x8080808080808080
+)
+
+// printableASCII reports whether every byte of x is in [0x20, 0x80), the
+// domain of asciiUnits. Subtracting 0x20 borrows out of the lowest lane below
+// 0x20 and sets its high bit, so no lane needs to be tested alone.
+func printableASCII(x uint64) bool { return (x-lsb*0x20|x)&msb == 0 }
+
+// asciiLanes returns, in each byte lane of the result, the weight of the
+// byte in the same lane of x, for lanes holding a byte in [0x20, 0x80). It
+// needs no table: with a lane below 0x80, adding 0x80-k to it sets its high
+// bit exactly when the byte is at least k and carries nothing into the lane
+// above, so each byte class is a mask of high bits. The table's weights in
+// this range are 6 (punctuation) less 3 for letters and space, less 2 for
+// digits, plus 6 for DEL. Carries and borrows only travel upwards, so the
+// lanes below the first lane out of range are right whatever lies above it.
+func asciiLanes(x uint64) uint64 {
+	f := x | lsb*0x20 // folds 'A'-'Z' onto 'a'-'z'; nothing else lands there
+	letterOrSpace := (f+lsb*(0x80-'a'))&^(f+lsb*(0x80-'z'-1)) | ^(x + lsb*(0x80-' '-1))
+	digit := (x + lsb*(0x80-'0')) &^ (x + lsb*(0x80-'9'-1))
+	del := x + lsb
+	return lsb*6 - 3*(letterOrSpace&msb>>7) - 2*(digit&msb>>7) + 6*(del&msb>>7)
+}
+
+// sumLanes adds up the byte lanes of x, exact while the total is below 256
+// (eight lanes of weights up to 24 are).
+func sumLanes(x uint64) uint64 { return x * lsb >> 56 }
+
+// tableUnits is the weight of the eight bytes of x by table lookup, for
+// words asciiUnits does not cover.
+func tableUnits(x uint64) uint64 {
+	return uint64(weight[uint8(x)]) + uint64(weight[uint8(x>>8)]) + uint64(weight[uint8(x>>16)]) +
+		uint64(weight[uint8(x>>24)]) + uint64(weight[uint8(x>>32)]) + uint64(weight[uint8(x>>40)]) +
+		uint64(weight[uint8(x>>48)]) + uint64(weight[uint8(x>>56)])
 }
 
 // AddTokens adds a fixed number of tokens (media, framing overhead).

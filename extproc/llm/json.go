@@ -3,6 +3,7 @@ package llm
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 	"unicode/utf8"
 	"unsafe"
 )
@@ -200,16 +201,15 @@ func (r *Reader) NextKey(it *Iter) (key []byte, ok bool) {
 	return key, true
 }
 
-const (
-	lsb = 0x0101010101010101
-	msb = 0x8080808080808080
-)
-
-// special reports whether any byte of x is '"', '\\' or a control character.
-func special(x uint64) bool {
+// specialMask is nonzero when a byte of x is '"', '\\' or a control
+// character, the bytes that end a run of plain string content. Its lowest
+// set bit is the high bit of the first such byte: a lane borrows only from
+// a lane that matched, so only the lanes above the first match may be
+// spurious.
+func specialMask(x uint64) uint64 {
 	q := x ^ (lsb * '"')
 	s := x ^ (lsb * '\\')
-	return ((x-lsb*0x20)&^x|(q-lsb)&^q|(s-lsb)&^s)&msb != 0
+	return ((x-lsb*0x20)&^x | (q-lsb)&^q | (s-lsb)&^s) & msb
 }
 
 // scanString consumes a string, validating escapes and rejecting raw control
@@ -219,7 +219,11 @@ func (r *Reader) scanString() (start, end int, esc bool) {
 	i := r.pos + 1
 	start = i
 	for {
-		for i+8 <= len(b) && !special(binary.LittleEndian.Uint64(b[i:])) {
+		for i+8 <= len(b) {
+			if m := specialMask(binary.LittleEndian.Uint64(b[i:])); m != 0 {
+				i += bits.TrailingZeros64(m) >> 3
+				break
+			}
 			i += 8
 		}
 		if i >= len(b) {
@@ -369,25 +373,45 @@ func (r *Reader) String() (string, bool) {
 }
 
 // EstimateString consumes a string and adds its decoded text to c (escapes
-// weigh what they decode to), in the same pass that validates it. Runs of
-// eight ordinary bytes are summed without a branch per byte.
+// weigh what they decode to), in the same pass that validates it. Plain
+// runs are scanned and weighed eight bytes at a time, ASCII without a table;
+// the bytes before the first special one of a word (see specialMask) are
+// weighed as part of that word. Only the special bytes themselves and the
+// last few bytes of the buffer are taken one at a time.
 func (r *Reader) EstimateString(c *TokenCounter) bool {
 	if r.Peek() != KindString {
 		r.fail("expected string")
 		return false
 	}
 	b := r.buf
-	var u int64
+	var u uint64
 	i := r.pos + 1
 	for {
 		for i+8 <= len(b) {
-			w := b[i : i+8 : i+8]
-			if special(binary.LittleEndian.Uint64(w)) {
+			x := binary.LittleEndian.Uint64(b[i:])
+			m := specialMask(x)
+			if x&msb == 0 {
+				lanes := asciiLanes(x)
+				if m == 0 {
+					u += sumLanes(lanes)
+					i += 8
+					continue
+				}
+				// m&-m is the high bit of the first special lane; the
+				// lanes below it are the plain prefix.
+				u += sumLanes(lanes & (m&-m>>7 - 1))
+				i += bits.TrailingZeros64(m) >> 3
 				break
 			}
-			u += int64(uint32(weight[w[0]]) + uint32(weight[w[1]]) + uint32(weight[w[2]]) + uint32(weight[w[3]]) +
-				uint32(weight[w[4]]) + uint32(weight[w[5]]) + uint32(weight[w[6]]) + uint32(weight[w[7]]))
-			i += 8
+			if m == 0 {
+				u += tableUnits(x)
+				i += 8
+				continue
+			}
+			for end := i + bits.TrailingZeros64(m)>>3; i < end; i++ {
+				u += uint64(weight[b[i]])
+			}
+			break
 		}
 		if i >= len(b) {
 			r.pos = i
@@ -397,27 +421,43 @@ func (r *Reader) EstimateString(c *TokenCounter) bool {
 		switch ch := b[i]; {
 		case ch == '"':
 			r.pos = i + 1
-			c.units += u
+			c.units += int64(u)
 			return true
 		case ch == '\\':
+			if i+1 < len(b) {
+				if w := shortEscapeWeight[b[i+1]]; w != 0 {
+					u += uint64(w)
+					i += 2
+					continue
+				}
+			}
 			n := escapeLen(b, i)
 			if n == 0 {
 				r.pos = i
 				r.fail("invalid escape in string")
 				return false
 			}
-			u += int64(escapeWeight(b[i:]))
+			u += uint64(escapeWeight(b[i:]))
 			i += n
 		case ch < 0x20:
 			r.pos = i
 			r.fail("control character in string")
 			return false
 		default:
-			u += int64(weight[ch])
+			u += uint64(weight[ch])
 			i++
 		}
 	}
 }
+
+// shortEscapeWeight is escapeWeight of each two-byte escape by its second
+// byte, 0 for the rest: the common escapes cost one lookup.
+var shortEscapeWeight = func() (w [256]uint8) {
+	for _, c := range []byte(`"\/bfnrt`) {
+		w[c] = escapeWeight([]byte{'\\', c})
+	}
+	return w
+}()
 
 // escapeWeight is the weight of what a valid escape sequence decodes to.
 func escapeWeight(esc []byte) uint8 {
