@@ -1,5 +1,7 @@
 package llm
 
+import "math/bits"
+
 // Token estimation without a tokenizer.
 //
 // A real BPE tokenizer costs ~20 ms per 100 KB of prompt, far over the hot
@@ -28,9 +30,11 @@ package llm
 //     (shared/fixtures): a tool call with its result bills ~60 tokens beyond
 //     their visible text.
 //
-// Weights are kept in twelfths of a token so one table lookup and one add per
-// byte does all the work; continuation bytes of a UTF-8 sequence weigh 0 and
-// the lead byte carries the rune's weight.
+// Weights are kept in twelfths of a token, so the estimate is a sum of small
+// integers per byte: the table below is its definition. Continuation bytes of
+// a UTF-8 sequence weigh 0 and the lead byte carries the rune's weight. The
+// hot paths sum eight bytes at a time (asciiUnits, tableUnits) and must agree
+// with the table exactly; FuzzEstimateFastPath holds them to it.
 
 // Fixed estimates, in tokens.
 const (
@@ -95,7 +99,7 @@ func textUnits[T ~string | ~[]byte](text T) uint64 {
 	for ; i+8 <= len(text); i += 8 {
 		x := load64(text, i)
 		if printableASCII(x) {
-			u += sumLanes(asciiLanes(x))
+			u += asciiUnits(x, msb, 8)
 		} else {
 			u += tableUnits(x)
 		}
@@ -121,30 +125,38 @@ const (
 	msb = 0x8080808080808080
 )
 
-// printableASCII reports whether every byte of x is in [0x20, 0x80), the
+// printableASCII reports whether every byte of x is in [0x20, 0x7f), the
 // domain of asciiUnits. Subtracting 0x20 borrows out of the lowest lane below
-// 0x20 and sets its high bit, so no lane needs to be tested alone.
-func printableASCII(x uint64) bool { return (x-lsb*0x20|x)&msb == 0 }
+// 0x20 and sets its high bit, adding one sets the high bit of a lane at 0x7f,
+// and x itself shows the lanes at or above 0x80; a carry or borrow only
+// starts in a lane that is out of range, so no lane needs testing alone.
+func printableASCII(x uint64) bool { return ((x-lsb*0x20)|(x+lsb)|x)&msb == 0 }
 
-// asciiLanes returns, in each byte lane of the result, the weight of the
-// byte in the same lane of x, for lanes holding a byte in [0x20, 0x80). It
-// needs no table: with a lane below 0x80, adding 0x80-k to it sets its high
-// bit exactly when the byte is at least k and carries nothing into the lane
-// above, so each byte class is a mask of high bits. The table's weights in
-// this range are 6 (punctuation) less 3 for letters and space, less 2 for
-// digits, plus 6 for DEL. Carries and borrows only travel upwards, so the
-// lanes below the first lane out of range are right whatever lies above it.
-func asciiLanes(x uint64) uint64 {
+// below7f reports whether every byte of x is below 0x7f (DEL): adding one
+// sets the high bit of a lane exactly at 0x7f, and x itself shows the lanes
+// already at or above 0x80.
+func below7f(x uint64) bool { return (x+lsb|x)&msb == 0 }
+
+// asciiClasses returns, as masks of lane high bits, the letters and spaces
+// and the digits among the bytes of x, for lanes holding a byte in
+// [0x20, 0x7f). No table: with a lane below 0x80, adding 0x80-k to it sets
+// its high bit exactly when the byte is at least k and carries nothing into
+// the lane above. Carries only travel upwards, so the lanes below the first
+// lane out of range are right whatever lies above it.
+func asciiClasses(x uint64) (letterOrSpace, digit uint64) {
 	f := x | lsb*0x20 // folds 'A'-'Z' onto 'a'-'z'; nothing else lands there
-	letterOrSpace := (f+lsb*(0x80-'a'))&^(f+lsb*(0x80-'z'-1)) | ^(x + lsb*(0x80-' '-1))
-	digit := (x + lsb*(0x80-'0')) &^ (x + lsb*(0x80-'9'-1))
-	del := x + lsb
-	return lsb*6 - 3*(letterOrSpace&msb>>7) - 2*(digit&msb>>7) + 6*(del&msb>>7)
+	letterOrSpace = ((f+lsb*(0x80-'a'))&^(f+lsb*(0x80-'z'-1)) | ^(x + lsb*(0x80-' '-1))) & msb
+	digit = (x + lsb*(0x80-'0')) &^ (x + lsb*(0x80-'9'-1)) & msb
+	return letterOrSpace, digit
 }
 
-// sumLanes adds up the byte lanes of x, exact while the total is below 256
-// (eight lanes of weights up to 24 are).
-func sumLanes(x uint64) uint64 { return x * lsb >> 56 }
+// asciiUnits is the weight of the bytes of x in the lanes marked in keep
+// (high bits; n of them), all in [0x20, 0x7f): the table gives them 6
+// (punctuation) less 3 for letters and space, less 2 for digits.
+func asciiUnits(x, keep uint64, n int) uint64 {
+	ls, d := asciiClasses(x)
+	return uint64(6*n - 3*bits.OnesCount64(ls&keep) - 2*bits.OnesCount64(d&keep))
+}
 
 // tableUnits is the weight of the eight bytes of x by table lookup, for
 // words asciiUnits does not cover.

@@ -220,8 +220,15 @@ func (r *Reader) scanString() (start, end int, esc bool) {
 	start = i
 	for {
 		for i+8 <= len(b) {
-			if m := specialMask(binary.LittleEndian.Uint64(b[i:])); m != 0 {
-				i += bits.TrailingZeros64(m) >> 3
+			x := binary.LittleEndian.Uint64(b[i:])
+			if m := specialMask(x); m != 0 {
+				n := bits.TrailingZeros64(m) >> 3
+				i += n
+				if uint8(x>>(8*n)) == '\\' && i+1 < len(b) && shortEscapeWeight[b[i+1]] != 0 {
+					esc = true
+					i += 2
+					continue
+				}
 				break
 			}
 			i += 8
@@ -390,17 +397,26 @@ func (r *Reader) EstimateString(c *TokenCounter) bool {
 		for i+8 <= len(b) {
 			x := binary.LittleEndian.Uint64(b[i:])
 			m := specialMask(x)
-			if x&msb == 0 {
-				lanes := asciiLanes(x)
+			if below7f(x) {
 				if m == 0 {
-					u += sumLanes(lanes)
+					u += asciiUnits(x, msb, 8)
 					i += 8
 					continue
 				}
 				// m&-m is the high bit of the first special lane; the
 				// lanes below it are the plain prefix.
-				u += sumLanes(lanes & (m&-m>>7 - 1))
-				i += bits.TrailingZeros64(m) >> 3
+				n := bits.TrailingZeros64(m) >> 3
+				u += asciiUnits(x, (m&-m-1)&msb, n)
+				i += n
+				// The common two-byte escapes are taken here, saving the
+				// way out to the byte-at-a-time switch and back.
+				if uint8(x>>(8*n)) == '\\' && i+1 < len(b) {
+					if w := shortEscapeWeight[b[i+1]]; w != 0 {
+						u += uint64(w)
+						i += 2
+						continue
+					}
+				}
 				break
 			}
 			if m == 0 {
