@@ -56,11 +56,19 @@ type RedisOptions struct {
 //
 // Keys, all under tw:{tenant}: and all with a TTL:
 //
-//	rpm, tpm               GCRA theoretical arrival time (µs), expiring when the bucket is full
+//	s                      hash of the tenant's small state, read with one HMGET and written
+//	                       with one HSET: r, t (RPM and TPM GCRA theoretical arrival times, µs),
+//	                       n (a lower bound of p's earliest expiry, so calls skip the sweep
+//	                       while nothing can have expired), pe and e (the expiries last set on
+//	                       p and on s, so calls skip PEXPIRE until one would lapse); it
+//	                       outlives its TATs and is safe to lose: absent fields mean sweep
+//	                       and set the expiries again
 //	p                      zset of request id → expiry: the concurrency leases and the pending
-//	                       reservations at once (unexpired members are the leases)
-//	r:<id>                 hash: st (p pending, s settled, x expired), tok, cost, tl (TPM limit),
-//	                       model, b (the reserved windows)
+//	                       reservations at once (unexpired members are the leases); TTL at
+//	                       least the newest lease + Retention
+//	r:<id>                 string: "p<tokens> <cost> <tpm limit> <len> <windows><model>" while
+//	                       pending (created with SET NX PX, which is also the duplicate check),
+//	                       then "s" (settled) or "x" (expired) for SettledTTL
 //	b:<name>:<startUnix>   hash: spent, reserved (nano-USD); TTL window end + Retention
 //	a:<name>:<startUnix>   set of alert thresholds already reported for the window
 type Redis struct {
@@ -106,7 +114,7 @@ func (r *Redis) Admit(ctx context.Context, req AdmitRequest) (Decision, error) {
 		}
 	}
 	args = appendAlerts(args, req.Budgets)
-	keys := []string{prefix + "rpm", prefix + "tpm", prefix + "p", prefix + "r:" + req.RequestID}
+	keys := []string{prefix + "s", prefix + "p", prefix + "r:" + req.RequestID}
 	v, err := r.run(ctx, admitScript, keys, args)
 	if err != nil {
 		return Decision{}, fmt.Errorf("limiter: admit: %w", err)
@@ -127,7 +135,7 @@ func (r *Redis) Settle(ctx context.Context, req SettleRequest) (SettleResult, er
 	args := []any{prefix, req.RequestID, req.Tokens, req.Cost,
 		int64(r.retention / time.Second), r.settledTTL.Milliseconds(), r.sweepLimit}
 	args = appendAlerts(args, req.Budgets)
-	keys := []string{prefix + "tpm", prefix + "p", prefix + "r:" + req.RequestID}
+	keys := []string{prefix + "s", prefix + "p", prefix + "r:" + req.RequestID}
 	v, err := r.run(ctx, settleScript, keys, args)
 	if err != nil {
 		return SettleResult{}, fmt.Errorf("limiter: settle: %w", err)

@@ -139,7 +139,7 @@ func TestRedisKeys(t *testing.T) {
 	want := []string{}
 	for _, p := range []string{"tw:{%257B}:", "tw:{plain}:", "tw:{we%7Bir%7Dd}:"} {
 		start := strconv.FormatInt(b.Windows[1].Start.Unix(), 10)
-		want = append(want, p+"a:day:"+start, p+"b:day:"+start, p+"p", p+"r:a", p+"r:b", p+"rpm", p+"tpm")
+		want = append(want, p+"a:day:"+start, p+"b:day:"+start, p+"p", p+"r:a", p+"r:b", p+"s")
 	}
 	if !slices.Equal(keys, want) {
 		t.Fatalf("keys\n%v\nwant\n%v", keys, want)
@@ -230,6 +230,58 @@ func TestRedisOneRoundTripEach(t *testing.T) {
 		t.Fatalf("redis saw %d EVAL in the steady state", evals)
 	}
 	t.Logf("redis-side: %d EVALSHA, %.2f µs per call (admit and settle, 2 budgets)", calls, usec)
+
+	// The commands the scripts run inside Redis, per call: n admits, then
+	// their n settles. The bounds are the steady state of this layout (one
+	// state hash, expiries refreshed only when they would lapse); a script
+	// that goes back to a command per field or an expiry per call fails.
+	for _, phase := range []struct {
+		name string
+		max  float64
+		call func(i int)
+	}{
+		{"admit", 10.5, func(i int) {
+			mustAdmit(t, s, AdmitRequest{Tenant: "t", RequestID: fmt.Sprint("c", i), Limits: lim, Tokens: 100, Cost: 10, Budgets: bs})
+		}},
+		{"settle", 10.5, func(i int) {
+			mustSettle(t, s, SettleRequest{Tenant: "t", RequestID: fmt.Sprint("c", i), Tokens: 50, Cost: 5, Budgets: bs})
+		}},
+	} {
+		if err := c.ConfigResetStat(ctxb).Err(); err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			phase.call(i)
+		}
+		inner, byName := scriptCommands(t, c)
+		per := float64(inner) / n
+		t.Logf("%s: %.2f commands inside the script per call %v", phase.name, per, byName)
+		if per > phase.max {
+			t.Errorf("%s runs %.2f commands per call inside Redis, want at most %.1f", phase.name, per, phase.max)
+		}
+	}
+}
+
+// scriptCommands sums INFO commandstats calls of every command but the
+// client's own (EVALSHA, EVAL, INFO, CONFIG): the commands scripts ran.
+func scriptCommands(t testing.TB, c *redis.Client) (int64, map[string]int64) {
+	t.Helper()
+	info, err := c.Info(ctxb, "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	by := map[string]int64{}
+	for _, m := range regexp.MustCompile(`cmdstat_([a-z|]+):calls=(\d+)`).FindAllStringSubmatch(info, -1) {
+		switch name := m[1]; {
+		case name == "evalsha", name == "eval", name == "info", strings.HasPrefix(name, "config"):
+		default:
+			calls, _ := strconv.ParseInt(m[2], 10, 64)
+			by[name] = calls
+			total += calls
+		}
+	}
+	return total, by
 }
 
 func TestRedisNoScriptFallback(t *testing.T) {
@@ -315,8 +367,8 @@ func TestRedisErrorReplyIsNotUnavailable(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	c := newClient(t, srv.Addr())
 	s := newRedisStore(t, c)
-	// A key of the wrong type where the script expects a string.
-	if err := c.HSet(ctxb, tenantPrefix("t")+"rpm", "x", "y").Err(); err != nil {
+	// A key of the wrong type where the script expects a hash.
+	if err := c.Set(ctxb, tenantPrefix("t")+"s", "x", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	_, err := s.Admit(ctxb, AdmitRequest{Tenant: "t", RequestID: "a", Limits: Limits{RequestsPerMinute: 5}})

@@ -1,7 +1,8 @@
 -- Admit: decide every dimension from reads only; on a denial return without
--- a single write (not even the sweep). On allow, sweep expired reservations
--- and reserve everything.
--- KEYS: 1 rpm TAT, 2 tpm TAT, 3 pending zset (leases), 4 this request's record.
+-- a single write (not even the sweep). On allow, create the record (SET NX,
+-- the duplicate check of the allowed path), sweep expired reservations if
+-- any can exist, and reserve everything.
+-- KEYS: 1 tenant state hash, 2 pending zset (leases), 3 this request's record.
 -- ARGV: 1 key prefix, 2 request id, 3 rpm limit, 4 rpm tolerance µs,
 --   5 tpm limit, 6 tpm tolerance µs, 7 concurrency limit, 8 lease µs,
 --   9 tokens, 10 cost, 11 model, 12 retention s, 13 settled TTL ms,
@@ -10,8 +11,8 @@
 -- Returns {now, code, rpm TAT, tpm TAT, {window, spent, reserved}...,
 --   expired, crossed}; codes as in core.go.
 local prefix, id = ARGV[1], ARGV[2]
+local skey, pkey, rkey = KEYS[1], KEYS[2], KEYS[3]
 local now = now_us()
-if redis.call('EXISTS', KEYS[4]) == 1 then return {now, -1, now, now, {}, {}, {}} end
 
 local rpm_l, rpm_tol = tonumber(ARGV[3]), tonumber(ARGV[4])
 local tpm_l, tpm_tol = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -19,16 +20,16 @@ local conc, lease_us = tonumber(ARGV[7]), tonumber(ARGV[8])
 local tokens, cost = tonumber(ARGV[9]), tonumber(ARGV[10])
 local retention_s, keep_ms, sweep_limit = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
 
-local function tat(key)
-  local v = redis.call('GET', key)
-  if v then return math.max(tonumber(v), now) end
-  return now
-end
+local st = redis.call('HMGET', skey, 'r', 't', 'n', 'e', 'pe')
 local rpm_tat, tpm_tat = now, now
-if rpm_l > 0 then rpm_tat = tat(KEYS[1]) end
-if tpm_l > 0 then tpm_tat = tat(KEYS[2]) end
+if rpm_l > 0 then rpm_tat = math.max(tonumber(st[1]) or now, now) end
+if tpm_l > 0 then tpm_tat = math.max(tonumber(st[2]) or now, now) end
 local rpm_new = rpm_tat + increment(1, rpm_l)
 local tpm_new = tpm_tat + increment(tokens, tpm_l)
+-- With n > now every pending member is a live lease: no sweep, and ZCARD
+-- (which also tells whether the zset exists) counts the leases.
+local n = tonumber(st[3])
+local must_sweep = not n or n <= now
 
 local nb = tonumber(ARGV[15])
 local budgets, states = {}, {}
@@ -44,8 +45,16 @@ for b = 1, nb do
 end
 local alerts = read_alerts(i)
 
+local leases, pending_exists = 0, false
+if not must_sweep then
+  leases = redis.call('ZCARD', pkey)
+  pending_exists = leases > 0
+elseif conc > 0 then
+  leases = redis.call('ZCOUNT', pkey, '(' .. fmt(now), '+inf')
+end
+
 local code = 0
-if conc > 0 and redis.call('ZCOUNT', KEYS[3], '(' .. fmt(now), '+inf') >= conc then
+if conc > 0 and leases >= conc then
   code = 1
 elseif rpm_l > 0 and rpm_new - now > rpm_tol then
   code = 2
@@ -59,17 +68,55 @@ else
     end
   end
 end
-if code ~= 0 then return {now, code, rpm_tat, tpm_tat, states, {}, {}} end
+if code ~= 0 then
+  if redis.call('EXISTS', rkey) == 1 then return {now, -1, now, now, {}, {}, {}} end
+  return {now, code, rpm_tat, tpm_tat, states, {}, {}}
+end
+
+local windows = {}
+for b = 1, nb do
+  local bt = budgets[b]
+  windows[b] = bt.name .. '\t' .. fmt(bt.start_us) .. '\t' .. fmt(bt.end_us) .. '\n'
+end
+local keep_pending_ms = math.ceil(lease_us / 1000) + retention_s * 1000
+local rec = encode_record(tokens, cost, tpm_l, table.concat(windows), ARGV[11])
+if not redis.call('SET', rkey, rec, 'NX', 'PX', fmt(keep_pending_ms)) then
+  return {now, -1, now, now, {}, {}, {}} -- nothing written yet
+end
 
 local expired, crossed = {}, {}
-sweep(prefix, KEYS[3], now, sweep_limit, alerts, retention_s, keep_ms, expired, crossed)
-if rpm_l > 0 then set_tat(KEYS[1], rpm_new, now); rpm_tat = rpm_new end
-if tpm_l > 0 then set_tat(KEYS[2], tpm_new, now); tpm_tat = tpm_new end
+if must_sweep then
+  sweep(prefix, pkey, now, sweep_limit, alerts, retention_s, keep_ms, expired, crossed, nil)
+end
 local expiry = now + lease_us
-local keep_pending_ms = fmt(math.ceil(lease_us / 1000) + retention_s * 1000)
-redis.call('ZADD', KEYS[3], fmt(expiry), id)
-redis.call('PEXPIRE', KEYS[3], keep_pending_ms)
-local windows = {}
+redis.call('ZADD', pkey, fmt(expiry), id)
+
+local fields, tat_max = {}, now
+if rpm_l > 0 then
+  rpm_tat = rpm_new
+  fields[#fields + 1] = 'r'; fields[#fields + 1] = fmt(rpm_new)
+  tat_max = math.max(tat_max, rpm_new)
+end
+if tpm_l > 0 then
+  tpm_tat = tpm_new
+  fields[#fields + 1] = 't'; fields[#fields + 1] = fmt(tpm_new)
+  tat_max = math.max(tat_max, tpm_new)
+end
+local new_n
+if must_sweep then new_n = earliest(pkey) else new_n = math.min(n, expiry) end
+if new_n ~= n then fields[#fields + 1] = 'n'; fields[#fields + 1] = fmt(new_n) end
+-- The zset must outlive its newest lease by the retention. The sweep may
+-- have emptied (deleted) it and ZCARD 0 means ZADD just created it: both
+-- need an expiry whatever pe says. Otherwise extend only when pe would
+-- lapse, and then by a margin, so most calls skip the PEXPIRE.
+local pe, pe_need = tonumber(st[5]), math.floor(now / 1000) + keep_pending_ms
+if must_sweep or not pending_exists or not pe or pe < pe_need then
+  local pe_new = pe_need + math.min(retention_s * 1000, 3600000)
+  redis.call('PEXPIREAT', pkey, fmt(pe_new))
+  fields[#fields + 1] = 'pe'; fields[#fields + 1] = fmt(pe_new)
+end
+save_state(skey, fields, tonumber(st[4]), tat_max, now)
+
 for b = 1, nb do
   local bt = budgets[b]
   states[b][3] = redis.call('HINCRBY', bt.key, 'reserved', fmt(cost))
@@ -79,9 +126,5 @@ for b = 1, nb do
   if bt.new then -- an existing window already expires at its end + retention
     redis.call('EXPIREAT', bt.key, fmt(math.floor(bt.end_us / 1000000) + retention_s))
   end
-  windows[b] = bt.name .. '\t' .. fmt(bt.start_us) .. '\t' .. fmt(bt.end_us) .. '\n'
 end
-redis.call('HSET', KEYS[4], 'st', 'p', 'tok', fmt(tokens), 'cost', fmt(cost), 'tl', fmt(tpm_l),
-  'model', ARGV[11], 'b', table.concat(windows))
-redis.call('PEXPIRE', KEYS[4], keep_pending_ms)
 return {now, 0, rpm_tat, tpm_tat, states, expired, crossed}

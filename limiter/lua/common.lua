@@ -2,7 +2,12 @@
 -- Times are integer microseconds (Redis TIME is the only clock), money is
 -- integer nano-USD; both stay below 2^53 so Lua's doubles are exact. Numbers
 -- go back to Redis through fmt: Redis would print large doubles in exponent
--- form, which HINCRBY and SET would reject or misread.
+-- form, which HSET, HINCRBY and ZADD would reject or misread.
+--
+-- Every redis.call costs Redis a command dispatch, so the scripts keep each
+-- tenant's small state in one hash (read with one HMGET, written with one
+-- HSET), and refresh a key's expiry only when it would otherwise lapse
+-- early: the hash remembers the expiries it set.
 local function fmt(n) return string.format('%d', n) end
 
 local function now_us()
@@ -32,16 +37,6 @@ local function increment(cost, limit)
   return math.floor(cost * P / limit)
 end
 
--- Sets a TAT key to tat, expiring when it stops mattering (tat <= now is a
--- full bucket, the same as no key).
-local function set_tat(key, tat, now)
-  if tat > now then
-    redis.call('SET', key, fmt(tat), 'PX', fmt(math.ceil((tat - now) / 1000) + 1))
-  else
-    redis.call('DEL', key)
-  end
-end
-
 -- Alert thresholds per budget name from ARGV, starting at index i:
 -- count, then per budget: name, n, n thresholds. Returns the table and the
 -- next index.
@@ -67,18 +62,75 @@ local function alert_key(prefix, name, start_us)
   return prefix .. 'a:' .. name .. ':' .. fmt(math.floor(start_us / 1000000))
 end
 
+-- The tenant state hash (KEYS[1]) holds, all optional:
+--   r, t  the RPM and TPM theoretical arrival times (µs); a value <= now is
+--         a full bucket, the same as no value;
+--   n     a lower bound of the earliest score in the pending zset (NONE when
+--         it was empty): while n > now nothing has expired, so the sweep and
+--         ZCOUNT are skipped; absent means unknown (sweep);
+--   pe    the pending zset's expiry (ms) as last set, absent means unknown;
+--   e     the hash's own expiry (ms).
+-- Losing the hash (expiry, eviction) only costs the next call a sweep and
+-- fresh PEXPIREs: every absent field falls back to the safe, slower path.
+local NONE = 4503599627370496 -- 2^52 µs, far beyond any real expiry
+local STATE_MARGIN_MS = 60000 -- extend the hash by a minute at a time
+
+-- Writes fields (a flat name, value list, possibly empty) to the state hash
+-- whose expiry is e_cur (nil when unknown), keeping it alive past tat_max
+-- (the largest TAT written, µs) and for at least STATE_MARGIN_MS so its
+-- cached fields survive between calls.
+local function save_state(skey, fields, e_cur, tat_max, now)
+  if #fields == 0 then return end
+  local need = math.max(math.ceil(tat_max / 1000) + 1, math.floor(now / 1000) + STATE_MARGIN_MS)
+  local e
+  if not e_cur or e_cur < need then
+    e = need + STATE_MARGIN_MS
+    fields[#fields + 1] = 'e'
+    fields[#fields + 1] = fmt(e)
+  end
+  redis.call('HSET', skey, unpack(fields))
+  if e then redis.call('PEXPIREAT', skey, fmt(e)) end
+end
+
+-- The earliest score in the pending zset, NONE when it is empty.
+local function earliest(pkey)
+  local v = redis.call('ZRANGE', pkey, 0, 0, 'WITHSCORES')
+  if v[2] then return tonumber(v[2]) end
+  return NONE
+end
+
+-- A reservation record is one string: "p<tokens> <cost> <tpm limit>
+-- <length of windows> <windows><model>" while pending, "s" once settled and
+-- "x" once expired. windows are "name\tstart\tend\n" lines (names cannot
+-- hold tabs or newlines); the model, free text, comes last.
+local function encode_record(tok, cost, tl, windows, model)
+  return 'p' .. fmt(tok) .. ' ' .. fmt(cost) .. ' ' .. fmt(tl) .. ' ' .. fmt(#windows) .. ' ' .. windows .. model
+end
+
+-- The pending record in v as {tok, cost, tl, windows, model}, or nil.
+local function decode_record(v)
+  if not v then return nil end
+  local tok, cost, tl, wl, pos = string.match(v, '^p(%d+) (%d+) (%d+) (%d+) ()')
+  if not tok then return nil end
+  wl = tonumber(wl)
+  return {tonumber(tok), tonumber(cost), tonumber(tl), string.sub(v, pos, pos + wl - 1), string.sub(v, pos + wl)}
+end
+
 -- Replaces a reservation's estimate by cost in each window listed in its
--- record ("name\tstart\tend\n" lines), records first alert crossings into
--- crossed, and returns {name, start, end, spent, reserved} per window.
+-- record, records first alert crossings into crossed, and returns
+-- {name, start, end, spent, reserved} per window. A window's hash keeps the
+-- expiry it got at creation; one is set only if the hash has vanished.
 local function charge(prefix, windows, est, cost, alerts, retention_s, crossed)
   local out = {}
   for name, s, e in string.gmatch(windows or '', '([^\t\n]+)\t(%d+)\t(%d+)\n') do
     local start_us, end_us = tonumber(s), tonumber(e)
     local bkey = budget_key(prefix, name, start_us)
     local expire_at = fmt(math.floor(end_us / 1000000) + retention_s)
-    local reserved = redis.call('HINCRBY', bkey, 'reserved', fmt(-est))
-    local spent = redis.call('HINCRBY', bkey, 'spent', fmt(cost))
-    redis.call('EXPIREAT', bkey, expire_at)
+    local v = redis.call('HMGET', bkey, 'spent', 'reserved')
+    local spent = (tonumber(v[1]) or 0) + cost
+    local reserved = (tonumber(v[2]) or 0) - est
+    redis.call('HSET', bkey, 'spent', fmt(spent), 'reserved', fmt(reserved))
+    if not v[1] and not v[2] then redis.call('EXPIREAT', bkey, expire_at) end
     local list = alerts[name]
     if list then
       local akey = alert_key(prefix, name, start_us)
@@ -98,24 +150,26 @@ end
 
 local function finish(pkey, rkey, id, state, keep_ms)
   redis.call('ZREM', pkey, id)
-  redis.call('HSET', rkey, 'st', state)
-  redis.call('PEXPIRE', rkey, keep_ms)
+  redis.call('SET', rkey, state, 'PX', fmt(keep_ms))
 end
 
 -- Charges every reservation whose expiry has passed at its estimate, up to
--- limit, oldest first; appends {id, model, cost} to expired.
-local function sweep(prefix, pkey, now, limit, alerts, retention_s, keep_ms, expired, crossed)
+-- limit, oldest first; appends {id, model, cost} to expired. Returns whether
+-- it expired the reservation mine.
+local function sweep(prefix, pkey, now, limit, alerts, retention_s, keep_ms, expired, crossed, mine)
+  local hit = false
   local ids = redis.call('ZRANGEBYSCORE', pkey, '-inf', fmt(now), 'LIMIT', 0, limit)
   for _, id in ipairs(ids) do
     local rkey = prefix .. 'r:' .. id
-    local rec = redis.call('HMGET', rkey, 'st', 'cost', 'model', 'b')
-    if rec[1] == 'p' then
-      local est = tonumber(rec[2])
-      charge(prefix, rec[4], est, est, alerts, retention_s, crossed)
+    local rec = decode_record(redis.call('GET', rkey))
+    if rec then
+      charge(prefix, rec[4], rec[2], rec[2], alerts, retention_s, crossed)
       finish(pkey, rkey, id, 'x', keep_ms)
-      expired[#expired + 1] = {id, rec[3] or '', est}
+      expired[#expired + 1] = {id, rec[5], rec[2]}
+      if id == mine then hit = true end
     else
       redis.call('ZREM', pkey, id)
     end
   end
+  return hit
 end
