@@ -34,7 +34,7 @@ type dialect interface {
 	// injectCache adds prompt-cache breakpoints where the dialect has them.
 	injectCache(body []byte, model string, pc config.PromptCache) (out []byte, changed bool, err error)
 	// prefixFingerprint hashes the stable prompt prefix (tools, system).
-	prefixFingerprint(body []byte) (uint64, bool)
+	prefixFingerprint(body []byte, req *llm.Request) (uint64, bool)
 	newStreamParser() llm.StreamParser
 	errorBody(kind errorKind, dimension, message string) []byte
 }
@@ -76,8 +76,10 @@ func (anthropicWire) injectCache(b []byte, model string, pc config.PromptCache) 
 	out, res, err := anthropic.InjectCacheControl(b, anthropic.CacheOptions{TTL: pc.TTL, MinTokens: anthropic.DefaultMinCacheTokens(model)})
 	return out, res.Changed, err
 }
-func (anthropicWire) prefixFingerprint(b []byte) (uint64, bool) {
-	return anthropic.PrefixFingerprint(b)
+
+// The parse already hashed system and tools on its single pass.
+func (anthropicWire) prefixFingerprint(_ []byte, req *llm.Request) (uint64, bool) {
+	return req.PrefixFingerprint, req.HasPrefix
 }
 func (anthropicWire) errorBody(kind errorKind, _ string, msg string) []byte {
 	t := anthropic.InvalidRequestError
@@ -111,7 +113,9 @@ func (openaiWire) newStreamParser() llm.StreamParser { return openai.NewStreamPa
 func (openaiWire) injectCache(b []byte, _ string, _ config.PromptCache) ([]byte, bool, error) {
 	return b, false, nil
 }
-func (openaiWire) prefixFingerprint(b []byte) (uint64, bool) { return openai.PrefixFingerprint(b) }
+func (openaiWire) prefixFingerprint(b []byte, _ *llm.Request) (uint64, bool) {
+	return openai.PrefixFingerprint(b)
+}
 func (openaiWire) errorBody(kind errorKind, dimension, msg string) []byte {
 	switch kind {
 	case errRateLimited:

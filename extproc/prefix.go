@@ -21,7 +21,7 @@ const maxPrefixKeys = 100_000
 func newPrefixTracker() *prefixTracker { return &prefixTracker{last: map[prefixKey]uint64{}} }
 
 func (p *prefixTracker) observe(x *exchange, body []byte) {
-	fp, ok := x.dialect.prefixFingerprint(body)
+	fp, ok := x.dialect.prefixFingerprint(body, &x.req)
 	if !ok {
 		return
 	}

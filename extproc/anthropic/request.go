@@ -33,6 +33,7 @@ func ParseRequest(body []byte) (llm.Request, error) {
 		return req, err
 	}
 	var haveModel, haveMessages bool
+	var system, tools [2]int // spans of the stable prefix, for its fingerprint
 	it := r.Object()
 	for key, ok := r.NextKey(&it); ok; key, ok = r.NextKey(&it) {
 		if err := seen.Add(key); err != nil {
@@ -51,10 +52,14 @@ func ParseRequest(body []byte) (llm.Request, error) {
 			haveMessages = true
 			req.Messages, err = llm.EstimateMessages(&r, &c, messageMember)
 		case "system":
+			system[0] = r.Pos()
 			err = estimateSystem(&r, &c)
+			system[1] = r.Pos()
 		case "tools":
 			var n int
+			tools[0] = r.Pos()
 			n, err = llm.EstimateTools(&r, &c, estimateTool)
+			tools[1] = r.Pos()
 			req.HasTools = n > 0
 		default:
 			r.Skip()
@@ -67,6 +72,13 @@ func ParseRequest(body []byte) (llm.Request, error) {
 		return req, err
 	}
 	req.InputTokens = c.Tokens() + llm.RequestOverheadTokens
+	if system[1] > system[0] || tools[1] > tools[0] {
+		var h llm.Hash64
+		h.Write(body[system[0]:system[1]])
+		h.WriteByte(0)
+		h.Write(body[tools[0]:tools[1]])
+		req.PrefixFingerprint, req.HasPrefix = h.Sum64(), true
+	}
 	return req, nil
 }
 

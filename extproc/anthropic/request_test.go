@@ -37,6 +37,7 @@ func TestParseRequest(t *testing.T) {
 				t.Errorf("InputTokens = %d, below the fixed overhead", got.InputTokens)
 			}
 			got.InputTokens = 0
+			got.PrefixFingerprint, got.HasPrefix = 0, false // TestParseRequestPrefixFingerprint
 			if got != tc.want {
 				t.Errorf("got %+v, want %+v", got, tc.want)
 			}
@@ -336,5 +337,38 @@ func BenchmarkSetModel(b *testing.B) {
 		if _, err := SetModel(body, "claude-haiku-4-5"); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// The fingerprint taken during the parse moves with system and tools and
+// with nothing else: not the model, the messages or max_tokens.
+func TestParseRequestPrefixFingerprint(t *testing.T) {
+	fp := func(body string) (uint64, bool) {
+		t.Helper()
+		r, err := ParseRequest([]byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.PrefixFingerprint, r.HasPrefix
+	}
+	base, ok := fp(`{"model":"a","max_tokens":5,"system":"You are helpful.","tools":[{"name":"t","input_schema":{}}],"messages":[{"role":"user","content":"hi"}]}`)
+	if !ok {
+		t.Fatal("system and tools make a prefix")
+	}
+	same, _ := fp(`{"model":"b","max_tokens":9,"messages":[{"role":"user","content":"other"}],"system":"You are helpful.","tools":[{"name":"t","input_schema":{}}]}`)
+	if same != base {
+		t.Error("model, messages, max_tokens and key order must not move the fingerprint")
+	}
+	for _, changed := range []string{
+		`{"model":"a","system":"You are helpful. 09:00:01","tools":[{"name":"t","input_schema":{}}],"messages":[]}`,
+		`{"model":"a","system":"You are helpful.","tools":[{"name":"u","input_schema":{}}],"messages":[]}`,
+		`{"model":"a","system":"You are helpful.","messages":[]}`,
+	} {
+		if got, _ := fp(changed); got == base {
+			t.Errorf("%s: the fingerprint must change", changed)
+		}
+	}
+	if _, ok := fp(`{"model":"a","messages":[]}`); ok {
+		t.Error("no system and no tools: no prefix")
 	}
 }

@@ -38,6 +38,11 @@ type Request struct {
 	// StreamUsageRequested reports (OpenAI) that stream_options.include_usage
 	// is already true, so the body needs no rewrite to get a usage chunk.
 	StreamUsageRequested bool
+	// PrefixFingerprint, when HasPrefix, hashes the raw bytes of the stable
+	// prompt prefix (Anthropic: system and tools), taken during the same pass,
+	// so watching prefix changes costs no second pass over the body.
+	PrefixFingerprint uint64
+	HasPrefix         bool
 }
 
 // StreamParser consumes a streamed (SSE) response body incrementally and
