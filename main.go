@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"sort"
 	"strings"
 	"syscall"
@@ -285,6 +286,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	// has to let the largest allowed body through (Anthropic accepts 32 MB).
 	gs := grpc.NewServer(
 		grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20),
+		// A fixed pool of stream workers instead of a goroutine per stream:
+		// streams start on a warm stack (see README "Performance").
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	extprocv3.RegisterExternalProcessorServer(gs, srv)
