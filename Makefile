@@ -29,11 +29,11 @@ run: build
 	echo "tokenwarden: gateway http://127.0.0.1:10000  metrics http://127.0.0.1:9090/metrics  (Ctrl-C stops)"; \
 	wait
 
-# test: everything CI runs — vet, the unit, fuzz-seed, end-to-end and
+# test: everything CI runs, under the race detector — vet, the unit, fuzz-seed, end-to-end and
 # fault tests (they start their own redis-server processes), and the
 # config/manifest validations.
 test: lint
-	$(GO) test -count=1 -timeout 20m $(PKGS)
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 test-short:
 	$(GO) test -short -count=1 $(PKGS)
