@@ -116,7 +116,7 @@ func (x *exchange) handle(req *extprocv3.ProcessingRequest) (resp *extprocv3.Pro
 	default:
 		return nil, nil
 	}
-	x.s.opts.Metrics.Processing.WithLabelValues(phase).Observe(time.Since(start).Seconds())
+	x.s.opts.Metrics.phase[phase].Observe(time.Since(start).Seconds())
 	return resp, after
 }
 
@@ -124,7 +124,7 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, req *extprocv3.Pro
 	var path, method string
 	var clientModelHeader bool
 	sources := x.cfg.Tenant.Sources
-	var found [8]string
+	var found [config.MaxTenantSources]string
 	for _, hv := range h.GetHeaders().GetHeaders() {
 		switch hv.Key {
 		case ":path":

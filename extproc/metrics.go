@@ -33,6 +33,10 @@ type Metrics struct {
 	ActiveStreams    prometheus.Gauge
 	ConfigReloads    *prometheus.CounterVec // result
 	ConfigReloadTime prometheus.Gauge
+
+	// phase holds the Processing observers by phase, looked up once: every
+	// ext_proc message observes one.
+	phase map[string]prometheus.Observer
 }
 
 // NewMetrics creates the series and registers them with reg.
@@ -136,8 +140,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.ActiveStreams, m.ConfigReloads, m.ConfigReloadTime)
 	// Series that would otherwise appear only after their first event are
 	// created at zero, so dashboards and alerts see them from the start.
+	m.phase = map[string]prometheus.Observer{}
 	for _, phase := range []string{phaseRequestHeaders, phaseRequestBody, phaseResponseHeaders, phaseResponseBody} {
-		m.Processing.WithLabelValues(phase)
+		m.phase[phase] = m.Processing.WithLabelValues(phase)
 	}
 	for _, op := range []string{"admit", "settle"} {
 		m.StoreErrors.WithLabelValues(op)

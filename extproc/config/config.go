@@ -144,6 +144,10 @@ type PromptCache struct {
 	TTL    string // "5m" or "1h"
 }
 
+// MaxTenantSources bounds tenant.from, so the processor can look every
+// source up in one pass over the request headers with a fixed-size array.
+const MaxTenantSources = 8
+
 // Tenancy identifies the tenant of a request.
 type Tenancy struct {
 	Sources []TenantSource
@@ -331,6 +335,9 @@ func compileTenancy(t tenantFile) (Tenancy, error) {
 	}
 	if !validName(out.Default) {
 		return out, fmt.Errorf("tenant.default: %q must be 1-64 letters, digits, '.', '_' or '-'", out.Default)
+	}
+	if len(t.From) > MaxTenantSources {
+		return out, fmt.Errorf("tenant.from: %d sources; at most %d", len(t.From), MaxTenantSources)
 	}
 	for i, s := range t.From {
 		at := fmt.Sprintf("tenant.from[%d]", i)

@@ -143,6 +143,7 @@ func TestParseErrorsNameThePath(t *testing.T) {
 		{"tenant unknown policy", "tenants: {acme: {policy: gold}}", "tenants.acme.policy"},
 		{"tenant bad name", "tenants: {'a b': {}}", "tenants.a b"},
 		{"tenant override error", "tenants: {acme: {budgets: [{window: year, usd: 1}]}}", "tenants.acme.budgets[0].window"},
+		{"too many sources", "tenant: {from: [{header: a}, {header: b}, {header: c}, {header: d}, {header: e}, {header: f}, {header: g}, {header: h}, {header: i}]}", "tenant.from: 9 sources"},
 		{"source both", "tenant: {from: [{header: a, api_key_of: b}]}", "tenant.from[0]"},
 		{"price missing output", "prices: {m: {input: 1}}", "prices.m"},
 		{"price inexact", "prices: {m: {input: 0.0001, output: 1}}", "prices.m"},
