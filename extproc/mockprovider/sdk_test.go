@@ -47,6 +47,18 @@ func lastEntry(t *testing.T, s *Server, requestID string) LedgerEntry {
 	return e
 }
 
+// entryAfter waits for the ledger to grow past before and returns its last
+// entry: an SDK may stop reading a stream (at an error event, at [DONE])
+// before the handler has finished and written its entry.
+func entryAfter(t *testing.T, s *Server, before int) LedgerEntry {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(s.Provider().Ledger()) <= before && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	return lastEntry(t, s, "")
+}
+
 func anthropicParams() anthropic.MessageNewParams {
 	return anthropic.MessageNewParams{
 		Model:     "claude-sonnet-4-5",
@@ -94,6 +106,7 @@ func TestAnthropicSDK(t *testing.T) {
 			case "x-mock-split":
 				opts = append(opts, anthoption.WithHeader(knob, "random"))
 			}
+			before := len(s.Provider().Ledger())
 			stream := client.Messages.NewStreaming(ctx, anthropicParams(), opts...)
 			var msg anthropic.Message
 			for stream.Next() {
@@ -104,7 +117,7 @@ func TestAnthropicSDK(t *testing.T) {
 			if err := stream.Err(); err != nil {
 				t.Fatal(err)
 			}
-			e := lastEntry(t, s, "")
+			e := entryAfter(t, s, before)
 			got := sdkTokens(msg.Usage)
 			if knob == "x-mock-usage-on-delta-only" {
 				// The split by TTL exists only on message_start; the SDK sees
@@ -121,6 +134,7 @@ func TestAnthropicSDK(t *testing.T) {
 	}
 
 	t.Run("mid-stream error", func(t *testing.T) {
+		before := len(s.Provider().Ledger())
 		stream := client.Messages.NewStreaming(ctx, anthropicParams(), anthoption.WithHeader("x-mock-error-after", "5"))
 		n := 0
 		for stream.Next() {
@@ -131,8 +145,8 @@ func TestAnthropicSDK(t *testing.T) {
 			t.Errorf("stream error %v", err)
 		}
 		// Five events went out; the SDK does not surface the ping.
-		if n != 4 || !lastEntry(t, s, "").Cut {
-			t.Errorf("%d events before the error; ledger %+v", n, lastEntry(t, s, ""))
+		if e := entryAfter(t, s, before); n != 4 || !e.Cut {
+			t.Errorf("%d events before the error; ledger %+v", n, e)
 		}
 	})
 
@@ -188,6 +202,7 @@ func TestOpenAISDK(t *testing.T) {
 	t.Run("stream", func(t *testing.T) {
 		p := params
 		p.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
+		before := len(s.Provider().Ledger())
 		stream := client.Chat.Completions.NewStreaming(ctx, p, oaioption.WithHeader("x-mock-split", "random"))
 		var acc openai.ChatCompletionAccumulator
 		for stream.Next() {
@@ -196,7 +211,7 @@ func TestOpenAISDK(t *testing.T) {
 		if err := stream.Err(); err != nil {
 			t.Fatal(err)
 		}
-		e := lastEntry(t, s, "")
+		e := entryAfter(t, s, before)
 		if acc.Usage.PromptTokens != e.Reported.InputTokens || acc.Usage.CompletionTokens != e.Reported.OutputTokens || e.Cut || !e.Complete {
 			t.Errorf("SDK usage %+v, ledger %+v", acc.Usage, e)
 		}

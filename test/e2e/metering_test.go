@@ -122,6 +122,11 @@ func TestSDKMeteringIsExact(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// An SDK may stop reading at [DONE] or message_stop before the
+			// mock's handler has written its ledger entry.
+			for wait := time.Now().Add(5 * time.Second); len(s.ledgerSince(n)) == 0 && time.Now().Before(wait); {
+				time.Sleep(time.Millisecond)
+			}
 			entries := s.ledgerSince(n)
 			if len(entries) != 1 || !entries[0].Complete {
 				t.Fatalf("ledger entries %+v", entries)
