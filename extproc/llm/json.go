@@ -75,19 +75,50 @@ func (r *Reader) fail(msg string) {
 	}
 }
 
+// ws skips whitespace. Most bodies have none between tokens, or a single
+// space, so the test for a non-space byte is inlined and the loop is not.
 func (r *Reader) ws() {
-	for r.pos < len(r.buf) {
-		switch r.buf[r.pos] {
-		case ' ', '\t', '\n', '\r':
-			r.pos++
-		default:
-			return
-		}
+	if r.pos < len(r.buf) && r.buf[r.pos] > ' ' {
+		return
 	}
+	r.pos = skipWS(r.buf, r.pos)
 }
 
-// Peek returns the kind of the next value without consuming it.
+// skipWS returns the offset of the first byte at or after i that is not
+// JSON whitespace, or len(b).
+func skipWS(b []byte, i int) int {
+	for ; i < len(b); i++ {
+		switch b[i] {
+		case ' ', '\t', '\n', '\r':
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+// kindOf is the Kind of the value each byte can start.
+var kindOf = func() (k [256]Kind) {
+	k['{'], k['['], k['"'], k['-'] = KindObject, KindArray, KindString, KindNumber
+	for c := '0'; c <= '9'; c++ {
+		k[c] = KindNumber
+	}
+	k['t'], k['f'], k['n'] = KindBool, KindBool, KindNull
+	return k
+}()
+
+// Peek returns the kind of the next value without consuming it. The common
+// case, no error and a value starting right here, is small enough to inline.
 func (r *Reader) Peek() Kind {
+	if r.err == nil && r.pos < len(r.buf) {
+		if k := kindOf[r.buf[r.pos]]; k != KindInvalid {
+			return k
+		}
+	}
+	return r.peekSlow()
+}
+
+func (r *Reader) peekSlow() Kind {
 	if r.err != nil {
 		return KindInvalid
 	}
@@ -96,19 +127,8 @@ func (r *Reader) Peek() Kind {
 		r.fail("unexpected end of input")
 		return KindInvalid
 	}
-	switch c := r.buf[r.pos]; {
-	case c == '{':
-		return KindObject
-	case c == '[':
-		return KindArray
-	case c == '"':
-		return KindString
-	case c == '-' || (c >= '0' && c <= '9'):
-		return KindNumber
-	case c == 't' || c == 'f':
-		return KindBool
-	case c == 'n':
-		return KindNull
+	if k := kindOf[r.buf[r.pos]]; k != KindInvalid {
+		return k
 	}
 	// A value is expected wherever Peek is called, so nothing valid starts here.
 	r.fail("expected a value")
@@ -135,28 +155,46 @@ func (r *Reader) next(it *Iter, closing byte) bool {
 	if r.err != nil || it.done {
 		return false
 	}
-	r.ws()
-	if r.pos >= len(r.buf) {
-		r.fail("unexpected end of input")
-		return false
+	b := r.buf
+	i := r.pos
+	if i >= len(b) || b[i] <= ' ' {
+		i = skipWS(b, i)
+		if i >= len(b) {
+			r.pos = i
+			r.fail("unexpected end of input")
+			return false
+		}
 	}
-	c := r.buf[r.pos]
+	c := b[i]
 	if c == closing {
-		r.pos++
+		r.pos = i + 1
 		r.depth--
 		it.done = true
 		return false
 	}
 	if it.n > 0 {
 		if c != ',' {
-			r.fail("expected ',' or '" + string(closing) + "'")
+			r.pos = i
+			r.fail(expectedSep(closing))
 			return false
 		}
-		r.pos++
-		r.ws()
+		i++
+		if i < len(b) && b[i] <= ' ' {
+			i = skipWS(b, i)
+		}
 	}
+	r.pos = i
 	it.n++
 	return true
+}
+
+// expectedSep is the error for a member not followed by a separator; the
+// messages are constants so that reporting them allocates nothing more.
+func expectedSep(closing byte) string {
+	if closing == '}' {
+		return "expected ',' or '}'"
+	}
+	return "expected ',' or ']'"
 }
 
 // Object consumes '{' and returns the iteration state for NextKey.
@@ -178,26 +216,34 @@ func (r *Reader) NextKey(it *Iter) (key []byte, ok bool) {
 	if !r.next(it, '}') {
 		return nil, false
 	}
-	if r.pos >= len(r.buf) || r.buf[r.pos] != '"' {
+	b := r.buf
+	i := r.pos
+	if i >= len(b) || b[i] != '"' {
 		r.fail("expected object key")
 		return nil, false
 	}
-	start, end, esc := r.scanString()
-	if r.err != nil {
+	end, esc, msg := scanStr(b, i)
+	if msg != "" {
+		r.pos = end
+		r.fail(msg)
 		return nil, false
 	}
-	key = r.buf[start:end]
+	key = b[i+1 : end]
 	if esc {
 		if d, ok := unescapeInto(r.key[:0], key); ok {
 			key = d
 		}
 	}
-	r.ws()
-	if r.pos >= len(r.buf) || r.buf[r.pos] != ':' {
+	i = end + 1
+	if i < len(b) && b[i] <= ' ' {
+		i = skipWS(b, i)
+	}
+	r.pos = i
+	if i >= len(b) || b[i] != ':' {
 		r.fail("expected ':'")
 		return nil, false
 	}
-	r.pos++
+	r.pos = i + 1
 	return key, true
 }
 
@@ -215,9 +261,22 @@ func specialMask(x uint64) uint64 {
 // scanString consumes a string, validating escapes and rejecting raw control
 // characters, and returns the span of its content (without quotes).
 func (r *Reader) scanString() (start, end int, esc bool) {
-	b := r.buf
-	i := r.pos + 1
-	start = i
+	start = r.pos + 1
+	end, esc, msg := scanStr(r.buf, r.pos)
+	if msg != "" {
+		r.pos = end
+		r.fail(msg)
+		return start, end, esc
+	}
+	r.pos = end + 1
+	return start, end, esc
+}
+
+// scanStr validates the string whose opening quote is b[i]. It returns the
+// offset of the closing quote and whether the string has escapes, or, with
+// a non-empty msg, the offset of the error.
+func scanStr(b []byte, i int) (end int, esc bool, msg string) {
+	i++
 	for {
 		for i+8 <= len(b) {
 			x := binary.LittleEndian.Uint64(b[i:])
@@ -234,27 +293,20 @@ func (r *Reader) scanString() (start, end int, esc bool) {
 			i += 8
 		}
 		if i >= len(b) {
-			r.pos = i
-			r.fail("unterminated string")
-			return start, i, esc
+			return i, esc, "unterminated string"
 		}
 		switch c := b[i]; {
 		case c == '"':
-			r.pos = i + 1
-			return start, i, esc
+			return i, esc, ""
 		case c == '\\':
 			esc = true
 			n := escapeLen(b, i)
 			if n == 0 {
-				r.pos = i
-				r.fail("invalid escape in string")
-				return start, i, esc
+				return i, esc, "invalid escape in string"
 			}
 			i += n
 		case c < 0x20:
-			r.pos = i
-			r.fail("control character in string")
-			return start, i, esc
+			return i, esc, "control character in string"
 		default:
 			i++
 		}
@@ -565,40 +617,11 @@ func (r *Reader) Int() (v int64, isInt bool) {
 	return v, true
 }
 
-func (r *Reader) digits() int {
-	n := 0
-	for r.pos < len(r.buf) && r.buf[r.pos] >= '0' && r.buf[r.pos] <= '9' {
-		r.pos++
-		n++
-	}
-	return n
-}
-
 func (r *Reader) number() {
-	if r.buf[r.pos] == '-' {
-		r.pos++
-	}
-	if r.pos < len(r.buf) && r.buf[r.pos] == '0' {
-		r.pos++
-	} else if r.digits() == 0 {
+	i, ok := scanNumber(r.buf, r.pos)
+	r.pos = i
+	if !ok {
 		r.fail("invalid number")
-		return
-	}
-	if r.pos < len(r.buf) && r.buf[r.pos] == '.' {
-		r.pos++
-		if r.digits() == 0 {
-			r.fail("invalid number")
-			return
-		}
-	}
-	if r.pos < len(r.buf) && (r.buf[r.pos] == 'e' || r.buf[r.pos] == 'E') {
-		r.pos++
-		if r.pos < len(r.buf) && (r.buf[r.pos] == '+' || r.buf[r.pos] == '-') {
-			r.pos++
-		}
-		if r.digits() == 0 {
-			r.fail("invalid number")
-		}
 	}
 }
 
@@ -630,31 +653,213 @@ func (r *Reader) Null() bool {
 
 // Skip consumes one value of any kind, validating it, and returns its span.
 func (r *Reader) Skip() (start, end int) {
-	k := r.Peek()
-	start = r.pos
-	switch k {
-	case KindObject:
-		it := r.Object()
-		for _, ok := r.NextKey(&it); ok; _, ok = r.NextKey(&it) {
-			r.Skip()
-		}
-	case KindArray:
-		it := r.Array()
-		for r.NextElem(&it) {
-			r.Skip()
-		}
-	case KindString:
-		r.scanString()
-	case KindNumber:
-		r.number()
-	case KindBool:
-		r.Bool()
-	case KindNull:
-		r.literal("null")
-	default:
-		r.fail("expected a value")
+	if r.Peek() == KindInvalid {
+		return r.pos, r.pos
 	}
+	start = r.pos
+	if r.buf[start] == '"' {
+		// Strings are most of what is skipped; they need no nesting state.
+		r.scanString()
+		return start, r.pos
+	}
+	r.skipValue()
 	return start, r.pos
+}
+
+// skipValue consumes the value starting at r.pos, a non-space byte, as one
+// loop over the bytes with a depth counter, where walking it with Object,
+// NextKey and recursive calls would re-check the error, the iteration state
+// and the bounds at every token. It accepts exactly what that walk accepts
+// and fails with the same message at the same offset (FuzzSkip).
+func (r *Reader) skipValue() {
+	var (
+		b    = r.buf
+		i    = r.pos
+		base = r.depth
+		d    = base
+		// Bit d-base-1 is set when the container at depth d is an object;
+		// d-base never exceeds MaxDepth.
+		objs [MaxDepth / 64]uint64
+		msg  string
+		c    byte
+		ok   bool
+	)
+value:
+	if i < len(b) && b[i] <= ' ' {
+		i = skipWS(b, i)
+	}
+	if i >= len(b) {
+		msg = "unexpected end of input"
+		goto fail
+	}
+	switch c = b[i]; c {
+	case '"':
+		if i, _, msg = scanStr(b, i); msg != "" {
+			goto fail
+		}
+		i++
+	case '{', '[':
+		if d++; d > MaxDepth {
+			msg = "nesting too deep"
+			goto fail
+		}
+		k := uint(d - base - 1)
+		if c == '[' {
+			objs[k/64] &^= 1 << (k % 64)
+		} else {
+			objs[k/64] |= 1 << (k % 64)
+		}
+		i++
+		if i < len(b) && b[i] <= ' ' {
+			i = skipWS(b, i)
+		}
+		if i >= len(b) {
+			msg = "unexpected end of input"
+			goto fail
+		}
+		if b[i] == c+2 { // ']' and '}' follow their openers two bytes on
+			i++
+			d--
+			goto after
+		}
+		if c == '[' {
+			goto value
+		}
+		goto key
+	case 't', 'f', 'n':
+		if i, ok = skipLiteral(b, i); !ok {
+			msg = "invalid literal"
+			goto fail
+		}
+	default:
+		if kindOf[c] != KindNumber {
+			msg = "expected a value"
+			goto fail
+		}
+		if i, ok = scanNumber(b, i); !ok {
+			msg = "invalid number"
+			goto fail
+		}
+	}
+after:
+	if d == base {
+		r.pos = i
+		return
+	}
+	if i < len(b) && b[i] <= ' ' {
+		i = skipWS(b, i)
+	}
+	if i >= len(b) {
+		msg = "unexpected end of input"
+		goto fail
+	}
+	if k := uint(d - base - 1); objs[k/64]&(1<<(k%64)) != 0 {
+		switch b[i] {
+		case '}':
+			i++
+			d--
+			goto after
+		case ',':
+			i++
+			if i < len(b) && b[i] <= ' ' {
+				i = skipWS(b, i)
+			}
+			goto key
+		}
+		msg = "expected ',' or '}'"
+		goto fail
+	}
+	switch b[i] {
+	case ']':
+		i++
+		d--
+		goto after
+	case ',':
+		i++
+		goto value
+	}
+	msg = "expected ',' or ']'"
+	goto fail
+key:
+	if i >= len(b) || b[i] != '"' {
+		msg = "expected object key"
+		goto fail
+	}
+	if i, _, msg = scanStr(b, i); msg != "" {
+		goto fail
+	}
+	i++
+	if i < len(b) && b[i] <= ' ' {
+		i = skipWS(b, i)
+	}
+	if i >= len(b) || b[i] != ':' {
+		msg = "expected ':'"
+		goto fail
+	}
+	i++
+	goto value
+fail:
+	r.pos = i
+	r.depth = d
+	r.fail(msg)
+}
+
+// skipLiteral consumes the literal that b[i] ('t', 'f' or 'n') starts,
+// reporting false if it is not there.
+func skipLiteral(b []byte, i int) (int, bool) {
+	lit := "null"
+	switch b[i] {
+	case 't':
+		lit = "true"
+	case 'f':
+		lit = "false"
+	}
+	if len(b)-i >= len(lit) && string(b[i:i+len(lit)]) == lit {
+		return i + len(lit), true
+	}
+	return i, false
+}
+
+// scanNumber consumes the number starting at b[i] ('-' or a digit) and
+// returns the offset after it, or the offset where a digit is missing and
+// false.
+func scanNumber(b []byte, i int) (int, bool) {
+	if b[i] == '-' {
+		i++
+	}
+	if i < len(b) && b[i] == '0' {
+		i++
+	} else if j := skipDigits(b, i); j == i {
+		return i, false
+	} else {
+		i = j
+	}
+	if i < len(b) && b[i] == '.' {
+		j := skipDigits(b, i+1)
+		if j == i+1 {
+			return j, false
+		}
+		i = j
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		j := skipDigits(b, i)
+		if j == i {
+			return i, false
+		}
+		i = j
+	}
+	return i, true
+}
+
+func skipDigits(b []byte, i int) int {
+	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+		i++
+	}
+	return i
 }
 
 // EstimateValue consumes one value of any kind and adds its JSON text to c:

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"unicode/utf8"
 )
@@ -129,4 +131,79 @@ func FuzzReader(f *testing.F) {
 			}
 		}
 	})
+}
+
+// walkSkip consumes one value the way a caller walks a document, with
+// Object, NextKey, Array, NextElem and recursion: the definition Skip's
+// single loop must agree with, span and error alike.
+func walkSkip(r *Reader) (start, end int) {
+	k := r.Peek()
+	start = r.pos
+	switch k {
+	case KindObject:
+		it := r.Object()
+		for _, ok := r.NextKey(&it); ok; _, ok = r.NextKey(&it) {
+			walkSkip(r)
+		}
+	case KindArray:
+		it := r.Array()
+		for r.NextElem(&it) {
+			walkSkip(r)
+		}
+	case KindString:
+		r.RawString()
+	case KindNumber:
+		r.Int()
+	case KindBool:
+		r.Bool()
+	case KindNull:
+		r.Null()
+	}
+	return start, r.pos
+}
+
+// checkSkip compares Skip with walkSkip on b, from the top and from inside
+// an enclosing object (so the depth limit counts from a nonzero depth).
+func checkSkip(t *testing.T, b []byte) {
+	t.Helper()
+	for _, prefix := range []string{"", `{"k":`} {
+		doc := append([]byte(prefix), b...)
+		var got, want Reader
+		for _, r := range []*Reader{&got, &want} {
+			r.Reset(doc)
+			if prefix != "" {
+				it := r.Object()
+				r.NextKey(&it)
+			}
+		}
+		gs, ge := got.Skip()
+		ws, we := walkSkip(&want)
+		if gs != ws || ge != we || got.depth != want.depth && want.err == nil || fmt.Sprint(got.err) != fmt.Sprint(want.err) {
+			t.Fatalf("Skip(%q) = [%d,%d) depth %d err %v; walk = [%d,%d) depth %d err %v",
+				doc, gs, ge, got.depth, got.err, ws, we, want.depth, want.err)
+		}
+	}
+}
+
+var skipSeeds = []string{
+	`{"a":{"b":[1,{"c":"d"}],"e":[]},"f":{}}`, `[ 1 , 2 ]`, "{\n\t\"a\" :\r 1 }", `[1 2]`, `{"a":1 "b"}`,
+	`{"a":1,"b"`, `{"a":1,`, `{"a":1,}`, `[1,`, `[`, `{`, `{"a"`, `{"a":`, `{1:2}`, `[tru]`, `[nul]`,
+	`[fals]`, `[-]`, `[1.e5]`, `[1e+]`, `[0123]`, `{"a":"\u00zz"}`, `["\ud83d\ude00", "x\"y"]`, `[}`, `{]`,
+	`[[[]]`, `[{"a":[{"b":{}}]}]`, `[1,2,3,[4,5,[6]]]`, `{"a":[1,{"b":2},3],"c":{"d":[]}}  `,
+}
+
+func TestSkipMatchesWalk(t *testing.T) {
+	deep := strings.Repeat("[", MaxDepth) + strings.Repeat("]", MaxDepth)
+	objs := strings.Repeat(`{"a":`, MaxDepth-1) + "{}" + strings.Repeat("}", MaxDepth-1)
+	for _, s := range append(append(skipSeeds, jsonSeeds...), deep, deep[1:len(deep)-1], objs, "["+objs+"]") {
+		checkSkip(t, []byte(s))
+	}
+}
+
+// FuzzSkip holds Skip's loop to the walk it replaces.
+func FuzzSkip(f *testing.F) {
+	for _, s := range append(skipSeeds, jsonSeeds...) {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(checkSkip)
 }
