@@ -155,7 +155,10 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, req *extprocv3.Pro
 	var known bool
 	x.policy, known = x.cfg.Policy(x.tenant, x.routePolicy)
 	if !known {
-		x.s.log.Warn("route names an unknown policy; using the tenant's or default policy", "policy", x.routePolicy, "used", x.policy.Name)
+		// Route metadata is the operator's, so the names are few: warn once each.
+		if _, warned := x.s.unknownPolicies.LoadOrStore(x.routePolicy, true); !warned {
+			x.s.log.Warn("route names an unknown policy; using the tenant's or default policy", "policy", x.routePolicy, "used", x.policy.Name)
+		}
 	}
 
 	// x-tokenwarden-model is tokenwarden's to set: routes may match on it, so a

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -53,6 +54,8 @@ type Server struct {
 	idSeq    atomic.Uint64
 	budgets  *budgetCache
 	prefixes *prefixTracker
+	// unknownPolicies remembers route policy names already warned about.
+	unknownPolicies sync.Map
 }
 
 // NewServer returns a Server. It panics only on missing required options,
