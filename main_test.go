@@ -160,3 +160,21 @@ tenants:
 		t.Errorf("used ratios:\n%s", out.String())
 	}
 }
+
+// The configuration example in the README must stay a valid tokenwarden.yaml.
+func TestReadmeConfigExampleIsValid(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := bytes.Index(readme, []byte("```yaml\nstore:"))
+	if start < 0 {
+		t.Fatal("README has no tokenwarden.yaml example")
+	}
+	body := readme[start+len("```yaml\n"):]
+	end := bytes.Index(body, []byte("```"))
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"check-config", writeFile(t, string(body[:end]))}, &out, io.Discard); err != nil {
+		t.Fatalf("the README example does not validate: %v", err)
+	}
+}
