@@ -222,11 +222,27 @@ func (r *Reader) NextKey(it *Iter) (key []byte, ok bool) {
 		r.fail("expected object key")
 		return nil, false
 	}
-	end, esc, msg := scanStr(b, i)
-	if msg != "" {
-		r.pos = end
-		r.fail(msg)
-		return nil, false
+	var (
+		end int
+		esc bool
+	)
+	// Most keys are plain and shorter than a word: one load finds the
+	// closing quote without the call to the general scan.
+	if i+9 <= len(b) {
+		x := binary.LittleEndian.Uint64(b[i+1:])
+		if m := specialMask(x); m != 0 {
+			if n := bits.TrailingZeros64(m) >> 3; uint8(x>>(8*n)) == '"' {
+				end = i + 1 + n
+			}
+		}
+	}
+	if end == 0 {
+		var msg string
+		if end, esc, msg = scanStr(b, i); msg != "" {
+			r.pos = end
+			r.fail(msg)
+			return nil, false
+		}
 	}
 	key = b[i+1 : end]
 	if esc {
