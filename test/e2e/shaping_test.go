@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+
 	"github.com/tokenwarden/tokenwarden/envoy/sim"
 )
 
@@ -197,5 +199,45 @@ func TestPromptPrefixChangesAreCounted(t *testing.T) {
 	}
 	if got := s.total("tokenwarden_prompt_prefix_changes_total", "policy", "default"); got != 3 {
 		t.Fatalf("three changed prefixes counted %v", got)
+	}
+}
+
+// TestStreamedRequestBodyModes: with an Envoy filter configured to stream
+// request bodies, tokenwarden either asks for them whole (mode_override) or,
+// where overrides are not allowed, holds every chunk back and sends the whole
+// rewritten body with the last one — the provider gets the same bytes.
+func TestStreamedRequestBodyModes(t *testing.T) {
+	for _, allowOverride := range []bool{true, false} {
+		t.Run(fmt.Sprintf("allow_mode_override=%v", allowOverride), func(t *testing.T) {
+			s := newStack(t, stackOptions{
+				config: "policies: {default: {models: {aliases: {fast: claude-haiku-4-5}}}}\n",
+				filter: func(c *sim.Config) {
+					c.ProcessingMode.RequestBodyMode = extprocfilterv3.ProcessingMode_STREAMED
+					c.AllowModeOverride = allowOverride
+					c.Chunking = sim.Chunking{Size: 64} // many request chunks
+				},
+			})
+			body := `{"model":"fast","max_tokens":20,"messages":[{"role":"user","content":"` + strings.Repeat("a long question ", 40) + `"}]}`
+			x := s.do(context.Background(), 0, anthropicRequest(body))
+			if x.err != nil || x.resp.Status != 200 {
+				t.Fatalf("%v %+v %s", x.err, x.resp, x.body)
+			}
+			want := strings.Replace(body, `"model":"fast"`, `"model":"claude-haiku-4-5"`, 1)
+			if got := string(x.resp.UpstreamRequest().Body); got != want {
+				t.Fatalf("the provider got\n%s\nwant\n%s", got, want)
+			}
+			var chunks int
+			for _, e := range x.resp.Trace() {
+				if e.Kind == sim.EventSend && strings.HasPrefix(e.String(), "send request_body") {
+					chunks++
+				}
+			}
+			if allowOverride && chunks != 1 || !allowOverride && chunks < 2 {
+				t.Errorf("%d request body messages", chunks)
+			}
+			if e := s.mock.Provider().Ledger()[0]; e.Model != "claude-haiku-4-5" || !e.Complete {
+				t.Errorf("ledger %+v", e)
+			}
+		})
 	}
 }
