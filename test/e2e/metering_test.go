@@ -15,6 +15,8 @@ import (
 	"github.com/openai/openai-go/v3"
 	oaioption "github.com/openai/openai-go/v3/option"
 
+	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+
 	"github.com/tokenwarden/tokenwarden/envoy/gateway"
 	"github.com/tokenwarden/tokenwarden/envoy/sim"
 )
@@ -288,4 +290,71 @@ func TestOtherPathsPassThroughWithoutBodyProcessing(t *testing.T) {
 	if s.total("tokenwarden_requests_total", "dialect", "passthrough") != 1 {
 		t.Error("pass-through requests are counted")
 	}
+}
+
+// TestProviderErrorReleasesTheReservation: a provider error is passed to the
+// client as is, costs nothing (providers do not bill failed requests) and
+// frees the reservation.
+func TestProviderErrorReleasesTheReservation(t *testing.T) {
+	s := newStack(t, stackOptions{config: meteringConfig})
+	x := s.do(context.Background(), 0, anthropicRequest(budgetBody(false),
+		sim.Header{Name: "x-tenant-id", Value: "sdk"}, sim.Header{Name: "x-mock-status", Value: "529"}))
+	if x.err != nil || x.resp.Status != 529 || x.resp.LocalReply || !strings.Contains(string(x.body), "overloaded_error") {
+		t.Fatalf("%v %+v %s", x.err, x.resp, x.body)
+	}
+	s.waitSettled(t, "sdk")
+	if b := s.budget("sdk", "month"); b.Spent != 0 || b.Reserved != 0 {
+		t.Errorf("a failed request must cost nothing: %+v", b)
+	}
+	if s.total("tokenwarden_requests_total", "outcome", "upstream_error") != 1 || s.total("tokenwarden_provider_responses_total", "code", "529") != 1 {
+		t.Error("the provider error is counted")
+	}
+}
+
+// TestJSONResponseInStreamedMode: with the filter streaming response bodies
+// (no BUFFERED, no override), a JSON response arrives in chunks and is still
+// metered exactly.
+func TestJSONResponseInStreamedMode(t *testing.T) {
+	s := newStack(t, stackOptions{config: meteringConfig, filter: func(c *sim.Config) {
+		c.ProcessingMode.ResponseBodyMode = extprocfilterv3.ProcessingMode_STREAMED
+		c.Chunking = sim.Chunking{Size: 50}
+	}})
+	// The body trickles in after the headers, as a slow upstream's would, so
+	// Envoy sends it in several messages rather than one.
+	slow := sim.UpstreamFunc(func(ctx context.Context, r *sim.UpstreamRequest) (*sim.UpstreamResponse, error) {
+		resp, err := s.upstream.RoundTrip(ctx, r)
+		if err == nil && resp.Body != nil {
+			resp.Body = &trickle{ReadCloser: resp.Body}
+		}
+		return resp, err
+	})
+	resp, err := s.procs[0].filter.Do(context.Background(), anthropicRequest(budgetBody(false), sim.Header{Name: "x-tenant-id", Value: "sdk"}), slow)
+	if err != nil || resp.Status != 200 {
+		t.Fatalf("%v %+v", err, resp)
+	}
+	_, _ = io.ReadAll(resp.Body)
+	<-resp.Done()
+	x := exchange{resp: resp}
+	s.waitSettled(t, "sdk")
+	e := s.mock.Provider().Ledger()[0]
+	if got, want := s.budget("sdk", "month").Spent, expectedCost(t, "claude-sonnet-4-5", e.Reported); got != want {
+		t.Errorf("spent %d, want %d", got, want)
+	}
+	var chunks int
+	for _, ev := range x.resp.Trace() {
+		if ev.Kind == sim.EventSend && strings.HasPrefix(ev.String(), "send response_body") {
+			chunks++
+		}
+	}
+	if chunks < 2 {
+		t.Errorf("the JSON body came in %d messages; the test needs several", chunks)
+	}
+}
+
+// trickle returns at most 50 bytes per read, a millisecond apart.
+type trickle struct{ io.ReadCloser }
+
+func (t *trickle) Read(p []byte) (int, error) {
+	time.Sleep(time.Millisecond)
+	return t.ReadCloser.Read(p[:min(len(p), 50)])
 }
