@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"testing"
@@ -218,7 +219,11 @@ func TestStreamedRequestBodyModes(t *testing.T) {
 				},
 			})
 			body := `{"model":"fast","max_tokens":20,"messages":[{"role":"user","content":"` + strings.Repeat("a long question ", 40) + `"}]}`
-			x := s.do(context.Background(), 0, anthropicRequest(body))
+			req := anthropicRequest(body)
+			// The body trickles in after the headers, so Envoy streams it in
+			// several messages instead of coalescing it into one.
+			req.BodyStream = &trickle{io.NopCloser(strings.NewReader(body))}
+			x := s.do(context.Background(), 0, req)
 			if x.err != nil || x.resp.Status != 200 {
 				t.Fatalf("%v %+v %s", x.err, x.resp, x.body)
 			}
