@@ -112,6 +112,10 @@ var fastPathSeeds = []string{
 	"你好世界 привет 😀 mixed ascii and ünïcödé text of some length", "\xff\xfe\x80\xc0\xe0\xf0\xf8",
 	"\x00\x01\x1f control", "0123456789012345678901234567890123456789",
 	`{"a": [1, 2, {"b": "c\"d"}], "e": "f\\\\g"}`, "\\\\\\\\\\\\\\\"\"",
+	// \u00XX escapes: ASCII ones, taken in the word loop, next to their
+	// non-ASCII, malformed and truncated neighbours.
+	`if a \u003c b \u0026\u0026 c \u003E d {\u0009\u007f\u0000}`, `\u0080\u00ff\u00g0\u008`, `\u00`, `\u0`,
+	`x\u0041\u00zz`, `\u00\u0041\u1041\U0041`,
 }
 
 func TestFastPathMatchesReference(t *testing.T) {

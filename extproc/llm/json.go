@@ -471,17 +471,37 @@ func (r *Reader) EstimateString(c *TokenCounter) bool {
 					i += 8
 					continue
 				}
+				// Weigh the word in one go, escapes and all, when it has
+				// no control character, each quote in it is escaped, and
+				// each backslash but one in the last lane (left for the
+				// next word) opens a \n, \t, \r or \" within it. i never
+				// stops inside an escape, so the first lane opens
+				// nothing; a backslash after a backslash fails the test,
+				// as does any other escape, and goes the way below.
+				bs := lanesEqual(x, '\\')
+				if ^(x+lsb*(0x80-0x20))&msb|lanesEqual(x, '"')&^(bs<<8)|bs&^sameWeightEscapes(x>>8)&^(1<<63) == 0 {
+					u += asciiUnits(x, msb, 8-bits.OnesCount64(bs))
+					i += 8 - int(bs>>63)
+					continue
+				}
 				// m&-m is the high bit of the first special lane; the
 				// lanes below it are the plain prefix.
 				n := bits.TrailingZeros64(m) >> 3
 				u += asciiUnits(x, (m&-m-1)&msb, n)
 				i += n
-				// The common two-byte escapes are taken here, saving the
-				// way out to the byte-at-a-time switch and back.
+				// The common escapes are taken here, saving the way out
+				// to the byte-at-a-time switch and back: the two-byte
+				// ones, and the \u00XX that encoding/json writes for <, >
+				// and & (any ASCII code point weighs as its own byte).
 				if uint8(x>>(8*n)) == '\\' && i+1 < len(b) {
 					if w := shortEscapeWeight[b[i+1]]; w != 0 {
 						u += uint64(w)
 						i += 2
+						continue
+					}
+					if cp, ok := asciiUEscape(b, i); ok {
+						u += uint64(weight[cp])
+						i += 6
 						continue
 					}
 				}
@@ -533,6 +553,46 @@ func (r *Reader) EstimateString(c *TokenCounter) bool {
 		}
 	}
 }
+
+// sameWeightEscapes marks the lanes of y, all below 0x80, that hold n, t, r
+// or '"': escapes that weigh what the escaped byte itself weighs (3 for the
+// whitespace n, t and r stand for, as for letters; 6 for the quote), so
+// dropping their backslashes from a word leaves its decoded weight. \/ would
+// qualify too, but encoding/json never writes it, and testing for it would
+// keep this from being inlined.
+func sameWeightEscapes(y uint64) uint64 {
+	return lanesEqual(y, 'n') | lanesEqual(y, 't') | lanesEqual(y, 'r') | lanesEqual(y, '"')
+}
+
+// lanesEqual marks with its high bit each lane of x, all below 0x80, that
+// holds c: such lanes are the ones where x^c plus 0x7f stays below 0x80, and
+// as no lane overflows, no carry crosses into the next.
+func lanesEqual(x uint64, c byte) uint64 { return ^(x ^ lsb*uint64(c) + lsb*0x7f) & msb }
+
+// asciiUEscape decodes the escape at b[i] (a backslash) if it is a valid
+// \u00XX naming an ASCII code point, with one load for the fixed "\u00"
+// and a table lookup per hex digit.
+func asciiUEscape(b []byte, i int) (cp byte, ok bool) {
+	if i+6 > len(b) || binary.LittleEndian.Uint32(b[i:]) != '\\'|'u'<<8|'0'<<16|'0'<<24 {
+		return 0, false
+	}
+	hi, lo := hexDigit[b[i+4]], hexDigit[b[i+5]]
+	if hi > 7 || lo > 15 {
+		return 0, false
+	}
+	return hi<<4 | lo, true
+}
+
+// hexDigit is the value of each hex digit byte, 0xff for the rest.
+var hexDigit = func() (d [256]uint8) {
+	for c := range d {
+		d[c] = 0xff
+		if v := hexVal(byte(c)); v >= 0 {
+			d[c] = uint8(v)
+		}
+	}
+	return d
+}()
 
 // shortEscapeWeight is escapeWeight of each two-byte escape by its second
 // byte, 0 for the rest: the common escapes cost one lookup.
