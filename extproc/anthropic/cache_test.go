@@ -539,11 +539,6 @@ func TestInjectRecorded(t *testing.T) {
 			if again.InputTokens != parsed.InputTokens {
 				t.Errorf("%s: estimate %d after injection, %d before", rec.name, again.InputTokens, parsed.InputTokens)
 			}
-			fa, oka := PrefixFingerprint(in)
-			fb, okb := PrefixFingerprint(out)
-			if fa != fb || oka != okb {
-				t.Errorf("%s: fingerprint changed by injection", rec.name)
-			}
 			if opts.MinTokens == 0 && parsed.HasTools && res.Added == 0 {
 				t.Errorf("%s: nothing injected into a request with tools: %+v", rec.name, res)
 			}
@@ -629,11 +624,6 @@ func FuzzInjectCacheControl(f *testing.F) {
 		}
 		if rest := removeInserted(t, out, edits[:n]); !bytes.Equal(rest, body) {
 			t.Fatalf("bytes outside the insertions changed:\n in %s\nout %s", body, rest)
-		}
-		fa, _ := PrefixFingerprint(body)
-		fb, _ := PrefixFingerprint(out)
-		if fa != fb {
-			t.Fatalf("fingerprint changed by injection: %s", out)
 		}
 	})
 }
