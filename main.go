@@ -201,8 +201,8 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 
 // openStore builds the limiter store the config asks for: in-memory for one
 // replica, or Redis wrapped so that each policy's failure mode applies while
-// Redis is unreachable. direct returns the bare Redis store, for commands
-// that must read the shared state or fail, never a local stand-in.
+// Redis is unreachable. direct returns the bare Redis store (and no up), for
+// commands that must read the shared state or fail, never a local stand-in.
 func openStore(cfg config.Store, logger *slog.Logger, direct bool) (store limiter.Store, up func() bool, closeFn func(), err error) {
 	local := limiter.NewMemory(limiter.MemoryOptions{})
 	if !cfg.Shared() {
@@ -228,7 +228,7 @@ func openStore(cfg config.Store, logger *slog.Logger, direct bool) (store limite
 		return nil, nil, nil, err
 	}
 	if direct {
-		return primary, func() bool { return primary.Ping(context.Background()) == nil }, func() { client.Close() }, nil
+		return primary, nil, func() { client.Close() }, nil // one-shot commands do not watch health
 	}
 	res, err := limiter.NewResilient(limiter.ResilientOptions{Primary: primary, Local: local, Replicas: cfg.Replicas, Logger: logger})
 	if err != nil {
