@@ -167,7 +167,7 @@ func (x *exchange) admit() *extprocv3.ProcessingResponse {
 		Tokens:    x.estimate.RateLimitedTokens(),
 		Cost:      int64(x.estimateCost),
 		Budgets:   x.policy.LimiterBudgets(s.opts.Now()),
-		OnFailure: failurePolicy(x.policy.OnFailure),
+		OnFailure: limiter.FailurePolicy(x.policy.OnFailure),
 	})
 	m.StoreSeconds.WithLabelValues("admit").Observe(time.Since(start).Seconds())
 	if errors.Is(err, limiter.ErrInvalid) {
@@ -205,16 +205,6 @@ func (x *exchange) admit() *extprocv3.ProcessingResponse {
 	}
 	m.Admissions.WithLabelValues(tenantLabel, x.decisionTag).Inc()
 	return nil
-}
-
-func failurePolicy(p string) limiter.FailurePolicy {
-	switch p {
-	case config.FailClosed:
-		return limiter.FailClosed
-	case config.FailOpen:
-		return limiter.FailOpen
-	}
-	return limiter.FailLocal
 }
 
 // deny builds the 429: the dialect's error body, exact retry hints, the

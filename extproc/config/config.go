@@ -31,10 +31,11 @@ const DefaultPolicy = "default"
 const OtherLabel = "other"
 
 // Failure policies: what a policy does while the shared store is unreachable.
+// They are the limiter's own values, so a policy's string converts directly.
 const (
-	FailClosed = "closed" // deny with 503 and a clear error
-	FailOpen   = "open"   // admit; settle when the store is back
-	FailLocal  = "local"  // enforce this replica's share of every limit in memory
+	FailClosed = string(limiter.FailClosed) // deny with 503 and a clear error
+	FailOpen   = string(limiter.FailOpen)   // admit; settle when the store is back
+	FailLocal  = string(limiter.FailLocal)  // enforce this replica's share of every limit in memory
 )
 
 // Config is one compiled tokenwarden.yaml.
