@@ -108,9 +108,9 @@ func (x *exchange) handle(req *extprocv3.ProcessingRequest) (resp *extprocv3.Pro
 		// are the end of the response.
 		resp = responseTrailersResponse()
 		if !x.finished && x.parsed && !x.passThrough {
-			var md = x.finalUsage()
-			resp = withMetadata(resp, md.metadata)
-			after = md.settle
+			f := x.finalUsage()
+			resp = withMetadata(resp, f.metadata)
+			after = f.settle
 		}
 		return resp, after
 	default:

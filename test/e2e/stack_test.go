@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -333,4 +332,3 @@ func parallel(n, workers int, f func(i int)) {
 	wg.Wait()
 }
 
-func contains(s, sub string) bool { return strings.Contains(s, sub) }
