@@ -331,4 +331,3 @@ func parallel(n, workers int, f func(i int)) {
 	close(next)
 	wg.Wait()
 }
-
