@@ -36,9 +36,9 @@ import (
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/envoy/gateway"
 	"github.com/tokenwarden/tokenwarden/extproc"
-	"github.com/tokenwarden/tokenwarden/extproc/config"
-	"github.com/tokenwarden/tokenwarden/extproc/mockprovider"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
+	"github.com/tokenwarden/tokenwarden/test/mockprovider"
 )
 
 func main() {
@@ -154,7 +154,7 @@ func runCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	cfg, err := config.Parse(data)
+	cfg, err := policy.Parse(data)
 	if err != nil {
 		return fmt.Errorf("%s: %w", fs.Arg(0), err)
 	}
@@ -162,7 +162,7 @@ func runCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer
 	return nil
 }
 
-func storeKind(s config.Store) string {
+func storeKind(s policy.Store) string {
 	switch {
 	case len(s.RedisCluster) > 0:
 		return "redis cluster"
@@ -173,15 +173,15 @@ func storeKind(s config.Store) string {
 }
 
 // loadConfig reads --config, or the embedded defaults when it is empty.
-func loadConfig(path string) ([]byte, *config.Config, error) {
-	data := config.DefaultYAML()
+func loadConfig(path string) ([]byte, *policy.Config, error) {
+	data := policy.DefaultYAML()
 	if path != "" {
 		var err error
 		if data, err = os.ReadFile(path); err != nil {
 			return nil, nil, err
 		}
 	}
-	cfg, err := config.Parse(data)
+	cfg, err := policy.Parse(data)
 	if err != nil {
 		if path == "" {
 			path = "embedded defaults"
@@ -203,7 +203,7 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 // replica, or Redis wrapped so that each policy's failure mode applies while
 // Redis is unreachable. direct returns the bare Redis store (and no up), for
 // commands that must read the shared state or fail, never a local stand-in.
-func openStore(cfg config.Store, logger *slog.Logger, direct bool) (store limiter.Store, up func() bool, closeFn func(), err error) {
+func openStore(cfg policy.Store, logger *slog.Logger, direct bool) (store limiter.Store, up func() bool, closeFn func(), err error) {
 	local := limiter.NewMemory(limiter.MemoryOptions{})
 	if !cfg.Shared() {
 		return local, func() bool { return true }, func() {}, nil
@@ -270,7 +270,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer closeStore()
-	holder := config.NewHolder(cfg)
+	holder := policy.NewHolder(cfg)
 	srv := extproc.NewServer(extproc.Options{Config: holder, Store: store, Metrics: metrics, Logger: logger})
 
 	grpcLis, err := net.Listen("tcp", *grpcAddr)
@@ -299,7 +299,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		// lets this replica decide without it (open or local); a replica that
 		// would refuse everything is taken out of rotation instead.
 		Handler: extproc.AdminHandler(extproc.AdminOptions{Gatherer: reg, Ready: func(ctx context.Context) error {
-			if up() || holder.Load().Store.OnFailure != config.FailClosed {
+			if up() || holder.Load().Store.OnFailure != policy.FailClosed {
 				return nil
 			}
 			return errors.New("the shared store is unreachable and store.on_failure is closed")
@@ -318,11 +318,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}()
 	go watchStoreUp(ctx, up, metrics)
 	if *configPath != "" {
-		go config.Watch(ctx, config.WatchOptions{
+		go policy.Watch(ctx, policy.WatchOptions{
 			Read:     func() ([]byte, error) { return os.ReadFile(*configPath) },
 			Interval: *reloadEvery,
 			Initial:  data,
-			Apply: func(c *config.Config) {
+			Apply: func(c *policy.Config) {
 				if storeKind(c.Store) != storeKind(cfg.Store) || c.Store.Redis != cfg.Store.Redis {
 					logger.Warn("config reloaded; store settings change only on restart")
 				}

@@ -14,7 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/tokenwarden/tokenwarden/envoy/validate"
-	"github.com/tokenwarden/tokenwarden/extproc/config"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
 )
 
 // The parts of Kubernetes objects the checks read (no k8s.io/api dependency for a test).
@@ -268,7 +268,7 @@ func TestKustomize(t *testing.T) {
 	// The ConfigMap holds a tokenwarden.yaml the processor accepts, with the policies the
 	// Envoy and Istio configs select.
 	cm := get(t, objs, "ConfigMap/tokenwarden")
-	if _, err := config.Parse([]byte(cm.Data["tokenwarden.yaml"])); err != nil {
+	if _, err := policy.Parse([]byte(cm.Data["tokenwarden.yaml"])); err != nil {
 		t.Fatalf("ConfigMap tokenwarden.yaml: %v", err)
 	}
 	for _, policy := range []string{"default", "batch"} {

@@ -12,7 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
-	"github.com/tokenwarden/tokenwarden/extproc/config"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
@@ -36,7 +36,7 @@ func (x *exchange) admitRequest(body []byte) *extprocv3.ProcessingResponse {
 	var canonical string
 	var known bool
 	x.price, canonical, known = x.cfg.Prices.Lookup(model)
-	x.modelLabel = config.OtherLabel
+	x.modelLabel = policy.OtherLabel
 	if known {
 		x.modelLabel = canonical
 	}
@@ -196,7 +196,7 @@ func (x *exchange) admit() *extprocv3.ProcessingResponse {
 	}
 	x.admitted = true
 	switch {
-	case d.Degraded && x.policy.OnFailure == config.FailOpen:
+	case d.Degraded && x.policy.OnFailure == policy.FailOpen:
 		x.decisionTag = "failed_open"
 	case d.Degraded:
 		x.decisionTag = "local"
@@ -250,7 +250,7 @@ func (x *exchange) reject(code int, kind errorKind, dimension, msg, outcome stri
 	x.finished = true
 	model := x.modelLabel
 	if model == "" {
-		model = config.OtherLabel
+		model = policy.OtherLabel
 	}
 	x.s.opts.Metrics.Requests.WithLabelValues(x.dialect.name(), model, outcome).Inc()
 	if x.decisionTag == "none" {

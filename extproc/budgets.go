@@ -5,20 +5,20 @@ import (
 	"sync"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
-	"github.com/tokenwarden/tokenwarden/extproc/config"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
 // observeBudgets publishes the budget gauges for tenants named in the config
 // (other tenants would share one meaningless series) and remembers every
 // tenant's use for model downgrades.
-func (s *Server) observeBudgets(cfg *config.Config, tenant string, states []limiter.BudgetState) {
+func (s *Server) observeBudgets(cfg *policy.Config, tenant string, states []limiter.BudgetState) {
 	if len(states) == 0 {
 		return
 	}
 	s.budgets.store(tenant, states)
 	label := cfg.TenantLabel(tenant)
-	if label == config.OtherLabel {
+	if label == policy.OtherLabel {
 		return
 	}
 	m := s.opts.Metrics

@@ -8,12 +8,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/tokenwarden/tokenwarden/extproc/config"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
 func TestObserveBudgetsGaugesAndForecast(t *testing.T) {
-	cfg, err := config.Parse([]byte("tenants: {acme: {budgets: [{window: day, usd: 10}]}}\n"))
+	cfg, err := policy.Parse([]byte("tenants: {acme: {budgets: [{window: day, usd: 10}]}}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

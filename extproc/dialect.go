@@ -4,10 +4,10 @@ import (
 	"strings"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
-	"github.com/tokenwarden/tokenwarden/extproc/anthropic"
-	"github.com/tokenwarden/tokenwarden/extproc/config"
-	"github.com/tokenwarden/tokenwarden/extproc/llm"
-	"github.com/tokenwarden/tokenwarden/extproc/openai"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/anthropic"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/openai"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
 )
 
 // errorKind is a gateway-generated error, rendered in each dialect's shape.
@@ -24,18 +24,18 @@ const (
 // dialect is one provider wire format, chosen by the request path.
 type dialect interface {
 	name() string
-	parse(body []byte) (llm.Request, error)
+	parse(body []byte) (wire.Request, error)
 	setModel(body []byte, model string) ([]byte, error)
 	// prepare makes the provider-side changes every request of this dialect
 	// needs (OpenAI streams must report usage); changed=false means body is
 	// returned as is.
-	prepare(body []byte, req *llm.Request) (out []byte, changed bool, err error)
+	prepare(body []byte, req *wire.Request) (out []byte, changed bool, err error)
 	usageFromJSON(body []byte) (accounting.Usage, bool)
 	// injectCache adds prompt-cache breakpoints where the dialect has them.
-	injectCache(body []byte, model string, pc config.PromptCache) (out []byte, changed bool, err error)
+	injectCache(body []byte, model string, pc policy.PromptCache) (out []byte, changed bool, err error)
 	// prefixFingerprint hashes the stable prompt prefix (tools, system).
-	prefixFingerprint(body []byte, req *llm.Request) (uint64, bool)
-	newStreamParser() llm.StreamParser
+	prefixFingerprint(body []byte, req *wire.Request) (uint64, bool)
+	newStreamParser() wire.StreamParser
 	errorBody(kind errorKind, dimension, message string) []byte
 }
 
@@ -62,23 +62,23 @@ func dialectFor(path string) dialect {
 type anthropicWire struct{}
 
 func (anthropicWire) name() string                                { return "anthropic" }
-func (anthropicWire) parse(b []byte) (llm.Request, error)         { return anthropic.ParseRequest(b) }
+func (anthropicWire) parse(b []byte) (wire.Request, error)        { return anthropic.ParseRequest(b) }
 func (anthropicWire) setModel(b []byte, m string) ([]byte, error) { return anthropic.SetModel(b, m) }
-func (anthropicWire) prepare(b []byte, _ *llm.Request) ([]byte, bool, error) {
+func (anthropicWire) prepare(b []byte, _ *wire.Request) ([]byte, bool, error) {
 	return b, false, nil
 }
 func (anthropicWire) usageFromJSON(b []byte) (accounting.Usage, bool) {
 	u, _, ok := anthropic.UsageFromJSON(b)
 	return u, ok
 }
-func (anthropicWire) newStreamParser() llm.StreamParser { return anthropic.NewStreamParser() }
-func (anthropicWire) injectCache(b []byte, model string, pc config.PromptCache) ([]byte, bool, error) {
+func (anthropicWire) newStreamParser() wire.StreamParser { return anthropic.NewStreamParser() }
+func (anthropicWire) injectCache(b []byte, model string, pc policy.PromptCache) ([]byte, bool, error) {
 	out, res, err := anthropic.InjectCacheControl(b, anthropic.CacheOptions{TTL: pc.TTL, MinTokens: anthropic.DefaultMinCacheTokens(model)})
 	return out, res.Changed, err
 }
 
 // The parse already hashed system and tools on its single pass.
-func (anthropicWire) prefixFingerprint(_ []byte, req *llm.Request) (uint64, bool) {
+func (anthropicWire) prefixFingerprint(_ []byte, req *wire.Request) (uint64, bool) {
 	return req.PrefixFingerprint, req.HasPrefix
 }
 func (anthropicWire) errorBody(kind errorKind, _ string, msg string) []byte {
@@ -95,9 +95,9 @@ func (anthropicWire) errorBody(kind errorKind, _ string, msg string) []byte {
 type openaiWire struct{}
 
 func (openaiWire) name() string                                { return "openai" }
-func (openaiWire) parse(b []byte) (llm.Request, error)         { return openai.ParseRequest(b) }
+func (openaiWire) parse(b []byte) (wire.Request, error)        { return openai.ParseRequest(b) }
 func (openaiWire) setModel(b []byte, m string) ([]byte, error) { return openai.SetModel(b, m) }
-func (openaiWire) prepare(b []byte, req *llm.Request) ([]byte, bool, error) {
+func (openaiWire) prepare(b []byte, req *wire.Request) ([]byte, bool, error) {
 	if !req.Stream || req.StreamUsageRequested {
 		return b, false, nil
 	}
@@ -107,13 +107,13 @@ func (openaiWire) usageFromJSON(b []byte) (accounting.Usage, bool) {
 	u, _, ok := openai.UsageFromJSON(b)
 	return u, ok
 }
-func (openaiWire) newStreamParser() llm.StreamParser { return openai.NewStreamParser() }
+func (openaiWire) newStreamParser() wire.StreamParser { return openai.NewStreamParser() }
 
 // OpenAI caches prompt prefixes automatically; there is nothing to mark.
-func (openaiWire) injectCache(b []byte, _ string, _ config.PromptCache) ([]byte, bool, error) {
+func (openaiWire) injectCache(b []byte, _ string, _ policy.PromptCache) ([]byte, bool, error) {
 	return b, false, nil
 }
-func (openaiWire) prefixFingerprint(b []byte, _ *llm.Request) (uint64, bool) {
+func (openaiWire) prefixFingerprint(b []byte, _ *wire.Request) (uint64, bool) {
 	return openai.PrefixFingerprint(b)
 }
 func (openaiWire) errorBody(kind errorKind, dimension, msg string) []byte {

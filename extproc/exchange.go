@@ -9,8 +9,8 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
-	"github.com/tokenwarden/tokenwarden/extproc/config"
-	"github.com/tokenwarden/tokenwarden/extproc/llm"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
@@ -45,13 +45,13 @@ const (
 type exchange struct {
 	s   *Server
 	ctx context.Context
-	cfg *config.Config
+	cfg *policy.Config
 
 	dialect     dialect
 	passThrough bool
 	tenant      string
 	routePolicy string
-	policy      *config.Policy
+	policy      *policy.Policy
 	requestID   string
 	clientReqID string
 
@@ -59,7 +59,7 @@ type exchange struct {
 	reqBody         []byte
 
 	parsed         bool
-	req            llm.Request
+	req            wire.Request
 	requestedModel string
 	model          string
 	modelLabel     string
@@ -74,7 +74,7 @@ type exchange struct {
 	forwardedAt time.Time
 
 	status   int
-	parser   llm.StreamParser
+	parser   wire.StreamParser
 	respBody []byte
 	finished bool
 }
@@ -124,7 +124,7 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, req *extprocv3.Pro
 	var path, method string
 	var clientModelHeader bool
 	sources := x.cfg.Tenant.Sources
-	var found [config.MaxTenantSources]string
+	var found [policy.MaxTenantSources]string
 	for _, hv := range h.GetHeaders().GetHeaders() {
 		switch hv.Key {
 		case ":path":
@@ -172,7 +172,7 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, req *extprocv3.Pro
 	if x.dialect == nil || method != "POST" {
 		x.passThrough = true
 		x.finished = true
-		x.s.opts.Metrics.Requests.WithLabelValues("passthrough", config.OtherLabel, outcomeOK).Inc()
+		x.s.opts.Metrics.Requests.WithLabelValues("passthrough", policy.OtherLabel, outcomeOK).Inc()
 		return requestHeadersResponse(common(edits, nil, false, true), passThroughMode)
 	}
 	if h.GetEndOfStream() {
@@ -193,9 +193,9 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, req *extprocv3.Pro
 // tenantFromSource turns a source's header value into a tenant name that is
 // safe in store keys and logs: an API key becomes its fingerprint, and a
 // header value that is not a plain name is fingerprinted too.
-func tenantFromSource(src config.TenantSource, v string) string {
-	if src.APIKeyOf != "" || !config.ValidTenant(v) {
-		return config.Fingerprint(v)
+func tenantFromSource(src policy.TenantSource, v string) string {
+	if src.APIKeyOf != "" || !policy.ValidTenant(v) {
+		return policy.Fingerprint(v)
 	}
 	return v
 }

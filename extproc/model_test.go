@@ -3,8 +3,8 @@ package extproc
 import (
 	"testing"
 
-	"github.com/tokenwarden/tokenwarden/extproc/config"
-	"github.com/tokenwarden/tokenwarden/extproc/llm"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
@@ -25,7 +25,7 @@ policies:
 `
 
 func TestResolveModel(t *testing.T) {
-	cfg, err := config.Parse([]byte(modelPolicyYAML))
+	cfg, err := policy.Parse([]byte(modelPolicyYAML))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +34,7 @@ func TestResolveModel(t *testing.T) {
 	cases := []struct {
 		name       string
 		model      string
-		req        llm.Request
+		req        wire.Request
 		monthUsed  float64
 		want       string
 		wantReason string
@@ -44,10 +44,10 @@ func TestResolveModel(t *testing.T) {
 		{name: "alias", model: "fast", want: "claude-haiku-4-5", wantReason: "alias"},
 		{name: "not allowed", model: "llama-3", wantErr: true},
 		{name: "alias to an allowed model only", model: "gpt-4o", want: "gpt-4o"},
-		{name: "tier small without tools", model: "auto", req: llm.Request{InputTokens: 100}, want: "claude-haiku-4-5", wantReason: "tier"},
-		{name: "tier small with tools goes up", model: "auto", req: llm.Request{InputTokens: 100, HasTools: true}, want: "claude-sonnet-4-5", wantReason: "tier"},
-		{name: "tier medium", model: "auto", req: llm.Request{InputTokens: 5000}, want: "claude-sonnet-4-5", wantReason: "tier"},
-		{name: "tier large", model: "auto", req: llm.Request{InputTokens: 50000}, want: "claude-opus-4-5", wantReason: "tier"},
+		{name: "tier small without tools", model: "auto", req: wire.Request{InputTokens: 100}, want: "claude-haiku-4-5", wantReason: "tier"},
+		{name: "tier small with tools goes up", model: "auto", req: wire.Request{InputTokens: 100, HasTools: true}, want: "claude-sonnet-4-5", wantReason: "tier"},
+		{name: "tier medium", model: "auto", req: wire.Request{InputTokens: 5000}, want: "claude-sonnet-4-5", wantReason: "tier"},
+		{name: "tier large", model: "auto", req: wire.Request{InputTokens: 50000}, want: "claude-opus-4-5", wantReason: "tier"},
 		{name: "below the first downgrade", model: "claude-opus-4-5", monthUsed: 0.79, want: "claude-opus-4-5"},
 		{name: "at the first downgrade", model: "claude-opus-4-5", monthUsed: 0.80, want: "claude-sonnet-4-5", wantReason: "downgrade"},
 		{name: "sonnet untouched at 0.9", model: "claude-sonnet-4-5", monthUsed: 0.9, want: "claude-sonnet-4-5"},
@@ -98,15 +98,15 @@ func TestDialectForIgnoresQuery(t *testing.T) {
 }
 
 func TestTenantFromSource(t *testing.T) {
-	h := config.TenantSource{Header: "x-tenant-id"}
-	k := config.TenantSource{APIKeyOf: "x-api-key"}
+	h := policy.TenantSource{Header: "x-tenant-id"}
+	k := policy.TenantSource{APIKeyOf: "x-api-key"}
 	if got := tenantFromSource(h, "acme"); got != "acme" {
 		t.Errorf("a plain tenant header is used as is, got %q", got)
 	}
-	if got := tenantFromSource(h, "acme corp/{x}"); got == "acme corp/{x}" || !config.ValidTenant(got) {
+	if got := tenantFromSource(h, "acme corp/{x}"); got == "acme corp/{x}" || !policy.ValidTenant(got) {
 		t.Errorf("a tenant header with unsafe characters must be fingerprinted, got %q", got)
 	}
-	if got := tenantFromSource(k, "sk-secret"); got != config.Fingerprint("sk-secret") {
+	if got := tenantFromSource(k, "sk-secret"); got != policy.Fingerprint("sk-secret") {
 		t.Errorf("an API key must become its fingerprint, got %q", got)
 	}
 }

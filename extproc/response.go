@@ -10,7 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
-	"github.com/tokenwarden/tokenwarden/extproc/llm"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
@@ -96,7 +96,7 @@ func (x *exchange) finalUsage() finalized {
 	if u, ok := x.dialect.usageFromJSON(x.respBody); ok {
 		return x.complete(u, sourceMeasured, outcomeOK)
 	}
-	return x.complete(x.estimateWithoutUsage(llm.EstimateTokens(x.respBody)), sourceEstimated, outcomeUsageMissing)
+	return x.complete(x.estimateWithoutUsage(wire.EstimateTokens(x.respBody)), sourceEstimated, outcomeUsageMissing)
 }
 
 // estimateWithoutUsage is the charge for a request whose response says

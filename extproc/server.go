@@ -24,14 +24,14 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/tokenwarden/tokenwarden/extproc/config"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
 // Options configures a Server.
 type Options struct {
 	// Config publishes the current configuration; each request reads it once.
-	Config *config.Holder
+	Config *policy.Holder
 	// Store makes admission decisions. Required.
 	Store limiter.Store
 	// Metrics receives every observation. Required.

@@ -20,7 +20,7 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/envoy/gateway"
 	"github.com/tokenwarden/tokenwarden/envoy/sim"
-	"github.com/tokenwarden/tokenwarden/extproc/anthropic"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/anthropic"
 	"github.com/tokenwarden/tokenwarden/limiter/redistest"
 	"github.com/tokenwarden/tokenwarden/test/internal/procs"
 )

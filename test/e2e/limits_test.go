@@ -14,7 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenwarden/tokenwarden/envoy/sim"
-	"github.com/tokenwarden/tokenwarden/extproc/anthropic"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/anthropic"
 	"github.com/tokenwarden/tokenwarden/limiter/redistest"
 )
 

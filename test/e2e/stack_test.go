@@ -23,9 +23,9 @@ import (
 	"github.com/tokenwarden/tokenwarden/envoy/gateway"
 	"github.com/tokenwarden/tokenwarden/envoy/sim"
 	"github.com/tokenwarden/tokenwarden/extproc"
-	"github.com/tokenwarden/tokenwarden/extproc/config"
-	"github.com/tokenwarden/tokenwarden/extproc/mockprovider"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
+	"github.com/tokenwarden/tokenwarden/test/mockprovider"
 )
 
 type stackOptions struct {
@@ -48,7 +48,7 @@ type stack struct {
 	mock     *mockprovider.Server
 	upstream sim.Upstream
 	procs    []*proc
-	cfg      *config.Config
+	cfg      *policy.Config
 }
 
 // proc is one in-process `tokenwarden serve`: its own gRPC server, metrics
@@ -82,7 +82,7 @@ func newStack(t testing.TB, o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Parse([]byte(o.config))
+	cfg, err := policy.Parse([]byte(o.config))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func (s *stack) startProc(o stackOptions, store limiter.Store) *proc {
 	p.store = store
 	metrics := extproc.NewMetrics(p.reg)
 	p.srv = extproc.NewServer(extproc.Options{
-		Config: config.NewHolder(s.cfg), Store: store, Metrics: metrics,
+		Config: policy.NewHolder(s.cfg), Store: store, Metrics: metrics,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

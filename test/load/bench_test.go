@@ -12,7 +12,7 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/envoy/sim"
 	"github.com/tokenwarden/tokenwarden/extproc"
-	"github.com/tokenwarden/tokenwarden/extproc/config"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
@@ -21,12 +21,12 @@ import (
 // boundary in between.
 func inProcessServer(tb testing.TB) *extproc.Server {
 	tb.Helper()
-	cfg, err := config.Parse([]byte(TokenwardenConfig("", 100*time.Millisecond)))
+	cfg, err := policy.Parse([]byte(TokenwardenConfig("", 100*time.Millisecond)))
 	if err != nil {
 		tb.Fatal(err)
 	}
 	return extproc.NewServer(extproc.Options{
-		Config:  config.NewHolder(cfg),
+		Config:  policy.NewHolder(cfg),
 		Store:   limiter.NewMemory(limiter.MemoryOptions{}),
 		Metrics: extproc.NewMetrics(prometheus.NewRegistry()),
 		Logger:  slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),

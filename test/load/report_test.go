@@ -8,15 +8,15 @@ import (
 
 const goBenchOutput = `goos: linux
 goarch: amd64
-pkg: github.com/tokenwarden/tokenwarden/extproc/anthropic
+pkg: github.com/tokenwarden/tokenwarden/extproc/dialect/anthropic
 cpu: Intel(R) Xeon(R) Processor @ 2.80GHz
 BenchmarkParseRequest/2KB-2         	  121988	     11212 ns/op	 244.57 MB/s	     168 B/op	       3 allocs/op
 BenchmarkParseRequest/100KB-2       	    2846	    398595 ns/op	 258.01 MB/s	     168 B/op	       3 allocs/op
 BenchmarkParseRequest/200KB-2       	    1749	   1034857 ns/op	 198.18 MB/s	     168 B/op	       3 allocs/op
 time=2026-11-21T08:51:36.221Z level=ERROR msg="noise"
 PASS
-ok  	github.com/tokenwarden/tokenwarden/extproc/anthropic	4.757s
-pkg: github.com/tokenwarden/tokenwarden/extproc/openai
+ok  	github.com/tokenwarden/tokenwarden/extproc/dialect/anthropic	4.757s
+pkg: github.com/tokenwarden/tokenwarden/extproc/dialect/openai
 BenchmarkParseRequest/2KB-2         	   98770	     13097 ns/op
 BenchmarkParseRequest/100KB-2       	    2685	     47297 ns/op	     160 B/op	       9 allocs/op
 BenchmarkParseRequest/200KB-2       	    1414	     92182 ns/op	     160 B/op	      90 allocs/op
@@ -28,11 +28,11 @@ func TestParseGoBench(t *testing.T) {
 	if len(got) != 6 {
 		t.Fatalf("%d lines parsed, want 6: %+v", len(got), got)
 	}
-	want := BenchLine{Pkg: "github.com/tokenwarden/tokenwarden/extproc/anthropic", Name: "BenchmarkParseRequest/100KB", N: 2846, NsPerOp: 398595, BytesPerOp: 168, AllocsPerOp: 3}
+	want := BenchLine{Pkg: "github.com/tokenwarden/tokenwarden/extproc/dialect/anthropic", Name: "BenchmarkParseRequest/100KB", N: 2846, NsPerOp: 398595, BytesPerOp: 168, AllocsPerOp: 3}
 	if got[1] != want {
 		t.Errorf("line 1 = %+v, want %+v", got[1], want)
 	}
-	if o := got[3]; o.Pkg != "github.com/tokenwarden/tokenwarden/extproc/openai" || o.BytesPerOp != -1 || o.AllocsPerOp != -1 {
+	if o := got[3]; o.Pkg != "github.com/tokenwarden/tokenwarden/extproc/dialect/openai" || o.BytesPerOp != -1 || o.AllocsPerOp != -1 {
 		t.Errorf("a line without -benchmem columns: %+v", o)
 	}
 }
@@ -86,8 +86,8 @@ func TestTargetsVerdicts(t *testing.T) {
 		"saturation throughput (64 concurrent)":                  "met",        // 0.65×
 		"RSS with 1000 concurrent slow SSE streams":              "**missed**", // 120 MB
 		"Redis round trips per request (MONITOR, 1000 requests)": "met",
-		"parse a 100 KB body (extproc/anthropic)":                "**missed**", // 399 µs
-		"parse a 100 KB body (extproc/openai)":                   "**missed**", // 47 µs but allocs grow
+		"parse a 100 KB body (extproc/dialect/anthropic)":        "**missed**", // 399 µs
+		"parse a 100 KB body (extproc/dialect/openai)":           "**missed**", // 47 µs but allocs grow
 	}
 	for m, v := range want {
 		if verdicts[m] != v {

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenwarden/tokenwarden/extproc/config"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
 )
 
 // noopEnv makes the test binary serve the no-op floor instead of running
@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 
 func TestTokenwardenConfigParses(t *testing.T) {
 	for _, url := range []string{"", "redis://127.0.0.1:6390/0"} {
-		c, err := config.Parse([]byte(TokenwardenConfig(url, 100*time.Millisecond)))
+		c, err := policy.Parse([]byte(TokenwardenConfig(url, 100*time.Millisecond)))
 		if err != nil {
 			t.Fatalf("store %q: %v", url, err)
 		}

@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/envoy/sim"
-	"github.com/tokenwarden/tokenwarden/extproc/anthropic"
-	"github.com/tokenwarden/tokenwarden/extproc/llm"
-	"github.com/tokenwarden/tokenwarden/extproc/openai"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/anthropic"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/openai"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 )
 
 func TestWorkloadIsRealisticAndReproducible(t *testing.T) {
@@ -29,7 +29,7 @@ func TestWorkloadIsRealisticAndReproducible(t *testing.T) {
 		}
 		minSize, maxSize = min(minSize, len(s.Body)), max(maxSize, len(s.Body))
 		tenants[s.Tenant] = true
-		var req llm.Request
+		var req wire.Request
 		if s.OpenAI {
 			nOpenAI++
 			req, err = openai.ParseRequest(s.Body)
@@ -45,7 +45,7 @@ func TestWorkloadIsRealisticAndReproducible(t *testing.T) {
 		// The canned response must carry final usage the processor can read.
 		if s.SSE {
 			nSSE++
-			var p llm.StreamParser = anthropic.NewStreamParser()
+			var p wire.StreamParser = anthropic.NewStreamParser()
 			if s.OpenAI {
 				p = openai.NewStreamParser()
 			}

@@ -1,0 +1,165 @@
+package wire
+
+import "fmt"
+
+// Helpers the dialects' request parsers share. Each consumes exactly one
+// value from the Reader and returns a client-facing *RequestError when the
+// value has the wrong type; syntax errors are left in the Reader for Finish.
+
+// governed are the top-level keys whose value the gateway acts on. A second
+// occurrence is rejected: the provider would honour the last one while byte
+// editors and this parser see the first.
+var governed = [...]string{
+	"model", "max_tokens", "max_completion_tokens", "stream", "stream_options",
+	"messages", "system", "tools", "functions",
+}
+
+// KeySet records which governed top-level keys were seen. The zero value is
+// empty.
+type KeySet uint32
+
+// Add records key and fails if it is governed and already present.
+func (s *KeySet) Add(key []byte) error {
+	for i, g := range governed {
+		if string(key) == g {
+			if *s&(1<<i) != 0 {
+				return Invalid(g + ": duplicate key")
+			}
+			*s |= 1 << i
+			return nil
+		}
+	}
+	return nil
+}
+
+// ExpectObject checks that the body starts with a JSON object.
+func ExpectObject(r *Reader) error {
+	switch r.Peek() {
+	case KindObject:
+		return nil
+	case KindInvalid:
+		return Invalid("request body is not valid JSON")
+	}
+	return Invalid("request body must be a JSON object")
+}
+
+// ReadModel reads the required, non-empty model string.
+func ReadModel(r *Reader) (string, error) {
+	if r.Peek() != KindString {
+		return "", Invalid("model: must be a string")
+	}
+	m, _ := r.String()
+	if m == "" && r.Err() == nil {
+		return "", Invalid("model: must not be empty")
+	}
+	return m, nil
+}
+
+// ReadMaxTokens reads an optional non-negative integer; null reads as 0.
+func ReadMaxTokens(r *Reader, field string) (int64, error) {
+	if r.Null() {
+		return 0, nil
+	}
+	if r.Peek() != KindNumber {
+		return 0, Invalid(field + ": must be an integer")
+	}
+	v, isInt := r.Int()
+	if r.Err() != nil {
+		return 0, nil
+	}
+	if !isInt || v < 0 {
+		return 0, Invalid(field + ": must be a non-negative integer")
+	}
+	return v, nil
+}
+
+// ReadOptionalBool reads a boolean; null reads as false.
+func ReadOptionalBool(r *Reader, field string) (bool, error) {
+	if r.Null() {
+		return false, nil
+	}
+	if r.Peek() != KindBool {
+		return false, Invalid(field + ": must be a boolean")
+	}
+	v, _ := r.Bool()
+	return v, nil
+}
+
+// EstimateTools consumes a tool list (null reads as empty), calling each to
+// count one definition, and adds the per-tool and tool-prompt overheads. It
+// returns the number of tools.
+func EstimateTools(r *Reader, c *TokenCounter, each func(*Reader, *TokenCounter)) (int, error) {
+	if r.Null() {
+		return 0, nil
+	}
+	if r.Peek() != KindArray {
+		return 0, Invalid("tools: must be an array")
+	}
+	n := 0
+	it := r.Array()
+	for r.NextElem(&it) {
+		if r.Peek() != KindObject {
+			return n, Invalid(fmt.Sprintf("tools.%d: must be an object", n))
+		}
+		each(r, c)
+		c.AddTokens(ToolOverheadTokens)
+		n++
+	}
+	if n > 0 {
+		c.AddTokens(ToolPromptTokens)
+	}
+	return n, nil
+}
+
+// EstimateMessages consumes the messages array, adding the per-message
+// overhead, and calls member for each member of each message with the
+// Reader positioned at its value (member must consume it). It returns the
+// number of messages; member errors are prefixed with "messages.N".
+func EstimateMessages(r *Reader, c *TokenCounter, member func(r *Reader, c *TokenCounter, key []byte) error) (int, error) {
+	if r.Peek() != KindArray {
+		return 0, Invalid("messages: must be an array")
+	}
+	n := 0
+	it := r.Array()
+	for r.NextElem(&it) {
+		if r.Peek() != KindObject {
+			return n, Invalid(fmt.Sprintf("messages.%d: must be an object", n))
+		}
+		c.AddTokens(MessageOverheadTokens)
+		mit := r.Object()
+		for key, ok := r.NextKey(&mit); ok; key, ok = r.NextKey(&mit) {
+			if err := member(r, c, key); err != nil {
+				return n, Within(fmt.Sprintf("messages.%d", n), err)
+			}
+		}
+		n++
+	}
+	return n, nil
+}
+
+// Finish checks that the document ended cleanly and that the required
+// fields were present.
+func Finish(r *Reader, haveModel, haveMessages bool) error {
+	if !r.End() {
+		return Invalid("request body is not valid JSON: " + r.Err().Error())
+	}
+	if !haveModel {
+		return Invalid("model: field required")
+	}
+	if !haveMessages {
+		return Invalid("messages: field required")
+	}
+	return nil
+}
+
+// Fail returns err, or the Reader's syntax error if there is one: a type
+// complaint about a value that is not even JSON would mislead the client.
+func Fail(r *Reader, err error) error {
+	if r.Err() != nil {
+		return Invalid("request body is not valid JSON: " + r.Err().Error())
+	}
+	return err
+}
+
+// Slice returns a span of the buffer being read, as returned by Skip.
+func (r *Reader) Slice(start, end int) []byte { return r.buf[start:end] }

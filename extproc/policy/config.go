@@ -1,0 +1,665 @@
+// Package config turns tokenwarden.yaml into the compiled, immutable Config the
+// processor reads on every request. Parse validates everything up front and
+// names the first error by its path in the file (policies.batch.budgets[1].usd:
+// ...), so `tokenwarden check-config` and hot reload report the same thing.
+// A Config is never mutated after Parse; reload builds a new one and swaps it
+// in atomically (see Holder).
+package policy
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"math"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/limiter"
+)
+
+// DefaultPolicy is the policy used when neither the route nor the tenant
+// names one.
+const DefaultPolicy = "default"
+
+// OtherLabel is the metric label value for tenants and models that are not
+// named in the configuration, so label sets stay bounded.
+const OtherLabel = "other"
+
+// Failure policies: what a policy does while the shared store is unreachable.
+// They are the limiter's own values, so a policy's string converts directly.
+const (
+	FailClosed = string(limiter.FailClosed) // deny with 503 and a clear error
+	FailOpen   = string(limiter.FailOpen)   // admit; settle when the store is back
+	FailLocal  = string(limiter.FailLocal)  // enforce this replica's share of every limit in memory
+)
+
+// Config is one compiled tokenwarden.yaml.
+type Config struct {
+	Store  Store
+	Tenant Tenancy
+	Prices *accounting.PriceTable
+
+	policies map[string]*Policy
+	// effective holds every (tenant override × policy) combination, built
+	// once so the hot path does a map lookup and nothing else.
+	effective map[tenantPolicy]*Policy
+	tenants   map[string]*tenantConfig
+}
+
+type tenantPolicy struct{ tenant, policy string }
+
+type tenantConfig struct {
+	policy string
+}
+
+// Store is the shared-state configuration.
+type Store struct {
+	// Redis is a redis:// URL; empty with no RedisCluster means the in-memory
+	// store (one replica only).
+	Redis        string
+	RedisCluster []string
+	Timeout      time.Duration
+	OnFailure    string
+	Replicas     int
+}
+
+// Shared reports whether a Redis store is configured.
+func (s Store) Shared() bool { return s.Redis != "" || len(s.RedisCluster) > 0 }
+
+// Policy is everything that governs one request, after tenant overrides.
+type Policy struct {
+	Name              string
+	Limits            limiter.Limits
+	OutputReservation int64
+	Budgets           []Budget
+	OnFailure         string
+	Models            ModelPolicy
+	PromptCache       PromptCache
+}
+
+// Enforces reports whether admission has anything to check, so a policy with
+// no limits and no budgets costs no store round trip.
+func (p *Policy) Enforces() bool {
+	l := p.Limits
+	return l.RequestsPerMinute > 0 || l.TokensPerMinute > 0 || l.Concurrent > 0 || len(p.Budgets) > 0
+}
+
+// Budget is one dollar budget window of a policy.
+type Budget struct {
+	Window   accounting.WindowKind
+	Cap      accounting.NanoUSD
+	Location *time.Location
+	AlertAt  []float64
+	// Alerts are the nano-USD amounts matching AlertAt, plus the cap.
+	Alerts []int64
+}
+
+// ModelPolicy is the per-policy model governance.
+type ModelPolicy struct {
+	Allow     []string // glob patterns (path.Match); empty allows every model
+	Aliases   map[string]string
+	Downgrade []Downgrade // ascending by WhenBudgetUsed
+	Tiers     []Tier
+}
+
+// Allowed reports whether model matches the allow list.
+func (m ModelPolicy) Allowed(model string) bool {
+	if len(m.Allow) == 0 {
+		return true
+	}
+	for _, p := range m.Allow {
+		if ok, _ := path.Match(p, model); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// Downgrade rewrites From-matching models to To once the named budget window
+// (or the most used one when Window is empty) reaches WhenBudgetUsed.
+type Downgrade struct {
+	WhenBudgetUsed float64
+	Window         accounting.WindowKind
+	From           string
+	To             string
+}
+
+// Tier routes requests by size and shape to a model.
+type Tier struct {
+	MinInputTokens int64 // 0: no lower bound
+	MaxInputTokens int64 // 0: no upper bound
+	MaxOutput      int64 // 0: no bound on max_tokens
+	Tools          *bool // nil: either
+	From           string
+	Model          string
+}
+
+// PromptCache configures Anthropic cache_control injection.
+type PromptCache struct {
+	Inject bool
+	TTL    string // "5m" or "1h"
+}
+
+// MaxTenantSources bounds tenant.from, so the processor can look every
+// source up in one pass over the request headers with a fixed-size array.
+const MaxTenantSources = 8
+
+// Tenancy identifies the tenant of a request.
+type Tenancy struct {
+	Sources []TenantSource
+	Default string
+}
+
+// TenantSource is one place a tenant can come from; the first that yields a
+// value wins.
+type TenantSource struct {
+	Header   string // the header's value is the tenant
+	APIKeyOf string // the tenant is a fingerprint of this header's API key
+}
+
+// Fingerprint names the tenant behind an API key without storing the key: the
+// first 16 hex digits of its SHA-256, prefixed "key-". A "Bearer " prefix is
+// ignored so authorization and x-api-key yield the same tenant for one key.
+func Fingerprint(apiKey string) string {
+	apiKey = strings.TrimSpace(apiKey)
+	if len(apiKey) > 7 && strings.EqualFold(apiKey[:7], "bearer ") {
+		apiKey = strings.TrimSpace(apiKey[7:])
+	}
+	sum := sha256.Sum256([]byte(apiKey))
+	return "key-" + hex.EncodeToString(sum[:8])
+}
+
+// Policy returns the effective policy for a tenant on a route. routePolicy is
+// the name from the route's metadata ("" when the route names none); a client
+// has no way to set it. known is false when the route named a policy the
+// config does not define, in which case the tenant's or default policy is used.
+func (c *Config) Policy(tenant, routePolicy string) (p *Policy, known bool) {
+	known = true
+	name := routePolicy
+	if name != "" {
+		if _, ok := c.policies[name]; !ok {
+			known = false
+			name = ""
+		}
+	}
+	if name == "" {
+		if t, ok := c.tenants[tenant]; ok && t.policy != "" {
+			name = t.policy
+		} else {
+			name = DefaultPolicy
+		}
+	}
+	if p, ok := c.effective[tenantPolicy{tenant, name}]; ok {
+		return p, known
+	}
+	return c.policies[name], known
+}
+
+// TenantLabel bounds the tenant metric label to configured tenants.
+func (c *Config) TenantLabel(tenant string) string {
+	if _, ok := c.tenants[tenant]; ok {
+		return tenant
+	}
+	return OtherLabel
+}
+
+// Tenants lists the tenants named in the config, sorted.
+func (c *Config) Tenants() []string {
+	out := make([]string, 0, len(c.tenants))
+	for t := range c.tenants {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// PolicyNames lists the configured policies, sorted.
+func (c *Config) PolicyNames() []string {
+	out := make([]string, 0, len(c.policies))
+	for p := range c.policies {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Parse decodes and compiles a tokenwarden.yaml. Unknown fields are errors.
+func Parse(data []byte) (*Config, error) {
+	var f fileConfig
+	if err := yaml.UnmarshalStrict(data, &f); err != nil {
+		return nil, fmt.Errorf("tokenwarden.yaml: %w", err)
+	}
+	return compile(&f)
+}
+
+func compile(f *fileConfig) (*Config, error) {
+	c := &Config{
+		policies:  map[string]*Policy{},
+		effective: map[tenantPolicy]*Policy{},
+		tenants:   map[string]*tenantConfig{},
+	}
+	var err error
+	if c.Store, err = compileStore(f.Store); err != nil {
+		return nil, err
+	}
+	if c.Tenant, err = compileTenancy(f.Tenant); err != nil {
+		return nil, err
+	}
+	if c.Prices, err = compilePrices(f.Prices, f.FallbackPrice); err != nil {
+		return nil, err
+	}
+	if _, ok := f.Policies[DefaultPolicy]; !ok {
+		if f.Policies == nil {
+			f.Policies = map[string]policyFile{}
+		}
+		f.Policies[DefaultPolicy] = policyFile{}
+	}
+	for _, name := range sortedKeys(f.Policies) {
+		if !validName(name) {
+			return nil, fmt.Errorf("policies.%s: a policy name must be 1-64 letters, digits, '.', '_' or '-'", name)
+		}
+		p, err := compilePolicy("policies."+name, name, f.Policies[name], c.Store.OnFailure)
+		if err != nil {
+			return nil, err
+		}
+		c.policies[name] = p
+	}
+	for _, name := range sortedKeys(f.Tenants) {
+		at := "tenants." + name
+		if !validName(name) {
+			return nil, fmt.Errorf("%s: a tenant name must be 1-64 letters, digits, '.', '_' or '-'", at)
+		}
+		o := f.Tenants[name]
+		if o.Policy != "" {
+			if _, ok := c.policies[o.Policy]; !ok {
+				return nil, fmt.Errorf("%s.policy: no policy named %q", at, o.Policy)
+			}
+		}
+		c.tenants[name] = &tenantConfig{policy: o.Policy}
+		for pname, base := range c.policies {
+			eff, err := applyOverride(at, base, o)
+			if err != nil {
+				return nil, err
+			}
+			c.effective[tenantPolicy{name, pname}] = eff
+		}
+	}
+	return c, nil
+}
+
+func compileStore(s storeFile) (Store, error) {
+	out := Store{Redis: s.Redis, RedisCluster: s.RedisCluster, Timeout: s.Timeout.Duration, OnFailure: s.OnFailure, Replicas: s.Replicas}
+	if out.Redis != "" && len(out.RedisCluster) > 0 {
+		return out, fmt.Errorf("store: set either redis or redis_cluster, not both")
+	}
+	if out.Redis != "" && !strings.HasPrefix(out.Redis, "redis://") && !strings.HasPrefix(out.Redis, "rediss://") {
+		return out, fmt.Errorf("store.redis: %q is not a redis:// or rediss:// URL", out.Redis)
+	}
+	if !s.Timeout.set {
+		out.Timeout = 25 * time.Millisecond
+	}
+	if out.Timeout <= 0 || out.Timeout > 10*time.Second {
+		return out, fmt.Errorf("store.timeout: %s must be above 0 and at most 10s (it bounds every request's admission)", out.Timeout)
+	}
+	if out.OnFailure == "" {
+		out.OnFailure = FailLocal
+	}
+	if err := checkFailure("store.on_failure", out.OnFailure); err != nil {
+		return out, err
+	}
+	if out.Replicas == 0 {
+		out.Replicas = 1
+	}
+	if out.Replicas < 0 || out.Replicas > 1000 {
+		return out, fmt.Errorf("store.replicas: %d must be between 1 and 1000", out.Replicas)
+	}
+	return out, nil
+}
+
+func checkFailure(at, v string) error {
+	switch v {
+	case FailClosed, FailOpen, FailLocal:
+		return nil
+	}
+	return fmt.Errorf("%s: %q is not one of closed, open, local", at, v)
+}
+
+func compileTenancy(t tenantFile) (Tenancy, error) {
+	out := Tenancy{Default: t.Default}
+	if out.Default == "" {
+		out.Default = "anonymous"
+	}
+	if !validName(out.Default) {
+		return out, fmt.Errorf("tenant.default: %q must be 1-64 letters, digits, '.', '_' or '-'", out.Default)
+	}
+	if len(t.From) > MaxTenantSources {
+		return out, fmt.Errorf("tenant.from: %d sources; at most %d", len(t.From), MaxTenantSources)
+	}
+	for i, s := range t.From {
+		at := fmt.Sprintf("tenant.from[%d]", i)
+		switch {
+		case s.Header != "" && s.APIKeyOf != "":
+			return out, fmt.Errorf("%s: set either header or api_key_of, not both", at)
+		case s.Header != "":
+			out.Sources = append(out.Sources, TenantSource{Header: strings.ToLower(s.Header)})
+		case s.APIKeyOf != "":
+			out.Sources = append(out.Sources, TenantSource{APIKeyOf: strings.ToLower(s.APIKeyOf)})
+		default:
+			return out, fmt.Errorf("%s: set header or api_key_of", at)
+		}
+	}
+	if len(t.From) == 0 {
+		out.Sources = []TenantSource{{Header: "x-tenant-id"}}
+	}
+	return out, nil
+}
+
+func compilePrices(prices map[string]accounting.USDPerMTok, fallback *accounting.USDPerMTok) (*accounting.PriceTable, error) {
+	opts := accounting.PriceTableOptions{Overrides: map[string]accounting.Price{}, Fallback: accounting.DefaultFallback()}
+	for _, model := range sortedKeys(prices) {
+		p, err := prices[model].Price()
+		if err != nil {
+			return nil, fmt.Errorf("prices.%s: %w", model, err)
+		}
+		opts.Overrides[model] = p
+	}
+	if fallback != nil {
+		p, err := fallback.Price()
+		if err != nil {
+			return nil, fmt.Errorf("fallback_price: %w", err)
+		}
+		opts.Fallback = p
+	}
+	t, err := accounting.NewPriceTable(opts)
+	if err != nil {
+		return nil, fmt.Errorf("prices: %w", err)
+	}
+	return t, nil
+}
+
+func compilePolicy(at, name string, p policyFile, storeFailure string) (*Policy, error) {
+	out := &Policy{Name: name, OnFailure: p.OnFailure, OutputReservation: 4096}
+	if out.OnFailure == "" {
+		out.OnFailure = storeFailure
+	}
+	if err := checkFailure(at+".on_failure", out.OnFailure); err != nil {
+		return nil, err
+	}
+	if p.OutputReservation != nil {
+		if *p.OutputReservation < 0 {
+			return nil, fmt.Errorf("%s.output_reservation: %d is negative", at, *p.OutputReservation)
+		}
+		out.OutputReservation = *p.OutputReservation
+	}
+	var err error
+	if out.Limits, err = compileLimits(at+".limits", limiter.Limits{}, p.Limits); err != nil {
+		return nil, err
+	}
+	if out.Budgets, err = compileBudgets(at+".budgets", p.Budgets); err != nil {
+		return nil, err
+	}
+	if p.Models != nil {
+		if out.Models, err = compileModels(at+".models", *p.Models); err != nil {
+			return nil, err
+		}
+	}
+	if p.PromptCache != nil {
+		if out.PromptCache, err = compileCache(at+".prompt_cache", *p.PromptCache); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func compileLimits(at string, base limiter.Limits, l limitsFile) (limiter.Limits, error) {
+	out := base
+	set := func(name string, dst *int64, v *int64) error {
+		if v == nil {
+			return nil
+		}
+		if *v < 0 {
+			return fmt.Errorf("%s.%s: %d is negative (0 means unlimited)", at, name, *v)
+		}
+		*dst = *v
+		return nil
+	}
+	if err := set("requests_per_minute", &out.RequestsPerMinute, l.RequestsPerMinute); err != nil {
+		return out, err
+	}
+	if err := set("tokens_per_minute", &out.TokensPerMinute, l.TokensPerMinute); err != nil {
+		return out, err
+	}
+	if err := set("concurrent", &out.Concurrent, l.Concurrent); err != nil {
+		return out, err
+	}
+	if l.Burst != nil {
+		if *l.Burst <= 0 || *l.Burst > 1 {
+			return out, fmt.Errorf("%s.burst: %v must be in (0, 1]", at, *l.Burst)
+		}
+		out.Burst = *l.Burst
+	}
+	if l.LeaseTTL.set {
+		if l.LeaseTTL.Duration < time.Second {
+			return out, fmt.Errorf("%s.lease_ttl: %s is shorter than 1s", at, l.LeaseTTL.Duration)
+		}
+		out.LeaseTTL = l.LeaseTTL.Duration
+	}
+	return out, nil
+}
+
+func compileBudgets(at string, in []budgetFile) ([]Budget, error) {
+	var out []Budget
+	seen := map[accounting.WindowKind]bool{}
+	for i, b := range in {
+		bat := fmt.Sprintf("%s[%d]", at, i)
+		kind, err := accounting.ParseWindowKind(b.Window)
+		if err != nil {
+			return nil, fmt.Errorf("%s.window: %w", bat, err)
+		}
+		if seen[kind] {
+			return nil, fmt.Errorf("%s.window: a second %s budget; one budget per window", bat, kind)
+		}
+		seen[kind] = true
+		if b.USD == nil || *b.USD <= 0 {
+			return nil, fmt.Errorf("%s.usd: a budget needs a positive amount in USD", bat)
+		}
+		capNano := math.Round(*b.USD * 1e9)
+		if capNano > float64(limiter.MaxCost) {
+			return nil, fmt.Errorf("%s.usd: %v is above the largest budget, %d USD", bat, *b.USD, limiter.MaxCost/1e9)
+		}
+		loc := time.UTC
+		if b.Timezone != "" {
+			if loc, err = time.LoadLocation(b.Timezone); err != nil {
+				return nil, fmt.Errorf("%s.timezone: %w", bat, err)
+			}
+		}
+		if err := accounting.ValidateAlertRatios(b.AlertAt); err != nil {
+			return nil, fmt.Errorf("%s.alert_at: %w", bat, err)
+		}
+		cp := accounting.NanoUSD(capNano)
+		amounts := accounting.AlertAmounts(cp, b.AlertAt)
+		alerts := make([]int64, len(amounts))
+		for j, a := range amounts {
+			alerts[j] = int64(a)
+		}
+		out = append(out, Budget{Window: kind, Cap: cp, Location: loc, AlertAt: append([]float64(nil), b.AlertAt...), Alerts: alerts})
+	}
+	return out, nil
+}
+
+func compileModels(at string, m modelsFile) (ModelPolicy, error) {
+	out := ModelPolicy{Allow: m.Allow, Aliases: m.Aliases}
+	for i, p := range m.Allow {
+		if _, err := path.Match(p, ""); err != nil {
+			return out, fmt.Errorf("%s.allow[%d]: bad pattern %q: %w", at, i, p, err)
+		}
+	}
+	for alias, target := range m.Aliases {
+		if alias == "" || target == "" {
+			return out, fmt.Errorf("%s.aliases: empty alias or target", at)
+		}
+	}
+	for i, d := range m.Downgrade {
+		dat := fmt.Sprintf("%s.downgrade[%d]", at, i)
+		if d.WhenBudgetUsed <= 0 || d.WhenBudgetUsed > 1 {
+			return out, fmt.Errorf("%s.when_budget_used: %v must be a ratio in (0, 1]", dat, d.WhenBudgetUsed)
+		}
+		if d.From == "" || d.To == "" {
+			return out, fmt.Errorf("%s: from and to are required", dat)
+		}
+		if _, err := path.Match(d.From, ""); err != nil {
+			return out, fmt.Errorf("%s.from: bad pattern %q: %w", dat, d.From, err)
+		}
+		var kind accounting.WindowKind
+		if d.Window != "" {
+			k, err := accounting.ParseWindowKind(d.Window)
+			if err != nil {
+				return out, fmt.Errorf("%s.window: %w", dat, err)
+			}
+			kind = k
+		}
+		out.Downgrade = append(out.Downgrade, Downgrade{WhenBudgetUsed: d.WhenBudgetUsed, Window: kind, From: d.From, To: d.To})
+	}
+	// Highest threshold first, so the strongest applicable downgrade wins.
+	sort.SliceStable(out.Downgrade, func(i, j int) bool {
+		return out.Downgrade[i].WhenBudgetUsed > out.Downgrade[j].WhenBudgetUsed
+	})
+	for i, t := range m.Tiers {
+		tat := fmt.Sprintf("%s.tiers[%d]", at, i)
+		if t.Model == "" {
+			return out, fmt.Errorf("%s.model: required", tat)
+		}
+		tier := Tier{Tools: t.Tools, From: t.From, Model: t.Model}
+		if t.From != "" {
+			if _, err := path.Match(t.From, ""); err != nil {
+				return out, fmt.Errorf("%s.from: bad pattern %q: %w", tat, t.From, err)
+			}
+		}
+		if t.MinInputTokens != nil {
+			tier.MinInputTokens = *t.MinInputTokens
+		}
+		if t.MaxInputTokens != nil {
+			tier.MaxInputTokens = *t.MaxInputTokens
+		}
+		if t.MaxOutput != nil {
+			tier.MaxOutput = *t.MaxOutput
+		}
+		if tier.MaxInputTokens > 0 && tier.MinInputTokens > tier.MaxInputTokens {
+			return out, fmt.Errorf("%s: min_input_tokens is above max_input_tokens", tat)
+		}
+		out.Tiers = append(out.Tiers, tier)
+	}
+	return out, nil
+}
+
+func compileCache(at string, c cacheFile) (PromptCache, error) {
+	out := PromptCache{Inject: c.Inject, TTL: c.TTL}
+	if out.TTL == "" {
+		out.TTL = "5m"
+	}
+	if out.TTL != "5m" && out.TTL != "1h" {
+		return out, fmt.Errorf("%s.ttl: %q is not 5m or 1h", at, c.TTL)
+	}
+	return out, nil
+}
+
+// applyOverride layers a tenant's overrides on a policy: set limit fields
+// replace the policy's, a budget for a window replaces the policy's budget for
+// that window, and budgets for other windows are added.
+func applyOverride(at string, base *Policy, o tenantOverride) (*Policy, error) {
+	eff := *base
+	if o.Limits != nil {
+		l, err := compileLimits(at+".limits", base.Limits, *o.Limits)
+		if err != nil {
+			return nil, err
+		}
+		eff.Limits = l
+	}
+	if len(o.Budgets) > 0 {
+		tb, err := compileBudgets(at+".budgets", o.Budgets)
+		if err != nil {
+			return nil, err
+		}
+		merged := make([]Budget, 0, len(base.Budgets)+len(tb))
+		for _, b := range base.Budgets {
+			replaced := false
+			for _, t := range tb {
+				if t.Window == b.Window {
+					replaced = true
+				}
+			}
+			if !replaced {
+				merged = append(merged, b)
+			}
+		}
+		eff.Budgets = append(merged, tb...)
+		sort.SliceStable(eff.Budgets, func(i, j int) bool { return windowOrder(eff.Budgets[i].Window) < windowOrder(eff.Budgets[j].Window) })
+	}
+	if o.PromptCache != nil {
+		pc, err := compileCache(at+".prompt_cache", *o.PromptCache)
+		if err != nil {
+			return nil, err
+		}
+		eff.PromptCache = pc
+	}
+	return &eff, nil
+}
+
+func windowOrder(k accounting.WindowKind) int {
+	switch k {
+	case accounting.Day:
+		return 0
+	case accounting.Week:
+		return 1
+	}
+	return 2
+}
+
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidTenant reports whether a tenant value taken from a header can be used
+// as is (it becomes part of store keys and logs).
+func ValidTenant(s string) bool { return validName(s) }
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// LimiterBudgets returns the policy's budgets as the store takes them: each
+// with its previous, current and next calendar window around now in the
+// budget's time zone, so the store can pick the current one by its own clock.
+func (p *Policy) LimiterBudgets(now time.Time) []limiter.Budget {
+	if len(p.Budgets) == 0 {
+		return nil
+	}
+	out := make([]limiter.Budget, len(p.Budgets))
+	for i, b := range p.Budgets {
+		ws := accounting.WindowsAround(b.Window, b.Location, now)
+		out[i] = limiter.Budget{Name: string(b.Window), Cap: int64(b.Cap), Alerts: b.Alerts}
+		for j := range ws {
+			out[i].Windows[j] = limiter.Window{Start: ws[j][0], End: ws[j][1]}
+		}
+	}
+	return out
+}

@@ -1,0 +1,249 @@
+package policy
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/accounting"
+)
+
+const full = `
+store:
+  redis: redis://127.0.0.1:6379/0
+  timeout: 30ms
+  on_failure: local
+  replicas: 3
+tenant:
+  from:
+    - header: X-Tenant-ID
+    - api_key_of: x-api-key
+  default: anon
+policies:
+  default:
+    limits: {requests_per_minute: 600, tokens_per_minute: 400000, concurrent: 32}
+    budgets:
+      - {window: day, usd: 50, timezone: UTC, alert_at: [0.8, 0.95]}
+      - {window: month, usd: 1000}
+    models:
+      allow: ["claude-*", "gpt-*"]
+      aliases: {fast: claude-haiku-4-5}
+      downgrade:
+        - {when_budget_used: 0.8, from: "claude-opus-*", to: claude-sonnet-4-5}
+        - {when_budget_used: 0.95, from: "claude-*", to: claude-haiku-4-5}
+    prompt_cache: {inject: true, ttl: 1h}
+  batch:
+    limits: {requests_per_minute: 60}
+    on_failure: closed
+    output_reservation: 1024
+tenants:
+  acme:
+    policy: batch
+    limits: {concurrent: 4}
+    budgets: [{window: month, usd: 5000}, {window: week, usd: 300, timezone: Europe/Berlin}]
+prices:
+  claude-sonnet-4-5: {input: 3, output: 15, cache_write_5m: 3.75, cache_write_1h: 6, cache_read: 0.30}
+  my-llama: {input: 0.2, output: 0.6}
+`
+
+func TestParseFull(t *testing.T) {
+	c, err := Parse([]byte(full))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Store.Timeout != 30*time.Millisecond || c.Store.Replicas != 3 || !c.Store.Shared() {
+		t.Errorf("store = %+v", c.Store)
+	}
+	if c.Tenant.Sources[0].Header != "x-tenant-id" || c.Tenant.Default != "anon" {
+		t.Errorf("tenant = %+v", c.Tenant)
+	}
+
+	p, known := c.Policy("someone", "")
+	if !known || p.Name != "default" || p.Limits.RequestsPerMinute != 600 || len(p.Budgets) != 2 {
+		t.Fatalf("default policy = %+v", p)
+	}
+	if p.Budgets[0].Cap != 50_000_000_000 || len(p.Budgets[0].Alerts) != 3 {
+		t.Errorf("day budget = %+v", p.Budgets[0])
+	}
+	if p.Models.Downgrade[0].WhenBudgetUsed != 0.95 {
+		t.Errorf("downgrades must be ordered strongest first: %+v", p.Models.Downgrade)
+	}
+	if !p.PromptCache.Inject || p.PromptCache.TTL != "1h" {
+		t.Errorf("prompt cache = %+v", p.PromptCache)
+	}
+
+	// acme's own policy is batch; the override replaces concurrency and the
+	// month budget, adds a week budget, and keeps the rest.
+	a, _ := c.Policy("acme", "")
+	if a.Name != "batch" || a.Limits.RequestsPerMinute != 60 || a.Limits.Concurrent != 4 || a.OnFailure != FailClosed || a.OutputReservation != 1024 {
+		t.Errorf("acme policy = %+v", a)
+	}
+	if len(a.Budgets) != 2 || a.Budgets[0].Window != accounting.Week || a.Budgets[1].Cap != 5000_000_000_000 {
+		t.Errorf("acme budgets = %+v", a.Budgets)
+	}
+	if a.Budgets[0].Location.String() != "Europe/Berlin" {
+		t.Errorf("week budget timezone = %s", a.Budgets[0].Location)
+	}
+	// The route's policy wins over the tenant's; an unknown route policy is
+	// reported and falls back.
+	ad, known := c.Policy("acme", "default")
+	if !known || ad.Name != "default" || ad.Limits.Concurrent != 4 {
+		t.Errorf("acme on a default route = %+v", ad)
+	}
+	if _, known := c.Policy("acme", "nope"); known {
+		t.Error("an unknown route policy must be reported")
+	}
+	if c.TenantLabel("acme") != "acme" || c.TenantLabel("random") != OtherLabel {
+		t.Error("tenant labels must be bounded to configured tenants")
+	}
+
+	price, canonical, known := c.Prices.Lookup("my-llama")
+	if !known || canonical != "my-llama" || price.Input != 200 || price.Output != 600 {
+		t.Errorf("price override = %+v %q %v", price, canonical, known)
+	}
+}
+
+func TestDefaultsEmbeddedParse(t *testing.T) {
+	c, err := Parse(DefaultYAML())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := c.Policy("anonymous", "")
+	if !p.Enforces() || c.Store.Shared() {
+		t.Errorf("embedded default: policy %+v store %+v", p, c.Store)
+	}
+	empty, err := Parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := empty.Policy("x", ""); p == nil || p.Enforces() {
+		t.Errorf("an empty file must yield an unlimited default policy, got %+v", p)
+	}
+}
+
+func TestParseErrorsNameThePath(t *testing.T) {
+	cases := []struct {
+		name, yaml, want string
+	}{
+		{"unknown field", "store: {redis: redis://x, timout: 1s}", `unknown field "timout"`},
+		{"bad window", "policies: {default: {budgets: [{window: fortnight, usd: 5}]}}", "policies.default.budgets[0].window"},
+		{"huge usd", "policies: {default: {budgets: [{window: day, usd: 2e9}]}}", "policies.default.budgets[0].usd: 2e+09 is above the largest budget"},
+		{"missing usd", "policies: {default: {budgets: [{window: day}]}}", "policies.default.budgets[0].usd"},
+		{"duplicate window", "policies: {default: {budgets: [{window: day, usd: 1}, {window: day, usd: 2}]}}", "policies.default.budgets[1].window"},
+		{"bad timezone", "policies: {p: {budgets: [{window: day, usd: 1, timezone: Mars/Olympus}]}}", "policies.p.budgets[0].timezone"},
+		{"bad alert", "policies: {p: {budgets: [{window: day, usd: 1, alert_at: [1.5]}]}}", "policies.p.budgets[0].alert_at: alert ratio 1.5"},
+		{"negative limit", "policies: {p: {limits: {requests_per_minute: -1}}}", "policies.p.limits.requests_per_minute"},
+		{"bad burst", "policies: {p: {limits: {burst: 2}}}", "policies.p.limits.burst"},
+		{"bad failure", "store: {on_failure: maybe}", "store.on_failure"},
+		{"policy failure", "policies: {p: {on_failure: sometimes}}", "policies.p.on_failure"},
+		{"bad redis url", "store: {redis: 127.0.0.1:6379}", "store.redis"},
+		{"timeout too long", "store: {timeout: 1m}", "store.timeout"},
+		{"bad duration", "store: {timeout: soon}", "soon"},
+		{"tenant unknown policy", "tenants: {acme: {policy: gold}}", "tenants.acme.policy"},
+		{"tenant bad name", "tenants: {'a b': {}}", "tenants.a b"},
+		{"tenant override error", "tenants: {acme: {budgets: [{window: year, usd: 1}]}}", "tenants.acme.budgets[0].window"},
+		{"too many sources", "tenant: {from: [{header: a}, {header: b}, {header: c}, {header: d}, {header: e}, {header: f}, {header: g}, {header: h}, {header: i}]}", "tenant.from: 9 sources"},
+		{"source both", "tenant: {from: [{header: a, api_key_of: b}]}", "tenant.from[0]"},
+		{"price missing output", "prices: {m: {input: 1}}", "prices.m"},
+		{"price inexact", "prices: {m: {input: 0.0001, output: 1}}", "prices.m"},
+		{"downgrade ratio", "policies: {p: {models: {downgrade: [{when_budget_used: 0, from: a, to: b}]}}}", "policies.p.models.downgrade[0].when_budget_used"},
+		{"cache ttl", "policies: {p: {prompt_cache: {inject: true, ttl: 2h}}}", "policies.p.prompt_cache.ttl"},
+		{"bad pattern", "policies: {p: {models: {allow: ['claude-[']}}}", "policies.p.models.allow[0]"},
+		{"not yaml", "store: [", "tokenwarden.yaml"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml))
+			if err == nil {
+				t.Fatalf("expected an error mentioning %q", tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q does not mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestFingerprint(t *testing.T) {
+	a := Fingerprint("sk-ant-secret")
+	if a != Fingerprint("Bearer sk-ant-secret") || a != Fingerprint("  sk-ant-secret ") {
+		t.Error("the same key must yield the same tenant from x-api-key and authorization")
+	}
+	if a == Fingerprint("sk-ant-other") {
+		t.Error("different keys must yield different tenants")
+	}
+	if !strings.HasPrefix(a, "key-") || len(a) != 4+16 || strings.Contains(a, "secret") {
+		t.Errorf("fingerprint %q must be key- and 16 hex digits, never the key", a)
+	}
+	if !ValidTenant(a) {
+		t.Error("a fingerprint must be a valid tenant name")
+	}
+}
+
+func TestModelAllowed(t *testing.T) {
+	m := ModelPolicy{Allow: []string{"claude-*", "gpt-4o"}}
+	for model, want := range map[string]bool{"claude-sonnet-4-5": true, "gpt-4o": true, "gpt-4o-mini": false, "llama": false} {
+		if got := m.Allowed(model); got != want {
+			t.Errorf("Allowed(%q) = %v", model, got)
+		}
+	}
+	if !(ModelPolicy{}).Allowed("anything") {
+		t.Error("an empty allow list allows everything")
+	}
+}
+
+func TestWatchAppliesGoodAndKeepsLastGood(t *testing.T) {
+	contents := make(chan []byte, 10)
+	var current []byte = []byte("policies: {default: {limits: {requests_per_minute: 1}}}")
+	read := func() ([]byte, error) {
+		select {
+		case c := <-contents:
+			current = c
+		default:
+		}
+		return current, nil
+	}
+	first, err := Parse(current)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := NewHolder(first)
+	applied := make(chan *Config, 10)
+	rejected := make(chan error, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go Watch(ctx, WatchOptions{
+		Read: read, Interval: 5 * time.Millisecond, Initial: current,
+		Apply:    func(c *Config) { h.Store(c); applied <- c },
+		Rejected: func(err error) { rejected <- err },
+	})
+
+	contents <- []byte("policies: {default: {limits: {requests_per_minute: 2}}}")
+	select {
+	case c := <-applied:
+		if p, _ := c.Policy("x", ""); p.Limits.RequestsPerMinute != 2 {
+			t.Fatalf("applied config has rpm %d", p.Limits.RequestsPerMinute)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a valid change was not applied")
+	}
+
+	contents <- []byte("policies: {default: {limits: {requests_per_minute: -5}}}")
+	select {
+	case err := <-rejected:
+		if !strings.Contains(err.Error(), "requests_per_minute") {
+			t.Fatalf("rejection %q does not say why", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("an invalid change was not reported")
+	}
+	if p, _ := h.Load().Policy("x", ""); p.Limits.RequestsPerMinute != 2 {
+		t.Fatalf("the last good config must stay in force, rpm = %d", p.Limits.RequestsPerMinute)
+	}
+	// The same bad content is not reported again on every poll.
+	time.Sleep(50 * time.Millisecond)
+	if n := len(rejected); n != 0 {
+		t.Fatalf("the same rejection was reported %d more times", n)
+	}
+}

@@ -1,0 +1,123 @@
+package policy
+
+import (
+	"encoding/json"
+
+	"fmt"
+	"github.com/tokenwarden/tokenwarden/accounting"
+	"time"
+)
+
+// The types in this file mirror tokenwarden.yaml one to one. They are decoded
+// strictly (an unknown field is an error) and then compiled by Compile into
+// the types the processor uses; nothing outside this package sees them.
+
+type fileConfig struct {
+	Store         storeFile                        `json:"store"`
+	Tenant        tenantFile                       `json:"tenant"`
+	Policies      map[string]policyFile            `json:"policies"`
+	Tenants       map[string]tenantOverride        `json:"tenants"`
+	Prices        map[string]accounting.USDPerMTok `json:"prices"`
+	FallbackPrice *accounting.USDPerMTok           `json:"fallback_price"`
+}
+
+type storeFile struct {
+	Redis        string   `json:"redis"`
+	RedisCluster []string `json:"redis_cluster"`
+	Timeout      duration `json:"timeout"`
+	OnFailure    string   `json:"on_failure"`
+	// Replicas is how many serve replicas share the store; in local failure
+	// mode each enforces 1/Replicas of every limit and budget.
+	Replicas int `json:"replicas"`
+}
+
+type tenantFile struct {
+	From    []tenantSource `json:"from"`
+	Default string         `json:"default"`
+}
+
+type tenantSource struct {
+	Header   string `json:"header"`
+	APIKeyOf string `json:"api_key_of"`
+}
+
+type policyFile struct {
+	Limits            limitsFile   `json:"limits"`
+	OutputReservation *int64       `json:"output_reservation"`
+	Budgets           []budgetFile `json:"budgets"`
+	OnFailure         string       `json:"on_failure"`
+	Models            *modelsFile  `json:"models"`
+	PromptCache       *cacheFile   `json:"prompt_cache"`
+}
+
+type limitsFile struct {
+	RequestsPerMinute *int64   `json:"requests_per_minute"`
+	TokensPerMinute   *int64   `json:"tokens_per_minute"`
+	Concurrent        *int64   `json:"concurrent"`
+	Burst             *float64 `json:"burst"`
+	LeaseTTL          duration `json:"lease_ttl"`
+}
+
+type budgetFile struct {
+	Window   string    `json:"window"`
+	USD      *float64  `json:"usd"`
+	Timezone string    `json:"timezone"`
+	AlertAt  []float64 `json:"alert_at"`
+}
+
+type modelsFile struct {
+	Allow     []string          `json:"allow"`
+	Aliases   map[string]string `json:"aliases"`
+	Downgrade []downgradeFile   `json:"downgrade"`
+	Tiers     []tierFile        `json:"tiers"`
+}
+
+type downgradeFile struct {
+	WhenBudgetUsed float64 `json:"when_budget_used"`
+	Window         string  `json:"window"`
+	From           string  `json:"from"`
+	To             string  `json:"to"`
+}
+
+type tierFile struct {
+	MaxInputTokens *int64 `json:"max_input_tokens"`
+	MinInputTokens *int64 `json:"min_input_tokens"`
+	Tools          *bool  `json:"tools"`
+	MaxOutput      *int64 `json:"max_output_tokens"`
+	From           string `json:"from"`
+	Model          string `json:"model"`
+}
+
+type cacheFile struct {
+	Inject bool   `json:"inject"`
+	TTL    string `json:"ttl"`
+}
+
+type tenantOverride struct {
+	Policy      string       `json:"policy"`
+	Limits      *limitsFile  `json:"limits"`
+	Budgets     []budgetFile `json:"budgets"`
+	PromptCache *cacheFile   `json:"prompt_cache"`
+}
+
+// duration accepts Go duration strings ("25ms", "15m") in YAML.
+type duration struct {
+	time.Duration
+	set bool
+}
+
+func (d *duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a duration string such as \"25ms\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	if v < 0 {
+		return fmt.Errorf("duration %q is negative", s)
+	}
+	d.Duration, d.set = v, true
+	return nil
+}
