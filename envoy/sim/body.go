@@ -9,8 +9,9 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 )
 
-// direction is one side of the exchange ([C-state] DecodingProcessorState /
-// EncodingProcessorState): the request (decoding) or the response (encoding).
+// direction is one side of the exchange (Envoy's DecodingProcessorState /
+// EncodingProcessorState, https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.h):
+// the request (decoding) or the response (encoding).
 // It owns the held headers and body, the callback state, the message timer and
 // the STREAMED chunk queue.
 type direction struct {
@@ -27,7 +28,7 @@ type direction struct {
 	hdrs      *headerMap
 	endStream bool // the headers message had end_of_stream=true
 	continued bool // headers passed on (upstream started / response head delivered)
-	removeCL  bool // content-length stripped when headers were processed (§3.5)
+	removeCL  bool // content-length stripped when headers were processed (see shouldRemoveContentLength)
 
 	src         chan bodyEvent
 	srcDone     bool // source delivered end of body
@@ -53,8 +54,9 @@ func (d *direction) name() string {
 }
 
 // readable returns the source channel when the loop should accept data, nil
-// (never ready) while a watermark applies (ref §2.2 "watermark ... not an
-// error").
+// (never ready) while a watermark applies: a STREAMED queue over the buffer
+// limit pauses reading, it is not an error (ProcessorState::enqueueStreamingChunk
+// calls requestWatermark, https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc).
 func (d *direction) readable() <-chan bodyEvent {
 	if d.src == nil || d.srcDone || d.x.finished {
 		return nil
@@ -98,8 +100,10 @@ func (d *direction) stopTimer() {
 	d.timerC = nil
 }
 
-// finishCall is [C-state] onFinishProcessorCall: stop the timer (even with
-// chunks still queued, ref §6.2) and move to next.
+// finishCall is Envoy's ProcessorState::onFinishProcessorCall
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc): stop the timer (even with
+// STREAMED chunks still queued, so message_timeout is not a strict per-chunk
+// deadline) and move to next.
 func (d *direction) finishCall(next cbState) {
 	d.stopTimer()
 	d.cb = next
@@ -124,7 +128,7 @@ func (d *direction) onHeaders() {
 			m.Request = &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: hh}
 		}
 		// The processor sees the original headers; content-length is
-		// stripped from what is forwarded (ref §3.5).
+		// stripped from what is forwarded (see shouldRemoveContentLength).
 		if !x.send(d, m, cbHeaders) {
 			return
 		}
@@ -225,7 +229,8 @@ func (d *direction) flushHeld() {
 	}
 }
 
-// clearAsync is [C-filter] clearAsyncState after processing completes without
+// clearAsync is Envoy's clearAsyncState (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc,
+// https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc) after processing completes without
 // an error reply: everything paused continues unmodified.
 func (d *direction) clearAsync() {
 	d.finishCall(cbIdle)
@@ -264,14 +269,17 @@ func (d *direction) sendBody(b []byte, eos bool, cb cbState) bool {
 }
 
 // sendChunk is one STREAMED data callback: sent at once (pipelined) and
-// queued until its reply releases it (ref §2.2).
+// queued until its reply releases it, in FIFO order (Filter::handleDataStreamedMode
+// in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc,
+// ProcessorState::handleStreamedBodyResponse in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc).
 func (d *direction) sendChunk(b []byte, eos bool) {
 	d.queue = append(d.queue, queuedChunk{data: b, eos: eos})
 	d.queuedBytes += len(b)
 	d.sendBody(b, eos, cbStreamedBody)
 }
 
-// onData is decodeData/encodeData ([C-filter] onData).
+// onData is decodeData/encodeData (Filter::onData in
+// https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc).
 func (d *direction) onData(ev bodyEvent) {
 	x := d.x
 	if ev.err != nil {
@@ -343,7 +351,9 @@ func (d *direction) onData(ev bodyEvent) {
 	}
 }
 
-// tooLarge is requestDataTooLarge / responseDataTooLarge (ref §2.3).
+// tooLarge is the filter manager's requestDataTooLarge (413) /
+// responseDataTooLarge (500) for a BUFFERED body over the buffer limit
+// (https://github.com/envoyproxy/envoy/blob/main/source/common/http/filter_manager.cc).
 func (d *direction) tooLarge() {
 	x := d.x
 	if d.request {
@@ -364,7 +374,8 @@ func (d *direction) sendPartial() {
 	d.sendBody(d.held[:n:n], eos, cbBufferedPartial)
 }
 
-// headersResponse is [C-state] handleHeadersResponse.
+// headersResponse is Envoy's ProcessorState::handleHeadersResponse
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc).
 func (d *direction) headersResponse(cr *extprocv3.CommonResponse) error {
 	if d.cb != cbHeaders {
 		return fmt.Errorf("%s headers response: %w", d.name(), errSpurious)
@@ -380,8 +391,10 @@ func (d *direction) headersResponse(cr *extprocv3.CommonResponse) error {
 	d.clearRouteCache(cr)
 	kind := d.name() + "_headers"
 	if replace {
-		// ref §3.1: replace the body, strip content-length, no more messages
-		// in this direction.
+		// CONTINUE_AND_REPLACE (CommonResponse.status, https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto):
+		// replace the body, strip content-length, no more messages in this
+		// direction (ProcessorState::handleHeadersResponseWithContinueAndReplace,
+		// applyReplacementBodyMutation in processor_state.cc).
 		d.bodyMode = extprocfilterv3.ProcessingMode_NONE
 		d.sendTrailers = false
 		d.passThrough = true
@@ -409,8 +422,9 @@ func (d *direction) headersResponse(cr *extprocv3.CommonResponse) error {
 }
 
 // afterHeaders decides how the body continues once the header reply is in
-// ([C-filter] onHeaders continuation, [C-state] handleCompleteBodyAvailable,
-// sendBufferedDataInStreamedMode).
+// (the continuation of Filter::onHeaders in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc;
+// ProcessorState::handleCompleteBodyAvailable and
+// sendBufferedDataInStreamedMode in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc).
 func (d *direction) afterHeaders() {
 	x := d.x
 	if d.endStream {
@@ -434,7 +448,8 @@ func (d *direction) afterHeaders() {
 	}
 	if d.srcDone {
 		// The whole body arrived during the header round trip: one message,
-		// tracked as a buffered callback, headers still held (ref §2.2).
+		// tracked as a buffered callback, headers still held
+		// (ProcessorState::handleCompleteBodyAvailable).
 		d.sendBody(d.held, len(d.trailers) == 0, cbBufferedBody)
 		return
 	}
@@ -454,7 +469,8 @@ func (d *direction) afterHeaders() {
 	// BUFFERED: keep holding headers and data until the end of the body.
 }
 
-// bodyResponse is [C-state] handleBodyResponse.
+// bodyResponse is Envoy's ProcessorState::handleBodyResponse
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc).
 func (d *direction) bodyResponse(cr *extprocv3.CommonResponse) error {
 	x := d.x
 	kind := d.name() + "_body"
@@ -462,7 +478,8 @@ func (d *direction) bodyResponse(cr *extprocv3.CommonResponse) error {
 	case cbBufferedBody, cbBufferedPartial:
 		partial := d.cb == cbBufferedPartial
 		if !d.continued {
-			// Headers are still held: header mutations apply (ref §2.2).
+			// Headers are still held: header mutations apply (the
+			// BufferedBodyCallback branch of handleBodyResponse).
 			n, err := applyHeaderMutation(d.hdrs, cr.GetHeaderMutation(), x.mutationOptions(d.removeCL, false))
 			if err != nil {
 				return err
@@ -518,7 +535,8 @@ func (d *direction) bodyResponse(cr *extprocv3.CommonResponse) error {
 		}
 		d.finishCall(next)
 		if cr.GetHeaderMutation() != nil {
-			// Headers already went: ignored in STREAMED (ref §3.2).
+			// Headers already went: ignored in STREAMED (CommonResponse.header_mutation,
+			// https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto).
 			x.record(Event{Kind: EventIgnored, Detail: d.name() + " streamed body header_mutation"})
 		}
 		d.clearRouteCache(cr)
@@ -538,7 +556,8 @@ func (d *direction) bodyResponse(cr *extprocv3.CommonResponse) error {
 	return fmt.Errorf("%s body response in state %d: %w", d.name(), d.cb, errSpurious)
 }
 
-// trailersResponse is [C-state] handleTrailersResponse.
+// trailersResponse is Envoy's ProcessorState::handleTrailersResponse
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc).
 func (d *direction) trailersResponse(mut *extprocv3.HeaderMutation) error {
 	if d.cb != cbTrailers {
 		return fmt.Errorf("%s trailers response: %w", d.name(), errSpurious)
@@ -557,8 +576,10 @@ func (d *direction) trailersResponse(mut *extprocv3.HeaderMutation) error {
 	return nil
 }
 
-// clearRouteCache is ref §3.4: request path only, and only together with a
-// header mutation.
+// clearRouteCache is DecodingProcessorState::clearRouteCache
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc): request path only, and only
+// together with a header mutation (CommonResponse.clear_route_cache,
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto).
 func (d *direction) clearRouteCache(cr *extprocv3.CommonResponse) {
 	if !cr.GetClearRouteCache() {
 		return

@@ -10,9 +10,18 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// Envoy defaults (ref §2.3, §6.2, §1.1).
+// Envoy defaults: message_timeout and status_on_error from
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto,
+// per_connection_buffer_limit_bytes from
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/listener/v3/listener.proto, the
+// graceful-close wait DefaultRemoteCloseTimeoutMilliseconds from
+// https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc, and the
+// header limits max_request_headers_kb
+// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto)
+// and common_http_protocol_options.max_headers_count
+// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/protocol.proto).
 const (
-	DefaultMessageTimeout     = 200 * time.Millisecond // config.h DefaultMessageTimeoutMs
+	DefaultMessageTimeout     = 200 * time.Millisecond // ext_proc config.h DefaultMessageTimeoutMs
 	DefaultStatusOnError      = 500
 	DefaultBufferLimit        = 1 << 20 // per_connection_buffer_limit_bytes
 	DefaultRemoteCloseTimeout = time.Second
@@ -21,7 +30,10 @@ const (
 	DefaultMaxHeadersKB       = 60              // HCM max_request_headers_kb
 )
 
-// CloseMode selects how the filter closes the gRPC stream (ref §1.1, §11.9).
+// CloseMode selects how the filter closes the gRPC stream: Envoy's
+// Filter::closeStreamMaybeGraceful (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc)
+// calls ProcessorStreamImpl::close or halfCloseAndDeleteOnRemoteClose
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/common/ext_proc/grpc_client_impl.h).
 type CloseMode int
 
 const (
@@ -35,7 +47,8 @@ const (
 )
 
 // MutationRules mirrors envoy.config.common.mutation_rules.v3.HeaderMutationRules
-// (ref §3.2). The zero value is Envoy's default rule set.
+// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/common/mutation_rules/v3/mutation_rules.proto).
+// The zero value is Envoy's default rule set.
 type MutationRules struct {
 	AllowAllRouting    bool           // allow host, :authority, :method, :scheme
 	AllowEnvoy         bool           // allow x-envoy* headers
@@ -61,7 +74,9 @@ const (
 )
 
 // Chunking says how body bytes are split into data callbacks, which is what
-// STREAMED mode turns into messages (ref §2.2, §7).
+// STREAMED mode turns into messages: one per decodeData/encodeData callback,
+// with no relation to SSE event boundaries (BodySendMode STREAMED,
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/processing_mode.proto).
 type Chunking struct {
 	// Size > 0 splits each read into pieces of at most Size bytes.
 	Size int
@@ -81,7 +96,8 @@ type Chunking struct {
 // the runtime guards are phrased so that false is Envoy's default.
 type Config struct {
 	// ProcessingMode is the filter-level processing_mode; nil means all
-	// DEFAULT: headers SEND, bodies NONE, trailers SKIP (ref §2.1).
+	// DEFAULT: headers SEND, bodies NONE, trailers SKIP
+	// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/processing_mode.proto).
 	ProcessingMode       *extprocfilterv3.ProcessingMode
 	AllowModeOverride    bool
 	AllowedOverrideModes []*extprocfilterv3.ProcessingMode
@@ -187,8 +203,10 @@ func (c Config) normalized() (Config, error) {
 	return c, nil
 }
 
-// dirMode is the part of a ProcessingMode that one direction uses (ref §2.1,
-// [C-state] setProcessingModeInternal).
+// dirMode is the part of a ProcessingMode that one direction uses
+// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/processing_mode.proto;
+// DecodingProcessorState::setProcessingModeInternal in
+// https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc).
 type dirMode struct {
 	sendHeaders  bool // header mode != SKIP
 	bodyMode     extprocfilterv3.ProcessingMode_BodySendMode
@@ -210,8 +228,12 @@ func modeFor(m *extprocfilterv3.ProcessingMode, request bool) dirMode {
 	}
 }
 
-// shouldRemoveContentLength is [C-state] shouldRemoveContentLength (ref §3.5):
-// in these modes the processor cannot be trusted to keep content-length right.
+// shouldRemoveContentLength is Envoy's ProcessorState::shouldRemoveContentLength
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.h):
+// in these modes the processor cannot be trusted to keep content-length right, so
+// Envoy removes it from the forwarded headers (the processor still sees it)
+// and skips content-length in set_headers. See also the BodySendMode comment
+// in https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/processing_mode.proto.
 func (m dirMode) shouldRemoveContentLength() bool {
 	switch m.bodyMode {
 	case extprocfilterv3.ProcessingMode_STREAMED, extprocfilterv3.ProcessingMode_BUFFERED_PARTIAL,
@@ -223,15 +245,19 @@ func (m dirMode) shouldRemoveContentLength() bool {
 	return false
 }
 
-// noExternalProcess is [C-state] noExternalProcess: nothing in this direction
-// would ever be sent.
+// noExternalProcess is Envoy's EncodingProcessorState::noExternalProcess
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.h):
+// nothing in this direction would ever be sent.
 func (m dirMode) noExternalProcess() bool {
 	return !m.sendHeaders && !m.sendTrailers && m.bodyMode == extprocfilterv3.ProcessingMode_NONE
 }
 
-// effectiveOverride computes the mode a mode_override yields (ref §2.4): it is
-// built on the filter-level mode, DEFAULT header/trailer values mean "no
-// change", and both body modes always come from the override. It returns
+// effectiveOverride computes the mode a ProcessingResponse.mode_override
+// yields (https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto;
+// Filter::onReceiveMessage and effectiveModeOverride in
+// https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc):
+// it is built on the filter-level mode, DEFAULT header/trailer values mean
+// "no change", and both body modes always come from the override. It returns
 // false when allowed_override_modes rejects the result.
 func effectiveOverride(filter, ov *extprocfilterv3.ProcessingMode, allowed []*extprocfilterv3.ProcessingMode) (*extprocfilterv3.ProcessingMode, bool) {
 	m := proto.Clone(filter).(*extprocfilterv3.ProcessingMode)

@@ -3,8 +3,24 @@
 // for one HTTP exchange exactly as Envoy does, so the processor can be tested,
 // benchmarked and run locally without an Envoy binary.
 //
-// The specification is /work/shared/reference/envoy-ext-proc.md (cited below
-// as "ref §N"); §11 "Harness blueprint" lists every behaviour emulated here.
+// The behaviour emulated comes from Envoy's own API and source; comments in
+// this package cite the proto field, documentation page or source function
+// they follow. The main sources are:
+//
+//   - the protocol: https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto
+//   - filter configuration: https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto
+//   - processing modes: https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/processing_mode.proto
+//   - header mutation rules: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/common/mutation_rules/v3/mutation_rules.proto
+//   - the filter's documentation: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/ext_proc_filter
+//   - the filter itself: https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc
+//   - per-direction state (callback states, body delivery, content-length):
+//     https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc
+//     and https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.h
+//   - header/body mutation: https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/mutation_utils.cc
+//   - the mutation checker: https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/common/mutation_rules/mutation_rules.cc
+//   - the gRPC stream and how it is closed: https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/common/ext_proc/grpc_client_impl.h
+//   - local replies: https://github.com/envoyproxy/envoy/blob/main/source/common/http/filter_manager.cc
+//   - runtime guard defaults: https://github.com/envoyproxy/envoy/blob/main/source/common/runtime/runtime_features.cc
 //
 // # Model
 //
@@ -25,14 +41,14 @@
 // mirrors Envoy's single-threaded dispatcher and keeps the state machine free
 // of locks. The files are split by concern:
 //
-//   - config.go: Config, defaults, processing modes and mode_override (ref §2);
+//   - config.go: Config, defaults, processing modes and mode_override;
 //   - mutations.go: header maps, the mutation rule checker and CommonResponse
-//     header/body mutation (ref §3);
+//     header/body mutation (CommonResponse);
 //   - body.go: body sources, chunking and the per-direction body delivery
-//     state machine (ref §2.2, §7);
-//   - stream.go: the gRPC stream, its sender and close semantics (ref §1.1);
+//     state machine, including STREAMED pipelining of SSE;
+//   - stream.go: the gRPC stream, its sender and close semantics;
 //   - exchange.go: the event loop, response dispatch, failures, timeouts and
-//     local replies (ref §1.4, §4, §6).
+//     local replies (spurious responses, ImmediateResponse, failure_mode_allow).
 //
 // Not emulated: FULL_DUPLEX_STREAMED, observability_mode,
 // send_body_without_waiting_for_header_response, forwarding namespaces and

@@ -19,8 +19,8 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
-// attributesKey is the single key of ProcessingRequest.attributes ([C-filter]
-// addAttributes).
+// attributesKey is the single key of ProcessingRequest.attributes
+// (Filter::addAttributes in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc).
 const attributesKey = "envoy.filters.http.ext_proc"
 
 // Filter is one configured ext_proc filter. It is safe for concurrent use;
@@ -83,7 +83,8 @@ func (f *Filter) Do(ctx context.Context, req *Request, upstream Upstream) (*Resp
 
 type cbState int
 
-// Callback states of [C-state] processor_state.h.
+// Callback states of ProcessorState::CallbackState in
+// https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.h.
 const (
 	cbIdle cbState = iota
 	cbHeaders
@@ -113,7 +114,7 @@ type exchange struct {
 
 	stream             *procStream
 	streamClosed       bool
-	processingComplete bool // [C-filter] processing_complete_
+	processingComplete bool // Envoy's Filter::processing_complete_ (ext_proc.cc)
 
 	respCh    chan recvResult
 	upCh      chan upstreamResult
@@ -204,7 +205,8 @@ func (x *exchange) note(d *direction, ev bodyEvent) {
 	}
 }
 
-// cleanup runs at the end of the HTTP stream ([C-filter] onDestroy): stop
+// cleanup runs at the end of the HTTP stream (Filter::onDestroy in
+// https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc): stop
 // timers, close the gRPC stream if still open, release helpers.
 func (x *exchange) cleanup() {
 	x.dec.stopTimer()
@@ -265,7 +267,8 @@ func (x *exchange) startRequest() {
 	for _, hd := range r.Headers {
 		h.add(strings.ToLower(hd.Name), hd.Value)
 	}
-	// HCM adds these before any HTTP filter runs (ref §1.2).
+	// HCM adds these before any HTTP filter runs
+	// (https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/headers).
 	if !h.has("x-forwarded-proto") {
 		h.add("x-forwarded-proto", scheme)
 	}
@@ -322,8 +325,9 @@ func (x *exchange) onUpstream(u upstreamResult) {
 			x.abort()
 			return
 		}
-		// Router local reply; with skip_ext_proc_on_local_reply it never
-		// reaches the processor (ref §1.3).
+		// Router local reply; with the runtime guard skip_ext_proc_on_local_reply
+		// (default true, https://github.com/envoyproxy/envoy/blob/main/source/common/runtime/runtime_features.cc)
+		// it never reaches the processor.
 		x.localReply(503, nil, []byte("upstream connect error or disconnect/reset before headers. reset reason: connection failure"),
 			"upstream_reset_before_response_started{connection_failure}")
 		return
@@ -358,8 +362,9 @@ func (x *exchange) onUpstream(u upstreamResult) {
 		e.src = s.ch
 		go s.runReader(r.Body, r.Body)
 	}
-	// [C-filter] encodeHeaders: a response path that needs no processing
-	// closes the stream right away (ref §1.1).
+	// Filter::encodeHeaders (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc):
+	// a response path that needs no processing (noExternalProcess) closes the
+	// stream right away.
 	if !x.processingComplete && e.noExternalProcess() && x.dec.bodyDone {
 		x.closeStream()
 	}
@@ -383,7 +388,8 @@ func (x *exchange) deliverHead(status int, hdrs []Header, local bool, details st
 // ---- gRPC ----
 
 // send sends m for direction d and starts its processor call in state cb
-// ([C-state] onStartProcessorCall): the message timer is armed per send.
+// (ProcessorState::onStartProcessorCall in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc):
+// the message timer is armed per send.
 func (x *exchange) send(d *direction, m *extprocv3.ProcessingRequest, cb cbState) bool {
 	first := false
 	if x.stream == nil {
@@ -406,7 +412,7 @@ func (x *exchange) send(d *direction, m *extprocv3.ProcessingRequest, cb cbState
 		x.failOpen("send after stream close")
 		return false
 	}
-	m.MetadataContext = &corev3.Metadata{} // always present ([C-filter] addDynamicMetadata)
+	m.MetadataContext = &corev3.Metadata{} // always present (Filter::addDynamicMetadata in ext_proc.cc)
 	if first {
 		m.ProtocolConfig = &extprocv3.ProtocolConfiguration{
 			RequestBodyMode:  x.dec.bodyMode,
@@ -427,8 +433,11 @@ func (x *exchange) send(d *direction, m *extprocv3.ProcessingRequest, cb cbState
 }
 
 // attributes evaluates the configured expressions for the first message of a
-// direction (ref §5.3); unknown expressions are omitted as Envoy omits
-// failing ones.
+// direction (request_attributes / response_attributes in
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto;
+// attribute names in https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/advanced/attributes).
+// Unknown expressions are omitted as Envoy omits failing ones
+// (ExpressionManager::evaluateAttributes in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/matching_utils.cc).
 func (x *exchange) attributes(d *direction) *structpb.Struct {
 	exprs := x.cfg.RequestAttributes
 	if !d.request {
@@ -484,7 +493,8 @@ func (x *exchange) builtinAttribute(e string) (any, bool) {
 	return nil, false
 }
 
-// closeStream is [C-filter] closeStreamMaybeGraceful.
+// closeStream is Envoy's Filter::closeStreamMaybeGraceful
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc).
 func (x *exchange) closeStream() {
 	if x.stream == nil || x.streamClosed {
 		return
@@ -493,15 +503,17 @@ func (x *exchange) closeStream() {
 	x.stream.close()
 }
 
-// onResponse is [C-filter] onReceiveMessage plus the gRPC close callbacks.
+// onResponse is Envoy's Filter::onReceiveMessage plus the gRPC close callbacks
+// (onGrpcClose, onGrpcError) in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc.
 func (x *exchange) onResponse(r recvResult) {
 	if r.err != nil {
 		if x.streamClosed || x.processingComplete {
 			return // our own close, or already done with the processor
 		}
 		if errors.Is(r.err, io.EOF) {
-			// Process returned nil: continue unmodified without the processor
-			// (ref §6.1 first row, both columns).
+			// Process returned nil: continue unmodified without the processor,
+			// whatever failure_mode_allow says (Filter::onGrpcClose in
+			// https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc).
 			x.record(Event{Kind: EventGRPCClose})
 			x.failOpenQuiet()
 			return
@@ -517,7 +529,9 @@ func (x *exchange) onResponse(r recvResult) {
 	}
 	if ot := m.GetOverrideMessageTimeout(); ot != nil {
 		x.onNewTimeout(ot.AsDuration())
-		return // other fields are ignored (ref §6.2)
+		// Other fields are ignored (ProcessingResponse.override_message_timeout,
+		// https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto).
+		return
 	}
 	if m.GetModeOverride() != nil {
 		x.applyModeOverride(m.GetModeOverride())
@@ -561,11 +575,17 @@ func (x *exchange) onResponse(r recvResult) {
 		return
 	}
 	// Invalid mutations and the like: status_on_error regardless of
-	// failure_mode_allow (ref §1.4, §6.1).
+	// failure_mode_allow (the error branch of Filter::onReceiveMessage,
+	// https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc).
 	x.errorReply(x.cfg.StatusOnError, err.Error())
 }
 
-// applyModeOverride is ref §2.4.
+// applyModeOverride applies ProcessingResponse.mode_override
+// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto):
+// honoured only with allow_mode_override
+// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto)
+// and only while a direction waits for a headers response (Filter::onReceiveMessage
+// in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc).
 func (x *exchange) applyModeOverride(ov *extprocfilterv3.ProcessingMode) {
 	if !x.cfg.AllowModeOverride || (x.dec.cb != cbHeaders && x.enc.cb != cbHeaders) {
 		x.record(Event{Kind: EventIgnored, Detail: "mode_override"})
@@ -611,7 +631,8 @@ func (x *exchange) onNewTimeout(d time.Duration) {
 	x.record(Event{Kind: EventTimeoutOverride, Detail: d.String()})
 }
 
-// onTimeout is [C-filter] onMessageTimeout.
+// onTimeout is Envoy's Filter::onMessageTimeout
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc).
 func (x *exchange) onTimeout(d *direction) {
 	d.timerC = nil
 	if x.processingComplete {
@@ -629,7 +650,8 @@ func (x *exchange) messageTimeout() {
 	x.errorReply(504, "ext_proc_error_per-message_timeout_exceeded")
 }
 
-// onGrpcError is [C-filter] onGrpcError.
+// onGrpcError is Envoy's Filter::onGrpcError
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc).
 func (x *exchange) onGrpcError(err error) {
 	st := status.Convert(err)
 	x.record(Event{Kind: EventGRPCError, Detail: st.String()})
@@ -641,7 +663,8 @@ func (x *exchange) onGrpcError(err error) {
 }
 
 // failOpen closes the stream and lets the exchange continue unmodified
-// ([C-filter] clearAsyncState with processing_complete_).
+// (Filter::clearAsyncState with processing_complete_ set,
+// https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc).
 func (x *exchange) failOpen(why string) {
 	x.record(Event{Kind: EventFailOpen, Detail: why})
 	x.failOpenQuiet()
@@ -659,7 +682,10 @@ func (x *exchange) errorReply(code int, details string) {
 	x.localReply(code, nil, nil, details)
 }
 
-// immediateResponse is ref §4.
+// immediateResponse is ProcessingResponse.immediate_response
+// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto):
+// a missing or sub-200 status becomes 200 (Filter::sendImmediateResponse in
+// https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc).
 func (x *exchange) immediateResponse(ir *extprocv3.ImmediateResponse) {
 	code := int(ir.GetStatus().GetCode())
 	if code < 200 {
@@ -668,7 +694,8 @@ func (x *exchange) immediateResponse(ir *extprocv3.ImmediateResponse) {
 	x.localReply(code, ir.GetHeaders(), ir.GetBody(), ir.GetDetails())
 }
 
-// localReply is sendLocalReply: it ends processing and closes the stream;
+// localReply is sendLocalReply (https://github.com/envoyproxy/envoy/blob/main/source/common/http/filter_manager.cc):
+// it ends processing and closes the stream;
 // no response-phase message is ever sent for it (skip_ext_proc_on_local_reply).
 // After response headers went downstream all it can do is reset.
 func (x *exchange) localReply(code int, mut *extprocv3.HeaderMutation, body []byte, details string) {
@@ -710,8 +737,9 @@ func (x *exchange) reset() {
 	x.finished = true
 }
 
-// abort is a client disconnect (ref §6.4): the stream is closed with replies
-// outstanding and no end_of_stream message is sent.
+// abort is a client disconnect: Envoy's Filter::onDestroy
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc) closes the stream with
+// replies outstanding and no end_of_stream message is sent.
 func (x *exchange) abort() {
 	if x.finished {
 		return
@@ -732,9 +760,10 @@ func (x *exchange) mutationOptions(removeCL, replacing bool) mutationOptions {
 		maxHeaders: x.cfg.MaxHeaders, maxKB: x.cfg.MaxHeadersKB}
 }
 
-// checkClose is [C-filter] closeGrpcStreamIfLastRespReceived (ref §1.1): with
-// the optimization on, the stream closes as soon as the last response the
-// exchange will ever need has arrived.
+// checkClose is Envoy's Filter::closeGrpcStreamIfLastRespReceived
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc): with the runtime guard
+// ext_proc_stream_close_optimization on, the stream closes as soon as the
+// last response the exchange will ever need has arrived.
 func (x *exchange) checkClose(kind string, lastBody bool) {
 	if x.cfg.DisableStreamCloseOptimization || x.processingComplete {
 		return

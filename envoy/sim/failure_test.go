@@ -28,8 +28,11 @@ func immediate(code int, body string, details string, hdrs ...*corev3.HeaderValu
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{ImmediateResponse: ir}}
 }
 
-// TestFailureMatrix is ref §6.1 row by row, in both failure_mode_allow
-// columns.
+// TestFailureMatrix checks each failure (gRPC OK close, gRPC error, message
+// timeout, spurious response, invalid mutation) with failure_mode_allow off and
+// on (failure_mode_allow and status_on_error in https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto;
+// Filter::onGrpcError, onGrpcClose, onMessageTimeout and onReceiveMessage in
+// https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc).
 func TestFailureMatrix(t *testing.T) {
 	// Each script answers request_headers in some failing way.
 	scripts := map[string]func(s *pstream) error{
@@ -143,7 +146,9 @@ func TestStreamOpenFailure(t *testing.T) {
 	}
 }
 
-// TestImmediateResponse is ref §4 in the request phase.
+// TestImmediateResponse covers ProcessingResponse.immediate_response
+// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto) in the
+// request phase.
 func TestImmediateResponse(t *testing.T) {
 	c, p := startProc(t, func(s *pstream) error {
 		s.recv()
@@ -196,7 +201,8 @@ func TestImmediateResponseJSONAndStatus(t *testing.T) {
 }
 
 // TestImmediateResponseAfterHeadersResets: in a STREAMED response after the
-// headers went downstream, an ImmediateResponse resets the stream (ref §4).
+// headers went downstream, an ImmediateResponse resets the stream
+// (DownstreamFilterManager::sendLocalReply in https://github.com/envoyproxy/envoy/blob/main/source/common/http/filter_manager.cc).
 func TestImmediateResponseAfterHeadersResets(t *testing.T) {
 	c, _ := startProc(t, func(s *pstream) error {
 		for {
@@ -237,7 +243,9 @@ func TestImmediateResponseAfterHeadersResets(t *testing.T) {
 }
 
 // TestMessageTimeoutOverride: override_message_timeout restarts the timer
-// once per state and is not the response itself (ref §6.2).
+// once per state and is not the response itself
+// (ProcessingResponse.override_message_timeout, https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto;
+// max_message_timeout in https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto).
 func TestMessageTimeoutOverride(t *testing.T) {
 	c, _ := startProc(t, func(s *pstream) error {
 		m := s.recv()
@@ -282,7 +290,8 @@ func TestMessageTimeoutOverrideBeyondMax(t *testing.T) {
 }
 
 // TestBufferLimits: BUFFERED request over the limit is a 413 and the body is
-// never sent; BUFFERED response over it is a 500 (ref §2.3).
+// never sent; BUFFERED response over it is a 500 (requestDataTooLarge /
+// responseDataTooLarge in https://github.com/envoyproxy/envoy/blob/main/source/common/http/filter_manager.cc).
 func TestBufferLimits(t *testing.T) {
 	big := bytes.Repeat([]byte("a"), 100)
 	t.Run("request", func(t *testing.T) {

@@ -301,8 +301,8 @@ func lines(s ...string) string { return strings.Join(s, "\n") }
 
 // halfClosedThenCancelled reports whether err is what a grpc-go server may
 // observe after Envoy's default close (half-close immediately followed by
-// RST_STREAM): io.EOF, or Canceled when the reset overtakes the read (ref
-// §1.1: "the server sees EOF and/or CANCELLED").
+// RST_STREAM, ProcessorStreamImpl::close in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/common/ext_proc/grpc_client_impl.h):
+// io.EOF, or Canceled when the reset overtakes the read.
 func halfClosedThenCancelled(err error) bool {
 	return err == io.EOF || status.Code(err) == codes.Canceled
 }

@@ -12,7 +12,9 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
-// TestApplyHeaderMutation is the pure table for ref §3.2.
+// TestApplyHeaderMutation is the pure table for header mutations as
+// MutationUtils::applyHeaderMutations (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/mutation_utils.cc)
+// and the default HeaderMutationRules (https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/common/mutation_rules/v3/mutation_rules.proto) apply them.
 func TestApplyHeaderMutation(t *testing.T) {
 	base := func() *headerMap {
 		return &headerMap{h: []Header{{":method", "POST"}, {":path", "/v1"}, {":authority", "a.example"}, {"host", "h"},
@@ -141,7 +143,11 @@ func TestMergeMetadata(t *testing.T) {
 }
 
 // TestMutationsEndToEnd drives header/body mutations through the processor
-// (ref §3, §3.5, §3.4) and checks what reaches the upstream and the client.
+// (CommonResponse header_mutation, body_mutation and clear_route_cache,
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto;
+// content-length handling in ProcessorState::handleBodyResponse,
+// https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc) and checks what reaches the
+// upstream and the client.
 func TestMutationsEndToEnd(t *testing.T) {
 	type result struct {
 		status  int

@@ -90,8 +90,10 @@ func (m *headerMap) byteSize() int {
 	return n
 }
 
-// proto renders the map as Envoy's headersToProto does ([C-mututil], ref §1.2):
-// one entry per header, value in raw_value unless the legacy guard is set.
+// proto renders the map as Envoy's MutationUtils::headersToProto does
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/mutation_utils.cc):
+// one entry per header, value in raw_value unless the legacy guard is set
+// (runtime guard send_header_raw_value, https://github.com/envoyproxy/envoy/blob/main/source/common/runtime/runtime_features.cc).
 func (m *headerMap) proto(legacy bool) *corev3.HeaderMap {
 	hm := &corev3.HeaderMap{Headers: make([]*corev3.HeaderValue, 0, len(m.h))}
 	for _, h := range m.h {
@@ -122,7 +124,8 @@ const (
 	checkFail
 )
 
-// allowed is [C-rules] Checker::isAllowed (ref §3.2).
+// allowed is Envoy's Checker::isAllowed (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/common/mutation_rules/mutation_rules.cc),
+// configured by HeaderMutationRules (https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/common/mutation_rules/v3/mutation_rules.proto).
 func (r *MutationRules) allowed(op checkOp, name string) bool {
 	system := strings.HasPrefix(name, ":")
 	if op == opRemove && (name == "host" || system) {
@@ -153,7 +156,8 @@ func (r *MutationRules) allowed(op checkOp, name string) bool {
 	return true
 }
 
-// check is [C-rules] Checker::check: a disallowed header is IGNORE (or FAIL
+// check is Envoy's Checker::check (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/common/mutation_rules/mutation_rules.cc):
+// a disallowed header is IGNORE (or FAIL
 // with disallow_is_error); an invalid value is always FAIL.
 func (r *MutationRules) check(op checkOp, name, value string) checkResult {
 	if !r.allowed(op, name) {
@@ -168,7 +172,8 @@ func (r *MutationRules) check(op checkOp, name, value string) checkResult {
 	return checkOK
 }
 
-// validValue is [C-rules] isValidValue.
+// validValue is Envoy's Checker::isValidValue
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/common/mutation_rules/mutation_rules.cc).
 func validValue(name, value string) bool {
 	if !validHeaderValue(value) {
 		return false
@@ -213,13 +218,14 @@ func validHeaderName(n string) bool {
 type mutationOptions struct {
 	rules               *MutationRules
 	legacy              bool // send_header_raw_value=false: read `value`
-	removeContentLength bool // §3.5: set_headers content-length is skipped
+	removeContentLength bool // set_headers content-length is skipped (see shouldRemoveContentLength)
 	replacing           bool // CONTINUE_AND_REPLACE: :method may change
 	maxHeaders, maxKB   int
 }
 
 // errMutation marks errors that fail the exchange with status_on_error
-// regardless of failure_mode_allow (ref §6.1 "Invalid mutation").
+// regardless of failure_mode_allow (the error branch of Filter::onReceiveMessage,
+// https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc).
 type errMutation struct{ msg string }
 
 func (e *errMutation) Error() string { return e.msg }
@@ -228,9 +234,10 @@ func mutationErr(format string, args ...any) error {
 	return &errMutation{fmt.Sprintf(format, args...)}
 }
 
-// applyHeaderMutation is [C-mututil] applyHeaderMutations (ref §3.2): size
-// pre-check, all removes, then all sets, then a size post-check. It returns
-// how many mutations the rules rejected (ignored).
+// applyHeaderMutation is Envoy's MutationUtils::applyHeaderMutations
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/mutation_utils.cc):
+// size pre-check, all removes, then all sets, then a size post-check. It
+// returns how many mutations the rules rejected (ignored).
 func applyHeaderMutation(m *headerMap, mut *extprocv3.HeaderMutation, o mutationOptions) (rejected int, err error) {
 	if mut == nil {
 		return 0, nil
@@ -259,7 +266,7 @@ func applyHeaderMutation(m *headerMap, mut *extprocv3.HeaderMutation, o mutation
 		}
 		lname := strings.ToLower(hv.GetKey())
 		if o.removeContentLength && lname == "content-length" {
-			continue // silently skipped while content-length is being stripped (§3.5)
+			continue // silently skipped while content-length is being stripped (shouldRemoveContentLength)
 		}
 		if hv.GetValue() != "" && len(hv.GetRawValue()) != 0 {
 			return rejected, mutationErr("Only one of value or raw_value in the HeaderValue message should be set, may not be both.")
@@ -301,8 +308,11 @@ func applyHeaderMutation(m *headerMap, mut *extprocv3.HeaderMutation, o mutation
 	return rejected, nil
 }
 
-// bodyMutation returns the new bytes for a BodyMutation (ref §3.3): body
-// replaces, clear_body drains; ok is false when the mutation changes nothing.
+// bodyMutation returns the new bytes for a BodyMutation
+// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto;
+// MutationUtils::applyBodyMutations in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/mutation_utils.cc):
+// body replaces, clear_body drains; ok is false when the mutation changes
+// nothing.
 func bodyMutation(bm *extprocv3.BodyMutation) (b []byte, ok bool) {
 	switch m := bm.GetMutation().(type) {
 	case *extprocv3.BodyMutation_Body:
@@ -316,8 +326,9 @@ func bodyMutation(bm *extprocv3.BodyMutation) (b []byte, ok bool) {
 }
 
 // attributeValue converts an attribute the way Envoy's CEL value conversion
-// does (ref §1.2): bool stays bool, integers become numbers, everything else
-// is printed to a string.
+// does (ExpressionManager::evaluateAttributes in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/matching_utils.cc):
+// bool stays bool, integers become numbers, everything else is printed to a
+// string.
 func attributeValue(v any) (*structpb.Value, bool) {
 	switch t := v.(type) {
 	case nil:
@@ -346,8 +357,11 @@ func attributeValue(v any) (*structpb.Value, bool) {
 	return structpb.NewStringValue(fmt.Sprint(v)), true
 }
 
-// mergeMetadata applies ProcessingResponse.dynamic_metadata (ref §5.1): each
-// top-level key is a namespace, written only when listed in receiving, and
+// mergeMetadata applies ProcessingResponse.dynamic_metadata
+// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto;
+// Filter::setDynamicMetadata in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc):
+// each top-level key is a namespace, written only when listed in receiving
+// (metadata_options.receiving_namespaces, https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto), and
 // merged with proto MergeFrom semantics (new keys override). It returns the
 // namespaces that were dropped.
 func mergeMetadata(dst *structpb.Struct, md *structpb.Struct, receiving []string) (dropped []string) {

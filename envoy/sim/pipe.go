@@ -10,7 +10,8 @@ import (
 // client, or the upstream for the request body). Writes never block: the loop
 // must keep serving timers; backpressure is applied by the loop itself, which
 // stops reading its source while buffered() exceeds the buffer limit, as
-// Envoy's watermarks do (ref §2.2).
+// Envoy's watermarks do (ProcessorState::enqueueStreamingChunk and
+// requestWatermark in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc).
 type pipe struct {
 	mu       sync.Mutex
 	bufs     [][]byte

@@ -9,7 +9,9 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 )
 
-// TestDefaultModeMessages covers ref §1.2/§2.1: with the default mode only the
+// TestDefaultModeMessages covers ProcessingRequest's contents
+// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto) under the
+// default ProcessingMode (https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/processing_mode.proto): with the default mode only the
 // two header messages are sent, with lower-cased raw_value headers, the
 // pseudo-headers, the HCM-added headers, protocol_config on the first message
 // only and metadata_context on every message.
@@ -80,7 +82,7 @@ func TestDefaultModeMessages(t *testing.T) {
 }
 
 // TestLazyStreamOpen: no stream is opened when every phase is SKIP/NONE
-// (ref §1.1).
+// (Filter::openStream opens the stream lazily, https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc).
 func TestLazyStreamOpen(t *testing.T) {
 	c, p := startProc(t, replyAll(passthrough))
 	f := newFilter(t, c, Config{ProcessingMode: mode(SKIP, SKIP, NONE, NONE)})
@@ -98,7 +100,8 @@ func TestLazyStreamOpen(t *testing.T) {
 }
 
 // TestModeMatrix checks which messages each mode combination produces and
-// where content-length survives (ref §2.1, §2.2, §3.5).
+// where content-length survives (https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/processing_mode.proto;
+// ProcessorState::shouldRemoveContentLength in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.h).
 func TestModeMatrix(t *testing.T) {
 	body := []byte(`{"model":"claude"}`)
 	cases := []struct {
@@ -163,7 +166,8 @@ func TestModeMatrix(t *testing.T) {
 
 // TestAttributes: request attributes only on the first request-direction
 // message, response attributes on the first response message, under the one
-// key, typed per ref §1.2.
+// key, typed as Envoy's ExpressionManager::evaluateAttributes does
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/matching_utils.cc).
 func TestAttributes(t *testing.T) {
 	c, p := startProc(t, replyAll(passthrough))
 	policy := "xds.route_metadata.filter_metadata['tokenwarden']['policy']"
@@ -200,7 +204,8 @@ func TestAttributes(t *testing.T) {
 }
 
 // TestSkipHeadersAttributesOnBody: with request headers SKIP the first
-// message is request_body and carries protocol_config and attributes (§2.1).
+// message is request_body and carries protocol_config and attributes
+// (ProcessingRequest.protocol_config and attributes, https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto).
 func TestSkipHeadersAttributesOnBody(t *testing.T) {
 	c, p := startProc(t, replyAll(passthrough))
 	f := newFilter(t, c, Config{ProcessingMode: mode(SKIP, SKIP, BUFFERED, NONE), RequestAttributes: []string{"request.method"}})
@@ -213,7 +218,8 @@ func TestSkipHeadersAttributesOnBody(t *testing.T) {
 }
 
 // TestProcessorOKMidExchange: the processor returning nil from Process
-// continues the exchange unmodified and without further messages (§6.1).
+// continues the exchange unmodified and without further messages, whatever
+// failure_mode_allow says (Filter::onGrpcClose in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc).
 func TestProcessorOKMidExchange(t *testing.T) {
 	for _, fma := range []bool{false, true} {
 		c, p := startProc(t, func(s *pstream) error {

@@ -11,7 +11,9 @@ import (
 	"google.golang.org/grpc/metadata"
 )
 
-// procStream is the one gRPC stream of an exchange (ref §1.1). Sends go
+// procStream is the one gRPC stream of an exchange: Envoy opens at most one
+// ExternalProcessor/Process stream per HTTP stream, lazily (Filter::openStream
+// in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc). Sends go
 // through a dedicated goroutine with an unbounded queue, because Envoy's async
 // client never blocks the dispatcher on flow control; the event loop must keep
 // running its timers even when the processor stops reading.
@@ -39,7 +41,10 @@ type recvResult struct {
 }
 
 // openStream starts Process with the cluster name as :authority and the
-// initial metadata (ref §1.1, §5.4). The stream context is detached from the
+// initial metadata (EnvoyGrpc.authority defaults to cluster_name and
+// GrpcService.initial_metadata is sent as request metadata,
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/grpc_service.proto).
+// The stream context is detached from the
 // client context: Envoy closes it explicitly (half-close, then reset), which
 // is what the server must observe, not an early cancellation.
 func openStream(parent context.Context, client extprocv3.ExternalProcessorClient, cfg *Config,

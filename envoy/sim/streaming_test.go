@@ -42,7 +42,9 @@ func hookWaiter() (func(string), func(t *testing.T, want string)) {
 
 // TestStreamedPipeliningAndRelease: chunk n+1 is sent before reply n; each
 // chunk is released only when its reply arrives, in order; empty reply =
-// unchanged, body = replace, clear_body = drop (ref §2.2, §7).
+// unchanged, body = replace, clear_body = drop (Filter::handleDataStreamedMode in
+// https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc;
+// ProcessorState::handleStreamedBodyResponse in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc).
 func TestStreamedPipeliningAndRelease(t *testing.T) {
 	got := make(chan *extprocv3.ProcessingRequest, 16)
 	release := make(chan *extprocv3.ProcessingResponse, 16)
@@ -153,7 +155,8 @@ func TestStreamedHeaderMutationIgnored(t *testing.T) {
 // TestCoalescing: data arriving during the header round trip becomes one
 // chunk; a body complete before the header reply becomes one message with
 // end_of_stream=true handled as a buffered callback whose header mutation
-// applies (ref §2.2).
+// applies (ProcessorState::sendBufferedDataInStreamedMode and
+// handleCompleteBodyAvailable in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc).
 func TestCoalescing(t *testing.T) {
 	for _, complete := range []bool{false, true} {
 		name := "partial"
@@ -327,7 +330,10 @@ func TestSSERandomChunking(t *testing.T) {
 	}
 }
 
-// TestModeOverride is ref §2.4.
+// TestModeOverride covers ProcessingResponse.mode_override
+// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto)
+// as Filter::onReceiveMessage and effectiveModeOverride apply it
+// (https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc).
 func TestModeOverride(t *testing.T) {
 	cases := []struct {
 		name    string
@@ -389,7 +395,10 @@ func TestModeOverride(t *testing.T) {
 	}
 }
 
-// TestCloseSemantics is ref §1.1 / §11.9: what the server observes.
+// TestCloseSemantics: what the server observes when the filter closes the
+// stream (Filter::closeStreamMaybeGraceful in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc;
+// ProcessorStreamImpl::close / halfCloseAndDeleteOnRemoteClose in
+// https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/common/ext_proc/grpc_client_impl.h).
 func TestCloseSemantics(t *testing.T) {
 	t.Run("default half-close then cancel", func(t *testing.T) {
 		c, p := startProc(t, replyAll(passthrough))
@@ -549,7 +558,9 @@ func TestDynamicMetadataAfterEOF(t *testing.T) {
 }
 
 // TestTrailers: trailers are sent only in SEND mode and when present; the
-// last body chunk then has end_of_stream=false; mutations apply (§1.2, §2.1).
+// last body chunk then has end_of_stream=false; mutations apply
+// (ProcessingRequest.request_trailers/response_trailers, https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto;
+// trailer modes in https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/processing_mode.proto).
 func TestTrailers(t *testing.T) {
 	c, p := startProc(t, replyAll(func(m *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
 		if m.GetResponseTrailers() != nil {
@@ -619,7 +630,8 @@ func TestEmptyLastChunk(t *testing.T) {
 }
 
 // TestSpuriousStreamedResponse: streamed_response in STREAMED mode is
-// spurious (ref §1.4); after the headers went the error reply can only reset,
+// spurious (ProcessorState::handleBodyResponse in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc);
+// after the headers went the error reply can only reset,
 // and fail-open continues unmodified.
 func TestSpuriousStreamedResponse(t *testing.T) {
 	for _, fma := range []bool{false, true} {
@@ -672,7 +684,8 @@ func TestImmediateResponseBufferedResponse(t *testing.T) {
 }
 
 // TestTrailersDefaultSkipped: trailer mode DEFAULT means SKIP; the last body
-// chunk still has end_of_stream=false because trailers exist (ref §1.2).
+// chunk still has end_of_stream=false because trailers exist
+// (HttpBody.end_of_stream, https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto).
 func TestTrailersDefaultSkipped(t *testing.T) {
 	c, p := startProc(t, replyAll(passthrough))
 	f := newFilter(t, c, Config{ProcessingMode: mode(SKIP, SKIP, NONE, STREAMED)})

@@ -25,7 +25,8 @@ type Request struct {
 	Method, Path, Scheme, Authority string
 	// Headers are the regular request headers; names are lower-cased by the
 	// filter. x-request-id and x-forwarded-proto are added when absent, like
-	// Envoy's HTTP connection manager does before any filter runs (ref §1.2).
+	// Envoy's HTTP connection manager does before any filter runs
+	// (https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/headers).
 	Headers []Header
 	// Body is the whole request body, delivered to the filter split per
 	// Config.Chunking. Ignored when BodyStream is set.
@@ -88,8 +89,9 @@ type SentRequest struct {
 
 // ErrStreamReset is returned by Response.Body when Envoy would reset the
 // downstream stream after response headers were sent: an ImmediateResponse or
-// an error in the response phase of a STREAMED body (ref §4), or an upstream
-// reset mid-body.
+// an error in the response phase of a STREAMED body (sendLocalReply can only
+// reset once headers went, https://github.com/envoyproxy/envoy/blob/main/source/common/http/filter_manager.cc),
+// or an upstream reset mid-body.
 var ErrStreamReset = errors.New("sim: stream reset by the ext_proc filter")
 
 // ErrClientDisconnected is returned by Response.Body reads after the client
@@ -130,8 +132,9 @@ func (r *Response) Trace() []Event {
 }
 
 // DynamicMetadata returns a copy of the dynamic metadata written so far, one
-// top-level key per receiving namespace (ref §5.1). Read it after Done for the
-// access-log view.
+// top-level key per receiving namespace (metadata_options.receiving_namespaces,
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto).
+// Read it after Done for the access-log view.
 func (r *Response) DynamicMetadata() *structpb.Struct {
 	r.x.mu.Lock()
 	defer r.x.mu.Unlock()
@@ -177,7 +180,8 @@ func headerValue(hs []Header, name string) (string, bool) {
 // EventKind classifies a trace Event.
 type EventKind int
 
-// Event kinds, in the vocabulary of ref §1 and §6.
+// Event kinds, in the vocabulary of Envoy's ext_proc filter
+// (https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/ext_proc_filter).
 const (
 	EventStreamOpen       EventKind = iota + 1 // gRPC stream opened (lazily)
 	EventSend                                  // a ProcessingRequest was sent
@@ -187,7 +191,7 @@ const (
 	EventTimeoutOverride                       // override_message_timeout restarted the timer
 	EventClearRouteCache                       // the route cache was cleared: the route would be re-picked
 	EventTimeout                               // message_timeout fired
-	EventSpurious                              // a spurious response (ref §1.4)
+	EventSpurious                              // a spurious response: wrong type for the callback state (processor_state.cc)
 	EventFailOpen                              // processing abandoned, exchange continues unmodified
 	EventGRPCClose                             // processor ended the stream with OK
 	EventGRPCError                             // stream failed with a gRPC error
