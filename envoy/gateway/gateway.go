@@ -33,8 +33,12 @@ import (
 // the access log prints.
 const MetadataNamespace = "tokenwarden"
 
-// PolicyAttribute is the request attribute carrying the route's policy
-// (DESIGN.md, "Which policy a route uses").
+// PolicyAttribute is the request attribute carrying the route's policy: the
+// route's metadata (filter_metadata: {tokenwarden: {policy: batch}} in
+// envoy/envoy.yaml) read as a plain string, so a client can never pick its
+// own policy (request_attributes in
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto;
+// attribute names in https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/advanced/attributes).
 const PolicyAttribute = "xds.route_metadata.filter_metadata['tokenwarden']['policy']"
 
 // Route maps a path prefix to the request attributes Envoy would evaluate for
@@ -71,8 +75,8 @@ type Options struct {
 	ReadHeaderTimeout time.Duration
 }
 
-// DefaultFilterConfig is the ext_proc configuration tokenwarden recommends
-// (ref §8.2 / §9.2): request headers SEND + body BUFFERED, response headers
+// DefaultFilterConfig is the ext_proc configuration tokenwarden recommends,
+// the same as envoy/envoy.yaml: request headers SEND + body BUFFERED, response headers
 // SEND + body BUFFERED (the processor switches SSE responses to STREAMED with
 // mode_override), trailers SKIP, allow_mode_override, message_timeout 2s,
 // receiving namespace "tokenwarden", the policy attribute, fail closed.
@@ -133,7 +137,9 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	client := opts.ProcessorClient
 	if client == nil {
 		// Flow control is Envoy's (here: the buffer limit), not gRPC's
-		// message size: allow any size, as ai-gateway does (ref §2.3).
+		// message size: allow any size, as Envoy's own gRPC client does
+		// (EnvoyGrpc.max_receive_message_length defaults to unlimited,
+		// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/grpc_service.proto).
 		s.conn, err = grpc.NewClient(opts.Processor,
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32), grpc.MaxCallSendMsgSize(math.MaxInt32)))

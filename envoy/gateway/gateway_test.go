@@ -325,7 +325,8 @@ func TestStartValidates(t *testing.T) {
 
 // TestGatewayResetMidStream: an ImmediateResponse after the response headers
 // went out resets the stream; the client sees a truncated body, not a clean
-// end (ref §4).
+// end (DownstreamFilterManager::sendLocalReply can only reset once headers
+// went, https://github.com/envoyproxy/envoy/blob/main/source/common/http/filter_manager.cc).
 func TestGatewayResetMidStream(t *testing.T) {
 	gotHeaders := make(chan struct{})
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

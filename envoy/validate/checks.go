@@ -23,15 +23,17 @@ import (
 )
 
 // MinMessageTimeout is the smallest ext_proc message_timeout accepted: admission tokenises the
-// body and makes a Redis round trip, and Envoy answers a timeout with a 504 (reference §6.2).
-// Envoy's own default, 200ms, is below it on purpose.
+// body and makes a Redis round trip, and Envoy answers an expired message_timeout with a 504
+// (Filter::onMessageTimeout in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc).
+// Envoy's own default, 200ms (https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto),
+// is below it on purpose.
 const MinMessageTimeout = time.Second
 
 // httpProtocolOptionsKey is the typed_extension_protocol_options key for upstream HTTP options.
 const httpProtocolOptionsKey = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 // istioClusterName is the form of an Istio-generated cluster, outbound|<port>|<subset>|<FQDN>
-// (reference §8.4, BuildSubsetKey).
+// (BuildSubsetKey in https://github.com/istio/istio/blob/master/pilot/pkg/model/service.go).
 var istioClusterName = regexp.MustCompile(`^outbound\|[0-9]+\|[^|]*\|[^|]+$`)
 
 // checker accumulates cross-reference and tokenwarden-specific problems.
@@ -155,8 +157,21 @@ func (c *checker) checkExtProcFilter(f *hcmv3.HttpFilter, path string) {
 	c.checkExtProc(ep, path+".typed_config")
 }
 
-// checkExtProc applies Envoy's non-PGV load-time checks (reference §8.3) and what tokenwarden's
-// processor depends on.
+// checkExtProc applies Envoy's non-PGV load-time checks (verifyFilterConfig and
+// verifyProcessingModeConfig in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/config.cc) and what
+// tokenwarden's processor depends on:
+//   - message_timeout: an expired timer is a 504 (Filter::onMessageTimeout in
+//     https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc);
+//   - allow_mode_override: the processor switches SSE responses to STREAMED with
+//     ProcessingResponse.mode_override (https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto),
+//     which Envoy ignores when send_body_without_waiting_for_header_response is set
+//     (https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto);
+//   - route cache clearing: the model route re-matches only on CommonResponse.clear_route_cache,
+//     which disable_clear_route_cache and route_cache_action RETAIN turn off;
+//   - request_attributes: the policy arrives as the string value of the listed expression
+//     (https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/advanced/attributes);
+//   - metadata_options.receiving_namespaces: dynamic metadata in an unlisted namespace is
+//     dropped (Filter::setDynamicMetadata in https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/ext_proc.cc).
 func (c *checker) checkExtProc(ep *extprocv3.ExternalProcessor, path string) {
 	switch {
 	case ep.GetGrpcService() != nil && ep.GetHttpService() != nil:
@@ -171,31 +186,31 @@ func (c *checker) checkExtProc(ep *extprocv3.ExternalProcessor, path string) {
 		timeout = ep.GetMessageTimeout().AsDuration()
 	}
 	if timeout < MinMessageTimeout {
-		c.errorf(path+".message_timeout", "%s is below %s: admission (tokenising plus a store round trip) would end in Envoy 504s (reference §6.2)", timeout, MinMessageTimeout)
+		c.errorf(path+".message_timeout", "%s is below %s: admission (tokenising plus a store round trip) would end in Envoy 504s", timeout, MinMessageTimeout)
 	}
 	if mx := ep.GetMaxMessageTimeout(); mx != nil && mx.AsDuration() != 0 && mx.AsDuration() < timeout {
 		c.errorf(path+".max_message_timeout", "%s is below message_timeout %s", mx.AsDuration(), timeout)
 	}
 	if !ep.GetAllowModeOverride() {
-		c.errorf(path+".allow_mode_override", "must be true: the processor switches SSE responses to STREAMED with mode_override (reference §2.4)")
+		c.errorf(path+".allow_mode_override", "must be true: the processor switches SSE responses to STREAMED with mode_override")
 	}
 	if ep.GetObservabilityMode() {
 		c.errorf(path+".observability_mode", "must be false: Envoy ignores every processor response in observability mode, so nothing can be admitted or denied")
 	}
 	if ep.GetSendBodyWithoutWaitingForHeaderResponse() {
-		c.errorf(path+".send_body_without_waiting_for_header_response", "must be false: it disables mode_override (reference §2.4)")
+		c.errorf(path+".send_body_without_waiting_for_header_response", "must be false: it disables mode_override")
 	}
 	if ep.GetDisableClearRouteCache() && ep.GetRouteCacheAction() != extprocv3.ExternalProcessor_DEFAULT {
 		c.errorf(path, "disable_clear_route_cache and route_cache_action are mutually exclusive (Envoy rejects both set)")
 	} else if ep.GetDisableClearRouteCache() || ep.GetRouteCacheAction() == extprocv3.ExternalProcessor_RETAIN {
-		c.errorf(path, "route cache clearing is disabled: routes matching %s would never be re-evaluated (reference §3.4)", ModelHeader)
+		c.errorf(path, "route cache clearing is disabled: routes matching %s would never be re-evaluated", ModelHeader)
 	}
 	c.checkProcessingMode(ep.GetProcessingMode(), path+".processing_mode")
 	if len(ep.GetAllowedOverrideModes()) > 0 && !anyStreamsResponse(ep.GetAllowedOverrideModes()) {
 		c.errorf(path+".allowed_override_modes", "no allowed mode streams the response body: SSE responses could not be switched to STREAMED")
 	}
 	if !slices.Contains(ep.GetRequestAttributes(), PolicyAttribute) {
-		c.errorf(path+".request_attributes", "must list %q: it is how the processor learns the route's policy (reference §5.3)", PolicyAttribute)
+		c.errorf(path+".request_attributes", "must list %q: it is how the processor learns the route's policy", PolicyAttribute)
 	}
 	for _, ns := range ep.GetMetadataOptions().GetReceivingNamespaces().GetUntyped() {
 		if c.namespaces != nil {
@@ -203,7 +218,7 @@ func (c *checker) checkExtProc(ep *extprocv3.ExternalProcessor, path string) {
 		}
 	}
 	if !slices.Contains(ep.GetMetadataOptions().GetReceivingNamespaces().GetUntyped(), MetadataNamespace) {
-		c.errorf(path+".metadata_options.receiving_namespaces.untyped", "must contain %q: Envoy drops dynamic metadata from unlisted namespaces (reference §5.1)", MetadataNamespace)
+		c.errorf(path+".metadata_options.receiving_namespaces.untyped", "must contain %q: Envoy drops dynamic metadata from unlisted namespaces", MetadataNamespace)
 	}
 }
 
@@ -244,7 +259,7 @@ func (c *checker) checkGrpcCluster(gs *corev3.GrpcService, path string) {
 	path += ".envoy_grpc.cluster_name"
 	if c.clusters == nil {
 		if !istioClusterName.MatchString(name) {
-			c.errorf(path, "%q is not an Istio cluster name outbound|<port>|<subset>|<FQDN> (reference §8.4)", name)
+			c.errorf(path, "%q is not an Istio cluster name outbound|<port>|<subset>|<FQDN>", name)
 		}
 		return
 	}

@@ -215,7 +215,8 @@ func validatePatch(p ConfigPatch, path string) (PatchSummary, error) {
 
 // checkPlacement requires an ext_proc insertion to land before the router of an HTTP
 // connection manager, and a sidecar insertion to be scoped to a port so that only the HTTP
-// outbound listener is patched (reference §8.4).
+// outbound listener is patched (EnvoyFilter applyTo HTTP_FILTER, operation INSERT_BEFORE and
+// listener.portNumber: https://istio.io/latest/docs/reference/config/networking/envoy-filter/).
 func (c *checker) checkPlacement(p ConfigPatch, path string) {
 	if p.Patch.Operation != "INSERT_BEFORE" {
 		c.errorf(path+".patch.operation", "ext_proc must be inserted with INSERT_BEFORE the router, got %s", p.Patch.Operation)

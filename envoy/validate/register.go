@@ -2,7 +2,9 @@ package validate
 
 // Every typed extension the tokenwarden configs reference, linked in so that protojson and
 // anypb can resolve their "@type" URLs through protoregistry.GlobalTypes. go-control-plane has no
-// blanket import package (reference §10.3); a config using an extension missing here fails with
+// blanket import package: each extension is its own Go package, registered only when linked in
+// (https://pkg.go.dev/github.com/envoyproxy/go-control-plane/envoy); a config using an extension
+// missing here fails with
 // `unable to resolve "type.googleapis.com/…": "not found"`, which is the intended signal to add
 // it below rather than a reason to skip validation.
 import (

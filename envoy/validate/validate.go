@@ -6,10 +6,13 @@
 //  1. Decoding: YAML → JSON (sigs.k8s.io/yaml) → protojson into the go-control-plane type.
 //     Unknown fields, wrong types, lower-case enums and unregistered "@type" URLs fail here.
 //     Envoy parses enums case-insensitively; protojson does not, so this layer is stricter than
-//     Envoy and configs must spell enums in UPPER_CASE (reference envoy-ext-proc.md §8.3).
+//     Envoy and configs must spell enums in UPPER_CASE (Envoy's MessageUtil JSON loading turns
+//     on case-insensitive enum parsing: https://github.com/envoyproxy/envoy/blob/main/source/common/protobuf/utility.cc).
 //  2. Deep PGV validation: ValidateAll on the root and, recursively, on every message packed in a
 //     google.protobuf.Any. The generated ValidateAll stops at Any fields, so without this walk a
-//     message_timeout of 7200s inside the HCM's typed_config passes (reference §10.3).
+//     message_timeout of 7200s inside the HCM's typed_config passes (the generated validators
+//     only call ValidateAll on embedded messages that implement it, and *anypb.Any does not; see
+//     HttpFilter.validate in https://github.com/envoyproxy/go-control-plane/blob/main/envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.validate.go).
 //  3. Cross-references and tokenwarden's needs: clusters that routes and ext_proc name exist,
 //     the processor cluster speaks HTTP/2, ext_proc sits before the router with the processing
 //     mode, attributes, namespaces and timeouts the processor relies on.
@@ -45,7 +48,11 @@ const (
 	// its per-request dynamic metadata.
 	MetadataNamespace = "tokenwarden"
 	// PolicyAttribute is the request attribute through which the processor learns the route's
-	// policy as a plain string (reference §5.3).
+	// policy as a plain string: a string-valued expression arrives as a string_value under a key
+	// equal to the expression text, whereas bare xds.route_metadata would arrive printed as
+	// protobuf text (request_attributes in
+	// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto;
+	// attribute names in https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/advanced/attributes).
 	PolicyAttribute = "xds.route_metadata.filter_metadata['tokenwarden']['policy']"
 	// ModelHeader is set by the processor on a rewritten model, with clear_route_cache, so routes
 	// can match on the effective model.
@@ -66,8 +73,9 @@ type Summary struct {
 	Disabled []string
 }
 
-// String renders the counts in the form of the reference's golden output ("OK: listeners 1
-// clusters 2"), extended with routes and ext_proc filters.
+// String renders the counts as "listeners N clusters N" (the form a known-good bootstrap is
+// summarised in, "OK: listeners 1 clusters 2"), extended with routes, ext_proc filters and
+// policies.
 func (s Summary) String() string {
 	return fmt.Sprintf("listeners %d clusters %d routes %d ext_proc %d policies [%s]",
 		s.Listeners, s.Clusters, s.Routes, s.ExtProcFilters, strings.Join(s.Policies, " "))

@@ -74,8 +74,9 @@ func TestRepositoryBootstraps(t *testing.T) {
 	}
 }
 
-// TestTextMutations covers the reference §10.4 golden cases that fail while decoding or in the
-// deep walk, by editing envoy.yaml as a user would.
+// TestTextMutations covers the configuration mistakes that must fail while decoding or in the
+// deep walk (an out-of-range message_timeout, a lower-case enum, ExtProcPerRoute.disabled false,
+// typos, missing clusters, unknown type URLs, ...), by editing envoy.yaml as a user would.
 func TestTextMutations(t *testing.T) {
 	base := string(readFile(t, "../envoy.yaml"))
 	cases := []struct {
@@ -127,7 +128,7 @@ func TestTextMutations(t *testing.T) {
 	}
 }
 
-// TestShallowValidationMisses7200s pins why the deep walk exists (reference §10.3): the
+// TestShallowValidationMisses7200s pins why the deep walk exists (see the package comment): the
 // generated ValidateAll does not descend into Any and accepts the out-of-range timeout.
 func TestShallowValidationMisses7200s(t *testing.T) {
 	doc := strings.Replace(string(readFile(t, "../envoy.yaml")), "message_timeout: 2s", "message_timeout: 7200s", 1)
@@ -298,10 +299,11 @@ func TestSemanticChecks(t *testing.T) {
 	}
 }
 
-// TestReferenceBootstrap runs the reference's known-good bootstrap (§8.2, golden "OK: listeners
-// 1 clusters 2"): it decodes and deep-validates, and tokenwarden's own checks reject exactly what
-// it lacks for tokenwarden — the namespace and the policy attribute — while the response body
-// mode STREAMED is accepted.
+// TestReferenceBootstrap runs an independent known-good ext_proc bootstrap (one listener, two
+// clusters, a receiving namespace other than tokenwarden's and no policy attribute) read from the
+// ext_proc notes kept next to the repository (see referenceYAML; skipped when absent): it decodes
+// and deep-validates, and tokenwarden's own checks reject exactly what it lacks for tokenwarden —
+// the namespace and the policy attribute — while the response body mode STREAMED is accepted.
 func TestReferenceBootstrap(t *testing.T) {
 	doc := referenceYAML(t, "### 8.2")
 	var b bootstrapv3.Bootstrap
@@ -324,7 +326,10 @@ func TestReferenceBootstrap(t *testing.T) {
 	}
 }
 
-// referenceYAML returns the first ```yaml block after heading in the shared ext_proc reference.
+// referenceYAML returns the first ```yaml block after heading in ../shared/reference/envoy-ext-proc.md,
+// found by walking up from the package directory like the recorded fixtures in ../shared/fixtures.
+// It is test input only (a second, independently written bootstrap and Istio patch), not a source
+// for any behaviour; the test is skipped when the file is absent.
 func referenceYAML(t *testing.T, heading string) []byte {
 	t.Helper()
 	dir, err := filepath.Abs(".")
