@@ -316,7 +316,8 @@ func selects(selector, labels map[string]string) bool {
 	return true
 }
 
-// TestIstioTLSOrigination checks the sidecar prerequisite from the reference (§8.4): plain HTTP
+// TestIstioTLSOrigination checks the sidecar prerequisite (a sidecar only runs HTTP filters on
+// plain-HTTP traffic, so Istio must originate TLS: https://istio.io/latest/docs/tasks/traffic-management/egress/egress-tls-origination/): plain HTTP
 // port 80 mapped to 443, TLS originated by a DestinationRule on that port, and the named routes
 // the HTTP_ROUTE patches refer to.
 func TestIstioTLSOrigination(t *testing.T) {
