@@ -31,8 +31,10 @@ type Price struct {
 	CacheRead    NanoUSD
 }
 
-// Anthropic's documented cache multipliers of the base input price (reference
-// llm-apis.md §3.6), as exact fractions so they stay integer arithmetic.
+// Anthropic's documented cache multipliers of the base input price (5-minute
+// write 1.25×, 1-hour write 2×, read 0.1×:
+// https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching, "Pricing"),
+// as exact fractions so they stay integer arithmetic.
 // They apply only when a price omits its cache classes; the embedded table
 // spells every class out because the official figures are not always exactly
 // these multiples.
@@ -169,8 +171,12 @@ type Cost struct {
 }
 
 // Cost prices u with integer arithmetic only. Each token class is charged at
-// its own rate exactly once (reference llm-apis.md §2.2): Usage.InputTokens
-// excludes cached tokens, so cache writes are not also charged as input and
+// its own rate exactly once: Anthropic's usage.input_tokens counts only the
+// tokens after the last cache breakpoint, with cache_creation_input_tokens and
+// cache_read_input_tokens reported separately
+// (https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching, "Tracking cache performance";
+// https://docs.anthropic.com/en/api/messages). Usage.InputTokens
+// likewise excludes cached tokens, so cache writes are not also charged as input and
 // cache reads are never charged at the full input rate. OpenAI usage arrives
 // already split into the same classes by its dialect.
 //

@@ -82,7 +82,8 @@ func TestCostAgainstReferencePrices(t *testing.T) {
 			want: Cost{Input: 0.00005 * usd, Output: 0.005 * usd, CacheWrite: 1 * usd, Total: 1.00505 * usd},
 		},
 		{
-			// Both TTLs in one request (§3.4): 20k·$6.25 + 40k·$10 per MTok = $0.125 + $0.40.
+			// Both TTLs in one request (https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching, "Mixing different TTLs"):
+			// 20k·$6.25 + 40k·$10 per MTok = $0.125 + $0.40.
 			name: "opus 4.5 mixed TTL writes", model: "claude-opus-4-5",
 			u:    Usage{CacheWrite5mTokens: 20_000, CacheWrite1hTokens: 40_000},
 			want: Cost{CacheWrite: 0.525 * usd, Total: 0.525 * usd},
@@ -124,7 +125,8 @@ func TestCostAgainstReferencePrices(t *testing.T) {
 			want: Cost{Input: 0.03 * usd, Output: 0.3 * usd, Total: 0.33 * usd},
 		},
 		{
-			// Haiku 3.5 at $0.80/$4, not the outdated $0.25/$1.25 of Haiku 3 (§5.3).
+			// Haiku 3.5 at $0.80/$4, not the $0.25/$1.25 of Haiku 3 that older price lists
+			// still quote (https://docs.anthropic.com/en/docs/about-claude/pricing).
 			name: "haiku 3.5", model: "claude-3-5-haiku-latest",
 			u:    Usage{InputTokens: 1_000_000, OutputTokens: 1_000_000},
 			want: Cost{Input: 0.8 * usd, Output: 4 * usd, Total: 4.8 * usd},

@@ -23,9 +23,9 @@ func newTestTable(t testing.TB, opts PriceTableOptions) *PriceTable {
 	return table
 }
 
-// usdPrice builds the expected Price from a row of the reference's §5.2 table
-// (USD per MTok: input, 5m write, 1h write, cache hit, output — the
-// reference's column order).
+// usdPrice builds the expected Price from a row of Anthropic's pricing table
+// (https://docs.anthropic.com/en/docs/about-claude/pricing; USD per MTok: input,
+// 5m cache write, 1h cache write, cache hit, output — the page's column order).
 func usdPrice(t *testing.T, in, w5, w1, rd, out float64) Price {
 	t.Helper()
 	p, err := PriceFromUSDPerMTok(in, out, w5, w1, rd)
@@ -36,7 +36,7 @@ func usdPrice(t *testing.T, in, w5, w1, rd, out float64) Price {
 }
 
 func TestEmbeddedTableMatchesReference(t *testing.T) {
-	if embedded.asOf != "2026-11-21" || !strings.Contains(embedded.source, "llm-apis.md §5.2") {
+	if embedded.asOf != "2026-11-21" || !strings.Contains(embedded.source, "docs.anthropic.com/en/docs/about-claude/pricing") {
 		t.Fatalf("header: as_of %q, source %q", embedded.asOf, embedded.source)
 	}
 	table := newTestTable(t, PriceTableOptions{})
