@@ -295,7 +295,8 @@ func (s *stack) ledgerSince(n int) []mockprovider.LedgerEntry {
 
 // nanoPrices are the published prices of the models these tests use, in
 // nano-USD per token, written out independently of the accounting package
-// (reference/llm-apis.md §5.2), so a pricing bug cannot cancel itself out.
+// (from https://docs.anthropic.com/en/docs/about-claude/pricing), so a
+// pricing bug cannot cancel itself out.
 var nanoPrices = map[string][5]int64{ // input, output, 5m write, 1h write, read
 	"claude-sonnet-4-5": {3000, 15000, 3750, 6000, 300},
 	"claude-haiku-4-5":  {1000, 5000, 1250, 2000, 100},

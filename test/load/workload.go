@@ -35,7 +35,8 @@ type Mix struct {
 	SSEDeltas int
 	// ChunkMax bounds the data callbacks an SSE body is read in: each is
 	// 1..ChunkMax bytes at a random boundary, unrelated to event boundaries,
-	// and becomes one STREAMED response_body message (ref §7).
+	// and becomes one STREAMED response_body message, as Envoy sends one per
+	// data callback (https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/processing_mode.proto).
 	ChunkMax int
 	// EventGap, when > 0, makes a slow, token-by-token stream instead: one
 	// event per read, with EventGap before each event after the first.
@@ -213,8 +214,10 @@ func requestBody(rng *rand.Rand, openai, stream bool, size int) ([]byte, error) 
 }
 
 // responseBody builds the provider's answer in the shape of the recorded
-// traffic (shared/fixtures/anthropic-recorded) and the OpenAI reference: a
-// JSON message with usage, or an SSE stream whose usage arrives at the end.
+// Anthropic traffic (the anthropic-sdk-go cassettes the recorded-traffic
+// tests read from ../shared/fixtures/anthropic-recorded) and of OpenAI's
+// documented chunk format (https://platform.openai.com/docs/api-reference/chat/streaming):
+// a JSON message with usage, or an SSE stream whose usage arrives at the end.
 func responseBody(rng *rand.Rand, openai, stream bool, deltas int, input int64, i int) ([]byte, []int) {
 	output := int64(20 + rng.IntN(500))
 	text := func() string { return strings.TrimSpace(filler(rng, 8+rng.IntN(40))) }
@@ -300,7 +303,9 @@ const gateTimeout = 2 * time.Second
 // An SSE body is held back until the response headers have left the filter
 // (open is called when Filter.Do returns): a real provider's first token
 // comes well after its headers, and an in-memory body would otherwise arrive
-// during the response_headers round trip and become one message (ref §2.2),
+// during the response_headers round trip and become one message
+// (ProcessorState::handleCompleteBodyAvailable in
+// https://github.com/envoyproxy/envoy/blob/main/source/extensions/filters/http/ext_proc/processor_state.cc),
 // which is not what streaming looks like.
 func upstream(s *Spec, gate *gate, mix *Mix, seed uint64) sim.Upstream {
 	return sim.UpstreamFunc(func(ctx context.Context, r *sim.UpstreamRequest) (*sim.UpstreamResponse, error) {

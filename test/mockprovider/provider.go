@@ -59,7 +59,11 @@ type Options struct {
 }
 
 // DefaultMinCacheTokens is the per-model minimum cacheable prefix, keyed by a
-// substring of the model id (LiteLLM's table, llm-apis.md §3.5).
+// substring of the model id. The figures follow LiteLLM's prompt_cache_min_tokens
+// (https://github.com/BerriAI/litellm/blob/main/model_prices_and_context_window.json);
+// Anthropic documents the minimums on its prompt-caching page
+// (https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching), whose table has
+// changed between versions. A shorter prefix is not cached, without an error.
 var DefaultMinCacheTokens = map[string]int64{
 	"haiku-4-5":  4096,
 	"opus-4-5":   4096,

@@ -9,7 +9,8 @@ import (
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 )
 
-// Prompt-cache injection (llm-apis.md §3, field-survey.md §4 item 16).
+// Prompt-cache injection (cache_control rules:
+// https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching).
 //
 // The gateway adds cache_control breakpoints a client did not set, so a
 // tenant's repeated prefix is billed at the cache-read rate. Each rule below
@@ -19,9 +20,12 @@ import (
 //     of 4 blocks with cache_control may be provided"), counting tools,
 //     system, message blocks, blocks nested in tool_result content, and the
 //     top-level cache_control of automatic caching. Every one of them is
-//     counted, and the total never exceeds MaxCacheBreakpoints.
+//     counted, and the total never exceeds MaxCacheBreakpoints (LiteLLM hit
+//     both: https://github.com/BerriAI/litellm/pull/30480,
+//     https://github.com/BerriAI/litellm/issues/38679).
 //   - Injection stands down per block, never per request: a client marker
-//     stays as it is, and the remaining slots are still filled.
+//     stays as it is, and the remaining slots are still filled (unlike
+//     https://github.com/BerriAI/litellm/issues/40675).
 //   - 1h breakpoints must precede 5m ones; the TTL of each added marker is
 //     chosen so the order of all markers stays valid (see ttlFor).
 //   - Bytes are spliced, never re-serialised: the cache matches prefixes
@@ -736,9 +740,10 @@ func blank(raw []byte) bool {
 const UnknownModelMinCacheTokens = 1024
 
 // DefaultMinCacheTokens returns the model's minimum cacheable prefix, in
-// tokens, from the prompt-caching page's later-2026 table (llm-apis.md §3.5,
-// "later 2026 page (quote sheet)"; earlier versions disagree, e.g. Opus 4.7
-// at 4096, hence config can override it). The model id may carry a provider
+// tokens, from the minimum-length table of Anthropic's prompt-caching page
+// (https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching) in its later-2026
+// version; earlier versions of the page disagree (e.g. Opus 4.7 at 4096),
+// hence config can override it. The model id may carry a provider
 // prefix ("anthropic.", "us.anthropic."), a date ("-20251101", "@20251101"),
 // "-latest" or a Bedrock version ("-v1:0"); anything else unknown gets
 // UnknownModelMinCacheTokens.

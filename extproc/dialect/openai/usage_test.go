@@ -8,9 +8,12 @@ import (
 	"github.com/tokenwarden/tokenwarden/accounting"
 )
 
-// recorded is the real gpt-5-nano stream quoted in the reference (an
-// envoyproxy/ai-gateway cassette): two chunks, the usage chunk with empty
-// choices, then [DONE].
+// recorded is a real gpt-5-nano stream (envoyproxy/ai-gateway's cassette
+// chat-streaming-detailed-usage.yaml in
+// https://github.com/envoyproxy/ai-gateway/tree/main/tests/internal/testopenai/cassettes):
+// two chunks, the usage chunk with
+// empty choices (stream_options.include_usage,
+// https://platform.openai.com/docs/api-reference/chat/streaming), then [DONE].
 const recorded = `data: {"id":"chatcmpl-C4Hq5a6K3RaPMymUv70btQNYv6SvY","object":"chat.completion.chunk","created":1755137921,"model":"gpt-5-nano-2025-08-07","service_tier":"default","system_fingerprint":null,"choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"finish_reason":null}],"usage":null,"obfuscation":"WuQNX"}
 
 data: {"id":"chatcmpl-C4Hq5a6K3RaPMymUv70btQNYv6SvY","object":"chat.completion.chunk","created":1755137921,"model":"gpt-5-nano-2025-08-07","service_tier":"default","system_fingerprint":null,"choices":[{"index":0,"delta":{},"finish_reason":"length"}],"usage":null,"obfuscation":"IPio8PDeczEmdPr"}

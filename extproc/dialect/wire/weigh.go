@@ -26,9 +26,10 @@ import "math/bits"
 //     definition, ToolPromptTokens once when tools are present (the hidden
 //     tool-use system prompt), ToolCallOverheadTokens per tool call and per
 //     tool result in the conversation, RequestOverheadTokens per request.
-//     The tool figures are calibrated on the recorded Anthropic exchanges
-//     (shared/fixtures): a tool call with its result bills ~60 tokens beyond
-//     their visible text.
+//     The tool figures are calibrated on real Anthropic exchanges (the
+//     anthropic-sdk-go tool-runner cassettes, https://github.com/anthropics/anthropic-sdk-go/tree/main/toolrunner/testdata/cassettes,
+//     which the recorded-traffic tests read from ../shared/fixtures): a tool
+//     call with its result bills ~60 tokens beyond their visible text.
 //
 // Weights are kept in twelfths of a token, so the estimate is a sum of small
 // integers per byte: the table below is its definition. Continuation bytes of
