@@ -21,21 +21,21 @@ import (
 	"sort"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
-	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/envoy/gateway"
 	"github.com/tokenwarden/tokenwarden/extproc"
+	"github.com/tokenwarden/tokenwarden/extproc/contract"
+	"github.com/tokenwarden/tokenwarden/extproc/gate"
+	"github.com/tokenwarden/tokenwarden/extproc/observe"
 	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
 	"github.com/tokenwarden/tokenwarden/test/mockprovider"
@@ -112,9 +112,6 @@ func usage(w io.Writer) {
 func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return errUsage
-		}
 		return errUsage
 	}
 	given := map[string]bool{}
@@ -150,43 +147,28 @@ func runCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer
 		fmt.Fprintln(stderr, "usage: tokenwarden check-config FILE")
 		return errUsage
 	}
-	data, err := os.ReadFile(fs.Arg(0))
+	_, cfg, err := loadConfig(fs.Arg(0))
 	if err != nil {
 		return err
 	}
-	cfg, err := policy.Parse(data)
-	if err != nil {
-		return fmt.Errorf("%s: %w", fs.Arg(0), err)
-	}
-	fmt.Fprintf(stdout, "%s: OK (%d policies, %d tenants, store %s)\n", fs.Arg(0), len(cfg.PolicyNames()), len(cfg.Tenants()), storeKind(cfg.Store))
+	fmt.Fprintf(stdout, "%s: OK (%d policies, %d tenants, store %s)\n", fs.Arg(0), len(cfg.PolicyNames()), len(cfg.Tenants()), cfg.Store.Kind())
 	return nil
 }
 
-func storeKind(s policy.Store) string {
-	switch {
-	case len(s.RedisCluster) > 0:
-		return "redis cluster"
-	case s.Redis != "":
-		return "redis"
-	}
-	return "memory"
-}
-
-// loadConfig reads --config, or the embedded defaults when it is empty.
+// loadConfig reads a tokenwarden.yaml, or the embedded defaults when path
+// is empty.
 func loadConfig(path string) ([]byte, *policy.Config, error) {
-	data := policy.DefaultYAML()
+	data, name := policy.DefaultYAML(), "embedded defaults"
 	if path != "" {
 		var err error
 		if data, err = os.ReadFile(path); err != nil {
 			return nil, nil, err
 		}
+		name = path
 	}
 	cfg, err := policy.Parse(data)
 	if err != nil {
-		if path == "" {
-			path = "embedded defaults"
-		}
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
+		return nil, nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return data, cfg, nil
 }
@@ -199,43 +181,9 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
 }
 
-// openStore builds the limiter store the config asks for: in-memory for one
-// replica, or Redis wrapped so that each policy's failure mode applies while
-// Redis is unreachable. direct returns the bare Redis store (and no up), for
-// commands that must read the shared state or fail, never a local stand-in.
-func openStore(cfg policy.Store, logger *slog.Logger, direct bool) (store limiter.Store, up func() bool, closeFn func(), err error) {
-	local := limiter.NewMemory(limiter.MemoryOptions{})
-	if !cfg.Shared() {
-		return local, func() bool { return true }, func() {}, nil
-	}
-	var client redis.UniversalClient
-	if len(cfg.RedisCluster) > 0 {
-		client = redis.NewClusterClient(&redis.ClusterOptions{
-			Addrs: cfg.RedisCluster, DialTimeout: time.Second,
-			ReadTimeout: cfg.Timeout, WriteTimeout: cfg.Timeout, MaxRetries: -1,
-		})
-	} else {
-		opt, err := redis.ParseURL(cfg.Redis)
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("store.redis: %w", err)
-		}
-		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.MaxRetries = time.Second, cfg.Timeout, cfg.Timeout, -1
-		client = redis.NewClient(opt)
-	}
-	primary, err := limiter.NewRedis(limiter.RedisOptions{Client: client, Timeout: cfg.Timeout})
-	if err != nil {
-		client.Close()
-		return nil, nil, nil, err
-	}
-	if direct {
-		return primary, nil, func() { client.Close() }, nil // one-shot commands do not watch health
-	}
-	res, err := limiter.NewResilient(limiter.ResilientOptions{Primary: primary, Local: local, Replicas: cfg.Replicas, Logger: logger})
-	if err != nil {
-		client.Close()
-		return nil, nil, nil, err
-	}
-	return res, res.Up, func() { res.Close(); client.Close() }, nil
+func openStore(s policy.Store, logger *slog.Logger, direct bool) (limiter.Opened, error) {
+	return limiter.Open(limiter.OpenOptions{Redis: s.Redis, Cluster: s.RedisCluster, Timeout: s.Timeout,
+		Replicas: s.Replicas, Logger: logger, Direct: direct})
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -257,21 +205,24 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := extproc.NewMetrics(reg)
-	metrics.InitPolicies(cfg.PolicyNames())
-	metrics.ConfigReloads.WithLabelValues("success").Inc()
-	metrics.ConfigReloadTime.SetToCurrentTime()
-
-	store, up, closeStore, err := openStore(cfg.Store, logger, false)
+	metrics := observe.NewMetrics(reg)
+	metrics.ConfigLoaded(true, cfg.PolicyNames())
+	store, err := openStore(cfg.Store, logger, false)
 	if err != nil {
 		return err
 	}
-	defer closeStore()
+	defer store.Close()
 	holder := policy.NewHolder(cfg)
-	srv := extproc.NewServer(extproc.Options{Config: holder, Store: store, Metrics: metrics, Logger: logger})
+	g, err := gate.New(gate.Options{Config: holder, Store: store.Store, Observer: metrics, Logger: logger})
+	if err != nil {
+		return err
+	}
+	srv, err := extproc.NewServer(extproc.Options{Gate: g, Metrics: metrics, Logger: logger})
+	if err != nil {
+		return err
+	}
 
 	grpcLis, err := net.Listen("tcp", *grpcAddr)
 	if err != nil {
@@ -295,15 +246,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	admin := &http.Server{
-		// Ready while the store answers, or while the configured failure policy
-		// lets this replica decide without it (open or local); a replica that
-		// would refuse everything is taken out of rotation instead.
-		Handler: extproc.AdminHandler(extproc.AdminOptions{Gatherer: reg, Ready: func(ctx context.Context) error {
-			if up() || holder.Load().Store.OnFailure != policy.FailClosed {
-				return nil
-			}
-			return errors.New("the shared store is unreachable and store.on_failure is closed")
-		}}),
+		Handler:           observe.AdminHandler(observe.AdminOptions{Gatherer: reg, Ready: observe.Readiness(store.Up, holder)}),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 
@@ -316,29 +259,27 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			errc <- err
 		}
 	}()
-	go watchStoreUp(ctx, up, metrics)
+	go metrics.WatchStore(ctx, store.Up, time.Second)
 	if *configPath != "" {
 		go policy.Watch(ctx, policy.WatchOptions{
 			Read:     func() ([]byte, error) { return os.ReadFile(*configPath) },
 			Interval: *reloadEvery,
 			Initial:  data,
 			Apply: func(c *policy.Config) {
-				if storeKind(c.Store) != storeKind(cfg.Store) || c.Store.Redis != cfg.Store.Redis {
+				if c.Store.Kind() != cfg.Store.Kind() || c.Store.Redis != cfg.Store.Redis {
 					logger.Warn("config reloaded; store settings change only on restart")
 				}
 				holder.Store(c)
-				metrics.InitPolicies(c.PolicyNames())
-				metrics.ConfigReloads.WithLabelValues("success").Inc()
-				metrics.ConfigReloadTime.SetToCurrentTime()
+				metrics.ConfigLoaded(true, c.PolicyNames())
 				logger.Info("config reloaded", "path", *configPath)
 			},
 			Rejected: func(err error) {
-				metrics.ConfigReloads.WithLabelValues("failure").Inc()
+				metrics.ConfigLoaded(false, nil)
 				logger.Error("config rejected; keeping the last good config", "path", *configPath, "err", err)
 			},
 		})
 	}
-	logger.Info("tokenwarden serving", "grpc", grpcLis.Addr().String(), "admin", adminLis.Addr().String(), "store", storeKind(cfg.Store))
+	logger.Info("tokenwarden serving", "grpc", grpcLis.Addr().String(), "admin", adminLis.Addr().String(), "store", cfg.Store.Kind())
 	fmt.Fprintf(stdout, "tokenwarden serve: grpc %s admin %s\n", grpcLis.Addr(), adminLis.Addr())
 
 	select {
@@ -361,29 +302,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return err
 }
 
-// watchStoreUp keeps tokenwarden_store_up true to what the store says.
-func watchStoreUp(ctx context.Context, up func() bool, m *extproc.Metrics) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		if up() {
-			m.StoreUp.Set(1)
-		} else {
-			m.StoreUp.Set(0)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
 func runBudgets(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("budgets", flag.ContinueOnError)
 	configPath := fs.String("config", "", "tokenwarden.yaml naming the store and the budgets; empty uses the embedded defaults")
 	tenant := fs.String("tenant", "", "one tenant (default: every tenant named in the config)")
-	policy := fs.String("policy", "", "the policy whose budgets apply (default: the tenant's own)")
+	pol := fs.String("policy", "", "the policy whose budgets apply (default: the tenant's own)")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
@@ -396,41 +319,16 @@ func runBudgets(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return errors.New("no shared store configured")
 	}
 	logger, _ := newLogger(stderr, "error")
-	store, _, closeStore, err := openStore(cfg.Store, logger, true)
+	store, err := openStore(cfg.Store, logger, true)
 	if err != nil {
 		return err
 	}
-	defer closeStore()
-	tenants := cfg.Tenants()
+	defer store.Close()
+	o := observe.ReportOptions{Policy: *pol}
 	if *tenant != "" {
-		tenants = []string{*tenant}
+		o.Tenants = []string{*tenant}
 	}
-	if len(tenants) == 0 {
-		tenants = []string{cfg.Tenant.Default}
-	}
-	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TENANT\tPOLICY\tWINDOW\tSTART\tEND\tSPENT_USD\tRESERVED_USD\tCAP_USD\tUSED")
-	now := time.Now()
-	for _, t := range tenants {
-		p, _ := cfg.Policy(t, *policy)
-		budgets := p.LimiterBudgets(now)
-		if len(budgets) == 0 {
-			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\tno budgets\n", t, p.Name)
-			continue
-		}
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		states, err := store.Budgets(cctx, t, budgets)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("tenant %s: %w", t, err)
-		}
-		for _, s := range states {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.6f\t%.6f\t%.2f\t%.1f%%\n", t, p.Name, s.Name,
-				s.Window.Start.Format(time.RFC3339), s.Window.End.Format(time.RFC3339),
-				accounting.NanoUSD(s.Spent).USD(), accounting.NanoUSD(s.Reserved).USD(), accounting.NanoUSD(s.Cap).USD(), 100*s.Used())
-		}
-	}
-	return tw.Flush()
+	return observe.WriteBudgets(ctx, stdout, store.Store, cfg, o, time.Now())
 }
 
 func runMockProvider(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -450,7 +348,7 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	listen := fs.String("listen", "127.0.0.1:10000", "listen address")
 	upstream := fs.String("upstream", "http://127.0.0.1:18000", "provider base URL")
 	processor := fs.String("processor", "127.0.0.1:50051", "tokenwarden serve gRPC address")
-	policy := fs.String("policy", "", "route policy handed to the processor as route metadata (empty: none)")
+	pol := fs.String("policy", "", "route policy handed to the processor as route metadata (empty: none)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
@@ -460,9 +358,9 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	opts := gateway.Options{Listen: *listen, Upstream: *upstream, Processor: *processor, Logger: logger}
-	if *policy != "" {
+	if *pol != "" {
 		opts.RouteAttributes = func(*http.Request) map[string]any {
-			return map[string]any{extproc.PolicyAttribute: *policy}
+			return map[string]any{contract.PolicyAttribute: *pol}
 		}
 	}
 	fmt.Fprintf(stdout, "tokenwarden gateway: %s -> %s (processor %s)\n", *listen, *upstream, *processor)

@@ -126,11 +126,12 @@ tenants:
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, _, closeStore, err := openStore(cfg.Store, nil, true)
+	opened, err := openStore(cfg.Store, nil, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeStore()
+	defer opened.Close()
+	store := opened.Store
 	p, _ := cfg.Policy("acme", "")
 	now := time.Now()
 	budgets := p.LimiterBudgets(now)

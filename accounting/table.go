@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 
 	"sigs.k8s.io/yaml"
 )
@@ -184,58 +183,28 @@ func (t *PriceTable) add(m *tableModel) {
 	t.models = append(t.models, m.name)
 }
 
-// Lookup resolves a model name as sent by a client or provider:
+// Lookup resolves a model name as sent by a client or provider: an exact
+// canonical name or alias, else its family as ModelFamily reads it (a dated
+// snapshot or "-latest" alias, with or without a leading "anthropic/"
+// routing prefix), since Anthropic prices a snapshot as its family.
 //
-//  1. an exact canonical name or alias;
-//  2. else, with a trailing -YYYYMMDD snapshot date removed
-//     (claude-sonnet-4-5-20991231 → claude-sonnet-4-5), since Anthropic prices
-//     a snapshot as its family;
-//  3. else, with a leading "anthropic/" (the LiteLLM-style provider prefix)
-//     removed, then steps 1–2 again.
-//
-// Cloud-provider forms (Bedrock "us.anthropic.…-v1:0", Vertex "…@date") are
+// Cloud-platform forms (Bedrock "us.anthropic.…-v1:0", Vertex "…@date") are
 // not resolved: those platforms price differently, so they take the fallback
-// unless configured. OpenAI's "-YYYY-MM-DD" snapshots are not stripped either,
+// unless configured. OpenAI's "-YYYY-MM-DD" snapshots are not reduced either,
 // because OpenAI snapshots of one family have had different prices.
 //
 // An unknown model gets the fallback price, canonical OtherModel and
 // known=false. Lookup does not allocate.
 func (t *PriceTable) Lookup(model string) (price Price, canonical string, known bool) {
-	if m := t.resolve(model); m != nil {
+	if m, ok := t.byName[model]; ok {
 		return m.price, m.name, true
 	}
-	if rest, ok := strings.CutPrefix(model, "anthropic/"); ok {
-		if m := t.resolve(rest); m != nil {
+	if family, platform := ModelFamily(model); !platform {
+		if m, ok := t.byName[family]; ok {
 			return m.price, m.name, true
 		}
 	}
 	return t.fallback, OtherModel, false
-}
-
-func (t *PriceTable) resolve(model string) *tableModel {
-	if m, ok := t.byName[model]; ok {
-		return m
-	}
-	if base, ok := stripDate(model); ok {
-		return t.byName[base]
-	}
-	return nil
-}
-
-// stripDate removes a trailing "-YYYYMMDD" (eight digits); it does not check
-// that the digits are a real date, only that they look like Anthropic's
-// snapshot suffix.
-func stripDate(model string) (string, bool) {
-	const n = len("-20060102")
-	if len(model) <= n || model[len(model)-n] != '-' {
-		return "", false
-	}
-	for _, c := range model[len(model)-n+1:] {
-		if c < '0' || c > '9' {
-			return "", false
-		}
-	}
-	return model[:len(model)-n], true
 }
 
 // Models returns the sorted canonical names of every known model, embedded

@@ -1,22 +1,23 @@
-// Package extproc is tokenwarden's Envoy external processor: the gRPC
-// ExternalProcessor service, one state machine per HTTP request, and the
-// translation of admission and metering decisions into Envoy messages
-// (mutations, immediate responses, dynamic metadata, mode overrides).
+// Package extproc is tokenwarden's Envoy adapter: the gRPC
+// ExternalProcessor service. Each ext_proc stream (one HTTP request and its
+// response) runs as one stream state machine under a panic guard, hands what
+// Envoy sent to the Envoy-free lifecycle in package gate, and turns the
+// gate's answers into ProcessingResponses: mutations, immediate responses,
+// mode overrides and dynamic metadata.
 //
-// It follows what Envoy's ext_proc filter does, as documented in
-// reference/envoy-ext-proc.md: one gRPC stream per HTTP request, exactly one
-// response per request message, EOF and CANCELLED as normal ends, and no use
-// of the stream's context after the last response (Envoy cancels it).
+// It follows what Envoy's ext_proc filter does
+// (https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/ext_proc_filter):
+// one gRPC stream per HTTP request, exactly one response per request
+// message, EOF and CANCELLED as normal ends, and no use of the stream's
+// context after the last response, because Envoy cancels it.
 package extproc
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
+	"cmp"
 	"errors"
 	"io"
 	"log/slog"
-	"sync"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -24,117 +25,96 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/tokenwarden/tokenwarden/extproc/policy"
-	"github.com/tokenwarden/tokenwarden/limiter"
+	"github.com/tokenwarden/tokenwarden/extproc/gate"
+	"github.com/tokenwarden/tokenwarden/extproc/observe"
 )
 
 // Options configures a Server.
 type Options struct {
-	// Config publishes the current configuration; each request reads it once.
-	Config *policy.Holder
-	// Store makes admission decisions. Required.
-	Store limiter.Store
-	// Metrics receives every observation. Required.
-	Metrics *Metrics
+	// Gate runs the request lifecycle. Required.
+	Gate *gate.Gate
+	// Metrics records streams and phases. Required.
+	Metrics *observe.Metrics
 	Logger  *slog.Logger
-	// Now is the clock used for budget windows and latency; defaults to
-	// time.Now. The store keeps its own clock for decisions.
-	Now func() time.Time
-	// SettleTimeout bounds the store call that finishes a request after its
-	// stream is gone; it runs on a context detached from the stream.
-	SettleTimeout time.Duration
 }
 
 // Server implements envoy.service.ext_proc.v3.ExternalProcessor.
 type Server struct {
 	extprocv3.UnimplementedExternalProcessorServer
-	opts     Options
-	log      *slog.Logger
-	idPrefix string
-	idSeq    atomic.Uint64
-	budgets  *budgetCache
-	prefixes *prefixTracker
-	// unknownPolicies remembers route policy names already warned about.
-	unknownPolicies sync.Map
+	gate    *gate.Gate
+	metrics *observe.Metrics
+	log     *slog.Logger
+	errLog  sampler
 }
 
-// NewServer returns a Server. It panics only on missing required options,
-// which is a programming error at wiring time.
-func NewServer(opts Options) *Server {
-	if opts.Config == nil || opts.Store == nil || opts.Metrics == nil {
-		panic("extproc.NewServer: Config, Store and Metrics are required")
+// NewServer returns a Server.
+func NewServer(o Options) (*Server, error) {
+	if o.Gate == nil || o.Metrics == nil {
+		return nil, errors.New("extproc: Options.Gate and Options.Metrics are required")
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	if opts.SettleTimeout <= 0 {
-		opts.SettleTimeout = 2 * time.Second
-	}
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	return &Server{opts: opts, log: opts.Logger, idPrefix: hex.EncodeToString(b[:]), budgets: newBudgetCache(), prefixes: newPrefixTracker()}
+	return &Server{gate: o.Gate, metrics: o.Metrics, log: cmp.Or(o.Logger, slog.Default())}, nil
 }
 
-// Process serves one ext_proc stream, i.e. one HTTP request and its response.
-func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
-	m := s.opts.Metrics
-	m.ActiveStreams.Inc()
-	defer m.ActiveStreams.Dec()
-
-	x := s.newExchange(stream.Context())
-	// Whatever ends the stream — the response's end, a client that went away,
-	// an upstream reset, a local reply — the request is finished exactly once.
-	defer x.finish()
+// Process serves one ext_proc stream, i.e. one HTTP request and its
+// response. Whatever ends the stream — the response's end, a client that went
+// away, an upstream reset, a local reply, a message out of order, a panic —
+// the request's reservation is settled exactly once, and a panic ends only
+// this stream, with codes.Internal.
+func (s *Server) Process(grpcStream extprocv3.ExternalProcessor_ProcessServer) (err error) {
+	s.metrics.StreamOpened()
+	defer s.metrics.StreamClosed()
+	st := &stream{srv: s, ctx: grpcStream.Context()}
+	defer func() {
+		if p := recover(); p != nil {
+			s.metrics.StreamError(observe.StreamPanic)
+			s.log.Error("processor panic; the stream ends with Internal and its request is settled",
+				"panic", p, "state", st.state.String(), "stack", string(debug.Stack()))
+			err = status.Error(codes.Internal, "tokenwarden: internal error")
+		}
+		st.end()
+	}()
 	for {
-		req, err := stream.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+		req, rerr := grpcStream.Recv()
+		if rerr != nil {
+			if errors.Is(rerr, io.EOF) || status.Code(rerr) == codes.Canceled {
+				return nil
+			}
+			return rerr
+		}
+		resp, settle, perr := st.handle(req)
+		if perr != nil {
+			s.metrics.StreamError(observe.StreamProtocol)
+			if n, ok := s.errLog.allow(time.Now()); ok {
+				s.log.Warn("ext_proc stream refused", "state", st.state.String(), "err", perr, "suppressed_since_last", n)
+			}
+			return perr
+		}
+		if err := grpcStream.Send(resp); err != nil {
+			if status.Code(err) == codes.Canceled || errors.Is(err, io.EOF) || grpcStream.Context().Err() != nil {
 				return nil
 			}
 			return err
 		}
-		resp, after := x.handle(req)
-		if resp == nil {
-			continue
-		}
-		if err := stream.Send(resp); err != nil {
-			if status.Code(err) == codes.Canceled || errors.Is(err, io.EOF) || stream.Context().Err() != nil {
-				return nil
-			}
-			return err
-		}
-		if after != nil {
-			after()
+		if settle {
+			// After the answer is sent, so the round trip is not on the
+			// response's latency.
+			st.x.Settle()
 		}
 	}
 }
 
-// nextRequestID names a request's reservation. It is unique per replica and
-// process lifetime, which is what settle idempotency needs; the client's
-// x-request-id is only logged, since a client could reuse it.
-func (s *Server) nextRequestID() string {
-	return s.idPrefix + "-" + uitoa(s.idSeq.Add(1))
+// sampler lets one log line through per second and counts the rest, so a
+// flood of bad streams costs neither disk nor lock contention.
+type sampler struct {
+	last       atomic.Int64 // unix nanoseconds of the last line let through
+	suppressed atomic.Int64
 }
 
-func uitoa(v uint64) string {
-	var b [20]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + v%10)
-		v /= 10
-		if v == 0 {
-			break
-		}
+func (s *sampler) allow(now time.Time) (suppressed int64, ok bool) {
+	last := s.last.Load()
+	if now.UnixNano()-last < int64(time.Second) || !s.last.CompareAndSwap(last, now.UnixNano()) {
+		s.suppressed.Add(1)
+		return 0, false
 	}
-	return string(b[i:])
-}
-
-// detached returns a context for work that must outlive the stream (the
-// final settle): not cancelled with it, but bounded by its own timeout.
-func (s *Server) detached(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), s.opts.SettleTimeout)
+	return s.suppressed.Swap(0), true
 }

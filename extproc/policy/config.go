@@ -28,15 +28,7 @@ const DefaultPolicy = "default"
 
 // OtherLabel is the metric label value for tenants and models that are not
 // named in the configuration, so label sets stay bounded.
-const OtherLabel = "other"
-
-// Failure policies: what a policy does while the shared store is unreachable.
-// They are the limiter's own values, so a policy's string converts directly.
-const (
-	FailClosed = string(limiter.FailClosed) // deny with 503 and a clear error
-	FailOpen   = string(limiter.FailOpen)   // admit; settle when the store is back
-	FailLocal  = string(limiter.FailLocal)  // enforce this replica's share of every limit in memory
-)
+const OtherLabel = accounting.OtherModel
 
 // Config is one compiled tokenwarden.yaml.
 type Config struct {
@@ -64,12 +56,23 @@ type Store struct {
 	Redis        string
 	RedisCluster []string
 	Timeout      time.Duration
-	OnFailure    string
+	OnFailure    limiter.FailurePolicy
 	Replicas     int
 }
 
 // Shared reports whether a Redis store is configured.
 func (s Store) Shared() bool { return s.Redis != "" || len(s.RedisCluster) > 0 }
+
+// Kind names the store for logs: memory, redis or redis cluster.
+func (s Store) Kind() string {
+	switch {
+	case len(s.RedisCluster) > 0:
+		return "redis cluster"
+	case s.Redis != "":
+		return "redis"
+	}
+	return "memory"
+}
 
 // Policy is everything that governs one request, after tenant overrides.
 type Policy struct {
@@ -77,7 +80,7 @@ type Policy struct {
 	Limits            limiter.Limits
 	OutputReservation int64
 	Budgets           []Budget
-	OnFailure         string
+	OnFailure         limiter.FailurePolicy
 	Models            ModelPolicy
 	PromptCache       PromptCache
 }
@@ -293,7 +296,7 @@ func compile(f *fileConfig) (*Config, error) {
 }
 
 func compileStore(s storeFile) (Store, error) {
-	out := Store{Redis: s.Redis, RedisCluster: s.RedisCluster, Timeout: s.Timeout.Duration, OnFailure: s.OnFailure, Replicas: s.Replicas}
+	out := Store{Redis: s.Redis, RedisCluster: s.RedisCluster, Timeout: s.Timeout.Duration, Replicas: s.Replicas}
 	if out.Redis != "" && len(out.RedisCluster) > 0 {
 		return out, fmt.Errorf("store: set either redis or redis_cluster, not both")
 	}
@@ -306,10 +309,8 @@ func compileStore(s storeFile) (Store, error) {
 	if out.Timeout <= 0 || out.Timeout > 10*time.Second {
 		return out, fmt.Errorf("store.timeout: %s must be above 0 and at most 10s (it bounds every request's admission)", out.Timeout)
 	}
-	if out.OnFailure == "" {
-		out.OnFailure = FailLocal
-	}
-	if err := checkFailure("store.on_failure", out.OnFailure); err != nil {
+	var err error
+	if out.OnFailure, err = parseFailure("store.on_failure", s.OnFailure, limiter.FailLocal); err != nil {
 		return out, err
 	}
 	if out.Replicas == 0 {
@@ -321,12 +322,15 @@ func compileStore(s storeFile) (Store, error) {
 	return out, nil
 }
 
-func checkFailure(at, v string) error {
-	switch v {
-	case FailClosed, FailOpen, FailLocal:
-		return nil
+// parseFailure reads an on_failure value; empty means def.
+func parseFailure(at, v string, def limiter.FailurePolicy) (limiter.FailurePolicy, error) {
+	switch f := limiter.FailurePolicy(v); f {
+	case "":
+		return def, nil
+	case limiter.FailClosed, limiter.FailOpen, limiter.FailLocal:
+		return f, nil
 	}
-	return fmt.Errorf("%s: %q is not one of closed, open, local", at, v)
+	return "", fmt.Errorf("%s: %q is not one of closed, open, local", at, v)
 }
 
 func compileTenancy(t tenantFile) (Tenancy, error) {
@@ -382,12 +386,10 @@ func compilePrices(prices map[string]accounting.USDPerMTok, fallback *accounting
 	return t, nil
 }
 
-func compilePolicy(at, name string, p policyFile, storeFailure string) (*Policy, error) {
-	out := &Policy{Name: name, OnFailure: p.OnFailure, OutputReservation: 4096}
-	if out.OnFailure == "" {
-		out.OnFailure = storeFailure
-	}
-	if err := checkFailure(at+".on_failure", out.OnFailure); err != nil {
+func compilePolicy(at, name string, p policyFile, storeFailure limiter.FailurePolicy) (*Policy, error) {
+	out := &Policy{Name: name, OutputReservation: 4096}
+	var err error
+	if out.OnFailure, err = parseFailure(at+".on_failure", p.OnFailure, storeFailure); err != nil {
 		return nil, err
 	}
 	if p.OutputReservation != nil {
@@ -396,7 +398,6 @@ func compilePolicy(at, name string, p policyFile, storeFailure string) (*Policy,
 		}
 		out.OutputReservation = *p.OutputReservation
 	}
-	var err error
 	if out.Limits, err = compileLimits(at+".limits", limiter.Limits{}, p.Limits); err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
 const full = `
@@ -76,7 +77,7 @@ func TestParseFull(t *testing.T) {
 	// acme's own policy is batch; the override replaces concurrency and the
 	// month budget, adds a week budget, and keeps the rest.
 	a, _ := c.Policy("acme", "")
-	if a.Name != "batch" || a.Limits.RequestsPerMinute != 60 || a.Limits.Concurrent != 4 || a.OnFailure != FailClosed || a.OutputReservation != 1024 {
+	if a.Name != "batch" || a.Limits.RequestsPerMinute != 60 || a.Limits.Concurrent != 4 || a.OnFailure != limiter.FailClosed || a.OutputReservation != 1024 {
 		t.Errorf("acme policy = %+v", a)
 	}
 	if len(a.Budgets) != 2 || a.Budgets[0].Window != accounting.Week || a.Budgets[1].Cap != 5000_000_000_000 {

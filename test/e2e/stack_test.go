@@ -7,7 +7,6 @@ package e2e
 import (
 	"context"
 	"io"
-	"log/slog"
 	"net"
 	"sync"
 	"testing"
@@ -25,6 +24,7 @@ import (
 	"github.com/tokenwarden/tokenwarden/extproc"
 	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
+	"github.com/tokenwarden/tokenwarden/test/internal/procs"
 	"github.com/tokenwarden/tokenwarden/test/mockprovider"
 )
 
@@ -117,11 +117,7 @@ func (s *stack) startProc(o stackOptions, store limiter.Store) *proc {
 		store = r
 	}
 	p.store = store
-	metrics := extproc.NewMetrics(p.reg)
-	p.srv = extproc.NewServer(extproc.Options{
-		Config: policy.NewHolder(s.cfg), Store: store, Metrics: metrics,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	p.srv, _ = procs.Processor(t, procs.ProcessorOptions{Config: policy.NewHolder(s.cfg), Store: store, Registry: p.reg})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

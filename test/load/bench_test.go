@@ -8,12 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/tokenwarden/tokenwarden/envoy/sim"
 	"github.com/tokenwarden/tokenwarden/extproc"
 	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
+	"github.com/tokenwarden/tokenwarden/test/internal/procs"
 )
 
 // inProcessServer is tokenwarden's processor as `serve` wires it, with the
@@ -25,12 +24,12 @@ func inProcessServer(tb testing.TB) *extproc.Server {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return extproc.NewServer(extproc.Options{
-		Config:  policy.NewHolder(cfg),
-		Store:   limiter.NewMemory(limiter.MemoryOptions{}),
-		Metrics: extproc.NewMetrics(prometheus.NewRegistry()),
-		Logger:  slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	srv, _ := procs.Processor(tb, procs.ProcessorOptions{
+		Config: policy.NewHolder(cfg),
+		Store:  limiter.NewMemory(limiter.MemoryOptions{}),
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
+	return srv
 }
 
 // kindSpec returns a workload spec of one kind with a body of about size.

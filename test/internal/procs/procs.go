@@ -1,12 +1,15 @@
 // Package procs holds what the cross-process tests under test/ share: the
-// tokenwarden binary built once per test binary, free loopback addresses and
-// the repository root.
+// tokenwarden binary built once per test binary, free loopback addresses,
+// the repository root, and an in-process processor wired as `serve` wires
+// it.
 package procs
 
 import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -14,6 +17,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokenwarden/tokenwarden/extproc"
+	"github.com/tokenwarden/tokenwarden/extproc/gate"
+	"github.com/tokenwarden/tokenwarden/extproc/observe"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
+	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
 // RepoRoot walks up from the working directory to this module's go.mod.
@@ -73,4 +84,36 @@ func FreeAddr(t testing.TB) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// ProcessorOptions configures Processor.
+type ProcessorOptions struct {
+	Config   *policy.Holder
+	Store    limiter.Store
+	Registry prometheus.Registerer // nil: a fresh registry
+	Logger   *slog.Logger          // nil: discard
+	Now      func() time.Time
+}
+
+// Processor wires an in-process ext_proc server the way `serve` does, for
+// tests that run replicas without a process boundary. It returns the server
+// and its metrics.
+func Processor(t testing.TB, o ProcessorOptions) (*extproc.Server, *observe.Metrics) {
+	t.Helper()
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	m := observe.NewMetrics(o.Registry)
+	g, err := gate.New(gate.Options{Config: o.Config, Store: o.Store, Observer: m, Logger: o.Logger, Now: o.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := extproc.NewServer(extproc.Options{Gate: g, Metrics: m, Logger: o.Logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, m
 }

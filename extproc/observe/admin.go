@@ -1,4 +1,4 @@
-package extproc
+package observe
 
 import (
 	"context"
@@ -12,13 +12,13 @@ import (
 // AdminOptions configures the admin HTTP handler.
 type AdminOptions struct {
 	Gatherer prometheus.Gatherer
-	// Ready reports whether this replica should receive traffic: its store
-	// answers, or its failure policy lets it serve without the store.
+	// Ready reports whether this replica should receive traffic; nil means
+	// always.
 	Ready func(ctx context.Context) error
 }
 
 // AdminHandler serves /metrics, /healthz (the process is alive) and /readyz
-// (the replica can make decisions it is allowed to make).
+// (the replica can make the decisions it is allowed to make).
 func AdminHandler(o AdminOptions) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{Timeout: 5 * time.Second}))

@@ -1,8 +1,9 @@
-package extproc
+package gate
 
 import (
 	"testing"
 
+	"github.com/tokenwarden/tokenwarden/extproc/dialect"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
@@ -29,8 +30,8 @@ func TestResolveModel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &Server{budgets: newBudgetCache()}
-	policy, _ := cfg.Policy("t", "")
+	g := &Gate{budgets: newBudgetCache()}
+	pol, _ := cfg.Policy("t", "")
 	cases := []struct {
 		name       string
 		model      string
@@ -57,8 +58,8 @@ func TestResolveModel(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			srv.budgets.store("t", []limiter.BudgetState{{Name: "month", Cap: 1000, Spent: int64(tc.monthUsed * 1000)}})
-			x := &exchange{s: srv, cfg: cfg, policy: policy, tenant: "t", req: tc.req}
+			g.budgets.store("t", []limiter.BudgetState{{Name: "month", Cap: 1000, Spent: int64(tc.monthUsed * 1000)}})
+			x := &Exchange{g: g, cfg: cfg, policy: pol, tenant: "t", req: tc.req}
 			got, reason, err := x.resolveModel(tc.model)
 			if tc.wantErr {
 				if err == nil {
@@ -76,7 +77,7 @@ func TestResolveModel(t *testing.T) {
 	}
 }
 
-func TestDialectForIgnoresQuery(t *testing.T) {
+func TestDialectForPathIgnoresQuery(t *testing.T) {
 	for path, want := range map[string]string{
 		"/v1/messages":              "anthropic",
 		"/v1/messages?beta=true":    "anthropic",
@@ -86,13 +87,13 @@ func TestDialectForIgnoresQuery(t *testing.T) {
 		"/v1/models":                "",
 		"/v1/messagesX":             "",
 	} {
-		d := dialectFor(path)
+		d := dialect.ForPath(path)
 		got := ""
 		if d != nil {
-			got = d.name()
+			got = d.Name()
 		}
 		if got != want {
-			t.Errorf("dialectFor(%q) = %q, want %q", path, got, want)
+			t.Errorf("dialect.ForPath(%q) = %q, want %q", path, got, want)
 		}
 	}
 }

@@ -1,0 +1,92 @@
+package accounting
+
+import "strings"
+
+// The model catalog: one reading of model names for everything that keys on
+// a model (prices, prompt-cache minimums, metric labels).
+//
+// Clients and providers spell one model several ways: a dated snapshot
+// ("claude-sonnet-4-5-20250929"), an alias ("claude-3-5-haiku-latest"), a
+// routing prefix ("anthropic/claude-…", as LiteLLM-style clients send), and
+// cloud-platform forms ("us.anthropic.claude-…-v1:0" on Bedrock,
+// "claude-…@20250929" on Vertex). ModelFamily reduces all of them to the
+// family ID and says whether a cloud platform's form was involved, because
+// those platforms bill differently and must not silently take the direct
+// API's price.
+
+// ModelFamily returns the family ID of a model name — routing prefix,
+// snapshot date and "-latest" removed — and whether the name is a cloud
+// platform's form (a Bedrock region or version, a Vertex "@" snapshot).
+// Names that are not recognisably variants come back unchanged.
+func ModelFamily(model string) (family string, platform bool) {
+	model = strings.TrimPrefix(model, "anthropic/")
+	if i := strings.Index(model, "claude-"); i > 0 {
+		// Bedrock: "anthropic.claude-…", "us.anthropic.claude-…".
+		platform = true
+		model = model[i:]
+	}
+	if i := strings.IndexByte(model, '@'); i >= 0 {
+		platform = true
+		model = model[:i]
+	}
+	for {
+		i := strings.LastIndexByte(model, '-')
+		if i < 0 {
+			return model, platform
+		}
+		switch seg := model[i+1:]; {
+		case seg == "latest", len(seg) == 8 && allDigits(seg):
+		case len(seg) >= 2 && seg[0] == 'v' && bedrockVersion(seg[1:]):
+			platform = true
+		default:
+			return model, platform
+		}
+		model = model[:i]
+	}
+}
+
+// bedrockVersion reports a Bedrock version suffix after its "v": "1:0", "2".
+func bedrockVersion(s string) bool {
+	v, _, _ := strings.Cut(s, ":")
+	return v != "" && allDigits(v)
+}
+
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return len(s) > 0
+}
+
+// UnknownModelMinCacheTokens is MinCacheTokens for a model the catalog does
+// not know. 1024 is the tier most models have shared since 2024; a
+// breakpoint on a prefix that turns out too short costs nothing (the API just
+// does not cache it) but one of the four slots, while a higher guess would
+// forgo caching of mid-sized prompts on new models, whose minimums have been
+// falling (512 for the "5" generation).
+const UnknownModelMinCacheTokens = 1024
+
+// MinCacheTokens returns the model's minimum cacheable prompt prefix, in
+// tokens, as Anthropic's prompt-caching documentation lists it
+// (https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching,
+// "Cache limitations"); any spelling ModelFamily reads is accepted, and an
+// unknown model gets UnknownModelMinCacheTokens. A policy may override it.
+func MinCacheTokens(model string) int64 {
+	family, _ := ModelFamily(model)
+	switch family {
+	case "claude-fable-5-1", "claude-mythos-5-1", "claude-opus-5-5",
+		"claude-opus-5", "claude-fable-5", "claude-mythos-5":
+		return 512
+	case "claude-opus-4-8", "claude-sonnet-5", "claude-sonnet-4-6", "claude-sonnet-4-5",
+		"claude-opus-4-1", "claude-opus-4", "claude-opus-4-0", "claude-4-opus",
+		"claude-sonnet-4", "claude-sonnet-4-0", "claude-4-sonnet", "claude-3-7-sonnet":
+		return 1024
+	case "claude-mythos-preview", "claude-opus-4-7", "claude-3-5-haiku", "claude-3-haiku":
+		return 2048
+	case "claude-opus-4-6", "claude-opus-4-5", "claude-haiku-4-5":
+		return 4096
+	}
+	return UnknownModelMinCacheTokens
+}

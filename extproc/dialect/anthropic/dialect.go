@@ -1,0 +1,62 @@
+package anthropic
+
+import (
+	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
+)
+
+// Messages is the Messages API (/v1/messages) as the gate uses it; it
+// implements dialect.Dialect.
+type Messages struct{}
+
+// Name implements dialect.Dialect.
+func (Messages) Name() string { return "anthropic" }
+
+// Parse implements dialect.Dialect with ParseRequest.
+func (Messages) Parse(body []byte) (wire.Request, error) { return ParseRequest(body) }
+
+// Edit implements dialect.Dialect: a model rewrite and prompt-cache
+// breakpoints.
+func (Messages) Edit(body []byte, req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.EditReport, error) {
+	var rep wire.EditReport
+	cur := body
+	if e.Model != "" && e.Model != req.Model {
+		b, err := SetModel(cur, e.Model)
+		if err != nil {
+			return rep, err
+		}
+		cur = b
+	}
+	if e.Cache != nil {
+		b, res, err := InjectCacheControl(cur, CacheOptions{TTL: e.Cache.TTL, MinTokens: e.Cache.MinTokens})
+		if err != nil {
+			return rep, err
+		}
+		rep.CacheExisting, rep.CacheAdded, rep.CacheSkipped = res.Existing, res.Added, res.Skipped
+		cur = b
+	}
+	if len(body) > 0 && (len(cur) != len(body) || &cur[0] != &body[0]) {
+		out.Add(0, len(body), wire.View(cur))
+	}
+	return rep, nil
+}
+
+// UsageFromJSON implements dialect.Dialect.
+func (Messages) UsageFromJSON(body []byte) (accounting.Usage, string, bool) {
+	return UsageFromJSON(body)
+}
+
+// NewStreamParser implements dialect.Dialect.
+func (Messages) NewStreamParser() wire.StreamParser { return NewStreamParser() }
+
+// ErrorBody implements dialect.Dialect.
+func (Messages) ErrorBody(kind wire.ErrorKind, _ string, message string) []byte {
+	t := InvalidRequestError
+	switch kind {
+	case wire.ErrorRateLimited, wire.ErrorBudget:
+		t = RateLimitError
+	case wire.ErrorUnavailable, wire.ErrorInternal:
+		t = APIError
+	}
+	return ErrorBody(t, message, "")
+}

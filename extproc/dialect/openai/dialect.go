@@ -1,0 +1,70 @@
+package openai
+
+import (
+	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
+)
+
+// ChatCompletions is the Chat Completions API (/v1/chat/completions) as the
+// gate uses it; it implements dialect.Dialect.
+type ChatCompletions struct{}
+
+// Name implements dialect.Dialect.
+func (ChatCompletions) Name() string { return "openai" }
+
+// Parse implements dialect.Dialect with ParseRequest.
+func (ChatCompletions) Parse(body []byte) (wire.Request, error) { return ParseRequest(body) }
+
+// Edit implements dialect.Dialect: a model rewrite, and
+// stream_options.include_usage on a stream that does not ask for usage.
+// OpenAI caches prompt prefixes automatically; e.Cache adds nothing.
+func (ChatCompletions) Edit(body []byte, req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.EditReport, error) {
+	var rep wire.EditReport
+	cur := body
+	if e.Model != "" && e.Model != req.Model {
+		b, err := SetModel(cur, e.Model)
+		if err != nil {
+			return rep, err
+		}
+		cur = b
+	}
+	if req.Stream && !req.StreamUsageRequested {
+		b, changed, err := ForceStreamUsage(cur)
+		if err != nil {
+			return rep, err
+		}
+		cur, rep.StreamUsageForced = b, changed
+	}
+	if len(body) > 0 && (len(cur) != len(body) || &cur[0] != &body[0]) {
+		out.Add(0, len(body), wire.View(cur))
+	}
+	return rep, nil
+}
+
+// UsageFromJSON implements dialect.Dialect.
+func (ChatCompletions) UsageFromJSON(body []byte) (accounting.Usage, string, bool) {
+	return UsageFromJSON(body)
+}
+
+// NewStreamParser implements dialect.Dialect.
+func (ChatCompletions) NewStreamParser() wire.StreamParser { return NewStreamParser() }
+
+// ErrorBody implements dialect.Dialect. OpenAI's own 429s say which limit in
+// "type": requests or tokens.
+func (ChatCompletions) ErrorBody(kind wire.ErrorKind, dimension, message string) []byte {
+	switch kind {
+	case wire.ErrorRateLimited:
+		typ := "requests"
+		if dimension == "tokens" {
+			typ = "tokens"
+		}
+		return ErrorBody(typ, "rate_limit_exceeded", message)
+	case wire.ErrorBudget:
+		return ErrorBody("insufficient_quota", "insufficient_quota", message)
+	case wire.ErrorUnavailable:
+		return ErrorBody("server_error", "service_unavailable", message)
+	case wire.ErrorInternal:
+		return ErrorBody("server_error", "", message)
+	}
+	return ErrorBody("invalid_request_error", "", message)
+}

@@ -1,0 +1,146 @@
+package gate
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/extproc/contract"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
+	"github.com/tokenwarden/tokenwarden/limiter"
+)
+
+// admit runs the one admission round trip. It returns nil when the request
+// may go on, or the local reply that ends it.
+func (x *Exchange) admit() *Reply {
+	g := x.g
+	tenantLabel := x.cfg.TenantLabel(x.tenant)
+	start := time.Now()
+	d, res, err := limiter.Reserve(x.ctx, g.opts.Store, limiter.AdmitRequest{
+		Tenant:    x.tenant,
+		RequestID: x.requestID,
+		Model:     x.modelLabel,
+		Limits:    x.policy.Limits,
+		Tokens:    x.estimate.RateLimitedTokens(),
+		Cost:      int64(x.estimateCost),
+		Budgets:   x.policy.LimiterBudgets(g.opts.Now()),
+		OnFailure: x.policy.OnFailure,
+	})
+	g.obs.StoreCall("admit", time.Since(start), err)
+	if errors.Is(err, limiter.ErrInvalid) {
+		// Not an outage: the store refused what tokenwarden asked (a value
+		// outside its bounds). That is tokenwarden's bug, not the client's.
+		g.log.Error("the store rejected an admission as invalid", "tenant", x.tenant, "policy", x.policy.Name, "err", err)
+		return x.reject(500, wire.ErrorInternal, "", "tokenwarden: the request could not be admitted: "+err.Error(), ResultStoreError, nil)
+	}
+	if err != nil {
+		g.obs.Admission(tenantLabel, "failed_closed")
+		g.log.Error("admission store failed; policy fails closed", "tenant", x.tenant, "policy", x.policy.Name, "err", err)
+		x.decisionTag = "failed_closed"
+		return x.reject(503, wire.ErrorUnavailable, "", "tokenwarden: the limits store is unavailable and this policy fails closed; retry shortly", ResultStoreError, nil)
+	}
+	x.decision = d
+	x.recordExpired(d.Expired)
+	x.recordCrossings(d.Crossed)
+	x.observeBudgets(d.Budgets)
+	if !d.Allowed {
+		x.decisionTag = "denied_" + string(d.Denied)
+		g.obs.Admission(tenantLabel, x.decisionTag)
+		return x.deny(d)
+	}
+	x.reservation = res
+	switch {
+	case d.Degraded && x.policy.OnFailure == limiter.FailOpen:
+		x.decisionTag = "failed_open"
+	case d.Degraded:
+		x.decisionTag = "local"
+	default:
+		x.decisionTag = "allowed"
+	}
+	g.obs.Admission(tenantLabel, x.decisionTag)
+	return nil
+}
+
+// deny builds the 429: the dialect's error body, exact retry hints, the
+// tenant's rate-limit state and which dimension refused.
+func (x *Exchange) deny(d limiter.Decision) *Reply {
+	dim := string(d.Denied)
+	var h HeaderEdits
+	x.rateLimitHeaders(&h)
+	retry := d.RetryAfter
+	secs := int64(math.Ceil(retry.Seconds()))
+	if secs < 1 {
+		secs = 1
+	}
+	h.set("retry-after", strconv.FormatInt(secs, 10))
+	h.set("retry-after-ms", strconv.FormatInt(max(retry.Milliseconds(), 1), 10))
+	h.set(contract.DeniedHeader, dim)
+	// SDKs retry 429s within seconds; when waiting is longer than a minute (a
+	// budget window, or a request that can never fit) a retry is pointless.
+	if retry > time.Minute || d.NeverFits {
+		h.set("x-should-retry", "false")
+	}
+	kind, msg := wire.ErrorRateLimited, ""
+	switch d.Denied {
+	case limiter.DimensionRequests:
+		msg = fmt.Sprintf("tokenwarden: tenant %q is over its limit of %d requests per minute; retry in %ds", x.tenant, x.policy.Limits.RequestsPerMinute, secs)
+	case limiter.DimensionTokens:
+		msg = fmt.Sprintf("tokenwarden: tenant %q is over its limit of %d tokens per minute (this request reserves %d); retry in %ds", x.tenant, x.policy.Limits.TokensPerMinute, x.estimate.RateLimitedTokens(), secs)
+		if d.NeverFits {
+			msg = fmt.Sprintf("tokenwarden: this request reserves %d tokens, more than tenant %q may use in a minute (%d); reduce the prompt or max_tokens", x.estimate.RateLimitedTokens(), x.tenant, x.policy.Limits.TokensPerMinute)
+		}
+	case limiter.DimensionConcurrency:
+		msg = fmt.Sprintf("tokenwarden: tenant %q already has %d requests in flight, its limit", x.tenant, x.policy.Limits.Concurrent)
+	default:
+		kind = wire.ErrorBudget
+		window := dim[len("budget_"):]
+		msg = fmt.Sprintf("tokenwarden: tenant %q has exhausted its %s budget; it resets in %s", x.tenant, window, retry.Round(time.Second))
+	}
+	return x.reject(429, kind, dim, msg, ResultDenied, &h)
+}
+
+// reject ends the request with a local reply in the dialect's error format
+// and records its outcome.
+func (x *Exchange) reject(code int, kind wire.ErrorKind, dimension, msg string, result Result, h *HeaderEdits) *Reply {
+	x.phase = phaseDone
+	model := x.modelLabel
+	if model == "" {
+		model = policy.OtherLabel
+	}
+	if x.decisionTag == "" {
+		x.decisionTag = string(result)
+	}
+	x.outcome = &Outcome{
+		Dialect: x.dialect.Name(), Tenant: x.tenant, TenantLabel: x.cfg.TenantLabel(x.tenant), Policy: x.policyName(),
+		RequestedModel: x.requestedModel, Model: x.model, ModelLabel: model, Result: result, Decision: x.decisionTag,
+	}
+	x.g.obs.Outcome(x.outcome)
+	body := x.dialect.ErrorBody(kind, dimension, msg)
+	r := &Reply{Status: code, Body: body, Details: "tokenwarden_" + string(result)}
+	if h != nil {
+		r.Headers = h.Set
+	}
+	r.Headers = append(r.Headers,
+		Header{"content-type", "application/json"},
+		Header{"content-length", strconv.Itoa(len(body))})
+	return r
+}
+
+// rateLimitHeaders adds the tenant's limits in OpenAI's header convention
+// (Go-duration resets), which both OpenAI and Anthropic clients understand.
+func (x *Exchange) rateLimitHeaders(h *HeaderEdits) {
+	d := x.decision
+	if d.Requests.Limit > 0 {
+		h.set("x-ratelimit-limit-requests", strconv.FormatInt(d.Requests.Limit, 10))
+		h.set("x-ratelimit-remaining-requests", strconv.FormatInt(d.Requests.Remaining, 10))
+		h.set("x-ratelimit-reset-requests", d.Requests.Reset.Round(time.Millisecond).String())
+	}
+	if d.Tokens.Limit > 0 {
+		h.set("x-ratelimit-limit-tokens", strconv.FormatInt(d.Tokens.Limit, 10))
+		h.set("x-ratelimit-remaining-tokens", strconv.FormatInt(d.Tokens.Remaining, 10))
+		h.set("x-ratelimit-reset-tokens", d.Tokens.Reset.Round(time.Millisecond).String())
+	}
+}

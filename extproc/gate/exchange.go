@@ -1,0 +1,159 @@
+package gate
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/extproc/contract"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
+	"github.com/tokenwarden/tokenwarden/limiter"
+)
+
+// phase is where an Exchange is in its lifecycle. It only moves forward.
+type phase uint8
+
+const (
+	phaseBody      phase = iota // request headers seen; the body is awaited
+	phaseForwarded              // the body was admitted and forwarded
+	phaseResponse               // response headers seen; the body is being metered
+	phaseDone                   // answered locally, metered, or not governed
+)
+
+// Exchange is one HTTP request and its response.
+type Exchange struct {
+	g     *Gate
+	ctx   context.Context
+	cfg   *policy.Config
+	phase phase
+
+	dialect     dialect.Dialect
+	tenant      string
+	policy      *policy.Policy
+	requestID   string
+	clientReqID string
+
+	req            wire.Request
+	requestedModel string
+	model          string
+	modelLabel     string
+	rewriteReason  string
+	price          accounting.Price
+	estimate       accounting.Usage
+	estimateCost   accounting.NanoUSD
+
+	reservation *limiter.Reservation
+	decision    limiter.Decision
+	decisionTag string
+	forwardedAt time.Time
+
+	status   int
+	parser   wire.StreamParser
+	respBody []byte
+
+	outcome *Outcome
+	// charge is what Settle charges the reservation, fixed with the outcome.
+	charge limiter.Charge
+}
+
+// Limits on bodies the gate holds. Envoy bounds BUFFERED bodies by its own
+// buffer limit; these bound what the gate accumulates itself.
+const (
+	// MaxRequestBody bounds a request body assembled from STREAMED chunks.
+	MaxRequestBody = 64 << 20
+	// maxResponseJSON bounds a JSON response kept for its usage; past it the
+	// response is charged as one without usage.
+	maxResponseJSON = 16 << 20
+)
+
+// Begin starts the lifecycle of one request at its headers. ctx is the
+// stream's: it bounds the admission round trip, never the final settle.
+func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict) {
+	x := &Exchange{g: g, ctx: ctx, cfg: g.opts.Config.Load()}
+	h := r.Headers
+	if h == nil {
+		h = HeaderList(nil)
+	}
+	x.clientReqID, _ = h.Get("x-request-id")
+	x.tenant = x.identify(h)
+	var known bool
+	x.policy, known = x.cfg.Policy(x.tenant, r.RoutePolicy)
+	if !known && g.warned.add(r.RoutePolicy) {
+		// Route metadata is the operator's, so the names are few: warn once
+		// each (and never for more than a bounded number of names).
+		g.log.Warn("route names an unknown policy; using the tenant's or default policy", "policy", r.RoutePolicy, "used", x.policy.Name)
+	}
+
+	var v HeadersVerdict
+	// x-tokenwarden-model is tokenwarden's to set: routes may match on it,
+	// so a client's own value is removed and the route picked again without it.
+	if _, ok := h.Get(contract.ModelHeader); ok {
+		v.Edits.remove(contract.ModelHeader)
+	}
+	path, _ := h.Get(":path")
+	method, _ := h.Get(":method")
+	x.dialect = dialect.ForPath(path)
+	if x.dialect == nil || method != "POST" {
+		x.phase = phaseDone
+		v.PassThrough = true
+		g.obs.Outcome(&Outcome{Dialect: PassThroughDialect, Tenant: x.tenant, TenantLabel: x.cfg.TenantLabel(x.tenant),
+			Policy: x.policy.Name, ModelLabel: policy.OtherLabel, Result: ResultOK, Decision: "passthrough"})
+		return x, v
+	}
+	if r.EndOfStream {
+		v.Reply = x.reject(400, wire.ErrorInvalidRequest, "", "tokenwarden: the request has no body", ResultInvalidRequest, nil)
+		return x, v
+	}
+	x.requestID = g.nextRequestID()
+	return x, v
+}
+
+// identify returns the tenant: the first configured source that yields a
+// value, else the configured default.
+func (x *Exchange) identify(h Headers) string {
+	for _, src := range x.cfg.Tenant.Sources {
+		name := src.Header
+		if src.APIKeyOf != "" {
+			name = src.APIKeyOf
+		}
+		v, _ := h.Get(name)
+		if v = strings.TrimSpace(v); v != "" {
+			return tenantFromSource(src, v)
+		}
+	}
+	return x.cfg.Tenant.Default
+}
+
+// tenantFromSource turns a source's header value into a tenant name that is
+// safe in store keys and logs: an API key becomes its fingerprint, and a
+// header value that is not a plain name is fingerprinted too.
+func tenantFromSource(src policy.TenantSource, v string) string {
+	if src.APIKeyOf != "" || !policy.ValidTenant(v) {
+		return policy.Fingerprint(v)
+	}
+	return v
+}
+
+// Outcome returns how the request ended; nil while it is still going.
+func (x *Exchange) Outcome() *Outcome { return x.outcome }
+
+// Tenant returns the tenant the request is charged to.
+func (x *Exchange) Tenant() string { return x.tenant }
+
+// Dialect returns the request's dialect, nil for a request tokenwarden does
+// not govern.
+func (x *Exchange) Dialect() dialect.Dialect { return x.dialect }
+
+// Done reports that the request needs nothing more from the gate but its
+// Settle.
+func (x *Exchange) Done() bool { return x.phase == phaseDone }
+
+func (x *Exchange) policyName() string {
+	if x.policy == nil {
+		return ""
+	}
+	return x.policy.Name
+}

@@ -1,0 +1,50 @@
+package gate
+
+import (
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/limiter"
+)
+
+// Observer receives what the gate sees, for metrics. Label values it is
+// given are bounded: tenants and models are configured or priced names, or
+// "other". Implementations must not block.
+type Observer interface {
+	// Outcome records a request as it ended.
+	Outcome(o *Outcome)
+	// Admission records one admission decision of a tenant: allowed,
+	// denied_<dimension>, failed_open, failed_closed, local.
+	Admission(tenantLabel, result string)
+	// StoreCall records one store round trip ("admit", "settle").
+	StoreCall(op string, took time.Duration, err error)
+	// ProviderResponse records the status of a provider's answer.
+	ProviderResponse(dialect string, status int)
+	// ModelRewrite records a model rewritten by a policy (alias, tier,
+	// downgrade).
+	ModelRewrite(policy, reason string)
+	// PrefixChange records a change of a policy's stable prompt prefix.
+	PrefixChange(policy string)
+	// Budgets records a configured tenant's budget windows as the store
+	// last reported them.
+	Budgets(tenantLabel string, states []limiter.BudgetState, now time.Time)
+	// BudgetCrossed records an alert threshold (a fraction of the cap)
+	// crossed for the first time in a window, across all replicas.
+	BudgetCrossed(tenantLabel, window string, threshold float64)
+	// ExpiredCharged records a reservation that expired unsettled and was
+	// charged at its estimate.
+	ExpiredCharged(tenantLabel, model string, cost accounting.NanoUSD)
+}
+
+// NopObserver records nothing.
+type NopObserver struct{}
+
+func (NopObserver) Outcome(*Outcome)                                  {}
+func (NopObserver) Admission(string, string)                          {}
+func (NopObserver) StoreCall(string, time.Duration, error)            {}
+func (NopObserver) ProviderResponse(string, int)                      {}
+func (NopObserver) ModelRewrite(string, string)                       {}
+func (NopObserver) PrefixChange(string)                               {}
+func (NopObserver) Budgets(string, []limiter.BudgetState, time.Time)  {}
+func (NopObserver) BudgetCrossed(string, string, float64)             {}
+func (NopObserver) ExpiredCharged(string, string, accounting.NanoUSD) {}

@@ -1,0 +1,203 @@
+package gate
+
+import (
+	"fmt"
+	"path"
+	"strconv"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/extproc/contract"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
+)
+
+// Body plans and admits the whole request body: one parse, the model rules,
+// every edit applied in one copy, then one admission round trip. Only the
+// first body of an exchange is read; a repeated one (Envoy has been seen to
+// send a final body twice) changes nothing.
+func (x *Exchange) Body(body []byte) BodyVerdict {
+	if x.phase != phaseBody {
+		return BodyVerdict{Body: body}
+	}
+	req, err := x.dialect.Parse(body)
+	if err != nil {
+		return BodyVerdict{Reply: x.refuse(err)}
+	}
+	x.req = req
+	x.requestedModel = req.Model
+
+	model, reason, err := x.resolveModel(req.Model)
+	if err != nil {
+		return BodyVerdict{Reply: x.refuse(err)}
+	}
+	x.model, x.rewriteReason = model, reason
+	var canonical string
+	var known bool
+	x.price, canonical, known = x.cfg.Prices.Lookup(model)
+	x.modelLabel = policy.OtherLabel
+	if known {
+		x.modelLabel = canonical
+	}
+
+	// The reservation: the input estimate plus the output the request may
+	// produce, capped by the policy so a huge max_tokens does not pin a budget.
+	out := x.policy.OutputReservation
+	if req.MaxTokens > 0 && req.MaxTokens < out {
+		out = req.MaxTokens
+	}
+	x.estimate = accounting.Usage{InputTokens: req.InputTokens, OutputTokens: out}
+	x.estimateCost = x.price.Cost(x.estimate).Total
+
+	newBody, changed, reply := x.edit(body)
+	if reply != nil {
+		return BodyVerdict{Reply: reply}
+	}
+	if reason != "" {
+		x.g.obs.ModelRewrite(x.policy.Name, reason)
+	}
+	if x.req.HasPrefix && x.g.prefixes.observe(x.policy.Name, x.tenant, x.req.PrefixFingerprint) {
+		x.g.obs.PrefixChange(x.policy.Name)
+	}
+
+	x.phase = phaseForwarded
+	if x.policy.Enforces() {
+		if reply := x.admit(); reply != nil {
+			return BodyVerdict{Reply: reply}
+		}
+	} else {
+		x.decisionTag = "allowed"
+	}
+	x.forwardedAt = x.g.opts.Now()
+
+	v := BodyVerdict{Body: newBody, BodyChanged: changed}
+	if changed {
+		// A buffered body keeps its content-length, and Envoy refuses a body
+		// whose length differs from it (ext_proc BodySendMode BUFFERED:
+		// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/processing_mode.proto).
+		v.Edits.set("content-length", strconv.Itoa(len(newBody)))
+	}
+	// The resolved model, always, so envoy.yaml can route by model whether or
+	// not tokenwarden rewrote it; the route is picked again with it.
+	v.Edits.set(contract.ModelHeader, model)
+	return v
+}
+
+// edit applies every change the policy asks for — the model rewrite, what
+// the dialect needs (usage on OpenAI streams), prompt-cache breakpoints —
+// in one copy of the body.
+func (x *Exchange) edit(body []byte) ([]byte, bool, *Reply) {
+	var e wire.EditRequest
+	if x.model != x.req.Model {
+		e.Model = x.model
+	}
+	if pc := x.policy.PromptCache; pc.Inject {
+		e.Cache = &wire.CacheRequest{TTL: pc.TTL, MinTokens: accounting.MinCacheTokens(x.model)}
+	}
+	var edits wire.Edits
+	_, err := x.dialect.Edit(body, &x.req, e, &edits)
+	if err != nil && e.Cache != nil {
+		// The body already parsed; a failure to place breakpoints is
+		// tokenwarden's, and the request is better sent without them than
+		// refused.
+		x.g.log.Error("prompt-cache injection failed; forwarding without it", "policy", x.policy.Name, "err", err)
+		e.Cache = nil
+		edits = wire.Edits{}
+		_, err = x.dialect.Edit(body, &x.req, e, &edits)
+	}
+	if err != nil {
+		return nil, false, x.refuse(err)
+	}
+	if edits.Len() == 0 {
+		return body, false, nil
+	}
+	out, err := wire.Apply(body, &edits)
+	if err != nil {
+		x.g.log.Error("request edits could not be applied", "policy", x.policy.Name, "err", err)
+		return nil, false, x.reject(500, wire.ErrorInternal, "", "tokenwarden: the request could not be prepared", ResultStoreError, nil)
+	}
+	return out, true, nil
+}
+
+// refuse answers a request tokenwarden will not forward as sent: a 400 in
+// the dialect, naming what is wrong.
+func (x *Exchange) refuse(err error) *Reply {
+	return x.reject(400, wire.ErrorInvalidRequest, "", "tokenwarden: "+err.Error(), ResultInvalidRequest, nil)
+}
+
+// BodyTooLarge ends a request whose body, assembled from chunks, exceeds
+// MaxRequestBody.
+func (x *Exchange) BodyTooLarge() *Reply {
+	if x.phase != phaseBody {
+		return nil
+	}
+	return x.reject(413, wire.ErrorInvalidRequest, "", "tokenwarden: request body too large", ResultInvalidRequest, nil)
+}
+
+// Unsupported ends a request the gate cannot forward as the filter is
+// configured, with a 500 in the dialect naming why.
+func (x *Exchange) Unsupported(why string) *Reply {
+	if x.phase != phaseBody {
+		return nil
+	}
+	return x.reject(500, wire.ErrorInternal, "", "tokenwarden: "+why, ResultInvalidRequest, nil)
+}
+
+// resolveModel applies the policy's model rules: alias, size tiers, the
+// allow list, then graduated downgrade by budget use. reason is "" when the
+// model is the one the client asked for.
+func (x *Exchange) resolveModel(requested string) (model, reason string, err error) {
+	mp := &x.policy.Models
+	model = requested
+	if to, ok := mp.Aliases[requested]; ok {
+		model, reason = to, "alias"
+	}
+	for _, t := range mp.Tiers {
+		if t.From != "" {
+			if ok, _ := path.Match(t.From, model); !ok {
+				continue
+			}
+		}
+		in := x.req.InputTokens
+		if t.MinInputTokens > 0 && in < t.MinInputTokens || t.MaxInputTokens > 0 && in > t.MaxInputTokens {
+			continue
+		}
+		if t.MaxOutput > 0 && x.req.MaxTokens > t.MaxOutput {
+			continue
+		}
+		if t.Tools != nil && *t.Tools != x.req.HasTools {
+			continue
+		}
+		if t.Model != model {
+			model, reason = t.Model, "tier"
+		}
+		break
+	}
+	// The allow list judges what the client would get — after its alias and
+	// size tier, which are the operator's own choices — but before a budget
+	// downgrade, which is the operator's too and may leave the list.
+	if !mp.Allowed(model) {
+		return "", "", fmt.Errorf("model %q is not allowed by policy %q", requested, x.policy.Name)
+	}
+	if len(mp.Downgrade) > 0 {
+		used := x.g.budgets.used(x.tenant)
+		for _, d := range mp.Downgrade { // highest threshold first
+			if ok, _ := path.Match(d.From, model); !ok {
+				continue
+			}
+			if used.ratio(d.Window) >= d.WhenBudgetUsed {
+				model, reason = d.To, "downgrade"
+				break
+			}
+		}
+	}
+	return model, reason, nil
+}
+
+// since is the time from forwarding to now; zero when never forwarded.
+func (x *Exchange) since() time.Duration {
+	if x.forwardedAt.IsZero() {
+		return 0
+	}
+	return x.g.opts.Now().Sub(x.forwardedAt)
+}

@@ -1,0 +1,160 @@
+package gate
+
+import (
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/accounting"
+)
+
+// Headers is read access to a request's or response's headers as Envoy
+// reports them: names in lower case, pseudo-headers (":path", ":method",
+// ":status") included.
+type Headers interface {
+	// Get returns the value of the first header named name.
+	Get(name string) (value string, ok bool)
+}
+
+// Header is one header name and value.
+type Header struct{ Name, Value string }
+
+// HeaderList is a Headers over a slice, for tests and simple callers.
+type HeaderList []Header
+
+// Get implements Headers.
+func (l HeaderList) Get(name string) (string, bool) {
+	for _, h := range l {
+		if h.Name == name {
+			return h.Value, true
+		}
+	}
+	return "", false
+}
+
+// Request is what the gate learns at request headers.
+type Request struct {
+	Headers Headers
+	// RoutePolicy is the policy the route names in its metadata, "" when it
+	// names none. Only Envoy's configuration sets it; a client cannot.
+	RoutePolicy string
+	// EndOfStream reports a request without a body.
+	EndOfStream bool
+}
+
+// HeaderEdits are header changes: removals first, then sets, which
+// overwrite.
+type HeaderEdits struct {
+	Set    []Header
+	Remove []string
+}
+
+func (e *HeaderEdits) set(name, value string) { e.Set = append(e.Set, Header{name, value}) }
+
+func (e *HeaderEdits) remove(name string) { e.Remove = append(e.Remove, name) }
+
+// Empty reports whether there is nothing to change.
+func (e *HeaderEdits) Empty() bool { return len(e.Set) == 0 && len(e.Remove) == 0 }
+
+// Reply is an answer tokenwarden gives itself instead of the provider: its
+// status, headers (content-type and content-length included) and body in
+// the dialect's error shape.
+type Reply struct {
+	Status  int
+	Headers []Header
+	Body    []byte
+	// Details names why, for Envoy's %RESPONSE_CODE_DETAILS%.
+	Details string
+}
+
+// HeadersVerdict answers request headers.
+type HeadersVerdict struct {
+	// PassThrough: tokenwarden does not govern this request (not an LLM
+	// call it meters); nothing more about it needs to reach the gate.
+	PassThrough bool
+	// Reply, when set, ends the request with a local answer.
+	Reply *Reply
+	Edits HeaderEdits
+}
+
+// BodyVerdict answers the request body.
+type BodyVerdict struct {
+	// Reply, when set, ends the request with a local answer (refused,
+	// denied, or the store failed closed); nothing was reserved.
+	Reply *Reply
+	// Body is the body to forward; BodyChanged reports it differs from the
+	// one received.
+	Body        []byte
+	BodyChanged bool
+	Edits       HeaderEdits
+}
+
+// ResponseVerdict answers the response headers.
+type ResponseVerdict struct {
+	Edits HeaderEdits
+	// Stream asks for the body chunk by chunk as it arrives (SSE): each
+	// chunk is answered at once, never held whole.
+	Stream bool
+	// SkipBody: the body is not worth reading (an error response).
+	SkipBody bool
+	// Done: the request is metered; Outcome is final and Settle is due once
+	// this answer is sent.
+	Done bool
+}
+
+// ChunkVerdict answers one response body chunk.
+type ChunkVerdict struct {
+	// Done: the request is metered; Outcome is final and Settle is due once
+	// this answer is sent.
+	Done bool
+}
+
+// Result is how a request ended, the values of
+// tokenwarden_requests_total{outcome}.
+type Result string
+
+const (
+	ResultOK             Result = "ok"              // usage measured from the provider
+	ResultUsageMissing   Result = "usage_missing"   // the response ended without usage: charged estimated
+	ResultEstimated      Result = "estimated"       // the stream was cut before usage: charged estimated
+	ResultUpstreamError  Result = "upstream_error"  // the provider answered with an error
+	ResultDenied         Result = "denied"          // tokenwarden answered 429
+	ResultInvalidRequest Result = "invalid_request" // tokenwarden answered 4xx for the request itself
+	ResultStoreError     Result = "store_error"     // the store failed and the policy fails closed
+)
+
+// Source says where a charge came from, the values of {source} on spend.
+type Source string
+
+const (
+	SourceMeasured  Source = "measured"  // the provider's own usage
+	SourceEstimated Source = "estimated" // tokenwarden's estimate
+)
+
+// PassThroughDialect is the dialect label of requests tokenwarden does not
+// govern.
+const PassThroughDialect = "passthrough"
+
+// Outcome is one request as it ended, for metrics and the access log.
+type Outcome struct {
+	Dialect        string
+	Tenant         string
+	TenantLabel    string // Tenant if configured, else "other"
+	Policy         string
+	RequestedModel string
+	Model          string // the model served (after rewrites)
+	ModelLabel     string // the canonical model if priced, else "other"
+	Result         Result
+	// Decision is the admission's result: allowed, denied_<dimension>,
+	// failed_open, failed_closed, local; or the Result when admission never
+	// ran.
+	Decision string
+	// Metered reports a request that reached the provider; only then are
+	// Usage, Cost, Source and Latency meaningful.
+	Metered bool
+	Usage   accounting.Usage
+	Cost    accounting.Cost
+	Source  Source
+	// UsageMissing reports that the provider's answer carried no usage.
+	UsageMissing bool
+	// Latency is from forwarding the request to the end of its response.
+	Latency time.Duration
+}

@@ -1,0 +1,340 @@
+// Package observe is what operators see of tokenwarden: the Prometheus
+// metrics (written through semantic methods, never as raw vectors), the
+// access-log fields written as Envoy dynamic metadata, the admin handler
+// (/metrics, /healthz, /readyz) and the budgets report of the `budgets`
+// command.
+//
+// Every label value is bounded: tenants and models are those named in the
+// configuration or the price table, everything else is "other"; dialects,
+// phases, outcomes and the like are fixed sets.
+package observe
+
+import (
+	"context"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/extproc/gate"
+	"github.com/tokenwarden/tokenwarden/limiter"
+)
+
+// Phases of an ext_proc stream, the values of
+// tokenwarden_processing_seconds{phase}.
+const (
+	PhaseRequestHeaders  = "request_headers"
+	PhaseRequestBody     = "request_body"
+	PhaseResponseHeaders = "response_headers"
+	PhaseResponseBody    = "response_body"
+)
+
+// Reasons a stream ends with a gRPC error, the values of
+// tokenwarden_stream_errors_total{reason}.
+const (
+	StreamPanic    = "panic"    // the processor failed: a bug, contained to the stream
+	StreamProtocol = "protocol" // a message Envoy does not send in that order or form
+)
+
+// Metrics are the Prometheus series tokenwarden exports. It implements
+// gate.Observer.
+type Metrics struct {
+	requests         *prometheus.CounterVec   // dialect, model, outcome
+	tokens           *prometheus.CounterVec   // model, type
+	cost             *prometheus.CounterVec   // model
+	processing       *prometheus.HistogramVec // phase
+	admissions       *prometheus.CounterVec   // tenant, result
+	spend            *prometheus.CounterVec   // tenant, model, source
+	budgetUsed       *prometheus.GaugeVec     // tenant, window
+	budgetSpent      *prometheus.GaugeVec     // tenant, window
+	budgetCap        *prometheus.GaugeVec     // tenant, window
+	budgetExhaustion *prometheus.GaugeVec     // tenant, window
+	budgetAlerts     *prometheus.CounterVec   // tenant, window, threshold
+	providerLatency  *prometheus.HistogramVec // policy
+	providerStatus   *prometheus.CounterVec   // dialect, code
+	promptCache      *prometheus.CounterVec   // model, type
+	prefixChanges    *prometheus.CounterVec   // policy
+	modelRewrites    *prometheus.CounterVec   // policy, reason
+	storeUp          prometheus.Gauge
+	storeErrors      *prometheus.CounterVec   // op
+	storeSeconds     *prometheus.HistogramVec // op
+	activeStreams    prometheus.Gauge
+	streamErrors     *prometheus.CounterVec // reason
+	configReloads    *prometheus.CounterVec // result
+	configReloadTime prometheus.Gauge
+
+	// phase holds the processing observers by phase, looked up once: every
+	// ext_proc message observes one.
+	phase map[string]prometheus.Observer
+}
+
+var _ gate.Observer = (*Metrics)(nil)
+
+// NewMetrics creates the series and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_requests_total",
+			Help: "LLM requests processed, by dialect, resolved model and outcome (ok, usage_missing, estimated, upstream_error, denied, invalid_request, store_error).",
+		}, []string{"dialect", "model", "outcome"}),
+		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_tokens_total",
+			Help: "Tokens metered from provider usage (or estimated when usage was absent), by model and class (input, output, cache_read, cache_write).",
+		}, []string{"model", "type"}),
+		cost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_cost_usd_total",
+			Help: "Cost of metered requests in USD, by model; computed in integer nano-USD.",
+		}, []string{"model"}),
+		processing: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tokenwarden_processing_seconds",
+			Help:    "Time spent inside the processor per ext_proc message, by phase (including store round trips).",
+			Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
+		}, []string{"phase"}),
+		admissions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_admissions_total",
+			Help: "Admission decisions by tenant and result (allowed, denied_<dimension>, failed_open, failed_closed, local).",
+		}, []string{"tenant", "result"}),
+		spend: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_spend_usd_total",
+			Help: "Spend settled against budgets in USD, by tenant, model and source (measured from provider usage, or estimated).",
+		}, []string{"tenant", "model", "source"}),
+		budgetUsed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tokenwarden_budget_used_ratio",
+			Help: "Fraction of the current budget window spent or reserved, by tenant and window.",
+		}, []string{"tenant", "window"}),
+		budgetSpent: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tokenwarden_budget_spent_usd",
+			Help: "USD spent in the current budget window, by tenant and window.",
+		}, []string{"tenant", "window"}),
+		budgetCap: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tokenwarden_budget_cap_usd",
+			Help: "The budget of the current window in USD, by tenant and window.",
+		}, []string{"tenant", "window"}),
+		budgetExhaustion: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tokenwarden_budget_exhaustion_seconds",
+			Help: "Forecast time until the current budget window is spent at the window's average burn rate so far; +Inf when it will last the window.",
+		}, []string{"tenant", "window"}),
+		budgetAlerts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_budget_alerts_total",
+			Help: "Budget thresholds crossed, counted once per window across all replicas, by tenant, window and threshold ratio.",
+		}, []string{"tenant", "window", "threshold"}),
+		providerLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tokenwarden_provider_latency_seconds",
+			Help:    "Time from forwarding a request to the end of its response, by policy.",
+			Buckets: []float64{.05, .1, .25, .5, 1, 2, 4, 8, 12, 18, 30, 60, 120, 300, 600},
+		}, []string{"policy"}),
+		providerStatus: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_provider_responses_total",
+			Help: "Provider responses by dialect and HTTP status code.",
+		}, []string{"dialect", "code"}),
+		promptCache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_prompt_cache_tokens_total",
+			Help: "Prompt-cache tokens reported by the provider, by model and type (read, write).",
+		}, []string{"model", "type"}),
+		prefixChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_prompt_prefix_changes_total",
+			Help: "How often the stable prompt prefix (tools + system) of a policy changed; a steady climb means dynamic fields leak into a template.",
+		}, []string{"policy"}),
+		modelRewrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_model_rewrites_total",
+			Help: "Requests whose model was rewritten, by policy and reason (alias, downgrade, tier).",
+		}, []string{"policy", "reason"}),
+		storeUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tokenwarden_store_up",
+			Help: "1 while the shared store answers, 0 while it does not.",
+		}),
+		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_store_errors_total",
+			Help: "Store calls that failed, by operation.",
+		}, []string{"op"}),
+		storeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tokenwarden_store_seconds",
+			Help:    "Store call latency by operation (one round trip each).",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1},
+		}, []string{"op"}),
+		activeStreams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tokenwarden_active_streams",
+			Help: "ext_proc streams currently open.",
+		}),
+		streamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_stream_errors_total",
+			Help: "ext_proc streams ended with a gRPC error, by reason (panic: a processor bug contained to its stream; protocol: a message out of order or unknown).",
+		}, []string{"reason"}),
+		configReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_config_reloads_total",
+			Help: "Configuration reloads by result (success, failure); on failure the last good configuration stays in force.",
+		}, []string{"result"}),
+		configReloadTime: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tokenwarden_config_last_reload_success_timestamp_seconds",
+			Help: "Unix time of the last successful configuration load.",
+		}),
+	}
+	reg.MustRegister(m.requests, m.tokens, m.cost, m.processing, m.admissions, m.spend,
+		m.budgetUsed, m.budgetSpent, m.budgetCap, m.budgetExhaustion, m.budgetAlerts, m.providerLatency, m.providerStatus,
+		m.promptCache, m.prefixChanges, m.modelRewrites, m.storeUp, m.storeErrors, m.storeSeconds,
+		m.activeStreams, m.streamErrors, m.configReloads, m.configReloadTime)
+	// Series that would otherwise appear only after their first event are
+	// created at zero, so dashboards and alerts see them from the start.
+	m.phase = map[string]prometheus.Observer{}
+	for _, phase := range []string{PhaseRequestHeaders, PhaseRequestBody, PhaseResponseHeaders, PhaseResponseBody} {
+		m.phase[phase] = m.processing.WithLabelValues(phase)
+	}
+	for _, op := range []string{"admit", "settle"} {
+		m.storeErrors.WithLabelValues(op)
+		m.storeSeconds.WithLabelValues(op)
+	}
+	for _, r := range []string{StreamPanic, StreamProtocol} {
+		m.streamErrors.WithLabelValues(r)
+	}
+	for _, r := range []string{"success", "failure"} {
+		m.configReloads.WithLabelValues(r)
+	}
+	return m
+}
+
+// Outcome implements gate.Observer.
+func (m *Metrics) Outcome(o *gate.Outcome) {
+	m.requests.WithLabelValues(o.Dialect, o.ModelLabel, string(o.Result)).Inc()
+	if !o.Metered {
+		return
+	}
+	u, model := o.Usage, o.ModelLabel
+	m.tokens.WithLabelValues(model, "input").Add(float64(u.InputTokens))
+	m.tokens.WithLabelValues(model, "output").Add(float64(u.OutputTokens))
+	m.tokens.WithLabelValues(model, "cache_read").Add(float64(u.CacheReadTokens))
+	m.tokens.WithLabelValues(model, "cache_write").Add(float64(u.CacheWriteTokens()))
+	if u.CacheReadTokens > 0 {
+		m.promptCache.WithLabelValues(model, "read").Add(float64(u.CacheReadTokens))
+	}
+	if w := u.CacheWriteTokens(); w > 0 {
+		m.promptCache.WithLabelValues(model, "write").Add(float64(w))
+	}
+	m.cost.WithLabelValues(model).Add(o.Cost.Total.USD())
+	m.spend.WithLabelValues(o.TenantLabel, model, string(o.Source)).Add(o.Cost.Total.USD())
+	if o.Latency > 0 {
+		m.providerLatency.WithLabelValues(o.Policy).Observe(o.Latency.Seconds())
+	}
+}
+
+// Admission implements gate.Observer.
+func (m *Metrics) Admission(tenantLabel, result string) {
+	m.admissions.WithLabelValues(tenantLabel, result).Inc()
+}
+
+// StoreCall implements gate.Observer.
+func (m *Metrics) StoreCall(op string, took time.Duration, err error) {
+	m.storeSeconds.WithLabelValues(op).Observe(took.Seconds())
+	if err != nil {
+		m.storeErrors.WithLabelValues(op).Inc()
+	}
+}
+
+// ProviderResponse implements gate.Observer.
+func (m *Metrics) ProviderResponse(dialect string, status int) {
+	m.providerStatus.WithLabelValues(dialect, statusLabel(status)).Inc()
+}
+
+// ModelRewrite implements gate.Observer.
+func (m *Metrics) ModelRewrite(policy, reason string) {
+	m.modelRewrites.WithLabelValues(policy, reason).Inc()
+}
+
+// PrefixChange implements gate.Observer.
+func (m *Metrics) PrefixChange(policy string) { m.prefixChanges.WithLabelValues(policy).Inc() }
+
+// Budgets implements gate.Observer: the window gauges and the forecast of
+// when each window's budget runs out at its burn rate so far.
+func (m *Metrics) Budgets(tenantLabel string, states []limiter.BudgetState, now time.Time) {
+	for _, b := range states {
+		m.budgetUsed.WithLabelValues(tenantLabel, b.Name).Set(b.Used())
+		m.budgetSpent.WithLabelValues(tenantLabel, b.Name).Set(accounting.NanoUSD(b.Spent).USD())
+		m.budgetCap.WithLabelValues(tenantLabel, b.Name).Set(accounting.NanoUSD(b.Cap).USD())
+		secs := math.Inf(1) // the budget outlasts its window at this rate
+		if eta, ok := accounting.Exhaustion(accounting.NanoUSD(b.Spent), accounting.NanoUSD(b.Cap), b.Window.Start, b.Window.End, now); ok {
+			secs = eta.Seconds()
+		}
+		m.budgetExhaustion.WithLabelValues(tenantLabel, b.Name).Set(secs)
+	}
+}
+
+// BudgetCrossed implements gate.Observer.
+func (m *Metrics) BudgetCrossed(tenantLabel, window string, threshold float64) {
+	m.budgetAlerts.WithLabelValues(tenantLabel, window, strconv.FormatFloat(threshold, 'f', -1, 64)).Inc()
+}
+
+// ExpiredCharged implements gate.Observer.
+func (m *Metrics) ExpiredCharged(tenantLabel, model string, cost accounting.NanoUSD) {
+	m.spend.WithLabelValues(tenantLabel, model, string(gate.SourceEstimated)).Add(cost.USD())
+}
+
+// Phase records the time one ext_proc message spent in the processor.
+func (m *Metrics) Phase(phase string, took time.Duration) {
+	if o := m.phase[phase]; o != nil {
+		o.Observe(took.Seconds())
+	}
+}
+
+// StreamOpened and StreamClosed track the open ext_proc streams.
+func (m *Metrics) StreamOpened() { m.activeStreams.Inc() }
+
+// StreamClosed is StreamOpened's pair.
+func (m *Metrics) StreamClosed() { m.activeStreams.Dec() }
+
+// StreamError counts a stream ended with a gRPC error, by reason.
+func (m *Metrics) StreamError(reason string) { m.streamErrors.WithLabelValues(reason).Inc() }
+
+// StoreUp sets tokenwarden_store_up.
+func (m *Metrics) StoreUp(up bool) {
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.storeUp.Set(v)
+}
+
+// ConfigLoaded records a configuration load or reload; on success the
+// policies' series are created at zero.
+func (m *Metrics) ConfigLoaded(ok bool, policies []string) {
+	if !ok {
+		m.configReloads.WithLabelValues("failure").Inc()
+		return
+	}
+	m.configReloads.WithLabelValues("success").Inc()
+	m.configReloadTime.SetToCurrentTime()
+	for _, p := range policies {
+		m.prefixChanges.WithLabelValues(p)
+	}
+}
+
+var knownStatus = func() map[int]string {
+	m := map[int]string{}
+	for _, c := range []int{200, 400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504, 529} {
+		m[c] = strconv.Itoa(c)
+	}
+	return m
+}()
+
+// statusLabel bounds the code label to the statuses LLM providers use.
+func statusLabel(code int) string {
+	if s, ok := knownStatus[code]; ok {
+		return s
+	}
+	return "other"
+}
+
+// WatchStore keeps tokenwarden_store_up true to up, checking every interval
+// until ctx is done.
+func (m *Metrics) WatchStore(ctx context.Context, up func() bool, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		m.StoreUp(up())
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,97 @@
+package observe
+
+import (
+	"math"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/extproc/gate"
+	"github.com/tokenwarden/tokenwarden/limiter"
+)
+
+func TestBudgetGaugesAndForecast(t *testing.T) {
+	start := time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC)
+	now := start.Add(6 * time.Hour)
+	m := NewMetrics(prometheus.NewRegistry())
+	window := limiter.Window{Start: start, End: start.Add(24 * time.Hour)}
+
+	// $4 spent in 6 hours: the $6 left last 9 more hours at that rate, before the day ends.
+	m.Budgets("acme", []limiter.BudgetState{{Name: "day", Window: window, Cap: 10e9, Spent: 4e9, Reserved: 1e9}}, now)
+	if got := testutil.ToFloat64(m.budgetExhaustion.WithLabelValues("acme", "day")); got != 9*3600 {
+		t.Errorf("exhaustion forecast %v s, want %v", got, 9*3600)
+	}
+	if got := testutil.ToFloat64(m.budgetUsed.WithLabelValues("acme", "day")); got != 0.5 {
+		t.Errorf("used ratio %v, want spent+reserved = 0.5", got)
+	}
+	if got := testutil.ToFloat64(m.budgetSpent.WithLabelValues("acme", "day")); got != 4 {
+		t.Errorf("spent %v USD", got)
+	}
+	if got := testutil.ToFloat64(m.budgetCap.WithLabelValues("acme", "day")); got != 10 {
+		t.Errorf("cap %v USD", got)
+	}
+	// $1 in 6 hours: the rest would take 54 hours, past the day's end.
+	m.Budgets("acme", []limiter.BudgetState{{Name: "day", Window: window, Cap: 10e9, Spent: 1e9}}, now)
+	if got := testutil.ToFloat64(m.budgetExhaustion.WithLabelValues("acme", "day")); !math.IsInf(got, 1) {
+		t.Errorf("a budget that outlasts its window forecasts %v, want +Inf", got)
+	}
+}
+
+func TestOutcomeCounters(t *testing.T) {
+	m := NewMetrics(prometheus.NewRegistry())
+	o := &gate.Outcome{Dialect: "anthropic", TenantLabel: "acme", Policy: "default", ModelLabel: "claude-sonnet-4-5",
+		Result: gate.ResultOK, Metered: true, Source: gate.SourceMeasured, Latency: time.Second,
+		Usage: accounting.Usage{InputTokens: 5, OutputTokens: 64, CacheReadTokens: 7, CacheWrite5mTokens: 3},
+		Cost:  accounting.Cost{Total: 975_000}}
+	m.Outcome(o)
+	m.Outcome(&gate.Outcome{Dialect: "anthropic", ModelLabel: "other", Result: gate.ResultDenied})
+	checks := []struct {
+		name string
+		c    prometheus.Collector
+		want float64
+	}{
+		{"requests ok", m.requests.WithLabelValues("anthropic", "claude-sonnet-4-5", "ok"), 1},
+		{"requests denied", m.requests.WithLabelValues("anthropic", "other", "denied"), 1},
+		{"input", m.tokens.WithLabelValues("claude-sonnet-4-5", "input"), 5},
+		{"output", m.tokens.WithLabelValues("claude-sonnet-4-5", "output"), 64},
+		{"cache read", m.tokens.WithLabelValues("claude-sonnet-4-5", "cache_read"), 7},
+		{"cache write", m.tokens.WithLabelValues("claude-sonnet-4-5", "cache_write"), 3},
+		{"prompt cache read", m.promptCache.WithLabelValues("claude-sonnet-4-5", "read"), 7},
+		{"cost", m.cost.WithLabelValues("claude-sonnet-4-5"), 0.000975},
+		{"spend", m.spend.WithLabelValues("acme", "claude-sonnet-4-5", "measured"), 0.000975},
+	}
+	for _, c := range checks {
+		if got := testutil.ToFloat64(c.c); got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, got, c.want)
+		}
+	}
+	if n := testutil.CollectAndCount(m.tokens); n != 4 {
+		t.Errorf("a request answered locally adds no token series: %d series", n)
+	}
+}
+
+func TestStatusLabelIsBounded(t *testing.T) {
+	for code, want := range map[int]string{200: "200", 529: "529", 418: "other", 0: "other", 999: "other"} {
+		if got := statusLabel(code); got != want {
+			t.Errorf("statusLabel(%d) = %q, want %q", code, got, want)
+		}
+	}
+}
+
+func TestAccessLog(t *testing.T) {
+	if AccessLog(nil) != nil {
+		t.Fatal("no outcome, no metadata")
+	}
+	local := AccessLog(&gate.Outcome{Tenant: "acme", Policy: "p", Decision: "denied_requests"})
+	if len(local) != 5 || local["decision"] != "denied_requests" {
+		t.Errorf("a local answer carries who, policy, models and decision: %v", local)
+	}
+	metered := AccessLog(&gate.Outcome{Tenant: "acme", Metered: true, Source: gate.SourceEstimated, UsageMissing: true,
+		Usage: accounting.Usage{InputTokens: 3}, Cost: accounting.Cost{Total: 9000}})
+	if metered["usage_source"] != "missing" || metered["cost_nano_usd"] != 9000.0 || metered["input_tokens"] != 3.0 {
+		t.Errorf("metered fields: %v", metered)
+	}
+}

@@ -1,0 +1,273 @@
+package extproc
+
+import (
+	"context"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tokenwarden/tokenwarden/extproc/contract"
+	"github.com/tokenwarden/tokenwarden/extproc/gate"
+	"github.com/tokenwarden/tokenwarden/extproc/observe"
+)
+
+// state is where one ext_proc stream is. Envoy's messages move it forward
+// only; a message that makes no sense in the current state is either
+// answered unchanged (a repeat Envoy is known to send, a phase the request
+// no longer needs) or refused with a gRPC error that says why.
+type state uint8
+
+const (
+	awaitRequestHeaders state = iota // nothing received yet
+	awaitRequestBody                 // request headers answered; the body follows
+	forwarded                        // the request went upstream; its answer is awaited
+	responding                       // response headers answered; the body is being metered
+	passingThrough                   // not governed: every later message is answered unchanged
+	finished                         // answered locally or metered: later messages answered unchanged
+)
+
+var stateNames = [...]string{"await_request_headers", "await_request_body", "forwarded", "responding", "passing_through", "finished"}
+
+func (s state) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "unknown"
+}
+
+// Protocol errors: messages Envoy does not send in this order or form.
+var (
+	errNoRequestHeaders = status.Error(codes.FailedPrecondition,
+		"tokenwarden: the stream must start with request_headers (set the ext_proc filter's processing_mode.request_header_mode to SEND)")
+	errRepeatedHeaders = status.Error(codes.FailedPrecondition,
+		"tokenwarden: request_headers received twice on one stream")
+	errUnknownMessage = status.Error(codes.InvalidArgument,
+		"tokenwarden: ProcessingRequest carries no message tokenwarden knows")
+)
+
+// stream is the state of one ext_proc stream. One goroutine uses it.
+type stream struct {
+	srv   *Server
+	ctx   context.Context
+	state state
+	x     *gate.Exchange
+
+	// wholeBody reports that a request body message holds the whole body
+	// even without end_of_stream (BUFFERED with trailers).
+	wholeBody bool
+	// chunks assembles a STREAMED request body; each chunk is held back
+	// (cleared) and the whole body goes with the last chunk's answer.
+	chunks   []byte
+	streamed bool
+}
+
+// handle answers one message from Envoy. settle reports that the request
+// is metered and its reservation is to be settled once the answer is sent.
+func (st *stream) handle(req *extprocv3.ProcessingRequest) (resp *extprocv3.ProcessingResponse, settle bool, err error) {
+	start := time.Now()
+	var phase string
+	switch r := req.Request.(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		phase = observe.PhaseRequestHeaders
+		resp, err = st.requestHeaders(r.RequestHeaders, req)
+	case *extprocv3.ProcessingRequest_RequestBody:
+		phase = observe.PhaseRequestBody
+		resp, err = st.requestBody(r.RequestBody)
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		resp, err = st.requestTrailers()
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		phase = observe.PhaseResponseHeaders
+		resp, settle, err = st.responseHeaders(r.ResponseHeaders)
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		phase = observe.PhaseResponseBody
+		resp, settle, err = st.responseBody(r.ResponseBody)
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		resp, settle, err = st.responseTrailers()
+	default:
+		return nil, false, errUnknownMessage
+	}
+	if phase != "" {
+		st.srv.metrics.Phase(phase, time.Since(start))
+	}
+	return resp, settle, err
+}
+
+func (st *stream) requestHeaders(h *extprocv3.HttpHeaders, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, error) {
+	if st.state != awaitRequestHeaders {
+		return nil, errRepeatedHeaders
+	}
+	var routePolicy string
+	if attrs := req.GetAttributes()[contract.AttributesKey]; attrs != nil {
+		routePolicy = attrs.GetFields()[contract.PolicyAttribute].GetStringValue()
+	}
+	x, v := st.srv.gate.Begin(st.ctx, gate.Request{
+		Headers:     envoyHeaders(h.GetHeaders().GetHeaders()),
+		RoutePolicy: routePolicy,
+		EndOfStream: h.GetEndOfStream(),
+	})
+	st.x = x
+	switch {
+	case v.PassThrough:
+		st.state = passingThrough
+		return requestHeadersAnswer(v.Edits, passThroughMode), nil
+	case v.Reply != nil:
+		st.state = finished
+		return replyAnswer(v.Reply, x.Outcome()), nil
+	}
+	st.state = awaitRequestBody
+	pc := req.GetProtocolConfig()
+	if pc.GetRequestBodyMode() == filterv3.ProcessingMode_STREAMED {
+		// A body Envoy would stream chunk by chunk is asked for whole, when
+		// the filter allows overrides; if it does not, requestBody copes
+		// with chunks. Whether the override is honoured is not known, so a
+		// body message without end_of_stream is taken as a chunk.
+		return requestHeadersAnswer(v.Edits, &filterv3.ProcessingMode{
+			RequestBodyMode:  filterv3.ProcessingMode_BUFFERED,
+			ResponseBodyMode: pc.GetResponseBodyMode(),
+		}), nil
+	}
+	// BUFFERED: the one body message holds the whole body; it lacks
+	// end_of_stream only when trailers follow.
+	st.wholeBody = pc.GetRequestBodyMode() == filterv3.ProcessingMode_BUFFERED
+	return requestHeadersAnswer(v.Edits, nil), nil
+}
+
+func (st *stream) requestBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResponse, error) {
+	switch st.state {
+	case awaitRequestHeaders:
+		return nil, errNoRequestHeaders
+	case awaitRequestBody:
+	default:
+		// Passed through, answered, or a repeated final body (Envoy has been
+		// seen to send one twice): the body goes on as it is.
+		return bodyAnswer(gate.BodyVerdict{}), nil
+	}
+	if !b.GetEndOfStream() && !st.wholeBody {
+		st.streamed = true
+		if len(st.chunks)+len(b.GetBody()) > gate.MaxRequestBody {
+			st.state = finished
+			return replyAnswer(st.x.BodyTooLarge(), st.x.Outcome()), nil
+		}
+		st.chunks = append(st.chunks, b.GetBody()...)
+		return clearChunkAnswer(), nil
+	}
+	body := b.GetBody()
+	if st.streamed {
+		st.chunks = append(st.chunks, body...)
+		body = st.chunks
+	}
+	v := st.x.Body(body)
+	if v.Reply != nil {
+		st.state = finished
+		return replyAnswer(v.Reply, st.x.Outcome()), nil
+	}
+	st.state = forwarded
+	if st.streamed {
+		// Every earlier chunk was cleared; this answer carries the whole body.
+		v.BodyChanged = true
+	}
+	return bodyAnswer(v), nil
+}
+
+func (st *stream) requestTrailers() (*extprocv3.ProcessingResponse, error) {
+	switch st.state {
+	case awaitRequestHeaders:
+		return nil, errNoRequestHeaders
+	case awaitRequestBody:
+		if st.streamed {
+			// The chunks were cleared and a trailers answer cannot carry a
+			// body: the request cannot be forwarded as it was sent.
+			st.state = finished
+			return replyAnswer(st.x.Unsupported("a streamed request body that ends in trailers cannot be forwarded; configure request_body_mode BUFFERED or allow_mode_override"), st.x.Outcome()), nil
+		}
+	}
+	return requestTrailersAnswer(), nil
+}
+
+func (st *stream) responseHeaders(h *extprocv3.HttpHeaders) (*extprocv3.ProcessingResponse, bool, error) {
+	switch st.state {
+	case awaitRequestHeaders:
+		return nil, false, errNoRequestHeaders
+	case awaitRequestBody:
+		// The upstream answered before the request body was complete: this
+		// request was never admitted and there is nothing to meter.
+		st.state = finished
+		return responseHeadersAnswer(gate.ResponseVerdict{}, nil), false, nil
+	case forwarded:
+	default:
+		return responseHeadersAnswer(gate.ResponseVerdict{}, nil), false, nil
+	}
+	v := st.x.ResponseHeaders(envoyHeaders(h.GetHeaders().GetHeaders()), h.GetEndOfStream())
+	if v.Done {
+		st.state = finished
+		return responseHeadersAnswer(v, st.x.Outcome()), true, nil
+	}
+	st.state = responding
+	return responseHeadersAnswer(v, nil), false, nil
+}
+
+func (st *stream) responseBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResponse, bool, error) {
+	switch st.state {
+	case awaitRequestHeaders:
+		return nil, false, errNoRequestHeaders
+	case forwarded, responding:
+	default:
+		return chunkAnswer(nil), false, nil
+	}
+	st.state = responding
+	if v := st.x.ResponseBody(b.GetBody(), b.GetEndOfStream()); v.Done {
+		st.state = finished
+		return chunkAnswer(st.x.Outcome()), true, nil
+	}
+	return chunkAnswer(nil), false, nil
+}
+
+func (st *stream) responseTrailers() (*extprocv3.ProcessingResponse, bool, error) {
+	switch st.state {
+	case awaitRequestHeaders:
+		return nil, false, errNoRequestHeaders
+	case forwarded, responding:
+		// With trailers, no body message carries end_of_stream: the trailers
+		// are the end of the response.
+		if st.x.ResponseEnd() {
+			st.state = finished
+			return responseTrailersAnswer(st.x.Outcome()), true, nil
+		}
+	}
+	return responseTrailersAnswer(nil), false, nil
+}
+
+// end runs when the stream ends, however it ends: the request is settled
+// (estimated, if it never reached its end) on a context of its own. A panic
+// here is contained too: the store expires what was not settled.
+func (st *stream) end() {
+	defer func() {
+		if p := recover(); p != nil {
+			st.srv.metrics.StreamError(observe.StreamPanic)
+			st.srv.log.Error("processor panic while ending a stream; its reservation expires in the store", "panic", p)
+		}
+	}()
+	st.x.Abort()
+}
+
+// envoyHeaders reads an Envoy header map for the gate.
+type envoyHeaders []*corev3.HeaderValue
+
+// Get implements gate.Headers. Envoy sends raw_value with value empty
+// (send_header_raw_value, on by default); value is read as a fallback for
+// older configurations.
+func (h envoyHeaders) Get(name string) (string, bool) {
+	for _, hv := range h {
+		if hv.GetKey() == name {
+			if len(hv.RawValue) > 0 {
+				return string(hv.RawValue), true
+			}
+			return hv.Value, true
+		}
+	}
+	return "", false
+}
