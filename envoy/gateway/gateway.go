@@ -27,19 +27,15 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/tokenwarden/tokenwarden/envoy/sim"
+	"github.com/tokenwarden/tokenwarden/extproc/contract"
 )
 
-// MetadataNamespace is the dynamic-metadata namespace tokenwarden writes and
-// the access log prints.
-const MetadataNamespace = "tokenwarden"
-
-// PolicyAttribute is the request attribute carrying the route's policy: the
-// route's metadata (filter_metadata: {tokenwarden: {policy: batch}} in
-// envoy/envoy.yaml) read as a plain string, so a client can never pick its
-// own policy (request_attributes in
-// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto;
-// attribute names in https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/advanced/attributes).
-const PolicyAttribute = "xds.route_metadata.filter_metadata['tokenwarden']['policy']"
+// MetadataNamespace and PolicyAttribute are tokenwarden's, re-exported for
+// the gateway's callers; see package contract.
+const (
+	MetadataNamespace = contract.MetadataNamespace
+	PolicyAttribute   = contract.PolicyAttribute
+)
 
 // Route maps a path prefix to the request attributes Envoy would evaluate for
 // it, e.g. {PolicyAttribute: "batch"}.

@@ -33,6 +33,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"sigs.k8s.io/yaml"
 
+	"github.com/tokenwarden/tokenwarden/extproc/contract"
+
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 )
 
@@ -44,19 +46,13 @@ const (
 	RouterFilter = "envoy.filters.http.router"
 	// HCMFilter is the network filter that hosts the HTTP filter chain.
 	HCMFilter = "envoy.filters.network.http_connection_manager"
-	// MetadataNamespace is where route metadata selects a policy and where the processor writes
-	// its per-request dynamic metadata.
-	MetadataNamespace = "tokenwarden"
-	// PolicyAttribute is the request attribute through which the processor learns the route's
-	// policy as a plain string: a string-valued expression arrives as a string_value under a key
-	// equal to the expression text, whereas bare xds.route_metadata would arrive printed as
-	// protobuf text (request_attributes in
-	// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto;
-	// attribute names in https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/advanced/attributes).
-	PolicyAttribute = "xds.route_metadata.filter_metadata['tokenwarden']['policy']"
-	// ModelHeader is set by the processor on a rewritten model, with clear_route_cache, so routes
-	// can match on the effective model.
-	ModelHeader = "x-tokenwarden-model"
+	// MetadataNamespace, PolicyAttribute and ModelHeader are the processor's own strings
+	// (package contract): where route metadata selects a policy and the processor writes its
+	// per-request dynamic metadata, the attribute it reads the route's policy from, and the header
+	// routes may match the served model on.
+	MetadataNamespace = contract.MetadataNamespace
+	PolicyAttribute   = contract.PolicyAttribute
+	ModelHeader       = contract.ModelHeader
 )
 
 // Summary describes a bootstrap that passed validation.
