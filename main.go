@@ -17,19 +17,13 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"runtime"
 	"sort"
 	"strings"
 	"syscall"
 	"time"
 
-	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/keepalive"
 
 	"github.com/tokenwarden/tokenwarden/envoy/gateway"
 	"github.com/tokenwarden/tokenwarden/extproc"
@@ -233,18 +227,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		grpcLis.Close()
 		return fmt.Errorf("--admin-addr: %w", err)
 	}
-	// Envoy enforces body size with its own buffer limit; the gRPC limit only
-	// has to let the largest allowed body through (Anthropic accepts 32 MB).
-	gs := grpc.NewServer(
-		grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20),
-		// A fixed pool of stream workers instead of a goroutine per stream:
-		// streams start on a warm stack (see README "Performance").
-		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)
-	extprocv3.RegisterExternalProcessorServer(gs, srv)
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(gs, hs)
+	gs := srv.NewGRPCServer()
 	admin := &http.Server{
 		Handler:           observe.AdminHandler(observe.AdminOptions{Gatherer: reg, Ready: observe.Readiness(store.Up, holder)}),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -286,16 +269,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case <-ctx.Done():
 	case err = <-errc:
 	}
-	// Drain: stop accepting streams and let open ones (long LLM responses)
-	// finish, up to the drain timeout.
-	hs.Shutdown()
-	stopped := make(chan struct{})
-	go func() { gs.GracefulStop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-time.After(*drain):
-		gs.Stop()
-	}
+	gs.Drain(*drain)
 	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancelShutdown()
 	_ = admin.Shutdown(shutdownCtx)
