@@ -24,6 +24,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/tokenwarden/tokenwarden/envoy/gateway"
 	"github.com/tokenwarden/tokenwarden/extproc"
@@ -184,7 +186,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	configPath := fs.String("config", "", "tokenwarden.yaml; empty runs on the embedded defaults")
 	grpcAddr := fs.String("grpc-addr", "127.0.0.1:50051", "ext_proc gRPC listen address")
-	adminAddr := fs.String("admin-addr", "127.0.0.1:9090", "admin HTTP listen address (/metrics, /healthz, /readyz)")
+	tlsCert := fs.String("tls-cert", "", "PEM certificate of the gRPC port (reloaded when it changes)")
+	tlsKey := fs.String("tls-key", "", "PEM private key of --tls-cert")
+	clientCA := fs.String("client-ca", "", "PEM CA bundle: only clients with a certificate it signed may call (mutual TLS)")
+	insecureListen := fs.Bool("insecure-listen", false, "accept plaintext ext_proc on a non-loopback --grpc-addr; only behind a proxy that authenticates callers (an Istio sidecar with STRICT mTLS and an AuthorizationPolicy)")
+	adminAddr := fs.String("admin-addr", "127.0.0.1:9090", "admin HTTP listen address (/metrics, /healthz, /readyz, /debug/pprof)")
+	metricsAddr := fs.String("metrics-addr", "", "a second HTTP address serving only /metrics, /healthz and /readyz, for scrapers and probes (empty: none)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	reloadEvery := fs.Duration("reload-interval", 2*time.Second, "how often --config is checked for changes")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "how long shutdown waits for open streams to finish")
@@ -196,6 +203,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	data, cfg, err := loadConfig(*configPath)
+	if err != nil {
+		return err
+	}
+	creds, err := grpcCredentials(*grpcAddr, extproc.TLSFiles{Cert: *tlsCert, Key: *tlsKey, ClientCA: *clientCA}, *insecureListen, logger)
 	if err != nil {
 		return err
 	}
@@ -227,21 +238,33 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		grpcLis.Close()
 		return fmt.Errorf("--admin-addr: %w", err)
 	}
-	gs := srv.NewGRPCServer()
-	admin := &http.Server{
-		Handler:           observe.AdminHandler(observe.AdminOptions{Gatherer: reg, Ready: observe.Readiness(store.Up, holder)}),
-		ReadHeaderTimeout: 5 * time.Second,
+	gs := srv.NewGRPCServer(creds...)
+	adminOpts := observe.AdminOptions{Gatherer: reg, Ready: observe.Readiness(store.Up, holder)}
+	admin := &http.Server{Handler: observe.AdminHandler(adminOpts), ReadHeaderTimeout: 5 * time.Second}
+	var scrape *http.Server
+	var scrapeLis net.Listener
+	if *metricsAddr != "" {
+		if scrapeLis, err = net.Listen("tcp", *metricsAddr); err != nil {
+			grpcLis.Close()
+			adminLis.Close()
+			return fmt.Errorf("--metrics-addr: %w", err)
+		}
+		scrape = &http.Server{Handler: observe.ScrapeHandler(adminOpts), ReadHeaderTimeout: 5 * time.Second}
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- gs.Serve(grpcLis) }()
-	go func() {
-		if err := admin.Serve(adminLis); !errors.Is(err, http.ErrServerClosed) {
+	serveHTTP := func(h *http.Server, l net.Listener) {
+		if err := h.Serve(l); !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
 		}
-	}()
+	}
+	go serveHTTP(admin, adminLis)
+	if scrape != nil {
+		go serveHTTP(scrape, scrapeLis)
+	}
 	go metrics.WatchStore(ctx, store.Up, time.Second)
 	if *configPath != "" {
 		go policy.Watch(ctx, policy.WatchOptions{
@@ -273,7 +296,45 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancelShutdown()
 	_ = admin.Shutdown(shutdownCtx)
+	if scrape != nil {
+		_ = scrape.Shutdown(shutdownCtx)
+	}
 	return err
+}
+
+// grpcCredentials decides how the ext_proc port accepts callers: TLS (and
+// mutual TLS with a client CA) when given certificates; plaintext only on a
+// loopback address, or where the operator states that a proxy in front
+// authenticates callers. Anything else would let any pod that reaches the
+// port report invented usage or pick any route policy.
+func grpcCredentials(addr string, f extproc.TLSFiles, insecureListen bool, logger *slog.Logger) ([]grpc.ServerOption, error) {
+	if (f.Cert == "") != (f.Key == "") || (f.ClientCA != "" && f.Cert == "") {
+		return nil, errors.New("--tls-cert and --tls-key go together, and --client-ca needs both")
+	}
+	if f.ClientCA == "" && !insecureListen && !loopback(addr) {
+		return nil, fmt.Errorf("--grpc-addr %s is not a loopback address: give --tls-cert, --tls-key and --client-ca (mutual TLS), or --insecure-listen behind a proxy that authenticates callers", addr)
+	}
+	if f.Cert == "" {
+		return nil, nil
+	}
+	cfg, err := extproc.NewTLSConfig(f, logger)
+	if err != nil {
+		return nil, err
+	}
+	return []grpc.ServerOption{grpc.Creds(credentials.NewTLS(cfg))}, nil
+}
+
+// loopback reports whether a listen address accepts only local callers.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func runBudgets(ctx context.Context, args []string, stdout, stderr io.Writer) error {

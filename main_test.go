@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenwarden/tokenwarden/extproc"
 	"github.com/tokenwarden/tokenwarden/limiter"
 	"github.com/tokenwarden/tokenwarden/limiter/redistest"
 )
@@ -177,5 +178,32 @@ func TestReadmeConfigExampleIsValid(t *testing.T) {
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"check-config", writeFile(t, string(body[:end]))}, &out, io.Discard); err != nil {
 		t.Fatalf("the README example does not validate: %v", err)
+	}
+}
+
+func TestGRPCCredentialsRefusePlaintextBeyondLoopback(t *testing.T) {
+	cases := []struct {
+		addr     string
+		files    extproc.TLSFiles
+		insecure bool
+		wantErr  string
+	}{
+		{addr: "127.0.0.1:50051"},
+		{addr: "[::1]:50051"},
+		{addr: "localhost:50051"},
+		{addr: "0.0.0.0:50051", wantErr: "not a loopback address"},
+		{addr: ":50051", wantErr: "not a loopback address"},
+		{addr: "10.1.2.3:50051", wantErr: "not a loopback address"},
+		{addr: "0.0.0.0:50051", insecure: true},
+		{addr: "0.0.0.0:50051", files: extproc.TLSFiles{Cert: "c"}, wantErr: "go together"},
+		{addr: "0.0.0.0:50051", files: extproc.TLSFiles{ClientCA: "ca"}, wantErr: "go together"},
+		{addr: "0.0.0.0:50051", files: extproc.TLSFiles{Cert: "/nonexistent", Key: "/nonexistent"}, wantErr: "not a loopback address"},
+		{addr: "0.0.0.0:50051", files: extproc.TLSFiles{Cert: "/nonexistent", Key: "/nonexistent", ClientCA: "/nonexistent"}, wantErr: "no such file"},
+	}
+	for _, tc := range cases {
+		_, err := grpcCredentials(tc.addr, tc.files, tc.insecure, nil)
+		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("grpcCredentials(%q, %+v, insecure=%v) = %v, want %q", tc.addr, tc.files, tc.insecure, err, tc.wantErr)
+		}
 	}
 }

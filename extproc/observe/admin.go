@@ -3,6 +3,7 @@ package observe
 import (
 	"context"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,9 +18,25 @@ type AdminOptions struct {
 	Ready func(ctx context.Context) error
 }
 
-// AdminHandler serves /metrics, /healthz (the process is alive) and /readyz
-// (the replica can make the decisions it is allowed to make).
+// AdminHandler serves what ScrapeHandler serves and the Go profiles under
+// /debug/pprof/. It belongs on a loopback address: profiles reveal the
+// process's internals.
 func AdminHandler(o AdminOptions) http.Handler {
+	mux := scrapeMux(o)
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// ScrapeHandler serves /metrics, /healthz (the process is alive) and
+// /readyz (the replica can make the decisions it is allowed to make): what
+// Prometheus and the kubelet need, and nothing else.
+func ScrapeHandler(o AdminOptions) http.Handler { return scrapeMux(o) }
+
+func scrapeMux(o AdminOptions) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{Timeout: 5 * time.Second}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
