@@ -161,7 +161,7 @@ func keys[V any](m map[string]V) []string {
 func TestKustomize(t *testing.T) {
 	objs := render(t)
 	want := []string{"Namespace/tokenwarden", "ConfigMap/tokenwarden", "Deployment/tokenwarden", "Service/tokenwarden",
-		"PodDisruptionBudget/tokenwarden", "ServiceMonitor/tokenwarden", "Deployment/redis", "Service/redis"}
+		"PodDisruptionBudget/tokenwarden", "ServiceMonitor/tokenwarden", "NetworkPolicy/tokenwarden", "Deployment/redis", "Service/redis"}
 	if got := keys(objs); !slices.Equal(got, func() []string { w := slices.Clone(want); slices.Sort(w); return w }()) {
 		t.Errorf("rendered %v, want %v", got, want)
 	}
@@ -184,19 +184,24 @@ func TestKustomize(t *testing.T) {
 	for _, p := range c.Ports {
 		ports[p.Name] = p.ContainerPort
 	}
-	if ports["grpc"] != 50051 || ports["admin"] != 9090 {
-		t.Errorf("container ports %v", ports)
+	if ports["grpc"] != 50051 || ports["metrics"] != 9090 || len(ports) != 2 {
+		t.Errorf("container ports %v, want grpc 50051 and metrics 9090 only", ports)
 	}
-	wantArgs := []string{"serve", "--config", "/etc/tokenwarden/tokenwarden.yaml", "--grpc-addr", "0.0.0.0:50051", "--admin-addr", "0.0.0.0:9090"}
+	wantArgs := []string{"serve", "--config", "/etc/tokenwarden/tokenwarden.yaml", "--grpc-addr", "0.0.0.0:50051", "--insecure-listen",
+		"--admin-addr", "127.0.0.1:9091", "--metrics-addr", "0.0.0.0:9090"}
 	if !slices.Equal(c.Args, wantArgs) {
 		t.Errorf("args %q, want %q", c.Args, wantArgs)
+	}
+	// Plaintext on the pod IP is only acceptable behind the Istio sidecar that enforces mTLS.
+	if slices.Contains(c.Args, "--insecure-listen") && dep.Spec.Template.Metadata.Labels["sidecar.istio.io/inject"] != "true" {
+		t.Error("--insecure-listen without the Istio sidecar: the ext_proc port would take anyone")
 	}
 	for name, p := range map[string]struct {
 		probe *probe
 		path  string
 	}{"liveness": {c.LivenessProbe, "/healthz"}, "readiness": {c.ReadinessProbe, "/readyz"}} {
-		if p.probe == nil || p.probe.HTTPGet == nil || p.probe.HTTPGet.Path != p.path || p.probe.HTTPGet.Port != "admin" {
-			t.Errorf("%s probe %+v, want GET %s on port admin", name, p.probe, p.path)
+		if p.probe == nil || p.probe.HTTPGet == nil || p.probe.HTTPGet.Path != p.path || p.probe.HTTPGet.Port != "metrics" {
+			t.Errorf("%s probe %+v, want GET %s on port metrics", name, p.probe, p.path)
 		}
 	}
 	if pod.TerminationGracePeriodSeconds < 60 || len(c.Lifecycle.PreStop) == 0 {

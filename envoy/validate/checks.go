@@ -3,6 +3,7 @@ package validate
 import (
 	"errors"
 	"fmt"
+	"net"
 	"regexp"
 	"slices"
 	"sort"
@@ -19,6 +20,7 @@ import (
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 )
 
@@ -271,6 +273,46 @@ func (c *checker) checkGrpcCluster(gs *corev3.GrpcService, path string) {
 	if !isHTTP2(cl) {
 		c.errorf(path, "cluster %q is not HTTP/2 (gRPC needs typed_extension_protocol_options %s with explicit_http_config.http2_protocol_options)", name, httpProtocolOptionsKey)
 	}
+	if !onlyLoopback(cl) && !presentsClientCertificate(cl) {
+		// The processor accepts plaintext only on loopback; anywhere else any caller could
+		// report invented usage, so Envoy must authenticate itself with mutual TLS.
+		c.errorf(path, "cluster %q reaches the processor beyond loopback without mutual TLS (a transport_socket %s with a client certificate)", name, tlsTransportSocket)
+	}
+}
+
+// tlsTransportSocket is the name of Envoy's TLS transport socket.
+const tlsTransportSocket = "envoy.transport_sockets.tls"
+
+// onlyLoopback reports whether every endpoint of a cluster is a loopback address.
+func onlyLoopback(cl *clusterv3.Cluster) bool {
+	n := 0
+	for _, eps := range cl.GetLoadAssignment().GetEndpoints() {
+		for _, lb := range eps.GetLbEndpoints() {
+			addr := lb.GetEndpoint().GetAddress().GetSocketAddress().GetAddress()
+			if ip := net.ParseIP(addr); addr != "localhost" && (ip == nil || !ip.IsLoopback()) {
+				return false
+			}
+			n++
+		}
+	}
+	return n > 0
+}
+
+// presentsClientCertificate reports whether a cluster's transport socket is TLS with a client
+// certificate (a file pair or SDS) and a validation context for the processor's certificate.
+func presentsClientCertificate(cl *clusterv3.Cluster) bool {
+	ts := cl.GetTransportSocket()
+	if ts.GetName() != tlsTransportSocket {
+		return false
+	}
+	up := &tlsv3.UpstreamTlsContext{}
+	if a := ts.GetTypedConfig(); a == nil || !a.MessageIs(up) || a.UnmarshalTo(up) != nil {
+		return false
+	}
+	ctx := up.GetCommonTlsContext()
+	hasCert := len(ctx.GetTlsCertificates()) > 0 || len(ctx.GetTlsCertificateSdsSecretConfigs()) > 0
+	hasCA := ctx.GetValidationContext() != nil || ctx.GetValidationContextSdsSecretConfig() != nil || ctx.GetCombinedValidationContext() != nil
+	return hasCert && hasCA
 }
 
 func isHTTP2(cl *clusterv3.Cluster) bool {

@@ -16,9 +16,11 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 )
 
@@ -251,6 +253,22 @@ func TestSemanticChecks(t *testing.T) {
 		{"namespace missing", func(p parts) { p.ep.MetadataOptions.ReceivingNamespaces.Untyped = []string{"llm.extproc"} }, `must contain "tokenwarden"`},
 		{"policy attribute missing", func(p parts) { p.ep.RequestAttributes = []string{"xds.route_metadata"} }, "request_attributes: must list"},
 		{"request body streamed", func(p parts) { p.ep.ProcessingMode.RequestBodyMode = extprocv3.ProcessingMode_STREAMED }, "request_body_mode: is STREAMED, must be BUFFERED"},
+		{"processor beyond loopback in plaintext", func(p parts) {
+			cl := p.b.StaticResources.Clusters[0]
+			cl.LoadAssignment.Endpoints[0].LbEndpoints[0].GetEndpoint().Address.GetSocketAddress().Address = "10.0.0.5"
+			cl.TransportSocket = nil
+		}, "beyond loopback without mutual TLS"},
+		{"processor TLS without a client certificate", func(p parts) {
+			cl := p.b.StaticResources.Clusters[0]
+			cl.LoadAssignment.Endpoints[0].LbEndpoints[0].GetEndpoint().Address.GetSocketAddress().Address = "10.0.0.5"
+			up := &tlsv3.UpstreamTlsContext{}
+			if err := cl.TransportSocket.GetTypedConfig().UnmarshalTo(up); err != nil {
+				panic(err)
+			}
+			up.CommonTlsContext.TlsCertificates = nil
+			a, _ := anypb.New(up)
+			cl.TransportSocket.ConfigType = &corev3.TransportSocket_TypedConfig{TypedConfig: a}
+		}, "beyond loopback without mutual TLS"},
 		{"response headers skipped", func(p parts) { p.ep.ProcessingMode.ResponseHeaderMode = extprocv3.ProcessingMode_SKIP }, "response_header_mode: must not be SKIP"},
 		{"response body none", func(p parts) { p.ep.ProcessingMode.ResponseBodyMode = extprocv3.ProcessingMode_NONE }, "response_body_mode: is NONE"},
 		{"observability mode", func(p parts) { p.ep.ObservabilityMode = true }, "observability_mode: must be false"},
