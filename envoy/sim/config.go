@@ -113,6 +113,11 @@ type Config struct {
 	StatusOnError int
 	// ReceivingNamespaces is metadata_options.receiving_namespaces.untyped.
 	ReceivingNamespaces []string
+	// ForwardingNamespaces is metadata_options.forwarding_namespaces.untyped:
+	// the namespaces of the request's dynamic metadata (Request.Metadata,
+	// what jwt_authn or ext_authz wrote before ext_proc ran) copied into
+	// every message's metadata_context.filter_metadata.
+	ForwardingNamespaces []string
 	// RequestAttributes / ResponseAttributes are the CEL expressions listed in
 	// request_attributes / response_attributes.
 	RequestAttributes  []string

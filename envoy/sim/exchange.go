@@ -412,7 +412,7 @@ func (x *exchange) send(d *direction, m *extprocv3.ProcessingRequest, cb cbState
 		x.failOpen("send after stream close")
 		return false
 	}
-	m.MetadataContext = &corev3.Metadata{} // always present (Filter::addDynamicMetadata in ext_proc.cc)
+	m.MetadataContext = x.forwardedMetadata() // always present (Filter::addDynamicMetadata in ext_proc.cc)
 	if first {
 		m.ProtocolConfig = &extprocv3.ProtocolConfiguration{
 			RequestBodyMode:  x.dec.bodyMode,
@@ -430,6 +430,31 @@ func (x *exchange) send(d *direction, m *extprocv3.ProcessingRequest, cb cbState
 	d.cb = cb
 	d.armTimer(x.cfg.MessageTimeout)
 	return true
+}
+
+// forwardedMetadata is the metadata_context of every message: the request's
+// dynamic metadata in the forwarding namespaces, empty otherwise
+// (metadata_options.forwarding_namespaces in
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto).
+// A namespace whose value does not convert to a Struct is left out, as a
+// filter could not have written it.
+func (x *exchange) forwardedMetadata() *corev3.Metadata {
+	md := &corev3.Metadata{}
+	for _, ns := range x.cfg.ForwardingNamespaces {
+		v, ok := x.req.Metadata[ns]
+		if !ok {
+			continue
+		}
+		st, err := structpb.NewStruct(v)
+		if err != nil {
+			continue
+		}
+		if md.FilterMetadata == nil {
+			md.FilterMetadata = map[string]*structpb.Struct{}
+		}
+		md.FilterMetadata[ns] = st
+	}
+	return md
 }
 
 // attributes evaluates the configured expressions for the first message of a

@@ -203,6 +203,30 @@ func TestAttributes(t *testing.T) {
 	}
 }
 
+// TestForwardingNamespaces: every message carries metadata_context, with
+// the request's dynamic metadata of the forwarding namespaces only
+// (metadata_options.forwarding_namespaces,
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto).
+func TestForwardingNamespaces(t *testing.T) {
+	c, p := startProc(t, replyAll(passthrough))
+	jwt := "envoy.filters.http.jwt_authn"
+	f := newFilter(t, c, Config{ProcessingMode: mode(SEND, SEND, BUFFERED, NONE), ForwardingNamespaces: []string{jwt, "absent"}})
+	_, _, _ = run(t, f, &Request{Method: "POST", Path: "/", Body: []byte("{}"), Metadata: map[string]map[string]any{
+		jwt:                            {"payload": map[string]any{"sub": "alice", "org_id": "acme"}},
+		"envoy.filters.http.ext_authz": {"tenant": "mallory"},
+	}}, &testUpstream{})
+	end := p.end(t)
+	if len(end.received) != 3 {
+		t.Fatalf("messages = %v", kinds(end.received))
+	}
+	for i, m := range end.received {
+		fm := m.GetMetadataContext().GetFilterMetadata()
+		if len(fm) != 1 || fm[jwt].GetFields()["payload"].GetStructValue().GetFields()["sub"].GetStringValue() != "alice" {
+			t.Errorf("message %d metadata_context = %v, want only the forwarded jwt_authn payload", i, fm)
+		}
+	}
+}
+
 // TestSkipHeadersAttributesOnBody: with request headers SKIP the first
 // message is request_body and carries protocol_config and attributes
 // (ProcessingRequest.protocol_config and attributes, https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto).

@@ -41,6 +41,12 @@ type Request struct {
 	// "xds.route_metadata.filter_metadata['tokenwarden']['policy']". A few
 	// request.* attributes are derived from the request when absent here.
 	Attributes map[string]any
+	// Metadata is the request's dynamic metadata as earlier filters left it,
+	// by namespace: e.g. {"envoy.filters.http.jwt_authn": {"payload":
+	// {"sub": "alice", ...}}} after jwt_authn verified a token with
+	// payload_in_metadata: payload. Namespaces listed in
+	// Config.ForwardingNamespaces reach the processor in metadata_context.
+	Metadata map[string]map[string]any
 }
 
 // UpstreamRequest is what the filter hands to the router once the request
