@@ -65,11 +65,20 @@ type Options struct {
 	Logger *slog.Logger
 	// UpstreamClient overrides the pass-through HTTP client.
 	UpstreamClient *http.Client
+	// BufferLimit is the per-stream buffer limit: a BUFFERED request body
+	// above it is refused with 413, as Envoy does. Zero means
+	// DefaultBufferLimit. Ignored when Filter is set (Filter.BufferLimit).
+	BufferLimit int
 	// ShutdownTimeout bounds the graceful shutdown (0 → 10s);
 	// ReadHeaderTimeout bounds reading request headers (0 → 10s).
 	ShutdownTimeout   time.Duration
 	ReadHeaderTimeout time.Duration
 }
+
+// DefaultBufferLimit is envoy/envoy.yaml's per_connection_buffer_limit_bytes:
+// Anthropic accepts request bodies up to 32 MB, so Envoy is configured to
+// buffer that much, and the gateway that stands in for it does the same.
+const DefaultBufferLimit = 32 << 20
 
 // DefaultFilterConfig is the ext_proc configuration tokenwarden recommends,
 // the same as envoy/envoy.yaml: request headers SEND + body BUFFERED, response headers
@@ -93,6 +102,7 @@ func DefaultFilterConfig() sim.Config {
 		ReceivingNamespaces: []string{MetadataNamespace},
 		RequestAttributes:   []string{PolicyAttribute},
 		ClusterName:         "llm_extproc",
+		BufferLimit:         DefaultBufferLimit,
 		NoTrace:             true,
 		NoRecordBody:        true,
 	}
@@ -119,6 +129,9 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		return nil, errors.New("gateway: --listen, --upstream and --processor are required")
 	}
 	cfg := DefaultFilterConfig()
+	if opts.BufferLimit > 0 {
+		cfg.BufferLimit = opts.BufferLimit
+	}
 	if opts.Filter != nil {
 		cfg = *opts.Filter
 	}
@@ -237,10 +250,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	resp, err := s.filter.Do(r.Context(), req, s.upstream)
 	if err != nil {
-		// Only a client that went away before response headers gets here.
-		s.log.LogAttrs(r.Context(), slog.LevelInfo, "access", slog.String("method", r.Method), slog.String("path", r.URL.Path),
-			slog.Int("status", 499), slog.String("error", err.Error()), slog.Duration("duration", time.Since(start)))
+		// Only a client that went away (or half-closed) before response
+		// headers gets here. Envoy answers nothing then — it resets the
+		// stream — and logs response code 0 with response flag DC
+		// (downstream connection termination); so does the gateway, rather
+		// than letting net/http send an empty 200.
+		abort(w)
+		s.log.LogAttrs(context.WithoutCancel(r.Context()), slog.LevelInfo, "access", slog.String("method", r.Method), slog.String("path", r.URL.Path),
+			slog.Int("status", 0), slog.String("response_flags", flagDownstreamTermination), slog.String("error", err.Error()),
+			slog.Duration("duration", time.Since(start)))
 		return
+	}
+	if resp.LocalReply {
+		renderLocalReply(r.URL.Path, resp)
 	}
 	h := w.Header()
 	for _, hd := range resp.Headers {
@@ -255,6 +277,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	<-resp.Done()
 	s.accessLog(r, resp, n, copyErr, time.Since(start))
 }
+
+// flagDownstreamTermination is Envoy's %RESPONSE_FLAGS% for a client that
+// went away (https://www.envoyproxy.io/docs/envoy/latest/configuration/observability/access_log/usage#command-operators).
+const flagDownstreamTermination = "DC"
 
 // copyFlushing writes each released chunk and flushes it at once.
 func copyFlushing(w http.ResponseWriter, body io.Reader) (int64, error) {
@@ -321,6 +347,9 @@ func (s *Server) accessLog(r *http.Request, resp *sim.Response, n int64, copyErr
 	}
 	if copyErr != nil {
 		attrs = append(attrs, slog.String("error", copyErr.Error()))
+		if !errors.Is(copyErr, sim.ErrStreamReset) {
+			attrs = append(attrs, slog.String("response_flags", flagDownstreamTermination))
+		}
 	}
 	if ns := resp.DynamicMetadata().GetFields()[MetadataNamespace].GetStructValue(); ns != nil {
 		attrs = append(attrs, slog.Attr{Key: MetadataNamespace, Value: slog.GroupValue(structAttrs(ns)...)})

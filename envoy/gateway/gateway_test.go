@@ -351,3 +351,89 @@ func TestGatewayResetMidStream(t *testing.T) {
 		t.Fatalf("body %q err %v: want a truncated stream", body, rerr)
 	}
 }
+
+// TestGatewayBufferLimitLikeEnvoy: the default buffer limit is envoy.yaml's
+// 32 MiB, so a 2 MiB body goes through; a body over the limit is refused
+// with a 413 in the called API's error shape and never reaches the upstream.
+func TestGatewayBufferLimitLikeEnvoy(t *testing.T) {
+	var upstreamHits atomic.Int32
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		upstreamHits.Add(1)
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	}))
+	defer up.Close()
+	_, paddr := startProcessor(t)
+	gw, _, _ := startGateway(t, up.URL, paddr)
+	post := func(path string, n int) (*http.Response, []byte) {
+		resp, err := http.Post("http://"+gw.Addr()+path, "application/json", bytes.NewReader(bytes.Repeat([]byte("a"), n)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, b
+	}
+	if resp, _ := post("/v1/messages", 2<<20); resp.StatusCode != 200 || upstreamHits.Load() != 1 {
+		t.Fatalf("a 2 MiB body: status %d, upstream hits %d (Envoy's configured limit is 32 MiB)", resp.StatusCode, upstreamHits.Load())
+	}
+	for path, wantType := range map[string]string{"/v1/messages": "request_too_large", "/v1/chat/completions": "invalid_request_error"} {
+		resp, body := post(path, DefaultBufferLimit+1)
+		var e struct {
+			Type  string `json:"type"`
+			Error struct {
+				Type    string `json:"type"`
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		if resp.StatusCode != 413 || resp.Header.Get("content-type") != "application/json" || json.Unmarshal(body, &e) != nil ||
+			e.Error.Type != wantType || e.Error.Message != TooLargeMessage {
+			t.Errorf("%s over the limit: %d %s %q", path, resp.StatusCode, resp.Header.Get("content-type"), body)
+		}
+	}
+	if upstreamHits.Load() != 1 {
+		t.Errorf("a refused body reached the upstream (%d hits)", upstreamHits.Load())
+	}
+}
+
+// TestGatewayClientHalfClose: a client that sends its request and
+// half-closes before the answer gets no fabricated 200; the exchange is
+// logged as Envoy logs it (response code 0, flag DC).
+func TestGatewayClientHalfClose(t *testing.T) {
+	release := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		_, _ = io.WriteString(w, `{"late":true}`)
+	}))
+	defer up.Close()
+	defer close(release)
+	_, paddr := startProcessor(t)
+	gw, logs, _ := startGateway(t, up.URL, paddr)
+	conn, err := net.Dial("tcp", gw.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, _ = io.WriteString(conn, "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+	_ = conn.(*net.TCPConn).CloseWrite()
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, _ := io.ReadAll(conn)
+	if len(got) != 0 {
+		t.Fatalf("a half-closed client was answered: %q", got)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, l := range logs.lines() {
+			if l["msg"] == "access" && l["status"] == 0.0 && l["response_flags"] == "DC" {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no access line with status 0 and flag DC: %v", logs.lines())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

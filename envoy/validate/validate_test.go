@@ -1,8 +1,10 @@
 package validate
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -22,6 +24,8 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+
+	"github.com/tokenwarden/tokenwarden/envoy/gateway"
 )
 
 func readFile(t testing.TB, path string) []byte {
@@ -313,5 +317,43 @@ func TestSemanticChecks(t *testing.T) {
 	// The unmutated round trip must pass, or every case above proves nothing.
 	if _, err := ValidateBootstrap(mutate(t, func(parts) {})); err != nil {
 		t.Fatalf("unmutated round trip: %v", err)
+	}
+}
+
+// The shipped Envoy bootstraps render Envoy's 413 in each API's error shape
+// exactly as the local gateway does, so a client sees the same refusal with
+// either in front.
+func TestLocalReplyBodiesMatchTheGateway(t *testing.T) {
+	for _, file := range []string{"../envoy.yaml", "../envoy-local.yaml"} {
+		var b bootstrapv3.Bootstrap
+		if err := Decode(readFile(t, file), &b); err != nil {
+			t.Fatal(err)
+		}
+		hcm := &hcmv3.HttpConnectionManager{}
+		if err := b.StaticResources.Listeners[0].FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
+			t.Fatal(err)
+		}
+		found := map[string]bool{}
+		for _, m := range hcm.GetLocalReplyConfig().GetMappers() {
+			var path string
+			for _, f := range m.GetFilter().GetAndFilter().GetFilters() {
+				if h := f.GetHeaderFilter().GetHeader(); h.GetName() == ":path" {
+					path = h.GetStringMatch().GetPrefix()
+				}
+			}
+			got, err := protojson.Marshal(m.GetBodyFormatOverride().GetJsonFormat())
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := gateway.LocalReplyBody(path, 413)
+			var g, w any
+			if json.Unmarshal(got, &g) != nil || json.Unmarshal(want, &w) != nil || !reflect.DeepEqual(g, w) {
+				t.Errorf("%s: 413 on %s renders %s, the gateway %s", file, path, got, want)
+			}
+			found[path] = true
+		}
+		if !found["/v1/messages"] || !found["/v1/chat/completions"] {
+			t.Errorf("%s: local_reply_config covers %v, want /v1/messages and /v1/chat/completions", file, found)
+		}
 	}
 }
