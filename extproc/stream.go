@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"context"
+	"strconv"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -9,6 +10,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/tokenwarden/tokenwarden/extproc/contract"
 	"github.com/tokenwarden/tokenwarden/extproc/gate"
@@ -100,12 +102,11 @@ func (st *stream) requestHeaders(h *extprocv3.HttpHeaders, req *extprocv3.Proces
 	if st.state != awaitRequestHeaders {
 		return nil, errRepeatedHeaders
 	}
-	var routePolicy string
-	if attrs := req.GetAttributes()[contract.AttributesKey]; attrs != nil {
-		routePolicy = attrs.GetFields()[contract.PolicyAttribute].GetStringValue()
-	}
+	env := envoyContext{attrs: req.GetAttributes()[contract.AttributesKey], md: req.GetMetadataContext()}
+	routePolicy, _ := env.Attribute(contract.PolicyAttribute)
 	x, v := st.srv.gate.Begin(st.ctx, gate.Request{
 		Headers:     envoyHeaders(h.GetHeaders().GetHeaders()),
+		Envoy:       env,
 		RoutePolicy: routePolicy,
 		EndOfStream: h.GetEndOfStream(),
 	})
@@ -252,6 +253,51 @@ func (st *stream) end() {
 		}
 	}()
 	st.x.Abort()
+}
+
+// envoyContext reads what Envoy sent about a request beyond its headers:
+// the attributes it evaluated (under the filter's one key) and the dynamic
+// metadata of the forwarding namespaces.
+type envoyContext struct {
+	attrs *structpb.Struct
+	md    *corev3.Metadata
+}
+
+// Attribute implements gate.Envoy: a string attribute, or a number or bool
+// printed.
+func (e envoyContext) Attribute(expr string) (string, bool) {
+	return scalar(e.attrs.GetFields()[expr])
+}
+
+// Metadata implements gate.Envoy.
+func (e envoyContext) Metadata(namespace string, path ...string) (string, bool) {
+	st := e.md.GetFilterMetadata()[namespace]
+	if st == nil {
+		return "", false
+	}
+	v := structpb.NewStructValue(st)
+	for _, p := range path {
+		v = v.GetStructValue().GetFields()[p]
+		if v == nil {
+			return "", false
+		}
+	}
+	return scalar(v)
+}
+
+func scalar(v *structpb.Value) (string, bool) {
+	switch k := v.GetKind().(type) {
+	case *structpb.Value_StringValue:
+		return k.StringValue, k.StringValue != ""
+	case *structpb.Value_NumberValue:
+		if n := k.NumberValue; n == float64(int64(n)) {
+			return strconv.FormatInt(int64(n), 10), true
+		}
+		return strconv.FormatFloat(k.NumberValue, 'f', -1, 64), true
+	case *structpb.Value_BoolValue:
+		return strconv.FormatBool(k.BoolValue), true
+	}
+	return "", false
 }
 
 // envoyHeaders reads an Envoy header map for the gate.

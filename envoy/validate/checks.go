@@ -110,17 +110,26 @@ func (c *checker) checkHCM(hcm *hcmv3.HttpConnectionManager, path string) int {
 	filters := hcm.GetHttpFilters()
 	router, extProcs := -1, 0
 	c.namespaces = map[string]bool{}
+	var identityFilters []string // filters whose metadata names the caller, seen so far
 	for i, f := range filters {
 		fpath := fmt.Sprintf("%s.http_filters[%d](%s)", path, i, f.GetName())
 		switch f.GetName() {
 		case RouterFilter:
 			router = i
+		case JWTAuthnFilter, ExtAuthzFilter:
+			if extProcs > 0 {
+				// The caller's identity is written by this filter's decodeHeaders; ext_proc
+				// before it would decide without it.
+				c.errorf(fpath, "%s after ext_proc: the processor would not see the identity it writes", f.GetName())
+			}
+			identityFilters = append(identityFilters, f.GetName())
 		case ExtProcFilter:
 			extProcs++
 			if router >= 0 {
 				c.errorf(fpath, "ext_proc after the router: the router is terminal, so the processor would never see a request")
 			}
 			c.checkExtProcFilter(f, fpath)
+			c.checkForwarded(f, identityFilters, fpath)
 		}
 	}
 	switch {
@@ -143,6 +152,29 @@ func (c *checker) checkHCM(hcm *hcmv3.HttpConnectionManager, path string) int {
 		}
 	}
 	return extProcs
+}
+
+// Filters that authenticate callers and write who they are as dynamic metadata under their own
+// name (jwt_authn's payload_in_metadata, ext_authz's CheckResponse.dynamic_metadata).
+const (
+	JWTAuthnFilter = "envoy.filters.http.jwt_authn"
+	ExtAuthzFilter = "envoy.filters.http.ext_authz"
+)
+
+// checkForwarded requires ext_proc to forward the metadata of the identity filters before it:
+// only metadata_options.forwarding_namespaces reach the processor
+// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto).
+func (c *checker) checkForwarded(f *hcmv3.HttpFilter, identityFilters []string, path string) {
+	ep := &extprocv3.ExternalProcessor{}
+	if f.GetTypedConfig().UnmarshalTo(ep) != nil {
+		return
+	}
+	fwd := ep.GetMetadataOptions().GetForwardingNamespaces().GetUntyped()
+	for _, name := range identityFilters {
+		if !slices.Contains(fwd, name) {
+			c.errorf(path+".typed_config.metadata_options.forwarding_namespaces.untyped", "must list %s: the caller it authenticates never reaches the processor otherwise", name)
+		}
+	}
 }
 
 // checkExtProcFilter unpacks an ext_proc HttpFilter and checks its configuration.

@@ -19,6 +19,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -48,6 +49,7 @@ func TestRepositoryBootstraps(t *testing.T) {
 		"envoy.yaml":                   {4, []string{"batch", "default"}, []string{"anthropic_models", "openai_models", "anthropic_count_tokens"}},
 		"envoy-local.yaml":             {2, []string{"batch", "default"}, []string{"models"}},
 		"envoy-openai-compatible.yaml": {2, []string{"self_hosted"}, []string{"passthrough"}},
+		"envoy-jwt.yaml":               {3, []string{"default"}, nil},
 	}
 	files, err := filepath.Glob("../*.yaml")
 	if err != nil {
@@ -355,5 +357,37 @@ func TestLocalReplyBodiesMatchTheGateway(t *testing.T) {
 		if !found["/v1/messages"] || !found["/v1/chat/completions"] {
 			t.Errorf("%s: local_reply_config covers %v, want /v1/messages and /v1/chat/completions", file, found)
 		}
+	}
+}
+
+// The JWT example is refused when the processor could not see the verified caller: the payload
+// namespace not forwarded, or jwt_authn placed after ext_proc.
+func TestJWTIdentityReachesTheProcessor(t *testing.T) {
+	doc := string(readFile(t, "../envoy-jwt.yaml"))
+	if _, err := ValidateBootstrap([]byte(doc)); err != nil {
+		t.Fatalf("envoy-jwt.yaml: %v", err)
+	}
+	noForward := strings.Replace(doc, `untyped: ["envoy.filters.http.jwt_authn"]`, `untyped: []`, 1)
+	if _, err := ValidateBootstrap([]byte(noForward)); err == nil || !strings.Contains(err.Error(), "must list envoy.filters.http.jwt_authn") {
+		t.Errorf("payload not forwarded: %v", err)
+	}
+	var b bootstrapv3.Bootstrap
+	if err := Decode([]byte(doc), &b); err != nil {
+		t.Fatal(err)
+	}
+	hcm := &hcmv3.HttpConnectionManager{}
+	f := b.StaticResources.Listeners[0].FilterChains[0].Filters[0]
+	if err := f.GetTypedConfig().UnmarshalTo(hcm); err != nil {
+		t.Fatal(err)
+	}
+	hcm.HttpFilters[0], hcm.HttpFilters[1] = hcm.HttpFilters[1], hcm.HttpFilters[0]
+	a, _ := anypb.New(hcm)
+	f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
+	swapped, err := protojson.Marshal(&b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ValidateBootstrap(swapped); err == nil || !strings.Contains(err.Error(), "jwt_authn after ext_proc") {
+		t.Errorf("jwt_authn after ext_proc: %v", err)
 	}
 }

@@ -86,18 +86,18 @@ func (x *Exchange) deny(d limiter.Decision) *Reply {
 	kind, msg := wire.ErrorRateLimited, ""
 	switch d.Denied {
 	case limiter.DimensionRequests:
-		msg = fmt.Sprintf("tokenwarden: tenant %q is over its limit of %d requests per minute; retry in %ds", x.tenant, x.policy.Limits.RequestsPerMinute, secs)
+		msg = fmt.Sprintf("tokenwarden: over the limit of %d requests per minute; retry in %ds", x.policy.Limits.RequestsPerMinute, secs)
 	case limiter.DimensionTokens:
-		msg = fmt.Sprintf("tokenwarden: tenant %q is over its limit of %d tokens per minute (this request reserves %d); retry in %ds", x.tenant, x.policy.Limits.TokensPerMinute, x.estimate.RateLimitedTokens(), secs)
+		msg = fmt.Sprintf("tokenwarden: over the limit of %d tokens per minute (this request reserves %d); retry in %ds", x.policy.Limits.TokensPerMinute, x.estimate.RateLimitedTokens(), secs)
 		if d.NeverFits {
-			msg = fmt.Sprintf("tokenwarden: this request reserves %d tokens, more than tenant %q may use in a minute (%d); reduce the prompt or max_tokens", x.estimate.RateLimitedTokens(), x.tenant, x.policy.Limits.TokensPerMinute)
+			msg = fmt.Sprintf("tokenwarden: this request reserves %d tokens, more than the %d tokens per minute this caller may use; reduce the prompt or max_tokens", x.estimate.RateLimitedTokens(), x.policy.Limits.TokensPerMinute)
 		}
 	case limiter.DimensionConcurrency:
-		msg = fmt.Sprintf("tokenwarden: tenant %q already has %d requests in flight, its limit", x.tenant, x.policy.Limits.Concurrent)
+		msg = fmt.Sprintf("tokenwarden: %d requests already in flight, the limit", x.policy.Limits.Concurrent)
 	default:
 		kind = wire.ErrorBudget
 		window := dim[len("budget_"):]
-		msg = fmt.Sprintf("tokenwarden: tenant %q has exhausted its %s budget; it resets in %s", x.tenant, window, retry.Round(time.Second))
+		msg = fmt.Sprintf("tokenwarden: the %s budget is exhausted; it resets in %s", window, retry.Round(time.Second))
 	}
 	return x.reject(429, kind, dim, msg, ResultDenied, &h)
 }

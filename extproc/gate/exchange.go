@@ -2,7 +2,6 @@ package gate
 
 import (
 	"context"
-	"strings"
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
@@ -31,6 +30,7 @@ type Exchange struct {
 	phase phase
 
 	dialect     dialect.Dialect
+	caller      policy.Caller
 	tenant      string
 	policy      *policy.Policy
 	requestID   string
@@ -78,9 +78,12 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 		h = HeaderList(nil)
 	}
 	x.clientReqID, _ = h.Get("x-request-id")
-	x.tenant = x.identify(h)
+	refusal := x.identify(h, r.Envoy)
 	var known bool
 	x.policy, known = x.cfg.Policy(x.tenant, r.RoutePolicy)
+	if !known {
+		g.obs.Unconfigured(UnconfiguredRoutePolicy)
+	}
 	if !known && g.warned.add(r.RoutePolicy) {
 		// Route metadata is the operator's, so the names are few: warn once
 		// each (and never for more than a bounded number of names).
@@ -103,38 +106,16 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 			Policy: x.policy.Name, ModelLabel: policy.OtherLabel, Result: ResultOK, Decision: "passthrough"})
 		return x, v
 	}
+	if refusal != nil {
+		v.Reply = refusal()
+		return x, v
+	}
 	if r.EndOfStream {
 		v.Reply = x.reject(400, wire.ErrorInvalidRequest, "", "tokenwarden: the request has no body", ResultInvalidRequest, nil)
 		return x, v
 	}
 	x.requestID = g.nextRequestID()
 	return x, v
-}
-
-// identify returns the tenant: the first configured source that yields a
-// value, else the configured default.
-func (x *Exchange) identify(h Headers) string {
-	for _, src := range x.cfg.Tenant.Sources {
-		name := src.Header
-		if src.APIKeyOf != "" {
-			name = src.APIKeyOf
-		}
-		v, _ := h.Get(name)
-		if v = strings.TrimSpace(v); v != "" {
-			return tenantFromSource(src, v)
-		}
-	}
-	return x.cfg.Tenant.Default
-}
-
-// tenantFromSource turns a source's header value into a tenant name that is
-// safe in store keys and logs: an API key becomes its fingerprint, and a
-// header value that is not a plain name is fingerprinted too.
-func tenantFromSource(src policy.TenantSource, v string) string {
-	if src.APIKeyOf != "" || !policy.ValidTenant(v) {
-		return policy.Fingerprint(v)
-	}
-	return v
 }
 
 // Outcome returns how the request ended; nil while it is still going.

@@ -62,6 +62,7 @@ type Gate struct {
 	budgets  *budgetCache
 	prefixes *prefixTracker
 	warned   *boundedSet // route policy names already warned about
+	unpriced *boundedSet // model names already warned about
 }
 
 // New returns a Gate.
@@ -80,6 +81,7 @@ func New(o Options) (*Gate, error) {
 		budgets:  newBudgetCache(),
 		prefixes: newPrefixTracker(),
 		warned:   newBoundedSet(maxWarnedPolicies),
+		unpriced: newBoundedSet(maxWarnedPolicies),
 	}
 	if g.obs == nil {
 		g.obs = NopObserver{}

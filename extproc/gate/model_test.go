@@ -98,16 +98,15 @@ func TestDialectForPathIgnoresQuery(t *testing.T) {
 	}
 }
 
-func TestTenantFromSource(t *testing.T) {
-	h := policy.TenantSource{Header: "x-tenant-id"}
-	k := policy.TenantSource{APIKeyOf: "x-api-key"}
-	if got := tenantFromSource(h, "acme"); got != "acme" {
-		t.Errorf("a plain tenant header is used as is, got %q", got)
+func TestPeerCaller(t *testing.T) {
+	cases := map[string]policy.Caller{
+		"spiffe://cluster.local/ns/search/sa/indexer": {"", "search", "search.indexer", ""},
+		"spiffe://cluster.local/ns/search":            {"", "", policy.IdentityName("spiffe://cluster.local/ns/search"), ""},
+		"service-a":                                   {"", "", "service-a", ""},
 	}
-	if got := tenantFromSource(h, "acme corp/{x}"); got == "acme corp/{x}" || !policy.ValidTenant(got) {
-		t.Errorf("a tenant header with unsafe characters must be fingerprinted, got %q", got)
-	}
-	if got := tenantFromSource(k, "sk-secret"); got != policy.Fingerprint("sk-secret") {
-		t.Errorf("an API key must become its fingerprint, got %q", got)
+	for in, want := range cases {
+		if got := peerCaller(in); got != want {
+			t.Errorf("peerCaller(%q) = %v, want %v", in, got, want)
+		}
 	}
 }

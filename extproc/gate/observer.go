@@ -34,7 +34,18 @@ type Observer interface {
 	// ExpiredCharged records a reservation that expired unsettled and was
 	// charged at its estimate.
 	ExpiredCharged(tenantLabel, model string, cost accounting.NanoUSD)
+	// Unconfigured records a name the configuration does not know: a
+	// caller, a route policy, a model without a price.
+	Unconfigured(kind string)
 }
+
+// Kinds of unconfigured names, the values of
+// tokenwarden_unconfigured_total{kind}.
+const (
+	UnconfiguredCaller      = "caller"
+	UnconfiguredRoutePolicy = "route_policy"
+	UnconfiguredModel       = "model"
+)
 
 // NopObserver records nothing.
 type NopObserver struct{}
@@ -48,3 +59,4 @@ func (NopObserver) PrefixChange(string)                               {}
 func (NopObserver) Budgets(string, []limiter.BudgetState, time.Time)  {}
 func (NopObserver) BudgetCrossed(string, string, float64)             {}
 func (NopObserver) ExpiredCharged(string, string, accounting.NanoUSD) {}
+func (NopObserver) Unconfigured(string)                               {}

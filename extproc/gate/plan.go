@@ -38,6 +38,11 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 	x.modelLabel = policy.OtherLabel
 	if known {
 		x.modelLabel = canonical
+	} else {
+		x.g.obs.Unconfigured(UnconfiguredModel)
+		if x.g.unpriced.add(model) {
+			x.g.log.Warn("model has no price; charged at the fallback price", "model", model, "policy", x.policy.Name)
+		}
 	}
 
 	// The reservation: the input estimate plus the output the request may

@@ -1,6 +1,7 @@
 package gate
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
@@ -30,14 +31,73 @@ func (l HeaderList) Get(name string) (string, bool) {
 	return "", false
 }
 
+// Envoy is what Envoy knows about a request beyond its headers, none of
+// which a client can set: the request attributes it evaluated and the
+// dynamic metadata earlier filters wrote (jwt_authn, ext_authz) that the
+// ext_proc filter forwards.
+type Envoy interface {
+	// Attribute returns the value of a request attribute, by the exact
+	// expression text listed in the filter's request_attributes.
+	Attribute(expr string) (string, bool)
+	// Metadata returns the string (or number, printed) at a path in the
+	// forwarded dynamic metadata of a namespace.
+	Metadata(namespace string, path ...string) (string, bool)
+}
+
 // Request is what the gate learns at request headers.
 type Request struct {
 	Headers Headers
+	// Envoy is what Envoy authenticated or configured; nil means nothing.
+	Envoy Envoy
 	// RoutePolicy is the policy the route names in its metadata, "" when it
 	// names none. Only Envoy's configuration sets it; a client cannot.
 	RoutePolicy string
 	// EndOfStream reports a request without a body.
 	EndOfStream bool
+}
+
+// EnvoyValues is an Envoy over plain maps, for tests and simple callers:
+// Attributes by expression, Metadata by namespace as nested maps.
+type EnvoyValues struct {
+	Attrs map[string]string
+	Meta  map[string]map[string]any
+}
+
+// Attribute implements Envoy.
+func (e EnvoyValues) Attribute(expr string) (string, bool) {
+	v, ok := e.Attrs[expr]
+	return v, ok
+}
+
+// Metadata implements Envoy.
+func (e EnvoyValues) Metadata(namespace string, path ...string) (string, bool) {
+	var cur any = e.Meta[namespace]
+	for _, p := range path {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return "", false
+		}
+		cur = m[p]
+	}
+	return scalarString(cur)
+}
+
+// scalarString prints a metadata leaf: strings as they are, whole numbers
+// without a fraction (JSON numbers arrive as float64), booleans; anything
+// else is not an identity.
+func scalarString(v any) (string, bool) {
+	switch x := v.(type) {
+	case string:
+		return x, x != ""
+	case float64:
+		if x == float64(int64(x)) {
+			return strconv.FormatInt(int64(x), 10), true
+		}
+		return strconv.FormatFloat(x, 'f', -1, 64), true
+	case bool:
+		return strconv.FormatBool(x), true
+	}
+	return "", false
 }
 
 // HeaderEdits are header changes: removals first, then sets, which

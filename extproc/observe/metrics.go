@@ -62,6 +62,7 @@ type Metrics struct {
 	storeSeconds     *prometheus.HistogramVec // op
 	activeStreams    prometheus.Gauge
 	streamErrors     *prometheus.CounterVec // reason
+	unconfigured     *prometheus.CounterVec // kind
 	configReloads    *prometheus.CounterVec // result
 	configReloadTime prometheus.Gauge
 
@@ -162,6 +163,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tokenwarden_stream_errors_total",
 			Help: "ext_proc streams ended with a gRPC error, by reason (panic: a processor bug contained to its stream; protocol: a message out of order or unknown).",
 		}, []string{"reason"}),
+		unconfigured: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_unconfigured_total",
+			Help: "Requests naming what the configuration does not know, by kind (caller: an identified caller not under tenants:, charged to a shared bucket or refused; route_policy: a route metadata policy that does not exist; model: a model without a price).",
+		}, []string{"kind"}),
 		configReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenwarden_config_reloads_total",
 			Help: "Configuration reloads by result (success, failure); on failure the last good configuration stays in force.",
@@ -174,7 +179,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.requests, m.tokens, m.cost, m.processing, m.admissions, m.spend,
 		m.budgetUsed, m.budgetSpent, m.budgetCap, m.budgetExhaustion, m.budgetAlerts, m.providerLatency, m.providerStatus,
 		m.promptCache, m.prefixChanges, m.modelRewrites, m.storeUp, m.storeErrors, m.storeSeconds,
-		m.activeStreams, m.streamErrors, m.configReloads, m.configReloadTime)
+		m.activeStreams, m.streamErrors, m.unconfigured, m.configReloads, m.configReloadTime)
 	// Series that would otherwise appear only after their first event are
 	// created at zero, so dashboards and alerts see them from the start.
 	m.phase = map[string]prometheus.Observer{}
@@ -191,8 +196,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{"success", "failure"} {
 		m.configReloads.WithLabelValues(r)
 	}
+	for _, k := range []string{gate.UnconfiguredCaller, gate.UnconfiguredRoutePolicy, gate.UnconfiguredModel} {
+		m.unconfigured.WithLabelValues(k)
+	}
 	return m
 }
+
+// Unconfigured implements gate.Observer.
+func (m *Metrics) Unconfigured(kind string) { m.unconfigured.WithLabelValues(kind).Inc() }
 
 // Outcome implements gate.Observer.
 func (m *Metrics) Outcome(o *gate.Outcome) {

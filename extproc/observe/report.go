@@ -15,8 +15,8 @@ import (
 
 // ReportOptions selects what WriteBudgets reports.
 type ReportOptions struct {
-	// Tenants to report; empty means every tenant the config names, or its
-	// default tenant when it names none.
+	// Tenants to report; empty means every tenant the config names, or the
+	// default caller of unidentified requests when it names none.
 	Tenants []string
 	// Policy whose budgets apply; empty means each tenant's own.
 	Policy string
@@ -32,8 +32,8 @@ func WriteBudgets(ctx context.Context, w io.Writer, store limiter.Store, cfg *po
 	if len(tenants) == 0 {
 		tenants = cfg.Tenants()
 	}
-	if len(tenants) == 0 {
-		tenants = []string{cfg.Tenant.Default}
+	if len(tenants) == 0 && cfg.Identity.Unknown.Default != "" {
+		tenants = []string{cfg.Identity.Unknown.Default}
 	}
 	timeout := o.Timeout
 	if timeout <= 0 {

@@ -7,8 +7,6 @@
 package policy
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"math"
 	"path"
@@ -32,9 +30,9 @@ const OtherLabel = accounting.OtherModel
 
 // Config is one compiled tokenwarden.yaml.
 type Config struct {
-	Store  Store
-	Tenant Tenancy
-	Prices *accounting.PriceTable
+	Store    Store
+	Identity Identity
+	Prices   *accounting.PriceTable
 
 	policies map[string]*Policy
 	// effective holds every (tenant override × policy) combination, built
@@ -148,35 +146,6 @@ type PromptCache struct {
 	TTL    string // "5m" or "1h"
 }
 
-// MaxTenantSources bounds tenant.from, so the processor can look every
-// source up in one pass over the request headers with a fixed-size array.
-const MaxTenantSources = 8
-
-// Tenancy identifies the tenant of a request.
-type Tenancy struct {
-	Sources []TenantSource
-	Default string
-}
-
-// TenantSource is one place a tenant can come from; the first that yields a
-// value wins.
-type TenantSource struct {
-	Header   string // the header's value is the tenant
-	APIKeyOf string // the tenant is a fingerprint of this header's API key
-}
-
-// Fingerprint names the tenant behind an API key without storing the key: the
-// first 16 hex digits of its SHA-256, prefixed "key-". A "Bearer " prefix is
-// ignored so authorization and x-api-key yield the same tenant for one key.
-func Fingerprint(apiKey string) string {
-	apiKey = strings.TrimSpace(apiKey)
-	if len(apiKey) > 7 && strings.EqualFold(apiKey[:7], "bearer ") {
-		apiKey = strings.TrimSpace(apiKey[7:])
-	}
-	sum := sha256.Sum256([]byte(apiKey))
-	return "key-" + hex.EncodeToString(sum[:8])
-}
-
 // Policy returns the effective policy for a tenant on a route. routePolicy is
 // the name from the route's metadata ("" when the route names none); a client
 // has no way to set it. known is false when the route named a policy the
@@ -201,6 +170,13 @@ func (c *Config) Policy(tenant, routePolicy string) (p *Policy, known bool) {
 		return p, known
 	}
 	return c.policies[name], known
+}
+
+// Configured reports whether the configuration names tenant under tenants:
+// (or as the default caller of unidentified requests).
+func (c *Config) Configured(tenant string) bool {
+	_, ok := c.tenants[tenant]
+	return ok || tenant == c.Identity.Unknown.Default && tenant != ""
 }
 
 // TenantLabel bounds the tenant metric label to configured tenants.
@@ -250,7 +226,13 @@ func compile(f *fileConfig) (*Config, error) {
 	if c.Store, err = compileStore(f.Store); err != nil {
 		return nil, err
 	}
-	if c.Tenant, err = compileTenancy(f.Tenant); err != nil {
+	if f.Tenant != nil {
+		return nil, fmt.Errorf("tenant: replaced by identity: (identity.from lists the sources; a header source must say trusted: true, identity.unknown replaces tenant.default)")
+	}
+	if f.Identity == nil {
+		f.Identity = &identityFile{From: defaultIdentitySources}
+	}
+	if c.Identity, err = compileIdentity(*f.Identity); err != nil {
 		return nil, err
 	}
 	if c.Prices, err = compilePrices(f.Prices, f.FallbackPrice); err != nil {
@@ -331,36 +313,6 @@ func parseFailure(at, v string, def limiter.FailurePolicy) (limiter.FailurePolic
 		return f, nil
 	}
 	return "", fmt.Errorf("%s: %q is not one of closed, open, local", at, v)
-}
-
-func compileTenancy(t tenantFile) (Tenancy, error) {
-	out := Tenancy{Default: t.Default}
-	if out.Default == "" {
-		out.Default = "anonymous"
-	}
-	if !validName(out.Default) {
-		return out, fmt.Errorf("tenant.default: %q must be 1-64 letters, digits, '.', '_' or '-'", out.Default)
-	}
-	if len(t.From) > MaxTenantSources {
-		return out, fmt.Errorf("tenant.from: %d sources; at most %d", len(t.From), MaxTenantSources)
-	}
-	for i, s := range t.From {
-		at := fmt.Sprintf("tenant.from[%d]", i)
-		switch {
-		case s.Header != "" && s.APIKeyOf != "":
-			return out, fmt.Errorf("%s: set either header or api_key_of, not both", at)
-		case s.Header != "":
-			out.Sources = append(out.Sources, TenantSource{Header: strings.ToLower(s.Header)})
-		case s.APIKeyOf != "":
-			out.Sources = append(out.Sources, TenantSource{APIKeyOf: strings.ToLower(s.APIKeyOf)})
-		default:
-			return out, fmt.Errorf("%s: set header or api_key_of", at)
-		}
-	}
-	if len(t.From) == 0 {
-		out.Sources = []TenantSource{{Header: "x-tenant-id"}}
-	}
-	return out, nil
 }
 
 func compilePrices(prices map[string]accounting.USDPerMTok, fallback *accounting.USDPerMTok) (*accounting.PriceTable, error) {
@@ -634,9 +586,10 @@ func validName(s string) bool {
 	return true
 }
 
-// ValidTenant reports whether a tenant value taken from a header can be used
-// as is (it becomes part of store keys and logs).
-func ValidTenant(s string) bool { return validName(s) }
+// defaultIdentitySources identify callers by their provider API key when
+// the configuration says nothing: the one credential every LLM request
+// carries, and one a client cannot use to pass for another caller.
+var defaultIdentitySources = []identitySourceFile{{APIKeyOf: "x-api-key"}, {APIKeyOf: "authorization"}}
 
 func sortedKeys[V any](m map[string]V) []string {
 	out := make([]string, 0, len(m))

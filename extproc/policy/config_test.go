@@ -16,11 +16,16 @@ store:
   timeout: 30ms
   on_failure: local
   replicas: 3
-tenant:
+identity:
   from:
+    - jwt: {org: org_id, user: sub}
+    - peer: {}
     - header: X-Tenant-ID
+      trusted: true
+      level: team
     - api_key_of: x-api-key
-  default: anon
+  unknown: default:anon
+  unconfigured: own
 policies:
   default:
     limits: {requests_per_minute: 600, tokens_per_minute: 400000, concurrent: 32}
@@ -56,8 +61,24 @@ func TestParseFull(t *testing.T) {
 	if c.Store.Timeout != 30*time.Millisecond || c.Store.Replicas != 3 || !c.Store.Shared() {
 		t.Errorf("store = %+v", c.Store)
 	}
-	if c.Tenant.Sources[0].Header != "x-tenant-id" || c.Tenant.Default != "anon" {
-		t.Errorf("tenant = %+v", c.Tenant)
+	id := c.Identity
+	if len(id.Sources) != 4 || id.Unknown.Default != "anon" || id.Unconfigured != UnconfiguredOwn {
+		t.Fatalf("identity = %+v", id)
+	}
+	if s := id.Sources[0]; s.Kind != SourceMetadata || s.Namespace != JWTNamespace || s.Key != JWTPayloadKey || s.Fields != [levels]string{"org_id", "", "sub", ""} {
+		t.Errorf("jwt source = %+v", s)
+	}
+	if s := id.Sources[1]; s.Kind != SourcePeer || s.Attribute != PeerAttribute {
+		t.Errorf("peer source = %+v", s)
+	}
+	if s := id.Sources[2]; s.Kind != SourceHeader || s.Header != "x-tenant-id" || s.Level != LevelTeam {
+		t.Errorf("header source = %+v", s)
+	}
+	if s := id.Sources[3]; s.Kind != SourceAPIKey || s.Header != "x-api-key" {
+		t.Errorf("api key source = %+v", s)
+	}
+	if !c.Configured("anon") || !c.Configured("acme") || c.Configured("someone") {
+		t.Error("configured callers: tenants and the default caller")
 	}
 
 	p, known := c.Policy("someone", "")
@@ -144,8 +165,18 @@ func TestParseErrorsNameThePath(t *testing.T) {
 		{"tenant unknown policy", "tenants: {acme: {policy: gold}}", "tenants.acme.policy"},
 		{"tenant bad name", "tenants: {'a b': {}}", "tenants.a b"},
 		{"tenant override error", "tenants: {acme: {budgets: [{window: year, usd: 1}]}}", "tenants.acme.budgets[0].window"},
-		{"too many sources", "tenant: {from: [{header: a}, {header: b}, {header: c}, {header: d}, {header: e}, {header: f}, {header: g}, {header: h}, {header: i}]}", "tenant.from: 9 sources"},
-		{"source both", "tenant: {from: [{header: a, api_key_of: b}]}", "tenant.from[0]"},
+		{"too many sources", "identity: {from: [{api_key_of: a}, {api_key_of: b}, {api_key_of: c}, {api_key_of: d}, {api_key_of: e}, {api_key_of: f}, {api_key_of: g}, {api_key_of: h}, {api_key_of: i}]}", "identity.from: 9 sources"},
+		{"source both", "identity: {from: [{header: a, api_key_of: b}]}", "identity.from[0]: set exactly one"},
+		{"untrusted header", "identity: {from: [{header: x-tenant-id}]}", "identity.from[0].header: \"x-tenant-id\" is a value any client can send"},
+		{"trusted on a key source", "identity: {from: [{api_key_of: x-api-key, trusted: true}]}", "trusted and level apply to a header source only"},
+		{"bad level", "identity: {from: [{header: x-team, trusted: true, level: division}]}", "identity.from[0].level"},
+		{"jwt without fields", "identity: {from: [{jwt: {}}]}", "identity.from[0].jwt: map at least one"},
+		{"no sources", "identity: {from: []}", "identity.from: name at least one source"},
+		{"bad unknown", "identity: {from: [{peer: {}}], unknown: allow}", "identity.unknown"},
+		{"bad default caller", "identity: {from: [{peer: {}}], unknown: 'default:a b'}", "identity.unknown: default caller"},
+		{"bad unconfigured", "identity: {from: [{peer: {}}], unconfigured: maybe}", "identity.unconfigured"},
+		{"zero buckets", "identity: {from: [{peer: {}}], unconfigured_buckets: 0}", "identity.unconfigured_buckets"},
+		{"old tenant section", "tenant: {from: [{header: x-tenant-id}]}", "tenant: replaced by identity:"},
 		{"price missing output", "prices: {m: {input: 1}}", "prices.m"},
 		{"price inexact", "prices: {m: {input: 0.0001, output: 1}}", "prices.m"},
 		{"downgrade ratio", "policies: {p: {models: {downgrade: [{when_budget_used: 0, from: a, to: b}]}}}", "policies.p.models.downgrade[0].when_budget_used"},
@@ -177,8 +208,54 @@ func TestFingerprint(t *testing.T) {
 	if !strings.HasPrefix(a, "key-") || len(a) != 4+16 || strings.Contains(a, "secret") {
 		t.Errorf("fingerprint %q must be key- and 16 hex digits, never the key", a)
 	}
-	if !ValidTenant(a) {
+	if !validName(a) || IdentityName(a) != a {
 		t.Error("a fingerprint must be a valid tenant name")
+	}
+}
+
+func TestIdentityName(t *testing.T) {
+	for in, want := range map[string]bool{"acme": true, "alice@corp.example": true, "team.search": true, "a b": false, "{x}": false, "spiffe://x/y": false, "": false} {
+		got := IdentityName(in)
+		if kept := got == in; kept != want {
+			t.Errorf("IdentityName(%q) = %q, kept %v, want kept %v", in, got, kept, want)
+		}
+		if !want && in != "" && (!strings.HasPrefix(got, "id-") || len(got) != 3+16 || IdentityName(in) != got) {
+			t.Errorf("IdentityName(%q) = %q, want a stable id-<16 hex>", in, got)
+		}
+	}
+}
+
+func TestCallerTenantIsTheMostSpecificLevel(t *testing.T) {
+	cases := []struct {
+		c    Caller
+		want string
+	}{
+		{Caller{}, ""},
+		{Caller{"acme", "", "", ""}, "acme"},
+		{Caller{"acme", "search", "", ""}, "search"},
+		{Caller{"acme", "search", "alice", ""}, "alice"},
+		{Caller{"", "", "", "key-0123456789abcdef"}, "key-0123456789abcdef"},
+		{Caller{"acme", "", "alice", ""}, "alice"},
+	}
+	for _, tc := range cases {
+		if got := tc.c.Tenant(); got != tc.want {
+			t.Errorf("%v.Tenant() = %q, want %q", tc.c, got, tc.want)
+		}
+	}
+}
+
+func TestBucketsAreBoundedAndStable(t *testing.T) {
+	id := Identity{UnconfiguredBuckets: 8}
+	seen := map[string]bool{}
+	for i := range 1000 {
+		b := id.Bucket(Fingerprint(strings.Repeat("k", i+1)))
+		if b != id.Bucket(Fingerprint(strings.Repeat("k", i+1))) {
+			t.Fatal("a caller's bucket must not change")
+		}
+		seen[b] = true
+	}
+	if len(seen) != 8 {
+		t.Errorf("1000 callers over 8 buckets used %d", len(seen))
 	}
 }
 

@@ -14,7 +14,8 @@ import (
 
 type fileConfig struct {
 	Store         storeFile                        `json:"store"`
-	Tenant        tenantFile                       `json:"tenant"`
+	Identity      *identityFile                    `json:"identity"`
+	Tenant        *json.RawMessage                 `json:"tenant"` // the section identity replaced; refused with a pointer to it
 	Policies      map[string]policyFile            `json:"policies"`
 	Tenants       map[string]tenantOverride        `json:"tenants"`
 	Prices        map[string]accounting.USDPerMTok `json:"prices"`
@@ -29,16 +30,6 @@ type storeFile struct {
 	// Replicas is how many serve replicas share the store; in local failure
 	// mode each enforces 1/Replicas of every limit and budget.
 	Replicas int `json:"replicas"`
-}
-
-type tenantFile struct {
-	From    []tenantSource `json:"from"`
-	Default string         `json:"default"`
-}
-
-type tenantSource struct {
-	Header   string `json:"header"`
-	APIKeyOf string `json:"api_key_of"`
 }
 
 type policyFile struct {

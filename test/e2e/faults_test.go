@@ -37,7 +37,7 @@ func startServe(t *testing.T, configYAML string) *serveProc {
 	t.Helper()
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "tokenwarden.yaml")
-	if err := os.WriteFile(cfgPath, []byte(configYAML), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(withMeshIdentity(configYAML)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	p := &serveProc{grpc: procs.FreeAddr(t), admin: procs.FreeAddr(t), done: make(chan struct{})}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -82,7 +83,7 @@ func newStack(t testing.TB, o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := policy.Parse([]byte(o.config))
+	cfg, err := policy.Parse([]byte(withMeshIdentity(o.config)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,6 +156,24 @@ func (p *proc) stop() {
 	if p.redis != nil {
 		p.redis.Close()
 	}
+}
+
+// meshIdentity is what the stack's configurations say about callers unless
+// a test states its own identity: the stack plays the mesh, which sets
+// x-tenant-id (and would strip a client's copy), so it is trusted here.
+const meshIdentity = `identity:
+  from:
+    - header: x-tenant-id
+      trusted: true
+  unknown: default:anonymous
+  unconfigured: own
+`
+
+func withMeshIdentity(config string) string {
+	if strings.Contains(config, "identity:") {
+		return config
+	}
+	return meshIdentity + config
 }
 
 // exchange is one finished HTTP exchange as the client saw it.

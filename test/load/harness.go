@@ -233,10 +233,13 @@ func TokenwardenConfig(redisURL string, storeTimeout time.Duration) string {
   redis: %q
   timeout: %s
   on_failure: local
-tenant:
+identity:
+  # The harness plays the mesh: it sets x-tenant-id itself.
   from:
     - header: x-tenant-id
-  default: anonymous
+      trusted: true
+  unknown: default:anonymous
+  unconfigured: own
 policies:
   default:
     limits: {requests_per_minute: 100000000, tokens_per_minute: 100000000000, concurrent: 1000000}

@@ -97,10 +97,13 @@ const configTemplate = `store:
   redis: ""
   timeout: 25ms
   on_failure: local
-tenant:
+identity:
+  # The harness plays the mesh: it sets x-tenant-id itself.
   from:
     - header: x-tenant-id
-  default: anonymous
+      trusted: true
+  unknown: default:anonymous
+  unconfigured: own
 policies:
   default:
     limits: {requests_per_minute: %d, tokens_per_minute: 10000000, concurrent: 16}

@@ -57,6 +57,10 @@ func (Messages) ErrorBody(kind wire.ErrorKind, _ string, message string) []byte 
 		t = RateLimitError
 	case wire.ErrorUnavailable, wire.ErrorInternal:
 		t = APIError
+	case wire.ErrorUnauthenticated:
+		t = AuthenticationError
+	case wire.ErrorForbidden:
+		t = PermissionError
 	}
 	return ErrorBody(t, message, "")
 }

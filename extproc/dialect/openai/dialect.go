@@ -65,6 +65,10 @@ func (ChatCompletions) ErrorBody(kind wire.ErrorKind, dimension, message string)
 		return ErrorBody("server_error", "service_unavailable", message)
 	case wire.ErrorInternal:
 		return ErrorBody("server_error", "", message)
+	case wire.ErrorUnauthenticated:
+		return ErrorBody("invalid_request_error", "invalid_api_key", message)
+	case wire.ErrorForbidden:
+		return ErrorBody("invalid_request_error", "permission_denied", message)
 	}
 	return ErrorBody("invalid_request_error", "", message)
 }
