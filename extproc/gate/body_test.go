@@ -156,6 +156,53 @@ func TestModelRules(t *testing.T) {
 	}
 }
 
+// Size tiers route by input size, max_tokens and tools; the first tier that
+// matches wins, and a tier without "from" applies to every model.
+func TestTiers(t *testing.T) {
+	const cfg = `
+policies:
+  default:
+    limits: {concurrent: 10}
+    models:
+      tiers:
+        - {from: auto, max_input_tokens: 1000, max_output_tokens: 1024, tools: false, model: claude-haiku-4-5}
+        - {from: auto, min_input_tokens: 1001, model: claude-opus-4-5}
+        - {from: auto, model: claude-sonnet-4-5}
+        - {model: claude-sonnet-4-5}
+`
+	big := strings.Repeat("Summarise the quarterly report section by section. ", 120)
+	tool := `,"tools":[{"name":"get_weather","description":"Get the weather","input_schema":{"type":"object"}}]`
+	req := func(model string, maxTokens int, content, extra string) string {
+		return fmt.Sprintf(`{"model":%q,"max_tokens":%d,"messages":[{"role":"user","content":%q}]%s}`, model, maxTokens, content, extra)
+	}
+	cases := []struct {
+		name, body, want, wantReason string
+	}{
+		{"small, short, no tools", req("auto", 256, "hi", ""), "claude-haiku-4-5", "tier"},
+		{"small but a long answer", req("auto", 2048, "hi", ""), "claude-sonnet-4-5", "tier"},
+		{"small with tools", req("auto", 256, "hi", tool), "claude-sonnet-4-5", "tier"},
+		{"a large prompt", req("auto", 256, big, ""), "claude-opus-4-5", "tier"},
+		{"a tier without from", req("claude-haiku-4-5", 256, "hi", ""), "claude-sonnet-4-5", "tier"},
+		{"a tier naming the model asked for", req("claude-sonnet-4-5", 256, "hi", ""), "claude-sonnet-4-5", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, cfg)
+			_, bv := h.admit(post(pathMessages), tc.body)
+			if got, _ := header(bv.Edits.Set, contract.ModelHeader); got != tc.want || bv.BodyChanged != (tc.wantReason != "") {
+				t.Errorf("served %q (changed %v), want %q", got, bv.BodyChanged, tc.want)
+			}
+			var wantRewrites []rewrite
+			if tc.wantReason != "" {
+				wantRewrites = []rewrite{{"default", tc.wantReason}}
+			}
+			if !reflect.DeepEqual(h.obs.rewrites, wantRewrites) {
+				t.Errorf("rewrites %+v", h.obs.rewrites)
+			}
+		})
+	}
+}
+
 // A downgrade is driven by what the store reports after real spend: the
 // budget cache learns each settle's answer, so no extra round trip is made.
 func TestDowngradeAfterRealSpend(t *testing.T) {
