@@ -9,6 +9,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -373,5 +374,87 @@ func TestStoreRejectsAdmissionAsInvalid(t *testing.T) {
 		if !errors.Is(h.obs.storeCalls[0].err, limiter.ErrInvalid) || h.logs.count("the store rejected an admission as invalid") != 1 {
 			t.Errorf("%s: store call %+v", path, h.obs.storeCalls)
 		}
+	}
+}
+
+// switchable is a shared store that can go down mid-test.
+type switchable struct {
+	*limiter.Memory
+	down atomic.Bool
+}
+
+func (s *switchable) Admit(ctx context.Context, req limiter.AdmitRequest) (limiter.Decision, error) {
+	if s.down.Load() {
+		return limiter.Decision{}, errDown
+	}
+	return s.Memory.Admit(ctx, req)
+}
+
+func (s *switchable) Settle(ctx context.Context, req limiter.SettleRequest) (limiter.SettleResult, error) {
+	if s.down.Load() {
+		return limiter.SettleResult{}, errDown
+	}
+	return s.Memory.Settle(ctx, req)
+}
+
+// In local mode the replica decides with its own store, whose budgets start
+// from zero (limiter.Resilient: "a replica's local view is not the tenant's
+// spend"). That view must not replace what the shared store last said: the
+// budget gauges would drop to it, and a tenant downgraded for spending 85%
+// of its month would get the expensive model again for as long as the
+// store is down.
+func TestLocalModeKeepsTheSharedBudgetView(t *testing.T) {
+	const cfg = `
+store: {on_failure: local}
+policies:
+  default:
+    limits: {concurrent: 10}
+    budgets: [{window: month, usd: 1}]
+    models:
+      downgrade: [{when_budget_used: 0.8, window: month, from: "claude-opus-*", to: claude-sonnet-4-5}]
+tenants:
+  acme: {}
+`
+	var primary *switchable
+	h := newHarnessWith(t, cfg, func(m *limiter.Memory) limiter.Store {
+		primary = &switchable{Memory: m}
+		local := limiter.NewMemory(limiter.MemoryOptions{Now: func() time.Time { return t0 }})
+		r, err := limiter.NewResilient(limiter.ResilientOptions{Primary: primary, Local: local, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = r.Close() })
+		return r
+	})
+	const opus = `{"model":"claude-opus-4-5","max_tokens":1024,"messages":[{"role":"user","content":"Plan my week"}]}`
+	served := func() (string, *Exchange) {
+		t.Helper()
+		x, bv := h.admit(post(pathMessages, tenantHeader("acme")), opus)
+		m, _ := header(bv.Edits.Set, contract.ModelHeader)
+		x.ResponseHeaders(jsonHeaders, false)
+		x.ResponseBody([]byte(`{"type":"message","usage":{"input_tokens":10,"output_tokens":34000}}`), true)
+		x.Settle()
+		return m, x
+	}
+	if m, _ := served(); m != "claude-opus-4-5" { // $0.85005 of $1 spent on the shared store
+		t.Fatalf("served %s before any spend", m)
+	}
+	if m, _ := served(); m != "claude-sonnet-4-5" {
+		t.Fatalf("served %s at 85%% of the month", m)
+	}
+	shared := len(h.obs.budgets)
+
+	primary.down.Store(true)
+	for i := range 2 {
+		m, x := served()
+		if x.decisionTag != "local" {
+			t.Fatalf("request %d: decision %q, want local", i, x.decisionTag)
+		}
+		if m != "claude-sonnet-4-5" {
+			t.Errorf("request %d in local mode: served %s, want the downgrade to hold", i, m)
+		}
+	}
+	if got := h.obs.budgets[shared:]; len(got) != 0 {
+		t.Errorf("the local view was published as the tenant's budgets: %+v", got)
 	}
 }
