@@ -76,7 +76,12 @@ func (x *Exchange) deny(d limiter.Decision) *Reply {
 		secs = 1
 	}
 	h.set("retry-after", strconv.FormatInt(secs, 10))
-	h.set("retry-after-ms", strconv.FormatInt(max(retry.Milliseconds(), 1), 10))
+	// retry-after-ms only for a real wait: SDKs read it before retry-after,
+	// so a concurrency denial (no known wait) or a never-fitting request
+	// announcing 1ms would be retried at once instead of after a second.
+	if retry > 0 {
+		h.set("retry-after-ms", strconv.FormatInt(max(retry.Milliseconds(), 1), 10))
+	}
 	h.set(contract.DeniedHeader, dim)
 	// SDKs retry 429s within seconds; when waiting is longer than a minute (a
 	// budget window, or a request that can never fit) a retry is pointless.

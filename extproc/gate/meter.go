@@ -263,7 +263,10 @@ func (x *Exchange) recordCrossings(crossed []limiter.Crossing) {
 // publishes the windows of configured tenants (others would share one
 // meaningless series).
 func (x *Exchange) observeBudgets(states []limiter.BudgetState) {
-	if len(states) == 0 {
+	// A local decision's windows are the replica's own, started from zero
+	// while the shared store is down (limiter.Resilient): not the tenant's
+	// spend, for the downgrade cache or the gauges.
+	if len(states) == 0 || x.decision.Degraded && x.policy.OnFailure != limiter.FailOpen {
 		return
 	}
 	x.g.budgets.store(x.tenant, states)

@@ -1,0 +1,132 @@
+package gate
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/limiter"
+)
+
+func TestBudgetUseRatio(t *testing.T) {
+	c := newBudgetCache()
+	c.store("t", []limiter.BudgetState{
+		{Name: "day", Cap: 100, Spent: 30, Reserved: 60}, // reservations are not use yet
+		{Name: "month", Cap: 1000, Spent: 500},
+		{Name: "week"}, // no cap: no ratio
+	})
+	u := c.used("t")
+	cases := []struct {
+		window accounting.WindowKind
+		want   float64
+	}{
+		{accounting.Day, 0.3},
+		{accounting.Month, 0.5},
+		{accounting.Week, 0},
+		{"", 0.5}, // no window named: the most used one
+	}
+	for _, tc := range cases {
+		if got := u.ratio(tc.window); got != tc.want {
+			t.Errorf("ratio(%q) = %v, want %v", tc.window, got, tc.want)
+		}
+	}
+	if got := c.used("unknown").ratio(""); got != 0 {
+		t.Errorf("an unknown tenant's use = %v", got)
+	}
+}
+
+// A downgrade without a window follows the most used one.
+func TestDowngradeOnTheMostUsedWindow(t *testing.T) {
+	const cfg = `
+policies:
+  default:
+    budgets: [{window: day, usd: 10}, {window: month, usd: 100}]
+    models:
+      downgrade: [{when_budget_used: 0.5, from: "claude-opus-*", to: claude-haiku-4-5}]
+`
+	h := newHarness(t, cfg)
+	body := `{"model":"claude-opus-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}`
+	h.g.budgets.store("anonymous", []limiter.BudgetState{{Name: "day", Cap: 100, Spent: 49}, {Name: "month", Cap: 100, Spent: 10}})
+	if _, bv := h.admit(post(pathMessages), body); bv.BodyChanged {
+		t.Fatalf("downgraded below the threshold: %s", bv.Body)
+	}
+	h.g.budgets.store("anonymous", []limiter.BudgetState{{Name: "day", Cap: 100, Spent: 50}, {Name: "month", Cap: 100, Spent: 10}})
+	if _, bv := h.admit(post(pathMessages), body); !bv.BodyChanged {
+		t.Fatalf("not downgraded with the day at 50%%: %s", bv.Body)
+	}
+}
+
+// The caches bound their memory by starting over; what that costs is one
+// more answer from the store (budgets) or one uncounted change (prefixes).
+func TestCacheBounds(t *testing.T) {
+	c := newBudgetCache()
+	states := []limiter.BudgetState{{Name: "day", Cap: 10, Spent: 5}}
+	for i := range maxTenants {
+		c.store(fmt.Sprint("t", i), states)
+	}
+	if c.used("t0").ratio("") != 0.5 || len(c.tenants) != maxTenants {
+		t.Fatalf("%d tenants before the bound", len(c.tenants))
+	}
+	c.store("one-more", states)
+	if len(c.tenants) != 1 || c.used("t0").ratio("") != 0 || c.used("one-more").ratio("") != 0.5 {
+		t.Fatalf("past the bound: %d tenants", len(c.tenants))
+	}
+
+	p := newPrefixTracker()
+	if p.observe("pol", "a", 1) || p.observe("pol", "a", 1) || !p.observe("pol", "a", 2) || p.observe("other", "a", 3) {
+		t.Fatal("prefix tracker: a change is reported exactly when the fingerprint of a key changes")
+	}
+	for i := range maxPrefixKeys - 2 {
+		p.observe("pol", fmt.Sprint("t", i), 1)
+	}
+	if len(p.last) != maxPrefixKeys {
+		t.Fatalf("%d keys", len(p.last))
+	}
+	if p.observe("pol", "a", 9) != true || len(p.last) != maxPrefixKeys {
+		t.Fatal("a known key is still tracked at the bound")
+	}
+	if p.observe("pol", "new", 1) || len(p.last) != 1 {
+		t.Fatalf("past the bound: %d keys", len(p.last))
+	}
+	if p.observe("pol", "a", 10) {
+		t.Fatal("after starting over, the first fingerprint of a key is not a change")
+	}
+
+	b := newBoundedSet(2)
+	if !b.add("x") || b.add("x") || !b.add("y") || b.add("z") || b.add("z") {
+		t.Fatal("boundedSet: new names until the limit, none after")
+	}
+}
+
+func TestHeadersHelpers(t *testing.T) {
+	l := HeaderList{{"a", "1"}, {"a", "2"}}
+	if v, ok := l.Get("a"); !ok || v != "1" {
+		t.Errorf("Get returns the first value, got %q %v", v, ok)
+	}
+	if _, ok := l.Get("b"); ok {
+		t.Error("Get of a missing header")
+	}
+	var e HeaderEdits
+	if !e.Empty() {
+		t.Error("zero edits not empty")
+	}
+	e.remove("x")
+	if e.Empty() {
+		t.Error("a removal is an edit")
+	}
+	for s, want := range map[string]int{"200": 200, "529": 529, "": 0, "20x": 0, "-1": 0, "99999": 9999} {
+		if got := atoiStatus(s); got != want {
+			t.Errorf("atoiStatus(%q) = %d, want %d", s, got, want)
+		}
+	}
+	for ct, want := range map[string]bool{"text/event-stream": true, " Text/Event-Stream; charset=utf-8": true, "application/json": false, "": false} {
+		if got := isEventStream(ct); got != want {
+			t.Errorf("isEventStream(%q) = %v", ct, got)
+		}
+	}
+	for b, want := range map[string]bool{"event: x\n": true, "\r\ndata: {}": true, ": ping\n": true, `{"id":1}`: false, "": false} {
+		if got := looksLikeSSE([]byte(b)); got != want {
+			t.Errorf("looksLikeSSE(%q) = %v", b, got)
+		}
+	}
+}
