@@ -122,14 +122,14 @@ func TestDenials(t *testing.T) {
 		},
 		{
 			name: "concurrency", cfg: denialYAML(`{concurrent: 1}`, dayBudget), budget: true,
-			pre: func(int64) int { return 1 }, dim: "concurrency", msg: "already has 1 requests in flight",
+			pre: func(int64) int { return 1 }, dim: "concurrency", msg: "1 requests already in flight",
 			// A slot frees when another request ends: no wait is known.
 			retry:  func(int64) time.Duration { return 0 },
 			reopen: func(_ *harness, admitted []*Exchange, _ time.Duration) { finish(admitted[0]) },
 		},
 		{
 			name: "day budget", cfg: denialYAML(`{concurrent: 10}`, `[{window: day, usd: 0.0001}, {window: month, usd: 10}]`),
-			pre: func(int64) int { return 0 }, dim: "budget_day", msg: "exhausted its day budget; it resets in 12h0m0s",
+			pre: func(int64) int { return 0 }, dim: "budget_day", msg: "the day budget is exhausted; it resets in 12h0m0s",
 			retry:  func(int64) time.Duration { return dayEnd },
 			reopen: func(h *harness, _ []*Exchange, retry time.Duration) { h.clock.Advance(retry) },
 			later: func(d dialectCase) string { // a new day's budget, still only $0.0001
@@ -139,7 +139,7 @@ func TestDenials(t *testing.T) {
 		},
 		{
 			name: "month budget", cfg: denialYAML(`{concurrent: 10}`, `[{window: day, usd: 10}, {window: month, usd: 0.0001}]`),
-			pre: func(int64) int { return 0 }, dim: "budget_month", msg: "exhausted its month budget",
+			pre: func(int64) int { return 0 }, dim: "budget_month", msg: "the month budget is exhausted",
 			retry:  func(int64) time.Duration { return monthEnd },
 			reopen: func(h *harness, _ []*Exchange, retry time.Duration) { h.clock.Advance(retry) },
 			later: func(d dialectCase) string {

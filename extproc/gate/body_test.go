@@ -228,7 +228,7 @@ policies:
 	}
 	spend(20_000)                                                 // $0.50005 of $1
 	spend(14_000)                                                 // $0.85010 of $1
-	h.wantBudgets("anonymous", "", 0, 2*10*opusIn+34_000*opusOut) // no tenant section: the default tenant is "anonymous"
+	h.wantBudgets("guest", "", 0, 2*10*opusIn+34_000*opusOut) // no identity: the test identity's default caller
 
 	x, bv := h.admit(post(pathMessages), opus)
 	var sent struct{ Model string }
@@ -244,7 +244,7 @@ policies:
 	// The reservation is priced as the model actually served.
 	in := inputEstimate(t, pathMessages, opus)
 	spent := 2*10*opusIn + int64(34_000*opusOut)
-	h.wantBudgets("anonymous", "", in*sonnetIn+1024*sonnetOut, spent)
+	h.wantBudgets("guest", "", in*sonnetIn+1024*sonnetOut, spent)
 	x.Abort()
 }
 

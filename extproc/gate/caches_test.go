@@ -46,11 +46,11 @@ policies:
 `
 	h := newHarness(t, cfg)
 	body := `{"model":"claude-opus-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}`
-	h.g.budgets.store("anonymous", []limiter.BudgetState{{Name: "day", Cap: 100, Spent: 49}, {Name: "month", Cap: 100, Spent: 10}})
+	h.g.budgets.store("guest", []limiter.BudgetState{{Name: "day", Cap: 100, Spent: 49}, {Name: "month", Cap: 100, Spent: 10}})
 	if _, bv := h.admit(post(pathMessages), body); bv.BodyChanged {
 		t.Fatalf("downgraded below the threshold: %s", bv.Body)
 	}
-	h.g.budgets.store("anonymous", []limiter.BudgetState{{Name: "day", Cap: 100, Spent: 50}, {Name: "month", Cap: 100, Spent: 10}})
+	h.g.budgets.store("guest", []limiter.BudgetState{{Name: "day", Cap: 100, Spent: 50}, {Name: "month", Cap: 100, Spent: 10}})
 	if _, bv := h.admit(post(pathMessages), body); !bv.BodyChanged {
 		t.Fatalf("not downgraded with the day at 50%%: %s", bv.Body)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -62,12 +63,14 @@ const (
 // x-ratelimit-remaining-tokens (the GCRA increment, T×60s/limit, is then a
 // whole number of microseconds).
 const baseYAML = `
-tenant:
+identity:
   from:
     - header: x-tenant-id
+      trusted: true
     - api_key_of: x-api-key
     - api_key_of: authorization
-  default: guest
+  unknown: default:guest
+  unconfigured: own
 policies:
   default:
     limits: {requests_per_minute: 1000, tokens_per_minute: 6000000, concurrent: 100}
@@ -87,6 +90,18 @@ tenants:
   beta: {policy: batch}
 `
 
+// testIdentity is prepended to a test's configuration that states no
+// identity: the test plays the mesh, which sets x-tenant-id.
+const testIdentity = `
+identity:
+  from:
+    - header: x-tenant-id
+      trusted: true
+    - api_key_of: x-api-key
+  unknown: default:guest
+  unconfigured: own
+`
+
 // recorder is an Observer that keeps everything it is told.
 type recorder struct {
 	mu         sync.Mutex
@@ -99,6 +114,7 @@ type recorder struct {
 	budgets    []budgetsSeen
 	crossed    []crossing
 	expired    []expiredSeen
+	unknown    []string
 }
 
 type admission struct{ tenant, result string }
@@ -185,6 +201,12 @@ func (r *recorder) ExpiredCharged(tenant, model string, cost accounting.NanoUSD)
 	r.expired = append(r.expired, expiredSeen{tenant, model, cost})
 }
 
+func (r *recorder) Unconfigured(kind string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.unknown = append(r.unknown, kind)
+}
+
 // calls counts the store calls of one operation.
 func (r *recorder) calls(op string) int {
 	r.mu.Lock()
@@ -256,6 +278,9 @@ func newHarness(t *testing.T, cfgYAML string) *harness {
 // newHarnessWith lets a test put its own store in front of the memory store.
 func newHarnessWith(t *testing.T, cfgYAML string, store func(*limiter.Memory) limiter.Store) *harness {
 	t.Helper()
+	if !strings.Contains(cfgYAML, "identity:") {
+		cfgYAML = testIdentity + cfgYAML
+	}
 	cfg, err := policy.Parse([]byte(cfgYAML))
 	if err != nil {
 		t.Fatal(err)

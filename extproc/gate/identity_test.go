@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -18,6 +19,16 @@ func keyFingerprint(key string) string {
 	sum := sha256.Sum256([]byte(key))
 	return "key-" + hex.EncodeToString(sum[:8])
 }
+
+// idFingerprint is the documented name of an identity value that is not a
+// plain name: "id-" and the first 16 hex digits of its SHA-256.
+func idFingerprint(v string) string {
+	sum := sha256.Sum256([]byte(v))
+	return "id-" + hex.EncodeToString(sum[:8])
+}
+
+// safeName is what may appear in store keys, metrics and logs as a tenant.
+var safeName = regexp.MustCompile(`^[A-Za-z0-9._@+-]{1,128}$`)
 
 const unknownPolicyWarning = "route names an unknown policy; using the tenant's or default policy"
 
@@ -40,7 +51,7 @@ func TestIdentity(t *testing.T) {
 		{name: "the first source wins over an API key", headers: []Header{{"x-api-key", key}, tenantHeader("acme")}, wantTenant: "acme", wantLabel: "acme", wantPolicy: "default"},
 		{name: "API key: its fingerprint", headers: []Header{{"x-api-key", key}}, wantTenant: keyFingerprint(key), wantLabel: "other", wantPolicy: "default"},
 		{name: "bearer token: the same fingerprint as the key", headers: []Header{{"authorization", "Bearer " + key}}, wantTenant: keyFingerprint(key), wantLabel: "other", wantPolicy: "default"},
-		{name: "unsafe tenant header fingerprinted", headers: []Header{tenantHeader("acme corp/{x}")}, wantTenant: keyFingerprint("acme corp/{x}"), wantLabel: "other", wantPolicy: "default"},
+		{name: "unsafe tenant header fingerprinted", headers: []Header{tenantHeader("acme corp/{x}")}, wantTenant: idFingerprint("acme corp/{x}"), wantLabel: "other", wantPolicy: "default"},
 		{name: "blank tenant header falls through to the key", headers: []Header{tenantHeader("  "), {"x-api-key", key}}, wantTenant: keyFingerprint(key), wantLabel: "other", wantPolicy: "default"},
 		{name: "nothing: the default tenant", wantTenant: "guest", wantLabel: "other", wantPolicy: "default"},
 		{name: "the tenant's own policy", headers: []Header{tenantHeader("beta")}, wantTenant: "beta", wantLabel: "beta", wantPolicy: "batch"},
@@ -65,7 +76,7 @@ func TestIdentity(t *testing.T) {
 			if strings.Contains(x.Tenant(), key) {
 				t.Errorf("tenant %q holds the API key", x.Tenant())
 			}
-			if !policy.ValidTenant(x.Tenant()) {
+			if !safeName.MatchString(x.Tenant()) {
 				t.Errorf("tenant %q is not safe in store keys", x.Tenant())
 			}
 			if got := x.policyName(); got != tc.wantPolicy {
@@ -224,4 +235,88 @@ func TestRequestWithoutBody(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Callers the mesh authenticated, and what becomes of callers it did not
+// or that the configuration does not name.
+func TestIdentityModes(t *testing.T) {
+	const cfg = `
+identity:
+  from:
+    - jwt: {org: org_id, team: team, user: sub}
+    - ext_authz: {org: tenant}
+    - peer: {}
+    - header: x-team
+      trusted: true
+      level: team
+    - api_key_of: x-api-key
+  unknown: %s
+  unconfigured: %s
+  unconfigured_buckets: 4
+policies:
+  default:
+    limits: {requests_per_minute: 1000}
+tenants:
+  alice: {}
+  search: {}
+  acme: {}
+  search.indexer: {}
+`
+	jwt := EnvoyValues{Meta: map[string]map[string]any{policy.JWTNamespace: {"payload": map[string]any{"org_id": "acme", "team": "search", "sub": "alice"}}}}
+	orgOnly := EnvoyValues{Meta: map[string]map[string]any{policy.JWTNamespace: {"payload": map[string]any{"org_id": 4711.0}}}}
+	authz := EnvoyValues{Meta: map[string]map[string]any{policy.ExtAuthzNamespace: {"tenant": "acme"}}}
+	peer := EnvoyValues{Attrs: map[string]string{policy.PeerAttribute: "spiffe://cluster.local/ns/search/sa/indexer"}}
+	cases := []struct {
+		name                  string
+		unknown, unconfigured string
+		env                   Envoy
+		headers               []Header
+		wantTenant            string
+		wantStatus            int
+	}{
+		{name: "jwt: the most specific level", unknown: "deny", unconfigured: "deny", env: jwt, wantTenant: "alice"},
+		{name: "jwt wins over a trusted header", unknown: "deny", unconfigured: "deny", env: jwt, headers: []Header{{"x-team", "other"}}, wantTenant: "alice"},
+		{name: "jwt numeric claim, unconfigured, own", unknown: "deny", unconfigured: "own", env: orgOnly, wantTenant: "4711"},
+		{name: "ext_authz metadata", unknown: "deny", unconfigured: "deny", env: authz, wantTenant: "acme"},
+		{name: "mTLS peer: namespace.service account", unknown: "deny", unconfigured: "deny", env: peer, wantTenant: "search.indexer"},
+		{name: "trusted header at team level", unknown: "deny", unconfigured: "deny", headers: []Header{{"x-team", "search"}}, wantTenant: "search"},
+		{name: "unknown caller refused", unknown: "deny", unconfigured: "own", headers: []Header{tenantHeader("acme")}, wantStatus: 401},
+		{name: "unknown caller defaulted", unknown: "default:acme", unconfigured: "deny", wantTenant: "acme"},
+		{name: "unconfigured caller refused", unknown: "deny", unconfigured: "deny", headers: []Header{{"x-api-key", "sk-x"}}, wantStatus: 403},
+		{name: "unconfigured caller in a bucket", unknown: "deny", unconfigured: "buckets", headers: []Header{{"x-api-key", "sk-x"}},
+			wantTenant: (&policy.Identity{UnconfiguredBuckets: 4}).Bucket(policy.Fingerprint("sk-x"))},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, fmt.Sprintf(cfg, tc.unknown, tc.unconfigured))
+			x, hv := h.g.Begin(context.Background(), Request{Headers: post(pathMessages, tc.headers...), Envoy: tc.env})
+			if tc.wantStatus != 0 {
+				if hv.Reply == nil || hv.Reply.Status != tc.wantStatus || headerOf(hv.Reply.Headers, contract.DeniedHeader) != "identity" {
+					t.Fatalf("want a %d identity refusal, got %+v", tc.wantStatus, hv)
+				}
+				if len(h.obs.storeCalls) != 0 || x.Outcome() == nil || x.Outcome().Result != ResultDenied {
+					t.Errorf("a refused caller reached the store or was not recorded: %+v %+v", h.obs.storeCalls, x.Outcome())
+				}
+				if strings.Contains(string(hv.Reply.Body), "key-") || strings.Contains(string(hv.Reply.Body), "acme") {
+					t.Errorf("the refusal names a caller: %s", hv.Reply.Body)
+				}
+				return
+			}
+			if hv.Reply != nil {
+				t.Fatalf("refused: %d %s", hv.Reply.Status, hv.Reply.Body)
+			}
+			if got := x.Tenant(); got != tc.wantTenant {
+				t.Errorf("tenant = %q, want %q", got, tc.wantTenant)
+			}
+		})
+	}
+}
+
+func headerOf(hs []Header, name string) string {
+	for _, h := range hs {
+		if h.Name == name {
+			return h.Value
+		}
+	}
+	return ""
 }
