@@ -106,6 +106,13 @@ func (o *tripwire) ProviderResponse(dialect string, status int) {
 	o.Metrics.ProviderResponse(dialect, status)
 }
 
+func (o *tripwire) StoreCall(op string, took time.Duration, err error) {
+	if o.trip("store_call_" + op) {
+		panic("tripwire: StoreCall " + op)
+	}
+	o.Metrics.StoreCall(op, took, err)
+}
+
 // harness is an ext_proc Server on a loopback gRPC listener, over a memory
 // store, with a client that plays Envoy.
 type harness struct {
@@ -393,6 +400,30 @@ func TestPanicGuard(t *testing.T) {
 	}
 	if got := h.streamErrors(observe.StreamPanic); got != 1 {
 		t.Fatalf("stream_errors_total{reason=panic} = %v after a normal stream", got)
+	}
+}
+
+// TestPanicAfterAdmitReleasesReservation: a panic right after the store
+// admitted (the Observer's StoreCall for the admission) must not lose the
+// reservation: the stream's end settles it, so the tenant's one slot is
+// free at once rather than after its lease expires.
+func TestPanicAfterAdmitReleasesReservation(t *testing.T) {
+	h := newHarness(t)
+	s := h.open()
+	s.must(requestHeaders("q", filterv3.ProcessingMode_BUFFERED))
+	h.obs.armed.Store("store_call_admit")
+	_, err := s.send(requestBody(messagesBody, true))
+	if status.Code(err) != codes.Internal {
+		t.Fatalf("stream ended with %v, want Internal", err)
+	}
+	if got := h.streamErrors(observe.StreamPanic); got != 1 {
+		t.Fatalf("stream_errors_total{reason=panic} = %v, want 1", got)
+	}
+	if b, want := h.budget("q"), inputEstimate(t, messagesBody); b.Reserved != 0 || b.Spent != want {
+		t.Fatalf("after the panic: %+v, want reserved 0 and spent %d (the input estimate)", b, want)
+	}
+	if !h.admitOK("q") {
+		t.Fatal("the next request of the tenant (concurrent: 1) was refused: the panicked stream kept its lease")
 	}
 }
 
