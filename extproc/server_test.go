@@ -113,6 +113,13 @@ func (o *tripwire) StoreCall(op string, took time.Duration, err error) {
 	o.Metrics.StoreCall(op, took, err)
 }
 
+func (o *tripwire) Outcome(out *gate.Outcome) {
+	if o.trip("outcome_" + string(out.Result)) {
+		panic("tripwire: Outcome " + string(out.Result))
+	}
+	o.Metrics.Outcome(out)
+}
+
 // harness is an ext_proc Server on a loopback gRPC listener, over a memory
 // store, with a client that plays Envoy.
 type harness struct {
@@ -423,6 +430,28 @@ func TestPanicAfterAdmitReleasesReservation(t *testing.T) {
 		t.Fatalf("after the panic: %+v, want reserved 0 and spent %d (the input estimate)", b, want)
 	}
 	if !h.admitOK("q") {
+		t.Fatal("the next request of the tenant (concurrent: 1) was refused: the panicked stream kept its lease")
+	}
+}
+
+// TestPanicAfterMeteringChargesUsage: a panic as a metered request's
+// outcome is recorded (the Observer, at the last body chunk) still charges
+// what the provider reported: the stream's end settles with the measured
+// cost, not with nothing.
+func TestPanicAfterMeteringChargesUsage(t *testing.T) {
+	h := newHarness(t)
+	s := h.open()
+	s.must(requestHeaders("m", filterv3.ProcessingMode_BUFFERED))
+	s.must(requestBody(messagesBody, true))
+	s.must(responseHeaders(200, "application/json", false))
+	h.obs.armed.Store("outcome_" + string(gate.ResultOK))
+	if _, err := s.send(responseBody(jsonResponse, true)); status.Code(err) != codes.Internal {
+		t.Fatalf("stream ended with %v, want Internal", err)
+	}
+	if b := h.budget("m"); b.Reserved != 0 || b.Spent != jsonResponseCost {
+		t.Fatalf("after the panic: %+v, want reserved 0 and spent %d (the measured usage)", b, jsonResponseCost)
+	}
+	if !h.admitOK("m") {
 		t.Fatal("the next request of the tenant (concurrent: 1) was refused: the panicked stream kept its lease")
 	}
 }
