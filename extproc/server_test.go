@@ -434,6 +434,28 @@ func TestPanicAfterAdmitReleasesReservation(t *testing.T) {
 	}
 }
 
+// TestPanicWhileEnding: a panic while a stream ends (here the Observer, as
+// the aborted request's outcome is recorded) is contained too: counted, the
+// request still settled at its estimate, and the server serves the next
+// stream.
+func TestPanicWhileEnding(t *testing.T) {
+	h := newHarness(t)
+	s := h.open()
+	s.must(requestHeaders("r", filterv3.ProcessingMode_BUFFERED))
+	s.must(requestBody(messagesBody, true))
+	h.obs.armed.Store("outcome_" + string(gate.ResultEstimated))
+	s.closeSend()
+	if got := h.streamErrors(observe.StreamPanic); got != 1 {
+		t.Fatalf("stream_errors_total{reason=panic} = %v, want 1", got)
+	}
+	if b, want := h.budget("r"), inputEstimate(t, messagesBody); b.Reserved != 0 || b.Spent != want {
+		t.Fatalf("after the panic: %+v, want reserved 0 and spent %d (the input estimate)", b, want)
+	}
+	if !h.admitOK("r") {
+		t.Fatal("the next request of the tenant (concurrent: 1) was refused: the stream that panicked while ending kept its lease")
+	}
+}
+
 // TestPanicAfterMeteringChargesUsage: a panic as a metered request's
 // outcome is recorded (the Observer, at the last body chunk) still charges
 // what the provider reported: the stream's end settles with the measured

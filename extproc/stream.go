@@ -243,15 +243,29 @@ func (st *stream) responseTrailers() (*extprocv3.ProcessingResponse, bool, error
 
 // end runs when the stream ends, however it ends: the request is settled
 // (estimated, if it never reached its end) on a context of its own. A panic
-// here is contained too: the store expires what was not settled.
+// here is contained too, and the settle is tried once more: Settle is a
+// no-op unless the exchange is done and still holds its reservation, so it
+// helps exactly when the panic came after the charge was fixed (an
+// observer), and the store expires what is still not settled.
 func (st *stream) end() {
 	defer func() {
 		if p := recover(); p != nil {
 			st.srv.metrics.StreamError(observe.StreamPanic)
-			st.srv.log.Error("processor panic while ending a stream; its reservation expires in the store", "panic", p)
+			st.srv.log.Error("processor panic while ending a stream; settling it again, else its reservation expires in the store", "panic", p)
+			st.settleAgain()
 		}
 	}()
 	st.x.Abort()
+}
+
+// settleAgain is end's second try; a panic in it is only logged.
+func (st *stream) settleAgain() {
+	defer func() {
+		if p := recover(); p != nil {
+			st.srv.log.Error("processor panic while settling a stream again; its reservation expires in the store", "panic", p)
+		}
+	}()
+	st.x.Settle()
 }
 
 // envoyHeaders reads an Envoy header map for the gate.
