@@ -214,6 +214,12 @@ func (st *stream) responseBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResp
 	switch st.state {
 	case awaitRequestHeaders:
 		return nil, false, errNoRequestHeaders
+	case awaitRequestBody:
+		// As at response headers: with response_header_mode SKIP the body is
+		// the first sign that the upstream answered, and a request body
+		// completed after it is not admitted.
+		st.state = finished
+		return chunkAnswer(nil), false, nil
 	case forwarded, responding:
 	default:
 		return chunkAnswer(nil), false, nil
@@ -230,6 +236,9 @@ func (st *stream) responseTrailers() (*extprocv3.ProcessingResponse, bool, error
 	switch st.state {
 	case awaitRequestHeaders:
 		return nil, false, errNoRequestHeaders
+	case awaitRequestBody:
+		// The upstream answered before the request body was complete.
+		st.state = finished
 	case forwarded, responding:
 		// With trailers, no body message carries end_of_stream: the trailers
 		// are the end of the response.

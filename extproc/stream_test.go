@@ -286,6 +286,20 @@ func stateCases(t *testing.T) []stateCase {
 			answer(kReqBody).to(requestBody(messagesBody[half:], true)).checked(unchanged),
 			answer(kRspTrailers).to(responseTrailers()),
 		}},
+		// The same with response_header_mode SKIP: the response's body (or
+		// its trailers) is the first sign of it.
+		{name: "response body while the request body streams", tenant: "s36", end: both, steps: []step{
+			answer(kReqHeaders).to(requestHeaders("s36", filterv3.ProcessingMode_STREAMED)),
+			answer(kReqBody).to(requestBody(messagesBody[:half], false)).checked(cleared),
+			answer(kRspBody).to(responseBody(`{"type":"error"}`, true)).checked(unchanged),
+			answer(kReqBody).to(requestBody(messagesBody[half:], true)).checked(unchanged),
+		}},
+		{name: "response trailers while the request body streams", tenant: "s37", end: both, steps: []step{
+			answer(kReqHeaders).to(requestHeaders("s37", filterv3.ProcessingMode_STREAMED)),
+			answer(kReqBody).to(requestBody(messagesBody[:half], false)).checked(cleared),
+			answer(kRspTrailers).to(responseTrailers()),
+			answer(kReqBody).to(requestBody(messagesBody[half:], true)).checked(unchanged),
+		}},
 		{name: "final request body twice", tenant: "s17", end: both, lo: jsonResponseCost, hi: jsonResponseCost, steps: []step{
 			answer(kReqHeaders).to(rq("s17")),
 			answer(kReqBody).to(body).checked(admitted),
