@@ -215,6 +215,12 @@ func (st *stream) responseBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResp
 	switch st.state {
 	case awaitRequestHeaders:
 		return nil, false, errNoRequestHeaders
+	case awaitRequestBody:
+		// As at response headers: with response_header_mode SKIP the body is
+		// the first sign that the upstream answered, and a request body
+		// completed after it is not admitted.
+		st.state = finished
+		return chunkAnswer(nil), false, nil
 	case forwarded, responding:
 	default:
 		return chunkAnswer(nil), false, nil
@@ -231,6 +237,9 @@ func (st *stream) responseTrailers() (*extprocv3.ProcessingResponse, bool, error
 	switch st.state {
 	case awaitRequestHeaders:
 		return nil, false, errNoRequestHeaders
+	case awaitRequestBody:
+		// The upstream answered before the request body was complete.
+		st.state = finished
 	case forwarded, responding:
 		// With trailers, no body message carries end_of_stream: the trailers
 		// are the end of the response.
@@ -244,15 +253,29 @@ func (st *stream) responseTrailers() (*extprocv3.ProcessingResponse, bool, error
 
 // end runs when the stream ends, however it ends: the request is settled
 // (estimated, if it never reached its end) on a context of its own. A panic
-// here is contained too: the store expires what was not settled.
+// here is contained too, and the settle is tried once more: Settle is a
+// no-op unless the exchange is done and still holds its reservation, so it
+// helps exactly when the panic came after the charge was fixed (an
+// observer), and the store expires what is still not settled.
 func (st *stream) end() {
 	defer func() {
 		if p := recover(); p != nil {
 			st.srv.metrics.StreamError(observe.StreamPanic)
-			st.srv.log.Error("processor panic while ending a stream; its reservation expires in the store", "panic", p)
+			st.srv.log.Error("processor panic while ending a stream; settling it again, else its reservation expires in the store", "panic", p)
+			st.settleAgain()
 		}
 	}()
 	st.x.Abort()
+}
+
+// settleAgain is end's second try; a panic in it is only logged.
+func (st *stream) settleAgain() {
+	defer func() {
+		if p := recover(); p != nil {
+			st.srv.log.Error("processor panic while settling a stream again; its reservation expires in the store", "panic", p)
+		}
+	}()
+	st.x.Settle()
 }
 
 // envoyContext reads what Envoy sent about a request beyond its headers:

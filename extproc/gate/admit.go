@@ -29,6 +29,9 @@ func (x *Exchange) admit() *Reply {
 		Budgets:   x.policy.LimiterBudgets(g.opts.Now()),
 		OnFailure: x.policy.OnFailure,
 	})
+	// Kept before anything else runs, so that whatever fails next (an
+	// observer, a panic) leaves a reservation Abort can still settle.
+	x.reservation = res
 	g.obs.StoreCall("admit", time.Since(start), err)
 	if errors.Is(err, limiter.ErrInvalid) {
 		// Not an outage: the store refused what tokenwarden asked (a value
@@ -51,7 +54,6 @@ func (x *Exchange) admit() *Reply {
 		g.obs.Admission(tenantLabel, x.decisionTag)
 		return x.deny(d)
 	}
-	x.reservation = res
 	switch {
 	case d.Degraded && x.policy.OnFailure == limiter.FailOpen:
 		x.decisionTag = "failed_open"

@@ -226,8 +226,8 @@ policies:
 		x.ResponseBody(fmt.Appendf(nil, `{"type":"message","model":"claude-opus-4-5","usage":{"input_tokens":10,"output_tokens":%d}}`, outputTokens), true)
 		x.Settle()
 	}
-	spend(20_000)                                                 // $0.50005 of $1
-	spend(14_000)                                                 // $0.85010 of $1
+	spend(20_000)                                             // $0.50005 of $1
+	spend(14_000)                                             // $0.85010 of $1
 	h.wantBudgets("guest", "", 0, 2*10*opusIn+34_000*opusOut) // no identity: the test identity's default caller
 
 	x, bv := h.admit(post(pathMessages), opus)

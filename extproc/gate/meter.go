@@ -196,8 +196,10 @@ func (x *Exchange) complete(u accounting.Usage, source Source, result Result) {
 		Metered: true, Usage: u, Cost: cost, Source: source, UsageMissing: result == ResultUsageMissing,
 		Latency: x.since(),
 	}
-	x.g.obs.Outcome(x.outcome)
+	// The charge is fixed before the observer runs: if it fails, the settle
+	// that follows still charges what was metered.
 	x.charge = limiter.Charge{Tokens: u.RateLimitedTokens(), Cost: int64(cost.Total)}
+	x.g.obs.Outcome(x.outcome)
 }
 
 // Settle replaces the reservation with the real cost in one round trip, on

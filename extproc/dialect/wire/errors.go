@@ -6,11 +6,11 @@ package wire
 type ErrorKind int
 
 const (
-	ErrorInvalidRequest ErrorKind = iota // 400: a malformed or refused request
-	ErrorRateLimited                     // 429: requests, tokens or concurrency
-	ErrorBudget                          // 429: a budget window is spent
-	ErrorUnavailable                     // 503: the store is down and the policy fails closed
-	ErrorInternal                        // 500: tokenwarden's own fault
-	ErrorUnauthenticated                 // 401: the caller could not be identified
-	ErrorForbidden                       // 403: the caller may not use this
+	ErrorInvalidRequest  ErrorKind = iota // 400: a malformed or refused request
+	ErrorRateLimited                      // 429: requests, tokens or concurrency
+	ErrorBudget                           // 429: a budget window is spent
+	ErrorUnavailable                      // 503: the store is down and the policy fails closed
+	ErrorInternal                         // 500: tokenwarden's own fault
+	ErrorUnauthenticated                  // 401: the caller could not be identified
+	ErrorForbidden                        // 403: the caller may not use this
 )
