@@ -1,5 +1,7 @@
 package accounting
 
+import "math"
+
 // NanoUSD is an amount of money in units of 1e-9 US dollars. Every price and
 // every cost in tokenwarden is an integer NanoUSD, so sums never drift: $3 per
 // million tokens is exactly 3000 NanoUSD per token.
@@ -22,16 +24,47 @@ type Usage struct {
 }
 
 // CacheWriteTokens is the total written to the prompt cache, whatever the TTL.
-func (u Usage) CacheWriteTokens() int64 { return u.CacheWrite5mTokens + u.CacheWrite1hTokens }
+func (u Usage) CacheWriteTokens() int64 { return addTokens(u.CacheWrite5mTokens, u.CacheWrite1hTokens) }
 
 // TotalInputTokens is every input token the provider processed, cached or not.
 func (u Usage) TotalInputTokens() int64 {
-	return u.InputTokens + u.CacheReadTokens + u.CacheWriteTokens()
+	return addTokens(addTokens(u.InputTokens, u.CacheReadTokens), u.CacheWriteTokens())
 }
 
 // RateLimitedTokens is what counts against a tokens-per-minute limit. It follows
 // Anthropic's rule that cache reads do not count towards input-token limits,
 // while uncached input, cache writes and output do.
 func (u Usage) RateLimitedTokens() int64 {
-	return u.InputTokens + u.CacheWriteTokens() + u.OutputTokens
+	return addTokens(addTokens(u.InputTokens, u.CacheWriteTokens()), u.OutputTokens)
+}
+
+// MaxPlausibleTokens bounds any token count a provider can really report
+// for one request: five times the largest context window offered today
+// (2M tokens). Usage beyond it is a provider or parser fault, not spend.
+const MaxPlausibleTokens = 10_000_000
+
+// Zero reports a usage with no tokens at all: a provider that says nothing
+// (an empty usage object) has not measured anything.
+func (u Usage) Zero() bool { return u == Usage{} }
+
+// Plausible reports whether every class is a count a provider can report
+// for one request: not negative, and at most MaxPlausibleTokens in total.
+func (u Usage) Plausible() bool {
+	for _, n := range [...]int64{u.InputTokens, u.OutputTokens, u.CacheReadTokens, u.CacheWrite5mTokens, u.CacheWrite1hTokens} {
+		if n < 0 || n > MaxPlausibleTokens {
+			return false
+		}
+	}
+	return addTokens(u.TotalInputTokens(), u.OutputTokens) <= MaxPlausibleTokens
+}
+
+// addTokens adds two token counts, saturating at math.MaxInt64 (and treating
+// negative counts, which are never valid, as zero), so a hostile usage
+// record cannot wrap a sum around.
+func addTokens(a, b int64) int64 {
+	a, b = max(a, 0), max(b, 0)
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
 }

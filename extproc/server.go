@@ -18,7 +18,6 @@ import (
 	"io"
 	"log/slog"
 	"runtime/debug"
-	"sync/atomic"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -44,7 +43,7 @@ type Server struct {
 	gate    *gate.Gate
 	metrics *observe.Metrics
 	log     *slog.Logger
-	errLog  sampler
+	errLog  gate.Sampler
 }
 
 // NewServer returns a Server.
@@ -84,7 +83,7 @@ func (s *Server) Process(grpcStream extprocv3.ExternalProcessor_ProcessServer) (
 		resp, settle, perr := st.handle(req)
 		if perr != nil {
 			s.metrics.StreamError(observe.StreamProtocol)
-			if n, ok := s.errLog.allow(time.Now()); ok {
+			if n, ok := s.errLog.Allow(time.Now()); ok {
 				s.log.Warn("ext_proc stream refused", "state", st.state.String(), "err", perr, "suppressed_since_last", n)
 			}
 			return perr
@@ -101,20 +100,4 @@ func (s *Server) Process(grpcStream extprocv3.ExternalProcessor_ProcessServer) (
 			st.x.Settle()
 		}
 	}
-}
-
-// sampler lets one log line through per second and counts the rest, so a
-// flood of bad streams costs neither disk nor lock contention.
-type sampler struct {
-	last       atomic.Int64 // unix nanoseconds of the last line let through
-	suppressed atomic.Int64
-}
-
-func (s *sampler) allow(now time.Time) (suppressed int64, ok bool) {
-	last := s.last.Load()
-	if now.UnixNano()-last < int64(time.Second) || !s.last.CompareAndSwap(last, now.UnixNano()) {
-		s.suppressed.Add(1)
-		return 0, false
-	}
-	return s.suppressed.Swap(0), true
 }

@@ -37,4 +37,8 @@ const (
 	// DeniedHeader names what refused a request (requests, tokens,
 	// concurrency, budget_day, ...).
 	DeniedHeader = "x-tokenwarden-denied"
+	// RateLimitPrefix starts the headers of the caller's tokenwarden limits
+	// (limit-, remaining-, reset-requests and -tokens), apart from the
+	// provider's own x-ratelimit-* headers, which are never overwritten.
+	RateLimitPrefix = "x-tokenwarden-ratelimit-"
 )

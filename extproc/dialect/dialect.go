@@ -33,8 +33,12 @@ type Dialect interface {
 	UsageFromJSON(body []byte) (usage accounting.Usage, model string, ok bool)
 	// NewStreamParser returns a parser for one SSE response.
 	NewStreamParser() wire.StreamParser
-	// ErrorBody renders one of tokenwarden's own errors in the API's shape.
-	ErrorBody(kind wire.ErrorKind, dimension, message string) []byte
+	// ErrorBody renders one of tokenwarden's own errors in the API's shape;
+	// requestID goes where the API puts its own, if anywhere.
+	ErrorBody(kind wire.ErrorKind, dimension, message, requestID string) []byte
+	// RequestIDHeader is the response header the API's SDKs read the
+	// request id from (their requestID / request_id accessors).
+	RequestIDHeader() string
 }
 
 var (

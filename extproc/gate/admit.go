@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"time"
 
+	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/contract"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 	"github.com/tokenwarden/tokenwarden/extproc/policy"
@@ -105,8 +107,27 @@ func (x *Exchange) deny(d limiter.Decision) *Reply {
 		kind = wire.ErrorBudget
 		window := dim[len("budget_"):]
 		msg = fmt.Sprintf("tokenwarden: the %s budget is exhausted; it resets in %s", window, retry.Round(time.Second))
+		if cap, ok := budgetCap(d, window); ok && int64(x.estimateCost) > cap {
+			// Not a matter of waiting: the request alone reserves more than
+			// the window's whole budget, now and after any reset.
+			msg = fmt.Sprintf("tokenwarden: this request reserves $%.6f, more than the whole %s budget of $%.6f; reduce the prompt or max_tokens",
+				x.estimateCost.USD(), window, accounting.NanoUSD(cap).USD())
+			if !slices.Contains(h.Set, Header{"x-should-retry", "false"}) {
+				h.set("x-should-retry", "false")
+			}
+		}
 	}
 	return x.reject(429, kind, dim, msg, ResultDenied, &h)
+}
+
+// budgetCap is the cap of the named budget window in a decision.
+func budgetCap(d limiter.Decision, window string) (int64, bool) {
+	for _, b := range d.Budgets {
+		if b.Name == window {
+			return b.Cap, true
+		}
+	}
+	return 0, false
 }
 
 // reject ends the request with a local reply in the dialect's error format
@@ -125,29 +146,38 @@ func (x *Exchange) reject(code int, kind wire.ErrorKind, dimension, msg string, 
 		RequestedModel: x.requestedModel, Model: x.model, ModelLabel: model, Result: result, Decision: x.decisionTag,
 	}
 	x.g.obs.Outcome(x.outcome)
-	body := x.dialect.ErrorBody(kind, dimension, msg)
+	if x.requestID == "" {
+		x.requestID = x.g.nextRequestID()
+	}
+	body := x.dialect.ErrorBody(kind, dimension, msg, x.requestID)
 	r := &Reply{Status: code, Body: body, Details: "tokenwarden_" + string(result)}
 	if h != nil {
 		r.Headers = h.Set
 	}
+	// The request id the SDKs show (requestID, request_id) is tokenwarden's
+	// own: it names this answer in tokenwarden's logs, as the provider's
+	// would in the provider's.
 	r.Headers = append(r.Headers,
+		Header{x.dialect.RequestIDHeader(), x.requestID},
 		Header{"content-type", "application/json"},
 		Header{"content-length", strconv.Itoa(len(body))})
 	return r
 }
 
-// rateLimitHeaders adds the tenant's limits in OpenAI's header convention
-// (Go-duration resets), which both OpenAI and Anthropic clients understand.
+// rateLimitHeaders adds the caller's limits under tokenwarden's own names
+// (x-tokenwarden-ratelimit-*, in OpenAI's convention of Go-duration
+// resets): the provider's own x-ratelimit-* and anthropic-ratelimit-*
+// headers describe the provider's limits and reach the client unchanged.
 func (x *Exchange) rateLimitHeaders(h *HeaderEdits) {
 	d := x.decision
 	if d.Requests.Limit > 0 {
-		h.set("x-ratelimit-limit-requests", strconv.FormatInt(d.Requests.Limit, 10))
-		h.set("x-ratelimit-remaining-requests", strconv.FormatInt(d.Requests.Remaining, 10))
-		h.set("x-ratelimit-reset-requests", d.Requests.Reset.Round(time.Millisecond).String())
+		h.set(contract.RateLimitPrefix+"limit-requests", strconv.FormatInt(d.Requests.Limit, 10))
+		h.set(contract.RateLimitPrefix+"remaining-requests", strconv.FormatInt(d.Requests.Remaining, 10))
+		h.set(contract.RateLimitPrefix+"reset-requests", d.Requests.Reset.Round(time.Millisecond).String())
 	}
 	if d.Tokens.Limit > 0 {
-		h.set("x-ratelimit-limit-tokens", strconv.FormatInt(d.Tokens.Limit, 10))
-		h.set("x-ratelimit-remaining-tokens", strconv.FormatInt(d.Tokens.Remaining, 10))
-		h.set("x-ratelimit-reset-tokens", d.Tokens.Reset.Round(time.Millisecond).String())
+		h.set(contract.RateLimitPrefix+"limit-tokens", strconv.FormatInt(d.Tokens.Limit, 10))
+		h.set(contract.RateLimitPrefix+"remaining-tokens", strconv.FormatInt(d.Tokens.Remaining, 10))
+		h.set(contract.RateLimitPrefix+"reset-tokens", d.Tokens.Reset.Round(time.Millisecond).String())
 	}
 }

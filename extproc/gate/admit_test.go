@@ -95,7 +95,7 @@ func TestDenials(t *testing.T) {
 			// GCRA: two requests fill the minute; the third conforms once
 			// one emission interval (30s) has passed.
 			retry:      func(int64) time.Duration { return 30 * time.Second },
-			rateHeader: map[string]string{"x-ratelimit-limit-requests": "2", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1m0s"},
+			rateHeader: map[string]string{"x-tokenwarden-ratelimit-limit-requests": "2", "x-tokenwarden-ratelimit-remaining-requests": "0", "x-tokenwarden-ratelimit-reset-requests": "1m0s"},
 			reopen:     func(h *harness, _ []*Exchange, retry time.Duration) { h.clock.Advance(retry) },
 		},
 		{
@@ -107,14 +107,14 @@ func TestDenials(t *testing.T) {
 				inc := tok * 60_000_000 / 1000
 				return time.Duration((1000/tok+1)*inc-60_000_000) * time.Microsecond
 			},
-			rateHeader: map[string]string{"x-ratelimit-limit-tokens": "1000"},
+			rateHeader: map[string]string{"x-tokenwarden-ratelimit-limit-tokens": "1000"},
 			reopen:     func(h *harness, _ []*Exchange, retry time.Duration) { h.clock.Advance(retry) },
 		},
 		{
 			name: "tokens: a request that can never fit", cfg: denialYAML(`{tokens_per_minute: 50}`, dayBudget), budget: true,
 			pre: func(int64) int { return 0 }, dim: "tokens", msg: "reduce the prompt or max_tokens",
 			retry: func(int64) time.Duration { return 0 }, neverFits: true,
-			rateHeader: map[string]string{"x-ratelimit-limit-tokens": "50", "x-ratelimit-remaining-tokens": "50"},
+			rateHeader: map[string]string{"x-tokenwarden-ratelimit-limit-tokens": "50", "x-tokenwarden-ratelimit-remaining-tokens": "50"},
 			reopen:     func(*harness, []*Exchange, time.Duration) {},
 			later: func(d dialectCase) string {
 				return strings.NewReplacer(`"max_tokens":256`, `"max_tokens":1`, `"max_completion_tokens":256`, `"max_completion_tokens":1`).Replace(d.body)
@@ -129,7 +129,7 @@ func TestDenials(t *testing.T) {
 		},
 		{
 			name: "day budget", cfg: denialYAML(`{concurrent: 10}`, `[{window: day, usd: 0.0001}, {window: month, usd: 10}]`),
-			pre: func(int64) int { return 0 }, dim: "budget_day", msg: "the day budget is exhausted; it resets in 12h0m0s",
+			pre: func(int64) int { return 0 }, dim: "budget_day", msg: "more than the whole day budget of $0.000100",
 			retry:  func(int64) time.Duration { return dayEnd },
 			reopen: func(h *harness, _ []*Exchange, retry time.Duration) { h.clock.Advance(retry) },
 			later: func(d dialectCase) string { // a new day's budget, still only $0.0001
@@ -139,7 +139,7 @@ func TestDenials(t *testing.T) {
 		},
 		{
 			name: "month budget", cfg: denialYAML(`{concurrent: 10}`, `[{window: day, usd: 10}, {window: month, usd: 0.0001}]`),
-			pre: func(int64) int { return 0 }, dim: "budget_month", msg: "the month budget is exhausted",
+			pre: func(int64) int { return 0 }, dim: "budget_month", msg: "more than the whole month budget of $0.000100",
 			retry:  func(int64) time.Duration { return monthEnd },
 			reopen: func(h *harness, _ []*Exchange, retry time.Duration) { h.clock.Advance(retry) },
 			later: func(d dialectCase) string {
@@ -456,5 +456,52 @@ tenants:
 	}
 	if got := h.obs.budgets[shared:]; len(got) != 0 {
 		t.Errorf("the local view was published as the tenant's budgets: %+v", got)
+	}
+}
+
+// A budget that is merely spent says when it resets and may be retried
+// then; every local answer carries the request id the dialect's SDKs read,
+// and tokenwarden's limits never take the provider's header names.
+func TestSpentBudgetAndRequestIDs(t *testing.T) {
+	h := newHarness(t, `
+policies:
+  default:
+    limits: {requests_per_minute: 100}
+    budgets: [{window: day, usd: 0.01}]
+tenants:
+  acme: {}
+`)
+	hdrs := post(pathMessages, tenantHeader("acme"))
+	// Each request reserves ~$0.004 (256 output tokens at $15/MTok): two fit.
+	for range 2 {
+		x, _ := h.admit(hdrs, sonnetBody)
+		x.ResponseHeaders(HeaderList{{":status", "200"}, {"content-type", "application/json"}}, false)
+		x.ResponseBody([]byte(`{"model":"claude-sonnet-4-5","usage":{"input_tokens":10,"output_tokens":256}}`), true)
+		x.Settle()
+	}
+	_, r := h.refuse(hdrs, sonnetBody)
+	if r.Status != 429 || !strings.Contains(string(r.Body), "the day budget is exhausted; it resets in") {
+		t.Fatalf("a spent budget: %d %s", r.Status, r.Body)
+	}
+	if strings.Contains(string(r.Body), "more than the whole") {
+		t.Error("a request that fits the next window is told it never fits")
+	}
+	id := headerOf(r.Headers, "request-id")
+	if id == "" || !strings.Contains(string(r.Body), `"request_id":"`+id+`"`) {
+		t.Errorf("Anthropic SDKs read request-id and request_id: header %q body %s", id, r.Body)
+	}
+	for _, hd := range r.Headers {
+		if strings.HasPrefix(hd.Name, "x-ratelimit-") || strings.HasPrefix(hd.Name, "anthropic-ratelimit-") {
+			t.Errorf("tokenwarden set the provider's header %s", hd.Name)
+		}
+	}
+	if headerOf(r.Headers, "x-tokenwarden-ratelimit-limit-requests") != "100" {
+		t.Errorf("tokenwarden's own limit headers: %v", r.Headers)
+	}
+
+	// OpenAI's SDKs read x-request-id; an early refusal (no body) has one too.
+	_, hv := h.g.Begin(context.Background(), Request{Headers: post(pathChat, tenantHeader("acme")), EndOfStream: true})
+	if hv.Reply == nil || headerOf(hv.Reply.Headers, "x-request-id") == "" {
+		t.Fatalf("OpenAI refusal without x-request-id: %+v", hv.Reply)
 	}
 }

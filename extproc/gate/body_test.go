@@ -92,8 +92,8 @@ func TestEstimateReserved(t *testing.T) {
 			h.wantBudgets(tc.tenant, "", wantCost, 0)
 			// tokens_per_minute is 6,000,000: the remaining count is exact.
 			rv := x.ResponseHeaders(HeaderList{{":status", "200"}, {"content-type", "application/json"}}, false)
-			if got, _ := header(rv.Edits.Set, "x-ratelimit-remaining-tokens"); got != strconv.FormatInt(6_000_000-in-tc.wantOut, 10) {
-				t.Errorf("x-ratelimit-remaining-tokens = %s, want 6000000-%d-%d", got, in, tc.wantOut)
+			if got, _ := header(rv.Edits.Set, "x-tokenwarden-ratelimit-remaining-tokens"); got != strconv.FormatInt(6_000_000-in-tc.wantOut, 10) {
+				t.Errorf("x-tokenwarden-ratelimit-remaining-tokens = %s, want 6000000-%d-%d", got, in, tc.wantOut)
 			}
 		})
 	}

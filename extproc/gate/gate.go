@@ -63,6 +63,8 @@ type Gate struct {
 	prefixes *prefixTracker
 	warned   *boundedSet // route policy names already warned about
 	unpriced *boundedSet // model names already warned about
+	// invalidLog samples the warnings about impossible provider usage.
+	invalidLog Sampler
 }
 
 // New returns a Gate.
@@ -90,6 +92,25 @@ func New(o Options) (*Gate, error) {
 	_, _ = rand.Read(b[:])
 	g.idPrefix = hex.EncodeToString(b[:])
 	return g, nil
+}
+
+// Sampler lets one event through per second and counts the rest, so an
+// event a client can trigger at will (a log line about its own bad input)
+// costs neither disk nor lock contention. The zero value is ready.
+type Sampler struct {
+	last       atomic.Int64 // unix nanoseconds of the last event let through
+	suppressed atomic.Int64
+}
+
+// Allow reports whether an event at now may be logged, and how many were
+// suppressed since the last one that was.
+func (s *Sampler) Allow(now time.Time) (suppressed int64, ok bool) {
+	last := s.last.Load()
+	if now.UnixNano()-last < int64(time.Second) || !s.last.CompareAndSwap(last, now.UnixNano()) {
+		s.suppressed.Add(1)
+		return 0, false
+	}
+	return s.suppressed.Swap(0), true
 }
 
 // nextRequestID names a reservation. It is unique per replica and process

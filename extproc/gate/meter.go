@@ -117,8 +117,8 @@ func (x *Exchange) ResponseEnd() bool {
 func (x *Exchange) finalUsage() {
 	if x.parser != nil {
 		u, final := x.parser.Usage()
-		if final {
-			x.complete(u, SourceMeasured, ResultOK)
+		if final && !u.Zero() {
+			x.measured(u)
 			return
 		}
 		result := ResultUsageMissing
@@ -128,11 +128,28 @@ func (x *Exchange) finalUsage() {
 		x.complete(x.estimateFromStream(u), SourceEstimated, result)
 		return
 	}
-	if u, _, ok := x.dialect.UsageFromJSON(x.respBody); ok {
-		x.complete(u, SourceMeasured, ResultOK)
+	if u, _, ok := x.dialect.UsageFromJSON(x.respBody); ok && !u.Zero() {
+		x.measured(u)
 		return
 	}
 	x.complete(x.estimateWithoutUsage(wire.EstimateTokens(x.respBody)), SourceEstimated, ResultUsageMissing)
+}
+
+// measured completes with the provider's usage, unless it is impossible —
+// a negative or absurdly large count, a sum that would overflow — which is a
+// provider or parser fault: then the request is charged its estimate, and
+// the fault is logged (boundedly) instead of becoming a bill.
+func (x *Exchange) measured(u accounting.Usage) {
+	if u.Plausible() {
+		x.complete(u, SourceMeasured, ResultOK)
+		return
+	}
+	if n, ok := x.g.invalidLog.Allow(x.g.opts.Now()); ok {
+		x.g.log.Warn("provider reported impossible usage; charged at the estimate", "dialect", x.dialect.Name(), "model", x.model,
+			"input_tokens", u.InputTokens, "output_tokens", u.OutputTokens, "cache_read_tokens", u.CacheReadTokens,
+			"cache_write_tokens", u.CacheWriteTokens(), "suppressed_since_last", n)
+	}
+	x.complete(x.estimate, SourceEstimated, ResultUsageInvalid)
 }
 
 // estimateWithoutUsage is the charge for a request whose response says
@@ -169,9 +186,9 @@ func (x *Exchange) Abort() {
 	case phaseForwarded, phaseResponse:
 		if x.parser != nil {
 			pu, final := x.parser.Usage()
-			if final {
+			if final && !pu.Zero() {
 				// The usage arrived but the stream ended before its last chunk.
-				x.complete(pu, SourceMeasured, ResultOK)
+				x.measured(pu)
 				break
 			}
 			x.complete(x.estimateFromStream(pu), SourceEstimated, ResultEstimated)

@@ -446,10 +446,10 @@ func TestResponseHeaderEdits(t *testing.T) {
 	x, _ := h.admit(post(pathMessages, tenantHeader("acme")), sonnetBody)
 	v := x.ResponseHeaders(jsonHeaders, false)
 	want := map[string]string{
-		"x-ratelimit-limit-requests":     "1000",
-		"x-ratelimit-remaining-requests": "999",
-		"x-ratelimit-reset-requests":     "60ms",
-		"x-ratelimit-limit-tokens":       "6000000",
+		"x-tokenwarden-ratelimit-limit-requests":     "1000",
+		"x-tokenwarden-ratelimit-remaining-requests": "999",
+		"x-tokenwarden-ratelimit-reset-requests":     "60ms",
+		"x-tokenwarden-ratelimit-limit-tokens":       "6000000",
 	}
 	for name, value := range want {
 		if got, _ := header(v.Edits.Set, name); got != value {
@@ -462,5 +462,52 @@ func TestResponseHeaderEdits(t *testing.T) {
 	// A second ResponseHeaders (or one after the end) changes nothing.
 	if v2 := x.ResponseHeaders(jsonHeaders, false); !v2.Edits.Empty() || v2.Done {
 		t.Errorf("second ResponseHeaders %+v", v2)
+	}
+}
+
+// Usage that says nothing is missing usage; usage no request can have is a
+// fault. Both are charged the estimate — never zero, never the absurd
+// figure — and the reservation still ends, its slot freed.
+func TestEmptyAndImpossibleUsage(t *testing.T) {
+	cases := []struct {
+		name, body string
+		want       Result
+	}{
+		{"empty usage object", `{"model":"claude-sonnet-4-5","usage":{}}`, ResultUsageMissing},
+		{"all zero", `{"model":"claude-sonnet-4-5","usage":{"input_tokens":0,"output_tokens":0}}`, ResultUsageMissing},
+		{"2^63-1 input tokens", `{"model":"claude-sonnet-4-5","usage":{"input_tokens":9223372036854775807,"output_tokens":1}}`, ResultUsageInvalid},
+		{"1e30 output tokens", `{"model":"claude-sonnet-4-5","usage":{"input_tokens":10,"output_tokens":1e30}}`, ResultUsageInvalid},
+		{"above any context window", `{"model":"claude-sonnet-4-5","usage":{"input_tokens":20000000,"output_tokens":1}}`, ResultUsageInvalid},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, `
+policies:
+  default:
+    limits: {concurrent: 1, tokens_per_minute: 1000000}
+    budgets: [{window: day, usd: 10}]
+tenants:
+  acme: {}
+`)
+			hdrs := post(pathMessages, tenantHeader("acme"))
+			x, _ := h.admit(hdrs, sonnetBody)
+			estimate := x.estimateCost
+			x.ResponseHeaders(HeaderList{{":status", "200"}, {"content-type", "application/json"}}, false)
+			if v := x.ResponseBody([]byte(tc.body), true); !v.Done {
+				t.Fatal("not metered")
+			}
+			x.Settle()
+			o := x.Outcome()
+			if o.Result != tc.want || o.Source != SourceEstimated {
+				t.Fatalf("outcome %s (%s), want %s estimated", o.Result, o.Source, tc.want)
+			}
+			b := h.budgets("acme", "")["day"]
+			if b.Reserved != 0 || b.Spent <= 0 || (tc.want == ResultUsageInvalid && b.Spent != int64(estimate)) {
+				t.Fatalf("budget %+v, want the estimate %d spent and nothing reserved", b, estimate)
+			}
+			// The slot is free again.
+			y, _ := h.admit(hdrs, sonnetBody)
+			finish(y)
+		})
 	}
 }

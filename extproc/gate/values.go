@@ -173,7 +173,8 @@ type Result string
 
 const (
 	ResultOK             Result = "ok"              // usage measured from the provider
-	ResultUsageMissing   Result = "usage_missing"   // the response ended without usage: charged estimated
+	ResultUsageMissing   Result = "usage_missing"   // the response ended without usage (or an empty one): charged estimated
+	ResultUsageInvalid   Result = "usage_invalid"   // the provider reported impossible usage: charged estimated
 	ResultEstimated      Result = "estimated"       // the stream was cut before usage: charged estimated
 	ResultUpstreamError  Result = "upstream_error"  // the provider answered with an error
 	ResultDenied         Result = "denied"          // tokenwarden answered 429

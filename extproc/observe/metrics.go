@@ -78,12 +78,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenwarden_requests_total",
-			Help: "LLM requests processed, by dialect, resolved model and outcome (ok, usage_missing, estimated, upstream_error, denied, invalid_request, store_error).",
+			Help: "LLM requests processed, by dialect, resolved model and outcome (ok, usage_missing, usage_invalid, estimated, upstream_error, denied, invalid_request, store_error).",
 		}, []string{"dialect", "model", "outcome"}),
 		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenwarden_tokens_total",
-			Help: "Tokens metered from provider usage (or estimated when usage was absent), by model and class (input, output, cache_read, cache_write).",
-		}, []string{"model", "type"}),
+			Help: "Tokens charged, by model, class (input, output, cache_read, cache_write) and source (measured from the provider's usage, or estimated when it was absent, cut short or impossible).",
+		}, []string{"model", "type", "source"}),
 		cost: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenwarden_cost_usd_total",
 			Help: "Cost of metered requests in USD, by model; computed in integer nano-USD.",
@@ -211,11 +211,11 @@ func (m *Metrics) Outcome(o *gate.Outcome) {
 	if !o.Metered {
 		return
 	}
-	u, model := o.Usage, o.ModelLabel
-	m.tokens.WithLabelValues(model, "input").Add(float64(u.InputTokens))
-	m.tokens.WithLabelValues(model, "output").Add(float64(u.OutputTokens))
-	m.tokens.WithLabelValues(model, "cache_read").Add(float64(u.CacheReadTokens))
-	m.tokens.WithLabelValues(model, "cache_write").Add(float64(u.CacheWriteTokens()))
+	u, model, src := o.Usage, o.ModelLabel, string(o.Source)
+	m.tokens.WithLabelValues(model, "input", src).Add(float64(u.InputTokens))
+	m.tokens.WithLabelValues(model, "output", src).Add(float64(u.OutputTokens))
+	m.tokens.WithLabelValues(model, "cache_read", src).Add(float64(u.CacheReadTokens))
+	m.tokens.WithLabelValues(model, "cache_write", src).Add(float64(u.CacheWriteTokens()))
 	if u.CacheReadTokens > 0 {
 		m.promptCache.WithLabelValues(model, "read").Add(float64(u.CacheReadTokens))
 	}

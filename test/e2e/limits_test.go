@@ -304,7 +304,7 @@ tenants:
 	}
 	retry, _ := strconv.Atoi(x.header("retry-after"))
 	if x.header("x-tokenwarden-denied") != "requests" || retry < 1 || retry > 30 ||
-		x.header("x-ratelimit-limit-requests") != "2" || x.header("x-ratelimit-remaining-requests") != "0" ||
+		x.header("x-tokenwarden-ratelimit-limit-requests") != "2" || x.header("x-tokenwarden-ratelimit-remaining-requests") != "0" ||
 		x.header("x-should-retry") != "" || !strings.Contains(string(x.body), `"rate_limit_error"`) {
 		t.Errorf("requests denial: headers %v body %s", x.resp.Headers, x.body)
 	}
@@ -330,9 +330,9 @@ tenants:
 	if got := s.total("tokenwarden_admissions_total", "result", "denied_requests"); got != 2 {
 		t.Errorf("denied_requests = %v", got)
 	}
-	// An allowed response carries the tenant's limits too.
+	// An allowed response carries the tenant's limits too, next to the provider's own.
 	x = s.do(ctx, 0, req("b"))
-	if x.resp.Status != 200 || x.header("x-ratelimit-remaining-requests") != "1" {
+	if x.resp.Status != 200 || x.header("x-tokenwarden-ratelimit-remaining-requests") != "1" || x.header("anthropic-ratelimit-requests-limit") == "" {
 		t.Errorf("allowed response headers %v", x.resp.Headers)
 	}
 }

@@ -50,7 +50,7 @@ func (Messages) UsageFromJSON(body []byte) (accounting.Usage, string, bool) {
 func (Messages) NewStreamParser() wire.StreamParser { return NewStreamParser() }
 
 // ErrorBody implements dialect.Dialect.
-func (Messages) ErrorBody(kind wire.ErrorKind, _ string, message string) []byte {
+func (Messages) ErrorBody(kind wire.ErrorKind, _, message, requestID string) []byte {
 	t := InvalidRequestError
 	switch kind {
 	case wire.ErrorRateLimited, wire.ErrorBudget:
@@ -62,5 +62,9 @@ func (Messages) ErrorBody(kind wire.ErrorKind, _ string, message string) []byte 
 	case wire.ErrorForbidden:
 		t = PermissionError
 	}
-	return ErrorBody(t, message, "")
+	return ErrorBody(t, message, requestID)
 }
+
+// RequestIDHeader implements dialect.Dialect: the SDKs read request-id
+// (https://docs.anthropic.com/en/api/errors, "Request id").
+func (Messages) RequestIDHeader() string { return "request-id" }

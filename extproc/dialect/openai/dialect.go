@@ -51,7 +51,7 @@ func (ChatCompletions) NewStreamParser() wire.StreamParser { return NewStreamPar
 
 // ErrorBody implements dialect.Dialect. OpenAI's own 429s say which limit in
 // "type": requests or tokens.
-func (ChatCompletions) ErrorBody(kind wire.ErrorKind, dimension, message string) []byte {
+func (ChatCompletions) ErrorBody(kind wire.ErrorKind, dimension, message, _ string) []byte {
 	switch kind {
 	case wire.ErrorRateLimited:
 		typ := "requests"
@@ -72,3 +72,7 @@ func (ChatCompletions) ErrorBody(kind wire.ErrorKind, dimension, message string)
 	}
 	return ErrorBody("invalid_request_error", "", message)
 }
+
+// RequestIDHeader implements dialect.Dialect: the SDKs read x-request-id
+// (https://platform.openai.com/docs/api-reference/debugging-requests).
+func (ChatCompletions) RequestIDHeader() string { return "x-request-id" }
