@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 )
@@ -40,7 +39,7 @@ type CacheOptions struct {
 	// TTL of the markers added: "5m" (the API default; "" means 5m) or "1h".
 	TTL string
 	// MinTokens is the model's minimum cacheable prefix
-	// (DefaultMinCacheTokens); a breakpoint whose estimated prefix is shorter
+	// (accounting.MinCacheTokens); a breakpoint whose estimated prefix is shorter
 	// is not placed: the API would silently not cache it, and it would hold a
 	// slot a longer prefix could use. 0 places breakpoints whatever their
 	// length.
@@ -725,82 +724,6 @@ func blank(raw []byte) bool {
 			}
 			return false
 		default:
-			return false
-		}
-	}
-	return true
-}
-
-// UnknownModelMinCacheTokens is DefaultMinCacheTokens for a model the table
-// does not know. 1024 is the tier most models have shared since 2024; a
-// marker on a prefix that turns out too short costs nothing (the API just
-// does not cache it) but one slot, while a higher guess would forgo caching
-// of mid-sized prompts on new models, whose minimums have been falling
-// (512 for the "5" generation).
-const UnknownModelMinCacheTokens = 1024
-
-// DefaultMinCacheTokens returns the model's minimum cacheable prefix, in
-// tokens, from the minimum-length table of Anthropic's prompt-caching page
-// (https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching) in its later-2026
-// version; earlier versions of the page disagree (e.g. Opus 4.7 at 4096),
-// hence config can override it. The model id may carry a provider
-// prefix ("anthropic.", "us.anthropic."), a date ("-20251101", "@20251101"),
-// "-latest" or a Bedrock version ("-v1:0"); anything else unknown gets
-// UnknownModelMinCacheTokens.
-func DefaultMinCacheTokens(model string) int64 {
-	switch baseModelID(model) {
-	case "claude-fable-5-1", "claude-mythos-5-1", "claude-opus-5-5",
-		"claude-opus-5", "claude-fable-5", "claude-mythos-5":
-		return 512
-	case "claude-opus-4-8", "claude-sonnet-5", "claude-sonnet-4-6", "claude-sonnet-4-5",
-		"claude-opus-4-1", "claude-opus-4", "claude-opus-4-0", "claude-4-opus",
-		"claude-sonnet-4", "claude-sonnet-4-0", "claude-4-sonnet", "claude-3-7-sonnet":
-		return 1024
-	case "claude-mythos-preview", "claude-opus-4-7", "claude-3-5-haiku", "claude-3-haiku":
-		return 2048
-	case "claude-opus-4-6", "claude-opus-4-5", "claude-haiku-4-5":
-		return 4096
-	}
-	return UnknownModelMinCacheTokens
-}
-
-// baseModelID strips what varies around a model family's id: anything before
-// "claude-" (provider and region prefixes), an "@" suffix (Vertex), and
-// trailing "-YYYYMMDD", "-latest" and "-vN[:M]" segments.
-func baseModelID(model string) string {
-	if i := strings.Index(model, "claude-"); i > 0 {
-		model = model[i:]
-	}
-	if i := strings.IndexByte(model, '@'); i >= 0 {
-		model = model[:i]
-	}
-	for {
-		i := strings.LastIndexByte(model, '-')
-		if i < 0 || !variantSuffix(model[i+1:]) {
-			return model
-		}
-		model = model[:i]
-	}
-}
-
-// variantSuffix reports whether a trailing segment of a model id names a
-// snapshot or a packaging rather than a model.
-func variantSuffix(seg string) bool {
-	switch {
-	case seg == "latest":
-		return true
-	case len(seg) == 8 && allDigits(seg):
-		return true
-	case len(seg) >= 2 && seg[0] == 'v':
-		v, _, _ := strings.Cut(seg[1:], ":")
-		return v != "" && allDigits(v)
-	}
-	return false
-}
-
-func allDigits(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
 			return false
 		}
 	}
