@@ -42,7 +42,7 @@ func ParseRequest(body []byte) (wire.Request, error) {
 		var err error
 		switch string(key) {
 		case "model":
-			req.Model, err = wire.ReadModel(&r)
+			req.Model, _, err = wire.ReadModel(&r)
 			haveModel = true
 		case "max_tokens":
 			req.MaxTokens, err = wire.ReadMaxTokens(&r, "max_tokens")
@@ -58,7 +58,7 @@ func ParseRequest(body []byte) (wire.Request, error) {
 		case "tools":
 			var n int
 			tools[0] = r.Pos()
-			n, err = wire.EstimateTools(&r, &c, estimateTool)
+			n, err = wire.EstimateToolsFunc(&r, &c, estimateTool)
 			tools[1] = r.Pos()
 			req.HasTools = n > 0
 		default:
