@@ -20,7 +20,7 @@ func (ChatCompletions) Parse(body []byte) (wire.Request, error) { return ParseRe
 // the Index Parse recorded. OpenAI caches prompt prefixes automatically;
 // e.Cache adds nothing.
 func (ChatCompletions) Edit(_ []byte, req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.EditReport, error) {
-	return edit(req, e, out)
+	return planEdits(req, e, out)
 }
 
 // UsageFromJSON implements dialect.Dialect.

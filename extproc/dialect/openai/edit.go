@@ -15,10 +15,10 @@ const (
 	includeUsageMember  = `"include_usage":true`
 )
 
-// edit adds the edits of e to out: the model rewrite when e.Model differs
+// planEdits adds the edits of e to out: the model rewrite when e.Model differs
 // from the request's, and include_usage on a stream that does not ask for
 // usage.
-func edit(req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.EditReport, error) {
+func planEdits(req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.EditReport, error) {
 	var rep wire.EditReport
 	if e.Model != "" && e.Model != req.Model {
 		if err := wire.EditModel(&req.Index, e.Model, out); err != nil {

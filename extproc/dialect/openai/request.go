@@ -45,29 +45,40 @@ func parseRequest(body []byte, relaxed bool) (wire.Request, error) {
 			return req, wire.Fail(&r, err)
 		}
 		var err error
-		switch k := string(key); {
-		case k == "model":
+		switch string(key) {
+		case "model":
 			haveModel = true
 			if relaxed {
 				req.Model, req.Index.Model = wire.SkipModel(&r)
 			} else {
 				req.Model, req.Index.Model, err = wire.ReadModel(&r)
 			}
-		case relaxed && (k == "max_tokens" || k == "max_completion_tokens" || k == "stream"):
-			r.Skip()
-		case k == "max_tokens":
-			maxTokens, err = wire.ReadMaxTokens(&r, "max_tokens")
-		case k == "max_completion_tokens":
-			haveCompl = r.Peek() != wire.KindNull
-			maxCompl, err = wire.ReadMaxTokens(&r, "max_completion_tokens")
-		case k == "stream":
-			req.Stream, err = wire.ReadOptionalBool(&r, "stream")
-		case k == "stream_options":
+		case "max_tokens":
+			if relaxed {
+				r.Skip()
+			} else {
+				maxTokens, err = wire.ReadMaxTokens(&r, "max_tokens")
+			}
+		case "max_completion_tokens":
+			if relaxed {
+				r.Skip()
+			} else {
+				haveCompl = r.Peek() != wire.KindNull
+				maxCompl, err = wire.ReadMaxTokens(&r, "max_completion_tokens")
+			}
+		case "stream":
+			if relaxed {
+				r.Skip()
+			} else {
+				req.Stream, err = wire.ReadOptionalBool(&r, "stream")
+			}
+		case "stream_options":
 			req.StreamUsageRequested, err = readStreamOptions(&r, &req.Index.StreamOptions)
-		case k == "messages":
+		case "messages":
 			haveMsgs = true
 			req.Messages, err = estimateMessages(&r, &c, &fp)
-		case k == "tools", k == "functions":
+		case "tools", "functions":
+			isTools := key[0] == 't'
 			start := -1
 			if r.Peek() == wire.KindArray {
 				start = r.Pos()
@@ -76,7 +87,7 @@ func parseRequest(body []byte, relaxed bool) (wire.Request, error) {
 			n, err = wire.EstimateTools(&r, &c)
 			req.HasTools = req.HasTools || n > 0
 			if start >= 0 && err == nil {
-				fp.definitions(k == "tools", r.Slice(start, r.Pos()), n)
+				fp.definitions(isTools, r.Slice(start, r.Pos()), n)
 			}
 		default:
 			r.Skip()
