@@ -1,6 +1,14 @@
 package openai
 
-import "github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
+import (
+	"errors"
+
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
+)
+
+// errNotParsed is Edit given a Request whose Index ParseRequest did not
+// fill: a caller's bug, refused rather than spliced at offset 0.
+var errNotParsed = errors.New("openai: the request's Index was not filled by ParseRequest")
 
 // Edits from the Index ParseRequest recorded: the model rewrite and
 // stream_options.include_usage, without reading the body again. Each
@@ -43,6 +51,10 @@ func forceStreamUsage(req *wire.Request, out *wire.Edits) (bool, error) {
 	so := &req.Index.StreamOptions
 	var ok bool
 	switch {
+	case req.Index.Append.At == 0:
+		// Every parsed body is an object, so a member goes after '{' at
+		// the earliest: this Request did not come from ParseRequest.
+		return false, errNotParsed
 	case !so.Value.Found():
 		at := req.Index.Append
 		if at.Comma {

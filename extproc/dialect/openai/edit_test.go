@@ -167,3 +167,15 @@ func TestParsePrefixFingerprint(t *testing.T) {
 		t.Errorf("only %d bodies with a prefix", n)
 	}
 }
+
+// An Index that no parse filled is refused, not spliced at offset 0.
+func TestEditUnparsed(t *testing.T) {
+	var edits wire.Edits
+	req := wire.Request{Model: "m", Stream: true}
+	if _, err := (ChatCompletions{}).Edit([]byte(`{"model":"m","stream":true,"messages":[]}`), &req, wire.EditRequest{}, &edits); err == nil || edits.Len() != 0 {
+		t.Fatalf("err %v, %d edits", err, edits.Len())
+	}
+	if _, err := (ChatCompletions{}).Edit(nil, &req, wire.EditRequest{Model: "n"}, &edits); err == nil {
+		t.Fatal("model rewrite without a model span")
+	}
+}
