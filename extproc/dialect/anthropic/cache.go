@@ -29,7 +29,7 @@ import (
 //   - Bytes are spliced, never re-serialised: the cache matches prefixes
 //     byte for byte, and the client's own caching must keep working.
 //
-// ParseRequest's walk records the markers and candidates (cacheindex.go);
+// ParseRequest's walk records the markers and candidates (wire.CacheIndex);
 // planning here reads only that index, so placing breakpoints costs no pass
 // over the body, and wire.Apply makes the one copy.
 

@@ -2,7 +2,8 @@ package anthropic
 
 import "github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 
-// What ParseRequest's walk records for prompt-cache planning (cache.go), in
+// What ParseRequest's walk records for prompt-cache planning
+// (placeBreakpoints), in
 // the same pass that validates and estimates: the client's markers, counted
 // everywhere the API counts them (tools, system, message blocks, blocks
 // nested in tool_result and document content, the top-level cache_control of

@@ -111,12 +111,12 @@ func findRecorded() (string, bool) {
 var fuzzTTLs = [...]string{"", "5m", "1h", "24h"}
 
 // FuzzEditMatchesMultiPass holds the single pass to the multi-pass code it
-// replaced (ref_test.go): ParseRequest accepts and rejects what it did, with
-// the same messages, the same estimate and the same prefix fingerprint, and
-// Edit + Apply build byte for byte the body SetModel then InjectCacheControl
-// built, with the same report, whatever the TTL and minimum. The
-// convenience editors, on any body, either refuse it or agree with the old
-// ones.
+// replaced (refParseRequest, refEdit, refInjectCacheControl): ParseRequest
+// accepts and rejects what it did, with the same messages, the same estimate
+// and the same prefix fingerprint, and Edit + Apply build byte for byte the
+// body SetModel then InjectCacheControl built, with the same report, whatever
+// the TTL and minimum. The convenience editors, on any body, either refuse it
+// or agree with the old ones.
 func FuzzEditMatchesMultiPass(f *testing.F) {
 	for i, b := range editSeeds(f) {
 		f.Add(b, "claude-haiku-4-5", uint8(i), uint16(i*37%1500))

@@ -309,7 +309,7 @@ const (
 )
 
 // ordNone is "no marker" for first5m; the sections' ordinals are the
-// production ones (cacheindex.go).
+// production ones (secTools, secSystem…).
 const ordNone uint64 = 1<<64 - 1
 
 type ccState uint8

@@ -19,7 +19,7 @@ const maxBlockDepth = 3
 // (required string), max_tokens, stream, messages (required array), system
 // (string or blocks) and tools, and estimates the input tokens. The same pass
 // fingerprints the stable prefix (system and tools) and records in the Index
-// where the model is and what prompt-cache planning needs (cacheindex.go), so
+// where the model is and what prompt-cache planning needs (wire.CacheIndex), so
 // Edit never reads the body again. Malformed bodies yield an error matching
 // wire.ErrInvalidRequest whose message is meant for the client's 400. Unknown
 // fields are validated as JSON and otherwise ignored; they still count

@@ -52,9 +52,9 @@ func tooDeep(b []byte) bool {
 }
 
 // FuzzResponseMatchesGJSON holds the wire.Reader reading of responses to the
-// gjson reading it replaced (response_ref_test.go): the same usage, final
-// flag, model, output bytes, error and dropped count from any stream fed in
-// any split, and the same usage and model from any JSON body.
+// gjson reading it replaced (refStreamParser, refUsageFromJSON): the same
+// usage, final flag, model, output bytes, error and dropped count from any
+// stream fed in any split, and the same usage and model from any JSON body.
 func FuzzResponseMatchesGJSON(f *testing.F) {
 	for i, b := range responseSeeds() {
 		f.Add(b, uint64(i))
@@ -96,11 +96,11 @@ func realisticResponse(size int) []byte {
 // gate meters: one SSE event of each kind that carries something
 // (content_block_delta, the most frequent; message_start and message_delta,
 // which carry usage) and a complete JSON response. "gjson" is the reading
-// this package used before (response_ref_test.go), "reader" wire.Lookup,
-// which replaced it because it is faster on every one and allocates as
-// little: nothing per event, the model name per response. Medians of
-// -count 6 on a shared 2-core amd64 machine (go1.26; noisy, up to ±40% for
-// gjson, but the order held in every run):
+// this package used before (refStreamParser, refUsageFromJSON), "reader"
+// wire.Lookup, which replaced it because it is faster on every one and
+// allocates as little: nothing per event, the model name per response.
+// Medians of -count 6 on a shared 2-core amd64 machine (go1.26; noisy, up to
+// ±40% for gjson, but the order held in every run):
 //
 //	                 gjson              reader
 //	sse-delta   694 ns  0 allocs   322 ns  0 allocs

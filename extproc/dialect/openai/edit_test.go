@@ -79,12 +79,12 @@ func editSeeds(t testing.TB) [][]byte {
 }
 
 // FuzzEditMatchesMultiPass holds the single pass to the multi-pass code it
-// replaced (ref_test.go, prefix_ref_test.go): ParseRequest accepts and
-// rejects what it did, with the same messages and the same estimate, takes
-// the same prefix fingerprint PrefixFingerprint does, and Edit + Apply build
-// byte for byte the body SetModel then ForceStreamUsage built, with the same
-// report. The convenience editors, on any body, either refuse it or agree
-// with the old ones.
+// replaced (refParseRequest, refEdit, PrefixFingerprint): ParseRequest
+// accepts and rejects what it did, with the same messages and the same
+// estimate, takes the same prefix fingerprint PrefixFingerprint does, and
+// Edit + Apply build byte for byte the body SetModel then ForceStreamUsage
+// built, with the same report. The convenience editors, on any body, either
+// refuse it or agree with the old ones.
 func FuzzEditMatchesMultiPass(f *testing.F) {
 	for _, b := range editSeeds(f) {
 		f.Add(b, "gpt-5-nano")

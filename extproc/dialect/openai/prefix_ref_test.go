@@ -4,8 +4,9 @@ import "github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 
 // Reference oracle: the separate pass that fingerprinted the stable prefix
 // before ParseRequest took the fingerprint in its own pass (see prefix). The
-// tests in prefix_test.go pin down its meaning, and the parse is held to it
-// (TestParsePrefixFingerprint, FuzzEditMatchesMultiPass).
+// tests TestPrefixFingerprint and TestPrefixFingerprintNone pin down its
+// meaning, and the parse is held to it (TestParsePrefixFingerprint,
+// FuzzEditMatchesMultiPass).
 
 // PrefixFingerprint hashes the stable prefix of a Chat Completions request —
 // the tool (and legacy function) definitions and the leading system or

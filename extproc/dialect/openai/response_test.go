@@ -38,9 +38,10 @@ func tooDeep(b []byte) bool {
 }
 
 // FuzzResponseMatchesGJSON holds the wire.Reader reading of responses to the
-// gjson reading it replaced (response_ref_test.go): the same usage, final
-// and done flags, model, output bytes, error and dropped count from any
-// stream fed in any split, and the same usage and model from any JSON body.
+// gjson reading it replaced (refStreamParser, refUsageFromJSON): the same
+// usage, final and done flags, model, output bytes, error and dropped count
+// from any stream fed in any split, and the same usage and model from any
+// JSON body.
 func FuzzResponseMatchesGJSON(f *testing.F) {
 	for i, b := range responseSeeds() {
 		f.Add(b, uint64(i))
@@ -79,13 +80,14 @@ func realisticResponse(size int) []byte {
 }
 
 // BenchmarkReadResponse compares the two readers of responses on what the
-// gate meters: one chunk of a stream (a content delta, the most frequent;
-// the usage chunk) and a complete JSON response. "gjson" is the reading this
-// package used before (response_ref_test.go), "reader" wire.Lookup, which
-// replaced it because it is faster on every one and allocates as little:
-// nothing per chunk, the model name per response. gjson scans a chunk once
-// to validate it and once more per member looked up, four of them on every
-// chunk. Medians of -count 5 on a shared 2-core amd64 machine (go1.26):
+// gate meters: one chunk of a stream (a content delta, the most frequent; the
+// usage chunk) and a complete JSON response. "gjson" is the reading this
+// package used before (refStreamParser, refUsageFromJSON), "reader"
+// wire.Lookup, which replaced it because it is faster on every one and
+// allocates as little: nothing per chunk, the model name per response. gjson
+// scans a chunk once to validate it and once more per member looked up, four
+// of them on every chunk. Medians of -count 5 on a shared 2-core amd64
+// machine (go1.26):
 //
 //	                 gjson              reader
 //	sse-delta  1312 ns  0 allocs   581 ns  0 allocs
