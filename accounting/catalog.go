@@ -71,8 +71,12 @@ const UnknownModelMinCacheTokens = 1024
 // MinCacheTokens returns the model's minimum cacheable prompt prefix, in
 // tokens, as Anthropic's prompt-caching documentation lists it
 // (https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching,
-// "Cache limitations"); any spelling ModelFamily reads is accepted, and an
-// unknown model gets UnknownModelMinCacheTokens. A policy may override it.
+// "Cache limitations") in its later-2026 version; earlier versions of the
+// page disagree (e.g. Opus 4.7 at 4096), which is one reason a policy may
+// override it. Any spelling ModelFamily reads is accepted, and an unknown
+// model gets UnknownModelMinCacheTokens. It is the one table of these
+// minimums: the prompt-cache injection of extproc/dialect/anthropic is
+// given its value by the gate, never a copy.
 func MinCacheTokens(model string) int64 {
 	family, _ := ModelFamily(model)
 	switch family {

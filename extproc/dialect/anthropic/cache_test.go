@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 )
 
@@ -464,51 +465,6 @@ func TestInjectCacheControlMinTokens(t *testing.T) {
 	}
 }
 
-func TestDefaultMinCacheTokens(t *testing.T) {
-	tests := []struct {
-		model string
-		want  int64
-	}{
-		{"claude-fable-5-1", 512},
-		{"claude-mythos-5-1-20261001", 512},
-		{"claude-opus-5-5", 512},
-		{"claude-opus-5", 512},
-		{"claude-fable-5", 512},
-		{"claude-mythos-5", 512},
-		{"claude-opus-4-8", 1024},
-		{"claude-sonnet-5", 1024},
-		{"claude-sonnet-4-6", 1024},
-		{"claude-sonnet-4-5-20250929", 1024},
-		{"claude-opus-4-1-20250805", 1024},
-		{"claude-opus-4-20250514", 1024},
-		{"claude-opus-4-0", 1024},
-		{"claude-4-opus-20250514", 1024},
-		{"claude-sonnet-4-20250514", 1024},
-		{"claude-3-7-sonnet-latest", 1024},
-		{"claude-mythos-preview", 2048},
-		{"claude-opus-4-7-20260416", 2048},
-		{"claude-3-5-haiku-20241022", 2048},
-		{"claude-3-haiku-20240307", 2048},
-		{"claude-opus-4-6-20260205", 4096},
-		{"claude-opus-4-5-20251101", 4096},
-		{"claude-haiku-4-5", 4096},
-		{"anthropic.claude-haiku-4-5-20251001-v1:0", 4096},
-		{"us.anthropic.claude-opus-4-5-20251101-v1:0", 4096},
-		{"claude-opus-4-5@20251101", 4096},
-		// Unknown: the conservative default, not a neighbour's value.
-		{"claude-opus-5-1", UnknownModelMinCacheTokens},
-		{"claude-opus-4-5-preview", UnknownModelMinCacheTokens},
-		{"claude-3-5-sonnet-20241022", UnknownModelMinCacheTokens},
-		{"gpt-5", UnknownModelMinCacheTokens},
-		{"", UnknownModelMinCacheTokens},
-	}
-	for _, tc := range tests {
-		if got := DefaultMinCacheTokens(tc.model); got != tc.want {
-			t.Errorf("DefaultMinCacheTokens(%q) = %d, want %d", tc.model, got, tc.want)
-		}
-	}
-}
-
 // TestInjectRecorded injects into every recorded request: the result is
 // valid, within the limit, estimates the same as the original (markers and
 // the string-to-block conversion carry no text), and keeps the fingerprint.
@@ -523,7 +479,7 @@ func TestInjectRecorded(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", rec.name, err)
 		}
-		for _, opts := range []CacheOptions{{}, {TTL: "1h", MinTokens: DefaultMinCacheTokens(parsed.Model)}} {
+		for _, opts := range []CacheOptions{{}, {TTL: "1h", MinTokens: accounting.MinCacheTokens(parsed.Model)}} {
 			out, res, err := InjectCacheControl(in, opts)
 			if err != nil {
 				t.Fatalf("%s: %v", rec.name, err)

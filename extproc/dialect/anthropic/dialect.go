@@ -16,29 +16,9 @@ func (Messages) Name() string { return "anthropic" }
 func (Messages) Parse(body []byte) (wire.Request, error) { return ParseRequest(body) }
 
 // Edit implements dialect.Dialect: a model rewrite and prompt-cache
-// breakpoints.
-func (Messages) Edit(body []byte, req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.EditReport, error) {
-	var rep wire.EditReport
-	cur := body
-	if e.Model != "" && e.Model != req.Model {
-		b, err := SetModel(cur, e.Model)
-		if err != nil {
-			return rep, err
-		}
-		cur = b
-	}
-	if e.Cache != nil {
-		b, res, err := InjectCacheControl(cur, CacheOptions{TTL: e.Cache.TTL, MinTokens: e.Cache.MinTokens})
-		if err != nil {
-			return rep, err
-		}
-		rep.CacheExisting, rep.CacheAdded, rep.CacheSkipped = res.Existing, res.Added, res.Skipped
-		cur = b
-	}
-	if len(body) > 0 && (len(cur) != len(body) || &cur[0] != &body[0]) {
-		out.Add(0, len(body), wire.View(cur))
-	}
-	return rep, nil
+// breakpoints, from the Index Parse recorded.
+func (Messages) Edit(_ []byte, req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.EditReport, error) {
+	return planEdits(req, e, out)
 }
 
 // UsageFromJSON implements dialect.Dialect.

@@ -1,6 +1,6 @@
 package anthropic
 
-import "github.com/tidwall/gjson"
+import "github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 
 // Error types of the Messages API error body, by the HTTP status that
 // carries them.
@@ -23,13 +23,13 @@ const (
 func ErrorBody(errType, message, requestID string) []byte {
 	b := make([]byte, 0, 64+len(errType)+len(message)+len(requestID))
 	b = append(b, `{"type":"error","error":{"type":`...)
-	b = gjson.AppendJSONString(b, errType)
+	b = wire.AppendJSONString(b, errType)
 	b = append(b, `,"message":`...)
-	b = gjson.AppendJSONString(b, message)
+	b = wire.AppendJSONString(b, message)
 	b = append(b, '}')
 	if requestID != "" {
 		b = append(b, `,"request_id":`...)
-		b = gjson.AppendJSONString(b, requestID)
+		b = wire.AppendJSONString(b, requestID)
 	}
 	return append(b, '}')
 }

@@ -38,6 +38,7 @@ func TestParseRequest(t *testing.T) {
 			}
 			got.InputTokens = 0
 			got.PrefixFingerprint, got.HasPrefix = 0, false // TestParseRequestPrefixFingerprint
+			got.Index = wire.Index{}                        // FuzzEditMatchesMultiPass
 			if got != tc.want {
 				t.Errorf("got %+v, want %+v", got, tc.want)
 			}

@@ -1,9 +1,6 @@
 package anthropic
 
 import (
-	"strings"
-
-	"github.com/tidwall/gjson"
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 )
@@ -14,10 +11,11 @@ import (
 // unconditionally and input_tokens, cache_read_input_tokens and
 // cache_creation_input_tokens only where present and non-null. The TTL split
 // of cache writes exists only in message_start; see rawUsage.usage for how a
-// later, larger cache_creation_input_tokens is attributed.
+// later, larger cache_creation_input_tokens is attributed. Events are those
+// of https://docs.anthropic.com/en/docs/build-with-claude/streaming.
 //
 // It implements wire.StreamParser. Steady-state parsing allocates nothing per
-// event: event data is read in place with gjson over a view of the decoder's
+// event: event data is read in place with wire.Lookup over the decoder's
 // buffer; only the model name and an error message are copied, once.
 type StreamParser struct {
 	wire.StreamState
@@ -38,44 +36,61 @@ type sink StreamParser
 func (p *StreamParser) Write(chunk []byte) { p.Feed(chunk, (*sink)(p)) }
 
 // Usage returns the usage known so far; final is true once a message_delta
-// carrying usage, or message_stop, has been seen.
+// carrying usage has been seen.
 func (p *StreamParser) Usage() (accounting.Usage, bool) { return p.u.usage(), p.final }
+
+// The members of event data read, in the order of the values Event looks
+// up, and those of a message_start's message and of an error.
+var (
+	eventKeys   = [...]string{"type", "message", "usage", "content_block", "delta", "error"}
+	messageKeys = [...]string{"model", "usage"}
+	errorKeys   = [...]string{"type", "message"}
+)
 
 // Event handles one SSE event. The JSON "type" is authoritative (it always
 // equals the event name on the real API); the name is the fallback.
 func (s *sink) Event(name, data []byte) {
 	p := (*StreamParser)(s)
-	js, ok := p.EventJSON(data)
-	if !ok {
+	var v [len(eventKeys)]wire.Value
+	if !p.Lookup(data, eventKeys[:], v[:]) {
 		return
 	}
-	typ := gjson.Get(js, "type").Str
-	if typ == "" {
-		typ = wire.View(name)
+	var buf [32]byte
+	typ := name
+	if v[0].Kind == wire.KindString {
+		if t := v[0].AppendText(buf[:0]); len(t) > 0 {
+			typ = t
+		}
 	}
-	switch typ {
+	switch string(typ) {
 	case "message_start":
-		msg := gjson.Get(js, "message")
-		p.RecordModel(msg.Get("model"))
-		p.u = fromMessage(msg.Get("usage"))
+		var m [len(messageKeys)]wire.Value
+		v[1].Lookup(messageKeys[:], m[:])
+		p.RecordModel(m[0])
+		p.u = fromMessage(m[1])
 	case "message_delta":
-		if u := gjson.Get(js, "usage"); u.IsObject() {
-			p.u.output = max(u.Get("output_tokens").Int(), 0)
-			p.u.overlay(u)
+		if u := v[2]; u.IsObject() {
+			f := readUsage(u)
+			p.u.output = max(f[3].Int(), 0)
+			p.u.overlay(&f)
 			p.final = true
 		}
 	case "content_block_start":
-		p.AddOutput(textLen(gjson.Get(js, "content_block")))
+		p.AddOutput(textLen(v[3]))
 	case "content_block_delta":
-		p.AddOutput(textLen(gjson.Get(js, "delta")))
+		p.AddOutput(textLen(v[4]))
 	case "error":
-		e := gjson.Get(js, "error")
-		p.RecordError(strings.Clone(e.Get("type").String()), strings.Clone(e.Get("message").String()))
+		var e [len(errorKeys)]wire.Value
+		v[5].Lookup(errorKeys[:], e[:])
+		p.RecordError(e[0].Text(), e[1].Text())
 	}
 }
 
 // textLen sums the decoded lengths of the generated-text fields of a delta
 // or content block.
-func textLen(obj gjson.Result) int64 {
+func textLen(obj wire.Value) int64 {
+	if !obj.IsObject() {
+		return 0
+	}
 	return wire.StringFieldsLen(obj.Raw, "text", "partial_json", "thinking")
 }

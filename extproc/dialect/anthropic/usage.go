@@ -1,7 +1,6 @@
 package anthropic
 
 import (
-	"github.com/tidwall/gjson"
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 )
@@ -38,33 +37,46 @@ func (u rawUsage) usage() accounting.Usage {
 	}
 }
 
-// present reports a field that exists and is not null, the SDKs' test for
-// overlaying a message_delta usage field.
-func present(r gjson.Result) bool { return r.Exists() && r.Type != gjson.Null }
+// The members of a usage object
+// (https://docs.anthropic.com/en/api/messages), in the order
+// of usageFields.
+var (
+	usageKeys = [...]string{"input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens", "cache_creation"}
+	splitKeys = [...]string{"ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"}
+)
 
-// overlay copies every present field of a usage object onto u. Negative
-// counts are clamped to 0: they are never valid and must not refund.
-func (u *rawUsage) overlay(obj gjson.Result) {
-	set := func(dst *int64, key string) {
-		if v := obj.Get(key); present(v) {
-			*dst = max(v.Int(), 0)
+// usageFields are the members of one usage object, by usageKeys.
+type usageFields [len(usageKeys)]wire.Value
+
+func readUsage(obj wire.Value) (f usageFields) {
+	obj.Lookup(usageKeys[:], f[:])
+	return f
+}
+
+// overlay copies every present field of a usage object onto u, the SDKs'
+// rule for a message_delta (present: there and not null). Negative counts
+// are clamped to 0: they are never valid and must not refund.
+func (u *rawUsage) overlay(f *usageFields) {
+	for i, dst := range [...]*int64{&u.input, &u.cacheRead, &u.cacheWrite} {
+		if f[i].Present() {
+			*dst = max(f[i].Int(), 0)
 		}
 	}
-	set(&u.input, "input_tokens")
-	set(&u.cacheRead, "cache_read_input_tokens")
-	set(&u.cacheWrite, "cache_creation_input_tokens")
 }
 
 // fromMessage reads the usage object of a complete message (a non-streaming
 // response or message_start): every field is taken as is.
-func fromMessage(obj gjson.Result) rawUsage {
+func fromMessage(obj wire.Value) rawUsage {
 	var u rawUsage
-	u.overlay(obj)
-	u.output = max(obj.Get("output_tokens").Int(), 0)
-	if cc := obj.Get("cache_creation"); cc.IsObject() {
+	f := readUsage(obj)
+	u.overlay(&f)
+	u.output = max(f[3].Int(), 0)
+	if cc := f[4]; cc.IsObject() {
+		var s [len(splitKeys)]wire.Value
+		cc.Lookup(splitKeys[:], s[:])
 		u.hasSplit = true
-		u.split5m = max(cc.Get("ephemeral_5m_input_tokens").Int(), 0)
-		u.split1h = max(cc.Get("ephemeral_1h_input_tokens").Int(), 0)
+		u.split5m = max(s[0].Int(), 0)
+		u.split1h = max(s[1].Int(), 0)
 	}
 	return u
 }

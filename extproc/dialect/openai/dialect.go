@@ -16,29 +16,11 @@ func (ChatCompletions) Name() string { return "openai" }
 func (ChatCompletions) Parse(body []byte) (wire.Request, error) { return ParseRequest(body) }
 
 // Edit implements dialect.Dialect: a model rewrite, and
-// stream_options.include_usage on a stream that does not ask for usage.
-// OpenAI caches prompt prefixes automatically; e.Cache adds nothing.
-func (ChatCompletions) Edit(body []byte, req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.EditReport, error) {
-	var rep wire.EditReport
-	cur := body
-	if e.Model != "" && e.Model != req.Model {
-		b, err := SetModel(cur, e.Model)
-		if err != nil {
-			return rep, err
-		}
-		cur = b
-	}
-	if req.Stream && !req.StreamUsageRequested {
-		b, changed, err := ForceStreamUsage(cur)
-		if err != nil {
-			return rep, err
-		}
-		cur, rep.StreamUsageForced = b, changed
-	}
-	if len(body) > 0 && (len(cur) != len(body) || &cur[0] != &body[0]) {
-		out.Add(0, len(body), wire.View(cur))
-	}
-	return rep, nil
+// stream_options.include_usage on a stream that does not ask for usage, from
+// the Index Parse recorded. OpenAI caches prompt prefixes automatically;
+// e.Cache adds nothing.
+func (ChatCompletions) Edit(_ []byte, req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.EditReport, error) {
+	return planEdits(req, e, out)
 }
 
 // UsageFromJSON implements dialect.Dialect.

@@ -1,6 +1,6 @@
 package openai
 
-import "github.com/tidwall/gjson"
+import "github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 
 // Error types and codes of the Chat Completions error body.
 const (
@@ -21,9 +21,9 @@ const (
 func ErrorBody(errType, code, message string, param ...string) []byte {
 	b := make([]byte, 0, 64+len(errType)+len(code)+len(message))
 	b = append(b, `{"error":{"message":`...)
-	b = gjson.AppendJSONString(b, message)
+	b = wire.AppendJSONString(b, message)
 	b = append(b, `,"type":`...)
-	b = gjson.AppendJSONString(b, errType)
+	b = wire.AppendJSONString(b, errType)
 	b = append(b, `,"param":`...)
 	b = appendOrNull(b, firstOf(param))
 	b = append(b, `,"code":`...)
@@ -42,5 +42,5 @@ func appendOrNull(b []byte, s string) []byte {
 	if s == "" {
 		return append(b, "null"...)
 	}
-	return gjson.AppendJSONString(b, s)
+	return wire.AppendJSONString(b, s)
 }

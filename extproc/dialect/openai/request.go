@@ -14,14 +14,22 @@ import (
 // ParseRequest reads a Chat Completions request body in one pass: model and
 // messages (required), max_completion_tokens (else max_tokens), stream,
 // stream_options.include_usage, tools and legacy functions, and estimates
-// the input tokens. Malformed bodies yield an error matching
-// wire.ErrInvalidRequest whose message is meant for the client's 400.
-func ParseRequest(body []byte) (wire.Request, error) {
+// the input tokens. The same pass fingerprints the stable prefix (see
+// prefix) and records in the Index where the model and stream_options are,
+// for Edit. Malformed bodies yield an error matching wire.ErrInvalidRequest
+// whose message is meant for the client's 400.
+func ParseRequest(body []byte) (wire.Request, error) { return parseRequest(body, false) }
+
+// parseRequest is ParseRequest; relaxed, as the convenience editors use it,
+// it neither requires model and messages nor checks the scalars the edits do
+// not read (the model's type, max_tokens, max_completion_tokens, stream).
+func parseRequest(body []byte, relaxed bool) (wire.Request, error) {
 	var (
 		req                 wire.Request
 		r                   wire.Reader
 		c                   wire.TokenCounter
 		seen                wire.KeySet
+		fp                  prefix
 		maxTokens, maxCompl int64
 		haveCompl           bool
 		haveModel, haveMsgs bool
@@ -31,6 +39,7 @@ func ParseRequest(body []byte) (wire.Request, error) {
 		return req, err
 	}
 	it := r.Object()
+	req.Index.Append = wire.Insertion{At: r.Pos()}
 	for key, ok := r.NextKey(&it); ok; key, ok = r.NextKey(&it) {
 		if err := seen.Add(key); err != nil {
 			return req, wire.Fail(&r, err)
@@ -38,32 +47,61 @@ func ParseRequest(body []byte) (wire.Request, error) {
 		var err error
 		switch string(key) {
 		case "model":
-			req.Model, err = wire.ReadModel(&r)
 			haveModel = true
+			if relaxed {
+				req.Model, req.Index.Model = wire.SkipModel(&r)
+			} else {
+				req.Model, req.Index.Model, err = wire.ReadModel(&r)
+			}
 		case "max_tokens":
-			maxTokens, err = wire.ReadMaxTokens(&r, "max_tokens")
+			if relaxed {
+				r.Skip()
+			} else {
+				maxTokens, err = wire.ReadMaxTokens(&r, "max_tokens")
+			}
 		case "max_completion_tokens":
-			haveCompl = r.Peek() != wire.KindNull
-			maxCompl, err = wire.ReadMaxTokens(&r, "max_completion_tokens")
+			if relaxed {
+				r.Skip()
+			} else {
+				haveCompl = r.Peek() != wire.KindNull
+				maxCompl, err = wire.ReadMaxTokens(&r, "max_completion_tokens")
+			}
 		case "stream":
-			req.Stream, err = wire.ReadOptionalBool(&r, "stream")
+			if relaxed {
+				r.Skip()
+			} else {
+				req.Stream, err = wire.ReadOptionalBool(&r, "stream")
+			}
 		case "stream_options":
-			req.StreamUsageRequested, err = readStreamOptions(&r)
+			req.StreamUsageRequested, err = readStreamOptions(&r, &req.Index.StreamOptions)
 		case "messages":
 			haveMsgs = true
-			req.Messages, err = wire.EstimateMessages(&r, &c, messageMember)
+			req.Messages, err = estimateMessages(&r, &c, &fp)
 		case "tools", "functions":
+			isTools := key[0] == 't'
+			start := -1
+			if r.Peek() == wire.KindArray {
+				start = r.Pos()
+			}
 			var n int
-			n, err = wire.EstimateTools(&r, &c, func(r *wire.Reader, c *wire.TokenCounter) { r.EstimateValue(c) })
+			n, err = wire.EstimateTools(&r, &c)
 			req.HasTools = req.HasTools || n > 0
+			if start >= 0 && err == nil {
+				fp.definitions(isTools, r.Slice(start, r.Pos()), n)
+			}
 		default:
 			r.Skip()
 		}
 		if err != nil {
 			return req, wire.Fail(&r, err)
 		}
+		req.Index.Append = wire.Insertion{At: r.Pos(), Comma: true}
 	}
-	if err := wire.Finish(&r, haveModel, haveMsgs); err != nil {
+	if relaxed {
+		if err := wire.End(&r); err != nil {
+			return req, err
+		}
+	} else if err := wire.Finish(&r, haveModel, haveMsgs); err != nil {
 		return req, err
 	}
 	req.MaxTokens = maxTokens
@@ -71,32 +109,80 @@ func ParseRequest(body []byte) (wire.Request, error) {
 		req.MaxTokens = maxCompl
 	}
 	req.InputTokens = c.Tokens() + wire.RequestOverheadTokens
+	req.PrefixFingerprint, req.HasPrefix = fp.sum()
 	return req, nil
 }
 
-// readStreamOptions reads stream_options (object or null) and reports
-// include_usage.
-func readStreamOptions(r *wire.Reader) (bool, error) {
-	if r.Null() {
+// readStreamOptions reads stream_options (object or null), reports
+// include_usage, and records both in so.
+func readStreamOptions(r *wire.Reader, so *wire.StreamOptionsIndex) (bool, error) {
+	if r.Peek() == wire.KindNull {
+		start := r.Pos()
+		r.Null()
+		so.Value, so.Null = wire.Span{Start: start, End: r.Pos()}, true
 		return false, nil
 	}
 	if r.Peek() != wire.KindObject {
 		return false, wire.Invalid("stream_options: must be an object")
 	}
+	so.Value.Start = r.Pos()
 	include := false
 	it := r.Object()
+	so.Append = wire.Insertion{At: r.Pos()}
 	for key, ok := r.NextKey(&it); ok; key, ok = r.NextKey(&it) {
 		if string(key) != "include_usage" {
 			r.Skip()
-			continue
+		} else {
+			if so.IncludeUsage.Found() {
+				so.IncludeUsageTwice = true
+			}
+			if r.Peek() != wire.KindInvalid {
+				so.IncludeUsage.Start = r.Pos()
+			}
+			v, err := wire.ReadOptionalBool(r, "stream_options.include_usage")
+			if err != nil {
+				return false, err
+			}
+			so.IncludeUsage.End = r.Pos()
+			include = v
 		}
-		v, err := wire.ReadOptionalBool(r, "stream_options.include_usage")
-		if err != nil {
-			return false, err
-		}
-		include = v
+		so.Append = wire.Insertion{At: r.Pos(), Comma: true}
 	}
+	so.Value.End = r.Pos()
 	return include, nil
+}
+
+// estimateMessages consumes the messages array, adding the per-message
+// overhead and estimating each member with messageMember, and hands each
+// message to the prefix fingerprint. It returns the number of messages;
+// member errors are prefixed with "messages.N".
+func estimateMessages(r *wire.Reader, c *wire.TokenCounter, fp *prefix) (int, error) {
+	if r.Peek() != wire.KindArray {
+		return 0, wire.Invalid("messages: must be an array")
+	}
+	n := 0
+	it := r.Array()
+	for r.NextElem(&it) {
+		if r.Peek() != wire.KindObject {
+			return n, wire.Invalid(fmt.Sprintf("messages.%d: must be an object", n))
+		}
+		start := r.Pos()
+		c.AddTokens(wire.MessageOverheadTokens)
+		var role []byte
+		mit := r.Object()
+		for key, ok := r.NextKey(&mit); ok; key, ok = r.NextKey(&mit) {
+			if string(key) == "role" && r.Peek() == wire.KindString {
+				role, _ = r.RawString()
+				continue
+			}
+			if err := messageMember(r, c, key); err != nil {
+				return n, wire.Within(fmt.Sprintf("messages.%d", n), err)
+			}
+		}
+		fp.message(r.Slice(start, r.Pos()), role)
+		n++
+	}
+	return n, nil
 }
 
 // messageMember estimates one member of a message.
@@ -214,48 +300,4 @@ func fileDataLen(r *wire.Reader) int {
 		}
 	}
 	return n
-}
-
-// SetModel rewrites the top-level "model", preserving every other byte.
-func SetModel(body []byte, model string) ([]byte, error) { return wire.SetModel(body, model) }
-
-// ForceStreamUsage sets stream_options.include_usage to true so the stream
-// ends with a usage chunk, creating stream_options when absent or null and
-// keeping its other fields; every other byte is preserved. changed is false
-// when include_usage was already true (the body is returned as is).
-func ForceStreamUsage(body []byte) (out []byte, changed bool, err error) {
-	m, err := wire.FindMember(body, "stream_options")
-	if err != nil {
-		return nil, false, err
-	}
-	if !m.Found {
-		sep := ","
-		if m.Members == 0 {
-			sep = ""
-		}
-		return wire.Splice(body, m.InsertAt, m.InsertAt, sep, `"stream_options":{"include_usage":true}`), true, nil
-	}
-	opts := body[m.Start:m.End]
-	if string(opts) == "null" {
-		return wire.Splice(body, m.Start, m.End, `{"include_usage":true}`), true, nil
-	}
-	if opts[0] != '{' {
-		return nil, false, wire.Invalid("stream_options: must be an object")
-	}
-	inc, err := wire.FindMember(opts, "include_usage")
-	if err != nil {
-		return nil, false, wire.Within("stream_options", err)
-	}
-	if !inc.Found {
-		sep := ","
-		if inc.Members == 0 {
-			sep = ""
-		}
-		at := m.Start + inc.InsertAt
-		return wire.Splice(body, at, at, sep, `"include_usage":true`), true, nil
-	}
-	if string(opts[inc.Start:inc.End]) == "true" {
-		return body, false, nil
-	}
-	return wire.Splice(body, m.Start+inc.Start, m.Start+inc.End, "true"), true, nil
 }

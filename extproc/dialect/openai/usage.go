@@ -3,24 +3,58 @@ package openai
 import (
 	"strings"
 
-	"github.com/tidwall/gjson"
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 )
 
-// fromUsage converts a Chat Completions usage object. prompt_tokens includes
-// the cached tokens, so they are subtracted into CacheReadTokens;
-// completion_tokens already includes reasoning tokens. Negative or
-// inconsistent counts are clamped so a usage never refunds.
-func fromUsage(u gjson.Result) accounting.Usage {
-	prompt := max(u.Get("prompt_tokens").Int(), 0)
-	cached := min(max(u.Get("prompt_tokens_details.cached_tokens").Int(), 0), prompt)
+// fromUsage converts a Chat Completions usage object
+// (https://platform.openai.com/docs/api-reference/chat/object#chat/object-usage).
+// prompt_tokens includes the cached tokens, so they are subtracted into
+// CacheReadTokens; completion_tokens already includes reasoning tokens.
+// Negative or inconsistent counts are clamped so a usage never refunds.
+//
+// cached_tokens is the first one found in a prompt_tokens_details object,
+// trying each such member in turn, as the gjson path
+// "prompt_tokens_details.cached_tokens" read it.
+func fromUsage(u wire.Value) accounting.Usage {
+	var (
+		r                  wire.Reader
+		prompt, completion wire.Value
+		cached             wire.Value
+	)
+	r.Reset(u.Raw)
+	it := r.Object()
+	for key, ok := r.NextKey(&it); ok; key, ok = r.NextKey(&it) {
+		k := r.Peek()
+		start, end := r.Skip()
+		v := wire.Value{Kind: k, Raw: u.Raw[start:end]}
+		switch string(key) {
+		case "prompt_tokens":
+			if !prompt.Exists() {
+				prompt = v
+			}
+		case "completion_tokens":
+			if !completion.Exists() {
+				completion = v
+			}
+		case "prompt_tokens_details":
+			if !cached.Exists() {
+				var c [1]wire.Value
+				v.Lookup(cachedKey[:], c[:])
+				cached = c[0]
+			}
+		}
+	}
+	p := max(prompt.Int(), 0)
+	c := min(max(cached.Int(), 0), p)
 	return accounting.Usage{
-		InputTokens:     prompt - cached,
-		OutputTokens:    max(u.Get("completion_tokens").Int(), 0),
-		CacheReadTokens: cached,
+		InputTokens:     p - c,
+		OutputTokens:    max(completion.Int(), 0),
+		CacheReadTokens: c,
 	}
 }
+
+var cachedKey = [...]string{"cached_tokens"}
 
 // UsageFromJSON extracts the usage of a non-streaming response. ok is false
 // when the body is not valid JSON or has no usage object.
@@ -32,7 +66,8 @@ func UsageFromJSON(body []byte) (usage accounting.Usage, model string, ok bool) 
 	return fromUsage(u), model, true
 }
 
-// StreamParser reads usage from a Chat Completions SSE stream: data-only
+// StreamParser reads usage from a Chat Completions SSE stream
+// (https://platform.openai.com/docs/api-reference/chat/streaming): data-only
 // events, a "[DONE]" terminator, and (with include_usage) a usage chunk
 // before it. The last non-null usage seen wins, wherever it appears —
 // llama.cpp puts it on a chunk with non-empty choices. A data object with an
@@ -62,6 +97,16 @@ func (p *StreamParser) Usage() (accounting.Usage, bool) { return p.usage, p.fina
 // Done reports that the "[DONE]" terminator has been seen.
 func (p *StreamParser) Done() bool { return p.done }
 
+// The members of a chunk read, in the order of the values Event looks up,
+// and those of an error, a choice and a tool call.
+var (
+	chunkKeys  = [...]string{"error", "model", "usage", "choices"}
+	errorKeys  = [...]string{"type", "code", "message"}
+	choiceKeys = [...]string{"delta"}
+	deltaKeys  = [...]string{"tool_calls"}
+	callKeys   = [...]string{"function"}
+)
+
 // Event handles one data event.
 func (s *sink) Event(_, data []byte) {
 	p := (*StreamParser)(s)
@@ -69,33 +114,66 @@ func (s *sink) Event(_, data []byte) {
 		p.done = true
 		return
 	}
-	js, ok := p.EventJSON(data)
-	if !ok {
+	var v [len(chunkKeys)]wire.Value
+	if !p.Lookup(data, chunkKeys[:], v[:]) {
 		return
 	}
-	if e := gjson.Get(js, "error"); e.Exists() && e.Type != gjson.Null {
-		kind := e.Get("type").String()
+	if v[0].Present() {
+		var e [len(errorKeys)]wire.Value
+		v[0].Lookup(errorKeys[:], e[:])
+		kind := e[0].Text()
 		if kind == "" {
-			kind = e.Get("code").String()
+			kind = e[1].Text()
 		}
-		p.RecordError(strings.Clone(kind), strings.Clone(e.Get("message").String()))
+		p.RecordError(kind, e[2].Text())
 		return
 	}
-	p.RecordModel(gjson.Get(js, "model"))
-	if u := gjson.Get(js, "usage"); u.IsObject() {
-		p.usage = fromUsage(u)
+	p.RecordModel(v[1])
+	if v[2].IsObject() {
+		p.usage = fromUsage(v[2])
 		p.final = true
 	}
-	gjson.Get(js, "choices").ForEach(func(_, choice gjson.Result) bool {
-		d := choice.Get("delta")
-		if !d.IsObject() {
-			return true
+	eachElement(v[3], func(choice wire.Value) {
+		var d [len(choiceKeys)]wire.Value
+		choice.Lookup(choiceKeys[:], d[:])
+		if !d[0].IsObject() {
+			return
 		}
-		p.AddOutput(wire.StringFieldsLen(d.Raw, "content", "refusal", "reasoning", "reasoning_content"))
-		d.Get("tool_calls").ForEach(func(_, call gjson.Result) bool {
-			p.AddOutput(wire.StringFieldsLen(call.Get("function").Raw, "arguments"))
-			return true
+		p.AddOutput(wire.StringFieldsLen(d[0].Raw, "content", "refusal", "reasoning", "reasoning_content"))
+		var tc [len(deltaKeys)]wire.Value
+		d[0].Lookup(deltaKeys[:], tc[:])
+		eachElement(tc[0], func(call wire.Value) {
+			var f [len(callKeys)]wire.Value
+			call.Lookup(callKeys[:], f[:])
+			if f[0].IsObject() {
+				p.AddOutput(wire.StringFieldsLen(f[0].Raw, "arguments"))
+			}
 		})
-		return true
 	})
+}
+
+// eachElement calls fn with each element of an array, or each member value
+// of an object; anything else has none that fn could read.
+func eachElement(v wire.Value, fn func(wire.Value)) {
+	if v.Kind != wire.KindArray && v.Kind != wire.KindObject {
+		return
+	}
+	var r wire.Reader
+	r.Reset(v.Raw)
+	one := func() {
+		k := r.Peek()
+		start, end := r.Skip()
+		fn(wire.Value{Kind: k, Raw: v.Raw[start:end]})
+	}
+	if v.Kind == wire.KindArray {
+		it := r.Array()
+		for r.NextElem(&it) {
+			one()
+		}
+		return
+	}
+	it := r.Object()
+	for _, ok := r.NextKey(&it); ok; _, ok = r.NextKey(&it) {
+		one()
+	}
 }

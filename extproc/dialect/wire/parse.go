@@ -43,16 +43,31 @@ func ExpectObject(r *Reader) error {
 	return Invalid("request body must be a JSON object")
 }
 
-// ReadModel reads the required, non-empty model string.
-func ReadModel(r *Reader) (string, error) {
+// ReadModel reads the required, non-empty model string and returns it with
+// its span, for the model rewrite.
+func ReadModel(r *Reader) (string, Span, error) {
 	if r.Peek() != KindString {
-		return "", Invalid("model: must be a string")
+		return "", Span{}, Invalid("model: must be a string")
 	}
+	start := r.Pos()
 	m, _ := r.String()
 	if m == "" && r.Err() == nil {
-		return "", Invalid("model: must not be empty")
+		return "", Span{}, Invalid("model: must not be empty")
 	}
-	return m, nil
+	return m, Span{start, r.Pos()}, nil
+}
+
+// SkipModel consumes a model value of any type and returns its span, and the
+// model when it is a string: for the convenience editors, which replace the
+// value without judging it.
+func SkipModel(r *Reader) (string, Span) {
+	if r.Peek() == KindString {
+		start := r.Pos()
+		m, _ := r.String()
+		return m, Span{start, r.Pos()}
+	}
+	start, end := r.Skip()
+	return "", Span{start, end}
 }
 
 // ReadMaxTokens reads an optional non-negative integer; null reads as 0.
@@ -85,10 +100,12 @@ func ReadOptionalBool(r *Reader, field string) (bool, error) {
 	return v, nil
 }
 
-// EstimateTools consumes a tool list (null reads as empty), calling each to
-// count one definition, and adds the per-tool and tool-prompt overheads. It
-// returns the number of tools.
-func EstimateTools(r *Reader, c *TokenCounter, each func(*Reader, *TokenCounter)) (int, error) {
+// EstimateTools consumes a tool list (null reads as empty), counting each
+// definition as its JSON text, as the model reads a schema much as it is
+// written, and adds the per-tool and tool-prompt overheads. It returns the
+// number of tools. A dialect that reads its definitions member by member
+// walks the list itself, with the same errors and overheads.
+func EstimateTools(r *Reader, c *TokenCounter) (int, error) {
 	if r.Null() {
 		return 0, nil
 	}
@@ -101,7 +118,7 @@ func EstimateTools(r *Reader, c *TokenCounter, each func(*Reader, *TokenCounter)
 		if r.Peek() != KindObject {
 			return n, Invalid(fmt.Sprintf("tools.%d: must be an object", n))
 		}
-		each(r, c)
+		r.EstimateValue(c)
 		c.AddTokens(ToolOverheadTokens)
 		n++
 	}
@@ -111,43 +128,25 @@ func EstimateTools(r *Reader, c *TokenCounter, each func(*Reader, *TokenCounter)
 	return n, nil
 }
 
-// EstimateMessages consumes the messages array, adding the per-message
-// overhead, and calls member for each member of each message with the
-// Reader positioned at its value (member must consume it). It returns the
-// number of messages; member errors are prefixed with "messages.N".
-func EstimateMessages(r *Reader, c *TokenCounter, member func(r *Reader, c *TokenCounter, key []byte) error) (int, error) {
-	if r.Peek() != KindArray {
-		return 0, Invalid("messages: must be an array")
-	}
-	n := 0
-	it := r.Array()
-	for r.NextElem(&it) {
-		if r.Peek() != KindObject {
-			return n, Invalid(fmt.Sprintf("messages.%d: must be an object", n))
-		}
-		c.AddTokens(MessageOverheadTokens)
-		mit := r.Object()
-		for key, ok := r.NextKey(&mit); ok; key, ok = r.NextKey(&mit) {
-			if err := member(r, c, key); err != nil {
-				return n, Within(fmt.Sprintf("messages.%d", n), err)
-			}
-		}
-		n++
-	}
-	return n, nil
-}
-
 // Finish checks that the document ended cleanly and that the required
 // fields were present.
 func Finish(r *Reader, haveModel, haveMessages bool) error {
-	if !r.End() {
-		return Invalid("request body is not valid JSON: " + r.Err().Error())
+	if err := End(r); err != nil {
+		return err
 	}
 	if !haveModel {
 		return Invalid("model: field required")
 	}
 	if !haveMessages {
 		return Invalid("messages: field required")
+	}
+	return nil
+}
+
+// End checks that the document ended cleanly.
+func End(r *Reader) error {
+	if !r.End() {
+		return Invalid("request body is not valid JSON: " + r.Err().Error())
 	}
 	return nil
 }

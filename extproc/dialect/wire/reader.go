@@ -961,17 +961,17 @@ func (r *Reader) End() bool {
 	return true
 }
 
-// View returns b as a string without copying, for read-only lookups with
-// gjson. The string must not outlive b's contents or be retained.
+// View returns b as a string without copying, for read-only comparisons and
+// conversions. The string must not outlive b's contents or be retained.
 func View(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // StringFieldsLen sums the decoded lengths of the string members of the JSON
 // object obj whose keys are listed; other members are skipped. It returns 0
-// for anything that is not a valid object. obj is typically a gjson Raw,
+// for anything that is not a valid object. obj is typically a Value's Raw,
 // read in place without copying.
-func StringFieldsLen(obj string, keys ...string) int64 {
+func StringFieldsLen(obj []byte, keys ...string) int64 {
 	var r Reader
-	r.Reset(unsafe.Slice(unsafe.StringData(obj), len(obj))) // read-only
+	r.Reset(obj)
 	if r.Peek() != KindObject {
 		return 0
 	}

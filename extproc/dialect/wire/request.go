@@ -1,8 +1,9 @@
-// Package llm holds what the provider dialects (extproc/anthropic,
-// extproc/openai) have in common: the parsed view of a request, the streaming
-// usage parser contract, the client-facing request error, a fast token
-// estimator, and the two zero-allocation readers the dialects build on (a
-// validating JSON reader and an SSE event decoder).
+// Package wire holds what the provider dialects (extproc/dialect/anthropic,
+// extproc/dialect/openai) have in common: the parsed view of a request and
+// the index of where its edits go, the streaming usage parser contract, the
+// client-facing request error, a fast token estimator, the edit splicer, and
+// the two zero-allocation readers the dialects build on (a validating JSON
+// reader and an SSE event decoder).
 //
 // Everything here is pure: bytes in, values out, no I/O. It sits on the hot
 // path of every request, so the readers never copy the body and never
@@ -39,10 +40,14 @@ type Request struct {
 	// is already true, so the body needs no rewrite to get a usage chunk.
 	StreamUsageRequested bool
 	// PrefixFingerprint, when HasPrefix, hashes the raw bytes of the stable
-	// prompt prefix (Anthropic: system and tools), taken during the same pass,
+	// prompt prefix (Anthropic: system and tools; OpenAI: tools, functions and
+	// the leading system and developer messages), taken during the same pass,
 	// so watching prefix changes costs no second pass over the body.
 	PrefixFingerprint uint64
 	HasPrefix         bool
+	// Index is where the same pass found what the edits change, for the
+	// dialect's Edit.
+	Index Index
 }
 
 // StreamParser consumes a streamed (SSE) response body incrementally and

@@ -1,87 +1,83 @@
 package wire
 
 import (
-	"fmt"
-
-	"github.com/tidwall/gjson"
+	"errors"
+	"unicode/utf8"
+	"unsafe"
 )
 
-// Body edits splice bytes at offsets the Reader reports, so every byte of the
-// client's JSON outside the edited value is preserved: field order, number
-// spellings, escapes and whitespace. Prompt-cache prefixes are byte-exact, so
-// re-serialising a body would silently defeat the client's caching.
+// Body edits splice bytes at offsets the parse recorded in the Index, so
+// every byte of the client's JSON outside the edited value is preserved:
+// field order, number spellings, escapes and whitespace. Prompt-cache
+// prefixes are byte-exact, so re-serialising a body would silently defeat the
+// client's caching.
 
-// Member is where a key sits in a JSON object.
-type Member struct {
-	Found      bool
-	Start, End int // the value's span, when Found
-	// InsertAt is where a new member can be spliced in: just after the last
-	// member's value, or just after '{' when the object is empty.
-	InsertAt int
-	Members  int // how many members the object has
+// ErrTooManyEdits is returned when an edit does not fit in Edits; only a
+// dialect adding more than MaxEdits can cause it.
+var ErrTooManyEdits = errors.New("wire: more than MaxEdits edits")
+
+// EditModel adds to out the edit that replaces the top-level "model" value,
+// as the parse located it in idx, with model as a JSON string. The model must
+// be present: a request without one is rejected before any rewrite.
+func EditModel(idx *Index, model string, out *Edits) error {
+	if !idx.Model.Found() {
+		return Invalid("model: field required")
+	}
+	enc := AppendJSONString(make([]byte, 0, len(model)+2), model)
+	// enc is never written again, so the string may share its bytes.
+	if !out.Add(idx.Model.Start, idx.Model.End, unsafe.String(unsafe.SliceData(enc), len(enc))) {
+		return ErrTooManyEdits
+	}
+	return nil
 }
 
-// FindMember validates obj (a whole JSON document that must be an object)
-// and locates the value of key among its top-level members. A key present
-// twice is an error: providers keep the last occurrence, byte-level editors
-// the first, and a client must not be able to show the gateway one model and
-// the provider another. Keys are compared decoded, so an escaped spelling of
-// key is found too.
-func FindMember(obj []byte, key string) (Member, error) {
-	var r Reader
-	r.Reset(obj)
-	var m Member
-	if r.Peek() != KindObject {
-		if r.Peek() == KindInvalid {
-			return m, Invalid("request body is not valid JSON")
-		}
-		return m, Invalid("request body must be a JSON object")
-	}
-	it := r.Object()
-	m.InsertAt = r.Pos()
-	for k, ok := r.NextKey(&it); ok; k, ok = r.NextKey(&it) {
-		m.Members++
-		start, end := r.Skip()
-		if string(k) == key {
-			if m.Found {
-				return m, Invalid(fmt.Sprintf("%s: duplicate key", key))
+const hexDigits = "0123456789abcdef"
+
+// AppendJSONString appends s to dst as a JSON string, escaped the way the
+// editors have always escaped model names (gjson's AppendJSONString, whose
+// output this reproduces byte for byte, FuzzAppendJSONString): control
+// characters, '"' and '\\'; '<', '>' and '&' as \u00XX, so the body stays
+// safe to embed in HTML; U+2028 and U+2029, which end lines in JavaScript;
+// and each byte of invalid UTF-8 as U+FFFD.
+func AppendJSONString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c < ' ':
+			dst = append(dst, '\\')
+			switch c {
+			case '\b':
+				dst = append(dst, 'b')
+			case '\f':
+				dst = append(dst, 'f')
+			case '\n':
+				dst = append(dst, 'n')
+			case '\r':
+				dst = append(dst, 'r')
+			case '\t':
+				dst = append(dst, 't')
+			default:
+				dst = append(dst, 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
 			}
-			m.Found, m.Start, m.End = true, start, end
+		case c == '<' || c == '>' || c == '&':
+			dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
+		case c == '\\' || c == '"':
+			dst = append(dst, '\\', c)
+		case c >= utf8.RuneSelf:
+			r, n := utf8.DecodeRuneInString(s[i:])
+			switch {
+			case r == utf8.RuneError && n == 1:
+				dst = append(dst, "\uFFFD"...)
+			case r == '\u2028' || r == '\u2029':
+				dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
+			default:
+				dst = append(dst, s[i:i+n]...)
+			}
+			i += n - 1
+		default:
+			dst = append(dst, c)
 		}
-		m.InsertAt = end
 	}
-	if !r.End() {
-		return m, Invalid("request body is not valid JSON: " + r.Err().Error())
-	}
-	return m, nil
-}
-
-// Splice returns a new body with b[start:end] replaced by the concatenation
-// of parts.
-func Splice(b []byte, start, end int, parts ...string) []byte {
-	n := len(b) - (end - start)
-	for _, p := range parts {
-		n += len(p)
-	}
-	out := make([]byte, 0, n)
-	out = append(out, b[:start]...)
-	for _, p := range parts {
-		out = append(out, p...)
-	}
-	return append(out, b[end:]...)
-}
-
-// SetModel rewrites the top-level "model" string, byte-preserving. The model
-// must already be present (a request without one is rejected upstream of any
-// rewrite).
-func SetModel(body []byte, model string) ([]byte, error) {
-	m, err := FindMember(body, "model")
-	if err != nil {
-		return nil, err
-	}
-	if !m.Found {
-		return nil, Invalid("model: field required")
-	}
-	enc := gjson.AppendJSONString(make([]byte, 0, len(model)+2), model)
-	return Splice(body, m.Start, m.End, View(enc)), nil
+	return append(dst, '"')
 }

@@ -1,16 +1,12 @@
 package wire
 
-import (
-	"strings"
-
-	"github.com/tidwall/gjson"
-)
+import "bytes"
 
 // StreamState is the dialect-independent half of a StreamParser: the SSE
 // decoder, the reported model, the output byte count, the first mid-stream
 // error and the count of unusable events. A dialect embeds it, feeds chunks
 // through Feed and records what its events say; the promoted Model,
-// OutputTextBytes, Error and Dropped complete llm.StreamParser.
+// OutputTextBytes, Error and Dropped complete StreamParser.
 type StreamState struct {
 	dec      SSEDecoder
 	model    string
@@ -39,23 +35,33 @@ func (s *StreamState) Error() (kind, message string, ok bool) {
 // that is not JSON.
 func (s *StreamState) Dropped() int { return s.dec.Dropped() + s.invalid }
 
-// EventJSON returns the event data as a string view for gjson, and whether
-// it is valid JSON; invalid data is counted as dropped. The view is valid
-// only during the event.
-func (s *StreamState) EventJSON(data []byte) (string, bool) {
-	js := View(data)
-	if !gjson.Valid(js) {
+// Lookup reads event data as the package Lookup does; data that is not valid
+// JSON is counted as dropped. The values alias data, valid only during the
+// event.
+func (s *StreamState) Lookup(data []byte, keys []string, vals []Value) bool {
+	if !Lookup(data, keys, vals) {
 		s.invalid++
-		return "", false
+		return false
 	}
-	return js, true
+	return true
 }
 
-// RecordModel keeps m, copying it (it may be a view of event data) only
+// RecordModel keeps the model v names when it is a string, copying it only
 // when it changes, so a model repeated on every chunk costs nothing.
-func (s *StreamState) RecordModel(m gjson.Result) {
-	if m.Type == gjson.String && m.Str != s.model {
-		s.model = strings.Clone(m.Str)
+func (s *StreamState) RecordModel(v Value) {
+	if v.Kind != KindString {
+		return
+	}
+	raw := v.Raw[1 : len(v.Raw)-1]
+	if bytes.IndexByte(raw, '\\') < 0 {
+		if View(raw) != s.model {
+			s.model = string(raw)
+		}
+		return
+	}
+	var buf [128]byte
+	if m := v.AppendText(buf[:0]); View(m) != s.model {
+		s.model = string(m)
 	}
 }
 
@@ -69,17 +75,18 @@ func (s *StreamState) RecordError(kind, message string) {
 // AddOutput adds n decoded bytes of generated output.
 func (s *StreamState) AddOutput(n int64) { s.outBytes += n }
 
+// responseKeys are the members of a complete JSON response the dialects
+// read.
+var responseKeys = [...]string{"usage", "model"}
+
 // ResponseUsage locates the usage object and model of a complete JSON
-// response; ok is false when the body is not valid JSON (truncated) or has
-// no usage object (an error body).
-func ResponseUsage(body []byte) (usage gjson.Result, model string, ok bool) {
-	js := View(body)
-	if !gjson.Valid(js) {
-		return usage, "", false
+// response, in one pass that validates it; ok is false when the body is not
+// valid JSON (truncated) or has no usage object (an error body). The model
+// is Value.Text of the "model" member, whatever its type.
+func ResponseUsage(body []byte) (usage Value, model string, ok bool) {
+	var v [len(responseKeys)]Value
+	if !Lookup(body, responseKeys[:], v[:]) || !v[0].IsObject() {
+		return Value{}, "", false
 	}
-	usage = gjson.Get(js, "usage")
-	if !usage.IsObject() {
-		return usage, "", false
-	}
-	return usage, strings.Clone(gjson.Get(js, "model").String()), true
+	return v[0], v[1].Text(), true
 }

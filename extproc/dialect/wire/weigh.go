@@ -167,6 +167,14 @@ func tableUnits(x uint64) uint64 {
 		uint64(weight[uint8(x>>48)]) + uint64(weight[uint8(x>>56)])
 }
 
+// Since returns the estimate of what c counted after start, a copy of c
+// taken earlier, rounded up on its own: what a counter started at start
+// would return. One counter so yields the estimates of the sections of a
+// body as if each had been counted apart.
+func (c *TokenCounter) Since(start TokenCounter) int64 {
+	return (c.units-start.units+unitsPerToken-1)/unitsPerToken + c.fixed - start.fixed
+}
+
 // AddTokens adds a fixed number of tokens (media, framing overhead).
 func (c *TokenCounter) AddTokens(n int64) { c.fixed += n }
 

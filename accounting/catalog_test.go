@@ -1,0 +1,89 @@
+package accounting
+
+import "testing"
+
+func TestModelFamily(t *testing.T) {
+	tests := []struct {
+		model, family string
+		platform      bool
+	}{
+		// The family ID itself, and the direct API's variants of it.
+		{"claude-sonnet-4-5", "claude-sonnet-4-5", false},
+		{"claude-sonnet-4-5-20250929", "claude-sonnet-4-5", false},
+		{"claude-3-5-haiku-latest", "claude-3-5-haiku", false},
+		{"claude-3-7-sonnet-latest", "claude-3-7-sonnet", false},
+		// A routing prefix is not a platform.
+		{"anthropic/claude-opus-4-5", "claude-opus-4-5", false},
+		{"anthropic/claude-opus-4-5-20251101", "claude-opus-4-5", false},
+		// Bedrock: region and provider prefix, version suffix.
+		{"anthropic.claude-haiku-4-5-20251001-v1:0", "claude-haiku-4-5", true},
+		{"us.anthropic.claude-opus-4-5-20251101-v1:0", "claude-opus-4-5", true},
+		{"eu.anthropic.claude-sonnet-4-20250514-v2", "claude-sonnet-4", true},
+		// Vertex: an "@" snapshot.
+		{"claude-opus-4-5@20251101", "claude-opus-4-5", true},
+		{"claude-3-5-sonnet-v2@20241022", "claude-3-5-sonnet", true},
+		// Not variants: kept as they are.
+		{"claude-opus-4-5-preview", "claude-opus-4-5-preview", false},
+		{"claude-opus-4-5-2025", "claude-opus-4-5-2025", false},
+		{"", "", false},
+		// OpenAI names pass through unchanged, dated snapshots included:
+		// their dates are not one 8-digit segment.
+		{"gpt-5", "gpt-5", false},
+		{"gpt-5-nano-2025-08-07", "gpt-5-nano-2025-08-07", false},
+		{"gpt-4o-mini", "gpt-4o-mini", false},
+		{"gpt-4.1", "gpt-4.1", false},
+		{"o3-mini", "o3-mini", false},
+	}
+	for _, tc := range tests {
+		family, platform := ModelFamily(tc.model)
+		if family != tc.family || platform != tc.platform {
+			t.Errorf("ModelFamily(%q) = %q, %v; want %q, %v", tc.model, family, platform, tc.family, tc.platform)
+		}
+	}
+}
+
+func TestMinCacheTokens(t *testing.T) {
+	tests := []struct {
+		model string
+		want  int64
+	}{
+		{"claude-fable-5-1", 512},
+		{"claude-mythos-5-1-20261001", 512},
+		{"claude-opus-5-5", 512},
+		{"claude-opus-5", 512},
+		{"claude-fable-5", 512},
+		{"claude-mythos-5", 512},
+		{"claude-opus-4-8", 1024},
+		{"claude-sonnet-5", 1024},
+		{"claude-sonnet-4-6", 1024},
+		{"claude-sonnet-4-5-20250929", 1024},
+		{"claude-opus-4-1-20250805", 1024},
+		{"claude-opus-4-20250514", 1024},
+		{"claude-opus-4-0", 1024},
+		{"claude-4-opus-20250514", 1024},
+		{"claude-sonnet-4-20250514", 1024},
+		{"claude-3-7-sonnet-latest", 1024},
+		{"claude-mythos-preview", 2048},
+		{"claude-opus-4-7-20260416", 2048},
+		{"claude-3-5-haiku-20241022", 2048},
+		{"claude-3-haiku-20240307", 2048},
+		{"claude-opus-4-6-20260205", 4096},
+		{"claude-opus-4-5-20251101", 4096},
+		{"claude-haiku-4-5", 4096},
+		{"anthropic.claude-haiku-4-5-20251001-v1:0", 4096},
+		{"us.anthropic.claude-opus-4-5-20251101-v1:0", 4096},
+		{"claude-opus-4-5@20251101", 4096},
+		{"anthropic/claude-sonnet-4-5", 1024},
+		// Unknown: the conservative default, not a neighbour's value.
+		{"claude-opus-5-1", UnknownModelMinCacheTokens},
+		{"claude-opus-4-5-preview", UnknownModelMinCacheTokens},
+		{"claude-3-5-sonnet-20241022", UnknownModelMinCacheTokens},
+		{"gpt-5", UnknownModelMinCacheTokens},
+		{"", UnknownModelMinCacheTokens},
+	}
+	for _, tc := range tests {
+		if got := MinCacheTokens(tc.model); got != tc.want {
+			t.Errorf("MinCacheTokens(%q) = %d, want %d", tc.model, got, tc.want)
+		}
+	}
+}
