@@ -419,3 +419,40 @@ func TestBodyTooLargeAndUnsupported(t *testing.T) {
 		t.Errorf("store calls %+v, want the one admission", h.obs.storeCalls)
 	}
 }
+
+// FuzzRefusedBodiesAreNeverCharged: whatever body a client sends, the gate
+// either refuses it having reserved nothing, or admits it and its
+// reservation ends when the exchange does. No body leaves the store holding
+// anything.
+func FuzzRefusedBodiesAreNeverCharged(f *testing.F) {
+	for _, s := range []string{sonnetBody, miniBody, `{"model":"claude-sonnet-4-5","Model":"claude-opus-4-1","max_tokens":1,"messages":[]}`,
+		`{"model":"claude-\u0007","max_tokens":1,"messages":[]}`, `{}`, `[`, "{\"model\":\"\xff\",\"messages\":[]}"} {
+		f.Add([]byte(s), false)
+		f.Add([]byte(s), true)
+	}
+	f.Fuzz(func(t *testing.T, body []byte, openai bool) {
+		h := newHarness(t, baseYAML)
+		path := pathMessages
+		if openai {
+			path = pathChat
+		}
+		x, hv := h.g.Begin(context.Background(), Request{Headers: post(path, tenantHeader("acme"))})
+		if hv.Reply != nil || hv.PassThrough {
+			t.Fatalf("Begin: %+v", hv)
+		}
+		v := x.Body(body)
+		if v.Reply == nil {
+			x.Abort() // the stream ends: the admitted request is settled
+		} else if v.Reply.Status/100 != 4 {
+			t.Fatalf("a client's body answered %d: %s", v.Reply.Status, v.Reply.Body)
+		}
+		for name, b := range h.budgets("acme", "") {
+			if b.Reserved != 0 {
+				t.Fatalf("%s budget holds %d after the exchange (refused: %v)", name, b.Reserved, v.Reply != nil)
+			}
+			if v.Reply != nil && b.Spent != 0 {
+				t.Fatalf("a refused body was charged %d", b.Spent)
+			}
+		}
+	})
+}

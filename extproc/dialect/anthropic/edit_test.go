@@ -126,7 +126,7 @@ func FuzzEditMatchesMultiPass(f *testing.F) {
 		opts := CacheOptions{TTL: fuzzTTLs[ttl%4], MinTokens: int64(minTokens) - 100}
 		req, err := ParseRequest(body)
 		old, oldErr := refParseRequest(body)
-		if errText(err) != errText(oldErr) {
+		if errText(err) != errText(oldErr) && !(oldErr == nil && readTwoWays(err)) {
 			t.Fatalf("ParseRequest: %v; before: %v", err, oldErr)
 		}
 		if err == nil {
@@ -173,4 +173,19 @@ func FuzzEditMatchesMultiPass(f *testing.F) {
 			}
 		}
 	})
+}
+
+// readTwoWays reports the refusals added after the multi-pass code: a body
+// whose governed fields a provider could read differently from tokenwarden
+// (a case-folded key, a duplicate include_usage) or a model name that cannot
+// go into a header. The old code accepted those; the oracles cannot judge
+// them, and TestOneReading in wire holds them to encoding/json instead.
+func readTwoWays(err error) bool {
+	msg := errText(err)
+	for _, s := range []string{"differs from", "include_usage: duplicate key", "model: holds", "model: not valid UTF-8", "model: longer than"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }

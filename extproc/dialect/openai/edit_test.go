@@ -94,7 +94,7 @@ func FuzzEditMatchesMultiPass(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte, model string) {
 		req, err := ParseRequest(body)
 		old, oldErr := refParseRequest(body)
-		if errText(err) != errText(oldErr) {
+		if errText(err) != errText(oldErr) && !(oldErr == nil && readTwoWays(err)) {
 			t.Fatalf("ParseRequest: %v; before: %v", err, oldErr)
 		}
 		if err == nil {
@@ -178,4 +178,19 @@ func TestEditUnparsed(t *testing.T) {
 	if _, err := (ChatCompletions{}).Edit(nil, &req, wire.EditRequest{Model: "n"}, &edits); err == nil {
 		t.Fatal("model rewrite without a model span")
 	}
+}
+
+// readTwoWays reports the refusals added after the multi-pass code: a body
+// whose governed fields a provider could read differently from tokenwarden
+// (a case-folded key, a duplicate include_usage) or a model name that cannot
+// go into a header. The old code accepted those; the oracles cannot judge
+// them, and TestOneReading in wire holds them to encoding/json instead.
+func readTwoWays(err error) bool {
+	msg := errText(err)
+	for _, s := range []string{"differs from", "include_usage: duplicate key", "model: holds", "model: not valid UTF-8", "model: longer than"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }

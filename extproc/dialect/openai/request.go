@@ -6,7 +6,9 @@
 package openai
 
 import (
+	"bytes"
 	"fmt"
+	"strconv"
 
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 )
@@ -113,6 +115,8 @@ func parseRequest(body []byte, relaxed bool) (wire.Request, error) {
 	return req, nil
 }
 
+var includeUsage = []byte("include_usage")
+
 // readStreamOptions reads stream_options (object or null), reports
 // include_usage, and records both in so.
 func readStreamOptions(r *wire.Reader, so *wire.StreamOptionsIndex) (bool, error) {
@@ -131,10 +135,15 @@ func readStreamOptions(r *wire.Reader, so *wire.StreamOptionsIndex) (bool, error
 	so.Append = wire.Insertion{At: r.Pos()}
 	for key, ok := r.NextKey(&it); ok; key, ok = r.NextKey(&it) {
 		if string(key) != "include_usage" {
+			if bytes.EqualFold(key, includeUsage) {
+				// A case-insensitive decoder upstream would read it as include_usage.
+				return false, wire.Invalid("stream_options: the key " + strconv.Quote(string(key)) + " differs from include_usage only in case")
+			}
 			r.Skip()
 		} else {
 			if so.IncludeUsage.Found() {
-				so.IncludeUsageTwice = true
+				// The provider would read one of them, tokenwarden another.
+				return false, wire.Invalid("stream_options.include_usage: duplicate key")
 			}
 			if r.Peek() != wire.KindInvalid {
 				so.IncludeUsage.Start = r.Pos()

@@ -1,32 +1,84 @@
 package wire
 
-import "fmt"
+import (
+	"bytes"
+	"fmt"
+	"strconv"
+	"unicode"
+	"unicode/utf8"
+)
 
 // Helpers the dialects' request parsers share. Each consumes exactly one
 // value from the Reader and returns a client-facing *RequestError when the
 // value has the wrong type; syntax errors are left in the Reader for Finish.
 
-// governed are the top-level keys whose value the gateway acts on. A second
-// occurrence is rejected: the provider would honour the last one while byte
-// editors and this parser see the first.
+// governed are the top-level keys whose value the gateway acts on: the
+// model, the output bound, streaming, and everything it estimates. The
+// processor must read them exactly as the provider will, so a body in which
+// one could be read two ways is refused:
+//   - a second occurrence: most JSON decoders keep the last, byte editors and
+//     a first-match reader the first;
+//   - a spelling that differs only in case or by Unicode simple folding
+//     ("Model", "max_to\u212Aens" with a Kelvin sign): Go's encoding/json,
+//     which many OpenAI-compatible servers use, matches keys that way
+//     (https://pkg.go.dev/encoding/json#Unmarshal), while others do not.
+//
+// Escaped spellings of the exact key ("\u006dodel") are decoded by the
+// Reader before they get here, so they count as the key itself.
 var governed = [...]string{
-	"model", "max_tokens", "max_completion_tokens", "stream", "stream_options",
-	"messages", "system", "tools", "functions",
+	"model", "max_tokens", "max_completion_tokens", "max_output_tokens", "stream", "stream_options",
+	"messages", "input", "system", "instructions", "tools", "functions", "contents",
+	"systemInstruction", "generationConfig",
 }
+
+var governedBytes = func() (b [len(governed)][]byte) {
+	for i, g := range governed {
+		b[i] = []byte(g)
+	}
+	return b
+}()
 
 // KeySet records which governed top-level keys were seen. The zero value is
 // empty.
 type KeySet uint32
 
-// Add records key and fails if it is governed and already present.
+// Add records key and fails if it is governed and already present, or is a
+// case-folded spelling of a governed key.
 func (s *KeySet) Add(key []byte) error {
-	for i, g := range governed {
-		if string(key) == g {
-			if *s&(1<<i) != 0 {
-				return Invalid(g + ": duplicate key")
-			}
-			*s |= 1 << i
-			return nil
+	for i, g := range governedBytes {
+		if !bytes.EqualFold(key, g) {
+			continue
+		}
+		if !bytes.Equal(key, g) {
+			return Invalid(governed[i] + ": the key " + strconv.Quote(string(key)) + " differs from it only in case; spell it " + governed[i])
+		}
+		if *s&(1<<i) != 0 {
+			return Invalid(governed[i] + ": duplicate key")
+		}
+		*s |= 1 << i
+		return nil
+	}
+	return nil
+}
+
+// MaxModelLength bounds a model name. The longest published IDs (a Bedrock
+// ARN of an inference profile) are under 200 bytes.
+const MaxModelLength = 256
+
+// ValidModel reports whether a model name can be used as it is: in the
+// x-tokenwarden-model header, in dynamic metadata, in logs and metric
+// labels. It must be printable UTF-8 of bounded length; anything else is
+// refused before the provider reads it.
+func ValidModel(m string) error {
+	switch {
+	case len(m) > MaxModelLength:
+		return Invalid(fmt.Sprintf("model: longer than %d bytes", MaxModelLength))
+	case !utf8.ValidString(m):
+		return Invalid("model: not valid UTF-8")
+	}
+	for _, r := range m {
+		if !unicode.IsPrint(r) {
+			return Invalid("model: holds a control or non-printing character")
 		}
 	}
 	return nil
@@ -51,8 +103,14 @@ func ReadModel(r *Reader) (string, Span, error) {
 	}
 	start := r.Pos()
 	m, _ := r.String()
-	if m == "" && r.Err() == nil {
+	if r.Err() != nil {
+		return "", Span{}, nil // reported by Finish
+	}
+	if m == "" {
 		return "", Span{}, Invalid("model: must not be empty")
+	}
+	if err := ValidModel(m); err != nil {
+		return "", Span{}, err
 	}
 	return m, Span{start, r.Pos()}, nil
 }
