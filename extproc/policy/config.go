@@ -39,6 +39,7 @@ type Config struct {
 	// once so the hot path does a map lookup and nothing else.
 	effective map[tenantPolicy]*Policy
 	tenants   map[string]*tenantConfig
+	orgs      map[string]*org
 }
 
 type tenantPolicy struct{ tenant, policy string }
@@ -173,15 +174,29 @@ func (c *Config) Policy(tenant, routePolicy string) (p *Policy, known bool) {
 }
 
 // Configured reports whether the configuration names tenant under tenants:
-// (or as the default caller of unidentified requests).
+// or orgs: (or as the default caller of unidentified requests).
 func (c *Config) Configured(tenant string) bool {
 	_, ok := c.tenants[tenant]
-	return ok || tenant == c.Identity.Unknown.Default && tenant != ""
+	_, isOrg := c.orgs[tenant]
+	return ok || isOrg || tenant == c.Identity.Unknown.Default && tenant != ""
 }
 
-// TenantLabel bounds the tenant metric label to configured tenants.
+// ConfiguredCaller reports whether the configuration places the caller:
+// its org is under orgs:, or its most specific name is configured.
+func (c *Config) ConfiguredCaller(caller Caller) bool {
+	if _, ok := c.orgs[caller[LevelOrg]]; ok {
+		return true
+	}
+	return c.Configured(caller.Tenant())
+}
+
+// TenantLabel bounds the tenant metric label to configured tenants and
+// orgs.
 func (c *Config) TenantLabel(tenant string) string {
 	if _, ok := c.tenants[tenant]; ok {
+		return tenant
+	}
+	if _, ok := c.orgs[tenant]; ok {
 		return tenant
 	}
 	return OtherLabel
@@ -272,6 +287,14 @@ func compile(f *fileConfig) (*Config, error) {
 				return nil, err
 			}
 			c.effective[tenantPolicy{name, pname}] = eff
+		}
+	}
+	if c.orgs, err = compileOrgs(f.Orgs, c.policies); err != nil {
+		return nil, err
+	}
+	for name := range c.orgs {
+		if _, dup := c.tenants[name]; dup {
+			return nil, fmt.Errorf("orgs.%s: also under tenants:; a tenant is a one-level org, name it once", name)
 		}
 	}
 	return c, nil

@@ -18,6 +18,7 @@ type fileConfig struct {
 	Tenant        *json.RawMessage                 `json:"tenant"` // the section identity replaced; refused with a pointer to it
 	Policies      map[string]policyFile            `json:"policies"`
 	Tenants       map[string]tenantOverride        `json:"tenants"`
+	Orgs          map[string]orgFile               `json:"orgs"`
 	Prices        map[string]accounting.USDPerMTok `json:"prices"`
 	FallbackPrice *accounting.USDPerMTok           `json:"fallback_price"`
 }
