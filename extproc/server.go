@@ -62,7 +62,7 @@ func NewServer(o Options) (*Server, error) {
 func (s *Server) Process(grpcStream extprocv3.ExternalProcessor_ProcessServer) (err error) {
 	s.metrics.StreamOpened()
 	defer s.metrics.StreamClosed()
-	st := &stream{srv: s, ctx: grpcStream.Context()}
+	st := &stream{gate: s.gate, metrics: s.metrics, log: s.log, ctx: grpcStream.Context()}
 	defer func() {
 		if p := recover(); p != nil {
 			s.metrics.StreamError(observe.StreamPanic)

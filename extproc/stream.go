@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"context"
+	"log/slog"
 	"strconv"
 	"time"
 
@@ -53,10 +54,12 @@ var (
 
 // stream is the state of one ext_proc stream. One goroutine uses it.
 type stream struct {
-	srv   *Server
-	ctx   context.Context
-	state state
-	x     *gate.Exchange
+	gate    *gate.Gate
+	metrics *observe.Metrics
+	log     *slog.Logger
+	ctx     context.Context
+	state   state
+	x       *gate.Exchange
 
 	// wholeBody reports that a request body message holds the whole body
 	// even without end_of_stream (BUFFERED with trailers).
@@ -93,7 +96,7 @@ func (st *stream) handle(req *extprocv3.ProcessingRequest) (resp *extprocv3.Proc
 		return nil, false, errUnknownMessage
 	}
 	if phase != "" {
-		st.srv.metrics.Phase(phase, time.Since(start))
+		st.metrics.Phase(phase, time.Since(start))
 	}
 	return resp, settle, err
 }
@@ -104,7 +107,7 @@ func (st *stream) requestHeaders(h *extprocv3.HttpHeaders, req *extprocv3.Proces
 	}
 	env := envoyContext{attrs: req.GetAttributes()[contract.AttributesKey], md: req.GetMetadataContext()}
 	routePolicy, _ := env.Attribute(contract.PolicyAttribute)
-	x, v := st.srv.gate.Begin(st.ctx, gate.Request{
+	x, v := st.gate.Begin(st.ctx, gate.Request{
 		Headers:     envoyHeaders(h.GetHeaders().GetHeaders()),
 		Envoy:       env,
 		RoutePolicy: routePolicy,
@@ -260,8 +263,8 @@ func (st *stream) responseTrailers() (*extprocv3.ProcessingResponse, bool, error
 func (st *stream) end() {
 	defer func() {
 		if p := recover(); p != nil {
-			st.srv.metrics.StreamError(observe.StreamPanic)
-			st.srv.log.Error("processor panic while ending a stream; settling it again, else its reservation expires in the store", "panic", p)
+			st.metrics.StreamError(observe.StreamPanic)
+			st.log.Error("processor panic while ending a stream; settling it again, else its reservation expires in the store", "panic", p)
 			st.settleAgain()
 		}
 	}()
@@ -272,7 +275,7 @@ func (st *stream) end() {
 func (st *stream) settleAgain() {
 	defer func() {
 		if p := recover(); p != nil {
-			st.srv.log.Error("processor panic while settling a stream again; its reservation expires in the store", "panic", p)
+			st.log.Error("processor panic while settling a stream again; its reservation expires in the store", "panic", p)
 		}
 	}()
 	st.x.Settle()
