@@ -1,8 +1,17 @@
 // Package dialect names the provider wire formats tokenwarden governs and
 // picks one by request path. Each format lives in its own package below
-// (anthropic, openai), pure and fuzzed: bytes in, values out. They share the
-// toolkit in wire and implement Dialect structurally, so none of them imports
-// this package.
+// (anthropic, openai, gemini), pure and fuzzed: bytes in, values out. They
+// share the toolkit in wire and implement Dialect structurally, so none of
+// them imports this package.
+//
+// The governed surfaces, by path (POST only; the query is ignored):
+//
+//	/v1/messages                                   anthropic          Messages
+//	/v1/chat/completions                           openai             Chat Completions
+//	/v1/responses, /v1/responses/compact           openai_responses   Responses
+//	/v1/embeddings                                 openai_embeddings  embeddings
+//	/v1beta/models/{model}:generateContent         gemini             generateContent
+//	/v1beta/models/{model}:streamGenerateContent   gemini             (also under /v1/models/)
 package dialect
 
 import (
@@ -10,13 +19,15 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/anthropic"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/gemini"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/openai"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 )
 
 // Dialect is one provider API as the gate needs it.
 type Dialect interface {
-	// Name is the dialect's metric label ("anthropic", "openai").
+	// Name is the dialect's metric label ("anthropic", "openai",
+	// "openai_responses", "openai_embeddings", "gemini").
 	Name() string
 	// Parse reads a request body once: validates it, estimates its input,
 	// and records in the result's Index where later edits go. A malformed
@@ -26,7 +37,8 @@ type Dialect interface {
 	// Edit adds to out the edits that carry out e on body, as Parse read it
 	// into req, without reading body again; wire.Apply then applies them in
 	// one copy. Edits the API itself needs (a stream that must report usage)
-	// are added whatever e says.
+	// are added whatever e says. An API that names the model in the path
+	// (Gemini) rewrites it by returning the new path in the report's Path.
 	Edit(body []byte, req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.EditReport, error)
 	// UsageFromJSON reads the usage of a complete JSON response; ok is false
 	// when there is none (an error body, a truncated body).
@@ -44,20 +56,33 @@ type Dialect interface {
 var (
 	messages        Dialect = anthropic.Messages{}
 	chatCompletions Dialect = openai.ChatCompletions{}
+	responses       Dialect = openai.Responses{}
+	embeddings      Dialect = openai.Embeddings{}
 )
 
 // ForPath returns the dialect of a request path, ignoring the query string
-// (the Anthropic SDKs' beta client calls /v1/messages?beta=true), or nil
-// when tokenwarden does not govern the path.
+// (the SDKs' beta clients call /v1/messages?beta=true and
+// /v1/responses?beta=true), or nil when tokenwarden does not govern the
+// path. A Gemini path names the model: its dialect is bound to that path,
+// so Parse reads the model from it and a model rewrite becomes a new path
+// (see gemini.GenerateContent).
 func ForPath(path string) Dialect {
-	if i := strings.IndexByte(path, '?'); i >= 0 {
-		path = path[:i]
+	p := path
+	if i := strings.IndexByte(p, '?'); i >= 0 {
+		p = p[:i]
 	}
-	switch path {
+	switch p {
 	case "/v1/messages":
 		return messages
 	case "/v1/chat/completions":
 		return chatCompletions
+	case "/v1/responses", "/v1/responses/compact":
+		return responses
+	case "/v1/embeddings":
+		return embeddings
+	}
+	if g, ok := gemini.ForPath(path); ok {
+		return g
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package gate
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
@@ -99,6 +100,19 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 	path, _ := h.Get(":path")
 	method, _ := h.Get(":method")
 	x.dialect = dialect.ForPath(path)
+	if x.dialect != nil && websocket(h) {
+		// One upgraded connection carries any number of requests in opaque
+		// frames (the Responses API's WebSocket mode:
+		// https://platform.openai.com/docs/api-reference/responses): nothing
+		// could be estimated, admitted or settled, so it is refused rather
+		// than let through unmetered.
+		if refusal != nil {
+			v.Reply = refusal()
+			return x, v
+		}
+		v.Reply = x.reject(400, wire.ErrorInvalidRequest, "", "tokenwarden: a WebSocket connection cannot be metered; send each request over HTTP", ResultInvalidRequest, nil)
+		return x, v
+	}
 	if x.dialect == nil || method != "POST" {
 		x.phase = phaseDone
 		v.PassThrough = true
@@ -137,4 +151,15 @@ func (x *Exchange) policyName() string {
 		return ""
 	}
 	return x.policy.Name
+}
+
+// websocket reports a request to upgrade the connection to a WebSocket: an
+// HTTP/1.1 upgrade, or HTTP/2's extended CONNECT (RFC 8441), whose
+// :protocol Envoy reports as is.
+func websocket(h Headers) bool {
+	if u, ok := h.Get("upgrade"); ok && strings.Contains(strings.ToLower(u), "websocket") {
+		return true
+	}
+	p, _ := h.Get(":protocol")
+	return strings.EqualFold(p, "websocket")
 }

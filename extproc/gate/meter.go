@@ -132,6 +132,14 @@ func (x *Exchange) finalUsage() {
 		x.measured(u)
 		return
 	}
+	if x.req.Background {
+		// The provider answered at once and generates afterwards; the usage
+		// appears only on a later GET of the response, another exchange
+		// that is not governed. What it will generate is unknown, so the
+		// whole reservation is charged.
+		x.complete(x.estimate, SourceEstimated, ResultBackground)
+		return
+	}
 	x.complete(x.estimateWithoutUsage(wire.EstimateTokens(x.respBody)), SourceEstimated, ResultUsageMissing)
 }
 
@@ -168,6 +176,10 @@ func (x *Exchange) estimateFromStream(u accounting.Usage) accounting.Usage {
 	}
 	if est := (x.parser.OutputTextBytes() + 3) / 4; est > u.OutputTokens {
 		u.OutputTokens = est
+	}
+	if x.req.Background && u.OutputTokens < x.estimate.OutputTokens {
+		// A background response goes on generating when its stream is cut.
+		u.OutputTokens = x.estimate.OutputTokens
 	}
 	return u
 }

@@ -86,6 +86,14 @@ func TestDialectForPathIgnoresQuery(t *testing.T) {
 		"/v1/messages/count_tokens": "",
 		"/v1/models":                "",
 		"/v1/messagesX":             "",
+		"/v1/responses":             "openai_responses",
+		"/v1/responses?beta=true":   "openai_responses",
+		"/v1/responses/compact":     "openai_responses",
+		"/v1/responses/resp_1":      "",
+		"/v1/embeddings":            "openai_embeddings",
+		"/v1beta/models/gemini-2.5-flash:generateContent":               "gemini",
+		"/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse": "gemini",
+		"/v1beta/models/gemini-2.5-flash:countTokens":                   "",
 	} {
 		d := dialect.ForPath(path)
 		got := ""

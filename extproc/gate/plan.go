@@ -51,10 +51,13 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 	if req.MaxTokens > 0 && req.MaxTokens < out {
 		out = req.MaxTokens
 	}
+	if req.NoOutput {
+		out = 0 // embeddings: the input is the whole cost
+	}
 	x.estimate = accounting.Usage{InputTokens: req.InputTokens, OutputTokens: out}
 	x.estimateCost = x.price.Cost(x.estimate).Total
 
-	newBody, changed, reply := x.edit(body)
+	newBody, changed, newPath, reply := x.edit(body)
 	if reply != nil {
 		return BodyVerdict{Reply: reply}
 	}
@@ -82,6 +85,12 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 		// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/processing_mode.proto).
 		v.Edits.set("content-length", strconv.Itoa(len(newBody)))
 	}
+	if newPath != "" {
+		// The model is in the path (Gemini): Envoy still holds the request
+		// headers while it waits for a buffered body's answer, so :path may
+		// change here, and the route is picked again with it.
+		v.Edits.set(":path", newPath)
+	}
 	// The resolved model, always, so envoy.yaml can route by model whether or
 	// not tokenwarden rewrote it; the route is picked again with it.
 	v.Edits.set(contract.ModelHeader, model)
@@ -90,8 +99,9 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 
 // edit applies every change the policy asks for — the model rewrite, what
 // the dialect needs (usage on OpenAI streams), prompt-cache breakpoints —
-// in one copy of the body.
-func (x *Exchange) edit(body []byte) ([]byte, bool, *Reply) {
+// in one copy of the body. path is the request's new :path when the model
+// rewrite is made there (Gemini), else "".
+func (x *Exchange) edit(body []byte) (out []byte, changed bool, path string, reply *Reply) {
 	var e wire.EditRequest
 	if x.model != x.req.Model {
 		e.Model = x.model
@@ -100,7 +110,7 @@ func (x *Exchange) edit(body []byte) ([]byte, bool, *Reply) {
 		e.Cache = &wire.CacheRequest{TTL: pc.TTL, MinTokens: accounting.MinCacheTokens(x.model)}
 	}
 	var edits wire.Edits
-	_, err := x.dialect.Edit(body, &x.req, e, &edits)
+	rep, err := x.dialect.Edit(body, &x.req, e, &edits)
 	if err != nil && e.Cache != nil {
 		// The body already parsed; a failure to place breakpoints is
 		// tokenwarden's, and the request is better sent without them than
@@ -108,20 +118,20 @@ func (x *Exchange) edit(body []byte) ([]byte, bool, *Reply) {
 		x.g.log.Error("prompt-cache injection failed; forwarding without it", "policy", x.policy.Name, "err", err)
 		e.Cache = nil
 		edits = wire.Edits{}
-		_, err = x.dialect.Edit(body, &x.req, e, &edits)
+		rep, err = x.dialect.Edit(body, &x.req, e, &edits)
 	}
 	if err != nil {
-		return nil, false, x.refuse(err)
+		return nil, false, "", x.refuse(err)
 	}
 	if edits.Len() == 0 {
-		return body, false, nil
+		return body, false, rep.Path, nil
 	}
-	out, err := wire.Apply(body, &edits)
+	out, err = wire.Apply(body, &edits)
 	if err != nil {
 		x.g.log.Error("request edits could not be applied", "policy", x.policy.Name, "err", err)
-		return nil, false, x.reject(500, wire.ErrorInternal, "", "tokenwarden: the request could not be prepared", ResultStoreError, nil)
+		return nil, false, "", x.reject(500, wire.ErrorInternal, "", "tokenwarden: the request could not be prepared", ResultStoreError, nil)
 	}
-	return out, true, nil
+	return out, true, rep.Path, nil
 }
 
 // refuse answers a request tokenwarden will not forward as sent: a 400 in

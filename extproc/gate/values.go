@@ -176,6 +176,7 @@ const (
 	ResultUsageMissing   Result = "usage_missing"   // the response ended without usage (or an empty one): charged estimated
 	ResultUsageInvalid   Result = "usage_invalid"   // the provider reported impossible usage: charged estimated
 	ResultEstimated      Result = "estimated"       // the stream was cut before usage: charged estimated
+	ResultBackground     Result = "background"      // a background response (Responses API): its usage comes later, elsewhere; charged its estimate
 	ResultUpstreamError  Result = "upstream_error"  // the provider answered with an error
 	ResultDenied         Result = "denied"          // tokenwarden answered 429
 	ResultInvalidRequest Result = "invalid_request" // tokenwarden answered 4xx for the request itself

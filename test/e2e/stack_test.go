@@ -317,6 +317,14 @@ var nanoPrices = map[string][5]int64{ // input, output, 5m write, 1h write, read
 	"claude-haiku-4-5":  {1000, 5000, 1250, 2000, 100},
 	"claude-opus-4-5":   {5000, 25000, 6250, 10000, 500},
 	"gpt-test":          {50, 400, 63, 100, 5}, // from the tests' price override {input: 0.05, output: 0.4}
+	// The surfaces tests configure these themselves, from
+	// https://openai.com/api/pricing (gpt-5.6-terra: $2 in, $12 out, $2.50
+	// cache write, $0.20 cached; text-embedding-3-small: $0.02) and
+	// https://ai.google.dev/gemini-api/docs/pricing (gemini-2.5-flash: $0.30
+	// in, $2.50 out, $0.03 cached).
+	"gpt-5.6-terra":          {2000, 12000, 2500, 4000, 200},
+	"text-embedding-3-small": {20, 0, 25, 40, 2},
+	"gemini-2.5-flash":       {300, 2500, 375, 600, 30},
 }
 
 func expectedCost(t testing.TB, model string, u mockprovider.Tokens) int64 {

@@ -1,6 +1,7 @@
 // Package mockprovider is an offline, wire-faithful stand-in for the Anthropic
-// Messages API and the OpenAI Chat Completions API, used by tokenwarden's tests
-// and by `tokenwarden mock-provider`.
+// Messages API, the OpenAI Chat Completions, Responses and embeddings APIs,
+// and the Gemini API's generateContent, used by tokenwarden's tests and by
+// `tokenwarden mock-provider`.
 //
 // It is deliberately an independent implementation of the wire formats (it does
 // not import the processor's dialect parsers), so that testing one against the
@@ -58,6 +59,27 @@
 //	x-mock-split: random|N      split every event into random or N-byte writes
 //	x-mock-no-usage: true       a 200 response without any usage
 //	x-mock-usage-on-delta-only: true  Anthropic stream: zeros in message_start
+//	x-mock-cached-tokens: N     Responses, Gemini: N prompt tokens read from the cache
+//	x-mock-cache-write-tokens: N  Responses: N prompt tokens written to the cache
+//	x-mock-reasoning-tokens: N  Responses: reasoning tokens (within output_tokens
+//	                            and max_output_tokens); Gemini: thoughtsTokenCount
+//	x-mock-incomplete: max_output_tokens|content_filter  Responses: status incomplete
+//
+// # Responses, embeddings, Gemini
+//
+// POST /v1/responses answers a Response object, or with stream: true the
+// named events of the Responses stream (type and sequence_number first in
+// each, the whole response on response.created, in_progress and the
+// terminal response.completed or response.incomplete); output beyond
+// max_output_tokens is cut to it and the response is incomplete. With
+// background: true it answers queued, without usage, and GET
+// /v1/responses/{id} returns the finished response with its usage.
+// POST /v1/responses/compact answers a response.compaction object.
+// POST /v1/embeddings counts string inputs by the token rule and token ids
+// one each. POST /v1beta/models/{model}:generateContent (and
+// :streamGenerateContent, as SSE with ?alt=sse, else as a JSON array)
+// answers with cumulative usageMetadata on every chunk; the key is
+// x-goog-api-key or ?key=, and errors are in Google's shape.
 //
 // The error-after, disconnect-after, chunk-delay and split knobs act on
 // streamed responses only; events are counted from 1 and include ping.

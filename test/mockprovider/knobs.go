@@ -20,6 +20,14 @@ type knobs struct {
 	splitSize       int // 0: one write per event
 	noUsage         bool
 	usageOnDelta    bool
+	// The Responses API and Gemini: tokens read from and written to the
+	// prompt cache (within the prompt), reasoning or thinking tokens (on top
+	// of the visible output), and a forced incomplete status (Responses:
+	// max_output_tokens or content_filter).
+	cachedTokens     int64
+	cacheWriteTokens int64
+	reasoningTokens  int64
+	incomplete       string
 }
 
 // maxChunkDelay keeps a typo such as "20s" per event from hanging a test run.
@@ -51,6 +59,9 @@ func parseKnobs(h http.Header) (knobs, error) {
 	intHeader("x-mock-output-tokens", 0, &k.outputTokens)
 	intHeader("x-mock-error-after", 0, &errAfter)
 	intHeader("x-mock-disconnect-after", 0, &discAfter)
+	intHeader("x-mock-cached-tokens", 0, &k.cachedTokens)
+	intHeader("x-mock-cache-write-tokens", 0, &k.cacheWriteTokens)
+	intHeader("x-mock-reasoning-tokens", 0, &k.reasoningTokens)
 	if err != nil {
 		return knobs{}, err
 	}
@@ -70,6 +81,12 @@ func parseKnobs(h http.Header) (knobs, error) {
 		} else {
 			return knobs{}, fmt.Errorf("x-mock-split: want \"random\" or a positive byte count, got %q", v)
 		}
+	}
+	switch v := strings.TrimSpace(h.Get("x-mock-incomplete")); v {
+	case "", "max_output_tokens", "content_filter":
+		k.incomplete = v
+	default:
+		return knobs{}, fmt.Errorf("x-mock-incomplete: want max_output_tokens or content_filter, got %q", v)
 	}
 	if k.noUsage, err = boolHeader(h, "x-mock-no-usage"); err != nil {
 		return knobs{}, err

@@ -9,8 +9,11 @@ import (
 
 // Dialect names in the ledger.
 const (
-	DialectAnthropic = "anthropic"
-	DialectOpenAI    = "openai"
+	DialectAnthropic  = "anthropic"
+	DialectOpenAI     = "openai"
+	DialectResponses  = "openai_responses"
+	DialectEmbeddings = "openai_embeddings"
+	DialectGemini     = "gemini"
 )
 
 // LedgerEntry is one response that carried (or was meant to carry) usage.
@@ -38,9 +41,16 @@ type LedgerEntry struct {
 	Cut bool `json:"cut"`
 	// NoUsage is true when x-mock-no-usage suppressed usage deliberately.
 	NoUsage bool `json:"no_usage"`
-	// Complete is true when the whole response (up to message_stop or
-	// data: [DONE]) was delivered.
+	// Complete is true when the whole response (up to message_stop,
+	// data: [DONE], the terminal Responses event or the last Gemini chunk)
+	// was delivered.
 	Complete bool `json:"complete"`
+	// Deferred is true for a background response (Responses API): the
+	// answer carried no usage; a later GET /v1/responses/{id} reports it,
+	// in an entry of its own with the same ResponseID.
+	Deferred bool `json:"deferred,omitempty"`
+	// ResponseID is the Responses API's response id, when there is one.
+	ResponseID string `json:"response_id,omitempty"`
 }
 
 // Tokens is a usage record in the billing classes tokenwarden uses.

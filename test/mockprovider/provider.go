@@ -132,8 +132,12 @@ type Provider struct {
 	cache     *promptCache
 	anthLimit *limiter
 	oaiLimit  *limiter
+	gemLimit  *limiter
 	ledger    *ledger
-	counter   atomic.Uint64
+	// background holds finished background responses (Responses API) until
+	// a GET /v1/responses/{id} asks for them.
+	background *backgroundStore
+	counter    atomic.Uint64
 }
 
 // New builds a Provider.
@@ -144,12 +148,21 @@ func New(opts Options) *Provider {
 		cache:     newPromptCache(opts.CacheEntries),
 		anthLimit: newLimiter(opts.RPM, opts.InputTPM, opts.OutputTPM, opts.Now()),
 		oaiLimit:  newLimiter(opts.RPM, opts.InputTPM, opts.OutputTPM, opts.Now()),
+		gemLimit:  newLimiter(opts.RPM, opts.InputTPM, opts.OutputTPM, opts.Now()),
 		ledger:    newLedger(opts.LedgerEntries),
+		// As many as the ledger holds: a test polls what it created.
+		background: newBackgroundStore(opts.LedgerEntries),
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/messages", p.handleMessages)
 	mux.HandleFunc("/v1/messages/count_tokens", p.handleCountTokens)
 	mux.HandleFunc("/v1/chat/completions", p.handleChat)
+	mux.HandleFunc("/v1/responses", p.handleResponses)
+	mux.HandleFunc("POST /v1/responses/compact", p.handleCompact)
+	mux.HandleFunc("GET /v1/responses/{id}", p.handleRetrieve)
+	mux.HandleFunc("/v1/embeddings", p.handleEmbeddings)
+	mux.HandleFunc("POST /v1beta/models/{call}", p.handleGemini)
+	mux.HandleFunc("POST /v1/models/{call}", p.handleGemini)
 	mux.HandleFunc("/v1/models", p.handleModels)
 	mux.HandleFunc("GET /mock/ledger", p.handleLedger)
 	mux.HandleFunc("POST /mock/reset", p.handleReset)
@@ -178,6 +191,8 @@ func (p *Provider) Reset() {
 	p.cache.reset()
 	p.anthLimit.reset(now)
 	p.oaiLimit.reset(now)
+	p.gemLimit.reset(now)
+	p.background.reset()
 }
 
 func (p *Provider) handleLedger(w http.ResponseWriter, _ *http.Request) {

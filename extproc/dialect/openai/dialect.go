@@ -31,9 +31,15 @@ func (ChatCompletions) UsageFromJSON(body []byte) (accounting.Usage, string, boo
 // NewStreamParser implements dialect.Dialect.
 func (ChatCompletions) NewStreamParser() wire.StreamParser { return NewStreamParser() }
 
-// ErrorBody implements dialect.Dialect. OpenAI's own 429s say which limit in
-// "type": requests or tokens.
+// ErrorBody implements dialect.Dialect with errorBody.
 func (ChatCompletions) ErrorBody(kind wire.ErrorKind, dimension, message, _ string) []byte {
+	return errorBody(kind, dimension, message)
+}
+
+// errorBody renders one of tokenwarden's errors in the shape every OpenAI
+// API shares (https://platform.openai.com/docs/guides/error-codes). OpenAI's
+// own 429s say which limit in "type": requests or tokens.
+func errorBody(kind wire.ErrorKind, dimension, message string) []byte {
 	switch kind {
 	case wire.ErrorRateLimited:
 		typ := "requests"

@@ -19,6 +19,18 @@ type prefix struct {
 	tools, fns, sys wire.Hash64
 	n               int  // tools, functions and messages hashed
 	past            bool // a message that is neither system nor developer was seen
+	// instr hashes the Responses API's instructions, which the API puts
+	// before every input item wherever the key sits in the body.
+	instr    wire.Hash64
+	hasInstr bool
+}
+
+// instructionsText hashes the raw bytes of a Responses request's
+// instructions string.
+func (p *prefix) instructionsText(raw []byte) {
+	p.instr.Write(raw)
+	p.hasInstr = true
+	p.n++
 }
 
 // definitions hashes the raw bytes of a tools (or functions) array of n
@@ -53,6 +65,9 @@ func (p *prefix) message(raw, role []byte) {
 func (p *prefix) sum() (fp uint64, ok bool) {
 	if p.n == 0 {
 		return 0, false
+	}
+	if p.hasInstr {
+		return wire.CombineHashes(p.tools.Sum64(), p.fns.Sum64(), p.sys.Sum64(), p.instr.Sum64()), true
 	}
 	return wire.CombineHashes(p.tools.Sum64(), p.fns.Sum64(), p.sys.Sum64()), true
 }

@@ -115,4 +115,10 @@ type EditReport struct {
 	CacheExisting int
 	CacheAdded    int
 	CacheSkipped  []string
+	// Path, when not empty, is the request's new :path (query included):
+	// an API that names the model in the path (Gemini) rewrites the model
+	// there, and the gate sets the header, which Envoy accepts while it
+	// still holds the request headers, as it does for a buffered body
+	// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/common/mutation_rules/v3/mutation_rules.proto).
+	Path string
 }

@@ -28,7 +28,7 @@ import (
 var governed = [...]string{
 	"model", "max_tokens", "max_completion_tokens", "max_output_tokens", "stream", "stream_options",
 	"messages", "input", "system", "instructions", "tools", "functions", "contents",
-	"systemInstruction", "generationConfig",
+	"systemInstruction", "generationConfig", "background",
 }
 
 var governedBytes = func() (b [len(governed)][]byte) {

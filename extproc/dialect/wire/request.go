@@ -22,11 +22,21 @@ import (
 type Request struct {
 	// Model is the requested model exactly as the client sent it.
 	Model string
-	// MaxTokens is the output bound: max_tokens (Anthropic), or
-	// max_completion_tokens and else max_tokens (OpenAI); 0 if absent.
+	// MaxTokens is the output bound: max_tokens (Anthropic),
+	// max_completion_tokens and else max_tokens (OpenAI Chat),
+	// max_output_tokens (OpenAI Responses), generationConfig.maxOutputTokens
+	// (Gemini); 0 if absent.
 	MaxTokens int64
-	// Stream reports "stream": true.
+	// Stream reports "stream": true, or (Gemini) a streamGenerateContent
+	// path.
 	Stream bool
+	// Background reports a Responses API request with "background": true:
+	// the provider answers at once and generates later, so the answer to
+	// this request carries no usage.
+	Background bool
+	// NoOutput reports an API that generates no output tokens (embeddings):
+	// nothing is reserved for output.
+	NoOutput bool
 	// InputTokens estimates every input token the provider will bill: system,
 	// messages (text, tool calls and results, thinking), tool definitions and
 	// media, plus framing overhead. See EstimateTokens for the heuristic; it is
@@ -34,7 +44,8 @@ type Request struct {
 	InputTokens int64
 	// HasTools reports a non-empty tool (or legacy function) list.
 	HasTools bool
-	// Messages is the number of entries in "messages".
+	// Messages is the number of entries in "messages" (Responses: of
+	// "input", a string counting one; Gemini: of "contents").
 	Messages int
 	// StreamUsageRequested reports (OpenAI) that stream_options.include_usage
 	// is already true, so the body needs no rewrite to get a usage chunk.
