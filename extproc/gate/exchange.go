@@ -47,7 +47,8 @@ type Exchange struct {
 	// pricedAt is when the body arrived and admission began: the instant
 	// whose prices apply to the request, from its estimate to its settle.
 	pricedAt time.Time
-	unpriced bool // the model has no price: charged at the fallback
+	unpriced bool   // the model has no price: charged at the fallback
+	served   string // the model a JSON response reports serving; "" if none
 
 	reservation *limiter.Reservation
 	decision    limiter.Decision
