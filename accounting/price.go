@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/bits"
 )
 
 // MaxNanoUSD is the largest representable amount (about $9.2 billion). Cost
@@ -20,15 +21,82 @@ const nanoPerUSDPerMTok = 1000
 // integer that float64 represents exactly, so the exactness check below is sound.
 const maxPricePerToken = 1e15
 
-// Price is what one token of each class costs, in nano-USD per token. The
-// classes match Usage: uncached input, output, the two cache-write TTLs, and
-// cache reads.
+// Price is what one token of each class costs, in nano-USD per token, for
+// one model in one period. The classes match Usage: uncached input, output,
+// the two cache-write TTLs, and cache reads. A price may also carry a
+// long-context tier and service-tier multipliers; the zero values of both
+// mean "none" (every request at the base rates, every tier at ×1), so a
+// price written as Price{Input: …, Output: …} is the flat price it looks like.
 type Price struct {
 	Input        NanoUSD
 	Output       NanoUSD
 	CacheWrite5m NanoUSD
 	CacheWrite1h NanoUSD
 	CacheRead    NanoUSD
+
+	// LongContext, when its Above is positive, prices every class of a
+	// request whose total input (uncached, cache reads and cache writes)
+	// exceeds Above at its rates instead: a cliff, not a blend, as
+	// Anthropic, OpenAI and Google bill prompts past 200K or 272K tokens.
+	LongContext LongContext
+	// Tiers are the multipliers of the service tiers the provider reports
+	// having served a request on (Usage.ServiceTier).
+	Tiers Tiers
+}
+
+// Rates are the five per-token class prices: a price's base, or its
+// long-context tier's.
+type Rates struct {
+	Input        NanoUSD
+	Output       NanoUSD
+	CacheWrite5m NanoUSD
+	CacheWrite1h NanoUSD
+	CacheRead    NanoUSD
+}
+
+// LongContext is a long-context tier: Rates for requests whose total input
+// exceeds Above tokens. Above 0 means the price has no such tier.
+type LongContext struct {
+	Above int64
+	Rates
+}
+
+// Tiers holds the multiplier of each non-standard service tier. A zero
+// Multiplier is ×1: the tier costs what standard costs.
+type Tiers struct {
+	Batch    Multiplier `json:"batch"`
+	Flex     Multiplier `json:"flex"`
+	Priority Multiplier `json:"priority"`
+}
+
+// of returns the multiplier for a tier; standard (and any tier without a
+// multiplier) is ×1.
+func (t Tiers) of(tier ServiceTier) Multiplier {
+	switch tier {
+	case TierBatch:
+		return t.Batch
+	case TierFlex:
+		return t.Flex
+	case TierPriority:
+		return t.Priority
+	}
+	return Multiplier{}
+}
+
+// base returns the price's base rates.
+func (p Price) base() Rates {
+	return Rates{Input: p.Input, Output: p.Output, CacheWrite5m: p.CacheWrite5m, CacheWrite1h: p.CacheWrite1h, CacheRead: p.CacheRead}
+}
+
+// Rates returns the per-token rates a usage is priced at: the long-context
+// tier's when the usage's total input exceeds its threshold, else the base
+// rates. Service-tier multipliers are not applied here (they apply to each
+// class's total, see Cost).
+func (p Price) Rates(u Usage) Rates {
+	if lc := p.LongContext; lc.Above > 0 && u.TotalInputTokens() > lc.Above {
+		return lc.Rates
+	}
+	return p.base()
 }
 
 // Anthropic's documented cache multipliers of the base input price (5-minute
@@ -89,32 +157,6 @@ func PriceFromUSDPerMTok(in, out, cacheWrite5m, cacheWrite1h, cacheRead float64)
 	return p, nil
 }
 
-// USDPerMTok is a price as configuration writes it, in USD per million
-// tokens, with JSON (and so sigs.k8s.io/yaml) field names matching the
-// `prices:` section of tokenwarden.yaml. Input and Output are required; a nil
-// cache class is derived as PriceFromUSDPerMTok describes.
-type USDPerMTok struct {
-	Input        *float64 `json:"input"`
-	Output       *float64 `json:"output"`
-	CacheWrite5m *float64 `json:"cache_write_5m,omitempty"`
-	CacheWrite1h *float64 `json:"cache_write_1h,omitempty"`
-	CacheRead    *float64 `json:"cache_read,omitempty"`
-}
-
-// Price converts u with PriceFromUSDPerMTok.
-func (u USDPerMTok) Price() (Price, error) {
-	if u.Input == nil || u.Output == nil {
-		return Price{}, errors.New("price: input and output (USD per million tokens) are required")
-	}
-	opt := func(v *float64) float64 {
-		if v == nil {
-			return math.NaN()
-		}
-		return *v
-	}
-	return PriceFromUSDPerMTok(*u.Input, *u.Output, opt(u.CacheWrite5m), opt(u.CacheWrite1h), opt(u.CacheRead))
-}
-
 // usdPerMTokToNano converts one USD/MTok figure to nano-USD per token exactly.
 // The test float64(r)/1000 == v is exact because IEEE division is correctly
 // rounded: it holds precisely when v is the float64 nearest to the decimal
@@ -147,18 +189,58 @@ func ceilMulDiv(x, num, den NanoUSD) NanoUSD {
 	return (x*num + den - 1) / den
 }
 
-// validate reports whether every class is a non-negative price within range;
-// tables built from Go values (overrides, fallbacks) go through it.
+// validate reports whether every class is a non-negative price within range,
+// a long-context tier is a surcharge (no class cheaper than its base: the
+// cliff must never make more tokens cost less) and every multiplier is
+// valid; tables built from Go values (overrides, fallbacks) go through it.
 func (p Price) validate() error {
+	if err := p.base().validate(""); err != nil {
+		return err
+	}
+	lc := p.LongContext
+	switch {
+	case lc.Above < 0:
+		return fmt.Errorf("price long_context: threshold %d tokens is negative", lc.Above)
+	case lc.Above == 0 && lc.Rates != (Rates{}):
+		return errors.New("price long_context: rates without a threshold (above)")
+	case lc.Above > 0:
+		if err := lc.Rates.validate("long_context "); err != nil {
+			return err
+		}
+		b := p.base()
+		for _, c := range [...]struct {
+			name       string
+			base, long NanoUSD
+		}{
+			{"input", b.Input, lc.Input}, {"output", b.Output, lc.Output}, {"cache_write_5m", b.CacheWrite5m, lc.CacheWrite5m},
+			{"cache_write_1h", b.CacheWrite1h, lc.CacheWrite1h}, {"cache_read", b.CacheRead, lc.CacheRead},
+		} {
+			if c.long < c.base {
+				return fmt.Errorf("price long_context %s: %d nano-USD per token is below the base %d: a tier past %d tokens is a surcharge", c.name, c.long, c.base, lc.Above)
+			}
+		}
+	}
+	for _, m := range [...]struct {
+		name string
+		m    Multiplier
+	}{{"batch", p.Tiers.Batch}, {"flex", p.Tiers.Flex}, {"priority", p.Tiers.Priority}} {
+		if err := m.m.validate(); err != nil {
+			return fmt.Errorf("price tiers %s: %w", m.name, err)
+		}
+	}
+	return nil
+}
+
+func (r Rates) validate(prefix string) error {
 	for _, c := range [...]struct {
 		name string
 		v    NanoUSD
 	}{
-		{"input", p.Input}, {"output", p.Output}, {"cache_write_5m", p.CacheWrite5m},
-		{"cache_write_1h", p.CacheWrite1h}, {"cache_read", p.CacheRead},
+		{"input", r.Input}, {"output", r.Output}, {"cache_write_5m", r.CacheWrite5m},
+		{"cache_write_1h", r.CacheWrite1h}, {"cache_read", r.CacheRead},
 	} {
 		if c.v < 0 || c.v > maxPricePerToken {
-			return fmt.Errorf("price %s: %d nano-USD per token is outside [0, %d]", c.name, c.v, NanoUSD(maxPricePerToken))
+			return fmt.Errorf("price %s%s: %d nano-USD per token is outside [0, %d]", prefix, c.name, c.v, NanoUSD(maxPricePerToken))
 		}
 	}
 	return nil
@@ -180,18 +262,62 @@ type Cost struct {
 // cache reads are never charged at the full input rate. OpenAI usage arrives
 // already split into the same classes by its dialect.
 //
+// The rates are the long-context tier's when the request's total input
+// exceeds its threshold (Rates), and each class's total is multiplied by the
+// multiplier of the service tier the provider reports (u.ServiceTier, read
+// by ParseServiceTier; unknown tiers price as standard). A multiplied total
+// that falls between two nano-USD is rounded up, per class, so a tier never
+// under-charges and is over by less than one nano-USD per class.
+//
 // Negative token counts or prices (malformed input) count as zero, so cost is
 // never negative. Every product and sum saturates at MaxNanoUSD instead of
 // overflowing: a saturated class or Total reads exactly MaxNanoUSD, and cost
-// stays monotone in every token count.
+// stays monotone in every token count (a long-context tier is never cheaper
+// than the base, which validate enforces for every table).
 func (p Price) Cost(u Usage) Cost {
+	r := p.Rates(u)
 	var c Cost
-	c.Input = mulSat(u.InputTokens, p.Input)
-	c.Output = mulSat(u.OutputTokens, p.Output)
-	c.CacheRead = mulSat(u.CacheReadTokens, p.CacheRead)
-	c.CacheWrite = addSat(mulSat(u.CacheWrite5mTokens, p.CacheWrite5m), mulSat(u.CacheWrite1hTokens, p.CacheWrite1h))
+	if m := p.Tiers.of(ParseServiceTier(u.ServiceTier)); !m.unit() {
+		c.Input = mulRatioSat(u.InputTokens, r.Input, m)
+		c.Output = mulRatioSat(u.OutputTokens, r.Output, m)
+		c.CacheRead = mulRatioSat(u.CacheReadTokens, r.CacheRead, m)
+		c.CacheWrite = addSat(mulRatioSat(u.CacheWrite5mTokens, r.CacheWrite5m, m), mulRatioSat(u.CacheWrite1hTokens, r.CacheWrite1h, m))
+	} else {
+		c.Input = mulSat(u.InputTokens, r.Input)
+		c.Output = mulSat(u.OutputTokens, r.Output)
+		c.CacheRead = mulSat(u.CacheReadTokens, r.CacheRead)
+		c.CacheWrite = addSat(mulSat(u.CacheWrite5mTokens, r.CacheWrite5m), mulSat(u.CacheWrite1hTokens, r.CacheWrite1h))
+	}
 	c.Total = addSat(addSat(c.Input, c.Output), addSat(c.CacheRead, c.CacheWrite))
 	return c
+}
+
+// mulRatioSat is ⌈tokens·price·num/den⌉ for the multiplier num/den, with
+// mulSat's clamping. Multipliers are bounded (maxMultiplierTerm) and prices
+// validated, but Cost also takes hand-built prices, so the product is formed
+// in 128 bits and any result past MaxNanoUSD saturates.
+func mulRatioSat(tokens int64, price NanoUSD, m Multiplier) NanoUSD {
+	if tokens <= 0 || price <= 0 {
+		return 0
+	}
+	num, den := uint64(m.Num), uint64(m.Den)
+	hi, lo := bits.Mul64(uint64(tokens), uint64(price)) // the 128-bit hi:lo
+	// (hi:lo)·num = top:mid:low; a non-zero top word is beyond any amount,
+	// whatever den then divides it by.
+	hiTop, hiMid := bits.Mul64(hi, num)
+	loMid, low := bits.Mul64(lo, num)
+	mid, carry := bits.Add64(hiMid, loMid, 0)
+	if hiTop != 0 || carry != 0 || mid >= den { // mid ≥ den: the quotient needs more than 64 bits
+		return MaxNanoUSD
+	}
+	q, rem := bits.Div64(mid, low, den)
+	if q > uint64(MaxNanoUSD) || q == uint64(MaxNanoUSD) && rem != 0 {
+		return MaxNanoUSD
+	}
+	if rem != 0 {
+		q++ // round up: a fraction of a nano-USD is charged, never dropped
+	}
+	return NanoUSD(q)
 }
 
 // mulSat multiplies a token count by a per-token price, clamping negative

@@ -21,6 +21,13 @@ type Usage struct {
 	CacheReadTokens    int64 // input served from the prompt cache
 	CacheWrite5mTokens int64 // input written to the cache with the 5-minute TTL
 	CacheWrite1hTokens int64 // input written to the cache with the 1-hour TTL
+
+	// ServiceTier is the service tier the provider reports having served
+	// the request on, verbatim (OpenAI's "service_tier": "default", "flex",
+	// "priority", "scale"; Anthropic's usage.service_tier: "standard",
+	// "priority", "batch"); "" when it says none. Cost reads it with
+	// ParseServiceTier; an unknown value prices as standard.
+	ServiceTier string
 }
 
 // CacheWriteTokens is the total written to the prompt cache, whatever the TTL.
@@ -44,8 +51,9 @@ func (u Usage) RateLimitedTokens() int64 {
 const MaxPlausibleTokens = 10_000_000
 
 // Zero reports a usage with no tokens at all: a provider that says nothing
-// (an empty usage object) has not measured anything.
-func (u Usage) Zero() bool { return u == Usage{} }
+// (an empty usage object) has not measured anything, whatever service tier
+// it names.
+func (u Usage) Zero() bool { return u == Usage{ServiceTier: u.ServiceTier} }
 
 // Plausible reports whether every class is a count a provider can report
 // for one request: not negative, and at most MaxPlausibleTokens in total.

@@ -65,6 +65,7 @@ var Metrics = []Metric{
 	{"tokenwarden_store_errors_total", Counter, []string{"op"}},
 	{"tokenwarden_store_seconds", Histogram, []string{"op"}},
 	{"tokenwarden_active_streams", Gauge, nil},
+	{"tokenwarden_unpriced_requests_total", Counter, nil},
 	{"tokenwarden_config_reloads_total", Counter, []string{"result"}},
 	{"tokenwarden_config_last_reload_success_timestamp_seconds", Gauge, nil},
 }

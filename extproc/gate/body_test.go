@@ -115,7 +115,7 @@ func TestModelRules(t *testing.T) {
 		{name: "below the downgrade threshold", model: "claude-opus-4-5", monthUsed: 0.79, want: "claude-opus-4-5", wantLabel: "claude-opus-4-5"},
 		{name: "downgrade by budget use", model: "claude-opus-4-5", monthUsed: 0.8, want: "claude-sonnet-4-5", wantReason: "downgrade", wantLabel: "claude-sonnet-4-5"},
 		{name: "the strongest downgrade", model: "claude-opus-4-5", monthUsed: 0.97, want: "claude-haiku-4-5", wantReason: "downgrade", wantLabel: "claude-haiku-4-5"},
-		{name: "an unpriced model is labelled other", model: "gpt-5", want: "gpt-5", wantLabel: "other"},
+		{name: "an unpriced model is labelled other", model: "gpt-unreleased-9", want: "gpt-unreleased-9", wantLabel: "other"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -45,6 +45,11 @@ type Exchange struct {
 	price          accounting.Price
 	estimate       accounting.Usage
 	estimateCost   accounting.NanoUSD
+	// pricedAt is when the body arrived and admission began: the instant
+	// whose prices apply to the request, from its estimate to its settle.
+	pricedAt time.Time
+	unpriced bool   // the model has no price: charged at the fallback
+	served   string // the model a JSON response reports serving; "" if none
 
 	reservation *limiter.Reservation
 	decision    limiter.Decision

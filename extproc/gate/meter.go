@@ -128,7 +128,8 @@ func (x *Exchange) finalUsage() {
 		x.complete(x.estimateFromStream(u), SourceEstimated, result)
 		return
 	}
-	if u, _, ok := x.dialect.UsageFromJSON(x.respBody); ok && !u.Zero() {
+	if u, served, ok := x.dialect.UsageFromJSON(x.respBody); ok && !u.Zero() {
+		x.served = served
 		x.measured(u)
 		return
 	}
@@ -217,18 +218,46 @@ func (x *Exchange) Abort() {
 // settle will make. It runs once per exchange.
 func (x *Exchange) complete(u accounting.Usage, source Source, result Result) {
 	x.phase = phaseDone
+	x.priceServed()
+	// The usage's service tier (as the response reports it) and its total
+	// input (a long-context tier) choose the rates within the price.
 	cost := x.price.Cost(u)
 	x.outcome = &Outcome{
 		Dialect: x.dialect.Name(), Tenant: x.tenant, TenantLabel: x.cfg.TenantLabel(x.tenant), Policy: x.policy.Name,
 		RequestedModel: x.requestedModel, Model: x.model, ModelLabel: x.modelLabel,
 		Result: result, Decision: x.decisionTag,
 		Metered: true, Usage: u, Cost: cost, Source: source, UsageMissing: result == ResultUsageMissing,
-		Latency: x.since(),
+		Unpriced: x.unpriced, Latency: x.since(),
 	}
 	// The charge is fixed before the observer runs: if it fails, the settle
 	// that follows still charges what was metered.
 	x.charge = limiter.Charge{Tokens: u.RateLimitedTokens(), Cost: int64(cost.Total)}
 	x.g.obs.Outcome(x.outcome)
+}
+
+// priceServed prices the response by the model it says served it when that
+// is a dated snapshot of the model forwarded (OpenAI answers "gpt-4o" as
+// "gpt-4o-2024-08-06") with its own price, in force at pricedAt like the
+// estimate's (accounting.PriceTable.PricingModel). The metric label stays
+// the forwarded model's canonical name, so a model's series do not split by
+// the snapshot the provider happened to route to — unless the forwarded
+// model has no price, when the snapshot's name replaces "other".
+func (x *Exchange) priceServed() {
+	served := x.served
+	if x.parser != nil {
+		served = x.parser.Model()
+	}
+	m := x.cfg.Prices.PricingModel(x.model, served)
+	if m == x.model {
+		return
+	}
+	if p, canonical, known := x.cfg.Prices.Lookup(m, x.pricedAt); known {
+		if x.unpriced {
+			// Only the snapshot is priced: its name is the bounded label.
+			x.modelLabel = canonical
+		}
+		x.price, x.unpriced = p, false
+	}
 }
 
 // Settle replaces the reservation with the real cost in one round trip, on

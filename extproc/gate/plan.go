@@ -34,11 +34,13 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 	x.model, x.rewriteReason = model, reason
 	var canonical string
 	var known bool
-	x.price, canonical, known = x.cfg.Prices.Lookup(model)
+	x.pricedAt = x.g.opts.Now()
+	x.price, canonical, known = x.cfg.Prices.Lookup(model, x.pricedAt)
 	x.modelLabel = policy.OtherLabel
 	if known {
 		x.modelLabel = canonical
 	} else {
+		x.unpriced = true
 		x.g.obs.Unconfigured(UnconfiguredModel)
 		if x.g.unpriced.add(model) {
 			x.g.log.Warn("model has no price; charged at the fallback price", "model", model, "policy", x.policy.Name)

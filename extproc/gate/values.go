@@ -217,6 +217,9 @@ type Outcome struct {
 	Source  Source
 	// UsageMissing reports that the provider's answer carried no usage.
 	UsageMissing bool
+	// Unpriced reports a metered request whose model has no price: it was
+	// charged at the fallback price (and ModelLabel is "other").
+	Unpriced bool
 	// Latency is from forwarding the request to the end of its response.
 	Latency time.Duration
 }

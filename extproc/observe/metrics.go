@@ -63,6 +63,7 @@ type Metrics struct {
 	activeStreams    prometheus.Gauge
 	streamErrors     *prometheus.CounterVec // reason
 	unconfigured     *prometheus.CounterVec // kind
+	unpriced         prometheus.Counter
 	configReloads    *prometheus.CounterVec // result
 	configReloadTime prometheus.Gauge
 
@@ -167,6 +168,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tokenwarden_unconfigured_total",
 			Help: "Requests naming what the configuration does not know, by kind (caller: an identified caller not under tenants:, charged to a shared bucket or refused; route_policy: a route metadata policy that does not exist; model: a model without a price).",
 		}, []string{"kind"}),
+		unpriced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokenwarden_unpriced_requests_total",
+			Help: "Metered requests for a model with no price, charged at the fallback price and counted under model=\"other\"; the log names each such model once. Add it under prices: in tokenwarden.yaml.",
+		}),
 		configReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenwarden_config_reloads_total",
 			Help: "Configuration reloads by result (success, failure); on failure the last good configuration stays in force.",
@@ -179,7 +184,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.requests, m.tokens, m.cost, m.processing, m.admissions, m.spend,
 		m.budgetUsed, m.budgetSpent, m.budgetCap, m.budgetExhaustion, m.budgetAlerts, m.providerLatency, m.providerStatus,
 		m.promptCache, m.prefixChanges, m.modelRewrites, m.storeUp, m.storeErrors, m.storeSeconds,
-		m.activeStreams, m.streamErrors, m.unconfigured, m.configReloads, m.configReloadTime)
+		m.activeStreams, m.streamErrors, m.unconfigured, m.unpriced, m.configReloads, m.configReloadTime)
 	// Series that would otherwise appear only after their first event are
 	// created at zero, so dashboards and alerts see them from the start.
 	m.phase = map[string]prometheus.Observer{}
@@ -223,6 +228,9 @@ func (m *Metrics) Outcome(o *gate.Outcome) {
 		m.promptCache.WithLabelValues(model, "write").Add(float64(w))
 	}
 	m.cost.WithLabelValues(model).Add(o.Cost.Total.USD())
+	if o.Unpriced {
+		m.unpriced.Inc()
+	}
 	m.spend.WithLabelValues(o.TenantLabel, model, string(o.Source)).Add(o.Cost.Total.USD())
 	if o.Latency > 0 {
 		m.providerLatency.WithLabelValues(o.Policy).Observe(o.Latency.Seconds())

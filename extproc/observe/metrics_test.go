@@ -95,3 +95,36 @@ func TestAccessLog(t *testing.T) {
 		t.Errorf("metered fields: %v", metered)
 	}
 }
+
+// TestUnpricedRequests: a metered request of a model without a price moves
+// tokenwarden_unpriced_requests_total (present at zero from the start, with
+// no model label) and is counted and costed under model="other".
+func TestUnpricedRequests(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	if n, err := testutil.GatherAndCount(reg, "tokenwarden_unpriced_requests_total"); err != nil || n != 1 || testutil.ToFloat64(m.unpriced) != 0 {
+		t.Fatalf("the counter is not exported at zero: %d series, %v", n, err)
+	}
+	unpriced := &gate.Outcome{Dialect: "openai", TenantLabel: "acme", ModelLabel: "other", Result: gate.ResultOK,
+		Metered: true, Source: gate.SourceMeasured, Unpriced: true,
+		Usage: accounting.Usage{InputTokens: 1000, OutputTokens: 50}, Cost: accounting.Cost{Total: 73_500_000}}
+	m.Outcome(unpriced)
+	m.Outcome(unpriced)
+	// Priced, and answered locally: neither counts.
+	m.Outcome(&gate.Outcome{Dialect: "openai", ModelLabel: "gpt-4o", Result: gate.ResultOK, Metered: true, Source: gate.SourceMeasured})
+	m.Outcome(&gate.Outcome{Dialect: "openai", ModelLabel: "other", Result: gate.ResultDenied, Unpriced: true})
+	for _, c := range []struct {
+		name string
+		c    prometheus.Collector
+		want float64
+	}{
+		{"unpriced", m.unpriced, 2},
+		{"requests", m.requests.WithLabelValues("openai", "other", "ok"), 2},
+		{"cost", m.cost.WithLabelValues("other"), 0.147},
+		{"tokens", m.tokens.WithLabelValues("other", "input", "measured"), 2000},
+	} {
+		if got := testutil.ToFloat64(c.c); got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, got, c.want)
+		}
+	}
+}

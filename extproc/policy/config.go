@@ -338,16 +338,23 @@ func parseFailure(at, v string, def limiter.FailurePolicy) (limiter.FailurePolic
 	return "", fmt.Errorf("%s: %q is not one of closed, open, local", at, v)
 }
 
-func compilePrices(prices map[string]accounting.USDPerMTok, fallback *accounting.USDPerMTok) (*accounting.PriceTable, error) {
-	opts := accounting.PriceTableOptions{Overrides: map[string]accounting.Price{}, Fallback: accounting.DefaultFallback()}
+// compilePrices builds the price table: the embedded one with the
+// configuration's prices over it. A model's entry under prices: is one price
+// or a list with effective dates; either replaces every embedded price of
+// that model. fallback_price is one price for all time.
+func compilePrices(prices map[string]accounting.ModelPrice, fallback *accounting.USDPerMTok) (*accounting.PriceTable, error) {
+	opts := accounting.PriceTableOptions{Schedules: map[string]accounting.Schedule{}, Fallback: accounting.DefaultFallback()}
 	for _, model := range sortedKeys(prices) {
-		p, err := prices[model].Price()
+		s, err := prices[model].Schedule()
 		if err != nil {
 			return nil, fmt.Errorf("prices.%s: %w", model, err)
 		}
-		opts.Overrides[model] = p
+		opts.Schedules[model] = s
 	}
 	if fallback != nil {
+		if fallback.From != "" {
+			return nil, fmt.Errorf("fallback_price: from: the fallback has no effective dates")
+		}
 		p, err := fallback.Price()
 		if err != nil {
 			return nil, fmt.Errorf("fallback_price: %w", err)

@@ -120,9 +120,49 @@ func TestParseFull(t *testing.T) {
 		t.Error("tenant labels must be bounded to configured tenants")
 	}
 
-	price, canonical, known := c.Prices.Lookup("my-llama")
+	price, canonical, known := c.Prices.Lookup("my-llama", time.Now())
 	if !known || canonical != "my-llama" || price.Input != 200 || price.Output != 600 {
 		t.Errorf("price override = %+v %q %v", price, canonical, known)
+	}
+}
+
+// Prices in tokenwarden.yaml: one price per model as before, or dated
+// prices, tiers and a long-context tier; each replaces the embedded prices
+// of that model at every time.
+func TestParsePrices(t *testing.T) {
+	c, err := Parse([]byte(`
+prices:
+  my-llama: {input: 0.2, output: 0.6}
+  gpt-4o:
+    - {input: 2.5, output: 10, cache_read: 1.25, tiers: {batch: 0.5, flex: 0.5, priority: 2}}
+    - from: 2027-01-01
+      input: 2
+      output: 8
+      cache_read: 1
+      long_context: {above: 128000, input: 4, output: 16, cache_read: 2}
+fallback_price: {input: 100, output: 400}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	jan := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
+	before, _, _ := c.Prices.Lookup("gpt-4o", jan.Add(-time.Nanosecond))
+	if before.Input != 2500 || before.CacheRead != 1250 || before.Tiers.Priority != (accounting.Multiplier{Num: 2, Den: 1}) {
+		t.Errorf("gpt-4o before 2027: %+v", before)
+	}
+	after, _, _ := c.Prices.Lookup("gpt-4o-2024-08-06", jan)
+	if after.Input != 2000 || after.LongContext.Above != 128000 || after.LongContext.Input != 4000 || after.Tiers != (accounting.Tiers{}) {
+		t.Errorf("gpt-4o from 2027: %+v", after)
+	}
+	if p, _, _ := c.Prices.Lookup("my-llama", jan); p.Input != 200 || p.Output != 600 {
+		t.Errorf("flat override: %+v", p)
+	}
+	if p, c, known := c.Prices.Lookup("mistral-large", jan); known || c != OtherLabel || p.Input != 100_000 || p.Output != 400_000 {
+		t.Errorf("fallback: %+v %s %v", p, c, known)
+	}
+	// The embedded table is still there under the overrides.
+	if _, canonical, known := c.Prices.Lookup("gemini-2.5-pro", jan); !known || canonical != "gemini-2.5-pro" {
+		t.Error("the embedded table is gone")
 	}
 }
 
@@ -179,6 +219,11 @@ func TestParseErrorsNameThePath(t *testing.T) {
 		{"old tenant section", "tenant: {from: [{header: x-tenant-id}]}", "tenant: replaced by identity:"},
 		{"price missing output", "prices: {m: {input: 1}}", "prices.m"},
 		{"price inexact", "prices: {m: {input: 0.0001, output: 1}}", "prices.m"},
+		{"price unknown field", "prices: {m: {input: 1, output: 1, cached: 1}}", "unknown field"},
+		{"prices out of order", "prices: {m: [{from: 2027-01-01, input: 1, output: 1}, {from: 2026-01-01, input: 2, output: 2}]}", "prices.m: price 2: from"},
+		{"second price undated", "prices: {m: [{input: 1, output: 1}, {input: 2, output: 2}]}", "prices.m: price 2: only the first"},
+		{"bad tier", "prices: {m: {input: 1, output: 1, tiers: {batch: 0}}}", "multiplier"},
+		{"fallback dated", "fallback_price: {from: 2026-01-01, input: 1, output: 1}", "fallback_price: from"},
 		{"downgrade ratio", "policies: {p: {models: {downgrade: [{when_budget_used: 0, from: a, to: b}]}}}", "policies.p.models.downgrade[0].when_budget_used"},
 		{"cache ttl", "policies: {p: {prompt_cache: {inject: true, ttl: 2h}}}", "policies.p.prompt_cache.ttl"},
 		{"bad pattern", "policies: {p: {models: {allow: ['claude-[']}}}", "policies.p.models.allow[0]"},

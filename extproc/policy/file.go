@@ -19,7 +19,7 @@ type fileConfig struct {
 	Policies      map[string]policyFile            `json:"policies"`
 	Tenants       map[string]tenantOverride        `json:"tenants"`
 	Orgs          map[string]orgFile               `json:"orgs"`
-	Prices        map[string]accounting.USDPerMTok `json:"prices"`
+	Prices        map[string]accounting.ModelPrice `json:"prices"`
 	FallbackPrice *accounting.USDPerMTok           `json:"fallback_price"`
 }
 

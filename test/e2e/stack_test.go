@@ -309,14 +309,18 @@ func (s *stack) ledgerSince(n int) []mockprovider.LedgerEntry {
 }
 
 // nanoPrices are the published prices of the models these tests use, in
-// nano-USD per token, written out independently of the accounting package
-// (from https://docs.anthropic.com/en/docs/about-claude/pricing), so a
-// pricing bug cannot cancel itself out.
+// nano-USD per token ($1 per million tokens is 1000), written out
+// independently of the accounting package, so a pricing bug cannot cancel
+// itself out: Anthropic's from https://docs.anthropic.com/en/docs/about-claude/pricing,
+// OpenAI's from https://platform.openai.com/docs/pricing (checked 2025-07-04;
+// OpenAI lists no cache-write price, so a cache write would cost input).
 var nanoPrices = map[string][5]int64{ // input, output, 5m write, 1h write, read
 	"claude-sonnet-4-5": {3000, 15000, 3750, 6000, 300},
 	"claude-haiku-4-5":  {1000, 5000, 1250, 2000, 100},
 	"claude-opus-4-5":   {5000, 25000, 6250, 10000, 500},
-	"gpt-test":          {50, 400, 63, 100, 5}, // from the tests' price override {input: 0.05, output: 0.4}
+	"gpt-4o":            {2500, 10000, 2500, 2500, 1250}, // $2.50 in, $10 out, $1.25 cached input
+	"gpt-4o-mini":       {150, 600, 150, 150, 75},        // $0.15 in, $0.60 out, $0.075 cached input
+	"gpt-test":          {50, 400, 63, 100, 5},           // from the tests' price override {input: 0.05, output: 0.4}
 	// The surfaces tests configure these themselves, from
 	// https://openai.com/api/pricing (gpt-5.6-terra: $2 in, $12 out, $2.50
 	// cache write, $0.20 cached; text-embedding-3-small: $0.02) and

@@ -48,6 +48,15 @@
 // breakpoint 1h writes, then to the last breakpoint 5m writes, and the rest is
 // input_tokens; the three always sum to the uncached count.
 //
+// # Prompt caching (OpenAI)
+//
+// Automatic, as OpenAI's: a prompt of 1024 tokens or more warms the cache
+// for 5 minutes, prefix by prefix at message boundaries (model, tools, then
+// messages, exactly as sent). A later prompt starting with a warm prefix
+// reports usage.prompt_tokens_details.cached_tokens as that prefix's token
+// count rounded down to a multiple of 128, when at least 1024 (and
+// prompt_tokens still includes them, as OpenAI's does).
+//
 // # Scripting by request header
 //
 //	x-mock-status: N            respond N with the dialect's error body
@@ -83,7 +92,6 @@
 //
 // The error-after, disconnect-after, chunk-delay and split knobs act on
 // streamed responses only; events are counted from 1 and include ping.
-// OpenAI prompt caching is not simulated (cached_tokens is always 0).
 //
 // Every usage the mock sent is recorded in a ledger, served at
 // GET /mock/ledger and cleared (with the cache and rate-limit state) by

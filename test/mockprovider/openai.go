@@ -55,6 +55,8 @@ type openaiPrompt struct {
 	stream       bool
 	includeUsage bool
 	obfuscate    bool
+	// prefixes are the prompt's cacheable prefixes, message by message.
+	prefixes []oaiPrefix
 }
 
 // parseOpenAI validates a Chat Completions body and counts its prompt by the
@@ -103,6 +105,19 @@ func parseOpenAI(body []byte, opts Options) (*openaiPrompt, error) {
 			p.obfuscate = *req.StreamOptions.IncludeObfuscation
 		}
 	}
+	// The messages and tools exactly as sent, for the prompt-cache prefixes.
+	var raw struct {
+		Messages []json.RawMessage `json:"messages"`
+		Tools    []json.RawMessage `json:"tools"`
+	}
+	if err := json.Unmarshal(body, &raw); err != nil || len(raw.Messages) != len(req.Messages) {
+		return nil, &oaiRequestError{msg: "We could not parse the JSON body of your request."}
+	}
+	var toolsTokens int64
+	for _, t := range req.Tools {
+		toolsTokens += ceilTokens(len(t))
+	}
+	messageTokens := make([]int64, len(req.Messages))
 	for i, m := range req.Messages {
 		switch m.Role {
 		case "system", "developer", "user", "assistant", "tool", "function":
@@ -114,14 +129,14 @@ func parseOpenAI(body []byte, opts Options) (*openaiPrompt, error) {
 		if err != nil {
 			return nil, &oaiRequestError{msg: fmt.Sprintf("Invalid 'messages[%d].content': %v", i, err), param: fmt.Sprintf("messages[%d].content", i)}
 		}
-		p.promptTokens += opts.MessageOverhead + n + ceilTokens(len(m.Name)) + ceilTokens(len(bytes.TrimSpace(m.ToolCalls)))
+		messageTokens[i] = opts.MessageOverhead + n + ceilTokens(len(m.Name)) + ceilTokens(len(bytes.TrimSpace(m.ToolCalls)))
+		p.promptTokens += messageTokens[i]
 		if m.Role == "user" {
 			p.lastUser = m.Content
 		}
 	}
-	for _, t := range req.Tools {
-		p.promptTokens += ceilTokens(len(t))
-	}
+	p.promptTokens += toolsTokens
+	p.prefixes = oaiPrefixes(req.Model, raw.Tools, raw.Messages, messageTokens, toolsTokens)
 	p.promptTokens += 3 // the assistant reply's priming, as OpenAI's counting guide does
 	if p.lastUser == nil {
 		p.lastUser = body
@@ -248,6 +263,7 @@ func (p *Provider) handleChat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out, capped := outputPlan(req.lastUser, k.outputTokens, req.maxTokens)
+	cached, cachePlan := p.cache.planOpenAI(req.prefixes, c.now)
 	state, wait, admitted := p.oaiLimit.take(c.now, req.promptTokens, out, p.opts.Enforce)
 	if !admitted {
 		p.openaiError(w, c, http.StatusTooManyRequests, oaiErrorInner{
@@ -256,8 +272,10 @@ func (p *Provider) handleChat(w http.ResponseWriter, r *http.Request) {
 		}, retryAfterSeconds(wait))
 		return
 	}
+	p.cache.commit(cachePlan, c.now) // only an admitted request warms the cache
 	state.setOpenAI(h)
-	usage := oaiUsage{PromptTokens: req.promptTokens, CompletionTokens: out, TotalTokens: req.promptTokens + out}
+	usage := oaiUsage{PromptTokens: req.promptTokens, CompletionTokens: out, TotalTokens: req.promptTokens + out,
+		PromptTokensDetails: oaiPromptDetails{CachedTokens: cached}}
 	finish := "stop"
 	if capped {
 		finish = "length"

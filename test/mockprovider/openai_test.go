@@ -209,3 +209,81 @@ func TestOpenAIStreamErrorAfter(t *testing.T) {
 		t.Errorf("ledger %+v", led)
 	}
 }
+
+// TestOpenAIPromptCache: a prompt of 1024+ tokens warms the cache; a later
+// prompt sharing its prefix reports the prefix's tokens, in 128-token
+// increments, as cached_tokens (still inside prompt_tokens), in JSON and in
+// the stream's usage chunk; short prompts, other models and expired
+// prefixes never hit.
+func TestOpenAIPromptCache(t *testing.T) {
+	now := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
+	s := startMock(t, Options{Now: func() time.Time { return now }})
+	// 4800 bytes: 1200 tokens, plus 3 for the message: a 1203-token prefix.
+	system := strings.Repeat("You are terse. ", 320)
+	body := func(model, user string, stream bool) string {
+		b, _ := json.Marshal(map[string]any{"model": model, "stream": stream, "messages": []map[string]string{
+			{"role": "system", "content": system}, {"role": "user", "content": user}}})
+		if stream {
+			b = []byte(strings.Replace(string(b), `"stream":true`, `"stream":true,"stream_options":{"include_usage":true}`, 1))
+		}
+		return string(b)
+	}
+	usage := func(b []byte, stream bool) gjson.Result {
+		if !stream {
+			return gjson.GetBytes(b, "usage")
+		}
+		var u gjson.Result
+		for _, line := range strings.Split(string(b), "\n") {
+			if d, ok := strings.CutPrefix(line, "data: "); ok && gjson.Get(d, "usage").IsObject() {
+				u = gjson.Get(d, "usage")
+			}
+		}
+		return u
+	}
+	call := func(b string, stream bool) (prompt, cached int64) {
+		t.Helper()
+		resp, got, err := post(t, s.URL()+"/v1/chat/completions", b, openaiHeaders())
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("status %d, %v: %s", resp.StatusCode, err, got)
+		}
+		u := usage(got, stream)
+		return u.Get("prompt_tokens").Int(), u.Get("prompt_tokens_details.cached_tokens").Int()
+	}
+	if _, cached := call(body("gpt-4o", "Hello", false), false); cached != 0 {
+		t.Fatalf("a cold prompt reported %d cached tokens", cached)
+	}
+	// The system prefix (1203 tokens) is warm: 1152 of it, a multiple of 128, is cached.
+	// Each user message is 400 bytes: 100 tokens, 103 with its message.
+	longA, longB := strings.Repeat("Tell me about A. ", 25)[:400], strings.Repeat("Tell me about B. ", 25)[:400]
+	for _, tc := range []struct {
+		user   string
+		stream bool
+	}{{longA, false}, {longB, true}} {
+		prompt, cached := call(body("gpt-4o", tc.user, tc.stream), tc.stream)
+		if prompt != 1203+103+3 || cached != 1152 {
+			t.Errorf("stream %v: prompt %d, cached %d; want 1309 and 1152", tc.stream, prompt, cached)
+		}
+	}
+	// The whole of the first of those prompts (1306 tokens before the
+	// reply's priming) is warm too: the longest prefix wins.
+	prompt, cached := call(body("gpt-4o", longA, false), false)
+	if cached != 1280 {
+		t.Errorf("prompt %d: cached %d, want 1280", prompt, cached)
+	}
+	led := s.Provider().Ledger()
+	if last := led[len(led)-1]; last.Reported.CacheReadTokens != cached || last.Reported.InputTokens != prompt-cached {
+		t.Errorf("ledger %+v: cached tokens are cache reads, the rest input", last.Reported)
+	}
+	if _, cached := call(body("gpt-4o-mini", "Hello", false), false); cached != 0 {
+		t.Errorf("another model hit gpt-4o's cache: %d", cached)
+	}
+	short := `{"model":"gpt-4o","messages":[{"role":"user","content":"Hello"}]}`
+	call(short, false)
+	if _, cached := call(short, false); cached != 0 {
+		t.Errorf("a prompt under 1024 tokens reported %d cached", cached)
+	}
+	now = now.Add(6 * time.Minute)
+	if _, cached := call(body("gpt-4o", "Hello", false), false); cached != 0 {
+		t.Errorf("an expired prefix reported %d cached", cached)
+	}
+}
