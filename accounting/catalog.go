@@ -94,3 +94,55 @@ func MinCacheTokens(model string) int64 {
 	}
 	return UnknownModelMinCacheTokens
 }
+
+// UnknownModelMaxOutputTokens is MaxOutputTokens for a model the catalog
+// does not know: the largest bound current models publish for a request
+// (GPT-5's 128,000). Guessing high only makes a full reservation
+// conservative; guessing low would let an unbounded request produce more
+// than was reserved.
+const UnknownModelMaxOutputTokens = 128_000
+
+// MaxOutputTokens returns the most output tokens the model produces for one
+// request when the request sets no bound of its own — what a full budget
+// reservation reserves for a request without max_tokens. Figures are the
+// providers' model pages (https://docs.anthropic.com/en/docs/about-claude/models/overview,
+// https://platform.openai.com/docs/models, https://ai.google.dev/gemini-api/docs/models);
+// where a page offers a larger bound behind a beta flag, or a model is too
+// new to be listed, the larger figure (or UnknownModelMaxOutputTokens).
+func MaxOutputTokens(model string) int64 {
+	family, _ := ModelFamily(model)
+	switch family {
+	case "claude-3-haiku", "claude-3-opus":
+		return 4096
+	case "claude-3-5-haiku", "claude-3-5-sonnet":
+		return 8192
+	case "claude-opus-4-0", "claude-opus-4", "claude-4-opus", "claude-opus-4-1":
+		return 32_000
+	case "claude-sonnet-4-0", "claude-sonnet-4", "claude-4-sonnet", "claude-haiku-4-5",
+		"claude-sonnet-4-5", "claude-opus-4-5":
+		return 64_000
+	case "claude-3-7-sonnet": // 64,000; 128,000 with the output-128k beta
+		return 128_000
+	}
+	// OpenAI and Google names carry no date suffix ModelFamily strips
+	// (gpt-4o-2024-08-06): match the family by prefix, longest first.
+	for _, p := range outputLimitPrefixes {
+		if strings.HasPrefix(family, p.prefix) {
+			return p.tokens
+		}
+	}
+	return UnknownModelMaxOutputTokens
+}
+
+var outputLimitPrefixes = []struct {
+	prefix string
+	tokens int64
+}{
+	{"gpt-4o-mini", 16_384},
+	{"gpt-4o", 16_384},
+	{"gpt-4.1", 32_768},
+	{"gpt-5-pro", 272_000},
+	{"o3", 100_000},
+	{"o4-mini", 100_000},
+	{"gemini-", 65_536},
+}

@@ -87,3 +87,29 @@ func TestMinCacheTokens(t *testing.T) {
 		}
 	}
 }
+
+func TestMaxOutputTokens(t *testing.T) {
+	for _, tc := range []struct {
+		model string
+		want  int64
+	}{
+		{"claude-3-haiku-20240307", 4096},
+		{"claude-3-5-sonnet-latest", 8192},
+		{"claude-opus-4-1-20250805", 32_000},
+		{"us.anthropic.claude-sonnet-4-5-20250929-v1:0", 64_000},
+		{"claude-3-7-sonnet-20250219", 128_000},
+		{"gpt-4o-2024-08-06", 16_384},
+		{"gpt-4o-mini", 16_384},
+		{"gpt-4.1-nano", 32_768},
+		{"gpt-5-pro", 272_000},
+		{"gpt-5-mini", 128_000},
+		{"o4-mini-2025-04-16", 100_000},
+		{"gemini-2.5-flash", 65_536},
+		{"claude-fable-5", UnknownModelMaxOutputTokens},
+		{"my-llama", UnknownModelMaxOutputTokens},
+	} {
+		if got := MaxOutputTokens(tc.model); got != tc.want {
+			t.Errorf("MaxOutputTokens(%q) = %d, want %d", tc.model, got, tc.want)
+		}
+	}
+}

@@ -21,6 +21,11 @@ func planEdits(req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.Edi
 			return rep, err
 		}
 	}
+	if e.OutputLimit > 0 {
+		if err := wire.EditOutputLimit(&req.Index.OutputLimit, req.Index.Append, "max_tokens", e.OutputLimit, out); err != nil {
+			return rep, err
+		}
+	}
 	if e.Cache != nil {
 		res, err := placeBreakpoints(&req.Index.Cache, long, e.Cache.MinTokens, out)
 		if err != nil {

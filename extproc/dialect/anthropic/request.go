@@ -62,7 +62,7 @@ func parseRequest(body []byte, relaxed bool) (wire.Request, error) {
 			if relaxed {
 				r.Skip()
 			} else {
-				req.MaxTokens, err = wire.ReadMaxTokens(r, "max_tokens")
+				req.MaxTokens, err = wire.ReadOutputLimit(r, "max_tokens", &req.Index.OutputLimit)
 			}
 		case "stream":
 			if relaxed {

@@ -8,6 +8,7 @@ package gemini
 
 import (
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
@@ -99,12 +100,36 @@ func (g GenerateContent) Parse(body []byte) (wire.Request, error) {
 // report carries for the gate to set as :path; the body is not touched.
 // Gemini caches prompt prefixes by itself (implicit caching) or through
 // cachedContent, so e.Cache adds nothing.
-func (g GenerateContent) Edit(_ []byte, req *wire.Request, e wire.EditRequest, _ *wire.Edits) (wire.EditReport, error) {
+func (g GenerateContent) Edit(_ []byte, req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.EditReport, error) {
 	var rep wire.EditReport
 	if e.Model != "" && e.Model != req.Model {
 		rep.Path = g.PathFor(e.Model)
 	}
+	if e.OutputLimit > 0 {
+		return rep, editOutputLimit(&req.Index, e.OutputLimit, out)
+	}
 	return rep, nil
+}
+
+// editOutputLimit bounds the output at n tokens in
+// generationConfig.maxOutputTokens
+// (https://ai.google.dev/api/generate-content#generationconfig), creating
+// the member, or the object, where the request has none.
+func editOutputLimit(idx *wire.Index, n int64, out *wire.Edits) error {
+	ol := &idx.OutputLimit
+	num := strconv.FormatInt(n, 10)
+	switch {
+	case ol.Found():
+		return wire.EditOutputLimit(ol, idx.Append, "maxOutputTokens", n, out)
+	case ol.NestedFound:
+		return wire.InsertMember(ol.Nested, "maxOutputTokens", num, out)
+	case ol.NestedNull.Found():
+		if !out.Add(ol.NestedNull.Start, ol.NestedNull.End, `{"maxOutputTokens":`+num+`}`) {
+			return wire.ErrTooManyEdits
+		}
+		return nil
+	}
+	return wire.InsertMember(idx.Append, "generationConfig", `{"maxOutputTokens":`+num+`}`, out)
 }
 
 // PathFor returns the call's path with model in place of its own, the

@@ -62,6 +62,7 @@ func parseRequest(body []byte) (wire.Request, string, error) {
 		return req, "", err
 	}
 	it := r.Object()
+	req.Index.Append = wire.Insertion{At: r.Pos()}
 	for key, ok := r.NextKey(&it); ok; key, ok = r.NextKey(&it) {
 		key = canonicalKey(key)
 		if err := seen.Add(key); err != nil {
@@ -91,7 +92,7 @@ func parseRequest(body []byte) (wire.Request, string, error) {
 				hasPrefix = true
 			}
 		case "generationConfig":
-			req.MaxTokens, err = readGenerationConfig(&r)
+			req.MaxTokens, err = readGenerationConfig(&r, &req.Index.OutputLimit)
 		case "model":
 			if r.Peek() == wire.KindString {
 				bodyModel, _ = r.String()
@@ -104,6 +105,7 @@ func parseRequest(body []byte) (wire.Request, string, error) {
 		if err != nil {
 			return req, "", wire.Fail(&r, err)
 		}
+		req.Index.Append = wire.Insertion{At: r.Pos(), Comma: true}
 	}
 	if err := wire.End(&r); err != nil {
 		return req, "", err
@@ -122,8 +124,10 @@ func parseRequest(body []byte) (wire.Request, string, error) {
 // returns maxOutputTokens, 0 when absent. It is the output bound whatever
 // else the config says: thinking tokens count towards it on the models
 // that think.
-func readGenerationConfig(r *wire.Reader) (int64, error) {
-	if r.Null() {
+func readGenerationConfig(r *wire.Reader, idx *wire.OutputLimitIndex) (int64, error) {
+	r.Peek()
+	if start := r.Pos(); r.Null() {
+		idx.NestedNull = wire.Span{Start: start, End: r.Pos()}
 		return 0, nil
 	}
 	if r.Peek() != wire.KindObject {
@@ -134,23 +138,26 @@ func readGenerationConfig(r *wire.Reader) (int64, error) {
 		seen   bool
 	)
 	it := r.Object()
+	idx.Nested, idx.NestedFound = wire.Insertion{At: r.Pos()}, true
 	for key, ok := r.NextKey(&it); ok; key, ok = r.NextKey(&it) {
 		if string(key) != "maxOutputTokens" && string(key) != "max_output_tokens" {
 			if strings.EqualFold(string(key), "maxOutputTokens") || strings.EqualFold(string(key), "max_output_tokens") {
 				return 0, wire.Invalid("generationConfig: the key " + quote(string(key)) + " differs from maxOutputTokens only in case")
 			}
 			r.Skip()
+			idx.Nested = wire.Insertion{At: r.Pos(), Comma: true}
 			continue
 		}
 		if seen {
 			return 0, wire.Invalid("generationConfig.maxOutputTokens: duplicate key")
 		}
 		seen = true
-		v, err := wire.ReadMaxTokens(r, "generationConfig.maxOutputTokens")
+		v, err := wire.ReadOutputLimit(r, "generationConfig.maxOutputTokens", idx)
 		if err != nil {
 			return 0, err
 		}
 		maxOut = v
+		idx.Nested = wire.Insertion{At: r.Pos(), Comma: true}
 	}
 	return maxOut, nil
 }

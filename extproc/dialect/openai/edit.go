@@ -33,6 +33,14 @@ func planEdits(req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.Edi
 			return rep, err
 		}
 	}
+	if e.OutputLimit > 0 {
+		// max_completion_tokens is the bound every current model reads;
+		// max_tokens is deprecated and refused by reasoning models
+		// (https://platform.openai.com/docs/api-reference/chat/create#chat-create-max_completion_tokens).
+		if err := wire.EditOutputLimit(&req.Index.OutputLimit, req.Index.Append, "max_completion_tokens", e.OutputLimit, out); err != nil {
+			return rep, err
+		}
+	}
 	if req.Stream && !req.StreamUsageRequested {
 		forced, err := forceStreamUsage(req, out)
 		if err != nil {

@@ -59,14 +59,14 @@ func parseRequest(body []byte, relaxed bool) (wire.Request, error) {
 			if relaxed {
 				r.Skip()
 			} else {
-				maxTokens, err = wire.ReadMaxTokens(&r, "max_tokens")
+				maxTokens, err = wire.ReadOutputLimit(&r, "max_tokens", &req.Index.OutputLimit)
 			}
 		case "max_completion_tokens":
 			if relaxed {
 				r.Skip()
 			} else {
 				haveCompl = r.Peek() != wire.KindNull
-				maxCompl, err = wire.ReadMaxTokens(&r, "max_completion_tokens")
+				maxCompl, err = wire.ReadOutputLimit(&r, "max_completion_tokens", &req.Index.OutputLimit)
 			}
 		case "stream":
 			if relaxed {

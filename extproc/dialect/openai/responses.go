@@ -24,7 +24,14 @@ func (Responses) Parse(body []byte) (wire.Request, error) { return ParseResponse
 func (Responses) Edit(_ []byte, req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.EditReport, error) {
 	var rep wire.EditReport
 	if e.Model != "" && e.Model != req.Model {
-		return rep, wire.EditModel(&req.Index, e.Model, out)
+		if err := wire.EditModel(&req.Index, e.Model, out); err != nil {
+			return rep, err
+		}
+	}
+	if e.OutputLimit > 0 {
+		// max_output_tokens bounds reasoning and visible output together
+		// (https://platform.openai.com/docs/api-reference/responses/create#responses-create-max_output_tokens).
+		return rep, wire.EditOutputLimit(&req.Index.OutputLimit, req.Index.Append, "max_output_tokens", e.OutputLimit, out)
 	}
 	return rep, nil
 }

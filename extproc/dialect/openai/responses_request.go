@@ -46,7 +46,7 @@ func ParseResponsesRequest(body []byte) (wire.Request, error) {
 			haveModel = true
 			req.Model, req.Index.Model, err = wire.ReadModel(&r)
 		case "max_output_tokens":
-			req.MaxTokens, err = wire.ReadMaxTokens(&r, "max_output_tokens")
+			req.MaxTokens, err = wire.ReadOutputLimit(&r, "max_output_tokens", &req.Index.OutputLimit)
 		case "stream":
 			req.Stream, err = wire.ReadOptionalBool(&r, "stream")
 		case "background":

@@ -94,6 +94,12 @@ type EditRequest struct {
 	// Cache, when set, asks for prompt-cache breakpoints where the dialect
 	// has them.
 	Cache *CacheRequest
+	// OutputLimit, when above zero, bounds the request's output at that many
+	// tokens: the value of every output-bound member the request has is
+	// replaced, or the dialect's member is added when it has none. The gate
+	// sets it when a budget admits less output than the request may produce
+	// (budget_reservation: full).
+	OutputLimit int64
 }
 
 // CacheRequest configures prompt-cache breakpoint injection.

@@ -15,7 +15,39 @@ type Index struct {
 	StreamOptions StreamOptionsIndex
 	// Cache is what Messages prompt-cache planning needs.
 	Cache CacheIndex
+	// OutputLimit locates the request's output bound for a clamp
+	// (EditRequest.OutputLimit).
+	OutputLimit OutputLimitIndex
 }
+
+// OutputLimitIndex locates the output-bound members of a request: their
+// values' spans (OpenAI Chat may carry both max_tokens and
+// max_completion_tokens, and the provider reads either), and, for an API
+// whose bound lives in a nested object (Gemini's generationConfig), that
+// object's insertion point.
+type OutputLimitIndex struct {
+	Values [2]Span
+	n      int
+	// Nested is where a bound goes inside the nested object; NestedFound
+	// reports that the object exists.
+	Nested      Insertion
+	NestedFound bool
+	// NestedNull is the span of a nested object given as null, which a
+	// bound replaces with an object.
+	NestedNull Span
+}
+
+// Add records the span of one output-bound value; past the second it is
+// dropped, which only a dialect bug can cause (duplicate keys are refused).
+func (o *OutputLimitIndex) Add(s Span) {
+	if o.n < len(o.Values) {
+		o.Values[o.n] = s
+		o.n++
+	}
+}
+
+// Found reports whether any output-bound value was recorded.
+func (o *OutputLimitIndex) Found() bool { return o.n > 0 }
 
 // Insertion is where a member can be spliced into an object: just after the
 // last member's value, or just after '{' when the object is empty. Comma

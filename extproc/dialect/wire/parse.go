@@ -146,6 +146,18 @@ func ReadMaxTokens(r *Reader, field string) (int64, error) {
 	return v, nil
 }
 
+// ReadOutputLimit is ReadMaxTokens for the member that bounds a request's
+// output, recording its value's span in idx for a clamp.
+func ReadOutputLimit(r *Reader, field string, idx *OutputLimitIndex) (int64, error) {
+	r.Peek()
+	start := r.Pos()
+	v, err := ReadMaxTokens(r, field)
+	if err == nil && r.Err() == nil {
+		idx.Add(Span{start, r.Pos()})
+	}
+	return v, err
+}
+
 // ReadOptionalBool reads a boolean; null reads as false.
 func ReadOptionalBool(r *Reader, field string) (bool, error) {
 	if r.Null() {

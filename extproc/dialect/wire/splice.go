@@ -2,6 +2,7 @@ package wire
 
 import (
 	"errors"
+	"strconv"
 	"unicode/utf8"
 	"unsafe"
 )
@@ -80,4 +81,35 @@ func AppendJSONString(dst []byte, s string) []byte {
 		}
 	}
 	return append(dst, '"')
+}
+
+// EditOutputLimit adds to out the edits that bound a request's output at n
+// tokens: every output-bound value the parse located in idx is replaced by n
+// and, when there is none, the top-level member name is added with n at
+// append. A dialect whose bound is nested (Gemini) handles the absent case
+// itself.
+func EditOutputLimit(idx *OutputLimitIndex, append Insertion, name string, n int64, out *Edits) error {
+	num := strconv.FormatInt(n, 10)
+	if idx.Found() {
+		for _, s := range idx.Values[:idx.n] {
+			if !out.Add(s.Start, s.End, num) {
+				return ErrTooManyEdits
+			}
+		}
+		return nil
+	}
+	return InsertMember(append, name, num, out)
+}
+
+// InsertMember adds to out the insertion of the member name (a plain key,
+// needing no escapes) with the raw JSON value at the insertion point.
+func InsertMember(at Insertion, name, value string, out *Edits) error {
+	text := `"` + name + `":` + value
+	if at.Comma {
+		text = "," + text
+	}
+	if !out.Add(at.At, at.At, text) {
+		return ErrTooManyEdits
+	}
+	return nil
 }
