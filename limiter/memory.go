@@ -66,8 +66,8 @@ type recWindow struct {
 
 type memBudget struct {
 	spent, reserved, degraded int64
-	alerts          map[int64]bool
-	deadline        int64
+	alerts                    map[int64]bool
+	deadline                  int64
 }
 
 // NewMemory returns an empty memory store.
