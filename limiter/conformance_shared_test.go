@@ -60,7 +60,7 @@ func runSharedConformance(t *testing.T, h harness) {
 
 	t.Run("RenewKeepsTheLease", func(t *testing.T) {
 		tenant := newTenant("renew")
-		ttl := 300*time.Millisecond + h.slack
+		ttl := 600*time.Millisecond + 2*h.slack
 		lim := Limits{Concurrent: 1, LeaseTTL: ttl}
 		mustAdmit(t, s, AdmitRequest{Tenant: tenant, RequestID: "long", Limits: lim})
 		mustAdmit(t, s, AdmitRequest{Tenant: tenant, RequestID: "short", Limits: Limits{LeaseTTL: ttl}})

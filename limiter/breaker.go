@@ -1,0 +1,200 @@
+package limiter
+
+import (
+	"cmp"
+	"sync"
+	"time"
+)
+
+// BreakerState is where a Resilient store's circuit breaker is.
+type BreakerState int
+
+const (
+	// BreakerClosed: calls go to the primary.
+	BreakerClosed BreakerState = iota
+	// BreakerOpen: calls skip the primary and get their failure policy at
+	// once, until the open period ends.
+	BreakerOpen
+	// BreakerHalfOpen: one probe at a time goes to the primary; enough
+	// successes in a row close the breaker, one failure opens it again.
+	BreakerHalfOpen
+)
+
+func (s BreakerState) String() string {
+	switch s {
+	case BreakerOpen:
+		return "open"
+	case BreakerHalfOpen:
+		return "half_open"
+	}
+	return "closed"
+}
+
+// BreakerOptions tune the circuit breaker. The breaker opens on the failure
+// rate over a sliding window, never on one slow reply: at least MinFailures
+// failures and at least FailureRatio of the calls in Window failed.
+type BreakerOptions struct {
+	// Window is the sliding window the rate is measured over (10 buckets).
+	Window time.Duration
+	// MinFailures is how many failures the window needs before the breaker
+	// may open.
+	MinFailures int
+	// FailureRatio is the share of failed calls in the window that opens it.
+	FailureRatio float64
+	// OpenFor is how long the breaker stays open before it half-opens.
+	OpenFor time.Duration
+	// Probes is how many successful probes in a row close it again.
+	Probes int
+}
+
+// Defaults of BreakerOptions.
+const (
+	DefaultBreakerWindow       = 10 * time.Second
+	DefaultBreakerMinFailures  = 5
+	DefaultBreakerFailureRatio = 0.5
+	DefaultBreakerProbes       = 2
+)
+
+const breakerBuckets = 10
+
+type breaker struct {
+	opts     BreakerOptions
+	bucket   time.Duration
+	now      func() time.Time
+	onChange func(from, to BreakerState)
+
+	mu        sync.Mutex
+	state     BreakerState
+	openUntil time.Time
+	probing   bool
+	successes int // consecutive successful probes while half-open
+	buckets   [breakerBuckets]breakerBucket
+}
+
+type breakerBucket struct {
+	start        int64 // bucket index (unix ns / bucket width)
+	calls, fails int
+}
+
+func newBreaker(o BreakerOptions, now func() time.Time, onChange func(from, to BreakerState)) *breaker {
+	o.Window = cmp.Or(o.Window, DefaultBreakerWindow)
+	o.MinFailures = cmp.Or(o.MinFailures, DefaultBreakerMinFailures)
+	o.FailureRatio = cmp.Or(o.FailureRatio, DefaultBreakerFailureRatio)
+	o.OpenFor = cmp.Or(o.OpenFor, DefaultProbeInterval)
+	o.Probes = cmp.Or(o.Probes, DefaultBreakerProbes)
+	if now == nil {
+		now = time.Now
+	}
+	return &breaker{opts: o, bucket: max(o.Window/breakerBuckets, time.Millisecond), now: now, onChange: onChange}
+}
+
+// State reports the breaker's state.
+func (b *breaker) State() BreakerState {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.state
+}
+
+// allow reports whether a call may go to the primary. While half-open one
+// call at a time is let through as the probe; it must report back with
+// success or failure.
+func (b *breaker) allow() (ok, probe bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch b.state {
+	case BreakerClosed:
+		return true, false
+	case BreakerOpen:
+		if b.now().Before(b.openUntil) {
+			return false, false
+		}
+		b.set(BreakerHalfOpen)
+		b.successes = 0
+	}
+	if b.probing {
+		return false, false
+	}
+	b.probing = true
+	return true, true
+}
+
+// success records a call that the primary answered.
+func (b *breaker) success(probe bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.state == BreakerClosed:
+		b.record(false)
+	case probe:
+		b.probing = false
+		b.successes++
+		if b.successes >= b.opts.Probes {
+			b.buckets = [breakerBuckets]breakerBucket{}
+			b.set(BreakerClosed)
+		}
+	}
+}
+
+// failure records a call the primary did not answer.
+func (b *breaker) failure(probe bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.state == BreakerClosed:
+		calls, fails := b.record(true)
+		if fails >= b.opts.MinFailures && float64(fails) >= b.opts.FailureRatio*float64(calls) {
+			b.trip()
+		}
+	case probe || b.state == BreakerHalfOpen:
+		b.probing = false
+		b.trip()
+	}
+}
+
+// release gives back a probe that ended without telling anything about the
+// store (the caller gave up).
+func (b *breaker) release(probe bool) {
+	if !probe {
+		return
+	}
+	b.mu.Lock()
+	b.probing = false
+	b.mu.Unlock()
+}
+
+func (b *breaker) trip() {
+	b.openUntil = b.now().Add(b.opts.OpenFor)
+	b.successes = 0
+	b.set(BreakerOpen)
+}
+
+func (b *breaker) set(s BreakerState) {
+	if b.state == s {
+		return
+	}
+	from := b.state
+	b.state = s
+	if b.onChange != nil {
+		b.onChange(from, s)
+	}
+}
+
+// record adds one call to the window and returns the window's totals.
+func (b *breaker) record(failed bool) (calls, fails int) {
+	idx := b.now().UnixNano() / int64(b.bucket)
+	bk := &b.buckets[idx%breakerBuckets]
+	if bk.start != idx {
+		*bk = breakerBucket{start: idx}
+	}
+	bk.calls++
+	if failed {
+		bk.fails++
+	}
+	for i := range b.buckets {
+		if c := &b.buckets[i]; idx-c.start < breakerBuckets {
+			calls += c.calls
+			fails += c.fails
+		}
+	}
+	return calls, fails
+}
