@@ -230,7 +230,7 @@ tenants:
   o: {policy: lenient}
   l: {policy: shared}
 `, rs.Addr()))
-	mock := newStack(t, stackOptions{config: ""}) // for its mock provider
+	mock := newStack(t, stackOptions{config: "policies: {}"}) // for its mock provider
 	f := p.filter(t)
 	send := func(tenant string) (int, string) {
 		resp, err := f.Do(context.Background(), anthropicRequest(budgetBody(false), sim.Header{Name: "x-tenant-id", Value: tenant}), mock.upstream)
