@@ -127,7 +127,7 @@ tenants:
 	if err != nil {
 		t.Fatal(err)
 	}
-	opened, err := openStore(cfg.Store, nil, true)
+	opened, err := openStore(cfg.Store, nil, true, storeRuntime{})
 	if err != nil {
 		t.Fatal(err)
 	}

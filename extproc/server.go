@@ -45,6 +45,8 @@ type Server struct {
 	metrics *observe.Metrics
 	log     *slog.Logger
 	errLog  sampler
+	// open counts streams whose handler has not returned, settle included.
+	open atomic.Int64
 }
 
 // NewServer returns a Server.
@@ -61,6 +63,8 @@ func NewServer(o Options) (*Server, error) {
 // the request's reservation is settled exactly once, and a panic ends only
 // this stream, with codes.Internal.
 func (s *Server) Process(grpcStream extprocv3.ExternalProcessor_ProcessServer) (err error) {
+	s.open.Add(1)
+	defer s.open.Add(-1) // last: after the stream's end has settled it
 	s.metrics.StreamOpened()
 	defer s.metrics.StreamClosed()
 	st := &stream{srv: s, ctx: grpcStream.Context()}
@@ -102,6 +106,25 @@ func (s *Server) Process(grpcStream extprocv3.ExternalProcessor_ProcessServer) (
 		}
 	}
 }
+
+// WaitStreams waits until every stream handler has returned — each one's
+// reservation settled (or journaled by the store) — for at most timeout; it
+// reports whether they all did. gRPC's Stop returns before handlers whose
+// streams it cut have run their end, so shutdown calls this before it closes
+// the store the settles go to.
+func (s *Server) WaitStreams(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for s.open.Load() > 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}
+
+// OpenStreams reports the stream handlers still running.
+func (s *Server) OpenStreams() int64 { return s.open.Load() }
 
 // sampler lets one log line through per second and counts the rest, so a
 // flood of bad streams costs neither disk nor lock contention.

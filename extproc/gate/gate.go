@@ -63,6 +63,8 @@ type Gate struct {
 	prefixes *prefixTracker
 	warned   *boundedSet // route policy names already warned about
 	unpriced *boundedSet // model names already warned about
+	// refusals and settles sample the log lines of store failures.
+	refusals, settles sampler
 }
 
 // New returns a Gate.

@@ -62,15 +62,3 @@ func WriteBudgets(ctx context.Context, w io.Writer, store limiter.Store, cfg *po
 	}
 	return tw.Flush()
 }
-
-// Readiness is /readyz's check: ready while the store answers, or while the
-// configured failure policy lets this replica decide without it (open or
-// local); a replica that would refuse everything is taken out of rotation.
-func Readiness(storeUp func() bool, cfg *policy.Holder) func(context.Context) error {
-	return func(context.Context) error {
-		if storeUp() || cfg.Load().Store.OnFailure != limiter.FailClosed {
-			return nil
-		}
-		return errors.New("the shared store is unreachable and store.on_failure is closed")
-	}
-}

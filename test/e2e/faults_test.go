@@ -207,8 +207,9 @@ func (s *stack) waitSettled(t *testing.T, tenant string) {
 }
 
 // TestStoreFailurePolicies kills Redis under a running serve: each policy
-// does what it says, /readyz and tokenwarden_store_up tell the truth, and the
-// Redis that comes back is used again without a restart.
+// does what it says, tokenwarden_store_up and /readyz's detail tell the
+// truth (the replica stays ready: it answers), and the Redis that comes back
+// is used again without a restart.
 func TestStoreFailurePolicies(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and starts processes")
@@ -265,9 +266,12 @@ tenants:
 	// The first request notices; the circuit then answers at once.
 	send("o")
 	waitFor("store_up 0", func() bool { return p.metric(t, "tokenwarden_store_up") == "0" })
-	if code, _ := p.get(t, "/readyz"); code != 503 {
-		t.Errorf("/readyz = %d with Redis down and store.on_failure closed", code)
-	}
+	// Still ready: it answers every request (503s in the API's dialect for
+	// the closed policy); the store's health is store_up and /readyz's detail.
+	waitFor("the breaker to open", func() bool {
+		code, body := p.get(t, "/readyz")
+		return code == 200 && strings.Contains(body, "breaker open")
+	})
 	if code, body := send("c"); code != 503 || !strings.Contains(body, `"api_error"`) || !strings.Contains(body, "unavailable") {
 		t.Errorf("closed policy with Redis down: %d %s", code, body)
 	}
