@@ -25,6 +25,9 @@ const (
 	// OpRebuild is this replica's share of budget windows a store reset
 	// wiped, charged into the new store.
 	OpRebuild = "rebuild"
+	// KindPhantom is reported (besides OpCancel) for a cancel that found the
+	// late admission had run in the store, and released it.
+	KindPhantom = "phantom"
 )
 
 // journalOp is one thing this replica owes the shared store. Each is

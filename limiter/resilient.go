@@ -654,7 +654,10 @@ func (r *Resilient) drain() bool {
 func (r *Resilient) apply(ctx context.Context, op journalOp) error {
 	switch op.Kind {
 	case OpCancel:
-		_, err := r.shared.Cancel(ctx, *op.Cancel)
+		res, err := r.shared.Cancel(ctx, *op.Cancel)
+		if err == nil && res.Released {
+			r.events.Reconciled(KindPhantom)
+		}
 		return err
 	case OpSettle:
 		_, err := r.applySettle(ctx, op)

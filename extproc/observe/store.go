@@ -50,7 +50,7 @@ func newStoreMetrics(reg prometheus.Registerer) storeMetrics {
 		}, []string{"queue"}),
 		reconciled: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenwarden_store_reconciled_total",
-			Help: "Journal entries applied to the shared store, by kind (cancel, settle, charge, rebuild).",
+			Help: "Journal entries applied to the shared store, by kind (cancel, settle, charge, rebuild); phantom counts the cancels that found their timed-out admission had run after all, and released it.",
 		}, []string{"kind"}),
 		resets: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tokenwarden_store_resets_total",
@@ -82,7 +82,7 @@ func newStoreMetrics(reg prometheus.Registerer) storeMetrics {
 	for _, q := range []string{"journal", "ledger"} {
 		m.dropped.WithLabelValues(q)
 	}
-	for _, k := range []string{limiter.OpCancel, limiter.OpSettle, limiter.OpCharge, limiter.OpRebuild} {
+	for _, k := range []string{limiter.OpCancel, limiter.OpSettle, limiter.OpCharge, limiter.OpRebuild, limiter.KindPhantom} {
 		m.reconciled.WithLabelValues(k)
 	}
 	for _, r := range []string{"ok", "error"} {

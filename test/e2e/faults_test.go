@@ -27,21 +27,23 @@ import (
 
 // serveProc is a `tokenwarden serve` process.
 type serveProc struct {
-	cmd   *exec.Cmd
-	grpc  string
-	admin string
-	done  chan struct{}
+	cmd    *exec.Cmd
+	grpc   string
+	admin  string
+	config string // the config file's path
+	done   chan struct{}
 }
 
-func startServe(t *testing.T, configYAML string) *serveProc {
+func startServe(t *testing.T, configYAML string, extraArgs ...string) *serveProc {
 	t.Helper()
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "tokenwarden.yaml")
 	if err := os.WriteFile(cfgPath, []byte(withMeshIdentity(configYAML)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &serveProc{grpc: procs.FreeAddr(t), admin: procs.FreeAddr(t), done: make(chan struct{})}
-	p.cmd = exec.Command(procs.Binary(t), "serve", "--config", cfgPath, "--grpc-addr", p.grpc, "--admin-addr", p.admin, "--log-level", "warn")
+	p := &serveProc{grpc: procs.FreeAddr(t), admin: procs.FreeAddr(t), config: cfgPath, done: make(chan struct{})}
+	args := append([]string{"serve", "--config", cfgPath, "--grpc-addr", p.grpc, "--admin-addr", p.admin, "--log-level", "warn"}, extraArgs...)
+	p.cmd = exec.Command(procs.Binary(t), args...)
 	stderr, _ := p.cmd.StderrPipe()
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
