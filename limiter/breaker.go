@@ -32,8 +32,13 @@ func (s BreakerState) String() string {
 
 // BreakerOptions tune the circuit breaker. The breaker opens on the failure
 // rate over a sliding window, never on one slow reply: at least MinFailures
-// failures and at least FailureRatio of the calls in Window failed.
+// failures and at least FailureRatio of the calls in Window failed — or
+// Consecutive failures with no success between them, so a long healthy
+// history does not keep requests waiting on a store that stopped answering.
 type BreakerOptions struct {
+	// Consecutive failures in a row open the breaker whatever the window
+	// holds.
+	Consecutive int
 	// Window is the sliding window the rate is measured over (10 buckets).
 	Window time.Duration
 	// MinFailures is how many failures the window needs before the breaker
@@ -53,6 +58,7 @@ const (
 	DefaultBreakerMinFailures  = 5
 	DefaultBreakerFailureRatio = 0.5
 	DefaultBreakerProbes       = 2
+	DefaultBreakerConsecutive  = 10
 )
 
 const breakerBuckets = 10
@@ -68,6 +74,7 @@ type breaker struct {
 	openUntil time.Time
 	probing   bool
 	successes int // consecutive successful probes while half-open
+	failed    int // consecutive failures while closed
 	buckets   [breakerBuckets]breakerBucket
 }
 
@@ -82,6 +89,7 @@ func newBreaker(o BreakerOptions, now func() time.Time, onChange func(from, to B
 	o.FailureRatio = cmp.Or(o.FailureRatio, DefaultBreakerFailureRatio)
 	o.OpenFor = cmp.Or(o.OpenFor, DefaultProbeInterval)
 	o.Probes = cmp.Or(o.Probes, DefaultBreakerProbes)
+	o.Consecutive = cmp.Or(o.Consecutive, DefaultBreakerConsecutive)
 	if now == nil {
 		now = time.Now
 	}
@@ -124,12 +132,13 @@ func (b *breaker) success(probe bool) {
 	defer b.mu.Unlock()
 	switch {
 	case b.state == BreakerClosed:
+		b.failed = 0
 		b.record(false)
 	case probe:
 		b.probing = false
 		b.successes++
 		if b.successes >= b.opts.Probes {
-			b.buckets = [breakerBuckets]breakerBucket{}
+			b.buckets, b.failed = [breakerBuckets]breakerBucket{}, 0
 			b.set(BreakerClosed)
 		}
 	}
@@ -141,8 +150,9 @@ func (b *breaker) failure(probe bool) {
 	defer b.mu.Unlock()
 	switch {
 	case b.state == BreakerClosed:
+		b.failed++
 		calls, fails := b.record(true)
-		if fails >= b.opts.MinFailures && float64(fails) >= b.opts.FailureRatio*float64(calls) {
+		if fails >= b.opts.MinFailures && float64(fails) >= b.opts.FailureRatio*float64(calls) || b.failed >= b.opts.Consecutive {
 			b.trip()
 		}
 	case probe || b.state == BreakerHalfOpen:
@@ -164,7 +174,7 @@ func (b *breaker) release(probe bool) {
 
 func (b *breaker) trip() {
 	b.openUntil = b.now().Add(b.opts.OpenFor)
-	b.successes = 0
+	b.successes, b.failed = 0, 0
 	b.set(BreakerOpen)
 }
 

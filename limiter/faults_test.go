@@ -21,7 +21,7 @@ func TestBreakerOpensOnRateNotOneFailure(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	clock := func() time.Time { return now }
 	var changes []string
-	b := newBreaker(BreakerOptions{Window: 10 * time.Second, MinFailures: 3, FailureRatio: 0.5, OpenFor: time.Second, Probes: 2},
+	b := newBreaker(BreakerOptions{Window: 10 * time.Second, MinFailures: 3, FailureRatio: 0.5, OpenFor: time.Second, Probes: 2, Consecutive: 3},
 		clock, func(from, to BreakerState) { changes = append(changes, from.String()+">"+to.String()) })
 	call := func(fail bool) {
 		ok, probe := b.allow()
@@ -46,13 +46,14 @@ func TestBreakerOpensOnRateNotOneFailure(t *testing.T) {
 	}
 	// The window slides: 10 seconds later only the new calls count.
 	now = now.Add(11 * time.Second)
+	call(false)
 	call(true)
 	call(false)
 	call(true)
 	if b.State() != BreakerClosed {
 		t.Fatal("opened below MinFailures")
 	}
-	call(true) // 3 of 4 failed
+	call(true) // 3 of 5 failed
 	if b.State() != BreakerOpen {
 		t.Fatalf("state %v after 3 of 4 calls failed", b.State())
 	}
@@ -83,7 +84,18 @@ func TestBreakerOpensOnRateNotOneFailure(t *testing.T) {
 	if b.State() != BreakerClosed {
 		t.Fatalf("state %v after 2 good probes", b.State())
 	}
-	want := "closed>open open>half_open half_open>open open>half_open half_open>closed"
+	// A healthy history does not hold it closed against a store that
+	// stopped answering: 3 failures in a row (Consecutive) open it.
+	for range 50 {
+		call(false)
+	}
+	for range 3 {
+		call(true)
+	}
+	if b.State() != BreakerOpen {
+		t.Fatalf("state %v after 3 consecutive failures", b.State())
+	}
+	want := "closed>open open>half_open half_open>open open>half_open half_open>closed closed>open"
 	if got := fmt.Sprint(changes); got != "["+want+"]" {
 		t.Fatalf("changes %v, want %s", got, want)
 	}
@@ -345,3 +357,37 @@ func (e *recordedEvents) Dropped(q string)     { e.add("dropped:" + q) }
 func (e *recordedEvents) Reconciled(k string)  { e.add("reconciled:" + k) }
 func (e *recordedEvents) StoreReset(time.Time) { e.add("reset") }
 func (e *recordedEvents) LiveReplicas(int)     {}
+
+// TestLocalModeDividesByLiveReplicas: two replicas on one Redis, each
+// configured with the floor of one, see each other's heartbeats and, when
+// Redis goes, each enforce half of a limit.
+func TestLocalModeDividesByLiveReplicas(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	var rs [2]*Resilient
+	for i := range rs {
+		s, err := NewRedis(RedisOptions{Client: newClient(t, srv.Addr()), Timeout: 200 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rs[i], err = NewResilient(ResilientOptions{Primary: s, Replicas: 1, Logger: quiet, ProbeInterval: 50 * time.Millisecond}); err != nil {
+			t.Fatal(err)
+		}
+		defer rs[i].Close()
+	}
+	waitFor(t, "both replicas to see two live replicas", func() bool { return rs[0].Replicas() == 2 && rs[1].Replicas() == 2 })
+	srv.Kill()
+	lim := Limits{RequestsPerMinute: 10}
+	allowed := 0
+	for i := range 10 {
+		d, err := rs[0].Admit(ctxb, AdmitRequest{Tenant: "l", RequestID: fmt.Sprint(i), Limits: lim, OnFailure: FailLocal})
+		if err != nil || !d.Degraded {
+			t.Fatalf("local admit: %+v %v", d, err)
+		}
+		if d.Allowed {
+			allowed++
+		}
+	}
+	if allowed != 5 || rs[0].Replicas() != 2 {
+		t.Fatalf("%d of 10 allowed at 10 rpm with %d live replicas, want 5", allowed, rs[0].Replicas())
+	}
+}

@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -76,6 +77,12 @@ func Open(o OpenOptions) (Opened, error) {
 	if o.Redis != "" && len(o.Cluster) > 0 {
 		return Opened{}, errors.New("limiter: set a Redis URL or cluster addresses, not both")
 	}
+	if o.Logger != nil {
+		// go-redis logs every failed dial itself; at debug level, so an
+		// outage logs the breaker's one line per state change, not a line per
+		// attempt. The logger is the process's (go-redis has one global).
+		redis.SetLogger(clientLog{o.Logger})
+	}
 	timeout := cmp.Or(o.Timeout, DefaultTimeout)
 	inflight := cmp.Or(o.MaxInFlight, DefaultMaxInFlight)
 	queue := cmp.Or(o.QueueTimeout, DefaultQueueTimeout)
@@ -115,4 +122,11 @@ func Open(o OpenOptions) (Opened, error) {
 	}
 	k := keep(res)
 	return Opened{Store: k, Up: res.Up, Resilient: res, Leases: k, Close: func() error { return errors.Join(k.Close(), client.Close()) }}, nil
+}
+
+// clientLog routes go-redis's own log lines to slog at debug level.
+type clientLog struct{ l *slog.Logger }
+
+func (c clientLog) Printf(ctx context.Context, format string, v ...any) {
+	c.l.DebugContext(ctx, "redis client: "+fmt.Sprintf(format, v...))
 }

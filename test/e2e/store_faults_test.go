@@ -257,7 +257,8 @@ tenants:
 
 // TestStoreFaultsUnderLoad stalls Redis for 2s (the proxy holds every byte,
 // then delivers it: admissions that timed out still run), and kills and
-// restarts it without persistence, under load, for each failure policy. No
+// restarts it without persistence, under load, for each failure policy (and
+// black-holes it, in closed mode). No
 // refused request holds a slot or is charged, and once the store is back the
 // shared budget equals the mock's usage priced exactly within
 // reconcileWithin.
@@ -266,7 +267,10 @@ func TestStoreFaultsUnderLoad(t *testing.T) {
 		t.Skip("starts processes and injects store faults")
 	}
 	for _, mode := range []string{"closed", "open", "local"} {
-		for _, fault := range []string{"stall", "restart"} {
+		for _, fault := range []string{"stall", "restart", "blackhole"} {
+			if fault == "blackhole" && mode != "closed" {
+				continue // the stall covers open and local; a black hole differs only in what never arrives
+			}
 			t.Run(mode+"/"+fault, func(t *testing.T) {
 				r := newRig(t, fmt.Sprintf(`
 store: {redis: "redis://%%s/0", on_failure: %s}
@@ -289,6 +293,13 @@ tenants:
 					r.redis.Kill()
 					time.Sleep(2 * time.Second)
 					r.redis.Restart()
+				case "blackhole":
+					// Bytes vanish: nothing sent in these 2s ever runs. The
+					// connections stay open and dead, as across a partition,
+					// until the client's timeouts drop them.
+					r.proxy.Set(tcpproxy.BlackHole)
+					time.Sleep(2 * time.Second)
+					r.proxy.Set(tcpproxy.Pass)
 				}
 				back := time.Now()
 				waitOK(t, &counts, counts.get(200)+20, "after the store came back")
