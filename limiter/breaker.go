@@ -34,8 +34,14 @@ func (s BreakerState) String() string {
 // rate over a sliding window, never on one slow reply: at least MinFailures
 // failures and at least FailureRatio of the calls in Window failed — or
 // Consecutive failures with no success between them, so a long healthy
-// history does not keep requests waiting on a store that stopped answering.
+// history does not keep requests waiting on a store that stopped answering —
+// and, either way, the store has answered nothing for MinSpan: a burst whose
+// calls all time out in the same slow moment (a starved CPU, a cold pool
+// dialling) is not an outage if an answer follows within MinSpan.
 type BreakerOptions struct {
+	// MinSpan is how long the current run of failures (since the last
+	// success) must have lasted before the breaker may open.
+	MinSpan time.Duration
 	// Consecutive failures in a row open the breaker whatever the window
 	// holds.
 	Consecutive int
@@ -59,6 +65,7 @@ const (
 	DefaultBreakerFailureRatio = 0.5
 	DefaultBreakerProbes       = 2
 	DefaultBreakerConsecutive  = 10
+	DefaultBreakerMinSpan      = time.Second
 )
 
 const breakerBuckets = 10
@@ -74,7 +81,8 @@ type breaker struct {
 	openUntil time.Time
 	probing   bool
 	successes int // consecutive successful probes while half-open
-	failed    int // consecutive failures while closed
+	failed    int       // consecutive failures while closed
+	since     time.Time // the first of them
 	buckets   [breakerBuckets]breakerBucket
 }
 
@@ -90,6 +98,9 @@ func newBreaker(o BreakerOptions, now func() time.Time, onChange func(from, to B
 	o.OpenFor = cmp.Or(o.OpenFor, DefaultProbeInterval)
 	o.Probes = cmp.Or(o.Probes, DefaultBreakerProbes)
 	o.Consecutive = cmp.Or(o.Consecutive, DefaultBreakerConsecutive)
+	if o.MinSpan == 0 {
+		o.MinSpan = DefaultBreakerMinSpan
+	}
 	if now == nil {
 		now = time.Now
 	}
@@ -150,9 +161,13 @@ func (b *breaker) failure(probe bool) {
 	defer b.mu.Unlock()
 	switch {
 	case b.state == BreakerClosed:
+		if b.failed == 0 {
+			b.since = b.now()
+		}
 		b.failed++
 		calls, fails := b.record(true)
-		if fails >= b.opts.MinFailures && float64(fails) >= b.opts.FailureRatio*float64(calls) || b.failed >= b.opts.Consecutive {
+		rate := fails >= b.opts.MinFailures && float64(fails) >= b.opts.FailureRatio*float64(calls)
+		if (rate || b.failed >= b.opts.Consecutive) && b.now().Sub(b.since) >= b.opts.MinSpan {
 			b.trip()
 		}
 	case probe || b.state == BreakerHalfOpen:

@@ -21,7 +21,7 @@ func TestBreakerOpensOnRateNotOneFailure(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	clock := func() time.Time { return now }
 	var changes []string
-	b := newBreaker(BreakerOptions{Window: 10 * time.Second, MinFailures: 3, FailureRatio: 0.5, OpenFor: time.Second, Probes: 2, Consecutive: 3},
+	b := newBreaker(BreakerOptions{Window: 10 * time.Second, MinFailures: 3, FailureRatio: 0.5, OpenFor: time.Second, Probes: 2, Consecutive: 3, MinSpan: -1},
 		clock, func(from, to BreakerState) { changes = append(changes, from.String()+">"+to.String()) })
 	call := func(fail bool) {
 		ok, probe := b.allow()
@@ -96,6 +96,25 @@ func TestBreakerOpensOnRateNotOneFailure(t *testing.T) {
 		t.Fatalf("state %v after 3 consecutive failures", b.State())
 	}
 	want := "closed>open open>half_open half_open>open open>half_open half_open>closed closed>open"
+	// With MinSpan, failures that all land in one slow moment do not open
+	// it, and an answer within MinSpan starts the count again.
+	b = newBreaker(BreakerOptions{Consecutive: 3, MinSpan: time.Second}, clock, nil)
+	for range 20 {
+		call(true)
+	}
+	now = now.Add(900 * time.Millisecond)
+	call(false)
+	now = now.Add(500 * time.Millisecond)
+	call(true)
+	call(true)
+	if b.State() != BreakerClosed {
+		t.Fatalf("state %v: failures within MinSpan opened the breaker", b.State())
+	}
+	now = now.Add(time.Second)
+	call(true) // failing for over a second with no answer
+	if b.State() != BreakerOpen {
+		t.Fatalf("state %v after failing for a second", b.State())
+	}
 	if got := fmt.Sprint(changes); got != "["+want+"]" {
 		t.Fatalf("changes %v, want %s", got, want)
 	}

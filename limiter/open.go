@@ -91,12 +91,14 @@ func Open(o OpenOptions) (Opened, error) {
 	// call that has its place does not wait for a connection
 	// (https://redis.uptrace.dev/guide/go-redis-debugging.html#timeouts).
 	// No retries: a retried script could run twice, and a timed-out
-	// admission is cancelled instead.
+	// admission is cancelled instead. MaxInFlight connections are kept open
+	// (MinIdleConns) so a burst does not dial them on a starved CPU.
 	pool := inflight + 4
+	dial := DefaultDialTimeout
 	var client redis.UniversalClient
 	if len(o.Cluster) > 0 {
 		client = redis.NewClusterClient(&redis.ClusterOptions{
-			Addrs: o.Cluster, DialTimeout: time.Second, PoolSize: pool, PoolTimeout: queue,
+			Addrs: o.Cluster, DialTimeout: dial, PoolSize: pool, PoolTimeout: queue, MinIdleConns: inflight,
 			ReadTimeout: timeout, WriteTimeout: timeout, MaxRetries: -1,
 		})
 	} else {
@@ -104,11 +106,11 @@ func Open(o OpenOptions) (Opened, error) {
 		if err != nil {
 			return Opened{}, fmt.Errorf("limiter: redis URL: %w", err)
 		}
-		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.MaxRetries = time.Second, timeout, timeout, -1
-		opt.PoolSize, opt.PoolTimeout = pool, queue
+		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.MaxRetries = dial, timeout, timeout, -1
+		opt.PoolSize, opt.PoolTimeout, opt.MinIdleConns = pool, queue, inflight
 		client = redis.NewClient(opt)
 	}
-	primary, err := NewRedis(RedisOptions{Client: client, Timeout: timeout, MaxInFlight: inflight, QueueTimeout: queue})
+	primary, err := NewRedis(RedisOptions{Client: client, Timeout: timeout, MaxInFlight: inflight, QueueTimeout: queue, DialTimeout: dial})
 	if err != nil {
 		return Opened{}, errors.Join(err, client.Close())
 	}

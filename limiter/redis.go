@@ -59,6 +59,9 @@ const (
 	// DefaultQueueTimeout bounds the wait for a place among the calls in
 	// flight; past it the call is shed.
 	DefaultQueueTimeout = time.Second
+	// DefaultDialTimeout bounds opening a connection (Open keeps
+	// MaxInFlight of them open, so a call rarely dials).
+	DefaultDialTimeout = time.Second
 )
 
 // RedisOptions configure a Redis store.
@@ -83,6 +86,10 @@ type RedisOptions struct {
 	// DefaultMaxInFlight and DefaultQueueTimeout.
 	MaxInFlight  int
 	QueueTimeout time.Duration
+	// DialTimeout is the client's: a call's deadline is DialTimeout +
+	// Timeout, as it may have to open a connection before its round trip.
+	// Zero means DefaultDialTimeout.
+	DialTimeout time.Duration
 	// TombstoneTTL is how long a cancel's tombstone stays; ReconciledTTL how
 	// long a reconciled charge's marker stays. Zero means the defaults.
 	TombstoneTTL  time.Duration
@@ -113,6 +120,7 @@ type RedisOptions struct {
 type Redis struct {
 	client        redis.UniversalClient
 	timeout       time.Duration
+	callTimeout   time.Duration
 	retention     time.Duration
 	settledTTL    time.Duration
 	sweepLimit    int
@@ -133,6 +141,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	return &Redis{
 		client:        opts.Client,
 		timeout:       cmp.Or(opts.Timeout, DefaultTimeout),
+		callTimeout:   cmp.Or(opts.DialTimeout, DefaultDialTimeout) + cmp.Or(opts.Timeout, DefaultTimeout),
 		retention:     cmp.Or(opts.Retention, DefaultRetention),
 		settledTTL:    cmp.Or(opts.SettledTTL, DefaultSettledTTL),
 		sweepLimit:    cmp.Or(opts.SweepLimit, DefaultSweepLimit),
@@ -252,9 +261,9 @@ func (r *Redis) run(ctx context.Context, s *redis.Script, keys []string, args []
 	}
 	defer func() { <-r.slots }()
 	// The client's read and write timeouts time the round trip (Open sets
-	// them to the store timeout); this deadline only bounds what the client
-	// does around it — a connection to dial, a NOSCRIPT's second trip.
-	callCtx, cancel := context.WithTimeout(ctx, 2*r.timeout)
+	// them to the store timeout); this deadline bounds what the client does
+	// around it too: a connection to dial first.
+	callCtx, cancel := context.WithTimeout(ctx, r.callTimeout)
 	defer cancel()
 	v, err := s.Run(callCtx, r.client, keys, args...).Result()
 	if errors.Is(err, redis.ErrPoolTimeout) {
