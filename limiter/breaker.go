@@ -80,7 +80,7 @@ type breaker struct {
 	state     BreakerState
 	openUntil time.Time
 	probing   bool
-	successes int // consecutive successful probes while half-open
+	successes int       // consecutive successful probes while half-open
 	failed    int       // consecutive failures while closed
 	since     time.Time // the first of them
 	buckets   [breakerBuckets]breakerBucket
