@@ -343,7 +343,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	shutdownStart := time.Now()
 	draining.Store(true)
 	gs.Drain(*drain)
-	if !srv.WaitStreams(max(*grace-time.Since(shutdownStart)-limiter.DefaultFlushTimeout, gate.DefaultSettleTimeout+time.Second)) {
+	// What is left of the grace, less the journal flush and one call it may
+	// have in flight, and at least one settle's timeout.
+	if !srv.WaitStreams(max(*grace-time.Since(shutdownStart)-limiter.DefaultFlushTimeout-2*time.Second, gate.DefaultSettleTimeout+time.Second)) {
 		logger.Error("shutdown: streams still settling when the store closes; their reservations expire in the store", "streams", srv.OpenStreams())
 	}
 	closeStore()

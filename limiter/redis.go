@@ -48,20 +48,25 @@ var (
 // outage.
 const (
 	// DefaultTimeout bounds one round trip. A script runs in well under a
-	// millisecond; 250ms is what a 500-request burst for one tenant needs on
-	// a busy 2-core machine (25ms refused most of it), and it only delays the
-	// first requests of a real outage: the breaker answers the rest at once.
-	DefaultTimeout = 250 * time.Millisecond
+	// millisecond, but a reply read by a process starved of CPU arrives
+	// late: a 500-request burst for one tenant on a busy 2-core machine was
+	// refused almost whole at 25ms and still in part at 250ms while other
+	// test processes ran. It only delays the first requests of a real
+	// outage; the breaker answers the rest at once. Timeout + QueueTimeout +
+	// DialTimeout (1.5s) stays below Envoy's ext_proc message_timeout (2s in
+	// envoy/envoy.yaml), so a slow store is answered by its failure policy,
+	// not by Envoy's timeout.
+	DefaultTimeout = 500 * time.Millisecond
 	// DefaultMaxInFlight bounds this replica's store calls in flight (the
 	// connection pool is sized to it, so a call that has its place never
 	// waits for a connection).
 	DefaultMaxInFlight = 64
 	// DefaultQueueTimeout bounds the wait for a place among the calls in
 	// flight; past it the call is shed.
-	DefaultQueueTimeout = time.Second
+	DefaultQueueTimeout = 500 * time.Millisecond
 	// DefaultDialTimeout bounds opening a connection (Open keeps
 	// MaxInFlight of them open, so a call rarely dials).
-	DefaultDialTimeout = time.Second
+	DefaultDialTimeout = 500 * time.Millisecond
 )
 
 // RedisOptions configure a Redis store.

@@ -135,8 +135,15 @@ func (r *rig) convergeFrom(tenant string, base int64, within time.Duration) time
 			return time.Since(start)
 		}
 		if time.Since(start) > within {
-			r.t.Fatalf("not converged after %s: spent %d, truth %d (off by %d), reserved %d, %d leases held",
-				within, b.Spent, truth, b.Spent-truth, b.Reserved, leases)
+			var state []string
+			for _, p := range r.serves {
+				if p.cmd.ProcessState == nil {
+					_, body := p.get(r.t, "/readyz")
+					state = append(state, strings.TrimSpace(body))
+				}
+			}
+			r.t.Fatalf("not converged after %s: spent %d, truth %d (off by %d), reserved %d, %d leases held; replicas: %q",
+				within, b.Spent, truth, b.Spent-truth, b.Reserved, leases, state)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -236,6 +243,7 @@ tenants:
 		start := time.Now()
 		parallel(500, 500, func(i int) { counts.add(r.send(context.Background(), i, tenant)) })
 		took := time.Since(start)
+		t.Logf("burst of 500 (busy core %v) answered in %s: statuses %v", busy, took.Round(time.Millisecond), &counts)
 		r.convergeFrom(tenant, before, reconcileWithin)
 		b := r.budget(tenant)
 		t.Logf("burst of 500 (busy core %v) in %s: statuses %v; spent %d nano-USD this burst, mock's usage priced %d; cap %d",
