@@ -3,10 +3,13 @@ package limiter
 import (
 	"cmp"
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
 )
+
+var errKeeperFull = errors.New("limiter: lease keeper full; reservation not renewed")
 
 // Renewer renews leases: Redis, Memory and Resilient are renewers.
 type Renewer interface {
@@ -19,6 +22,10 @@ type LeaseKeeperOptions struct {
 	Store Store
 	// Tick is how often due leases are looked for. Zero means one second.
 	Tick time.Duration
+	// Max bounds the reservations tracked; one admitted past it is not
+	// renewed (reported to OnRenew as an error). Zero means
+	// DefaultQueueSize.
+	Max int
 	// OnRenew, if set, is called after each renewal call with the leases it
 	// renewed and its error. It must not block.
 	OnRenew func(renewed int, err error)
@@ -45,6 +52,7 @@ type LeaseKeeper struct {
 	log     *slog.Logger
 	now     func() time.Time
 
+	max  int
 	mu   sync.Mutex
 	open map[string]*lease
 
@@ -64,6 +72,7 @@ func NewLeaseKeeper(o LeaseKeeperOptions) *LeaseKeeper {
 	k := &LeaseKeeper{
 		Store:   o.Store,
 		tick:    cmp.Or(o.Tick, time.Second),
+		max:     cmp.Or(o.Max, DefaultQueueSize),
 		onRenew: o.OnRenew,
 		log:     cmp.Or(o.Logger, slog.Default()),
 		now:     o.Now,
@@ -84,8 +93,13 @@ func (k *LeaseKeeper) Admit(ctx context.Context, req AdmitRequest) (Decision, er
 	d, err := k.Store.Admit(ctx, req)
 	if err == nil && d.Allowed && k.renewer != nil {
 		k.mu.Lock()
-		k.open[openKey(req.Tenant, req.RequestID)] = &lease{tenant: req.Tenant, id: req.RequestID,
-			ttl: cmp.Or(req.Limits.LeaseTTL, DefaultLeaseTTL), renewed: k.now()}
+		if len(k.open) < k.max {
+			k.open[openKey(req.Tenant, req.RequestID)] = &lease{tenant: req.Tenant, id: req.RequestID,
+				ttl: cmp.Or(req.Limits.LeaseTTL, DefaultLeaseTTL), renewed: k.now()}
+		} else if k.onRenew != nil {
+			// Not renewed: its lease may lapse and be charged at its estimate.
+			k.onRenew(0, errKeeperFull)
+		}
 		k.mu.Unlock()
 	}
 	return d, err

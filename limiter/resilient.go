@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,8 +42,10 @@ type Events interface {
 	Degraded(policy FailurePolicy, cause string)
 	// JournalDepth reports how many entries the journal holds.
 	JournalDepth(n int)
-	// Dropped reports one entry a bounded queue ("journal", "ledger") had
-	// no room for: that much is lost.
+	// Dropped reports one entry a bounded queue ("journal", "ledger",
+	// "inflight") had no room for: that much is lost (for inflight: a
+	// degraded request charged at its estimate, or a reservation whose loss
+	// in a store reset would go unnoticed).
 	Dropped(queue string)
 	// Reconciled reports one journal entry applied to the store, by kind.
 	Reconciled(kind string)
@@ -87,8 +90,9 @@ type ResilientOptions struct {
 	// Breaker tunes the breaker; its zero fields take the defaults
 	// (OpenFor: ProbeInterval).
 	Breaker BreakerOptions
-	// QueueSize bounds the journal (and the ledger); past it entries are
-	// dropped and reported to Events.Dropped. Zero means DefaultQueueSize.
+	// QueueSize bounds the journal, the ledger and the tables of requests in
+	// flight; past it entries are dropped and reported to Events.Dropped.
+	// Zero means DefaultQueueSize.
 	QueueSize int
 	// JournalDir, if set, keeps the journal and the ledger in files there,
 	// replayed at start; without it they live in memory and are lost when
@@ -149,6 +153,7 @@ type Resilient struct {
 	events     Events
 	log        *slog.Logger
 	now        func() time.Time
+	maxOpen    int // bound of the in-flight tables (degraded, admitted)
 	br         *breaker
 	journal    *journal
 	ledger     *ledger
@@ -197,6 +202,7 @@ func NewResilient(opts ResilientOptions) (*Resilient, error) {
 		events:     opts.Events,
 		log:        cmp.Or(opts.Logger, slog.Default()),
 		now:        opts.Now,
+		maxOpen:    size,
 		journal:    j,
 		ledger:     l,
 		degraded:   make(map[string]degradedAdmit),
@@ -280,6 +286,13 @@ func maybeRan(err error) bool {
 // answered reports whether err (nil included) is an answer from the store.
 func answered(err error) bool { return !maybeRan(err) && !errors.Is(err, ErrShed) }
 
+// neverSent reports a call that failed before anything reached the store:
+// its connection could not even be opened (refused, no route).
+func neverSent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
 // Admit implements Store.
 func (r *Resilient) Admit(ctx context.Context, req AdmitRequest) (Decision, error) {
 	cause, reason := error(ErrCircuitOpen), "outage"
@@ -290,8 +303,16 @@ func (r *Resilient) Admit(ctx context.Context, req AdmitRequest) (Decision, erro
 			r.br.success(probe)
 			if err == nil && d.Allowed {
 				r.mu.Lock()
-				r.admitted[openKey(req.Tenant, req.RequestID)] = r.now()
+				full := len(r.admitted) >= r.maxOpen
+				if !full {
+					r.admitted[openKey(req.Tenant, req.RequestID)] = r.now()
+				}
 				r.mu.Unlock()
+				if full {
+					// Only a store reset's loss of this reservation would go
+					// unnoticed; counted all the same.
+					r.events.Dropped("inflight")
+				}
 			}
 			return d, err
 		case errors.Is(err, ErrShed):
@@ -303,9 +324,12 @@ func (r *Resilient) Admit(ctx context.Context, req AdmitRequest) (Decision, erro
 			} else {
 				r.br.failure(probe)
 			}
-			// The admission may run in the store after all: undo it.
-			r.owe(journalOp{Kind: OpCancel, Cancel: &CancelRequest{Tenant: req.Tenant, RequestID: req.RequestID,
-				RequestsPerMinute: req.Limits.RequestsPerMinute, Burst: req.Limits.Burst}})
+			// The admission may run in the store after all: undo it (unless
+			// its connection was never opened).
+			if !neverSent(err) {
+				r.owe(journalOp{Kind: OpCancel, Cancel: &CancelRequest{Tenant: req.Tenant, RequestID: req.RequestID,
+					RequestsPerMinute: req.Limits.RequestsPerMinute, Burst: req.Limits.Burst}})
+			}
 			if ctx.Err() != nil {
 				return Decision{}, err // the caller is gone: nobody to serve
 			}
@@ -340,8 +364,19 @@ func (r *Resilient) trackDegraded(req AdmitRequest, local bool) {
 		Tenant: req.Tenant, RequestID: req.RequestID + "~d", Cost: req.Cost, Degraded: true,
 		Windows: ChargeWindows(req.Budgets, now), Budgets: alertsOnly(req.Budgets),
 	}}
+	r.mu.Lock()
+	full := len(r.degraded) >= r.maxOpen
+	r.mu.Unlock()
+	if full {
+		// Not tracked until it ends: charged at its estimate.
+		op.Running = false
+		r.events.Dropped("inflight")
+	}
 	if len(op.Charge.Windows) > 0 {
 		op.Seq = r.owe(op)
+	}
+	if full {
+		return
 	}
 	r.mu.Lock()
 	r.degraded[openKey(req.Tenant, req.RequestID)] = degradedAdmit{op: op, local: local}

@@ -46,7 +46,7 @@ func newStoreMetrics(reg prometheus.Registerer) storeMetrics {
 		}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenwarden_store_dropped_total",
-			Help: "Entries a bounded queue had no room for, by queue (journal, ledger): spend or cancels that are lost.",
+			Help: "Entries a bounded queue had no room for, by queue (journal: spend, settles or cancels lost; ledger: lost to a store reset's rebuild; inflight: a degraded request charged at its estimate, or a reservation whose loss in a reset goes unnoticed).",
 		}, []string{"queue"}),
 		reconciled: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenwarden_store_reconciled_total",
@@ -79,7 +79,7 @@ func newStoreMetrics(reg prometheus.Registerer) storeMetrics {
 			m.degraded.WithLabelValues(string(p), c)
 		}
 	}
-	for _, q := range []string{"journal", "ledger"} {
+	for _, q := range []string{"journal", "ledger", "inflight"} {
 		m.dropped.WithLabelValues(q)
 	}
 	for _, k := range []string{limiter.OpCancel, limiter.OpSettle, limiter.OpCharge, limiter.OpRebuild, limiter.KindPhantom} {
