@@ -89,7 +89,8 @@ func Open(o OpenOptions) (Opened, error) {
 	// The read and write timeouts time the round trip alone; the pool has a
 	// connection for every call in flight plus the background loops', so a
 	// call that has its place does not wait for a connection
-	// (https://redis.uptrace.dev/guide/go-redis-debugging.html#timeouts).
+	// (https://pkg.go.dev/github.com/redis/go-redis/v9#Options,
+	// https://redis.uptrace.dev/guide/go-redis-debugging.html#timeouts).
 	// No retries: a retried script could run twice, and a timed-out
 	// admission is cancelled instead. MaxInFlight connections are kept open
 	// (MinIdleConns) so a burst does not dial them on a starved CPU.

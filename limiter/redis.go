@@ -53,9 +53,11 @@ const (
 	// refused almost whole at 25ms and still in part at 250ms while other
 	// test processes ran. It only delays the first requests of a real
 	// outage; the breaker answers the rest at once. Timeout + QueueTimeout +
-	// DialTimeout (1.5s) stays below Envoy's ext_proc message_timeout (2s in
-	// envoy/envoy.yaml), so a slow store is answered by its failure policy,
-	// not by Envoy's timeout.
+	// DialTimeout (1.5s) stays below the ext_proc filter's message_timeout
+	// that tokenwarden's Envoy configs set (2s;
+	// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/ext_proc.proto),
+	// so a slow store is answered by its failure policy, not by Envoy's
+	// timeout.
 	DefaultTimeout = 500 * time.Millisecond
 	// DefaultMaxInFlight bounds this replica's store calls in flight (the
 	// connection pool is sized to it, so a call that has its place never
