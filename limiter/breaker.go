@@ -42,6 +42,10 @@ type BreakerOptions struct {
 	// MinSpan is how long the current run of failures (since the last
 	// success) must have lasted before the breaker may open.
 	MinSpan time.Duration
+	// Heartbeats failed in a row open it too (subject to MinSpan): with
+	// little traffic the window fills slowly, but a store that misses
+	// several heartbeats in a row is down.
+	Heartbeats int
 	// Consecutive failures in a row open the breaker whatever the window
 	// holds.
 	Consecutive int
@@ -66,6 +70,7 @@ const (
 	DefaultBreakerProbes       = 2
 	DefaultBreakerConsecutive  = 10
 	DefaultBreakerMinSpan      = time.Second
+	DefaultBreakerHeartbeats   = 3
 )
 
 const breakerBuckets = 10
@@ -83,6 +88,7 @@ type breaker struct {
 	successes int       // consecutive successful probes while half-open
 	failed    int       // consecutive failures while closed
 	since     time.Time // the first of them
+	beats     int       // consecutive failed heartbeats while closed
 	buckets   [breakerBuckets]breakerBucket
 }
 
@@ -98,6 +104,7 @@ func newBreaker(o BreakerOptions, now func() time.Time, onChange func(from, to B
 	o.OpenFor = cmp.Or(o.OpenFor, DefaultProbeInterval)
 	o.Probes = cmp.Or(o.Probes, DefaultBreakerProbes)
 	o.Consecutive = cmp.Or(o.Consecutive, DefaultBreakerConsecutive)
+	o.Heartbeats = cmp.Or(o.Heartbeats, DefaultBreakerHeartbeats)
 	if o.MinSpan == 0 {
 		o.MinSpan = DefaultBreakerMinSpan
 	}
@@ -143,7 +150,7 @@ func (b *breaker) success(probe bool) {
 	defer b.mu.Unlock()
 	switch {
 	case b.state == BreakerClosed:
-		b.failed = 0
+		b.failed, b.beats = 0, 0
 		b.record(false)
 	case probe:
 		b.probing = false
@@ -176,6 +183,22 @@ func (b *breaker) failure(probe bool) {
 	}
 }
 
+// heartbeatFailed records a failed heartbeat: a failure that also counts
+// toward Heartbeats in a row.
+func (b *breaker) heartbeatFailed(probe bool) {
+	b.mu.Lock()
+	if b.state == BreakerClosed {
+		b.beats++
+		if b.beats >= b.opts.Heartbeats && b.failed > 0 && b.now().Sub(b.since) >= b.opts.MinSpan {
+			b.trip()
+			b.mu.Unlock()
+			return
+		}
+	}
+	b.mu.Unlock()
+	b.failure(probe)
+}
+
 // release gives back a probe that ended without telling anything about the
 // store (the caller gave up).
 func (b *breaker) release(probe bool) {
@@ -189,7 +212,7 @@ func (b *breaker) release(probe bool) {
 
 func (b *breaker) trip() {
 	b.openUntil = b.now().Add(b.opts.OpenFor)
-	b.successes, b.failed = 0, 0
+	b.successes, b.failed, b.beats = 0, 0, 0
 	b.set(BreakerOpen)
 }
 

@@ -96,6 +96,26 @@ func TestBreakerOpensOnRateNotOneFailure(t *testing.T) {
 		t.Fatalf("state %v after 3 consecutive failures", b.State())
 	}
 	want := "closed>open open>half_open half_open>open open>half_open half_open>closed closed>open"
+	// Three failed heartbeats in a row open it, whatever the window holds,
+	// once the failures span MinSpan.
+	b = newBreaker(BreakerOptions{MinSpan: time.Second}, clock, nil)
+	for range 30 {
+		call(false)
+	}
+	for i := range 3 {
+		ok, probe := b.allow()
+		if !ok {
+			t.Fatalf("heartbeat %d refused", i)
+		}
+		b.heartbeatFailed(probe)
+		if i < 2 && b.State() != BreakerClosed {
+			t.Fatalf("open after %d failed heartbeats", i+1)
+		}
+		now = now.Add(time.Second)
+	}
+	if b.State() != BreakerOpen {
+		t.Fatalf("state %v after 3 failed heartbeats over 2s", b.State())
+	}
 	// With MinSpan, failures that all land in one slow moment do not open
 	// it, and an answer within MinSpan starts the count again.
 	b = newBreaker(BreakerOptions{Consecutive: 3, MinSpan: time.Second}, clock, nil)

@@ -614,7 +614,11 @@ func (r *Resilient) heartbeat() {
 	ctx, cancel := context.WithTimeout(context.Background(), replayTimeout)
 	hb, err := r.shared.Heartbeat(ctx, HeartbeatRequest{Replica: r.replica, TTL: 10 * r.interval, Epoch: newID()})
 	cancel()
-	r.report(err, probe, ctx)
+	if maybeRan(err) {
+		r.br.heartbeatFailed(probe)
+	} else {
+		r.report(err, probe, ctx)
+	}
 	if err != nil {
 		return
 	}
