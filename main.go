@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -177,9 +178,34 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
 }
 
-func openStore(s policy.Store, logger *slog.Logger, direct bool) (limiter.Opened, error) {
-	return limiter.Open(limiter.OpenOptions{Redis: s.Redis, Cluster: s.RedisCluster, Timeout: s.Timeout,
-		Replicas: s.Replicas, Logger: logger, Direct: direct})
+// storeRuntime is what serve adds to the configured store: where the
+// journal lives and who hears the store's events.
+type storeRuntime struct {
+	journalDir string
+	metrics    *observe.Metrics
+}
+
+func openStore(s policy.Store, logger *slog.Logger, direct bool, rt storeRuntime) (limiter.Opened, error) {
+	o := limiter.OpenOptions{Redis: s.Redis, Cluster: s.RedisCluster, Timeout: s.Timeout,
+		MaxInFlight: s.MaxInFlight, QueueTimeout: s.QueueTimeout,
+		Replicas: s.Replicas, Logger: logger, Direct: direct, JournalDir: rt.journalDir}
+	if rt.metrics != nil {
+		o.Events, o.OnRenew = rt.metrics, rt.metrics.LeaseRenewed
+	}
+	return limiter.Open(o)
+}
+
+// Shutdown budget: what is left of --shutdown-grace after the drain is for
+// settling the streams the drain cut and flushing the store's journal.
+const (
+	settleReserve = 10 * time.Second
+	minDrain      = time.Second
+)
+
+// drainFor is the default --drain-timeout for a shutdown grace period.
+func drainFor(grace time.Duration) time.Duration {
+	reserve := min(settleReserve, grace/3)
+	return max(grace-reserve, minDrain)
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -194,9 +220,17 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	metricsAddr := fs.String("metrics-addr", "", "a second HTTP address serving only /metrics, /healthz and /readyz, for scrapers and probes (empty: none)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	reloadEvery := fs.Duration("reload-interval", 2*time.Second, "how often --config is checked for changes")
-	drain := fs.Duration("drain-timeout", 30*time.Second, "how long shutdown waits for open streams to finish")
+	grace := fs.Duration("shutdown-grace", 30*time.Second, "how long this process has from SIGTERM to exit (the pod's terminationGracePeriodSeconds less its preStop delay); the drain, the settles of the streams it cuts and the journal flush fit in it")
+	drain := fs.Duration("drain-timeout", 0, "how long shutdown lets open streams finish before cutting them (0: --shutdown-grace less min(10s, a third of it), kept for settling and flushing)")
+	journalDir := fs.String("journal-dir", "", "directory for the store journal (what this replica owes the shared store: decisions made while it was down, settles not yet taken, cancels) and ledger, replayed at start; empty keeps them in memory, lost at exit")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
+	}
+	if *drain == 0 {
+		*drain = drainFor(*grace)
+	}
+	if *grace <= 0 || *drain > *grace {
+		return fmt.Errorf("--drain-timeout %s must fit in --shutdown-grace %s", *drain, *grace)
 	}
 	logger, err := newLogger(stderr, *logLevel)
 	if err != nil {
@@ -214,11 +248,20 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := observe.NewMetrics(reg)
 	metrics.ConfigLoaded(true, cfg.PolicyNames())
-	store, err := openStore(cfg.Store, logger, false)
+	store, err := openStore(cfg.Store, logger, false, storeRuntime{journalDir: *journalDir, metrics: metrics})
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	storeClosed := false
+	closeStore := func() {
+		if !storeClosed {
+			storeClosed = true
+			if err := store.Close(); err != nil {
+				logger.Error("closing the store", "err", err)
+			}
+		}
+	}
+	defer closeStore()
 	holder := policy.NewHolder(cfg)
 	g, err := gate.New(gate.Options{Config: holder, Store: store.Store, Observer: metrics, Logger: logger})
 	if err != nil {
@@ -239,7 +282,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("--admin-addr: %w", err)
 	}
 	gs := srv.NewGRPCServer(creds...)
-	adminOpts := observe.AdminOptions{Gatherer: reg, Ready: observe.Readiness(store.Up, holder)}
+	var draining atomic.Bool
+	adminOpts := observe.AdminOptions{Gatherer: reg, Ready: observe.Readiness(observe.ReadinessOptions{Draining: &draining, Config: holder, Store: store.Resilient})}
 	admin := &http.Server{Handler: observe.AdminHandler(adminOpts), ReadHeaderTimeout: 5 * time.Second}
 	var scrape *http.Server
 	var scrapeLis net.Listener
@@ -292,7 +336,20 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	// Shutdown, in order: not ready; open streams finish for the drain
+	// timeout, then are cut; every stream's end settles it (gRPC's Stop
+	// returns before those have run); only then the store closes, flushing
+	// its journal (to its file when the store is down).
+	shutdownStart := time.Now()
+	draining.Store(true)
 	gs.Drain(*drain)
+	// What is left of the grace, less the journal flush and one call it may
+	// have in flight, and at least one settle's timeout.
+	if !srv.WaitStreams(max(*grace-time.Since(shutdownStart)-limiter.DefaultFlushTimeout-2*time.Second, gate.DefaultSettleTimeout+time.Second)) {
+		logger.Error("shutdown: streams still settling when the store closes; their reservations expire in the store", "streams", srv.OpenStreams())
+	}
+	closeStore()
+	logger.Info("shutdown: streams settled and store closed", "took", time.Since(shutdownStart).Round(time.Millisecond))
 	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancelShutdown()
 	_ = admin.Shutdown(shutdownCtx)
@@ -354,7 +411,7 @@ func runBudgets(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return errors.New("no shared store configured")
 	}
 	logger, _ := newLogger(stderr, "error")
-	store, err := openStore(cfg.Store, logger, true)
+	store, err := openStore(cfg.Store, logger, true, storeRuntime{})
 	if err != nil {
 		return err
 	}

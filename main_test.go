@@ -42,6 +42,18 @@ func TestCheckConfig(t *testing.T) {
 	if err := run(context.Background(), []string{"check-config"}, &out, &errOut); !errors.Is(err, errUsage) || exitCode(err) != 2 {
 		t.Fatalf("missing file argument: %v", err)
 	}
+	// Empty, truncated and schema-less files are refused, and it says why.
+	for body, why := range map[string]string{
+		"":                                  "the file is empty",
+		"# just a comment\n":                "the file is empty",
+		"store: {timeout: 1s}\n":            "no policies: mapping",
+		"policies:\n  default:\n    limits": "policies",
+	} {
+		err := run(context.Background(), []string{"check-config", writeFile(t, body)}, &out, &errOut)
+		if err == nil || !strings.Contains(err.Error(), why) || exitCode(err) != 1 {
+			t.Errorf("check-config of %q: %v, want it to say %q", body, err, why)
+		}
+	}
 }
 
 func TestUnknownCommandAndEnvFlags(t *testing.T) {
@@ -127,7 +139,7 @@ tenants:
 	if err != nil {
 		t.Fatal(err)
 	}
-	opened, err := openStore(cfg.Store, nil, true)
+	opened, err := openStore(cfg.Store, nil, true, storeRuntime{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -274,7 +274,8 @@ func TestRulesCovered(t *testing.T) {
 	}
 	for _, want := range []string{"TokenwardenBudget80Percent", "TokenwardenBudget95Percent", "TokenwardenBudgetExhausted",
 		"TokenwardenPromptCacheShareLow", "TokenwardenProviderLatencyHigh", "TokenwardenStoreDown", "TokenwardenStoreErrors",
-		"TokenwardenDenialRateHigh", "TokenwardenConfigReloadFailing"} {
+		"TokenwardenDenialRateHigh", "TokenwardenConfigReloadFailing",
+		"TokenwardenStoreQueueOverflow", "TokenwardenStoreReset", "TokenwardenStoreShedding", "TokenwardenStoreReconciliationStuck"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("missing alert %s", want)
 		}

@@ -188,9 +188,39 @@ func TestKustomize(t *testing.T) {
 		t.Errorf("container ports %v, want grpc 50051 and metrics 9090 only", ports)
 	}
 	wantArgs := []string{"serve", "--config", "/etc/tokenwarden/tokenwarden.yaml", "--grpc-addr", "0.0.0.0:50051", "--insecure-listen",
-		"--admin-addr", "127.0.0.1:9091", "--metrics-addr", "0.0.0.0:9090"}
+		"--admin-addr", "127.0.0.1:9091", "--metrics-addr", "0.0.0.0:9090",
+		"--shutdown-grace", "315s", "--drain-timeout", "305s", "--journal-dir", "/var/lib/tokenwarden"}
 	if !slices.Equal(c.Args, wantArgs) {
 		t.Errorf("args %q, want %q", c.Args, wantArgs)
+	}
+	// The shutdown fits the pod's grace period: preStop, then --shutdown-grace, which holds the
+	// drain plus 10s to settle the streams it cut and flush the journal.
+	arg := func(name string) time.Duration {
+		i := slices.Index(c.Args, name)
+		if i < 0 || i+1 >= len(c.Args) {
+			t.Fatalf("no %s", name)
+		}
+		d, err := time.ParseDuration(c.Args[i+1])
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return d
+	}
+	preStop := 10 * time.Second
+	if sl, ok := c.Lifecycle.PreStop["sleep"].(map[string]any); !ok || sl["seconds"] != float64(10) {
+		t.Errorf("preStop %v, want sleep 10s", c.Lifecycle.PreStop)
+	}
+	grace := time.Duration(pod.TerminationGracePeriodSeconds) * time.Second
+	if g, d := arg("--shutdown-grace"), arg("--drain-timeout"); preStop+g > grace || d+10*time.Second > g {
+		t.Errorf("preStop %s + --shutdown-grace %s must fit terminationGracePeriodSeconds %s, and --drain-timeout %s + 10s the grace", preStop, g, grace, d)
+	}
+	// The journal lives on a volume (the root filesystem is read-only).
+	journal := false
+	for _, m := range c.VolumeMounts {
+		journal = journal || m.MountPath == "/var/lib/tokenwarden"
+	}
+	if !journal {
+		t.Error("--journal-dir /var/lib/tokenwarden is not a mounted volume")
 	}
 	// Plaintext on the pod IP is only acceptable behind the Istio sidecar that enforces mTLS.
 	if slices.Contains(c.Args, "--insecure-listen") && dep.Spec.Template.Metadata.Labels["sidecar.istio.io/inject"] != "true" {

@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -44,6 +45,8 @@ type Server struct {
 	metrics *observe.Metrics
 	log     *slog.Logger
 	errLog  gate.Sampler
+	// open counts streams whose handler has not returned, settle included.
+	open atomic.Int64
 }
 
 // NewServer returns a Server.
@@ -60,6 +63,8 @@ func NewServer(o Options) (*Server, error) {
 // the request's reservation is settled exactly once, and a panic ends only
 // this stream, with codes.Internal.
 func (s *Server) Process(grpcStream extprocv3.ExternalProcessor_ProcessServer) (err error) {
+	s.open.Add(1)
+	defer s.open.Add(-1) // last: after the stream's end has settled it
 	s.metrics.StreamOpened()
 	defer s.metrics.StreamClosed()
 	st := &stream{gate: s.gate, metrics: s.metrics, log: s.log, ctx: grpcStream.Context()}
@@ -101,3 +106,22 @@ func (s *Server) Process(grpcStream extprocv3.ExternalProcessor_ProcessServer) (
 		}
 	}
 }
+
+// WaitStreams waits until every stream handler has returned — each one's
+// reservation settled (or journaled by the store) — for at most timeout; it
+// reports whether they all did. gRPC's Stop returns before handlers whose
+// streams it cut have run their end, so shutdown calls this before it closes
+// the store the settles go to.
+func (s *Server) WaitStreams(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for s.open.Load() > 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}
+
+// OpenStreams reports the stream handlers still running.
+func (s *Server) OpenStreams() int64 { return s.open.Load() }

@@ -210,8 +210,8 @@ type admitOutcome struct {
 }
 
 type budgetOutcome struct {
-	window          int
-	spent, reserved int64
+	window                    int
+	spent, reserved, degraded int64
 }
 
 // rawCrossing is a first crossing of an alert threshold in one window.
@@ -305,6 +305,7 @@ func alertsByName(bs []Budget) map[string][]int64 {
 type settleOutcome struct {
 	now     int64
 	settled bool
+	unknown bool
 	budgets []windowOutcome
 	expired []Expired
 	crossed []rawCrossing
@@ -318,7 +319,7 @@ type windowOutcome struct {
 }
 
 func (o *settleOutcome) result(req *SettleRequest) SettleResult {
-	r := SettleResult{Settled: o.settled, Expired: withTenant(o.expired, req.Tenant), Crossed: crossings(o.crossed, req.Budgets)}
+	r := SettleResult{Settled: o.settled, Unknown: o.unknown, Expired: withTenant(o.expired, req.Tenant), Crossed: crossings(o.crossed, req.Budgets)}
 	for _, w := range o.budgets {
 		st := BudgetState{Name: w.name, Window: Window{Start: fromMicros(w.start), End: fromMicros(w.end)},
 			Spent: w.spent, Reserved: w.reserved}

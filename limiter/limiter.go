@@ -96,9 +96,11 @@ type Limits struct {
 	LeaseTTL time.Duration
 }
 
-// DefaultLeaseTTL outlasts the longest LLM call the official SDKs wait for
-// (10 minutes) with room to spare.
-const DefaultLeaseTTL = 15 * time.Minute
+// DefaultLeaseTTL is how long a reservation holds its slot without being
+// renewed. The replica that owns a reservation renews it while its stream
+// lives (LeaseKeeper, every LeaseTTL/3), so a long generation keeps its slot
+// and a dead replica's slots free within one LeaseTTL of its last renewal.
+const DefaultLeaseTTL = 30 * time.Second
 
 // Window is one calendar period of a budget, [Start, End).
 type Window struct {
@@ -175,6 +177,10 @@ type BudgetState struct {
 	Cap      int64
 	Spent    int64 // settled, plus expired reservations charged at their estimate
 	Reserved int64 // outstanding reservations
+	// Degraded is the part of Spent that was decided while the store was
+	// unreachable (local or open failure mode) and reconciled afterwards.
+	// Budgets reports it; Admit and Settle leave it zero.
+	Degraded int64
 }
 
 // Used is the fraction of the cap already spent or reserved.
@@ -254,6 +260,11 @@ type SettleResult struct {
 	// Queued is set by a Resilient store when the shared store was down and
 	// the settle was queued to be applied when it is back.
 	Queued bool
+	// Unknown is set (with Settled false) when the store has no record of the
+	// id at all, as opposed to one already settled, expired or cancelled: a
+	// reservation the store lost (a restart without persistence, FLUSHALL,
+	// eviction) or one never made.
+	Unknown bool
 }
 
 // Crossing is one alert threshold crossed for the first time in a window.

@@ -33,10 +33,14 @@ type Memory struct {
 	settledTTL int64 // µs
 	sweepLimit int
 
-	mu      sync.Mutex
-	tenants map[string]*memTenant
-	nextGC  int64
+	mu       sync.Mutex
+	tenants  map[string]*memTenant
+	nextGC   int64
+	epoch    string
+	replicas map[string]int64 // replica -> last heartbeat µs
 }
+
+var _ Shared = (*Memory)(nil)
 
 type memTenant struct {
 	rpm, tpm int64      // TATs; a value ≤ now means a full bucket
@@ -46,7 +50,7 @@ type memTenant struct {
 }
 
 type memRecord struct {
-	state    byte // 'p' pending, 's' settled, 'x' expired
+	state    byte // 'p' pending, 's' settled, 'x' expired, 'c' cancelled, 'd' a reconciled charge
 	tokens   int64
 	cost     int64
 	tpmLimit int64
@@ -61,9 +65,9 @@ type recWindow struct {
 }
 
 type memBudget struct {
-	spent, reserved int64
-	alerts          map[int64]bool
-	deadline        int64
+	spent, reserved, degraded int64
+	alerts                    map[int64]bool
+	deadline                  int64
 }
 
 // NewMemory returns an empty memory store.
@@ -184,10 +188,15 @@ func (m *Memory) settle(req *SettleRequest) settleOutcome {
 	o := settleOutcome{now: now}
 	t := m.tenants[req.Tenant]
 	if t == nil {
+		o.unknown = true
 		return o
 	}
 	rec := t.records[req.RequestID]
-	if rec == nil || rec.deadline <= now || rec.state != 'p' {
+	if rec == nil || rec.deadline <= now {
+		o.unknown = true
+		return o
+	}
+	if rec.state != 'p' {
 		return o
 	}
 	m.sweep(t, now, alertsByName(req.Budgets), &o.expired, &o.crossed)
@@ -270,7 +279,7 @@ func (m *Memory) Budgets(ctx context.Context, tenant string, budgets []Budget) (
 		st := BudgetState{Name: b.Name, Window: b.Windows[w], Cap: b.Cap}
 		if t != nil {
 			if s := t.budget(budgetKey(b.Name, unixMicros(b.Windows[w].Start)), now); s != nil {
-				st.Spent, st.Reserved = s.spent, s.reserved
+				st.Spent, st.Reserved, st.Degraded = s.spent, s.reserved, s.degraded
 			}
 		}
 		out = append(out, st)

@@ -1,6 +1,8 @@
 package limiter
 
 import (
+	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,12 +17,27 @@ type OpenOptions struct {
 	// Redis Cluster. With neither, the store is in memory (one replica).
 	Redis   string
 	Cluster []string
-	// Timeout bounds each round trip; zero means DefaultTimeout.
+	// Timeout bounds each round trip (the client's read and write
+	// timeouts); zero means DefaultTimeout.
 	Timeout time.Duration
-	// Replicas is passed to Resilient: in local failure mode each replica
-	// enforces 1/Replicas of every limit.
+	// MaxInFlight bounds this replica's store calls in flight (and sizes the
+	// connection pool); QueueTimeout bounds the wait for a place, past which
+	// a call is shed. Zero means the defaults.
+	MaxInFlight  int
+	QueueTimeout time.Duration
+	// Replicas is passed to Resilient: the floor of the replica count local
+	// failure mode divides limits by.
 	Replicas int
-	Logger   *slog.Logger
+	// JournalDir keeps Resilient's journal and ledger on disk (empty: in
+	// memory, lost at exit).
+	JournalDir string
+	// ProbeInterval is Resilient's heartbeat period; zero means the default.
+	ProbeInterval time.Duration
+	// LeaseTick is how often due leases are renewed; zero means one second.
+	LeaseTick time.Duration
+	Events    Events
+	OnRenew   func(renewed int, err error)
+	Logger    *slog.Logger
 	// Direct opens the bare shared store, for one-shot commands that must
 	// read the shared state or fail, never fall back to a local stand-in.
 	Direct bool
@@ -32,7 +49,13 @@ type Opened struct {
 	// Up reports whether decisions are made on the shared store (always
 	// true for the memory store).
 	Up func() bool
-	// Close stops background work and closes the client.
+	// Resilient is the failure-policy layer over a shared store (nil for
+	// the memory store and with Direct), for readiness details.
+	Resilient *Resilient
+	// Leases renews open reservations (nil with Direct).
+	Leases *LeaseKeeper
+	// Close stops background work, flushes what can be flushed and closes
+	// the client.
 	Close func() error
 }
 
@@ -41,23 +64,42 @@ func (o OpenOptions) Shared() bool { return o.Redis != "" || len(o.Cluster) > 0 
 
 // Open builds the store o names: the memory store, or Redis wrapped in
 // Resilient so that each request's failure policy applies while Redis is
-// unreachable (bare, with Direct).
+// unreachable (bare, with Direct); both behind a LeaseKeeper.
 func Open(o OpenOptions) (Opened, error) {
 	local := NewMemory(MemoryOptions{})
+	keep := func(s Store) *LeaseKeeper {
+		return NewLeaseKeeper(LeaseKeeperOptions{Store: s, Tick: o.LeaseTick, OnRenew: o.OnRenew, Logger: o.Logger})
+	}
 	if !o.Shared() {
-		return Opened{Store: local, Up: func() bool { return true }, Close: local.Close}, nil
+		k := keep(local)
+		return Opened{Store: k, Up: func() bool { return true }, Leases: k, Close: k.Close}, nil
 	}
 	if o.Redis != "" && len(o.Cluster) > 0 {
 		return Opened{}, errors.New("limiter: set a Redis URL or cluster addresses, not both")
 	}
-	timeout := o.Timeout
-	if timeout <= 0 {
-		timeout = DefaultTimeout
+	if o.Logger != nil {
+		// go-redis logs every failed dial itself; at debug level, so an
+		// outage logs the breaker's one line per state change, not a line per
+		// attempt. The logger is the process's (go-redis has one global).
+		redis.SetLogger(clientLog{o.Logger})
 	}
+	timeout := cmp.Or(o.Timeout, DefaultTimeout)
+	inflight := cmp.Or(o.MaxInFlight, DefaultMaxInFlight)
+	queue := cmp.Or(o.QueueTimeout, DefaultQueueTimeout)
+	// The read and write timeouts time the round trip alone; the pool has a
+	// connection for every call in flight plus the background loops', so a
+	// call that has its place does not wait for a connection
+	// (https://pkg.go.dev/github.com/redis/go-redis/v9#Options,
+	// https://redis.uptrace.dev/guide/go-redis-debugging.html#timeouts).
+	// No retries: a retried script could run twice, and a timed-out
+	// admission is cancelled instead. MaxInFlight connections are kept open
+	// (MinIdleConns) so a burst does not dial them on a starved CPU.
+	pool := inflight + 4
+	dial := DefaultDialTimeout
 	var client redis.UniversalClient
 	if len(o.Cluster) > 0 {
 		client = redis.NewClusterClient(&redis.ClusterOptions{
-			Addrs: o.Cluster, DialTimeout: time.Second,
+			Addrs: o.Cluster, DialTimeout: dial, PoolSize: pool, PoolTimeout: queue, MinIdleConns: inflight,
 			ReadTimeout: timeout, WriteTimeout: timeout, MaxRetries: -1,
 		})
 	} else {
@@ -65,19 +107,29 @@ func Open(o OpenOptions) (Opened, error) {
 		if err != nil {
 			return Opened{}, fmt.Errorf("limiter: redis URL: %w", err)
 		}
-		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.MaxRetries = time.Second, timeout, timeout, -1
+		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.MaxRetries = dial, timeout, timeout, -1
+		opt.PoolSize, opt.PoolTimeout, opt.MinIdleConns = pool, queue, inflight
 		client = redis.NewClient(opt)
 	}
-	primary, err := NewRedis(RedisOptions{Client: client, Timeout: timeout})
+	primary, err := NewRedis(RedisOptions{Client: client, Timeout: timeout, MaxInFlight: inflight, QueueTimeout: queue, DialTimeout: dial})
 	if err != nil {
 		return Opened{}, errors.Join(err, client.Close())
 	}
 	if o.Direct {
 		return Opened{Store: primary, Up: func() bool { return true }, Close: client.Close}, nil
 	}
-	res, err := NewResilient(ResilientOptions{Primary: primary, Local: local, Replicas: o.Replicas, Logger: o.Logger})
+	res, err := NewResilient(ResilientOptions{Primary: primary, Local: local, Replicas: o.Replicas, Logger: o.Logger,
+		JournalDir: o.JournalDir, ProbeInterval: o.ProbeInterval, Events: o.Events})
 	if err != nil {
 		return Opened{}, errors.Join(err, client.Close())
 	}
-	return Opened{Store: res, Up: res.Up, Close: func() error { return errors.Join(res.Close(), client.Close()) }}, nil
+	k := keep(res)
+	return Opened{Store: k, Up: res.Up, Resilient: res, Leases: k, Close: func() error { return errors.Join(k.Close(), client.Close()) }}, nil
+}
+
+// clientLog routes go-redis's own log lines to slog at debug level.
+type clientLog struct{ l *slog.Logger }
+
+func (c clientLog) Printf(ctx context.Context, format string, v ...any) {
+	c.l.DebugContext(ctx, "redis client: "+fmt.Sprintf(format, v...))
 }

@@ -12,13 +12,13 @@ import (
 
 // countingStore counts the calls that reach the primary.
 type countingStore struct {
-	Store
+	*Redis
 	admits atomic.Int64
 }
 
 func (c *countingStore) Admit(ctx context.Context, req AdmitRequest) (Decision, error) {
 	c.admits.Add(1)
-	return c.Store.Admit(ctx, req)
+	return c.Redis.Admit(ctx, req)
 }
 
 // waitFor polls cond until it holds; the deadline only bounds a broken test.
@@ -40,7 +40,7 @@ func TestResilientAgainstKilledRedis(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	primary := &countingStore{Store: rs}
+	primary := &countingStore{Redis: rs}
 	var degraded [3]atomic.Int64
 	res, err := NewResilient(ResilientOptions{
 		Primary: primary, Replicas: 2, ProbeInterval: 100 * time.Millisecond,
@@ -60,10 +60,12 @@ func TestResilientAgainstKilledRedis(t *testing.T) {
 		t.Fatalf("healthy admit: %+v %v up=%v", d, err, res.Up())
 	}
 
+	waitFor(t, "the store's epoch", func() bool { return res.Epoch() != "" })
 	srv.Kill()
-	// Closed: a typed error; the first call finds the outage, the next ones
-	// skip the primary (the circuit is open) instead of waiting a timeout.
-	for range 5 {
+	// Closed: a typed error. The breaker opens on the failure rate, never
+	// on one failure: the first calls (and the background heartbeat) find
+	// the outage, the next ones skip the primary instead of waiting for it.
+	for range 8 {
 		if _, err := res.Admit(ctxb, AdmitRequest{Tenant: "t", RequestID: "closed", OnFailure: FailClosed}); !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("fail-closed admit: %v, want ErrUnavailable", err)
 		}
@@ -71,7 +73,7 @@ func TestResilientAgainstKilledRedis(t *testing.T) {
 	if res.Up() || res.Ping(ctxb) == nil {
 		t.Fatal("Up() or Ping still report a killed redis as up")
 	}
-	if n := primary.admits.Load(); n > 3 { // 1 healthy + the discovering call + at most one probe
+	if n := primary.admits.Load(); n > 1+DefaultBreakerMinFailures+1 { // 1 healthy + the failures that open it + at most one probe
 		t.Fatalf("%d admits reached the primary; the open circuit must skip it", n)
 	}
 
@@ -103,18 +105,23 @@ func TestResilientAgainstKilledRedis(t *testing.T) {
 	if r, err := res.Settle(ctxb, SettleRequest{Tenant: "t", RequestID: "local0", Cost: 1}); err != nil || !r.Settled || r.Queued {
 		t.Fatalf("local settle: %+v %v", r, err)
 	}
-	if degraded[0].Load() != 5 || degraded[1].Load() != 1 || degraded[2].Load() != 4 {
-		t.Fatalf("OnFailure counts closed/open/local = %d/%d/%d, want 5/1/4", degraded[0].Load(), degraded[1].Load(), degraded[2].Load())
+	if degraded[0].Load() != 8 || degraded[1].Load() != 1 || degraded[2].Load() != 4 {
+		t.Fatalf("OnFailure counts closed/open/local = %d/%d/%d, want 8/1/4", degraded[0].Load(), degraded[1].Load(), degraded[2].Load())
 	}
 
-	// Redis comes back empty (nothing persists): the probe loop notices,
-	// the queue drains, and requests use it again.
+	// Redis comes back empty (nothing persists): the heartbeat notices,
+	// the journal drains, and requests use it again. The fail-open spend is
+	// reconciled (marked degraded), and so is the settle of "before", whose
+	// reservation the restart lost.
 	srv.Restart()
 	waitFor(t, "the store to be up again", res.Up)
-	waitFor(t, "the settle queue to drain", func() bool { return res.queueLen() == 0 })
+	waitFor(t, "the journal to drain", func() bool { return res.queueLen() == 0 })
 	got, err := res.Budgets(ctxb, "t", []Budget{b})
-	if err != nil || got[0].Spent != 300 || got[0].Reserved != 0 {
-		t.Fatalf("after recovery Budgets = %+v, %v; want the fail-open spend 300 replayed", got, err)
+	if err != nil || got[0].Spent != 340 || got[0].Degraded != 300 || got[0].Reserved != 0 {
+		t.Fatalf("after recovery Budgets = %+v, %v; want the fail-open 300 and the lost settle's 40 reconciled", got, err)
+	}
+	if res.ResetAt().IsZero() {
+		t.Fatal("the restart without persistence was not detected as a store reset")
 	}
 	d, err = res.Admit(ctxb, AdmitRequest{Tenant: "t", RequestID: "after", Cost: 1, Budgets: []Budget{b}})
 	if err != nil || !d.Allowed || d.Degraded {
@@ -123,7 +130,7 @@ func TestResilientAgainstKilledRedis(t *testing.T) {
 }
 
 func TestResilientScaled(t *testing.T) {
-	r := &Resilient{replicas: 3}
+	r := &Resilient{floor: 3}
 	req := AdmitRequest{
 		Limits:  Limits{RequestsPerMinute: 10, TokensPerMinute: 2, Concurrent: 0},
 		Budgets: []Budget{{Name: "day", Cap: 1000, Alerts: []int64{600, 1000}}},

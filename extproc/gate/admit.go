@@ -43,7 +43,9 @@ func (x *Exchange) admit() *Reply {
 	}
 	if err != nil {
 		g.obs.Admission(tenantLabel, "failed_closed")
-		g.log.Error("admission store failed; policy fails closed", "tenant", x.tenant, "policy", x.policy.Name, "err", err)
+		if n, ok := g.refusals.Allow(time.Now()); ok {
+			g.log.Error("admission store failed; policy fails closed", "tenant", x.tenant, "policy", x.policy.Name, "err", err, "suppressed_since_last", n)
+		}
 		x.decisionTag = "failed_closed"
 		return x.reject(503, wire.ErrorUnavailable, "", "tokenwarden: the limits store is unavailable and this policy fails closed; retry shortly", ResultStoreError, nil)
 	}

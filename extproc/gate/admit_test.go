@@ -324,8 +324,10 @@ tenants:
 				if c := h.obs.storeCalls[len(h.obs.storeCalls)-1]; c.op != "settle" || c.err != nil {
 					t.Errorf("settle call %+v", c)
 				}
-				if got := h.logs.count("store unreachable; settle queued until it is back"); got != map[bool]int{true: 1}[tc.wantQueue] {
-					t.Errorf("%d queued-settle logs", got)
+				// A queued settle is the store's journal's to count
+				// (tokenwarden_store_journal_entries): no line per request.
+				if got := h.logs.count("store unreachable; settle queued until it is back"); got != 0 {
+					t.Errorf("%d queued-settle logs, want none per request", got)
 				}
 				spent := int64(0)
 				if tc.wantLocal {
@@ -503,5 +505,20 @@ tenants:
 	_, hv := h.g.Begin(context.Background(), Request{Headers: post(pathChat, tenantHeader("acme")), EndOfStream: true})
 	if hv.Reply == nil || headerOf(hv.Reply.Headers, "x-request-id") == "" {
 		t.Fatalf("OpenAI refusal without x-request-id: %+v", hv.Reply)
+	}
+}
+
+// TestRefusalsLogSampled: an outage that refuses every request logs one
+// line per second, not one per request; the counters have every refusal.
+func TestRefusalsLogSampled(t *testing.T) {
+	h := newHarnessWith(t, "store: {on_failure: closed}\npolicies: {default: {limits: {concurrent: 10}}}\ntenants: {acme: {}}\n", newResilient(t, unavailable{}))
+	for range 50 {
+		x, _ := h.g.Begin(context.Background(), Request{Headers: post(pathMessages, tenantHeader("acme"))})
+		if bv := x.Body([]byte(sonnetBody)); bv.Reply == nil || bv.Reply.Status != 503 {
+			t.Fatalf("want a 503, got %+v", bv.Reply)
+		}
+	}
+	if got := h.logs.count("admission store failed; policy fails closed"); got != 1 {
+		t.Fatalf("%d log lines for 50 refusals in well under a second, want 1", got)
 	}
 }

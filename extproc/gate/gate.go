@@ -65,6 +65,8 @@ type Gate struct {
 	unpriced *boundedSet // model names already warned about
 	// invalidLog samples the warnings about impossible provider usage.
 	invalidLog Sampler
+	// refusals and settles sample the log lines of store failures.
+	refusals, settles Sampler
 }
 
 // New returns a Gate.

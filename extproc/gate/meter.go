@@ -279,12 +279,11 @@ func (x *Exchange) Settle() {
 	}
 	g.obs.StoreCall("settle", g.opts.Now().Sub(start), err)
 	if err != nil {
-		g.log.Error("settle failed; the reservation stays charged at its estimate until it expires",
-			"tenant", x.tenant, "request_id", x.clientReqID, "err", err)
+		if n, ok := g.settles.Allow(g.opts.Now()); ok {
+			g.log.Error("settle failed; the reservation stays charged at its estimate until it expires",
+				"tenant", x.tenant, "request_id", x.clientReqID, "err", err, "suppressed_since_last", n)
+		}
 		return
-	}
-	if res.Queued {
-		g.log.Info("store unreachable; settle queued until it is back", "tenant", x.tenant, "request_id", x.clientReqID)
 	}
 	x.recordExpired(res.Expired)
 	x.observeBudgets(res.Budgets)

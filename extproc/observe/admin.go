@@ -13,9 +13,9 @@ import (
 // AdminOptions configures the admin HTTP handler.
 type AdminOptions struct {
 	Gatherer prometheus.Gatherer
-	// Ready reports whether this replica should receive traffic; nil means
-	// always.
-	Ready func(ctx context.Context) error
+	// Ready reports whether this replica should receive traffic, with
+	// detail lines shown either way; nil means always.
+	Ready func(ctx context.Context) (detail string, err error)
 }
 
 // AdminHandler serves what ScrapeHandler serves and the Go profiles under
@@ -45,13 +45,15 @@ func scrapeMux(o AdminOptions) *http.ServeMux {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()
+		var detail string
 		if o.Ready != nil {
-			if err := o.Ready(ctx); err != nil {
-				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			var err error
+			if detail, err = o.Ready(ctx); err != nil {
+				http.Error(w, "not ready: "+err.Error()+"\n"+detail, http.StatusServiceUnavailable)
 				return
 			}
 		}
-		_, _ = w.Write([]byte("ready\n"))
+		_, _ = w.Write([]byte("ready\n" + detail))
 	})
 	return mux
 }

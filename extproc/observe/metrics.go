@@ -66,6 +66,7 @@ type Metrics struct {
 	unpriced         prometheus.Counter
 	configReloads    *prometheus.CounterVec // result
 	configReloadTime prometheus.Gauge
+	store            storeMetrics
 
 	// phase holds the processing observers by phase, looked up once: every
 	// ext_proc message observes one.
@@ -185,6 +186,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.budgetUsed, m.budgetSpent, m.budgetCap, m.budgetExhaustion, m.budgetAlerts, m.providerLatency, m.providerStatus,
 		m.promptCache, m.prefixChanges, m.modelRewrites, m.storeUp, m.storeErrors, m.storeSeconds,
 		m.activeStreams, m.streamErrors, m.unconfigured, m.unpriced, m.configReloads, m.configReloadTime)
+	m.store = newStoreMetrics(reg)
 	// Series that would otherwise appear only after their first event are
 	// created at zero, so dashboards and alerts see them from the start.
 	m.phase = map[string]prometheus.Observer{}

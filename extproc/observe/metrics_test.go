@@ -1,7 +1,10 @@
 package observe
 
 import (
+	"context"
 	"math"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -10,6 +13,7 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/gate"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
@@ -125,6 +129,60 @@ func TestUnpricedRequests(t *testing.T) {
 	} {
 		if got := testutil.ToFloat64(c.c); got != c.want {
 			t.Errorf("%s = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+func TestReadinessIgnoresTheStoreButNotTheDrain(t *testing.T) {
+	cfg, err := policy.Parse([]byte("store: {on_failure: closed}\npolicies: {}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	primary := limiter.NewMemory(limiter.MemoryOptions{})
+	res, err := limiter.NewResilient(limiter.ResilientOptions{Primary: primary, ProbeInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Close()
+	var draining atomic.Bool
+	ready := Readiness(ReadinessOptions{Draining: &draining, Config: policy.NewHolder(cfg), Store: res})
+	detail, err := ready(context.Background())
+	if err != nil || !strings.Contains(detail, "breaker closed") || !strings.Contains(detail, "failure policy closed") {
+		t.Fatalf("ready = %q, %v", detail, err)
+	}
+	draining.Store(true)
+	if _, err := ready(context.Background()); err == nil {
+		t.Fatal("a draining replica reports ready")
+	}
+}
+
+func TestStoreEventsMetrics(t *testing.T) {
+	m := NewMetrics(prometheus.NewRegistry())
+	m.BreakerChanged(limiter.BreakerClosed, limiter.BreakerOpen)
+	m.Degraded(limiter.FailLocal, "shed")
+	m.Dropped("journal")
+	m.Reconciled(limiter.OpCharge)
+	m.StoreReset(time.Unix(100, 0))
+	m.LiveReplicas(3)
+	m.JournalDepth(7)
+	m.LeaseRenewed(2, nil)
+	for name, c := range map[string]struct {
+		c    prometheus.Collector
+		want float64
+	}{
+		"open":       {m.store.breaker.WithLabelValues("open"), 1},
+		"closed":     {m.store.breaker.WithLabelValues("closed"), 0},
+		"shed":       {m.store.degraded.WithLabelValues("local", "shed"), 1},
+		"dropped":    {m.store.dropped.WithLabelValues("journal"), 1},
+		"reconciled": {m.store.reconciled.WithLabelValues("charge"), 1},
+		"resets":     {m.store.resets, 1},
+		"last reset": {m.store.lastReset, 100},
+		"live":       {m.store.liveReplicas, 3},
+		"journal":    {m.store.journal, 7},
+		"renewals":   {m.store.renewals.WithLabelValues("ok"), 1},
+	} {
+		if got := testutil.ToFloat64(c.c); got != c.want {
+			t.Errorf("%s = %v, want %v", name, got, c.want)
 		}
 	}
 }

@@ -40,12 +40,14 @@ func WriteBudgets(ctx context.Context, w io.Writer, store limiter.Store, cfg *po
 		timeout = 5 * time.Second
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TENANT\tPOLICY\tWINDOW\tSTART\tEND\tSPENT_USD\tRESERVED_USD\tCAP_USD\tUSED")
+	// DEGRADED_USD is the part of SPENT_USD decided while the store was
+	// unreachable (local or open failure mode) and reconciled afterwards.
+	fmt.Fprintln(tw, "TENANT\tPOLICY\tWINDOW\tSTART\tEND\tSPENT_USD\tRESERVED_USD\tCAP_USD\tUSED\tDEGRADED_USD")
 	for _, t := range tenants {
 		p, _ := cfg.Policy(t, o.Policy)
 		budgets := p.LimiterBudgets(now)
 		if len(budgets) == 0 {
-			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\tno budgets\n", t, p.Name)
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\tno budgets\t-\n", t, p.Name)
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, timeout)
@@ -55,22 +57,11 @@ func WriteBudgets(ctx context.Context, w io.Writer, store limiter.Store, cfg *po
 			return errors.Join(tw.Flush(), fmt.Errorf("tenant %s: %w", t, err))
 		}
 		for _, s := range states {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.6f\t%.6f\t%.2f\t%.1f%%\n", t, p.Name, s.Name,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.6f\t%.6f\t%.2f\t%.1f%%\t%.6f\n", t, p.Name, s.Name,
 				s.Window.Start.Format(time.RFC3339), s.Window.End.Format(time.RFC3339),
-				accounting.NanoUSD(s.Spent).USD(), accounting.NanoUSD(s.Reserved).USD(), accounting.NanoUSD(s.Cap).USD(), 100*s.Used())
+				accounting.NanoUSD(s.Spent).USD(), accounting.NanoUSD(s.Reserved).USD(), accounting.NanoUSD(s.Cap).USD(), 100*s.Used(),
+				accounting.NanoUSD(s.Degraded).USD())
 		}
 	}
 	return tw.Flush()
-}
-
-// Readiness is /readyz's check: ready while the store answers, or while the
-// configured failure policy lets this replica decide without it (open or
-// local); a replica that would refuse everything is taken out of rotation.
-func Readiness(storeUp func() bool, cfg *policy.Holder) func(context.Context) error {
-	return func(context.Context) error {
-		if storeUp() || cfg.Load().Store.OnFailure != limiter.FailClosed {
-			return nil
-		}
-		return errors.New("the shared store is unreachable and store.on_failure is closed")
-	}
 }

@@ -7,6 +7,7 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"path"
@@ -54,9 +55,17 @@ type Store struct {
 	// store (one replica only).
 	Redis        string
 	RedisCluster []string
-	Timeout      time.Duration
+	// Timeout bounds one round trip to the store.
+	Timeout time.Duration
+	// MaxInFlight bounds this replica's store calls in flight; QueueTimeout
+	// how long a call waits for a place before it is shed (and served by its
+	// failure policy without counting as an outage).
+	MaxInFlight  int
+	QueueTimeout time.Duration
 	OnFailure    limiter.FailurePolicy
-	Replicas     int
+	// Replicas is the floor of the replica count local mode divides limits
+	// by; the live replicas' heartbeats raise it.
+	Replicas int
 }
 
 // Shared reports whether a Redis store is configured.
@@ -223,12 +232,41 @@ func (c *Config) PolicyNames() []string {
 }
 
 // Parse decodes and compiles a tokenwarden.yaml. Unknown fields are errors.
+//
+// A file with no content (empty, whitespace or comments only) and one
+// without a policies: mapping are refused: that is what a ConfigMap being
+// rewritten, a file cut short or a wrong file looks like, and applying it
+// would drop every limit, budget and allow list at once. A deliberately
+// unlimited configuration says so with `policies: {}`.
 func Parse(data []byte) (*Config, error) {
+	if !hasContent(data) {
+		return nil, errors.New("tokenwarden.yaml: the file is empty (nothing but whitespace or comments); refusing it rather than running without limits")
+	}
 	var f fileConfig
 	if err := yaml.UnmarshalStrict(data, &f); err != nil {
 		return nil, fmt.Errorf("tokenwarden.yaml: %w", err)
 	}
-	return compile(&f)
+	hasPolicies := f.Policies != nil
+	c, err := compile(&f)
+	if err != nil {
+		return nil, err
+	}
+	if !hasPolicies {
+		return nil, errors.New("tokenwarden.yaml: no policies: mapping (a file cut short, or not a tokenwarden.yaml?); write `policies: {}` to run without limits on purpose")
+	}
+	return c, nil
+}
+
+// hasContent reports whether a YAML file holds anything but whitespace,
+// comments and document markers.
+func hasContent(data []byte) bool {
+	for _, line := range strings.Split(string(data), "\n") {
+		l := strings.TrimSpace(line)
+		if l != "" && !strings.HasPrefix(l, "#") && l != "---" && l != "..." {
+			return true
+		}
+	}
+	return false
 }
 
 func compile(f *fileConfig) (*Config, error) {
@@ -309,7 +347,20 @@ func compileStore(s storeFile) (Store, error) {
 		return out, fmt.Errorf("store.redis: %q is not a redis:// or rediss:// URL", out.Redis)
 	}
 	if !s.Timeout.set {
-		out.Timeout = 25 * time.Millisecond
+		out.Timeout = limiter.DefaultTimeout
+	}
+	out.MaxInFlight, out.QueueTimeout = s.MaxInFlight, s.QueueTimeout.Duration
+	if out.MaxInFlight == 0 {
+		out.MaxInFlight = limiter.DefaultMaxInFlight
+	}
+	if out.MaxInFlight < 1 || out.MaxInFlight > 10_000 {
+		return out, fmt.Errorf("store.max_in_flight: %d must be between 1 and 10000", out.MaxInFlight)
+	}
+	if !s.QueueTimeout.set {
+		out.QueueTimeout = limiter.DefaultQueueTimeout
+	}
+	if out.QueueTimeout <= 0 || out.QueueTimeout > 30*time.Second {
+		return out, fmt.Errorf("store.queue_timeout: %s must be above 0 and at most 30s", out.QueueTimeout)
 	}
 	if out.Timeout <= 0 || out.Timeout > 10*time.Second {
 		return out, fmt.Errorf("store.timeout: %s must be above 0 and at most 10s (it bounds every request's admission)", out.Timeout)

@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -175,12 +176,27 @@ func TestDefaultsEmbeddedParse(t *testing.T) {
 	if !p.Enforces() || c.Store.Shared() {
 		t.Errorf("embedded default: policy %+v store %+v", p, c.Store)
 	}
-	empty, err := Parse(nil)
+	// An empty or schema-less file is what a ConfigMap mid-rewrite or a
+	// file cut short looks like: refused, never read as "no limits".
+	for name, data := range map[string]string{
+		"nil":          "",
+		"whitespace":   " \n\t\n",
+		"comments":     "# tokenwarden.yaml\n---\n# nothing here\n",
+		"no policies":  "store: {timeout: 50ms}\n",
+		"null":         "policies:\n",
+		"cut short":    "policies:\n  default:\n    limits: {requests_per",
+		"not yaml map": "- a\n- b\n",
+	} {
+		if _, err := Parse([]byte(data)); err == nil {
+			t.Errorf("%s: parsed, want an error", name)
+		}
+	}
+	explicit, err := Parse([]byte("policies: {}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p, _ := empty.Policy("x", ""); p == nil || p.Enforces() {
-		t.Errorf("an empty file must yield an unlimited default policy, got %+v", p)
+	if p, _ := explicit.Policy("x", ""); p == nil || p.Enforces() {
+		t.Errorf("policies: {} must yield an unlimited default policy, got %+v", p)
 	}
 }
 
@@ -368,5 +384,81 @@ func TestWatchAppliesGoodAndKeepsLastGood(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if n := len(rejected); n != 0 {
 		t.Fatalf("the same rejection was reported %d more times", n)
+	}
+}
+
+// TestWatchWaitsForAStableFile: content read while it is being written
+// (each read differs) is never applied; an empty or truncated file that
+// stays so is refused and the last good config stays.
+func TestWatchWaitsForAStableFile(t *testing.T) {
+	good := []byte("policies: {default: {limits: {requests_per_minute: 3}}}")
+	var mu sync.Mutex
+	var reads [][]byte // what each Read returns, in order; the last repeats
+	read := func() ([]byte, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		b := reads[0]
+		if len(reads) > 1 {
+			reads = reads[1:]
+		}
+		return b, nil
+	}
+	set := func(seq ...[]byte) {
+		mu.Lock()
+		reads = seq
+		mu.Unlock()
+	}
+	set(good)
+	first, _ := Parse(good)
+	h := NewHolder(first)
+	applied := make(chan *Config, 10)
+	rejected := make(chan error, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go Watch(ctx, WatchOptions{
+		Read: read, Interval: 5 * time.Millisecond, Settle: time.Millisecond, Initial: good,
+		Apply:    func(c *Config) { h.Store(c); applied <- c },
+		Rejected: func(err error) { rejected <- err },
+	})
+	// A writer caught mid-write: every read returns a longer prefix of a file
+	// whose complete form is unlimited; the prefixes are never stable.
+	full := "policies: {default: {}}\n"
+	var prefixes [][]byte
+	for i := 1; i < len(full); i++ {
+		prefixes = append(prefixes, []byte(full[:i]))
+	}
+	set(append(prefixes, good)...)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n := len(reads)
+		mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the watcher did not read the file being written")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if len(applied) != 0 || len(rejected) != 0 {
+		t.Fatalf("a file caught mid-write was parsed: %d applied, %d rejected", len(applied), len(rejected))
+	}
+	for _, bad := range []string{"", "policies:\n  default:\n    limits: {requests_per", "store: {timeout: 1s}\n"} {
+		set([]byte(bad))
+		select {
+		case err := <-rejected:
+			t.Logf("refused %q: %v", bad, err)
+		case c := <-applied:
+			t.Fatalf("applied %q: %+v", bad, c)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%q was not reported", bad)
+		}
+		if p, _ := h.Load().Policy("x", ""); p.Limits.RequestsPerMinute != 3 {
+			t.Fatalf("after %q the last good config is gone: rpm %d", bad, p.Limits.RequestsPerMinute)
+		}
+	}
+	if len(applied) != 0 {
+		t.Fatalf("a partial file was applied")
 	}
 }

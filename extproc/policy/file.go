@@ -27,9 +27,12 @@ type storeFile struct {
 	Redis        string   `json:"redis"`
 	RedisCluster []string `json:"redis_cluster"`
 	Timeout      duration `json:"timeout"`
+	MaxInFlight  int      `json:"max_in_flight"`
+	QueueTimeout duration `json:"queue_timeout"`
 	OnFailure    string   `json:"on_failure"`
-	// Replicas is how many serve replicas share the store; in local failure
-	// mode each enforces 1/Replicas of every limit and budget.
+	// Replicas is the least number of serve replicas sharing the store; in
+	// local failure mode each enforces 1/max(replicas, live replicas) of
+	// every limit and budget.
 	Replicas int `json:"replicas"`
 }
 

@@ -4,12 +4,14 @@
 -- KEYS: 1 tenant state hash, 2 pending zset (leases), 3 this request's record.
 -- ARGV: 1 key prefix, 2 request id, 3 tokens, 4 cost, 5 retention s,
 --   6 settled TTL ms, 7 sweep limit, then the alerts block (read_alerts).
--- Returns {now, settled 0/1, {name, start, end, spent, reserved}...,
+-- Returns {now, settled 1 / finished 0 / unknown -1, {name, start, end, spent, reserved}...,
 --   expired, crossed}.
 local prefix, id = ARGV[1], ARGV[2]
 local skey, pkey, rkey = KEYS[1], KEYS[2], KEYS[3]
 local now = now_us()
-local rec = decode_record(redis.call('GET', rkey))
+local raw = redis.call('GET', rkey)
+if not raw then return {now, -1, {}, {}, {}} end -- no record at all: unknown or lost
+local rec = decode_record(raw)
 if not rec then return {now, 0, {}, {}, {}} end
 local tokens, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
 local retention_s, keep_ms, sweep_limit = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])

@@ -67,6 +67,23 @@ func (s *Server) Port() int { return s.port }
 // Kill stops the process with SIGKILL, as a crash would, and waits for it.
 func (s *Server) Kill() { s.signal(syscall.SIGKILL) }
 
+// Pause stops the process with SIGSTOP: it keeps its connections and its
+// data but answers nothing, as a stalled store does (a long fork for a
+// snapshot, a swapped-out host), until Resume.
+func (s *Server) Pause() { s.send(syscall.SIGSTOP) }
+
+// Resume continues a paused process with SIGCONT; what it received while
+// paused is then processed.
+func (s *Server) Resume() { s.send(syscall.SIGCONT) }
+
+func (s *Server) send(sig syscall.Signal) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		_ = s.cmd.Process.Signal(sig)
+	}
+}
+
 // Stop shuts the server down with SIGTERM and waits; it is safe to call more
 // than once and after Kill.
 func (s *Server) Stop() { s.signal(syscall.SIGTERM) }
@@ -87,6 +104,7 @@ func (s *Server) signal(sig syscall.Signal) {
 	if s.cmd == nil {
 		return
 	}
+	_ = s.cmd.Process.Signal(syscall.SIGCONT) // a paused process handles no SIGTERM
 	_ = s.cmd.Process.Signal(sig)
 	_ = s.cmd.Wait()
 	s.cmd = nil

@@ -313,6 +313,9 @@ policies:
 		if strings.Contains(k, "}:r:") { // a request's settled marker, expiring within the hour
 			continue
 		}
+		if strings.HasPrefix(k, "tw:{tokenwarden}:") { // the store epoch and the replicas' heartbeats
+			continue
+		}
 		tenantKeys++
 		if i := strings.Index(k, "}"); i > 0 && !seen[k[:i]] {
 			seen[k[:i]] = true

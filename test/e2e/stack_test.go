@@ -111,7 +111,11 @@ func (s *stack) startProc(o stackOptions, store limiter.Store) *proc {
 		if o.redisHook != nil {
 			p.redis.AddHook(o.redisHook)
 		}
-		r, err := limiter.NewRedis(limiter.RedisOptions{Client: p.redis, Timeout: 2 * time.Second})
+		// Generous bounds, as the client's pool had before the store bounded
+		// its calls in flight: several replicas share this one process and
+		// its CPU with the race detector. serve's defaults are tested by the
+		// fault tests against real serve processes.
+		r, err := limiter.NewRedis(limiter.RedisOptions{Client: p.redis, Timeout: 2 * time.Second, QueueTimeout: 2 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,0 +1,135 @@
+package limiter
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+// runSharedConformance runs the cases of the Shared operations: cancel in
+// both orders, lease renewal, reconciliation and the heartbeat.
+func runSharedConformance(t *testing.T, h harness) {
+	shared := func(s Store) Shared { return s.(Shared) }
+	s, replica := shared(h.store), shared(h.replica)
+
+	t.Run("CancelAfterAdmitReleasesEverything", func(t *testing.T) {
+		tenant := newTenant("cancel-after")
+		b := dayBudget("day", h.now(t), 1000)
+		lim := Limits{Concurrent: 1, RequestsPerMinute: 2, TokensPerMinute: 1000}
+		// The admission whose reply was lost ran in the store.
+		if d := mustAdmit(t, s, AdmitRequest{Tenant: tenant, RequestID: "lost", Limits: lim, Tokens: 900, Cost: 600, Budgets: []Budget{b}}); !d.Allowed {
+			t.Fatalf("admit: %+v", d)
+		}
+		r, err := replica.Cancel(ctxb, CancelRequest{Tenant: tenant, RequestID: "lost", RequestsPerMinute: 2})
+		if err != nil || !r.Released {
+			t.Fatalf("cancel: %+v %v", r, err)
+		}
+		// Nothing stays: the slot, the budget, the tokens and the request.
+		d := mustAdmit(t, s, AdmitRequest{Tenant: tenant, RequestID: "next", Limits: lim, Tokens: 1000, Cost: 1000, Budgets: []Budget{b}})
+		if !d.Allowed || d.Budgets[0].Spent != 0 || d.Budgets[0].Reserved != 1000 || d.Requests.Remaining != 1 {
+			t.Fatalf("after the cancel: %+v", d)
+		}
+		if r := mustSettle(t, s, SettleRequest{Tenant: tenant, RequestID: "lost", Cost: 5}); r.Settled || r.Unknown {
+			t.Fatalf("settle of a cancelled reservation: %+v", r)
+		}
+		if r, err := s.Cancel(ctxb, CancelRequest{Tenant: tenant, RequestID: "lost"}); err != nil || r.Released {
+			t.Fatalf("second cancel: %+v %v", r, err)
+		}
+	})
+
+	t.Run("CancelBeforeAdmitMakesItANoOp", func(t *testing.T) {
+		tenant := newTenant("cancel-before")
+		b := dayBudget("day", h.now(t), 1000)
+		// The cancel overtook the admission on another connection.
+		if r, err := s.Cancel(ctxb, CancelRequest{Tenant: tenant, RequestID: "late"}); err != nil || r.Released {
+			t.Fatalf("cancel of an unknown id: %+v %v", r, err)
+		}
+		before := h.dump(t, tenant)
+		_, err := replica.Admit(ctxb, AdmitRequest{Tenant: tenant, RequestID: "late", Limits: Limits{Concurrent: 1}, Cost: 10, Budgets: []Budget{b}})
+		if !errors.Is(err, ErrDuplicateRequest) {
+			t.Fatalf("late admission after its cancel: %v, want ErrDuplicateRequest", err)
+		}
+		if after := h.dump(t, tenant); after != before {
+			t.Fatalf("the late admission wrote:\nbefore %s\nafter  %s", before, after)
+		}
+		got, err := s.Budgets(ctxb, tenant, []Budget{b})
+		if err != nil || got[0].Spent != 0 || got[0].Reserved != 0 {
+			t.Fatalf("Budgets = %+v, %v", got, err)
+		}
+	})
+
+	t.Run("RenewKeepsTheLease", func(t *testing.T) {
+		tenant := newTenant("renew")
+		ttl := 600*time.Millisecond + 2*h.slack
+		lim := Limits{Concurrent: 1, LeaseTTL: ttl}
+		mustAdmit(t, s, AdmitRequest{Tenant: tenant, RequestID: "long", Limits: lim})
+		mustAdmit(t, s, AdmitRequest{Tenant: tenant, RequestID: "short", Limits: Limits{LeaseTTL: ttl}})
+		h.advance(ttl / 2)
+		n, err := replica.Renew(ctxb, RenewRequest{Tenant: tenant, RequestIDs: []string{"long", "unknown"}, LeaseTTL: ttl})
+		if err != nil || n != 1 {
+			t.Fatalf("renew: %d %v", n, err)
+		}
+		h.advance(ttl/2 + 50*time.Millisecond)
+		// "short" expired, "long" was renewed and still holds the slot.
+		d := mustAdmit(t, s, AdmitRequest{Tenant: tenant, RequestID: "other", Limits: lim})
+		if d.Allowed || d.Denied != DimensionConcurrency {
+			t.Fatalf("a renewed lease was not held: %+v", d)
+		}
+		if n, err := s.Renew(ctxb, RenewRequest{Tenant: tenant, RequestIDs: []string{"short"}, LeaseTTL: ttl}); err != nil || n != 0 {
+			t.Fatalf("renewing an expired lease: %d %v", n, err)
+		}
+		if r := mustSettle(t, s, SettleRequest{Tenant: tenant, RequestID: "long"}); !r.Settled {
+			t.Fatalf("settle after renewals: %+v", r)
+		}
+	})
+
+	t.Run("ReconcileOnce", func(t *testing.T) {
+		tenant := newTenant("reconcile")
+		b := dayBudget("day", h.now(t), 1000, 500)
+		ws := ChargeWindows([]Budget{b}, h.now(t))
+		req := ReconcileRequest{Tenant: tenant, RequestID: "x~d", Cost: 600, Degraded: true, Windows: ws, Budgets: []Budget{b}}
+		r, err := s.Reconcile(ctxb, req)
+		if err != nil || !r.Applied || len(r.Budgets) != 1 || r.Budgets[0].Spent != 600 || len(r.Crossed) != 1 || r.Crossed[0].Threshold != 500 {
+			t.Fatalf("reconcile: %+v %v", r, err)
+		}
+		if r, err := replica.Reconcile(ctxb, req); err != nil || r.Applied {
+			t.Fatalf("second reconcile: %+v %v", r, err)
+		}
+		// Unless: a request whose own record exists is already charged.
+		mustAdmit(t, s, AdmitRequest{Tenant: tenant, RequestID: "y", Cost: 1, Budgets: []Budget{b}})
+		mustSettle(t, s, SettleRequest{Tenant: tenant, RequestID: "y", Cost: 7})
+		if r, err := s.Reconcile(ctxb, ReconcileRequest{Tenant: tenant, RequestID: "y~r", Unless: "y", Cost: 7, Windows: ws}); err != nil || r.Applied {
+			t.Fatalf("reconcile of a settled id: %+v %v", r, err)
+		}
+		got, err := s.Budgets(ctxb, tenant, []Budget{b})
+		if err != nil || got[0].Spent != 607 || got[0].Degraded != 600 || got[0].Reserved != 0 {
+			t.Fatalf("Budgets = %+v, %v; want spent 607 of which 600 degraded", got, err)
+		}
+		if _, err := s.Reconcile(ctxb, ReconcileRequest{Tenant: tenant, RequestID: "z", Cost: -1}); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("negative cost: %v", err)
+		}
+	})
+
+	t.Run("SettleUnknown", func(t *testing.T) {
+		tenant := newTenant("unknown")
+		if r := mustSettle(t, s, SettleRequest{Tenant: tenant, RequestID: "never"}); r.Settled || !r.Unknown {
+			t.Fatalf("settle of an id never admitted: %+v", r)
+		}
+		mustAdmit(t, s, AdmitRequest{Tenant: tenant, RequestID: "a"})
+		mustSettle(t, s, SettleRequest{Tenant: tenant, RequestID: "a"})
+		if r := mustSettle(t, s, SettleRequest{Tenant: tenant, RequestID: "a"}); r.Settled || r.Unknown {
+			t.Fatalf("second settle: %+v", r)
+		}
+	})
+
+	t.Run("HeartbeatEpoch", func(t *testing.T) {
+		a, err := s.Heartbeat(ctxb, HeartbeatRequest{Replica: newTenant("replica"), TTL: time.Minute, Epoch: newTenant("epoch")})
+		if err != nil || a.Epoch == "" || a.Live < 1 {
+			t.Fatalf("heartbeat: %+v %v", a, err)
+		}
+		b, err := replica.Heartbeat(ctxb, HeartbeatRequest{Replica: newTenant("replica"), TTL: time.Minute, Epoch: newTenant("epoch")})
+		if err != nil || b.Epoch != a.Epoch || b.Created || b.Live < 2 {
+			t.Fatalf("second replica's heartbeat: %+v %v (first %+v)", b, err, a)
+		}
+	})
+}

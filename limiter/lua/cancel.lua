@@ -1,0 +1,39 @@
+-- Cancel: undo an admission whose reply was lost, whatever order the late
+-- admission and this call arrive in. Without a record, leave a tombstone
+-- ("c"), which makes the admission a no-op (its SET NX fails) if it arrives
+-- later. With a pending record, release everything it reserved: its
+-- estimate leaves every window, its lease is released, its tokens and the
+-- request itself leave the GCRA buckets. A finished record is left alone.
+-- KEYS: 1 tenant state hash, 2 pending zset, 3 this request's record.
+-- ARGV: 1 key prefix, 2 request id, 3 rpm limit, 4 tombstone ms,
+--   5 retention s.
+-- Returns {now, released 0/1}.
+local prefix, id = ARGV[1], ARGV[2]
+local skey, pkey, rkey = KEYS[1], KEYS[2], KEYS[3]
+local now = now_us()
+local keep_ms, retention_s = tonumber(ARGV[4]), tonumber(ARGV[5])
+local v = redis.call('GET', rkey)
+if not v then
+  redis.call('SET', rkey, 'c', 'PX', fmt(keep_ms))
+  return {now, 0}
+end
+local rec = decode_record(v)
+if not rec then return {now, 0} end
+charge(prefix, rec[4], rec[2], 0, {}, retention_s, {})
+local st = redis.call('HMGET', skey, 'r', 't', 'e')
+local fields, tat_max = {}, now
+local rpm_l = tonumber(ARGV[3])
+if rpm_l > 0 and st[1] then
+  local tat = math.max(math.max(tonumber(st[1]), now) - increment(1, rpm_l), now)
+  fields[#fields + 1] = 'r'; fields[#fields + 1] = fmt(tat)
+  tat_max = math.max(tat_max, tat)
+end
+local tl = rec[3]
+if tl > 0 and st[2] then
+  local tat = math.max(math.max(tonumber(st[2]), now) - increment(rec[1], tl), now)
+  fields[#fields + 1] = 't'; fields[#fields + 1] = fmt(tat)
+  tat_max = math.max(tat_max, tat)
+end
+finish(pkey, rkey, id, 'c', keep_ms)
+save_state(skey, fields, tonumber(st[3]), tat_max, now)
+return {now, 1}

@@ -1,0 +1,29 @@
+-- Renew: extend the leases of a tenant's pending reservations to now +
+-- lease. A member already expired is left to the sweep (it is, or will be,
+-- charged at its estimate); an absent one is skipped. Raising scores keeps
+-- the state hash's n a valid lower bound of the earliest expiry.
+-- KEYS: 1 tenant state hash, 2 pending zset.
+-- ARGV: 1 lease µs, 2 retention s, then request ids.
+-- Returns the number of leases renewed.
+local skey, pkey = KEYS[1], KEYS[2]
+local now = now_us()
+local lease_us, retention_s = tonumber(ARGV[1]), tonumber(ARGV[2])
+local expiry = now + lease_us
+local n = 0
+for i = 3, #ARGV do
+  local s = redis.call('ZSCORE', pkey, ARGV[i])
+  if s and tonumber(s) > now then
+    redis.call('ZADD', pkey, 'XX', fmt(expiry), ARGV[i])
+    n = n + 1
+  end
+end
+if n > 0 then
+  local st = redis.call('HMGET', skey, 'pe', 'e')
+  local pe, pe_need = tonumber(st[1]), math.floor(expiry / 1000) + retention_s * 1000
+  if not pe or pe < pe_need then
+    local pe_new = pe_need + math.min(retention_s * 1000, 3600000)
+    redis.call('PEXPIREAT', pkey, fmt(pe_new))
+    save_state(skey, {'pe', fmt(pe_new)}, tonumber(st[2]), now, now)
+  end
+end
+return n

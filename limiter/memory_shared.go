@@ -1,0 +1,127 @@
+package limiter
+
+import (
+	"cmp"
+	"context"
+	"time"
+)
+
+// Cancel implements Shared with the Redis store's semantics
+// (lua/cancel.lua).
+func (m *Memory) Cancel(ctx context.Context, req CancelRequest) (CancelResult, error) {
+	if err := validateIDs(req.Tenant, req.RequestID); err != nil {
+		return CancelResult{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := unixMicros(m.now())
+	m.gc(now)
+	t := m.tenant(req.Tenant)
+	keep := int64(DefaultTombstoneTTL / time.Microsecond)
+	rec := t.records[req.RequestID]
+	if rec == nil || rec.deadline <= now {
+		t.records[req.RequestID] = &memRecord{state: 'c', deadline: now + keep}
+		return CancelResult{}, nil
+	}
+	if rec.state != 'p' {
+		return CancelResult{}, nil
+	}
+	m.charge(t, now, rec, 0, nil, new([]rawCrossing))
+	if rpm := newRate(req.RequestsPerMinute, req.Burst); rpm.limit > 0 && t.rpm > 0 {
+		t.rpm = max(max(t.rpm, now)-increment(1, rpm.limit), now)
+	}
+	if rec.tpmLimit > 0 && t.tpm > 0 {
+		t.tpm = max(max(t.tpm, now)-increment(rec.tokens, rec.tpmLimit), now)
+	}
+	t.pending.remove(req.RequestID)
+	rec.state = 'c'
+	rec.deadline = now + keep
+	return CancelResult{Released: true}, nil
+}
+
+// Renew implements Shared (lua/renew.lua).
+func (m *Memory) Renew(ctx context.Context, req RenewRequest) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := unixMicros(m.now())
+	t := m.tenants[req.Tenant]
+	if t == nil {
+		return 0, nil
+	}
+	expiry := now + int64(cmp.Or(req.LeaseTTL, DefaultLeaseTTL)/time.Microsecond)
+	n := 0
+	for _, id := range req.RequestIDs {
+		it := t.pending.byID[id]
+		if it == nil || it.exp <= now {
+			continue
+		}
+		t.pending.add(id, expiry)
+		if rec := t.records[id]; rec != nil {
+			rec.deadline = max(rec.deadline, expiry+m.retention)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// Reconcile implements Shared (lua/reconcile.lua).
+func (m *Memory) Reconcile(ctx context.Context, req ReconcileRequest) (ReconcileResult, error) {
+	if err := validateReconcile(&req); err != nil {
+		return ReconcileResult{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := unixMicros(m.now())
+	m.gc(now)
+	t := m.tenant(req.Tenant)
+	live := func(id string) bool { r := t.records[id]; return r != nil && r.deadline > now }
+	if live(req.RequestID) || req.Unless != "" && live(req.Unless) {
+		return ReconcileResult{}, nil
+	}
+	rec := &memRecord{state: 'd'}
+	for _, w := range req.Windows {
+		rec.windows = append(rec.windows, recWindow{w.Name, unixMicros(w.Window.Start), unixMicros(w.Window.End)})
+		if req.Degraded {
+			key := budgetKey(w.Name, unixMicros(w.Window.Start))
+			s := t.budget(key, now)
+			if s == nil {
+				s = &memBudget{deadline: unixMicros(w.Window.End) + m.retention}
+				t.budgets[key] = s
+			}
+			s.degraded += req.Cost
+		}
+	}
+	var crossed []rawCrossing
+	out := m.charge(t, now, rec, req.Cost, alertsByName(req.Budgets), &crossed)
+	rec.windows, rec.deadline = nil, now+int64(DefaultReconciledTTL/time.Microsecond)
+	t.records[req.RequestID] = rec
+	o := settleOutcome{now: now, settled: true, budgets: out, crossed: crossed}
+	sr := o.result(&SettleRequest{Budgets: req.Budgets})
+	return ReconcileResult{Applied: true, Budgets: sr.Budgets, Crossed: sr.Crossed}, nil
+}
+
+// Heartbeat implements Shared: the memory store's epoch lives as long as
+// the process.
+func (m *Memory) Heartbeat(ctx context.Context, req HeartbeatRequest) (HeartbeatResult, error) {
+	if req.Replica == "" || req.Epoch == "" || req.TTL <= 0 {
+		return HeartbeatResult{}, errInvalidf("heartbeat needs a replica, an epoch and a TTL")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := unixMicros(m.now())
+	created := m.epoch == ""
+	if created {
+		m.epoch = req.Epoch
+	}
+	if m.replicas == nil {
+		m.replicas = map[string]int64{}
+	}
+	m.replicas[req.Replica] = now
+	ttl := int64(req.TTL / time.Microsecond)
+	for id, at := range m.replicas {
+		if at < now-ttl {
+			delete(m.replicas, id)
+		}
+	}
+	return HeartbeatResult{Epoch: m.epoch, Created: created, Live: len(m.replicas)}, nil
+}

@@ -1,0 +1,107 @@
+package limiter
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"time"
+)
+
+// Cancel implements Shared in one round trip (lua/cancel.lua).
+func (r *Redis) Cancel(ctx context.Context, req CancelRequest) (CancelResult, error) {
+	if err := validateIDs(req.Tenant, req.RequestID); err != nil {
+		return CancelResult{}, err
+	}
+	prefix := tenantPrefix(req.Tenant)
+	rpm := newRate(req.RequestsPerMinute, req.Burst)
+	args := []any{prefix, req.RequestID, rpm.limit, r.tombstoneTTL.Milliseconds(), int64(r.retention / time.Second)}
+	keys := []string{prefix + "s", prefix + "p", prefix + "r:" + req.RequestID}
+	v, err := r.run(ctx, cancelScript, keys, args)
+	if err != nil {
+		return CancelResult{}, fmt.Errorf("limiter: cancel: %w", err)
+	}
+	top, err := asSlice(v, 2)
+	if err != nil {
+		return CancelResult{}, fmt.Errorf("limiter: cancel: %w", err)
+	}
+	released, err := asInt(top[1])
+	return CancelResult{Released: released == 1}, err
+}
+
+// Renew implements Shared in one round trip for any number of ids
+// (lua/renew.lua).
+func (r *Redis) Renew(ctx context.Context, req RenewRequest) (int, error) {
+	if req.Tenant == "" || len(req.RequestIDs) == 0 {
+		return 0, nil
+	}
+	prefix := tenantPrefix(req.Tenant)
+	args := make([]any, 0, 2+len(req.RequestIDs))
+	args = append(args, int64(cmp.Or(req.LeaseTTL, DefaultLeaseTTL)/time.Microsecond), int64(r.retention/time.Second))
+	for _, id := range req.RequestIDs {
+		args = append(args, id)
+	}
+	v, err := r.run(ctx, renewScript, []string{prefix + "s", prefix + "p"}, args)
+	if err != nil {
+		return 0, fmt.Errorf("limiter: renew: %w", err)
+	}
+	n, err := asInt(v)
+	return int(n), err
+}
+
+// Reconcile implements Shared in one round trip (lua/reconcile.lua).
+func (r *Redis) Reconcile(ctx context.Context, req ReconcileRequest) (ReconcileResult, error) {
+	if err := validateReconcile(&req); err != nil {
+		return ReconcileResult{}, err
+	}
+	prefix := tenantPrefix(req.Tenant)
+	degraded := 0
+	if req.Degraded {
+		degraded = 1
+	}
+	args := []any{prefix, req.Cost, degraded, r.reconciledTTL.Milliseconds(), int64(r.retention / time.Second), len(req.Windows)}
+	for _, w := range req.Windows {
+		args = append(args, w.Name, unixMicros(w.Window.Start), unixMicros(w.Window.End))
+	}
+	args = appendAlerts(args, req.Budgets)
+	marker := prefix + "r:" + req.RequestID
+	unless := marker
+	if req.Unless != "" {
+		unless = prefix + "r:" + req.Unless
+	}
+	v, err := r.run(ctx, reconcileScript, []string{marker, unless}, args)
+	if err != nil {
+		return ReconcileResult{}, fmt.Errorf("limiter: reconcile: %w", err)
+	}
+	top, err := asSlice(v, 4)
+	if err != nil {
+		return ReconcileResult{}, fmt.Errorf("limiter: reconcile: %w", err)
+	}
+	// The reply's tail has the shape of a settle's: reuse its parser.
+	o, err := parseSettle([]any{top[0], top[1], top[2], []any{}, top[3]})
+	if err != nil {
+		return ReconcileResult{}, fmt.Errorf("limiter: reconcile: %w", err)
+	}
+	sr := o.result(&SettleRequest{Budgets: req.Budgets})
+	return ReconcileResult{Applied: sr.Settled, Budgets: sr.Budgets, Crossed: sr.Crossed}, nil
+}
+
+// Heartbeat implements Shared in one round trip (lua/heartbeat.lua).
+func (r *Redis) Heartbeat(ctx context.Context, req HeartbeatRequest) (HeartbeatResult, error) {
+	if req.Replica == "" || req.Epoch == "" || req.TTL <= 0 {
+		return HeartbeatResult{}, errInvalidf("heartbeat needs a replica, an epoch and a TTL")
+	}
+	v, err := r.run(ctx, heartbeatScript, []string{epochKey, replicasKey}, []any{req.Replica, req.TTL.Milliseconds(), req.Epoch})
+	if err != nil {
+		return HeartbeatResult{}, fmt.Errorf("limiter: heartbeat: %w", err)
+	}
+	top, err := asSlice(v, 3)
+	if err != nil {
+		return HeartbeatResult{}, fmt.Errorf("limiter: heartbeat: %w", err)
+	}
+	created, err := asInt(top[1])
+	if err != nil {
+		return HeartbeatResult{}, err
+	}
+	live, err := asInt(top[2])
+	return HeartbeatResult{Epoch: asString(top[0]), Created: created == 1, Live: int(live)}, err
+}
