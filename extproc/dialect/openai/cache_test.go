@@ -62,10 +62,10 @@ func TestInjectBreakpoints(t *testing.T) {
 		skipped  []string
 	}{
 		{
-			name: "chat: a string system prompt becomes one text part",
-			api:  chatAPI,
-			body: `{"model":"gpt-5.6-terra","messages":[{"role":"system","content":"S"},{"role":"user","content":"Q"}]}`,
-			want: `{"model":"gpt-5.6-terra","messages":[{"role":"system","content":[{"type":"text","text":"S"` + bp + `}]},{"role":"user","content":"Q"}]}`,
+			name:  "chat: a string system prompt becomes one text part",
+			api:   chatAPI,
+			body:  `{"model":"gpt-5.6-terra","messages":[{"role":"system","content":"S"},{"role":"user","content":"Q"}]}`,
+			want:  `{"model":"gpt-5.6-terra","messages":[{"role":"system","content":[{"type":"text","text":"S"` + bp + `}]},{"role":"user","content":"Q"}]}`,
 			added: 1,
 		},
 		{
@@ -78,17 +78,17 @@ func TestInjectBreakpoints(t *testing.T) {
 			added: 2,
 		},
 		{
-			name: "chat: the last user message is the turn when the final message is a tool result",
-			api:  chatAPI,
-			body: `{"model":"gpt-5.6-luna","messages":[{"role":"user","content":"U"},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c","content":"R"}]}`,
-			want: `{"model":"gpt-5.6-luna","messages":[{"role":"user","content":[{"type":"text","text":"U"` + bp + `}]},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c","content":"R"}]}`,
+			name:  "chat: the last user message is the turn when the final message is a tool result",
+			api:   chatAPI,
+			body:  `{"model":"gpt-5.6-luna","messages":[{"role":"user","content":"U"},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c","content":"R"}]}`,
+			want:  `{"model":"gpt-5.6-luna","messages":[{"role":"user","content":[{"type":"text","text":"U"` + bp + `}]},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c","content":"R"}]}`,
 			added: 1,
 		},
 		{
-			name: "chat: a part that cannot carry a marker passes it to the one before; audio can",
-			api:  chatAPI,
-			body: `{"model":"gpt-5.6","messages":[{"role":"system","content":[{"type":"input_audio","input_audio":{"data":"AA==","format":"wav"}},{"type":"text","text":""},{"type":"file","file":{"file_id":"f"}}]},{"role":"user","content":"Q"}]}`,
-			want: `{"model":"gpt-5.6","messages":[{"role":"system","content":[{"type":"input_audio","input_audio":{"data":"AA==","format":"wav"}` + bp + `},{"type":"text","text":""},{"type":"file","file":{"file_id":"f"}}]},{"role":"user","content":"Q"}]}`,
+			name:  "chat: a part that cannot carry a marker passes it to the one before; audio can",
+			api:   chatAPI,
+			body:  `{"model":"gpt-5.6","messages":[{"role":"system","content":[{"type":"input_audio","input_audio":{"data":"AA==","format":"wav"}},{"type":"text","text":""},{"type":"file","file":{"file_id":"f"}}]},{"role":"user","content":"Q"}]}`,
+			want:  `{"model":"gpt-5.6","messages":[{"role":"system","content":[{"type":"input_audio","input_audio":{"data":"AA==","format":"wav"}` + bp + `},{"type":"text","text":""},{"type":"file","file":{"file_id":"f"}}]},{"role":"user","content":"Q"}]}`,
 			added: 1,
 		},
 		{
@@ -98,10 +98,10 @@ func TestInjectBreakpoints(t *testing.T) {
 			skipped: []string{"messages.0: no content part can carry a marker"},
 		},
 		{
-			name: "chat: a client marker is kept and counted; the other slot is still filled",
-			api:  chatAPI,
-			body: `{"model":"gpt-5.6","messages":[{"role":"system","content":[{"type":"text","text":"S"` + bp + `}]},{"role":"user","content":"U1"},{"role":"assistant","content":"A"},{"role":"user","content":"U2"}]}`,
-			want: `{"model":"gpt-5.6","messages":[{"role":"system","content":[{"type":"text","text":"S"` + bp + `}]},{"role":"user","content":[{"type":"text","text":"U1"` + bp + `}]},{"role":"assistant","content":"A"},{"role":"user","content":"U2"}]}`,
+			name:     "chat: a client marker is kept and counted; the other slot is still filled",
+			api:      chatAPI,
+			body:     `{"model":"gpt-5.6","messages":[{"role":"system","content":[{"type":"text","text":"S"` + bp + `}]},{"role":"user","content":"U1"},{"role":"assistant","content":"A"},{"role":"user","content":"U2"}]}`,
+			want:     `{"model":"gpt-5.6","messages":[{"role":"system","content":[{"type":"text","text":"S"` + bp + `}]},{"role":"user","content":[{"type":"text","text":"U1"` + bp + `}]},{"role":"assistant","content":"A"},{"role":"user","content":"U2"}]}`,
 			existing: 1, added: 1, skipped: []string{"messages.0.content.0: client marker kept"},
 		},
 		{
@@ -134,10 +134,10 @@ func TestInjectBreakpoints(t *testing.T) {
 			skipped: []string{"messages.0.content: prompt_cache_options.mode is explicit: the client places every breakpoint"},
 		},
 		{
-			name: "chat: implicit mode and the 30m ttl are the default",
-			api:  chatAPI,
-			body: `{"model":"gpt-5.6","prompt_cache_options":{"ttl":"30m","mode":"implicit"},"messages":[{"role":"system","content":"S"},{"role":"user","content":"U"}]}`,
-			want: `{"model":"gpt-5.6","prompt_cache_options":{"ttl":"30m","mode":"implicit"},"messages":[{"role":"system","content":[{"type":"text","text":"S"` + bp + `}]},{"role":"user","content":"U"}]}`,
+			name:  "chat: implicit mode and the 30m ttl are the default",
+			api:   chatAPI,
+			body:  `{"model":"gpt-5.6","prompt_cache_options":{"ttl":"30m","mode":"implicit"},"messages":[{"role":"system","content":"S"},{"role":"user","content":"U"}]}`,
+			want:  `{"model":"gpt-5.6","prompt_cache_options":{"ttl":"30m","mode":"implicit"},"messages":[{"role":"system","content":[{"type":"text","text":"S"` + bp + `}]},{"role":"user","content":"U"}]}`,
 			added: 1,
 		},
 		{
@@ -188,17 +188,17 @@ func TestInjectBreakpoints(t *testing.T) {
 			added: 1,
 		},
 		{
-			name: "chat: a stream gets its usage chunk and the breakpoint in one copy",
-			api:  chatAPI,
-			body: `{"stream":true,"model":"gpt-5.6","messages":[{"role":"developer","content":"D"},{"role":"user","content":"U"}]}`,
-			want: `{"stream":true,"model":"gpt-5.6","messages":[{"role":"developer","content":[{"type":"text","text":"D"` + bp + `}]},{"role":"user","content":"U"}],"stream_options":{"include_usage":true}}`,
+			name:  "chat: a stream gets its usage chunk and the breakpoint in one copy",
+			api:   chatAPI,
+			body:  `{"stream":true,"model":"gpt-5.6","messages":[{"role":"developer","content":"D"},{"role":"user","content":"U"}]}`,
+			want:  `{"stream":true,"model":"gpt-5.6","messages":[{"role":"developer","content":[{"type":"text","text":"D"` + bp + `}]},{"role":"user","content":"U"}],"stream_options":{"include_usage":true}}`,
 			added: 1,
 		},
 		{
-			name: "responses: a developer message's string content becomes an input_text part",
-			api:  responsesAPI,
-			body: `{"model":"gpt-5.6-terra","instructions":"I","input":[{"role":"developer","content":"D"},{"role":"user","content":"Q"}]}`,
-			want: `{"model":"gpt-5.6-terra","instructions":"I","input":[{"role":"developer","content":[{"type":"input_text","text":"D"` + bp + `}]},{"role":"user","content":"Q"}]}`,
+			name:  "responses: a developer message's string content becomes an input_text part",
+			api:   responsesAPI,
+			body:  `{"model":"gpt-5.6-terra","instructions":"I","input":[{"role":"developer","content":"D"},{"role":"user","content":"Q"}]}`,
+			want:  `{"model":"gpt-5.6-terra","instructions":"I","input":[{"role":"developer","content":[{"type":"input_text","text":"D"` + bp + `}]},{"role":"user","content":"Q"}]}`,
 			added: 1,
 		},
 		{
@@ -213,9 +213,9 @@ func TestInjectBreakpoints(t *testing.T) {
 			added: 2,
 		},
 		{
-			name: "responses: markers in a call's output count",
-			api:  responsesAPI,
-			body: `{"model":"gpt-5.6","input":[{"role":"system","content":"S"},{"type":"function_call_output","call_id":"c","output":[{"type":"input_text","text":"a"` + bp + `},{"type":"input_text","text":"b"` + bp + `},{"type":"input_text","text":"c"` + bp + `}]},{"role":"user","content":"Q"}]}`,
+			name:     "responses: markers in a call's output count",
+			api:      responsesAPI,
+			body:     `{"model":"gpt-5.6","input":[{"role":"system","content":"S"},{"type":"function_call_output","call_id":"c","output":[{"type":"input_text","text":"a"` + bp + `},{"type":"input_text","text":"b"` + bp + `},{"type":"input_text","text":"c"` + bp + `}]},{"role":"user","content":"Q"}]}`,
 			existing: 3, skipped: []string{"input.0.content: all 3 breakpoints in use"},
 		},
 		{
