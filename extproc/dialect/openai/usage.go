@@ -13,9 +13,11 @@ import (
 // cache (prompt_tokens_details.cached_tokens and .cache_write_tokens, the
 // latter on models with explicit prompt-cache breakpoints), so they are
 // moved out of InputTokens into their own classes; completion_tokens
-// already includes reasoning tokens. OpenAI has one cache-write rate,
-// carried in the 5-minute class as for the Responses API (see
-// fromResponsesUsage). Negative or inconsistent counts are clamped so a
+// already includes reasoning tokens. OpenAI has one cache-write rate (its
+// writes live 30 minutes, a TTL the Anthropic-named classes do not have):
+// they are carried in CacheWrite5mTokens, as for the Responses API (see
+// fromResponsesUsage), and the price table gives every OpenAI model its one
+// write price in cache_write_5m (and the same in cache_write_1h). Negative or inconsistent counts are clamped so a
 // usage never refunds: the cache counts never exceed prompt_tokens, the
 // cached tokens taking precedence over the written ones.
 //
