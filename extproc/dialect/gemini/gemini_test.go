@@ -158,6 +158,7 @@ func TestUsageFromJSON(t *testing.T) {
 		{"truncated array", "[" + chunk("The", "", usage1), accounting.Usage{}, "", false},
 		{"no thoughts, no cache", `{"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":3}}`, accounting.Usage{InputTokens: 8, OutputTokens: 3}, "", true},
 		{"Vertex priority traffic", `{"usageMetadata":{"promptTokenCount":8,"trafficType":"ON_DEMAND_PRIORITY"}}`, accounting.Usage{InputTokens: 8, ServiceTier: "priority"}, "", true},
+		{"Vertex priority traffic, escaped", `{"usageMetadata":{"promptTokenCount":8,"trafficType":"ON_DEMAND_PRI\u004fRITY"}}`, accounting.Usage{InputTokens: 8, ServiceTier: "priority"}, "", true},
 		{"Vertex flex traffic", `{"usageMetadata":{"promptTokenCount":8,"trafficType":"ON_DEMAND_FLEX"}}`, accounting.Usage{InputTokens: 8, ServiceTier: "flex"}, "", true},
 		{"Vertex on-demand traffic, verbatim (standard)", `{"usageMetadata":{"promptTokenCount":8,"trafficType":"ON_DEMAND"}}`, accounting.Usage{InputTokens: 8, ServiceTier: "ON_DEMAND"}, "", true},
 		{"provisioned throughput, verbatim (standard)", `{"usageMetadata":{"promptTokenCount":8,"trafficType":"PROVISIONED_THROUGHPUT"}}`,

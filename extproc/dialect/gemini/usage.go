@@ -48,13 +48,22 @@ func fromUsageMetadata(u wire.Value, tier string) accounting.Usage {
 // when v names no tier; the mapped names are compared undecoded, so a
 // traffic type repeated on every chunk costs no allocation.
 func serviceTier(v wire.Value, cur string) string {
-	switch string(v.Raw) {
+	var t string
+	switch string(v.Raw) { // compared, not kept: no allocation
 	case `"ON_DEMAND_PRIORITY"`:
-		return "priority"
+		t = "ON_DEMAND_PRIORITY"
 	case `"ON_DEMAND_FLEX"`:
+		t = "ON_DEMAND_FLEX"
+	default:
+		t = wire.ServiceTier(v, cur) // decoded, so an escaped spelling maps too
+	}
+	switch t {
+	case "ON_DEMAND_PRIORITY":
+		return "priority"
+	case "ON_DEMAND_FLEX":
 		return "flex"
 	}
-	return wire.ServiceTier(v, cur)
+	return t
 }
 
 // sat adds two non-negative counts, saturating.
