@@ -76,8 +76,12 @@ const UnknownModelMinCacheTokens = 1024
 // override it. Any spelling ModelFamily reads is accepted, and an unknown
 // model gets UnknownModelMinCacheTokens. It is the one table of these
 // minimums: the prompt-cache injection of extproc/dialect/anthropic is
-// given its value by the gate, never a copy.
+// given its value by the gate, never a copy. OpenAI models that take
+// explicit breakpoints (ExplicitCacheBreakpoints) get OpenAIMinCacheTokens.
 func MinCacheTokens(model string) int64 {
+	if ExplicitCacheBreakpoints(model) {
+		return OpenAIMinCacheTokens
+	}
 	family, _ := ModelFamily(model)
 	switch family {
 	case "claude-fable-5-1", "claude-mythos-5-1", "claude-opus-5-5",
@@ -145,4 +149,62 @@ var outputLimitPrefixes = []struct {
 	{"o3", 100_000},
 	{"o4-mini", 100_000},
 	{"gemini-", 65_536},
+}
+
+// OpenAIMinCacheTokens is the shortest prompt OpenAI caches: "Caching is
+// available for prompts containing 1024 tokens or more"
+// (https://platform.openai.com/docs/guides/prompt-caching). A breakpoint on
+// a shorter prefix would cost a cache write and save nothing.
+const OpenAIMinCacheTokens = 1024
+
+// ExplicitCacheBreakpoints reports whether an OpenAI model takes explicit
+// prompt-cache breakpoints — a "prompt_cache_breakpoint" marker on a
+// content part and the request's "prompt_cache_options" — which OpenAI
+// offers from gpt-5.6 on (https://platform.openai.com/docs/guides/prompt-caching;
+// the prompt_cache_options field of
+// https://platform.openai.com/docs/api-reference/responses/create). Any
+// gpt-MAJOR.MINOR at or after 5.6, or gpt-MAJOR from 6, with any suffix
+// ("-sol", "-terra", "-luna", a dated snapshot), takes them; so does a
+// routing prefix ("openai/") and a fine-tune of one ("ft:gpt-5.6-terra:org::id").
+// Older models, the o-series and non-OpenAI names do not: a marker there
+// is at best ignored.
+func ExplicitCacheBreakpoints(model string) bool {
+	model = strings.TrimPrefix(model, "openai/")
+	if m, ok := strings.CutPrefix(model, "ft:"); ok {
+		model, _, _ = strings.Cut(m, ":")
+	}
+	rest, ok := strings.CutPrefix(model, "gpt-")
+	if !ok {
+		return false
+	}
+	major, rest := leadingNumber(rest)
+	if major < 0 {
+		return false
+	}
+	minor := 0
+	if r, ok := strings.CutPrefix(rest, "."); ok {
+		if minor, rest = leadingNumber(r); minor < 0 {
+			return false
+		}
+	}
+	if rest != "" && rest[0] != '-' {
+		return false // "gpt-5.6o": not a version this rule knows
+	}
+	return major > 5 || major == 5 && minor >= 6
+}
+
+// leadingNumber reads the decimal digits at the start of s (at most 6, so
+// the value stays small); n is -1 when there are none.
+func leadingNumber(s string) (n int, rest string) {
+	i := 0
+	for i < len(s) && i < 6 && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	if i == 0 || i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		return -1, s
+	}
+	for _, c := range s[:i] {
+		n = n*10 + int(c-'0')
+	}
+	return n, s[i:]
 }

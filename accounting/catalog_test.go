@@ -113,3 +113,52 @@ func TestMaxOutputTokens(t *testing.T) {
 		}
 	}
 }
+
+func TestExplicitCacheBreakpoints(t *testing.T) {
+	for _, tc := range []struct {
+		model string
+		want  bool
+	}{
+		// From gpt-5.6 on, whatever the variant.
+		{"gpt-5.6", true},
+		{"gpt-5.6-sol", true},
+		{"gpt-5.6-terra", true},
+		{"gpt-5.6-luna", true},
+		{"gpt-5.6-pro", true},
+		{"gpt-5.6-terra-2026-07-30", true},
+		{"gpt-5.7", true},
+		{"gpt-5.10-mini", true},
+		{"gpt-6", true},
+		{"gpt-6.1-nano", true},
+		{"openai/gpt-5.6-luna", true},
+		{"ft:gpt-5.6-terra:acme::abc123", true},
+		// Before it.
+		{"gpt-5.5", false},
+		{"gpt-5.5-pro", false},
+		{"gpt-5", false},
+		{"gpt-5-nano-2025-08-07", false},
+		{"gpt-4.1", false},
+		{"gpt-4o", false},
+		{"gpt-4o-mini", false},
+		{"ft:gpt-4o-mini:acme::x", false},
+		// Not a version the rule reads.
+		{"gpt-5.6o", false},
+		{"gpt-oss-120b", false},
+		{"gpt-", false},
+		{"gpt-5.", false},
+		{"gpt-99999999", false},
+		{"chatgpt-5.6", false},
+		{"o3", false},
+		{"o4-mini", false},
+		{"claude-opus-5", false},
+		{"gemini-3.6-flash", false},
+		{"", false},
+	} {
+		if got := ExplicitCacheBreakpoints(tc.model); got != tc.want {
+			t.Errorf("ExplicitCacheBreakpoints(%q) = %v, want %v", tc.model, got, tc.want)
+		}
+	}
+	if got := MinCacheTokens("gpt-5.6-terra"); got != OpenAIMinCacheTokens {
+		t.Errorf("MinCacheTokens(gpt-5.6-terra) = %d, want OpenAI's %d", got, OpenAIMinCacheTokens)
+	}
+}

@@ -150,10 +150,19 @@ type Tier struct {
 	Model          string
 }
 
-// PromptCache configures Anthropic cache_control injection.
+// PromptCache configures prompt-cache breakpoint injection, wherever the
+// API has breakpoints: Anthropic's cache_control markers (Messages), and
+// OpenAI's explicit prompt_cache_breakpoint markers on the models that take
+// them (Chat Completions and Responses, gpt-5.6 and later). Each dialect
+// places them by the same rules (the stable system prefix, the previous
+// user turn, never past the API's limit, never over a client's own).
 type PromptCache struct {
 	Inject bool
-	TTL    string // "5m" or "1h"
+	// TTL is the lifetime of the breakpoints added where the API offers a
+	// choice: "5m" or "1h" for Anthropic. OpenAI has one TTL (30m), which
+	// its markers inherit from the request; there the policy's TTL is
+	// ignored.
+	TTL string
 }
 
 // Policy returns the effective policy for a tenant on a route. routePolicy is

@@ -132,6 +132,7 @@ func TestParseFull(t *testing.T) {
 // of that model at every time.
 func TestParsePrices(t *testing.T) {
 	c, err := Parse([]byte(`
+policies: {}
 prices:
   my-llama: {input: 0.2, output: 0.6}
   gpt-4o:

@@ -325,6 +325,7 @@ var nanoPrices = map[string][5]int64{ // input, output, 5m write, 1h write, read
 	"gpt-4o":            {2500, 10000, 2500, 2500, 1250}, // $2.50 in, $10 out, $1.25 cached input
 	"gpt-4o-mini":       {150, 600, 150, 150, 75},        // $0.15 in, $0.60 out, $0.075 cached input
 	"gpt-test":          {50, 400, 63, 100, 5},           // from the tests' price override {input: 0.05, output: 0.4}
+	"gpt-4.1-nano":      {100, 400, 125, 200, 25},        // the tiers test's override {input: 0.1, output: 0.4, cache_read: 0.025}
 	// The surfaces tests configure these themselves, from
 	// https://openai.com/api/pricing (gpt-5.6-terra: $2 in, $12 out, $2.50
 	// cache write, $0.20 cached; text-embedding-3-small: $0.02) and

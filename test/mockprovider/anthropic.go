@@ -242,7 +242,7 @@ func (p *Provider) handleMessages(w http.ResponseWriter, r *http.Request) {
 	usage := anthUsage{
 		InputTokens: cu.input, CacheCreationInputTokens: cu.write5m + cu.write1h, CacheReadInputTokens: cu.read,
 		CacheCreation: anthCacheCreation{Ephemeral5m: cu.write5m, Ephemeral1h: cu.write1h},
-		OutputTokens:  out, ServiceTier: "standard",
+		OutputTokens:  out, ServiceTier: c.k.tier("standard"),
 	}
 	stop := "end_turn"
 	if capped {
@@ -254,7 +254,7 @@ func (p *Provider) handleMessages(w http.ResponseWriter, r *http.Request) {
 	}
 	entry := LedgerEntry{
 		RequestID: c.id, Model: f.model, Dialect: DialectAnthropic, Stream: f.stream,
-		Computed: anthTokens(usage), NoUsage: c.k.noUsage,
+		Computed: anthTokens(usage), NoUsage: c.k.noUsage, ServiceTier: usage.ServiceTier,
 	}
 	if f.stream {
 		p.streamAnthropic(w, r, c, reply, entry)
@@ -365,7 +365,7 @@ func (p *Provider) anthropicFrames(s *streamer, c *anthCall, reply anthReply) []
 	start := reply.usage
 	start.OutputTokens = 1 + int64(c.seed%2) // placeholder, as the real API sends
 	if c.k.usageOnDelta {
-		start = anthUsage{ServiceTier: "standard"}
+		start = anthUsage{ServiceTier: reply.usage.ServiceTier}
 	}
 	msg := anthMessage{Model: reply.model, ID: reply.msgID, Type: "message", Role: "assistant", Content: []anthText{}}
 	startFrame := anthFrame{}

@@ -57,6 +57,18 @@
 // count rounded down to a multiple of 128, when at least 1024 (and
 // prompt_tokens still includes them, as OpenAI's does).
 //
+// Explicit breakpoints, from gpt-5.6 on (Chat and Responses): a content part
+// with "prompt_cache_breakpoint": {"mode": "explicit"} marks the end of a
+// prefix; the latest 3 count (4 with prompt_cache_options.mode "explicit").
+// The prefix up to the latest counted breakpoint is written on first sight
+// (usage.prompt_tokens_details.cache_write_tokens, Responses
+// input_tokens_details.cache_write_tokens), and read on a repeat from the
+// latest warm one (cached_tokens), for 30 minutes, by the token rule's
+// count with no rounding; the markers themselves are not part of the
+// prefix. Such a request does not use the automatic cache. A marker on any
+// other part type, another marker mode, or an unknown mode or ttl is a 400;
+// older models ignore markers. The ledger counts a request's breakpoints.
+//
 // # Scripting by request header
 //
 //	x-mock-status: N            respond N with the dialect's error body
@@ -73,6 +85,11 @@
 //	x-mock-reasoning-tokens: N  Responses: reasoning tokens (within output_tokens
 //	                            and max_output_tokens); Gemini: thoughtsTokenCount
 //	x-mock-incomplete: max_output_tokens|content_filter  Responses: status incomplete
+//	x-mock-service-tier: T      the service tier the response reports: OpenAI
+//	                            service_tier (Chat: body and every chunk;
+//	                            Responses: the response), Anthropic
+//	                            usage.service_tier, Gemini usageMetadata.trafficType
+//	                            (default: "default", "standard", none)
 //
 // # Responses, embeddings, Gemini
 //

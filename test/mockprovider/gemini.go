@@ -134,6 +134,10 @@ type gemUsage struct {
 	CachedContentTokenCount int64        `json:"cachedContentTokenCount,omitempty"`
 	PromptTokensDetails     []gemDetails `json:"promptTokensDetails"`
 	ThoughtsTokenCount      int64        `json:"thoughtsTokenCount,omitempty"`
+	// TrafficType is Vertex AI's (ON_DEMAND, ON_DEMAND_PRIORITY,
+	// ON_DEMAND_FLEX, PROVISIONED_THROUGHPUT); the Gemini API sends none,
+	// so it is only there when x-mock-service-tier asks for it.
+	TrafficType string `json:"trafficType,omitempty"`
 }
 
 type gemDetails struct {
@@ -290,7 +294,8 @@ func (p *Provider) handleGemini(w http.ResponseWriter, r *http.Request) {
 	cached := min(k.cachedTokens, req.promptTokens)
 	usageAt := func(candidates int64) *gemUsage {
 		return &gemUsage{PromptTokenCount: req.promptTokens, CandidatesTokenCount: candidates, TotalTokenCount: req.promptTokens + candidates + thoughts,
-			CachedContentTokenCount: cached, PromptTokensDetails: []gemDetails{{"TEXT", req.promptTokens}}, ThoughtsTokenCount: thoughts}
+			CachedContentTokenCount: cached, PromptTokensDetails: []gemDetails{{"TEXT", req.promptTokens}}, ThoughtsTokenCount: thoughts,
+			TrafficType: k.serviceTier}
 	}
 	finish := "STOP"
 	if capped {
@@ -299,7 +304,8 @@ func (p *Provider) handleGemini(w http.ResponseWriter, r *http.Request) {
 	ws := words(seed, out)
 	respID := idString(seed^0x6e6, base58, 23)
 	final := usageAt(out)
-	entry := LedgerEntry{RequestID: respID, Model: model, Dialect: DialectGemini, Stream: stream, Computed: gemTokens(*final), NoUsage: k.noUsage}
+	entry := LedgerEntry{RequestID: respID, Model: model, Dialect: DialectGemini, Stream: stream, Computed: gemTokens(*final), NoUsage: k.noUsage,
+		ServiceTier: k.serviceTier}
 	if !stream {
 		resp := gemResponse{Candidates: []gemCandidate{{Content: gemContent{Parts: []gemPart{{strings.Join(ws, " ")}}, Role: "model"}, FinishReason: finish}},
 			ModelVersion: model, ResponseID: respID}

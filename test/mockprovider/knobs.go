@@ -28,7 +28,16 @@ type knobs struct {
 	cacheWriteTokens int64
 	reasoningTokens  int64
 	incomplete       string
+	// serviceTier, when set, is the service tier every dialect's response
+	// reports having served the request on: OpenAI's service_tier (Chat:
+	// the body and every chunk; Responses: the response object), Anthropic's
+	// usage.service_tier, Gemini's usageMetadata.trafficType. "": each
+	// dialect's usual value (default, standard, none).
+	serviceTier string
 }
+
+// maxServiceTier bounds x-mock-service-tier; real tiers are short words.
+const maxServiceTier = 64
 
 // maxChunkDelay keeps a typo such as "20s" per event from hanging a test run.
 const maxChunkDelay = 10 * time.Second
@@ -88,6 +97,12 @@ func parseKnobs(h http.Header) (knobs, error) {
 	default:
 		return knobs{}, fmt.Errorf("x-mock-incomplete: want max_output_tokens or content_filter, got %q", v)
 	}
+	if v := strings.TrimSpace(h.Get("x-mock-service-tier")); v != "" {
+		if len(v) > maxServiceTier || strings.ContainsFunc(v, func(r rune) bool { return r <= ' ' || r == '"' || r == '\\' || r > '~' }) {
+			return knobs{}, fmt.Errorf("x-mock-service-tier: want a word of at most %d printable ASCII characters, got %q", maxServiceTier, v)
+		}
+		k.serviceTier = v
+	}
 	if k.noUsage, err = boolHeader(h, "x-mock-no-usage"); err != nil {
 		return knobs{}, err
 	}
@@ -113,4 +128,13 @@ func boolHeader(h http.Header, name string) (bool, error) {
 		return false, fmt.Errorf("%s: want true or false, got %q", name, v)
 	}
 	return b, nil
+}
+
+// tier is the service tier a response reports: the x-mock-service-tier
+// knob, else the dialect's usual value def.
+func (k *knobs) tier(def string) string {
+	if k.serviceTier != "" {
+		return k.serviceTier
+	}
+	return def
 }

@@ -51,6 +51,14 @@ type LedgerEntry struct {
 	Deferred bool `json:"deferred,omitempty"`
 	// ResponseID is the Responses API's response id, when there is one.
 	ResponseID string `json:"response_id,omitempty"`
+	// ServiceTier is the service tier the response reported having served
+	// the request on (OpenAI's service_tier, Anthropic's usage.service_tier,
+	// Gemini's usageMetadata.trafficType), "" when it reported none.
+	ServiceTier string `json:"service_tier,omitempty"`
+	// Breakpoints counts the explicit prompt-cache breakpoints
+	// (prompt_cache_breakpoint markers) of an OpenAI request on a model that
+	// has them (gpt-5.6 and later), as the request carried them.
+	Breakpoints int `json:"breakpoints,omitempty"`
 }
 
 // Tokens is a usage record in the billing classes tokenwarden uses.

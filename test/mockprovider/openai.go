@@ -21,6 +21,7 @@ type openaiRequest struct {
 	Stream              bool              `json:"stream"`
 	StreamOptions       *oaiStreamOptions `json:"stream_options"`
 	Tools               []json.RawMessage `json:"tools"`
+	PromptCacheOptions  *oaiCacheOptions  `json:"prompt_cache_options"`
 }
 
 type oaiStreamOptions struct {
@@ -57,6 +58,10 @@ type openaiPrompt struct {
 	obfuscate    bool
 	// prefixes are the prompt's cacheable prefixes, message by message.
 	prefixes []oaiPrefix
+	// breakpoints are its explicit prompt-cache breakpoints, on a model
+	// that takes them, of which the latest counted are written.
+	breakpoints []oaiBreakpoint
+	counted     int
 }
 
 // parseOpenAI validates a Chat Completions body and counts its prompt by the
@@ -113,7 +118,10 @@ func parseOpenAI(body []byte, opts Options) (*openaiPrompt, error) {
 	if err := json.Unmarshal(body, &raw); err != nil || len(raw.Messages) != len(req.Messages) {
 		return nil, &oaiRequestError{msg: "We could not parse the JSON body of your request."}
 	}
-	var toolsTokens int64
+	var (
+		toolsTokens int64
+		err         error
+	)
 	for _, t := range req.Tools {
 		toolsTokens += ceilTokens(len(t))
 	}
@@ -137,6 +145,18 @@ func parseOpenAI(body []byte, opts Options) (*openaiPrompt, error) {
 	}
 	p.promptTokens += toolsTokens
 	p.prefixes = oaiPrefixes(req.Model, raw.Tools, raw.Messages, messageTokens, toolsTokens)
+	if takesBreakpoints(req.Model) {
+		if p.counted, err = req.PromptCacheOptions.counted(); err != nil {
+			return nil, err
+		}
+		w := newBPWalker(req.Model, raw.Tools, toolsTokens, chatBreakpointParts, opts.ImageTokens)
+		for i, m := range raw.Messages {
+			if err := w.message(m, messageTokens[i], opts.MessageOverhead, fmt.Sprintf("messages[%d]", i)); err != nil {
+				return nil, err
+			}
+		}
+		p.breakpoints = w.bps
+	}
 	p.promptTokens += 3 // the assistant reply's priming, as OpenAI's counting guide does
 	if p.lastUser == nil {
 		p.lastUser = body
@@ -188,6 +208,9 @@ type oaiUsage struct {
 type oaiPromptDetails struct {
 	CachedTokens int64 `json:"cached_tokens"`
 	AudioTokens  int64 `json:"audio_tokens"`
+	// CacheWriteTokens is reported where explicit breakpoints wrote the
+	// cache (gpt-5.6 and later), within prompt_tokens.
+	CacheWriteTokens int64 `json:"cache_write_tokens,omitempty"`
 }
 
 type oaiCompletionDetls struct {
@@ -199,9 +222,10 @@ type oaiCompletionDetls struct {
 
 func oaiTokens(u oaiUsage) Tokens {
 	return Tokens{
-		InputTokens:     u.PromptTokens - u.PromptTokensDetails.CachedTokens,
-		CacheReadTokens: u.PromptTokensDetails.CachedTokens,
-		OutputTokens:    u.CompletionTokens,
+		InputTokens:        u.PromptTokens - u.PromptTokensDetails.CachedTokens - u.PromptTokensDetails.CacheWriteTokens,
+		CacheReadTokens:    u.PromptTokensDetails.CachedTokens,
+		CacheWrite5mTokens: u.PromptTokensDetails.CacheWriteTokens,
+		OutputTokens:       u.CompletionTokens,
 	}
 }
 
@@ -263,7 +287,13 @@ func (p *Provider) handleChat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out, capped := outputPlan(req.lastUser, k.outputTokens, req.maxTokens)
-	cached, cachePlan := p.cache.planOpenAI(req.prefixes, c.now)
+	var cached, written int64
+	var cachePlan cachePlan
+	if len(req.breakpoints) > 0 {
+		cached, written, cachePlan = p.cache.planExplicit(req.breakpoints, req.counted, c.now)
+	} else {
+		cached, cachePlan = p.cache.planOpenAI(req.prefixes, c.now)
+	}
 	state, wait, admitted := p.oaiLimit.take(c.now, req.promptTokens, out, p.opts.Enforce)
 	if !admitted {
 		p.openaiError(w, c, http.StatusTooManyRequests, oaiErrorInner{
@@ -275,7 +305,7 @@ func (p *Provider) handleChat(w http.ResponseWriter, r *http.Request) {
 	p.cache.commit(cachePlan, c.now) // only an admitted request warms the cache
 	state.setOpenAI(h)
 	usage := oaiUsage{PromptTokens: req.promptTokens, CompletionTokens: out, TotalTokens: req.promptTokens + out,
-		PromptTokensDetails: oaiPromptDetails{CachedTokens: cached}}
+		PromptTokensDetails: oaiPromptDetails{CachedTokens: cached, CacheWriteTokens: written}}
 	finish := "stop"
 	if capped {
 		finish = "length"
@@ -286,7 +316,7 @@ func (p *Provider) handleChat(w http.ResponseWriter, r *http.Request) {
 	}
 	entry := LedgerEntry{
 		RequestID: c.id, Model: req.model, Dialect: DialectOpenAI, Stream: req.stream,
-		Computed: oaiTokens(usage), NoUsage: k.noUsage,
+		Computed: oaiTokens(usage), NoUsage: k.noUsage, ServiceTier: k.tier("default"), Breakpoints: len(req.breakpoints),
 	}
 	if req.stream {
 		p.streamOpenAI(w, r, c, req, reply, entry)
@@ -319,7 +349,7 @@ func (p *Provider) handleChat(w http.ResponseWriter, r *http.Request) {
 		ID: reply.id, Object: "chat.completion", Created: reply.created, Model: reply.model,
 		Choices: []choice{{Message: message{Role: "assistant", Content: text, Annotations: []string{}},
 			Logprobs: json.RawMessage("null"), FinishReason: finish}},
-		ServiceTier: "default",
+		ServiceTier: k.tier("default"),
 	}
 	if !k.noUsage {
 		resp.Usage = &usage
@@ -450,7 +480,7 @@ func (p *Provider) streamOpenAI(w http.ResponseWriter, r *http.Request, c *oaiCa
 	var frames []frame
 	add := func(choices []any, usage json.RawMessage) {
 		ch := chunk{ID: reply.id, Object: "chat.completion.chunk", Created: reply.created, Model: reply.model,
-			ServiceTier: "default", Choices: choices}
+			ServiceTier: c.k.tier("default"), Choices: choices}
 		if req.includeUsage {
 			ch.Usage = json.RawMessage("null")
 		}

@@ -31,12 +31,17 @@ type responsesRequest struct {
 	Stream             bool              `json:"stream"`
 	Background         bool              `json:"background"`
 	PreviousResponseID *string           `json:"previous_response_id"`
+	PromptCacheOptions *oaiCacheOptions  `json:"prompt_cache_options"`
 }
 
 type responsesPrompt struct {
 	req          responsesRequest
 	promptTokens int64
 	lastUser     []byte
+	// breakpoints are the explicit prompt-cache breakpoints, on a model
+	// that takes them, of which the latest counted are written.
+	breakpoints []oaiBreakpoint
+	counted     int
 }
 
 // parseResponses validates a Responses body and counts its prompt: the
@@ -59,8 +64,24 @@ func parseResponses(body []byte, opts Options, compact bool) (*responsesPrompt, 
 		return nil, &oaiRequestError{msg: fmt.Sprintf("Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, but got %d instead.", *m),
 			param: "max_output_tokens", code: "integer_below_min_value"}
 	}
+	var toolsTokens int64
+	for _, t := range p.req.Tools {
+		toolsTokens += ceilTokens(len(t))
+	}
+	var bw *bpWalker
+	if takesBreakpoints(p.req.Model) {
+		var err error
+		if p.counted, err = p.req.PromptCacheOptions.counted(); err != nil {
+			return nil, err
+		}
+		bw = newBPWalker(p.req.Model, p.req.Tools, toolsTokens, responsesBreakpointParts, opts.ImageTokens)
+	}
 	if p.req.Instructions != nil {
-		p.promptTokens += opts.MessageOverhead + ceilTokens(len(*p.req.Instructions))
+		n := opts.MessageOverhead + ceilTokens(len(*p.req.Instructions))
+		p.promptTokens += n
+		if bw != nil {
+			bw.text(*p.req.Instructions, n)
+		}
 	}
 	input := bytes.TrimSpace(p.req.Input)
 	switch {
@@ -87,32 +108,43 @@ func parseResponses(body []byte, opts Options, compact bool) (*responsesPrompt, 
 		var raws []json.RawMessage
 		_ = json.Unmarshal(input, &raws)
 		for i, it := range items {
+			var n int64
 			switch {
 			case it.Role != "":
-				n, err := responsesContentTokens(it.Content, opts.ImageTokens)
+				c, err := responsesContentTokens(it.Content, opts.ImageTokens)
 				if err != nil {
 					return nil, &oaiRequestError{msg: fmt.Sprintf("Invalid 'input[%d].content': %v", i, err), param: fmt.Sprintf("input[%d].content", i)}
 				}
-				p.promptTokens += opts.MessageOverhead + n
+				n = opts.MessageOverhead + c
 				if it.Role == "user" {
 					p.lastUser = it.Content
 				}
 			case it.Type == "function_call":
-				p.promptTokens += ceilTokens(len(it.Name) + len(it.Arguments))
+				n = ceilTokens(len(it.Name) + len(it.Arguments))
 			case it.Type == "function_call_output":
 				var s string
 				if json.Unmarshal(it.Output, &s) == nil {
-					p.promptTokens += ceilTokens(len(s))
+					n = ceilTokens(len(s))
 				} else {
-					p.promptTokens += ceilTokens(len(it.Output))
+					n = ceilTokens(len(it.Output))
 				}
 			default:
-				p.promptTokens += ceilTokens(len(raws[i]))
+				n = ceilTokens(len(raws[i]))
+			}
+			p.promptTokens += n
+			if bw != nil && it.Role != "" {
+				if err := bw.message(raws[i], n, opts.MessageOverhead, fmt.Sprintf("input[%d]", i)); err != nil {
+					return nil, err
+				}
+			} else if bw != nil {
+				bw.h.Write(raws[i])
+				bw.run += n
 			}
 		}
 	}
-	for _, t := range p.req.Tools {
-		p.promptTokens += ceilTokens(len(t))
+	p.promptTokens += toolsTokens
+	if bw != nil {
+		p.breakpoints = bw.bps
 	}
 	if p.lastUser == nil {
 		p.lastUser = body
@@ -227,6 +259,7 @@ type respObject struct {
 	Tools       []any           `json:"tools"`
 	TopP        float64         `json:"top_p"`
 	Truncation  string          `json:"truncation"`
+	ServiceTier string          `json:"service_tier"`
 	Usage       *respUsage      `json:"usage"`
 	User        *string         `json:"user"`
 	Metadata    struct{}        `json:"metadata"`
@@ -246,6 +279,8 @@ type respPlan struct {
 	reasoning int64
 	msgID     string
 	usage     respUsage
+	// cache warms the explicit breakpoints; committed once admitted.
+	cache cachePlan
 }
 
 func (p *Provider) planResponse(c *oaiCall, req *responsesPrompt) respPlan {
@@ -261,6 +296,10 @@ func (p *Provider) planResponse(c *oaiCall, req *responsesPrompt) respPlan {
 	}
 	cached := min(k.cachedTokens, req.promptTokens)
 	written := min(k.cacheWriteTokens, req.promptTokens-cached)
+	var plan cachePlan
+	if len(req.breakpoints) > 0 && k.cachedTokens == 0 && k.cacheWriteTokens == 0 {
+		cached, written, plan = p.cache.planExplicit(req.breakpoints, req.counted, c.now)
+	}
 	usage := respUsage{
 		InputTokens:         req.promptTokens,
 		InputTokensDetails:  respInputDetails{CachedTokens: cached, CacheWriteTokens: written},
@@ -274,11 +313,12 @@ func (p *Provider) planResponse(c *oaiCall, req *responsesPrompt) respPlan {
 		Instructions: req.req.Instructions, MaxOutputTokens: req.req.MaxOutputTokens, Model: req.req.Model,
 		ParallelToolCalls: true, PreviousResponseID: req.req.PreviousResponseID, Store: true, Temperature: 1,
 		Text: json.RawMessage(`{"format":{"type":"text"}}`), ToolChoice: "auto", Tools: []any{}, TopP: 1, Truncation: "disabled",
+		ServiceTier: k.tier("default"),
 	}
 	if incomplete != "" {
 		obj.Status, obj.IncompleteDetails = "incomplete", &respIncomplete{Reason: incomplete}
 	}
-	return respPlan{obj: obj, words: words(c.seed, visible), reasoning: reasoning, usage: usage,
+	return respPlan{obj: obj, words: words(c.seed, visible), reasoning: reasoning, usage: usage, cache: plan,
 		msgID: "msg_" + idString(c.seed^0x3e55, "0123456789abcdef", 48)}
 }
 
@@ -330,8 +370,10 @@ func (p *Provider) serveResponses(w http.ResponseWriter, r *http.Request, compac
 		return
 	}
 	rp := p.planResponse(c, req)
+	p.cache.commit(rp.cache, c.now)
 	entry := LedgerEntry{RequestID: c.id, Model: req.req.Model, Dialect: DialectResponses, Stream: req.req.Stream && !compact,
-		Computed: respTokens(rp.usage), NoUsage: c.k.noUsage, ResponseID: rp.obj.ID}
+		Computed: respTokens(rp.usage), NoUsage: c.k.noUsage, ResponseID: rp.obj.ID, ServiceTier: rp.obj.ServiceTier,
+		Breakpoints: len(req.breakpoints)}
 	switch {
 	case compact:
 		p.compactResponse(w, c, &rp, entry)

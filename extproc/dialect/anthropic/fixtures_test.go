@@ -129,12 +129,13 @@ type expectation struct {
 	input, output, read, write int64
 	split                      obj // cache_creation, nil when absent or null
 	model                      string
+	tier                       string // usage.service_tier, the last non-empty one
 	final                      bool
 	text                       int64
 }
 
 func (e expectation) usage() accounting.Usage {
-	u := accounting.Usage{InputTokens: e.input, OutputTokens: e.output, CacheReadTokens: e.read, CacheWrite5mTokens: e.write}
+	u := accounting.Usage{InputTokens: e.input, OutputTokens: e.output, CacheReadTokens: e.read, CacheWrite5mTokens: e.write, ServiceTier: e.tier}
 	if e.split != nil {
 		u.CacheWrite5mTokens, _ = num(e.split, "ephemeral_5m_input_tokens")
 		u.CacheWrite1hTokens, _ = num(e.split, "ephemeral_1h_input_tokens")
@@ -152,6 +153,9 @@ func (e *expectation) setFrom(usage obj, all bool) {
 		}
 	}
 	e.output, _ = num(usage, "output_tokens")
+	if t, _ := usage["service_tier"].(string); t != "" {
+		e.tier = t
+	}
 	if all {
 		e.split, _ = usage["cache_creation"].(obj)
 	}

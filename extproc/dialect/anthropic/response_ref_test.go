@@ -38,6 +38,9 @@ func (u *rawUsage) refOverlay(obj gjson.Result) {
 	set(&u.input, "input_tokens")
 	set(&u.cacheRead, "cache_read_input_tokens")
 	set(&u.cacheWrite, "cache_creation_input_tokens")
+	if v := refGet(obj.Raw, "service_tier"); v.Type == gjson.String && v.Str != "" && len(v.Str) <= wire.MaxServiceTierLength {
+		u.tier = strings.Clone(v.Str)
+	}
 }
 
 func refFromMessage(obj gjson.Result) rawUsage {

@@ -113,6 +113,18 @@ func TestStreamSemantics(t *testing.T) {
 				text: 4, errKind: "overloaded_error", errMsg: "Overloaded", hasErr: true, drops: 1},
 		},
 		{
+			name: "service tier from message_start, kept by a delta that names none",
+			stream: "data: {\"type\":\"message_start\",\"message\":{\"model\":\"m\",\"usage\":{\"input_tokens\":4,\"output_tokens\":1,\"service_tier\":\"priority\"}}}\n\n" +
+				"data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":3,\"service_tier\":null}}\n\n",
+			want: streamResult{usage: accounting.Usage{InputTokens: 4, OutputTokens: 3, ServiceTier: "priority"}, final: true, model: "m"},
+		},
+		{
+			name: "a delta's service tier overrides message_start's",
+			stream: "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":4,\"output_tokens\":1,\"service_tier\":\"standard\"}}}\n\n" +
+				"data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":3,\"service_tier\":\"batch\"}}\n\n",
+			want: streamResult{usage: accounting.Usage{InputTokens: 4, OutputTokens: 3, ServiceTier: "batch"}, final: true},
+		},
+		{
 			name:   "negative counts are clamped",
 			stream: "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":-5,\"output_tokens\":1}}}\n\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":-9}}\n\n",
 			want:   streamResult{final: true},

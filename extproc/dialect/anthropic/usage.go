@@ -12,6 +12,9 @@ type rawUsage struct {
 	cacheWrite               int64 // cache_creation_input_tokens
 	split5m, split1h         int64 // cache_creation.ephemeral_{5m,1h}_input_tokens
 	hasSplit                 bool  // cache_creation was an object
+	// tier is usage.service_tier, the tier the request was served on
+	// ("standard", "priority", "batch"), which prices it.
+	tier string
 }
 
 // usage splits the cache write by TTL. Without a cache_creation object every
@@ -34,6 +37,7 @@ func (u rawUsage) usage() accounting.Usage {
 		CacheReadTokens:    u.cacheRead,
 		CacheWrite5mTokens: w5,
 		CacheWrite1hTokens: w1,
+		ServiceTier:        u.tier,
 	}
 }
 
@@ -41,7 +45,7 @@ func (u rawUsage) usage() accounting.Usage {
 // (https://docs.anthropic.com/en/api/messages), in the order
 // of usageFields.
 var (
-	usageKeys = [...]string{"input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens", "cache_creation"}
+	usageKeys = [...]string{"input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens", "cache_creation", "service_tier"}
 	splitKeys = [...]string{"ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"}
 )
 
@@ -55,13 +59,16 @@ func readUsage(obj wire.Value) (f usageFields) {
 
 // overlay copies every present field of a usage object onto u, the SDKs'
 // rule for a message_delta (present: there and not null). Negative counts
-// are clamped to 0: they are never valid and must not refund.
+// are clamped to 0: they are never valid and must not refund. A service
+// tier is taken when it is a non-empty string (wire.ServiceTier), so a
+// message_delta that names none keeps message_start's.
 func (u *rawUsage) overlay(f *usageFields) {
 	for i, dst := range [...]*int64{&u.input, &u.cacheRead, &u.cacheWrite} {
 		if f[i].Present() {
 			*dst = max(f[i].Int(), 0)
 		}
 	}
+	u.tier = wire.ServiceTier(f[5], u.tier)
 }
 
 // fromMessage reads the usage object of a complete message (a non-streaming

@@ -157,6 +157,13 @@ func TestUsageFromJSON(t *testing.T) {
 		{"error", `{"error": {"code": 400,"message": "x","status": "INVALID_ARGUMENT"}}`, accounting.Usage{}, "", false},
 		{"truncated array", "[" + chunk("The", "", usage1), accounting.Usage{}, "", false},
 		{"no thoughts, no cache", `{"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":3}}`, accounting.Usage{InputTokens: 8, OutputTokens: 3}, "", true},
+		{"Vertex priority traffic", `{"usageMetadata":{"promptTokenCount":8,"trafficType":"ON_DEMAND_PRIORITY"}}`, accounting.Usage{InputTokens: 8, ServiceTier: "priority"}, "", true},
+		{"Vertex priority traffic, escaped", `{"usageMetadata":{"promptTokenCount":8,"trafficType":"ON_DEMAND_PRI\u004fRITY"}}`, accounting.Usage{InputTokens: 8, ServiceTier: "priority"}, "", true},
+		{"Vertex flex traffic", `{"usageMetadata":{"promptTokenCount":8,"trafficType":"ON_DEMAND_FLEX"}}`, accounting.Usage{InputTokens: 8, ServiceTier: "flex"}, "", true},
+		{"Vertex on-demand traffic, verbatim (standard)", `{"usageMetadata":{"promptTokenCount":8,"trafficType":"ON_DEMAND"}}`, accounting.Usage{InputTokens: 8, ServiceTier: "ON_DEMAND"}, "", true},
+		{"provisioned throughput, verbatim (standard)", `{"usageMetadata":{"promptTokenCount":8,"trafficType":"PROVISIONED_THROUGHPUT"}}`,
+			accounting.Usage{InputTokens: 8, ServiceTier: "PROVISIONED_THROUGHPUT"}, "", true},
+		{"a traffic type that is not a string is none", `{"usageMetadata":{"promptTokenCount":8,"trafficType":2}}`, accounting.Usage{InputTokens: 8}, "", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u, m, ok := UsageFromJSON([]byte(tc.body))
@@ -223,6 +230,8 @@ func TestStreamParser(t *testing.T) {
 		{"error", sse(chunk("The", "", usage1), `{"error": {"code": 503,"message": "The model is overloaded.","status": "UNAVAILABLE"}}`),
 			result{usage: accounting.Usage{InputTokens: 200, CacheReadTokens: 1000}, model: "gemini-2.5-flash", text: 3, kind: "UNAVAILABLE", msg: "The model is overloaded.", hasErr: true}},
 		{"garbage", "data: {x\r\n\r\n: c\r\n\r\n", result{dropped: 1}},
+		{"Vertex traffic type: the last one named is kept", sse(chunk("The", "", `{"promptTokenCount": 4,"trafficType": "ON_DEMAND_FLEX"}`), chunk(" cat", "STOP", `{"promptTokenCount": 4,"candidatesTokenCount": 2}`)),
+			result{usage: accounting.Usage{InputTokens: 4, OutputTokens: 2, ServiceTier: "flex"}, final: true, model: "gemini-2.5-flash", text: 7}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, s := range []string{tc.stream, strings.ReplaceAll(tc.stream, "\r\n", "\n")} {
@@ -240,11 +249,13 @@ func TestStreamParser(t *testing.T) {
 }
 
 func TestStreamParserSteadyStateAllocs(t *testing.T) {
-	p := NewStreamParser()
-	ev := []byte("data: " + chunk(`a \"quoted\"\nline`, "", usage1) + "\r\n\r\n")
-	p.Write(ev)
-	if allocs := testing.AllocsPerRun(200, func() { p.Write(ev[:40]); p.Write(ev[40:]) }); allocs != 0 {
-		t.Errorf("allocations per event = %v, want 0", allocs)
+	for _, usage := range []string{usage1, `{"promptTokenCount": 4,"trafficType": "ON_DEMAND_PRIORITY"}`, `{"promptTokenCount": 4,"trafficType": "ON_DEMAND"}`} {
+		p := NewStreamParser()
+		ev := []byte("data: " + chunk(`a \"quoted\"\nline`, "", usage) + "\r\n\r\n")
+		p.Write(ev)
+		if allocs := testing.AllocsPerRun(200, func() { p.Write(ev[:40]); p.Write(ev[40:]) }); allocs != 0 {
+			t.Errorf("%s: allocations per event = %v, want 0", usage, allocs)
+		}
 	}
 }
 

@@ -65,7 +65,8 @@ func (s *sink) Event(_, data []byte) {
 	}
 	p.RecordModel(v[1])
 	if v[0].IsObject() {
-		p.usage = fromUsageMetadata(v[0])
+		// A chunk that names no traffic type keeps the last one named.
+		p.usage = fromUsageMetadata(v[0], p.usage.ServiceTier)
 		p.haveUsage = true
 	}
 	eachElement(v[2], func(cand wire.Value) {

@@ -15,10 +15,11 @@ func (ChatCompletions) Name() string { return "openai" }
 // Parse implements dialect.Dialect with ParseRequest.
 func (ChatCompletions) Parse(body []byte) (wire.Request, error) { return ParseRequest(body) }
 
-// Edit implements dialect.Dialect: a model rewrite, and
-// stream_options.include_usage on a stream that does not ask for usage, from
-// the Index Parse recorded. OpenAI caches prompt prefixes automatically;
-// e.Cache adds nothing.
+// Edit implements dialect.Dialect: a model rewrite,
+// stream_options.include_usage on a stream that does not ask for usage and,
+// where e.Cache asks and the model takes them (gpt-5.6 and later), explicit
+// prompt-cache breakpoints (cache.go), from the Index Parse recorded. Older
+// models cache prompt prefixes automatically; e.Cache adds nothing there.
 func (ChatCompletions) Edit(_ []byte, req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.EditReport, error) {
 	return planEdits(req, e, out)
 }

@@ -24,14 +24,13 @@ const (
 )
 
 // planEdits adds the edits of e to out: the model rewrite when e.Model differs
-// from the request's, and include_usage on a stream that does not ask for
-// usage.
+// from the request's, include_usage on a stream that does not ask for
+// usage, and the explicit prompt-cache breakpoints e.Cache asks for, on a
+// model that takes them (cache.go).
 func planEdits(req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.EditReport, error) {
-	var rep wire.EditReport
-	if e.Model != "" && e.Model != req.Model {
-		if err := wire.EditModel(&req.Index, e.Model, out); err != nil {
-			return rep, err
-		}
+	rep, err := editModelAndCache(req, e, "messages", chatTextOpen, out)
+	if err != nil {
+		return rep, err
 	}
 	if e.OutputLimit > 0 {
 		// max_completion_tokens is the bound every current model reads;
@@ -47,6 +46,30 @@ func planEdits(req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.Edi
 			return rep, err
 		}
 		rep.StreamUsageForced = forced
+	}
+	return rep, nil
+}
+
+// editModelAndCache adds the edits both OpenAI APIs share: the model
+// rewrite, and the breakpoints, placed for the model the request will be
+// sent with (the rewritten one, if any); list and textOpen are the API's
+// (see placeBreakpoints). The policy's TTL is not read: OpenAI's markers
+// inherit the request's one TTL.
+func editModelAndCache(req *wire.Request, e wire.EditRequest, list, textOpen string, out *wire.Edits) (wire.EditReport, error) {
+	var rep wire.EditReport
+	model := req.Model
+	if e.Model != "" && e.Model != req.Model {
+		if err := wire.EditModel(&req.Index, e.Model, out); err != nil {
+			return rep, err
+		}
+		model = e.Model
+	}
+	if e.Cache != nil {
+		res, err := placeBreakpoints(&req.Index.Cache, model, list, textOpen, e.Cache.MinTokens, out)
+		if err != nil {
+			return rep, err
+		}
+		rep.CacheExisting, rep.CacheAdded, rep.CacheSkipped = res.Existing, res.Added, res.Skipped
 	}
 	return rep, nil
 }

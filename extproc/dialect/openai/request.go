@@ -18,7 +18,7 @@ import (
 // stream_options.include_usage, tools and legacy functions, and estimates
 // the input tokens. The same pass fingerprints the stable prefix (see
 // prefix) and records in the Index where the model and stream_options are,
-// for Edit. Malformed bodies yield an error matching wire.ErrInvalidRequest
+// and the prompt-cache breakpoints and candidates (cache.go), for Edit. Malformed bodies yield an error matching wire.ErrInvalidRequest
 // whose message is meant for the client's 400.
 func ParseRequest(body []byte) (wire.Request, error) { return parseRequest(body, false) }
 
@@ -32,6 +32,7 @@ func parseRequest(body []byte, relaxed bool) (wire.Request, error) {
 		c                   wire.TokenCounter
 		seen                wire.KeySet
 		fp                  prefix
+		cw                  cacheWalk
 		maxTokens, maxCompl int64
 		haveCompl           bool
 		haveModel, haveMsgs bool
@@ -78,7 +79,9 @@ func parseRequest(body []byte, relaxed bool) (wire.Request, error) {
 			req.StreamUsageRequested, err = readStreamOptions(&r, &req.Index.StreamOptions)
 		case "messages":
 			haveMsgs = true
-			req.Messages, err = estimateMessages(&r, &c, &fp)
+			req.Messages, err = estimateMessages(&r, &c, &fp, &cw)
+		case "prompt_cache_options":
+			cw.options(&r)
 		case "tools", "functions":
 			isTools := key[0] == 't'
 			start := -1
@@ -86,7 +89,9 @@ func parseRequest(body []byte, relaxed bool) (wire.Request, error) {
 				start = r.Pos()
 			}
 			var n int
+			before := c
 			n, err = wire.EstimateTools(&r, &c)
+			cw.ci.ToolsTokens += c.Since(before)
 			req.HasTools = req.HasTools || n > 0
 			if start >= 0 && err == nil {
 				fp.definitions(isTools, r.Slice(start, r.Pos()), n)
@@ -112,6 +117,7 @@ func parseRequest(body []byte, relaxed bool) (wire.Request, error) {
 	}
 	req.InputTokens = c.Tokens() + wire.RequestOverheadTokens
 	req.PrefixFingerprint, req.HasPrefix = fp.sum()
+	req.Index.Cache = cw.ci
 	return req, nil
 }
 
@@ -163,12 +169,13 @@ func readStreamOptions(r *wire.Reader, so *wire.StreamOptionsIndex) (bool, error
 
 // estimateMessages consumes the messages array, adding the per-message
 // overhead and estimating each member with messageMember, and hands each
-// message to the prefix fingerprint. It returns the number of messages;
-// member errors are prefixed with "messages.N".
-func estimateMessages(r *wire.Reader, c *wire.TokenCounter, fp *prefix) (int, error) {
+// message to the prefix fingerprint and the prompt-cache walk. It returns
+// the number of messages; member errors are prefixed with "messages.N".
+func estimateMessages(r *wire.Reader, c *wire.TokenCounter, fp *prefix, cw *cacheWalk) (int, error) {
 	if r.Peek() != wire.KindArray {
 		return 0, wire.Invalid("messages: must be an array")
 	}
+	cw.beginMessages(c)
 	n := 0
 	it := r.Array()
 	for r.NextElem(&it) {
@@ -177,6 +184,7 @@ func estimateMessages(r *wire.Reader, c *wire.TokenCounter, fp *prefix) (int, er
 		}
 		start := r.Pos()
 		c.AddTokens(wire.MessageOverheadTokens)
+		cw.beginMessage(n)
 		var role []byte
 		mit := r.Object()
 		for key, ok := r.NextKey(&mit); ok; key, ok = r.NextKey(&mit) {
@@ -184,18 +192,26 @@ func estimateMessages(r *wire.Reader, c *wire.TokenCounter, fp *prefix) (int, er
 				role, _ = r.RawString()
 				continue
 			}
-			if err := messageMember(r, c, key); err != nil {
+			if err := member(r, c, key, cw); err != nil {
 				return n, wire.Within(fmt.Sprintf("messages.%d", n), err)
 			}
 		}
+		cw.endMessage(role)
 		fp.message(r.Slice(start, r.Pos()), role)
 		n++
 	}
+	cw.endMessages(n)
 	return n, nil
 }
 
 // messageMember estimates one member of a message.
 func messageMember(r *wire.Reader, c *wire.TokenCounter, key []byte) error {
+	return member(r, c, key, nil)
+}
+
+// member is messageMember, recording content for the prompt-cache walk cw
+// (nil: none).
+func member(r *wire.Reader, c *wire.TokenCounter, key []byte, cw *cacheWalk) error {
 	switch string(key) {
 	case "role":
 		r.Skip()
@@ -205,7 +221,8 @@ func messageMember(r *wire.Reader, c *wire.TokenCounter, key []byte) error {
 	case "tool_calls":
 		estimateToolCalls(r, c)
 	case "content":
-		if err := estimateContent(r, c); err != nil {
+		cw.beginContent()
+		if err := estimateContent(r, c, cw); err != nil {
 			return wire.Within("content", err)
 		}
 	default: // name, function_call, reasoning…
@@ -229,10 +246,12 @@ func estimateToolCalls(r *wire.Reader, c *wire.TokenCounter) {
 
 // estimateContent consumes message content: a string, null (assistant
 // turns with tool calls), or an array of parts.
-func estimateContent(r *wire.Reader, c *wire.TokenCounter) error {
+func estimateContent(r *wire.Reader, c *wire.TokenCounter, cw *cacheWalk) error {
 	switch r.Peek() {
 	case wire.KindString:
+		start := r.Pos()
 		r.EstimateString(c)
+		cw.str(start, r.Pos(), c)
 		return nil
 	case wire.KindNull:
 		r.Skip()
@@ -246,16 +265,20 @@ func estimateContent(r *wire.Reader, c *wire.TokenCounter) error {
 		if r.Peek() != wire.KindObject {
 			return wire.Invalid(fmt.Sprintf("%d: content part must be an object", i))
 		}
-		estimatePart(r, c)
+		estimatePart(r, c, cw, i)
 	}
 	return nil
 }
 
-// estimatePart consumes one content part. Media parts cost a fixed estimate
-// whatever their encoded size; a file part is estimated from its base64 size.
-func estimatePart(r *wire.Reader, c *wire.TokenCounter) {
+// estimatePart consumes content part i. Media parts cost a fixed estimate
+// whatever their encoded size; a file part is estimated from its base64
+// size. The part is handed to the prompt-cache walk: text (not empty),
+// image_url and input_audio parts can carry a breakpoint.
+func estimatePart(r *wire.Reader, c *wire.TokenCounter, cw *cacheWalk, i int) {
 	var typ []byte
 	fileData := -1
+	start := r.Pos()
+	text, marker := false, wire.MarkerNone
 	it := r.Object()
 	for key, ok := r.NextKey(&it); ok; key, ok = r.NextKey(&it) {
 		switch string(key) {
@@ -267,10 +290,18 @@ func estimatePart(r *wire.Reader, c *wire.TokenCounter) {
 			}
 		case "text", "refusal":
 			if r.Peek() == wire.KindString {
+				from := r.Pos()
 				r.EstimateString(c)
+				text = text || key[0] == 't' && r.Pos()-from > 2
 			} else {
 				r.EstimateValue(c)
 			}
+		case "prompt_cache_breakpoint":
+			// Counted as it always was: the estimate errs high.
+			if m := peekMarker(r); marker != wire.MarkerSet {
+				marker = m
+			}
+			r.EstimateValue(c)
 		case "image_url", "input_audio":
 			r.Skip()
 		case "file":
@@ -291,6 +322,8 @@ func estimatePart(r *wire.Reader, c *wire.TokenCounter) {
 			c.AddTokens(wire.DocumentTokens)
 		}
 	}
+	carrier := wire.RawEqual(typ, "text") && text || wire.RawEqual(typ, "image_url") || wire.RawEqual(typ, "input_audio")
+	cw.part(i, start, r.Pos(), carrier, marker, true, c)
 }
 
 // fileDataLen consumes a file object and returns the length of its

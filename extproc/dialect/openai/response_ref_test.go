@@ -34,11 +34,22 @@ func bytesOf(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)
 func refFromUsage(u gjson.Result) accounting.Usage {
 	prompt := max(u.Get("prompt_tokens").Int(), 0)
 	cached := min(max(u.Get("prompt_tokens_details.cached_tokens").Int(), 0), prompt)
+	written := min(max(u.Get("prompt_tokens_details.cache_write_tokens").Int(), 0), prompt-cached)
 	return accounting.Usage{
-		InputTokens:     prompt - cached,
-		OutputTokens:    max(u.Get("completion_tokens").Int(), 0),
-		CacheReadTokens: cached,
+		InputTokens:        prompt - cached - written,
+		OutputTokens:       max(u.Get("completion_tokens").Int(), 0),
+		CacheReadTokens:    cached,
+		CacheWrite5mTokens: written,
 	}
+}
+
+// refTier is wire.ServiceTier read with gjson: a non-empty string of at most
+// wire.MaxServiceTierLength bytes replaces cur.
+func refTier(r gjson.Result, cur string) string {
+	if r.Type != gjson.String || r.Str == "" || len(r.Str) > wire.MaxServiceTierLength {
+		return cur
+	}
+	return strings.Clone(r.Str)
 }
 
 // refUsageFromJSON is the old UsageFromJSON.
@@ -51,7 +62,9 @@ func refUsageFromJSON(body []byte) (usage accounting.Usage, model string, ok boo
 	if !u.IsObject() {
 		return usage, "", false
 	}
-	return refFromUsage(u), strings.Clone(refGet(js, "model").String()), true
+	usage = refFromUsage(u)
+	usage.ServiceTier = refTier(refGet(js, "service_tier"), "")
+	return usage, strings.Clone(refGet(js, "model").String()), true
 }
 
 // refStreamParser is the old StreamParser, with the old wire.StreamState's
@@ -65,12 +78,17 @@ type refStreamParser struct {
 	hasErr   bool
 	invalid  int
 	usage    accounting.Usage
+	tier     string
 	final    bool
 	done     bool
 }
 
-func (p *refStreamParser) Write(chunk []byte)                 { p.dec.Write(chunk, p) }
-func (p *refStreamParser) Usage() (accounting.Usage, bool)    { return p.usage, p.final }
+func (p *refStreamParser) Write(chunk []byte) { p.dec.Write(chunk, p) }
+func (p *refStreamParser) Usage() (accounting.Usage, bool) {
+	u := p.usage
+	u.ServiceTier = p.tier
+	return u, p.final
+}
 func (p *refStreamParser) Model() string                      { return p.model }
 func (p *refStreamParser) OutputTextBytes() int64             { return p.outBytes }
 func (p *refStreamParser) Error() (kind, msg string, ok bool) { return p.errKind, p.errMsg, p.hasErr }
@@ -99,6 +117,7 @@ func (p *refStreamParser) Event(_, data []byte) {
 	if m := refGet(js, "model"); m.Type == gjson.String && m.Str != p.model {
 		p.model = strings.Clone(m.Str)
 	}
+	p.tier = refTier(refGet(js, "service_tier"), p.tier)
 	if u := refGet(js, "usage"); u.IsObject() {
 		p.usage = refFromUsage(u)
 		p.final = true

@@ -17,23 +17,18 @@ func (Responses) Name() string { return "openai_responses" }
 // Parse implements dialect.Dialect with ParseResponsesRequest.
 func (Responses) Parse(body []byte) (wire.Request, error) { return ParseResponsesRequest(body) }
 
-// Edit implements dialect.Dialect: a model rewrite, from the Index Parse
-// recorded. Every response reports its usage, streamed or not, so nothing
-// needs forcing; OpenAI caches prompt prefixes by itself, so e.Cache adds
-// nothing.
+// Edit implements dialect.Dialect: a model rewrite and, where e.Cache asks
+// and the model takes them (gpt-5.6 and later), explicit prompt-cache
+// breakpoints (cache.go), from the Index Parse recorded. Every response
+// reports its usage, streamed or not, so nothing needs forcing.
 func (Responses) Edit(_ []byte, req *wire.Request, e wire.EditRequest, out *wire.Edits) (wire.EditReport, error) {
-	var rep wire.EditReport
-	if e.Model != "" && e.Model != req.Model {
-		if err := wire.EditModel(&req.Index, e.Model, out); err != nil {
-			return rep, err
-		}
+	rep, err := editModelAndCache(req, e, "input", inputTextOpen, out)
+	if err != nil || e.OutputLimit <= 0 {
+		return rep, err
 	}
-	if e.OutputLimit > 0 {
-		// max_output_tokens bounds reasoning and visible output together
-		// (https://platform.openai.com/docs/api-reference/responses/create#responses-create-max_output_tokens).
-		return rep, wire.EditOutputLimit(&req.Index.OutputLimit, req.Index.Append, "max_output_tokens", e.OutputLimit, out)
-	}
-	return rep, nil
+	// max_output_tokens bounds reasoning and visible output together
+	// (https://platform.openai.com/docs/api-reference/responses/create#responses-create-max_output_tokens).
+	return rep, wire.EditOutputLimit(&req.Index.OutputLimit, req.Index.Append, "max_output_tokens", e.OutputLimit, out)
 }
 
 // UsageFromJSON implements dialect.Dialect with ResponsesUsageFromJSON.

@@ -12,7 +12,8 @@ import (
 // in_progress (usage null) name the model; the terminal response.completed,
 // response.incomplete (the output bound or a content filter cut it short:
 // usage present) and response.failed (usage null or partial, with the
-// response's error) carry the usage of the whole request. An "error" event
+// response's error) carry the usage of the whole request, and the service
+// tier it was served on (response.service_tier). An "error" event
 // has no usage. Output text is counted from the deltas, for a stream cut
 // before its end. It implements wire.StreamParser and allocates nothing per
 // event in steady state.
@@ -45,7 +46,7 @@ func (p *ResponsesStreamParser) Done() bool { return p.terminal }
 // up, and those of the response object and of an error.
 var (
 	responsesEventKeys = [...]string{"type", "response", "delta", "error", "code", "message"}
-	responseObjectKeys = [...]string{"model", "usage", "error"}
+	responseObjectKeys = [...]string{"model", "usage", "error", "service_tier"}
 	responseErrorKeys  = [...]string{"code", "message", "type"}
 )
 
@@ -76,6 +77,7 @@ func (s *responsesSink) Event(name, data []byte) {
 		p.terminal = true
 		if m[1].IsObject() {
 			p.usage = fromResponsesUsage(m[1])
+			p.usage.ServiceTier = wire.ServiceTier(m[3], "")
 			p.final = true
 		}
 		if string(typ) == "response.failed" {

@@ -153,6 +153,12 @@ func TestResponsesUsageFromJSON(t *testing.T) {
 		{"background still queued", `{"id":"resp_1","object":"response","status":"queued","model":"o3-pro","usage":null}`, accounting.Usage{}, "", false},
 		{"cache counts above input are clamped", `{"usage":{"input_tokens":10,"input_tokens_details":{"cached_tokens":8,"cache_write_tokens":8},"output_tokens":-3}}`,
 			accounting.Usage{CacheReadTokens: 8, CacheWrite5mTokens: 2}, "", true},
+		{"flex tier", `{"id":"resp_1","object":"response","status":"completed","model":"o3","service_tier":"flex","output":[],"usage":` + recordedUsage + `}`,
+			accounting.Usage{InputTokens: 269, CacheReadTokens: 512, CacheWrite5mTokens: 256, OutputTokens: 311, ServiceTier: "flex"}, "o3", true},
+		{"priority tier after the usage", `{"usage":{"input_tokens":10},"service_tier":"priority"}`,
+			accounting.Usage{InputTokens: 10, ServiceTier: "priority"}, "", true},
+		{"a tier that is not a string is none", `{"usage":{"input_tokens":10},"service_tier":{"tier":"flex"}}`,
+			accounting.Usage{InputTokens: 10}, "", true},
 		{"error body", `{"error":{"message":"x","type":"invalid_request_error","param":null,"code":null}}`, accounting.Usage{}, "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -190,6 +196,16 @@ func feedResponses(chunks ...[]byte) respResult {
 func TestResponsesStreamParser(t *testing.T) {
 	full := accounting.Usage{InputTokens: 269, CacheReadTokens: 512, CacheWrite5mTokens: 256, OutputTokens: 311}
 	const model = "gpt-4.1-2025-04-14"
+	// The lifecycle events echo the tier asked for ("auto"); the terminal
+	// one names the tier that served the request, which prices it.
+	tiered := func(terminal, tier string) string {
+		s := strings.Replace(responsesStream(terminal, recordedUsage), `"output":[],"usage":`, `"service_tier":"auto","output":[],"usage":`, 2)
+		return strings.Replace(s, `"output":[],"usage":{`, `"service_tier":"`+tier+`","output":[],"usage":{`, 1)
+	}
+	flex := full
+	flex.ServiceTier = "flex"
+	priority := full
+	priority.ServiceTier = "priority"
 	for _, tc := range []struct {
 		name   string
 		stream string
@@ -199,6 +215,10 @@ func TestResponsesStreamParser(t *testing.T) {
 		{"incomplete: the output bound was hit", responsesStream("response.incomplete", recordedUsage), respResult{usage: full, final: true, done: true, model: model, text: 10}},
 		{"failed without usage", responsesStream("response.failed", "null"), respResult{done: true, model: model, text: 10, kind: "response.failed", hasErr: true}},
 		{"cut before the end", responsesStream("", ""), respResult{model: model, text: 10}},
+		{"flex tier on response.completed", tiered("response.completed", "flex"), respResult{usage: flex, final: true, done: true, model: model, text: 10}},
+		{"priority tier on response.incomplete", tiered("response.incomplete", "priority"), respResult{usage: priority, final: true, done: true, model: model, text: 10}},
+		{"the lifecycle events' tier is the request's, not the served one", strings.Replace(responsesStream("", ""), `"output":[],"usage":`, `"service_tier":"flex","output":[],"usage":`, 2),
+			respResult{model: model, text: 10}},
 		{"error event", "event: error\ndata: {\"type\":\"error\",\"code\":\"server_error\",\"message\":\"overloaded\",\"param\":null,\"sequence_number\":3}\n\n",
 			respResult{kind: "server_error", msg: "overloaded", hasErr: true}},
 		{"garbage", ": ping\n\ndata: {nope}\n\ndata: [DONE]\n\n", respResult{dropped: 2}},

@@ -39,14 +39,13 @@ func fromResponsesUsage(u wire.Value) accounting.Usage {
 
 // ResponsesUsageFromJSON extracts the usage of a complete Responses API
 // JSON answer: a response object, or the compaction object of
-// /v1/responses/compact, both with a top-level usage. ok is false when the
-// body is not valid JSON or its usage is absent or null — an error body, or
-// a background response still queued or in progress, whose usage arrives
-// only later.
+// /v1/responses/compact, both with a top-level usage, with the service tier
+// the response reports having served it on (its "service_tier", which
+// prices it:
+// https://platform.openai.com/docs/api-reference/responses/object#responses/object-service_tier).
+// ok is false when the body is not valid JSON or its usage is absent or
+// null — an error body, or a background response still queued or in
+// progress, whose usage arrives only later.
 func ResponsesUsageFromJSON(body []byte) (usage accounting.Usage, model string, ok bool) {
-	u, model, ok := wire.ResponseUsage(body)
-	if !ok {
-		return usage, "", false
-	}
-	return fromResponsesUsage(u), model, true
+	return usageOf(body, fromResponsesUsage)
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 )
 
 // recorded is a real gpt-5-nano stream (envoyproxy/ai-gateway's cassette
@@ -39,6 +40,23 @@ func TestUsageFromJSON(t *testing.T) {
 			accounting.Usage{InputTokens: 232, OutputTokens: 5, CacheReadTokens: 768}, "m", true},
 		{"cached above prompt is clamped", `{"usage":{"prompt_tokens":10,"prompt_tokens_details":{"cached_tokens":20}}}`,
 			accounting.Usage{CacheReadTokens: 10}, "", true},
+		{"cache writes subtracted (gpt-5.6 explicit breakpoints)", `{"model":"gpt-5.6-terra","usage":{"prompt_tokens":3000,"completion_tokens":9,"prompt_tokens_details":{"cached_tokens":1024,"cache_write_tokens":1500,"audio_tokens":0}},"service_tier":"default"}`,
+			accounting.Usage{InputTokens: 476, OutputTokens: 9, CacheReadTokens: 1024, CacheWrite5mTokens: 1500, ServiceTier: "default"}, "gpt-5.6-terra", true},
+		{"cache writes above what cached leaves are clamped", `{"usage":{"prompt_tokens":10,"prompt_tokens_details":{"cached_tokens":4,"cache_write_tokens":20}}}`,
+			accounting.Usage{CacheReadTokens: 4, CacheWrite5mTokens: 6}, "", true},
+		{"cache_write_tokens null or negative is none", `{"usage":{"prompt_tokens":10,"prompt_tokens_details":{"cached_tokens":null,"cache_write_tokens":-5}}}`,
+			accounting.Usage{InputTokens: 10}, "", true},
+		{"each detail from the first details object that has it", `{"usage":{"prompt_tokens":10,"prompt_tokens_details":{"cached_tokens":1},"prompt_tokens_details":{"cached_tokens":5,"cache_write_tokens":2}}}`,
+			accounting.Usage{InputTokens: 7, CacheReadTokens: 1, CacheWrite5mTokens: 2}, "", true},
+		{"flex tier", `{"model":"o3","usage":{"prompt_tokens":10,"completion_tokens":1},"service_tier":"flex"}`,
+			accounting.Usage{InputTokens: 10, OutputTokens: 1, ServiceTier: "flex"}, "o3", true},
+		{"priority tier, escaped", `{"usage":{"prompt_tokens":10},"service_tier":"pr\u0069ority","service_tier":"flex"}`,
+			accounting.Usage{InputTokens: 10, ServiceTier: "priority"}, "", true},
+		{"a tier that is not a string, empty or too long is none", `{"usage":{"prompt_tokens":1},"service_tier":["flex"]}`,
+			accounting.Usage{InputTokens: 1}, "", true},
+		{"empty tier", `{"usage":{"prompt_tokens":1},"service_tier":""}`, accounting.Usage{InputTokens: 1}, "", true},
+		{"too long a tier", `{"usage":{"prompt_tokens":1},"service_tier":"` + strings.Repeat("f", wire.MaxServiceTierLength+1) + `"}`,
+			accounting.Usage{InputTokens: 1}, "", true},
 		{"error body", `{"error":{"message":"x","type":"invalid_request_error","param":null,"code":"model_not_found"}}`, accounting.Usage{}, "", false},
 		{"truncated", `{"usage":{"prompt_tokens":1`, accounting.Usage{}, "", false},
 	}
@@ -94,8 +112,16 @@ func TestStreamParser(t *testing.T) {
 		stream string
 		want   result
 	}{
-		{"recorded", recorded, result{usage: accounting.Usage{InputTokens: 12, OutputTokens: 100}, final: true, done: true, model: "gpt-5-nano-2025-08-07"}},
-		{"cut before usage", recorded[:strings.Index(recorded, "\n\n")+2], result{model: "gpt-5-nano-2025-08-07"}},
+		{"recorded", recorded, result{usage: accounting.Usage{InputTokens: 12, OutputTokens: 100, ServiceTier: "default"}, final: true, done: true, model: "gpt-5-nano-2025-08-07"}},
+		{"cut before usage", recorded[:strings.Index(recorded, "\n\n")+2], result{usage: accounting.Usage{ServiceTier: "default"}, model: "gpt-5-nano-2025-08-07"}},
+		{"the last non-empty service tier wins, wherever the usage is",
+			"data: {\"service_tier\":\"default\",\"choices\":[]}\n\n" +
+				"data: {\"service_tier\":\"flex\",\"choices\":[],\"usage\":{\"prompt_tokens\":30,\"completion_tokens\":2,\"prompt_tokens_details\":{\"cached_tokens\":10,\"cache_write_tokens\":15}}}\n\n" +
+				"data: {\"service_tier\":\"\",\"choices\":[]}\n\ndata: {\"service_tier\":null,\"choices\":[]}\n\ndata: {\"choices\":[]}\n\ndata: [DONE]\n\n",
+			result{usage: accounting.Usage{InputTokens: 5, OutputTokens: 2, CacheReadTokens: 10, CacheWrite5mTokens: 15, ServiceTier: "flex"}, final: true, done: true}},
+		{"a tier after the usage chunk still counts",
+			"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\ndata: {\"service_tier\":\"priority\",\"choices\":[]}\n\n",
+			result{usage: accounting.Usage{InputTokens: 3, ServiceTier: "priority"}, final: true}},
 		{"llama.cpp: usage on a choice chunk, last one wins",
 			"data: {\"model\":\"llama\",\"choices\":[{\"delta\":{\"content\":\"h\\u00e9\"}}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n" +
 				"data: {\"choices\":[{\"delta\":{\"content\":\"llo\",\"reasoning_content\":\"hm\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"prompt_tokens_details\":{\"cached_tokens\":1}}}\n\n",
@@ -125,7 +151,8 @@ func TestStreamParser(t *testing.T) {
 
 func TestStreamParserSteadyStateAllocs(t *testing.T) {
 	p := NewStreamParser()
-	ev := []byte(`data: {"id":"c","model":"gpt-5-nano-2025-08-07","choices":[{"index":0,"delta":{"content":"a \"quoted\"\nline"},"finish_reason":null}],"usage":null,"obfuscation":"WuQNX"}` + "\n\n")
+	// service_tier is on every chunk: reading it must not copy it each time.
+	ev := []byte(`data: {"id":"c","model":"gpt-5-nano-2025-08-07","service_tier":"flex","choices":[{"index":0,"delta":{"content":"a \"quoted\"\nline"},"finish_reason":null}],"usage":null,"obfuscation":"WuQNX"}` + "\n\n")
 	p.Write(ev)
 	if allocs := testing.AllocsPerRun(200, func() { p.Write(ev[:40]); p.Write(ev[40:]) }); allocs != 0 {
 		t.Errorf("allocations per event = %v, want 0", allocs)

@@ -74,10 +74,15 @@ type StreamOptionsIndex struct {
 	Append Insertion
 }
 
-// CacheIndex is the Messages API's prompt-cache state, as its parse reads it
-// in the same pass: the client's markers, counted everywhere the API counts
-// them, and the blocks a breakpoint may be placed on (see
-// https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching).
+// CacheIndex is a request's prompt-cache state, as its parse reads it in the
+// same pass: the client's markers, counted everywhere the API counts them,
+// and the blocks a breakpoint may be placed on. The Messages API fills all
+// of it (see
+// https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching); the
+// OpenAI APIs' explicit breakpoints (prompt_cache_breakpoint, from gpt-5.6)
+// fill System, Turn, the section estimates, Existing and Mode, a content
+// part standing for a block (see
+// https://platform.openai.com/docs/guides/prompt-caching).
 //
 // Markers and candidates are ordered by their position in the prompt, which
 // is tools, system, messages whatever the body's key order: an ordinal has
@@ -104,7 +109,20 @@ type CacheIndex struct {
 	// FinalCanCarry reports that the final message has a block that can
 	// carry a marker, where automatic caching places its breakpoint.
 	FinalCanCarry bool
+	// Mode is OpenAI's prompt_cache_options.mode as the client set it; the
+	// Messages API has none and leaves it CacheModeDefault.
+	Mode CacheMode
 }
+
+// CacheMode is how a request asks its explicit breakpoints to be counted.
+type CacheMode uint8
+
+// The modes of OpenAI's prompt_cache_options.
+const (
+	CacheModeDefault  CacheMode = iota // absent, null, or "implicit"
+	CacheModeExplicit                  // "explicit": only the client's markers cache
+	CacheModeOther                     // anything else: a shape the parse does not know
+)
 
 // CacheMarker is the client's cache_control on a block.
 type CacheMarker uint8
