@@ -58,3 +58,15 @@ func (ChatCompletions) ErrorBody(kind wire.ErrorKind, dimension, message, _ stri
 // RequestIDHeader implements dialect.Dialect: the SDKs read x-request-id
 // (https://platform.openai.com/docs/api-reference/debugging-requests).
 func (ChatCompletions) RequestIDHeader() string { return "x-request-id" }
+
+// NewStreamRewriter implements dialect.StreamRewriting: a stream whose
+// usage chunk tokenwarden asked for (rep.StreamUsageForced: the client did
+// not ask, or sent include_usage: false) reaches the client without it, as
+// OpenAI would have sent it (UsageChunkRemover); otherwise nil, and the
+// stream goes through untouched.
+func (ChatCompletions) NewStreamRewriter(rep wire.EditReport) wire.StreamRewriter {
+	if !rep.StreamUsageForced {
+		return nil
+	}
+	return &UsageChunkRemover{}
+}
