@@ -51,6 +51,11 @@ func (ChatCompletions) ErrorBody(kind wire.ErrorKind, dimension, message, _ stri
 		return ErrorBody("invalid_request_error", "invalid_api_key", message)
 	case wire.ErrorForbidden:
 		return ErrorBody("invalid_request_error", "permission_denied", message)
+	case wire.ErrorMediaType:
+		// A request OpenAI cannot read is an invalid_request_error; the
+		// status (415) says why, the code is left null as OpenAI's own
+		// body-parsing errors leave it.
+		return ErrorBody("invalid_request_error", "", message)
 	}
 	return ErrorBody("invalid_request_error", "", message)
 }
