@@ -53,6 +53,7 @@ type Exchange struct {
 	status   int
 	parser   wire.StreamParser
 	respBody []byte
+	coding   respCoding
 
 	outcome *Outcome
 	// charge is what Settle charges the reservation, fixed with the outcome.

@@ -63,8 +63,10 @@ type Gate struct {
 	prefixes *prefixTracker
 	warned   *boundedSet // route policy names already warned about
 	unpriced *boundedSet // model names already warned about
-	// invalidLog samples the warnings about impossible provider usage.
+	// invalidLog samples the warnings about impossible provider usage,
+	// decodeLog those about response bodies that cannot be read.
 	invalidLog Sampler
+	decodeLog  Sampler
 }
 
 // New returns a Gate.

@@ -85,6 +85,15 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 	// The resolved model, always, so envoy.yaml can route by model whether or
 	// not tokenwarden rewrote it; the route is picked again with it.
 	v.Edits.set(contract.ModelHeader, model)
+	if x.req.Stream && x.newRewriter() != nil {
+		// The client will receive this stream decoded and rewritten
+		// whatever coding the provider uses, so the provider is asked for
+		// none: nothing to decode, for the same bytes to the client. A
+		// provider that ignores it is decoded (respCoding). Envoy applies
+		// this only while it still holds the request headers (a BUFFERED
+		// body), which is tokenwarden's configuration.
+		v.Edits.set("accept-encoding", "identity")
+	}
 	return v
 }
 
@@ -100,7 +109,7 @@ func (x *Exchange) edit(body []byte) ([]byte, bool, *Reply) {
 		e.Cache = &wire.CacheRequest{TTL: pc.TTL, MinTokens: accounting.MinCacheTokens(x.model)}
 	}
 	var edits wire.Edits
-	_, err := x.dialect.Edit(body, &x.req, e, &edits)
+	rep, err := x.dialect.Edit(body, &x.req, e, &edits)
 	if err != nil && e.Cache != nil {
 		// The body already parsed; a failure to place breakpoints is
 		// tokenwarden's, and the request is better sent without them than
@@ -108,11 +117,12 @@ func (x *Exchange) edit(body []byte) ([]byte, bool, *Reply) {
 		x.g.log.Error("prompt-cache injection failed; forwarding without it", "policy", x.policy.Name, "err", err)
 		e.Cache = nil
 		edits = wire.Edits{}
-		_, err = x.dialect.Edit(body, &x.req, e, &edits)
+		rep, err = x.dialect.Edit(body, &x.req, e, &edits)
 	}
 	if err != nil {
 		return nil, false, x.refuse(err)
 	}
+	x.coding.edits = rep
 	if edits.Len() == 0 {
 		return body, false, nil
 	}
