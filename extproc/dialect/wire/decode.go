@@ -102,6 +102,10 @@ var (
 	errStopped         = errors.New("decoder closed")
 )
 
+// brotliExcessiveInput is the message of andybalholm/brotli's unexported
+// errExcessiveInput (reader.go).
+const brotliExcessiveInput = "brotli: excessive input"
+
 // DecodeLimits bound one Decoder.
 type DecodeLimits struct {
 	// MaxOutput bounds the decoded bytes in total.
@@ -244,6 +248,7 @@ func (d *Decoder) run(yield func(struct{}) bool) {
 	}
 	buf := readBufs.Get().(*[32 << 10]byte)
 	defer readBufs.Put(buf)
+	brotliExcess := false
 	for {
 		n, err := r.Read(buf[:])
 		if n > 0 && !d.emit(buf[:n]) {
@@ -251,6 +256,14 @@ func (d *Decoder) run(yield func(struct{}) bool) {
 		}
 		switch {
 		case err == nil:
+		case d.enc == Brotli && err.Error() == brotliExcessiveInput && !brotliExcess:
+			// andybalholm/brotli also reports this for a valid stream whose
+			// last bytes came in pieces (its Reader checks an internal
+			// buffer the finished decoder may still mark as used). Asked
+			// again, its Reader repeats it at once for input really left
+			// over, and otherwise waits for more input: io.EOF at Finish
+			// is a clean end, more bytes are trailing data.
+			brotliExcess = true
 		case err == io.EOF:
 			d.done = true
 			if d.pos < len(d.in) || len(d.back) > 0 {
@@ -379,6 +392,8 @@ func (d *Decoder) fail(err error) {
 		return
 	}
 	switch {
+	case d.enc == Brotli && err.Error() == brotliExcessiveInput:
+		err = ErrTrailingData
 	case errors.Is(err, errStopped):
 		return // Close: not a fault of the body
 	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):

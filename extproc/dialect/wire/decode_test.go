@@ -361,3 +361,34 @@ func FuzzDecoder(f *testing.F) {
 		}
 	})
 }
+
+// TestDecoderBrotliEndInPieces: andybalholm/brotli's Reader reports
+// "excessive input" for a valid stream whose last bytes arrive one by one
+// (a FuzzDecoder find); the Decoder tells that from real trailing data.
+func TestDecoderBrotliEndInPieces(t *testing.T) {
+	br := codings[3]
+	for _, plain := range []string{"000000020001", "data: {}\n\n", strings.Repeat("data: {\"a\":1}\n\n", 50)} {
+		z, _ := compress(t, br, [][]byte{[]byte(plain)}, false)
+		bytewise := func(b []byte) [][]byte {
+			out := make([][]byte, len(b))
+			for i := range b {
+				out[i] = b[i : i+1]
+			}
+			return out
+		}
+		if got, err := decodeChunks(Brotli, bigLimits, bytewise(z)); err != nil || string(got) != plain {
+			t.Errorf("%q bytewise: %q %v", plain, got, err)
+		}
+		for i := range z {
+			if got, err := decodeChunks(Brotli, bigLimits, [][]byte{z[:i], z[i:]}); err != nil || string(got) != plain {
+				t.Errorf("%q split at %d: %q %v", plain, i, got, err)
+			}
+		}
+		junk := append(bytes.Clone(z), "junk"...)
+		for _, chunks := range [][][]byte{bytewise(junk), {z[:len(z)-1], junk[len(z)-1:]}} {
+			if _, err := decodeChunks(Brotli, bigLimits, chunks); !errors.Is(err, ErrTrailingData) {
+				t.Errorf("%q with trailing bytes in %d chunks: %v", plain, len(chunks), err)
+			}
+		}
+	}
+}
