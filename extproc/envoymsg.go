@@ -65,11 +65,22 @@ func responseHeadersAnswer(v gate.ResponseVerdict, o *gate.Outcome) *extprocv3.P
 	}, o)
 }
 
-// chunkAnswer answers a response_body message: the chunk goes on unchanged,
-// with the access-log metadata on the last one.
-func chunkAnswer(o *gate.Outcome) *extprocv3.ProcessingResponse {
+// chunkAnswer answers a response_body message, with the access-log
+// metadata on the last one: the chunk goes on unchanged, or, when the gate
+// rewrites the stream, is replaced by v.Body — in STREAMED mode `body`
+// replaces the chunk and `clear_body` drops it (BodyMutation,
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto).
+func chunkAnswer(v gate.ChunkVerdict, o *gate.Outcome) *extprocv3.ProcessingResponse {
+	br := &extprocv3.BodyResponse{}
+	if v.Replace {
+		m := &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_ClearBody{ClearBody: true}}
+		if len(v.Body) > 0 {
+			m.Mutation = &extprocv3.BodyMutation_Body{Body: v.Body}
+		}
+		br.Response = &extprocv3.CommonResponse{BodyMutation: m}
+	}
 	return withMetadata(&extprocv3.ProcessingResponse{
-		Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}},
+		Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: br},
 	}, o)
 }
 

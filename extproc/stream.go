@@ -223,17 +223,18 @@ func (st *stream) responseBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResp
 		// the first sign that the upstream answered, and a request body
 		// completed after it is not admitted.
 		st.state = finished
-		return chunkAnswer(nil), false, nil
+		return chunkAnswer(gate.ChunkVerdict{}, nil), false, nil
 	case forwarded, responding:
 	default:
-		return chunkAnswer(nil), false, nil
+		return chunkAnswer(gate.ChunkVerdict{}, nil), false, nil
 	}
 	st.state = responding
-	if v := st.x.ResponseBody(b.GetBody(), b.GetEndOfStream()); v.Done {
+	v := st.x.ResponseBody(b.GetBody(), b.GetEndOfStream())
+	if v.Done {
 		st.state = finished
-		return chunkAnswer(st.x.Outcome()), true, nil
+		return chunkAnswer(v, st.x.Outcome()), true, nil
 	}
-	return chunkAnswer(nil), false, nil
+	return chunkAnswer(v, nil), false, nil
 }
 
 func (st *stream) responseTrailers() (*extprocv3.ProcessingResponse, bool, error) {

@@ -53,11 +53,26 @@ type Dialect interface {
 	RequestIDHeader() string
 }
 
+// StreamRewriting is implemented by a dialect whose own edits change the
+// stream a client receives — the usage chunk tokenwarden makes OpenAI send
+// (wire.EditReport.StreamUsageForced) — so that the gate can give the
+// client the stream it would have had without them. It is a separate
+// interface, not a Dialect method: a dialect whose edits add nothing to
+// its responses has nothing to implement.
+type StreamRewriting interface {
+	// NewStreamRewriter returns the rewriter for one SSE response to a
+	// request edited as rep says, or nil when the stream goes through as
+	// it is.
+	NewStreamRewriter(rep wire.EditReport) wire.StreamRewriter
+}
+
 var (
 	messages        Dialect = anthropic.Messages{}
 	chatCompletions Dialect = openai.ChatCompletions{}
 	responses       Dialect = openai.Responses{}
 	embeddings      Dialect = openai.Embeddings{}
+
+	_ StreamRewriting = openai.ChatCompletions{}
 )
 
 // ForPath returns the dialect of a request path, ignoring the query string

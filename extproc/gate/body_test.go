@@ -302,6 +302,10 @@ func TestBodyEdits(t *testing.T) {
 		wantChanged              bool
 		wantModel                string
 		checks                   []check
+		// wantIdentity: the stream's forced usage chunk is removed again,
+		// so the provider is asked for identity (the client gets plain
+		// bytes anyway).
+		wantIdentity bool
 	}{
 		{name: "nothing to change", tenant: "acme", path: pathMessages, body: sonnetBody, wantModel: "claude-sonnet-4-5"},
 		{name: "model rewrite", tenant: "acme", path: pathMessages, body: strings.Replace(sonnetBody, "claude-sonnet-4-5", "fast", 1),
@@ -309,13 +313,13 @@ func TestBodyEdits(t *testing.T) {
 		{name: "openai model rewrite", tenant: "acme", path: pathChat, body: strings.Replace(miniBody, "gpt-4o-mini", "fast", 1),
 			wantChanged: true, wantModel: "claude-haiku-4-5", checks: []check{modelIs("claude-haiku-4-5")}},
 		{name: "openai stream: usage forced", tenant: "acme", path: pathChat, body: `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello!"}]}`,
-			wantChanged: true, wantModel: "gpt-4o-mini", checks: []check{includeUsage}},
+			wantChanged: true, wantModel: "gpt-4o-mini", wantIdentity: true, checks: []check{includeUsage}},
 		{name: "openai stream: include_usage false forced", tenant: "acme", path: pathChat, body: `{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":false},"messages":[]}`,
-			wantChanged: true, wantModel: "gpt-4o-mini", checks: []check{includeUsage}},
+			wantChanged: true, wantModel: "gpt-4o-mini", wantIdentity: true, checks: []check{includeUsage}},
 		{name: "openai stream: usage already asked for", tenant: "acme", path: pathChat, body: `{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}`,
 			wantModel: "gpt-4o-mini"},
 		{name: "openai stream: rewrite and usage at once", tenant: "acme", path: pathChat, body: `{"model":"fast","stream":true,"messages":[]}`,
-			wantChanged: true, wantModel: "claude-haiku-4-5", checks: []check{modelIs("claude-haiku-4-5"), includeUsage}},
+			wantChanged: true, wantModel: "claude-haiku-4-5", wantIdentity: true, checks: []check{modelIs("claude-haiku-4-5"), includeUsage}},
 		{name: "prompt cache injected", tenant: "cached", path: pathMessages, body: longSystem,
 			wantChanged: true, wantModel: "claude-sonnet-4-5", checks: []check{cacheMarker("")}},
 		{name: "prompt cache injected with a 1h TTL", tenant: "cached1h", path: pathMessages, body: longSystem,
@@ -336,6 +340,9 @@ func TestBodyEdits(t *testing.T) {
 				wantSet = []Header{{"content-length", strconv.Itoa(len(bv.Body))}, {contract.ModelHeader, tc.wantModel}}
 			} else if string(bv.Body) != tc.body {
 				t.Errorf("unchanged body differs: %s", bv.Body)
+			}
+			if tc.wantIdentity {
+				wantSet = append(wantSet, Header{"accept-encoding", "identity"})
 			}
 			if !reflect.DeepEqual(bv.Edits.Set, wantSet) || len(bv.Edits.Remove) != 0 {
 				t.Errorf("edits %+v, want set %+v", bv.Edits, wantSet)

@@ -59,6 +59,7 @@ type Exchange struct {
 	status   int
 	parser   wire.StreamParser
 	respBody []byte
+	coding   respCoding
 
 	outcome *Outcome
 	// charge is what Settle charges the reservation, fixed with the outcome.
@@ -132,6 +133,12 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 	if r.EndOfStream {
 		v.Reply = x.reject(400, wire.ErrorInvalidRequest, "", "tokenwarden: the request has no body", ResultInvalidRequest, nil)
 		return x, v
+	}
+	if ce, ok := h.Get("content-encoding"); ok {
+		if enc, known := wire.ParseContentEncoding(ce); !known || enc != wire.Identity {
+			v.Reply = x.unsupportedEncoding(ce)
+			return x, v
+		}
 	}
 	x.requestID = g.nextRequestID()
 	return x, v

@@ -63,10 +63,12 @@ type Gate struct {
 	prefixes *prefixTracker
 	warned   *boundedSet // route policy names already warned about
 	unpriced *boundedSet // model names already warned about
-	// invalidLog samples the warnings about impossible provider usage.
+	// invalidLog samples the warnings about impossible provider usage,
+	// decodeLog those about response bodies that cannot be read.
 	invalidLog Sampler
 	// refusals and settles sample the log lines of store failures.
 	refusals, settles Sampler
+	decodeLog         Sampler
 }
 
 // New returns a Gate.

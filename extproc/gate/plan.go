@@ -96,6 +96,15 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 	// The resolved model, always, so envoy.yaml can route by model whether or
 	// not tokenwarden rewrote it; the route is picked again with it.
 	v.Edits.set(contract.ModelHeader, model)
+	if x.req.Stream && x.newRewriter() != nil {
+		// The client will receive this stream decoded and rewritten
+		// whatever coding the provider uses, so the provider is asked for
+		// none: nothing to decode, for the same bytes to the client. A
+		// provider that ignores it is decoded (respCoding). Envoy applies
+		// this only while it still holds the request headers (a BUFFERED
+		// body), which is tokenwarden's configuration.
+		v.Edits.set("accept-encoding", "identity")
+	}
 	return v
 }
 
@@ -125,6 +134,7 @@ func (x *Exchange) edit(body []byte) (out []byte, changed bool, path string, rep
 	if err != nil {
 		return nil, false, "", x.refuse(err)
 	}
+	x.coding.edits = rep
 	if edits.Len() == 0 {
 		return body, false, rep.Path, nil
 	}
@@ -140,6 +150,23 @@ func (x *Exchange) edit(body []byte) (out []byte, changed bool, path string, rep
 // the dialect, naming what is wrong.
 func (x *Exchange) refuse(err error) *Reply {
 	return x.reject(400, wire.ErrorInvalidRequest, "", "tokenwarden: "+err.Error(), ResultInvalidRequest, nil)
+}
+
+// unsupportedEncoding refuses, at its headers, a request whose body is
+// compressed: tokenwarden reads every body it admits, and neither provider
+// documents compressed request bodies, so it is a 415 in the dialect with
+// accept-encoding naming what would be accepted
+// (https://www.rfc-editor.org/rfc/rfc9110#section-15.5.16). Nothing was
+// reserved, nothing is charged.
+func (x *Exchange) unsupportedEncoding(coding string) *Reply {
+	if len(coding) > 32 {
+		coding = coding[:32]
+	}
+	var h HeaderEdits
+	h.set("accept-encoding", "identity")
+	return x.reject(415, wire.ErrorMediaType, "",
+		"tokenwarden: the request body must not be compressed (content-encoding "+strconv.Quote(coding)+"); send it uncompressed",
+		ResultInvalidRequest, &h)
 }
 
 // BodyTooLarge ends a request whose body, assembled from chunks, exceeds

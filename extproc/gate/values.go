@@ -165,6 +165,10 @@ type ChunkVerdict struct {
 	// Done: the request is metered; Outcome is final and Settle is due once
 	// this answer is sent.
 	Done bool
+	// Replace: the client receives Body instead of the chunk — none of it
+	// when Body is empty. Otherwise the chunk goes on unchanged.
+	Body    []byte
+	Replace bool
 }
 
 // Result is how a request ended, the values of

@@ -68,16 +68,19 @@ func TestSDKMeteringIsExact(t *testing.T) {
 		name  string
 		model string
 		run   func() (sdkInput, sdkOutput int64, err error)
+		// sdkSeesNoUsage: the client did not ask for usage, so it gets
+		// none, though tokenwarden meters it.
+		sdkSeesNoUsage bool
 	}
 	calls := []call{
 		{"anthropic json (cache write)", "claude-sonnet-4-5", func() (int64, int64, error) {
 			m, err := ant.Messages.New(ctx, antParams)
 			return m.Usage.InputTokens, m.Usage.OutputTokens, err
-		}},
+		}, false},
 		{"anthropic json (cache read)", "claude-sonnet-4-5", func() (int64, int64, error) {
 			m, err := ant.Messages.New(ctx, antParams)
 			return m.Usage.InputTokens, m.Usage.OutputTokens, err
-		}},
+		}, false},
 		{"anthropic stream", "claude-sonnet-4-5", func() (int64, int64, error) {
 			st := ant.Messages.NewStreaming(ctx, antParams, anthoption.WithHeader("x-mock-split", "random"))
 			var m anthropic.Message
@@ -87,7 +90,7 @@ func TestSDKMeteringIsExact(t *testing.T) {
 				}
 			}
 			return m.Usage.InputTokens, m.Usage.OutputTokens, st.Err()
-		}},
+		}, false},
 		{"anthropic stream, usage only on message_delta", "claude-sonnet-4-5", func() (int64, int64, error) {
 			st := ant.Messages.NewStreaming(ctx, antParams, anthoption.WithHeader("x-mock-usage-on-delta-only", "true"))
 			var m anthropic.Message
@@ -97,21 +100,34 @@ func TestSDKMeteringIsExact(t *testing.T) {
 				}
 			}
 			return m.Usage.InputTokens, m.Usage.OutputTokens, st.Err()
-		}},
+		}, false},
 		{"openai json", "gpt-test", func() (int64, int64, error) {
 			c, err := oai.Chat.Completions.New(ctx, oaiParams)
 			return c.Usage.PromptTokens, c.Usage.CompletionTokens, err
-		}},
+		}, false},
 		{"openai stream without include_usage", "gpt-test", func() (int64, int64, error) {
-			// The client does not ask for usage; tokenwarden forces it, so
-			// the SDK sees the usage chunk too.
+			// The client does not ask for usage; tokenwarden forces it to
+			// meter the stream, and removes the usage chunk again, so the
+			// SDK sees the stream it asked for.
 			st := oai.Chat.Completions.NewStreaming(ctx, oaiParams, oaioption.WithHeader("x-mock-split", "random"))
 			var acc openai.ChatCompletionAccumulator
 			for st.Next() {
 				acc.AddChunk(st.Current())
 			}
 			return acc.Usage.PromptTokens, acc.Usage.CompletionTokens, st.Err()
-		}},
+		}, true},
+		{"openai stream with include_usage", "gpt-test", func() (int64, int64, error) {
+			// The client's own include_usage: its usage chunk, once (the
+			// Go SDK adds up every chunk's usage).
+			p := oaiParams
+			p.StreamOptions.IncludeUsage = openai.Bool(true)
+			st := oai.Chat.Completions.NewStreaming(ctx, p, oaioption.WithHeader("x-mock-split", "random"))
+			var acc openai.ChatCompletionAccumulator
+			for st.Next() {
+				acc.AddChunk(st.Current())
+			}
+			return acc.Usage.PromptTokens, acc.Usage.CompletionTokens, st.Err()
+		}, false},
 	}
 	for _, c := range calls {
 		t.Run(c.name, func(t *testing.T) {
@@ -134,7 +150,11 @@ func TestSDKMeteringIsExact(t *testing.T) {
 				t.Fatalf("ledger entries %+v", entries)
 			}
 			u := entries[0].Reported
-			if c.model == "gpt-test" {
+			if c.sdkSeesNoUsage {
+				if sdkIn != 0 || sdkOut != 0 {
+					t.Errorf("SDK saw usage %d/%d it did not ask for", sdkIn, sdkOut)
+				}
+			} else if c.model == "gpt-test" {
 				// OpenAI's prompt_tokens include cached tokens.
 				if sdkIn != u.InputTokens+u.CacheReadTokens || sdkOut != u.OutputTokens {
 					t.Errorf("SDK saw %d/%d, mock reported %+v", sdkIn, sdkOut, u)
@@ -264,8 +284,8 @@ func TestOpenAIStreamUsageForcedWithContentLength(t *testing.T) {
 			t.Errorf("content-length %s for a %d-byte body", h.Value, len(want))
 		}
 	}
-	if !strings.Contains(string(x.body), `"usage":{"prompt_tokens"`) {
-		t.Error("the client must receive the usage chunk")
+	if strings.Contains(string(x.body), `"usage"`) || !strings.HasSuffix(string(x.body), "data: [DONE]\n\n") {
+		t.Errorf("the client did not ask for usage and must receive none:\n%s", x.body)
 	}
 	if s.total("tokenwarden_requests_total", "dialect", "openai", "outcome", "ok") != 1 {
 		t.Error("the stream must be metered from its usage chunk")

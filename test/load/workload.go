@@ -191,12 +191,24 @@ func requestBody(rng *rand.Rand, openai, stream bool, size int) ([]byte, error) 
 	}
 	var body any
 	if openai {
+		// A stream asks for its usage chunk itself, as the canned answer
+		// (responseBody) has one: were it tokenwarden's to force, the
+		// client would receive the stream without it, and the floor target
+		// would not.
+		type streamOptions struct {
+			IncludeUsage bool `json:"include_usage"`
+		}
+		var so *streamOptions
+		if stream {
+			so = &streamOptions{true}
+		}
 		body = struct {
-			Model     string `json:"model"`
-			Messages  []msg  `json:"messages"`
-			MaxTokens int    `json:"max_tokens"`
-			Stream    bool   `json:"stream,omitempty"`
-		}{"gpt-4o-mini", msgs, 1024, stream}
+			Model         string         `json:"model"`
+			Messages      []msg          `json:"messages"`
+			MaxTokens     int            `json:"max_tokens"`
+			Stream        bool           `json:"stream,omitempty"`
+			StreamOptions *streamOptions `json:"stream_options,omitempty"`
+		}{"gpt-4o-mini", msgs, 1024, stream, so}
 	} else {
 		body = struct {
 			Model     string `json:"model"`

@@ -58,7 +58,7 @@ type anthCall struct {
 // beginAnthropic sets the identity headers and runs the checks every
 // Anthropic endpoint shares: method, auth, knobs, body, scripted status.
 func (p *Provider) beginAnthropic(w http.ResponseWriter, r *http.Request) (*anthCall, []byte, bool) {
-	seed := p.nextID()
+	seed := p.requestSeed(r)
 	c := &anthCall{id: "req_011C" + idString(seed, base58, 20), seed: seed, now: p.opts.Now()}
 	h := w.Header()
 	h.Set("request-id", c.id)

@@ -90,6 +90,14 @@
 //	                            Responses: the response), Anthropic
 //	                            usage.service_tier, Gemini usageMetadata.trafficType
 //	                            (default: "default", "standard", none)
+//	x-mock-compress: CODING     compress the response: gzip, br, zstd, deflate
+//	                            (zlib), deflate-raw (raw DEFLATE sent as
+//	                            "deflate"), or identity
+//	x-mock-honour-accept-encoding: 1  let accept-encoding choose the coding
+//	                            (highest q-value among gzip, br, zstd, deflate)
+//	x-mock-record: true         keep the response as sent on the wire
+//	x-mock-seed: N              derive ids, words, padding and obfuscation
+//	                            from N: the same request, the same answer
 //
 // # Responses, embeddings, Gemini
 //
@@ -110,7 +118,28 @@
 // The error-after, disconnect-after, chunk-delay and split knobs act on
 // streamed responses only; events are counted from 1 and include ping.
 //
+// # Compression
+//
+// Responses are compressed only when a request asks with x-mock-compress
+// or x-mock-honour-accept-encoding: Go's HTTP client offers gzip by itself,
+// and a test that does not ask keeps its uncompressed bytes. Compression
+// wraps the ResponseWriter every handler writes to, so JSON and SSE of any
+// dialect, errors included, are compressed alike. A JSON body (its handler
+// set content-length) is sent whole with its compressed length; a stream is
+// flushed after every event (or x-mock-split piece), so each flushed event
+// decodes on arrival, as Anthropic gzip-flushes its SSE.
+//
+// # Ledger and transcripts
+//
 // Every usage the mock sent is recorded in a ledger, served at
-// GET /mock/ledger and cleared (with the cache and rate-limit state) by
-// POST /mock/reset.
+// GET /mock/ledger and cleared (with the cache, the transcripts and the
+// rate-limit state) by POST /mock/reset. A response to a request with
+// x-mock-record is kept as it went on the wire — status, every header
+// (the mock sets Date itself), body bytes after compression — by request
+// id: Provider.Sent, or GET /mock/sent?request_id=ID (the body in base64).
+// Only framing net/http adds below it (transfer-encoding: chunked) is not
+// recorded. The latest 1000 are kept, each up to 8 MiB of body. With
+// x-mock-seed and a fixed Options.Now, a request replayed directly gets
+// byte-identical bytes, to compare what a client received through a proxy
+// with what it would have received without it.
 package mockprovider

@@ -109,6 +109,23 @@ func parseKnobs(h http.Header) (knobs, error) {
 	if k.usageOnDelta, err = boolHeader(h, "x-mock-usage-on-delta-only"); err != nil {
 		return knobs{}, err
 	}
+	// The wire knobs act in Provider.ServeHTTP, below every handler; they
+	// are checked here so that a typo is a 400, not a silent default.
+	if v := strings.ToLower(strings.TrimSpace(h.Get("x-mock-compress"))); v != "" && v != "identity" {
+		if _, ok := codings[v]; !ok {
+			return knobs{}, fmt.Errorf("x-mock-compress: want gzip, br, zstd, deflate, deflate-raw or identity, got %q", v)
+		}
+	}
+	for _, name := range []string{"x-mock-honour-accept-encoding", "x-mock-record"} {
+		if _, err := boolHeader(h, name); err != nil {
+			return knobs{}, err
+		}
+	}
+	if v := strings.TrimSpace(h.Get("x-mock-seed")); v != "" {
+		if _, err := strconv.ParseUint(v, 10, 64); err != nil {
+			return knobs{}, fmt.Errorf("x-mock-seed: want an unsigned integer, got %q", v)
+		}
+	}
 	return k, nil
 }
 

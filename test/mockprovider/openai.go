@@ -238,7 +238,7 @@ type oaiCall struct {
 }
 
 func (p *Provider) handleChat(w http.ResponseWriter, r *http.Request) {
-	seed := p.nextID()
+	seed := p.requestSeed(r)
 	c := &oaiCall{id: "req_" + idString(seed, "0123456789abcdef", 32), seed: seed, now: p.opts.Now(), start: time.Now()}
 	h := w.Header()
 	h.Set("x-request-id", c.id)

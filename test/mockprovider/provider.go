@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -137,6 +138,7 @@ type Provider struct {
 	// background holds finished background responses (Responses API) until
 	// a GET /v1/responses/{id} asks for them.
 	background *backgroundStore
+	sent       transcripts
 	counter    atomic.Uint64
 }
 
@@ -166,6 +168,7 @@ func New(opts Options) *Provider {
 	mux.HandleFunc("/v1/models", p.handleModels)
 	mux.HandleFunc("GET /mock/ledger", p.handleLedger)
 	mux.HandleFunc("POST /mock/reset", p.handleReset)
+	mux.HandleFunc("GET /mock/sent", p.handleSent)
 	p.mux = mux
 	return p
 }
@@ -178,7 +181,20 @@ func (p *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.opts.Logger.Info("mock-provider request", "method", r.Method, "path", r.URL.Path,
 			"status", sw.status, "duration", time.Since(start))
 	}()
-	p.mux.ServeHTTP(sw, r)
+	// Below the handlers, for all of them: recording (x-mock-record) of
+	// what goes on the wire, then compression (compress.go).
+	var out http.ResponseWriter = sw
+	var rec *recordWriter
+	if on, err := boolHeader(r.Header, "x-mock-record"); err == nil && on {
+		rec = &recordWriter{ResponseWriter: sw, ts: &p.sent}
+		out = rec
+	}
+	cw := newCompressWriter(out, responseCoding(r.Header))
+	p.mux.ServeHTTP(cw, r)
+	cw.finish()
+	if rec != nil {
+		rec.done()
+	}
 }
 
 // Ledger returns a copy of every usage the mock has reported, oldest first.
@@ -188,6 +204,7 @@ func (p *Provider) Ledger() []LedgerEntry { return p.ledger.snapshot() }
 func (p *Provider) Reset() {
 	now := p.opts.Now()
 	p.ledger.reset()
+	p.sent.reset()
 	p.cache.reset()
 	p.anthLimit.reset(now)
 	p.oaiLimit.reset(now)
@@ -232,6 +249,18 @@ func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 // nextID derives a fresh, reproducible 64-bit value per request.
 func (p *Provider) nextID() uint64 {
 	return splitmix(p.opts.Seed ^ splitmix(p.counter.Add(1)))
+}
+
+// requestSeed is the value a request's ids, words, padding and obfuscation
+// derive from: x-mock-seed fixes it, so the same request sent twice gets
+// the same answer (a replay to compare with); otherwise nextID.
+func (p *Provider) requestSeed(r *http.Request) uint64 {
+	if v := strings.TrimSpace(r.Header.Get("x-mock-seed")); v != "" {
+		if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+			return splitmix(p.opts.Seed ^ splitmix(n) ^ 0x5eed5eed)
+		}
+	}
+	return p.nextID()
 }
 
 const base58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"

@@ -41,6 +41,10 @@ func (Messages) ErrorBody(kind wire.ErrorKind, _, message, requestID string) []b
 		t = AuthenticationError
 	case wire.ErrorForbidden:
 		t = PermissionError
+	case wire.ErrorMediaType:
+		// The errors page has no 415; invalid_request_error covers "other
+		// 4XX status codes not listed" (https://docs.anthropic.com/en/api/errors).
+		t = InvalidRequestError
 	}
 	return ErrorBody(t, message, requestID)
 }

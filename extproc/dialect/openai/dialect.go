@@ -58,6 +58,11 @@ func errorBody(kind wire.ErrorKind, dimension, message string) []byte {
 		return ErrorBody("invalid_request_error", "invalid_api_key", message)
 	case wire.ErrorForbidden:
 		return ErrorBody("invalid_request_error", "permission_denied", message)
+	case wire.ErrorMediaType:
+		// A request OpenAI cannot read is an invalid_request_error; the
+		// status (415) says why, the code is left null as OpenAI's own
+		// body-parsing errors leave it.
+		return ErrorBody("invalid_request_error", "", message)
 	}
 	return ErrorBody("invalid_request_error", "", message)
 }
@@ -65,3 +70,15 @@ func errorBody(kind wire.ErrorKind, dimension, message string) []byte {
 // RequestIDHeader implements dialect.Dialect: the SDKs read x-request-id
 // (https://platform.openai.com/docs/api-reference/debugging-requests).
 func (ChatCompletions) RequestIDHeader() string { return "x-request-id" }
+
+// NewStreamRewriter implements dialect.StreamRewriting: a stream whose
+// usage chunk tokenwarden asked for (rep.StreamUsageForced: the client did
+// not ask, or sent include_usage: false) reaches the client without it, as
+// OpenAI would have sent it (UsageChunkRemover); otherwise nil, and the
+// stream goes through untouched.
+func (ChatCompletions) NewStreamRewriter(rep wire.EditReport) wire.StreamRewriter {
+	if !rep.StreamUsageForced {
+		return nil
+	}
+	return &UsageChunkRemover{}
+}

@@ -13,4 +13,5 @@ const (
 	ErrorInternal                         // 500: tokenwarden's own fault
 	ErrorUnauthenticated                  // 401: the caller could not be identified
 	ErrorForbidden                        // 403: the caller may not use this
+	ErrorMediaType                        // 415: a request body in a content coding tokenwarden does not read
 )

@@ -1,0 +1,34 @@
+package extproc
+
+import (
+	"testing"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/tokenwarden/tokenwarden/extproc/gate"
+)
+
+// TestChunkAnswer: a chunk the gate does not rewrite is answered with an
+// empty BodyResponse (forwarded unchanged); a rewritten one with `body`, or
+// `clear_body` when nothing of it is to reach the client.
+func TestChunkAnswer(t *testing.T) {
+	mutation := func(v gate.ChunkVerdict) *extprocv3.BodyMutation {
+		r := chunkAnswer(v, nil).GetResponseBody()
+		if r == nil {
+			t.Fatal("not a response_body answer")
+		}
+		return r.GetResponse().GetBodyMutation()
+	}
+	if m := mutation(gate.ChunkVerdict{}); m != nil {
+		t.Errorf("unchanged chunk answered with %v", m)
+	}
+	if m := mutation(gate.ChunkVerdict{Body: []byte("ignored")}); m != nil {
+		t.Errorf("a Body without Replace changes nothing, got %v", m)
+	}
+	if m := mutation(gate.ChunkVerdict{Replace: true, Body: []byte("data: x\n\n")}); string(m.GetBody()) != "data: x\n\n" {
+		t.Errorf("replacement %v", m)
+	}
+	if m := mutation(gate.ChunkVerdict{Replace: true}); !m.GetClearBody() {
+		t.Errorf("an empty replacement must drop the chunk, got %v", m)
+	}
+}
