@@ -30,6 +30,7 @@ func (x *Exchange) ResponseHeaders(h Headers, endOfStream bool) ResponseVerdict 
 	if x.rewriteReason != "" {
 		v.Edits.set(contract.ModelRewrittenHeader, x.requestedModel+" -> "+x.model)
 	}
+	x.cacheResponseHeaders(h, &v.Edits)
 	if x.status < 200 || x.status > 299 {
 		// Providers do not bill failed requests; the reservation is released
 		// in full and the error body is not worth reading.
@@ -86,6 +87,7 @@ func (x *Exchange) ResponseBody(chunk []byte, endOfStream bool) ChunkVerdict {
 	if x.phase != phaseResponse {
 		return ChunkVerdict{}
 	}
+	x.cacheChunk(chunk, endOfStream)
 	if x.parser != nil {
 		x.parser.Write(chunk)
 	} else if len(x.respBody)+len(chunk) <= maxResponseJSON {
@@ -109,6 +111,7 @@ func (x *Exchange) ResponseEnd() bool {
 	if x.phase != phaseResponse && x.phase != phaseForwarded {
 		return false
 	}
+	x.cacheChunk(nil, true)
 	x.finalUsage()
 	return true
 }
@@ -264,9 +267,14 @@ func (x *Exchange) priceServed() {
 // a context detached from the (possibly cancelled) stream. The adapter calls
 // it once the final answer is sent, so the round trip is not on the
 // response's latency. Nothing happens before the exchange is done, without a
-// reservation, or the second time.
+// reservation, or the second time. A miss's complete answer is stored in
+// the response cache first (fillCache, once), off the client's path too.
 func (x *Exchange) Settle() {
-	if x == nil || x.phase != phaseDone || x.reservation == nil || x.reservation.Ended() {
+	if x == nil || x.phase != phaseDone {
+		return
+	}
+	x.fillCache()
+	if x.reservation == nil || x.reservation.Ended() {
 		return
 	}
 	g := x.g
