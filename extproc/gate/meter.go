@@ -267,13 +267,14 @@ func (x *Exchange) priceServed() {
 // a context detached from the (possibly cancelled) stream. The adapter calls
 // it once the final answer is sent, so the round trip is not on the
 // response's latency. Nothing happens before the exchange is done, without a
-// reservation, or the second time. A miss's complete answer is stored in
-// the response cache first (fillCache, once), off the client's path too.
+// reservation, or the second time. A miss's complete answer is then stored
+// in the response cache (fillCache, once), off the client's path too.
 func (x *Exchange) Settle() {
 	if x == nil || x.phase != phaseDone {
 		return
 	}
-	x.fillCache()
+	// After the settle: the charge is what matters first.
+	defer x.fillCache()
 	if x.reservation == nil || x.reservation.Ended() {
 		return
 	}
