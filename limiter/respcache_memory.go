@@ -2,7 +2,6 @@ package limiter
 
 import (
 	"cmp"
-	"container/heap"
 	"container/list"
 	"context"
 	"sync"
@@ -43,8 +42,8 @@ type MemoryCache struct {
 
 type memCacheOrg struct {
 	entries map[string]*memCacheEntry
-	lru     list.List // of *memCacheEntry, most recently used first
-	byExp   expiryHeap
+	lru     list.List  // of *memCacheEntry, most recently used first
+	byExp   pendingSet // key by expiry (unix ns), like the Redis exp zset
 	bytes   int64
 }
 
@@ -54,7 +53,6 @@ type memCacheEntry struct {
 	size    int64
 	expires time.Time
 	elem    *list.Element
-	heapIdx int
 }
 
 // NewMemoryCache returns an empty MemoryCache.
@@ -117,7 +115,7 @@ func (m *MemoryCache) Put(_ context.Context, org, key string, value []byte, ttl 
 		return PutResult{OrgBytes: have}, nil
 	}
 	if o == nil {
-		o = &memCacheOrg{entries: map[string]*memCacheEntry{}}
+		o = &memCacheOrg{entries: map[string]*memCacheEntry{}, byExp: newPendingSet()}
 		m.orgs[org] = o
 	}
 	defer m.dropIfEmpty(org, o)
@@ -136,7 +134,7 @@ func (m *MemoryCache) Put(_ context.Context, org, key string, value []byte, ttl 
 	}
 	e := &memCacheEntry{key: key, value: stored, size: size, expires: now.Add(ttl)}
 	e.elem = o.lru.PushFront(e)
-	heap.Push(&o.byExp, e)
+	o.byExp.add(key, e.expires.UnixNano())
 	o.entries[key] = e
 	o.bytes += size
 	m.total += size
@@ -151,15 +149,19 @@ func (m *MemoryCache) Close() error { return nil }
 func (m *MemoryCache) forget(o *memCacheOrg, e *memCacheEntry) {
 	delete(o.entries, e.key)
 	o.lru.Remove(e.elem)
-	heap.Remove(&o.byExp, e.heapIdx)
+	o.byExp.remove(e.key)
 	o.bytes -= e.size
 	m.total -= e.size
 }
 
 // expire forgets the org's entries whose TTL has passed, soonest first.
 func (m *MemoryCache) expire(o *memCacheOrg, now time.Time) {
-	for len(o.byExp) > 0 && !now.Before(o.byExp[0].expires) {
-		m.forget(o, o.byExp[0])
+	for {
+		key, ok := o.byExp.popExpired(now.UnixNano())
+		if !ok {
+			return
+		}
+		m.forget(o, o.entries[key])
 	}
 }
 
@@ -180,26 +182,4 @@ func (m *MemoryCache) gc(now time.Time) {
 		m.expire(o, now)
 		m.dropIfEmpty(name, o)
 	}
-}
-
-// expiryHeap orders an org's entries by expiry, soonest first.
-type expiryHeap []*memCacheEntry
-
-func (h expiryHeap) Len() int           { return len(h) }
-func (h expiryHeap) Less(i, j int) bool { return h[i].expires.Before(h[j].expires) }
-func (h expiryHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].heapIdx, h[j].heapIdx = i, j
-}
-func (h *expiryHeap) Push(x any) {
-	e := x.(*memCacheEntry)
-	e.heapIdx = len(*h)
-	*h = append(*h, e)
-}
-func (h *expiryHeap) Pop() any {
-	old := *h
-	e := old[len(old)-1]
-	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
-	return e
 }

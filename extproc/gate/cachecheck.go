@@ -155,13 +155,11 @@ func responseComplete(dialectName string, stream bool, body []byte) string {
 	switch {
 	case dialectName == "anthropic" && stream:
 		var h anthropicEvents
-		var d wire.SSEDecoder
-		d.Write(body, &h)
-		d.Write([]byte("\n\n"), &h)
+		dropped := decodeSSE(body, &h)
 		switch {
 		case h.err:
 			return FillUpstreamError
-		case !h.stopped || d.Dropped() > 0:
+		case !h.stopped || dropped:
 			return FillIncomplete
 		}
 		return anthropicStop(h.stop)
@@ -176,15 +174,13 @@ func responseComplete(dialectName string, stream bool, body []byte) string {
 		return anthropicStop(*m.StopReason)
 	case dialectName == "openai" && stream:
 		h := openaiChunks{finish: map[int64]string{}}
-		var d wire.SSEDecoder
-		d.Write(body, &h)
-		d.Write([]byte("\n\n"), &h)
+		dropped := decodeSSE(body, &h)
 		switch {
 		case h.err:
 			return FillUpstreamError
 		case h.refused:
 			return FillRefused
-		case !h.done || len(h.finish) == 0 || d.Dropped() > 0:
+		case !h.done || len(h.finish) == 0 || dropped:
 			return FillIncomplete
 		}
 		for _, f := range h.finish {
@@ -228,6 +224,16 @@ func responseComplete(dialectName string, stream bool, body []byte) string {
 		return ""
 	}
 	return FillIncomplete
+}
+
+// decodeSSE runs a whole stream through h, ending its last event even if
+// the blank line after it is missing; dropped reports events lost to an
+// over-long line (such a stream is not replayed).
+func decodeSSE(body []byte, h wire.SSEHandler) (dropped bool) {
+	var d wire.SSEDecoder
+	d.Write(body, h)
+	d.Write([]byte("\n\n"), h)
+	return d.Dropped() > 0
 }
 
 // anthropicStop judges a Messages stop_reason
