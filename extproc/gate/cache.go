@@ -243,7 +243,9 @@ func (x *Exchange) lookup(body []byte, newPath string) *Reply {
 	if ok {
 		if e, err = decodeEntry(v); err != nil || e.Stream != x.req.Stream {
 			// Not what this gate wrote; the answer forwarded now replaces it.
-			x.g.log.Warn("response cache entry unreadable; treated as a miss", "tenant", x.tenant, "err", err)
+			if n, ok := x.g.invalidLog.Allow(time.Now()); ok {
+				x.g.log.Warn("response cache entry unreadable; treated as a miss", "tenant", x.tenant, "err", err, "suppressed_since_last", n)
+			}
 			ok = false
 		}
 	}
@@ -317,7 +319,9 @@ func (x *Exchange) admitHit() *Reply {
 	if err != nil {
 		g.obs.Admission(tenantLabel, "failed_closed")
 		x.decisionTag = "failed_closed"
-		g.log.Error("admission store failed on a cache hit; policy fails closed", "tenant", x.tenant, "policy", x.policy.Name, "err", err)
+		if n, ok := g.refusals.Allow(time.Now()); ok {
+			g.log.Error("admission store failed on a cache hit; policy fails closed", "tenant", x.tenant, "policy", x.policy.Name, "err", err, "suppressed_since_last", n)
+		}
 		return x.reject(503, wire.ErrorUnavailable, "", "tokenwarden: the limits store is unavailable and this policy fails closed; retry shortly", ResultStoreError, nil)
 	}
 	x.decision = d
@@ -418,8 +422,8 @@ func (x *Exchange) fillCache() {
 	switch {
 	case err != nil:
 		obs.CacheFill(FillStoreError)
-		if !errors.Is(err, limiter.ErrUnavailable) {
-			x.g.log.Error("response cache put failed", "tenant", x.tenant, "err", err)
+		if n, ok := x.g.settles.Allow(time.Now()); ok && !errors.Is(err, limiter.ErrUnavailable) {
+			x.g.log.Error("response cache put failed", "tenant", x.tenant, "err", err, "suppressed_since_last", n)
 		}
 	case !r.Stored:
 		obs.CacheFill(FillRejected)
