@@ -31,7 +31,7 @@ type houseRule struct {
 
 var houseRules = []houseRule{
 	{part: "accounting", internal: nil, external: []string{"sigs.k8s.io/yaml"}},
-	{part: "limiter", internal: []string{"limiter"}, external: []string{"github.com/redis/go-redis/"}},
+	{part: "limiter", internal: []string{"limiter"}, external: []string{"github.com/redis/go-redis/", "github.com/klauspost/compress/"}}, // zstd: the response cache's values
 	{part: "extproc/contract", internal: nil, external: []string{}},
 	{part: "extproc/dialect/wire", internal: []string{"accounting"}},
 	{part: "extproc/dialect", internal: []string{"extproc/dialect", "accounting"}},

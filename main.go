@@ -262,8 +262,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	defer closeStore()
+	// The response cache lives next to the limiter's state, on its own
+	// client; it is only used by policies that enable response_cache.
+	cache, closeCache, err := limiter.OpenResponseCache(limiter.OpenOptions{Redis: cfg.Store.Redis, Cluster: cfg.Store.RedisCluster, Timeout: cfg.Store.Timeout})
+	if err != nil {
+		return err
+	}
+	defer closeCache()
 	holder := policy.NewHolder(cfg)
-	g, err := gate.New(gate.Options{Config: holder, Store: store.Store, Observer: metrics, Logger: logger})
+	g, err := gate.New(gate.Options{Config: holder, Store: store.Store, ResponseCache: cache, Observer: metrics, Logger: logger})
 	if err != nil {
 		return err
 	}

@@ -77,6 +77,15 @@ var Metrics = []Metric{
 	{"tokenwarden_unpriced_requests_total", Counter, nil},
 	{"tokenwarden_config_reloads_total", Counter, []string{"result"}},
 	{"tokenwarden_config_last_reload_success_timestamp_seconds", Gauge, nil},
+	{"tokenwarden_response_cache_lookups_total", Counter, []string{"tenant", "result", "reason"}},
+	{"tokenwarden_response_cache_saved_requests_total", Counter, []string{"tenant", "model"}},
+	{"tokenwarden_response_cache_saved_tokens_total", Counter, []string{"tenant", "model", "type", "source"}},
+	{"tokenwarden_response_cache_saved_usd_total", Counter, []string{"tenant", "model", "source"}},
+	{"tokenwarden_response_cache_fills_total", Counter, []string{"result"}},
+	{"tokenwarden_response_cache_bytes", Gauge, []string{"partition"}},
+	{"tokenwarden_response_cache_evictions_total", Counter, []string{"partition"}},
+	{"tokenwarden_response_cache_store_seconds", Histogram, []string{"op"}},
+	{"tokenwarden_response_cache_errors_total", Counter, []string{"op"}},
 }
 
 // Lookup returns the contract entry for a family name.

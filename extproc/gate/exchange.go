@@ -64,6 +64,8 @@ type Exchange struct {
 	outcome *Outcome
 	// charge is what Settle charges the reservation, fixed with the outcome.
 	charge limiter.Charge
+
+	rc cacheState // the response cache's part (cache.go)
 }
 
 // Limits on bodies the gate holds. Envoy bounds BUFFERED bodies by its own
@@ -141,6 +143,7 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 		}
 	}
 	x.requestID = g.nextRequestID()
+	x.cacheRequest(h)
 	return x, v
 }
 

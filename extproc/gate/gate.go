@@ -37,6 +37,9 @@ type Options struct {
 	Config *policy.Holder
 	// Store makes admission decisions. Required.
 	Store limiter.Store
+	// ResponseCache serves and keeps the answers of policies that enable
+	// response_cache; nil disables it for every policy.
+	ResponseCache limiter.ResponseCache
 	// Observer receives every observation; nil records nothing.
 	Observer Observer
 	Logger   *slog.Logger

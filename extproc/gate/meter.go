@@ -31,6 +31,7 @@ func (x *Exchange) ResponseHeaders(h Headers, endOfStream bool) ResponseVerdict 
 	if x.rewriteReason != "" {
 		v.Edits.set(contract.ModelRewrittenHeader, x.requestedModel+" -> "+x.model)
 	}
+	x.cacheResponseHeaders(h, &v.Edits)
 	if x.status < 200 || x.status > 299 {
 		// Providers do not bill failed requests; the reservation is released
 		// in full and the error body is not worth reading.
@@ -234,6 +235,10 @@ func (x *Exchange) ResponseBody(chunk []byte, endOfStream bool) ChunkVerdict {
 		// (the usage chunk, or an event still incomplete).
 		v.Replace, v.Body = true, x.coding.out
 		x.coding.out = nil
+		// The cache keeps what the client received.
+		x.cacheChunk(v.Body, endOfStream)
+	} else {
+		x.cacheChunk(chunk, endOfStream)
 	}
 	if !endOfStream {
 		return v
@@ -254,6 +259,7 @@ func (x *Exchange) ResponseEnd() bool {
 	if x.phase != phaseResponse && x.phase != phaseForwarded {
 		return false
 	}
+	x.cacheChunk(nil, true)
 	x.finalUsage()
 	return true
 }
@@ -423,9 +429,15 @@ func (x *Exchange) priceServed() {
 // a context detached from the (possibly cancelled) stream. The adapter calls
 // it once the final answer is sent, so the round trip is not on the
 // response's latency. Nothing happens before the exchange is done, without a
-// reservation, or the second time.
+// reservation, or the second time. A miss's complete answer is then stored
+// in the response cache (fillCache, once), off the client's path too.
 func (x *Exchange) Settle() {
-	if x == nil || x.phase != phaseDone || x.reservation == nil || x.reservation.Ended() {
+	if x == nil || x.phase != phaseDone {
+		return
+	}
+	// After the settle: the charge is what matters first.
+	defer x.fillCache()
+	if x.reservation == nil || x.reservation.Ended() {
 		return
 	}
 	g := x.g

@@ -70,6 +70,9 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 		x.g.obs.PrefixChange(x.policy.Name)
 	}
 
+	if reply := x.lookup(newBody, newPath); reply != nil {
+		return BodyVerdict{Reply: reply}
+	}
 	x.phase = phaseForwarded
 	if x.policy.Enforces() {
 		if reply := x.admit(); reply != nil {

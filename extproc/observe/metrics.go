@@ -71,6 +71,8 @@ type Metrics struct {
 	// phase holds the processing observers by phase, looked up once: every
 	// ext_proc message observes one.
 	phase map[string]prometheus.Observer
+
+	cache *cacheMetrics // cache.go
 }
 
 var _ gate.Observer = (*Metrics)(nil)
@@ -187,6 +189,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.promptCache, m.prefixChanges, m.modelRewrites, m.storeUp, m.storeErrors, m.storeSeconds,
 		m.activeStreams, m.streamErrors, m.unconfigured, m.unpriced, m.configReloads, m.configReloadTime)
 	m.store = newStoreMetrics(reg)
+	m.cache = newCacheMetrics(reg)
 	// Series that would otherwise appear only after their first event are
 	// created at zero, so dashboards and alerts see them from the start.
 	m.phase = map[string]prometheus.Observer{}

@@ -91,6 +91,7 @@ type Policy struct {
 	OnFailure         limiter.FailurePolicy
 	Models            ModelPolicy
 	PromptCache       PromptCache
+	ResponseCache     ResponseCache
 }
 
 // Enforces reports whether admission has anything to check, so a policy with
@@ -453,6 +454,11 @@ func compilePolicy(at, name string, p policyFile, storeFailure limiter.FailurePo
 	}
 	if p.PromptCache != nil {
 		if out.PromptCache, err = compileCache(at+".prompt_cache", *p.PromptCache); err != nil {
+			return nil, err
+		}
+	}
+	if p.ResponseCache != nil {
+		if out.ResponseCache, err = compileResponseCache(at+".response_cache", *p.ResponseCache); err != nil {
 			return nil, err
 		}
 	}

@@ -37,12 +37,13 @@ type storeFile struct {
 }
 
 type policyFile struct {
-	Limits            limitsFile   `json:"limits"`
-	OutputReservation *int64       `json:"output_reservation"`
-	Budgets           []budgetFile `json:"budgets"`
-	OnFailure         string       `json:"on_failure"`
-	Models            *modelsFile  `json:"models"`
-	PromptCache       *cacheFile   `json:"prompt_cache"`
+	Limits            limitsFile         `json:"limits"`
+	OutputReservation *int64             `json:"output_reservation"`
+	Budgets           []budgetFile       `json:"budgets"`
+	OnFailure         string             `json:"on_failure"`
+	Models            *modelsFile        `json:"models"`
+	PromptCache       *cacheFile         `json:"prompt_cache"`
+	ResponseCache     *responseCacheFile `json:"response_cache"`
 }
 
 type limitsFile struct {
@@ -86,6 +87,22 @@ type tierFile struct {
 type cacheFile struct {
 	Inject bool   `json:"inject"`
 	TTL    string `json:"ttl"`
+}
+
+type responseCacheFile struct {
+	Enabled       bool             `json:"enabled"`
+	TTL           duration         `json:"ttl"`
+	MaxEntryBytes *int64           `json:"max_entry_bytes"`
+	MaxOrgBytes   *int64           `json:"max_org_bytes"`
+	Shared        bool             `json:"shared"`
+	CountRequests bool             `json:"count_requests"`
+	Cacheable     []cacheShapeFile `json:"cacheable"`
+}
+
+type cacheShapeFile struct {
+	MaxTemperature *float64 `json:"max_temperature"`
+	AnyTemperature bool     `json:"any_temperature"`
+	Seed           bool     `json:"seed"`
 }
 
 type tenantOverride struct {
