@@ -94,10 +94,13 @@ func Start(ctx context.Context, opts Options) (h *Harness, err error) {
 	if opts.Log == nil {
 		opts.Log = io.Discard
 	}
-	h = &Harness{opts: opts}
+	started := &Harness{opts: opts}
+	h = started
 	defer func() {
+		// A failed start returns a nil *Harness; what it started so far is
+		// still stopped through started.
 		if err != nil {
-			h.Close()
+			started.Close()
 		}
 	}()
 	if h.dir, err = os.MkdirTemp("", "twload-"); err != nil {
