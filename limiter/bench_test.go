@@ -12,10 +12,20 @@ import (
 	"github.com/tokenwarden/tokenwarden/limiter/redistest"
 )
 
+// benchLevels is how many levels (org, team, user, key) the benchmark
+// requests are admitted against, each with a day and a month budget.
+var benchLevels = 1
+
 // benchRequests are an Admit and a Settle with every dimension and two
-// budgets configured, as a policy with limits and a day and month budget.
+// budgets per level configured, as a policy with limits and a day and month
+// budget at each of benchLevels levels.
 func benchRequests(now time.Time, id string) (AdmitRequest, SettleRequest) {
-	bs := []Budget{dayBudget("day", now, 1<<48, 1<<40), dayBudget("month", now, 1<<48)}
+	var lv []Level
+	for _, key := range []string{"", "t:eng", "u:eng/ann", "k:eng/k1"}[:benchLevels] {
+		lv = append(lv, Level{Key: key, Budgets: []Budget{dayBudget("day", now, 1<<48, 1<<40), dayBudget("month", now, 1<<48)}})
+	}
+	bs := LevelBudgets(lv)
+	id = fmt.Sprint("l", benchLevels, "-", id)
 	lim := Limits{RequestsPerMinute: 1 << 30, TokensPerMinute: 1 << 30, Concurrent: 1 << 20}
 	return AdmitRequest{Tenant: "bench", RequestID: id, Model: "m", Limits: lim, Tokens: 1000, Cost: 5000, Budgets: bs},
 		SettleRequest{Tenant: "bench", RequestID: id, Tokens: 800, Cost: 4000, Budgets: bs}
@@ -86,7 +96,13 @@ func BenchmarkRedis(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	benchStore(b, s, now, &commandStats{c: c})
+	for _, n := range []int{1, 4} {
+		b.Run(fmt.Sprintf("Levels%d", n), func(b *testing.B) {
+			benchLevels = n
+			defer func() { benchLevels = 1 }()
+			benchStore(b, s, now, &commandStats{c: c})
+		})
+	}
 }
 
 // commandStats reports Redis's own figures for the measured phase: the

@@ -238,8 +238,9 @@ func (o *admitOutcome) decision(req *AdmitRequest) (Decision, error) {
 		Crossed:  crossings(o.crossed, req.Budgets),
 	}
 	for i, b := range o.budgets {
+		lvl, _ := SplitBudgetName(req.Budgets[i].Name)
 		d.Budgets = append(d.Budgets, BudgetState{
-			Name: req.Budgets[i].Name, Window: req.Budgets[i].Windows[b.window],
+			Name: req.Budgets[i].Name, Level: lvl, Window: req.Budgets[i].Windows[b.window],
 			Cap: req.Budgets[i].Cap, Spent: b.spent, Reserved: b.reserved,
 		})
 	}
@@ -255,7 +256,8 @@ func (o *admitOutcome) decision(req *AdmitRequest) (Decision, error) {
 		d.RetryAfter, d.NeverFits = rateDenial(tpm, o.now, o.tpmTAT, increment(req.Tokens, tpm.limit))
 	case o.code >= codeBudget0 && o.code-codeBudget0 < len(d.Budgets):
 		b := d.Budgets[o.code-codeBudget0]
-		d.Denied = BudgetDimension(b.Name)
+		lvl, kind := SplitBudgetName(b.Name)
+		d.Denied, d.Level = BudgetDimension(kind), lvl
 		d.RetryAfter = max(b.Window.End.Sub(d.Now), 0)
 	default:
 		return Decision{}, fmt.Errorf("limiter: store returned unknown decision code %d", o.code)
@@ -284,8 +286,9 @@ func crossings(raw []rawCrossing, budgets []Budget) []Crossing {
 				break
 			}
 		}
+		lvl, _ := SplitBudgetName(c.name)
 		out = append(out, Crossing{
-			Budget: c.name, Window: Window{Start: fromMicros(c.start), End: fromMicros(c.end)},
+			Budget: c.name, Level: lvl, Window: Window{Start: fromMicros(c.start), End: fromMicros(c.end)},
 			Threshold: c.threshold, Spent: c.spent, Cap: capUSD,
 		})
 	}
@@ -321,7 +324,8 @@ type windowOutcome struct {
 func (o *settleOutcome) result(req *SettleRequest) SettleResult {
 	r := SettleResult{Settled: o.settled, Unknown: o.unknown, Expired: withTenant(o.expired, req.Tenant), Crossed: crossings(o.crossed, req.Budgets)}
 	for _, w := range o.budgets {
-		st := BudgetState{Name: w.name, Window: Window{Start: fromMicros(w.start), End: fromMicros(w.end)},
+		lvl, _ := SplitBudgetName(w.name)
+		st := BudgetState{Name: w.name, Level: lvl, Window: Window{Start: fromMicros(w.start), End: fromMicros(w.end)},
 			Spent: w.spent, Reserved: w.reserved}
 		for _, b := range req.Budgets {
 			if b.Name == w.name {

@@ -172,7 +172,11 @@ type RateState struct {
 
 // BudgetState is one budget window as the store sees it.
 type BudgetState struct {
-	Name     string
+	// Name is the store name: the window kind for the org level, else
+	// LevelBudgetName(Level, kind).
+	Name string
+	// Level is the key of the level the budget belongs to ("" for the org).
+	Level    string
 	Window   Window
 	Cap      int64
 	Spent    int64 // settled, plus expired reservations charged at their estimate
@@ -195,8 +199,11 @@ func (b BudgetState) Used() float64 {
 type Decision struct {
 	Allowed bool
 	// Denied is the first dimension that refused the request, in the order
-	// concurrency, requests, tokens, then budgets in the order given.
+	// concurrency, requests, tokens, then budgets in the order given. A
+	// budget denial names the window kind ("budget_day") and Level the key
+	// of the level whose budget refused ("" for the org).
 	Denied Dimension
+	Level  string
 	// RetryAfter is when the denied dimension will admit this request again:
 	// exact for GCRA, the window end for a budget, zero for concurrency (a
 	// slot frees when another request finishes). When NeverFits is set it is
@@ -269,7 +276,8 @@ type SettleResult struct {
 
 // Crossing is one alert threshold crossed for the first time in a window.
 type Crossing struct {
-	Budget    string // window name
+	Budget    string // store budget name (see LevelBudgetName)
+	Level     string // the level key of Budget
 	Window    Window
 	Threshold int64 // the alert amount in nano-USD
 	Spent     int64

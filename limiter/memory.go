@@ -276,7 +276,7 @@ func (m *Memory) Budgets(ctx context.Context, tenant string, budgets []Budget) (
 	out := make([]BudgetState, 0, len(budgets))
 	for _, b := range budgets {
 		w := pickWindow(&b.Windows, now)
-		st := BudgetState{Name: b.Name, Window: b.Windows[w], Cap: b.Cap}
+		st := BudgetState{Name: b.Name, Level: levelOf(b.Name), Window: b.Windows[w], Cap: b.Cap}
 		if t != nil {
 			if s := t.budget(budgetKey(b.Name, unixMicros(b.Windows[w].Start)), now); s != nil {
 				st.Spent, st.Reserved, st.Degraded = s.spent, s.reserved, s.degraded

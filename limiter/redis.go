@@ -247,7 +247,7 @@ func (r *Redis) Budgets(ctx context.Context, tenant string, budgets []Budget) ([
 		if err != nil {
 			return nil, fmt.Errorf("limiter: budgets: %w", err)
 		}
-		out[i] = BudgetState{Name: b.Name, Window: b.Windows[bo.window], Cap: b.Cap, Spent: bo.spent, Reserved: bo.reserved, Degraded: bo.degraded}
+		out[i] = BudgetState{Name: b.Name, Level: levelOf(b.Name), Window: b.Windows[bo.window], Cap: b.Cap, Spent: bo.spent, Reserved: bo.reserved, Degraded: bo.degraded}
 	}
 	return out, nil
 }
