@@ -9,11 +9,14 @@ import (
 
 // Dialect names in the ledger.
 const (
-	DialectAnthropic  = "anthropic"
-	DialectOpenAI     = "openai"
-	DialectResponses  = "openai_responses"
-	DialectEmbeddings = "openai_embeddings"
-	DialectGemini     = "gemini"
+	DialectAnthropic = "anthropic"
+	// DialectAnthropicBatch: one entry per succeeded batch line, RequestID
+	// "<batch id>/<custom_id>", added once when the batch ends.
+	DialectAnthropicBatch = "anthropic_batch"
+	DialectOpenAI         = "openai"
+	DialectResponses      = "openai_responses"
+	DialectEmbeddings     = "openai_embeddings"
+	DialectGemini         = "gemini"
 )
 
 // LedgerEntry is one response that carried (or was meant to carry) usage.

@@ -139,6 +139,7 @@ type Provider struct {
 	// a GET /v1/responses/{id} asks for them.
 	background *backgroundStore
 	sent       transcripts
+	batches    batchStore // Anthropic Message Batches (anthropic_batch.go)
 	counter    atomic.Uint64
 }
 
@@ -158,6 +159,10 @@ func New(opts Options) *Provider {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/messages", p.handleMessages)
 	mux.HandleFunc("/v1/messages/count_tokens", p.handleCountTokens)
+	mux.HandleFunc("POST /v1/messages/batches", p.handleBatchCreate)
+	mux.HandleFunc("GET /v1/messages/batches/{id}", p.handleBatchGet)
+	mux.HandleFunc("GET /v1/messages/batches/{id}/results", p.handleBatchResults)
+	mux.HandleFunc("POST /mock/batches/{id}/{action}", p.handleBatchFinish)
 	mux.HandleFunc("/v1/chat/completions", p.handleChat)
 	mux.HandleFunc("/v1/responses", p.handleResponses)
 	mux.HandleFunc("POST /v1/responses/compact", p.handleCompact)
@@ -210,6 +215,7 @@ func (p *Provider) Reset() {
 	p.oaiLimit.reset(now)
 	p.gemLimit.reset(now)
 	p.background.reset()
+	p.batches.reset()
 }
 
 func (p *Provider) handleLedger(w http.ResponseWriter, _ *http.Request) {
