@@ -12,20 +12,16 @@ import (
 	"github.com/tokenwarden/tokenwarden/limiter/redistest"
 )
 
-// benchLevels is how many levels (org, team, user, key) the benchmark
-// requests are admitted against, each with a day and a month budget.
-var benchLevels = 1
-
 // benchRequests are an Admit and a Settle with every dimension and two
 // budgets per level configured, as a policy with limits and a day and month
-// budget at each of benchLevels levels.
-func benchRequests(now time.Time, id string) (AdmitRequest, SettleRequest) {
+// budget at each of the first levels levels (org, team, user, key).
+func benchRequests(now time.Time, levels int, id string) (AdmitRequest, SettleRequest) {
 	var lv []Level
-	for _, key := range []string{"", "t:eng", "u:eng/ann", "k:eng/k1"}[:benchLevels] {
+	for _, key := range []string{"", "t:eng", "u:eng/ann", "k:eng/k1"}[:levels] {
 		lv = append(lv, Level{Key: key, Budgets: []Budget{dayBudget("day", now, 1<<48, 1<<40), dayBudget("month", now, 1<<48)}})
 	}
 	bs := LevelBudgets(lv)
-	id = fmt.Sprint("l", benchLevels, "-", id)
+	id = fmt.Sprint("l", levels, "-", id)
 	lim := Limits{RequestsPerMinute: 1 << 30, TokensPerMinute: 1 << 30, Concurrent: 1 << 20}
 	return AdmitRequest{Tenant: "bench", RequestID: id, Model: "m", Limits: lim, Tokens: 1000, Cost: 5000, Budgets: bs},
 		SettleRequest{Tenant: "bench", RequestID: id, Tokens: 800, Cost: 4000, Budgets: bs}
@@ -40,7 +36,7 @@ type storeStats interface {
 // benchStore measures Admit and Settle apart. Admit runs with every earlier
 // reservation still pending (b.N in flight at the end); Settle finishes b.N
 // reservations admitted outside the timer.
-func benchStore(b *testing.B, s Store, now time.Time, stats storeStats) {
+func benchStore(b *testing.B, s Store, now time.Time, levels int, stats storeStats) {
 	run := 0
 	b.Run("Admit", func(b *testing.B) {
 		run++
@@ -48,7 +44,7 @@ func benchStore(b *testing.B, s Store, now time.Time, stats storeStats) {
 			stats.reset(b)
 		}
 		for i := range b.N {
-			a, _ := benchRequests(now, fmt.Sprintf("a%d-%d", run, i))
+			a, _ := benchRequests(now, levels, fmt.Sprintf("a%d-%d", run, i))
 			if d, err := s.Admit(ctxb, a); err != nil || !d.Allowed {
 				b.Fatalf("admit: %+v %v", d, err)
 			}
@@ -62,7 +58,7 @@ func benchStore(b *testing.B, s Store, now time.Time, stats storeStats) {
 		b.StopTimer()
 		settles := make([]SettleRequest, b.N)
 		for i := range b.N {
-			a, st := benchRequests(now, fmt.Sprintf("s%d-%d", run, i))
+			a, st := benchRequests(now, levels, fmt.Sprintf("s%d-%d", run, i))
 			if _, err := s.Admit(ctxb, a); err != nil {
 				b.Fatal(err)
 			}
@@ -85,7 +81,7 @@ func benchStore(b *testing.B, s Store, now time.Time, stats storeStats) {
 }
 
 func BenchmarkMemory(b *testing.B) {
-	benchStore(b, NewMemory(MemoryOptions{}), time.Now(), nil)
+	benchStore(b, NewMemory(MemoryOptions{}), time.Now(), 1, nil)
 }
 
 func BenchmarkRedis(b *testing.B) {
@@ -98,9 +94,7 @@ func BenchmarkRedis(b *testing.B) {
 	}
 	for _, n := range []int{1, 4} {
 		b.Run(fmt.Sprintf("Levels%d", n), func(b *testing.B) {
-			benchLevels = n
-			defer func() { benchLevels = 1 }()
-			benchStore(b, s, now, &commandStats{c: c})
+			benchStore(b, s, now, n, &commandStats{c: c})
 		})
 	}
 }

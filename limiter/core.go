@@ -238,9 +238,8 @@ func (o *admitOutcome) decision(req *AdmitRequest) (Decision, error) {
 		Crossed:  crossings(o.crossed, req.Budgets),
 	}
 	for i, b := range o.budgets {
-		lvl, _ := SplitBudgetName(req.Budgets[i].Name)
 		d.Budgets = append(d.Budgets, BudgetState{
-			Name: req.Budgets[i].Name, Level: lvl, Window: req.Budgets[i].Windows[b.window],
+			Name: req.Budgets[i].Name, Level: levelOf(req.Budgets[i].Name), Window: req.Budgets[i].Windows[b.window],
 			Cap: req.Budgets[i].Cap, Spent: b.spent, Reserved: b.reserved,
 		})
 	}
@@ -286,9 +285,8 @@ func crossings(raw []rawCrossing, budgets []Budget) []Crossing {
 				break
 			}
 		}
-		lvl, _ := SplitBudgetName(c.name)
 		out = append(out, Crossing{
-			Budget: c.name, Level: lvl, Window: Window{Start: fromMicros(c.start), End: fromMicros(c.end)},
+			Budget: c.name, Level: levelOf(c.name), Window: Window{Start: fromMicros(c.start), End: fromMicros(c.end)},
 			Threshold: c.threshold, Spent: c.spent, Cap: capUSD,
 		})
 	}
@@ -324,8 +322,7 @@ type windowOutcome struct {
 func (o *settleOutcome) result(req *SettleRequest) SettleResult {
 	r := SettleResult{Settled: o.settled, Unknown: o.unknown, Expired: withTenant(o.expired, req.Tenant), Crossed: crossings(o.crossed, req.Budgets)}
 	for _, w := range o.budgets {
-		lvl, _ := SplitBudgetName(w.name)
-		st := BudgetState{Name: w.name, Level: lvl, Window: Window{Start: fromMicros(w.start), End: fromMicros(w.end)},
+		st := BudgetState{Name: w.name, Level: levelOf(w.name), Window: Window{Start: fromMicros(w.start), End: fromMicros(w.end)},
 			Spent: w.spent, Reserved: w.reserved}
 		for _, b := range req.Budgets {
 			if b.Name == w.name {
