@@ -44,7 +44,10 @@ type Exchange struct {
 	rewriteReason  string
 	price          accounting.Price
 	estimate       accounting.Usage
-	estimateCost   accounting.NanoUSD
+	// rawInput is the dialect's uncalibrated input estimate; estimate's
+	// input is rawInput × the model's calibration factor (calibrate.go).
+	rawInput     int64
+	estimateCost accounting.NanoUSD
 	// pricedAt is when the body arrived and admission began: the instant
 	// whose prices apply to the request, from its estimate to its settle.
 	pricedAt time.Time

@@ -56,7 +56,11 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 	if req.NoOutput {
 		out = 0 // embeddings: the input is the whole cost
 	}
-	x.estimate = accounting.Usage{InputTokens: req.InputTokens, OutputTokens: out}
+	// The input estimate, calibrated by what this org's settles of the model
+	// measured (calibrate.go). The size tiers above judged the raw estimate:
+	// the factor is the resolved model's, known only after them.
+	x.rawInput = req.InputTokens
+	x.estimate = accounting.Usage{InputTokens: calibrated(req.InputTokens, x.g.calib.factor(x.tenant, x.modelLabel)), OutputTokens: out}
 	x.estimateCost = x.price.Cost(x.estimate).Total
 
 	newBody, changed, newPath, reply := x.edit(body)
