@@ -3,6 +3,7 @@ package gate
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/limiter"
@@ -10,27 +11,41 @@ import (
 
 func TestBudgetUseRatio(t *testing.T) {
 	c := newBudgetCache()
+	end := t0.Add(time.Hour)
 	c.store("t", []limiter.BudgetState{
-		{Name: "day", Cap: 100, Spent: 30, Reserved: 60}, // reservations are not use yet
+		{Name: "day", Cap: 100, Spent: 30, Reserved: 60, Window: limiter.Window{End: end}}, // reservations are not use yet
 		{Name: "month", Cap: 1000, Spent: 500},
 		{Name: "week"}, // no cap: no ratio
+		{Name: limiter.LevelBudgetName("t:search", "day"), Cap: 100, Spent: 90, Window: limiter.Window{End: end}},
 	})
-	u := c.used("t")
+	// Another caller's answer adds its own level and updates the shared ones.
+	c.store("t", []limiter.BudgetState{
+		{Name: "month", Cap: 1000, Spent: 600},
+		{Name: limiter.LevelBudgetName("u:search/ann", "day"), Cap: 10, Spent: 2},
+	})
 	cases := []struct {
+		level  string
 		window accounting.WindowKind
+		now    time.Time
 		want   float64
 	}{
-		{accounting.Day, 0.3},
-		{accounting.Month, 0.5},
-		{accounting.Week, 0},
-		{"", 0.5}, // no window named: the most used one
+		{"", accounting.Day, t0, 0.3},
+		{"", accounting.Month, t0, 0.6},
+		{"", accounting.Week, t0, 0},
+		{"", "", t0, 0.6}, // no window named: the level's most used one
+		{"t:search", "", t0, 0.9},
+		{"t:search", accounting.Day, t0, 0.9},
+		{"u:search/ann", accounting.Day, t0, 0.2},
+		{"u:search/bob", "", t0, 0},
+		{"t:search", accounting.Day, end, 0}, // the window has ended
+		{"", "", end, 0.6},
 	}
 	for _, tc := range cases {
-		if got := u.ratio(tc.window); got != tc.want {
-			t.Errorf("ratio(%q) = %v, want %v", tc.window, got, tc.want)
+		if got := c.ratio("t", tc.level, tc.window, tc.now); got != tc.want {
+			t.Errorf("ratio(%q, %q, %v) = %v, want %v", tc.level, tc.window, tc.now, got, tc.want)
 		}
 	}
-	if got := c.used("unknown").ratio(""); got != 0 {
+	if got := c.ratio("unknown", "", "", t0); got != 0 {
 		t.Errorf("an unknown tenant's use = %v", got)
 	}
 }
@@ -64,12 +79,22 @@ func TestCacheBounds(t *testing.T) {
 	for i := range maxTenants {
 		c.store(fmt.Sprint("t", i), states)
 	}
-	if c.used("t0").ratio("") != 0.5 || len(c.tenants) != maxTenants {
+	if c.ratio("t0", "", "", t0) != 0.5 || len(c.tenants) != maxTenants {
 		t.Fatalf("%d tenants before the bound", len(c.tenants))
 	}
 	c.store("one-more", states)
-	if len(c.tenants) != 1 || c.used("t0").ratio("") != 0 || c.used("one-more").ratio("") != 0.5 {
+	if len(c.tenants) != 1 || c.ratio("t0", "", "", t0) != 0 || c.ratio("one-more", "", "", t0) != 0.5 {
 		t.Fatalf("past the bound: %d tenants", len(c.tenants))
+	}
+	for i := range maxLevelWindows - 1 { // "day" is the first
+		c.store("one-more", []limiter.BudgetState{{Name: limiter.LevelBudgetName(fmt.Sprint("u:/", i), "day"), Cap: 10, Spent: 1}})
+	}
+	if len(c.tenants["one-more"]) != maxLevelWindows {
+		t.Fatalf("%d windows in one org before its bound", len(c.tenants["one-more"]))
+	}
+	c.store("one-more", states)
+	if len(c.tenants["one-more"]) != 1 || c.ratio("one-more", "", "", t0) != 0.5 {
+		t.Fatalf("past an org's bound: %d windows", len(c.tenants["one-more"]))
 	}
 
 	p := newPrefixTracker()

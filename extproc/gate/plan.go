@@ -230,19 +230,29 @@ func (x *Exchange) resolveModel(requested string) (model, reason string, err err
 	if !mp.Allowed(model) {
 		return "", "", fmt.Errorf("model %q is not allowed by policy %q", requested, x.policy.Name)
 	}
-	if len(mp.Downgrade) > 0 {
-		used := x.g.budgets.used(x.tenant)
-		for _, d := range mp.Downgrade { // highest threshold first
-			if ok, _ := path.Match(d.From, model); !ok {
-				continue
-			}
-			if used.ratio(d.Window) >= d.WhenBudgetUsed {
-				model, reason = d.To, "downgrade"
-				break
-			}
+	now := x.g.opts.Now()
+	for _, d := range mp.Downgrade { // highest threshold first
+		if ok, _ := path.Match(d.From, model); !ok {
+			continue
+		}
+		key, ok := x.downgradeLevel(d)
+		if ok && x.g.budgets.ratio(x.tenant, key, d.Window, now) >= d.WhenBudgetUsed {
+			model, reason = d.To, "downgrade"
+			break
 		}
 	}
 	return model, reason, nil
+}
+
+// downgradeLevel is the key of the level whose use a downgrade rule reads:
+// the level it names, else the caller's own; ok is false when the caller
+// has no such level.
+func (x *Exchange) downgradeLevel(d policy.Downgrade) (key string, ok bool) {
+	// A flat tenant is a one-level org: its own level is the org.
+	if !d.HasLevel || d.Level == policy.LevelOrg {
+		return "", true
+	}
+	return "", false
 }
 
 // since is the time from forwarding to now; zero when never forwarded.

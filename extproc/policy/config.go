@@ -133,10 +133,22 @@ func (m ModelPolicy) Allowed(model string) bool {
 }
 
 // Downgrade rewrites From-matching models to To once the named budget window
-// (or the most used one when Window is empty) reaches WhenBudgetUsed.
+// (or the most used one when Window is empty) of a level of the caller
+// reaches WhenBudgetUsed: the level named by Level when HasLevel is set
+// (the org at 80% → a cheaper model for everyone in it), else the caller's
+// own. A caller without that level (a team rule, a caller in no team) is
+// never downgraded by the rule.
+//
+// The use read is what this replica last learned of the level from the
+// store's admit and settle answers (settled spend over the cap, no extra
+// round trip): it lags the truth by the requests other replicas settled
+// since this replica's last answer for that level, and a level this replica
+// has not yet seen in the current window reads as unused.
 type Downgrade struct {
 	WhenBudgetUsed float64
 	Window         accounting.WindowKind
+	Level          Level
+	HasLevel       bool
 	From           string
 	To             string
 }
@@ -572,7 +584,15 @@ func compileModels(at string, m modelsFile) (ModelPolicy, error) {
 			}
 			kind = k
 		}
-		out.Downgrade = append(out.Downgrade, Downgrade{WhenBudgetUsed: d.WhenBudgetUsed, Window: kind, From: d.From, To: d.To})
+		rule := Downgrade{WhenBudgetUsed: d.WhenBudgetUsed, Window: kind, From: d.From, To: d.To}
+		if d.Level != "" {
+			l, ok := parseLevel(d.Level)
+			if !ok {
+				return out, fmt.Errorf("%s.level: %q is not one of org, team, user, key", dat, d.Level)
+			}
+			rule.Level, rule.HasLevel = l, true
+		}
+		out.Downgrade = append(out.Downgrade, rule)
 	}
 	// Highest threshold first, so the strongest applicable downgrade wins.
 	sort.SliceStable(out.Downgrade, func(i, j int) bool {
