@@ -29,6 +29,7 @@ func (x *Exchange) admit() *Reply {
 		Tokens:    x.estimate.RateLimitedTokens(),
 		Cost:      int64(x.estimateCost),
 		Budgets:   x.policy.LimiterBudgets(g.opts.Now()),
+		Output:    x.output, // the part a full reservation may clamp (reserve.go)
 		OnFailure: x.policy.OnFailure,
 	})
 	// Kept before anything else runs, so that whatever fails next (an
