@@ -97,3 +97,15 @@ func (x *Exchange) clamp(body []byte) (out []byte, path string, reply *Reply) {
 	out, _, path, reply = x.edit(body)
 	return out, path, reply
 }
+
+// leastReservation is the least the request can reserve: its estimate, or
+// under a full reservation its input and the minimum output. A request
+// whose least reservation exceeds a budget's whole cap can never be
+// admitted; one that would be clamped after the window resets can.
+func (x *Exchange) leastReservation() int64 {
+	c := int64(x.estimateCost)
+	if o := x.output; o.Tokens > 0 {
+		c -= (o.Tokens - o.Min) * o.Price
+	}
+	return c
+}

@@ -141,3 +141,26 @@ func TestClampBelowMinimum(t *testing.T) {
 	}
 	h.wantBudgets("acme", "", 0, 0)
 }
+
+// TestClampDenialMayRetry: a budget spent to the last cent denies a full
+// request that a fresh window would clamp and admit: the 429 says when the
+// budget resets, not that the request can never fit, which only one whose
+// input and minimum output alone exceed the cap is told.
+func TestClampDenialMayRetry(t *testing.T) {
+	h := newHarness(t, reservationYAML("full", 0.1))
+	body := anthropicBody(`"max_tokens":64000,`)
+	h.admit(post(pathMessages, tenantHeader("acme")), body) // clamped: reserves all but less than one output token
+	_, r := h.refuse(post(pathMessages, tenantHeader("acme")), body)
+	if r.Status != 429 {
+		t.Fatalf("status %d, want 429", r.Status)
+	}
+	if !strings.Contains(string(r.Body), "the day budget is exhausted; it resets in") {
+		t.Fatalf("a request the next window admits (clamped) is told it can never fit: %s", r.Body)
+	}
+
+	h = newHarness(t, reservationYAML("full", 0.003)) // less than 256 output tokens fit at all
+	_, r = h.refuse(post(pathMessages, tenantHeader("acme")), body)
+	if !strings.Contains(string(r.Body), "more than the whole day budget") {
+		t.Fatalf("body %s; want a never-fits denial", r.Body)
+	}
+}
