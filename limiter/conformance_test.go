@@ -91,6 +91,7 @@ func runConformance(t *testing.T, h harness) {
 	runSharedConformance(t, h)
 	runLevelsConformance(t, h)
 	runClampConformance(t, h)
+	runCalibrationConformance(t, h)
 	t.Run("RequestsPerMinute", func(t *testing.T) {
 		tenant := newTenant("rpm")
 		m := gcraModel{r: newRate(3, 0)}

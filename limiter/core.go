@@ -186,6 +186,9 @@ func validateSettle(req *SettleRequest) error {
 	case req.Cost < 0 || req.Cost > MaxCost:
 		return fmt.Errorf("%w: cost %d outside [0, %d]", ErrInvalid, req.Cost, MaxCost)
 	}
+	if err := validateCalibration(&req.Calibrate); err != nil {
+		return err
+	}
 	return validateBudgets(req.Budgets, false)
 }
 
@@ -341,6 +344,9 @@ type settleOutcome struct {
 	budgets []windowOutcome
 	expired []Expired
 	crossed []rawCrossing
+	// factor and samples are the calibration record after the fold, zero
+	// when none was folded.
+	factor, samples int64
 }
 
 // windowOutcome is one budget window a reservation was charged to.
@@ -352,6 +358,9 @@ type windowOutcome struct {
 
 func (o *settleOutcome) result(req *SettleRequest) SettleResult {
 	r := SettleResult{Settled: o.settled, Unknown: o.unknown, Expired: withTenant(o.expired, req.Tenant), Crossed: crossings(o.crossed, req.Budgets)}
+	if o.factor > 0 {
+		r.Calibration = Calibration{Model: req.Calibrate.Model, Factor: o.factor, Samples: o.samples}
+	}
 	for _, w := range o.budgets {
 		st := BudgetState{Name: w.name, Level: levelOf(w.name), Window: Window{Start: fromMicros(w.start), End: fromMicros(w.end)},
 			Spent: w.spent, Reserved: w.reserved}

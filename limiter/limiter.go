@@ -289,6 +289,10 @@ type SettleRequest struct {
 	// Budgets carry the alert thresholds to check after the charge; matched to
 	// the reservation's windows by Name.
 	Budgets []Budget
+	// Calibrate, when its Model is set, is folded into the tenant's estimator
+	// calibration record for that model in the same call (see Calibration);
+	// only a settle that settles folds it.
+	Calibrate CalibrationSample
 }
 
 // SettleResult is the answer to Settle.
@@ -309,6 +313,9 @@ type SettleResult struct {
 	// reservation the store lost (a restart without persistence, FLUSHALL,
 	// eviction) or one never made.
 	Unknown bool
+	// Calibration is the model's factor after this settle folded the
+	// request's sample; zero Factor when it folded none.
+	Calibration Calibration
 }
 
 // Crossing is one alert threshold crossed for the first time in a window.

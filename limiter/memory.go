@@ -47,6 +47,13 @@ type memTenant struct {
 	pending  pendingSet // request id by expiry: leases and unsettled reservations at once
 	records  map[string]*memRecord
 	budgets  map[string]*memBudget // by budgetKey
+	calib    map[string]*memCalib  // by model
+}
+
+// memCalib is one model's estimator calibration record (settle.lua's c:<model>).
+type memCalib struct {
+	factor, samples int64
+	deadline        int64
 }
 
 type memRecord struct {
@@ -216,7 +223,26 @@ func (m *Memory) settle(req *SettleRequest) settleOutcome {
 	o.settled = true
 	o.budgets = m.charge(t, now, rec, req.Cost, alertsByName(req.Budgets), &o.crossed)
 	m.finish(t, now, req.RequestID, rec, 's')
+	if c := req.Calibrate; c.Model != "" {
+		o.factor, o.samples = m.calibrate(t, now, &c)
+	}
 	return o
+}
+
+// calibrate folds one sample into t's record for its model and returns the
+// record, as settle.lua's calibration block does.
+func (m *Memory) calibrate(t *memTenant, now int64, c *CalibrationSample) (factor, samples int64) {
+	r := t.calib[c.Model]
+	if r == nil || r.deadline <= now {
+		if t.calib == nil {
+			t.calib = map[string]*memCalib{}
+		}
+		r = &memCalib{factor: CalibrationScale}
+		t.calib[c.Model] = r
+	}
+	r.factor, r.samples = foldCalibration(r.factor, r.samples, c.Estimated, c.Measured)
+	r.deadline = now + m.retention
+	return r.factor, r.samples
 }
 
 // sweep charges every reservation of t whose expiry has passed at its
@@ -335,7 +361,12 @@ func (m *Memory) gc(now int64) {
 				delete(t.budgets, k)
 			}
 		}
-		if len(t.records) == 0 && len(t.budgets) == 0 && t.pending.len() == 0 && t.rpm <= now && t.tpm <= now {
+		for k, c := range t.calib {
+			if c.deadline <= now {
+				delete(t.calib, k)
+			}
+		}
+		if len(t.records) == 0 && len(t.budgets) == 0 && len(t.calib) == 0 && t.pending.len() == 0 && t.rpm <= now && t.tpm <= now {
 			delete(m.tenants, name)
 		}
 	}

@@ -63,6 +63,7 @@ type Gate struct {
 	idPrefix string
 	idSeq    atomic.Uint64
 	budgets  *budgetCache
+	calib    *calibrator
 	prefixes *prefixTracker
 	warned   *boundedSet // route policy names already warned about
 	unpriced *boundedSet // model names already warned about
@@ -88,6 +89,7 @@ func New(o Options) (*Gate, error) {
 		obs:      o.Observer,
 		log:      cmp.Or(o.Logger, slog.Default()),
 		budgets:  newBudgetCache(),
+		calib:    newCalibrator(),
 		prefixes: newPrefixTracker(),
 		warned:   newBoundedSet(maxWarnedPolicies),
 		unpriced: newBoundedSet(maxWarnedPolicies),

@@ -401,6 +401,12 @@ func (x *Exchange) complete(u accounting.Usage, source Source, result Result) {
 	// The charge is fixed before the observer runs: if it fails, the settle
 	// that follows still charges what was metered.
 	x.charge = limiter.Charge{Tokens: u.RateLimitedTokens(), Cost: int64(cost.Total)}
+	if source == SourceMeasured && result == ResultOK {
+		x.charge.Calibrate = x.calibrationSample(u.TotalInputTokens())
+		if c := x.charge.Calibrate; c.Model != "" {
+			x.g.obs.InputEstimate(c.Model, x.estimate.InputTokens, c.Measured)
+		}
+	}
 	x.g.obs.Outcome(x.outcome)
 }
 
@@ -463,6 +469,10 @@ func (x *Exchange) Settle() {
 	x.recordExpired(res.Expired)
 	x.observeBudgets(res.Budgets)
 	x.recordCrossings(res.Crossed)
+	if c := res.Calibration; c.Factor > 0 {
+		g.calib.store(x.tenant, c)
+		g.obs.EstimatorFactor(c.Model, c.Ratio())
+	}
 }
 
 // recordExpired reports reservations that expired unsettled (a replica died

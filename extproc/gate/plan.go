@@ -47,7 +47,11 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 		}
 	}
 
-	x.reserve(body)
+	// The input estimate, calibrated by what this org's settles of the model
+	// measured (calibrate.go). The size tiers above judged the raw estimate:
+	// the factor is the resolved model's, known only after them.
+	x.rawInput = x.req.InputTokens
+	x.reserve(body, calibrated(x.req.InputTokens, x.g.calib.factor(x.tenant, x.modelLabel)))
 
 	newBody, changed, newPath, reply := x.edit(body)
 	if reply != nil {

@@ -9,15 +9,15 @@ import (
 	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
-// reserve sets the request's estimate: its input and the output the policy
+// reserve sets the request's estimate: its (calibrated) input and the output the policy
 // reserves. Under budget_reservation: capped that is at most
 // output_reservation tokens, so a huge max_tokens does not pin a budget —
 // and may overshoot it. Under full it is the whole output the request may
 // produce, which the store may clamp (x.output) to what every budget of
 // every level still allows.
-func (x *Exchange) reserve(body []byte) {
+func (x *Exchange) reserve(body []byte, input int64) {
 	out, full := x.requestedOutput(body)
-	x.estimate = accounting.Usage{InputTokens: x.req.InputTokens, OutputTokens: out}
+	x.estimate = accounting.Usage{InputTokens: input, OutputTokens: out}
 	x.estimateCost = x.price.Cost(x.estimate).Total
 	x.output = limiter.Output{}
 	if !full || out == 0 {
@@ -28,7 +28,7 @@ func (x *Exchange) reserve(body []byte) {
 	// costs exactly its input plus out × the output rate. Were it ever
 	// not so, the request is reserved whole and not clamped.
 	per := x.price.Rates(x.estimate).Output
-	base := x.price.Cost(accounting.Usage{InputTokens: x.req.InputTokens}).Total
+	base := x.price.Cost(accounting.Usage{InputTokens: input}).Total
 	if per <= 0 || base+accounting.NanoUSD(out)*per != x.estimateCost {
 		return
 	}
