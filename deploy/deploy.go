@@ -63,6 +63,7 @@ var Metrics = []Metric{
 	{"tokenwarden_model_rewrites_total", Counter, []string{"policy", "reason"}},
 	{"tokenwarden_input_estimate_error_ratio", Histogram, []string{"model"}},
 	{"tokenwarden_input_estimate_factor", Gauge, []string{"model"}},
+	{"tokenwarden_output_clamped_total", Counter, []string{"policy"}},
 	{"tokenwarden_store_up", Gauge, nil},
 	{"tokenwarden_store_errors_total", Counter, []string{"op"}},
 	{"tokenwarden_store_seconds", Histogram, []string{"op"}},

@@ -117,9 +117,8 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 		return o
 	}
 	l := req.Limits
-	rpmNew := o.rpmTAT + increment(1, l.RequestsPerMinute)
-	tpmNew := o.tpmTAT + increment(req.Tokens, l.TokensPerMinute)
 	keys := make([]string, len(req.Budgets))
+	room := int64(MaxCost)
 	for i := range req.Budgets {
 		b := &req.Budgets[i]
 		w := pickWindow(&b.Windows, now)
@@ -128,8 +127,15 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 		if s := t.budget(keys[i], now); s != nil {
 			bo.spent, bo.reserved = s.spent, s.reserved
 		}
+		room = min(room, b.Cap-bo.spent-bo.reserved)
 		o.budgets = append(o.budgets, bo)
 	}
+	// The output clamp (AdmitRequest.Output): from here on the request is
+	// what it reserves.
+	o.output = clampOutput(req.Output, req.Cost, room)
+	tokens, cost := req.Reserved(o.output)
+	rpmNew := o.rpmTAT + increment(1, l.RequestsPerMinute)
+	tpmNew := o.tpmTAT + increment(tokens, l.TokensPerMinute)
 	switch {
 	case l.Concurrent > 0 && t.pending.live(now) >= l.Concurrent:
 		o.code = codeConcurrency
@@ -139,7 +145,7 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 		o.code = codeTokens
 	default:
 		for i, b := range o.budgets {
-			if b.spent+b.reserved+req.Cost > req.Budgets[i].Cap {
+			if b.spent+b.reserved+cost > req.Budgets[i].Cap {
 				o.code = codeBudget0 + i
 				break
 			}
@@ -160,7 +166,7 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 	lease := int64(cmp.Or(l.LeaseTTL, DefaultLeaseTTL) / time.Microsecond)
 	expiry := now + lease
 	t.pending.add(req.RequestID, expiry)
-	rec := &memRecord{state: 'p', tokens: req.Tokens, cost: req.Cost, tpmLimit: l.TokensPerMinute,
+	rec := &memRecord{state: 'p', tokens: tokens, cost: cost, tpmLimit: l.TokensPerMinute,
 		model: req.Model, deadline: expiry + m.retention}
 	for i := range req.Budgets {
 		w := req.Budgets[i].Windows[o.budgets[i].window]
@@ -169,7 +175,7 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 			s = &memBudget{}
 			t.budgets[keys[i]] = s
 		}
-		s.reserved += req.Cost
+		s.reserved += cost
 		s.deadline = unixMicros(w.End) + m.retention
 		o.budgets[i].spent, o.budgets[i].reserved = s.spent, s.reserved // the sweep may have moved both
 		rec.windows = append(rec.windows, recWindow{req.Budgets[i].Name, unixMicros(w.Start), unixMicros(w.End)})

@@ -186,6 +186,7 @@ func (r *Redis) Admit(ctx context.Context, req AdmitRequest) (Decision, error) {
 		}
 	}
 	args = appendAlerts(args, req.Budgets)
+	args = append(args, req.Output.Tokens, req.Output.Price, req.Output.Min)
 	keys := []string{prefix + "s", prefix + "p", prefix + "r:" + req.RequestID}
 	v, err := r.run(ctx, admitScript, keys, args)
 	if err != nil {
@@ -353,7 +354,10 @@ func appendAlerts(args []any, budgets []Budget) []any {
 }
 
 func parseAdmit(v any, nb int) (admitOutcome, error) {
-	top, err := asSlice(v, 7)
+	top, err := asSlice(v, -1)
+	if err == nil && len(top) != 7 && len(top) != 8 {
+		err = fmt.Errorf("unexpected admit reply of length %d", len(top))
+	}
 	if err != nil {
 		return admitOutcome{}, err
 	}
@@ -381,6 +385,11 @@ func parseAdmit(v any, nb int) (admitOutcome, error) {
 	}
 	if o.expired, err = parseExpired(top[5]); err != nil {
 		return admitOutcome{}, err
+	}
+	if len(top) == 8 { // allowed: the output reserved
+		if o.output, err = asInt(top[7]); err != nil {
+			return admitOutcome{}, err
+		}
 	}
 	o.crossed, err = parseCrossed(top[6])
 	return o, err

@@ -154,21 +154,9 @@ func OpenResponseCache(o OpenOptions) (ResponseCache, func() error, error) {
 		return c, c.Close, nil
 	}
 	timeout := cmp.Or(o.Timeout, DefaultTimeout)
-	var client redis.UniversalClient
-	switch {
-	case o.Redis != "" && len(o.Cluster) > 0:
-		return nil, nil, errors.New("limiter: set a Redis URL or cluster addresses, not both")
-	case len(o.Cluster) > 0:
-		client = redis.NewClusterClient(&redis.ClusterOptions{
-			Addrs: o.Cluster, DialTimeout: time.Second, ReadTimeout: timeout, WriteTimeout: timeout, MaxRetries: -1,
-		})
-	default:
-		opt, err := redis.ParseURL(o.Redis)
-		if err != nil {
-			return nil, nil, fmt.Errorf("limiter: redis URL: %w", err)
-		}
-		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.MaxRetries = time.Second, timeout, timeout, -1
-		client = redis.NewClient(opt)
+	client, err := sharedClient(o, timeout)
+	if err != nil {
+		return nil, nil, err
 	}
 	c, err := NewRedisCache(RedisCacheOptions{Client: client, Timeout: timeout})
 	if err != nil {

@@ -16,6 +16,7 @@ package dialect
 
 import (
 	"strings"
+	"time"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/anthropic"
@@ -66,6 +67,16 @@ type StreamRewriting interface {
 	NewStreamRewriter(rep wire.EditReport) wire.StreamRewriter
 }
 
+// LimitReading is implemented by a dialect whose provider reports its own
+// rate limits in response headers (Anthropic's anthropic-ratelimit-*,
+// OpenAI's x-ratelimit-*). A separate interface, like StreamRewriting: a
+// provider that sends none (Gemini) has nothing to implement.
+type LimitReading interface {
+	// ProviderLimits reads the provider's limits and retry hint from one
+	// response's headers; the zero value when it sent none.
+	ProviderLimits(get wire.HeaderGetter, now time.Time) wire.ProviderLimits
+}
+
 var (
 	messages        Dialect = anthropic.Messages{}
 	chatCompletions Dialect = openai.ChatCompletions{}
@@ -73,6 +84,10 @@ var (
 	embeddings      Dialect = openai.Embeddings{}
 
 	_ StreamRewriting = openai.ChatCompletions{}
+	_ LimitReading    = anthropic.Messages{}
+	_ LimitReading    = openai.ChatCompletions{}
+	_ LimitReading    = openai.Responses{}
+	_ LimitReading    = openai.Embeddings{}
 )
 
 // ForPath returns the dialect of a request path, ignoring the query string

@@ -48,6 +48,11 @@ type Exchange struct {
 	// input is rawInput × the model's calibration factor (calibrate.go).
 	rawInput     int64
 	estimateCost accounting.NanoUSD
+	// output is the part of the reservation the store may clamp (a full
+	// budget reservation), zero otherwise; clamped is the output limit the
+	// store granted when it clamped, written into the request (reserve.go).
+	output  limiter.Output
+	clamped int64
 	// pricedAt is when the body arrived and admission began: the instant
 	// whose prices apply to the request, from its estimate to its settle.
 	pricedAt time.Time

@@ -56,6 +56,7 @@ type Metrics struct {
 	promptCache      *prometheus.CounterVec   // model, type
 	prefixChanges    *prometheus.CounterVec   // policy
 	modelRewrites    *prometheus.CounterVec   // policy, reason
+	outputClamps     *prometheus.CounterVec   // policy
 	storeUp          prometheus.Gauge
 	storeErrors      *prometheus.CounterVec   // op
 	storeSeconds     *prometheus.HistogramVec // op
@@ -146,6 +147,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tokenwarden_model_rewrites_total",
 			Help: "Requests whose model was rewritten, by policy and reason (alias, downgrade, tier).",
 		}, []string{"policy", "reason"}),
+		outputClamps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_output_clamped_total",
+			Help: "Requests forwarded with their output bound lowered to what their budgets allow (budget_reservation: full), by policy.",
+		}, []string{"policy"}),
 		storeUp: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tokenwarden_store_up",
 			Help: "1 while the shared store answers, 0 while it does not.",
@@ -186,7 +191,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.requests, m.tokens, m.cost, m.processing, m.admissions, m.spend,
 		m.budgetUsed, m.budgetSpent, m.budgetCap, m.budgetExhaustion, m.budgetAlerts, m.providerLatency, m.providerStatus,
-		m.promptCache, m.prefixChanges, m.modelRewrites, m.storeUp, m.storeErrors, m.storeSeconds,
+		m.promptCache, m.prefixChanges, m.modelRewrites, m.outputClamps, m.storeUp, m.storeErrors, m.storeSeconds,
 		m.activeStreams, m.streamErrors, m.unconfigured, m.unpriced, m.configReloads, m.configReloadTime)
 	m.store = newStoreMetrics(reg)
 	m.cache = newCacheMetrics(reg)
@@ -221,6 +226,9 @@ func (m *Metrics) Outcome(o *gate.Outcome) {
 	m.requests.WithLabelValues(o.Dialect, o.ModelLabel, string(o.Result)).Inc()
 	if !o.Metered {
 		return
+	}
+	if o.OutputClamped > 0 {
+		m.outputClamps.WithLabelValues(o.Policy).Inc()
 	}
 	u, model, src := o.Usage, o.ModelLabel, string(o.Source)
 	m.tokens.WithLabelValues(model, "input", src).Add(float64(u.InputTokens))

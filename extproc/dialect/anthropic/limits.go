@@ -1,0 +1,42 @@
+package anthropic
+
+import (
+	"strings"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
+)
+
+// ProviderLimits reads Anthropic's rate-limit headers,
+// anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset},
+// whose resets are RFC 3339 instants, and the response's retry-after
+// (https://docs.anthropic.com/en/api/rate-limits#response-headers).
+func (Messages) ProviderLimits(get wire.HeaderGetter, now time.Time) wire.ProviderLimits {
+	return Limits(get, now)
+}
+
+// Limits is ProviderLimits as a function, for callers without a Messages.
+func Limits(get wire.HeaderGetter, now time.Time) wire.ProviderLimits {
+	window := func(name string) wire.LimitWindow {
+		p := "anthropic-ratelimit-" + name + "-"
+		limit, ok1 := get(p + "limit")
+		left, ok2 := get(p + "remaining")
+		if !ok1 || !ok2 {
+			return wire.LimitWindow{}
+		}
+		reset := now
+		if v, ok := get(p + "reset"); ok {
+			if t, err := time.Parse(time.RFC3339, strings.TrimSpace(v)); err == nil {
+				reset = t
+			}
+		}
+		return wire.Window(limit, left, reset, now)
+	}
+	return wire.ProviderLimits{
+		Requests:     window("requests"),
+		Tokens:       window("tokens"),
+		InputTokens:  window("input-tokens"),
+		OutputTokens: window("output-tokens"),
+		RetryAfter:   wire.RetryAfter(get, now),
+	}
+}

@@ -1,0 +1,51 @@
+package openai
+
+import (
+	"strings"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
+)
+
+// Limits reads OpenAI's rate-limit headers,
+// x-ratelimit-{limit,remaining,reset}-{requests,tokens}, whose resets are
+// durations in Go's notation ("6m0s", "1s", "20ms"), and the response's
+// retry-after (https://platform.openai.com/docs/guides/rate-limits#rate-limits-in-headers).
+// Every OpenAI surface (Chat Completions, Responses, embeddings) sends the
+// same headers.
+func Limits(get wire.HeaderGetter, now time.Time) wire.ProviderLimits {
+	window := func(name string) wire.LimitWindow {
+		limit, ok1 := get("x-ratelimit-limit-" + name)
+		left, ok2 := get("x-ratelimit-remaining-" + name)
+		if !ok1 || !ok2 {
+			return wire.LimitWindow{}
+		}
+		reset := now
+		if v, ok := get("x-ratelimit-reset-" + name); ok {
+			if d, err := time.ParseDuration(strings.TrimSpace(v)); err == nil && d > 0 {
+				reset = now.Add(d)
+			}
+		}
+		return wire.Window(limit, left, reset, now)
+	}
+	return wire.ProviderLimits{
+		Requests:   window("requests"),
+		Tokens:     window("tokens"),
+		RetryAfter: wire.RetryAfter(get, now),
+	}
+}
+
+// ProviderLimits implements the dialect's provider-limit reading.
+func (ChatCompletions) ProviderLimits(get wire.HeaderGetter, now time.Time) wire.ProviderLimits {
+	return Limits(get, now)
+}
+
+// ProviderLimits implements the dialect's provider-limit reading.
+func (Responses) ProviderLimits(get wire.HeaderGetter, now time.Time) wire.ProviderLimits {
+	return Limits(get, now)
+}
+
+// ProviderLimits implements the dialect's provider-limit reading.
+func (Embeddings) ProviderLimits(get wire.HeaderGetter, now time.Time) wire.ProviderLimits {
+	return Limits(get, now)
+}

@@ -1,0 +1,191 @@
+package limiter
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenwarden/tokenwarden/limiter/redistest"
+)
+
+func TestCooldownTable(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	cases := []struct {
+		name  string
+		steps []struct {
+			id    string
+			until time.Duration
+		}
+		want map[string]time.Duration // id → end after now; 0: none
+	}{
+		{"later wins", []struct {
+			id    string
+			until time.Duration
+		}{{"a", 20 * time.Second}, {"a", 5 * time.Second}, {"a", 30 * time.Second}},
+			map[string]time.Duration{"a": 30 * time.Second}},
+		{"a past end is nothing", []struct {
+			id    string
+			until time.Duration
+		}{{"a", -time.Second}, {"b", 0}},
+			map[string]time.Duration{"a": 0, "b": 0}},
+		{"upstreams are apart", []struct {
+			id    string
+			until time.Duration
+		}{{"a", time.Second}, {"b", 2 * time.Second}},
+			map[string]time.Duration{"a": time.Second, "b": 2 * time.Second, "c": 0}},
+		{"an empty id is nothing", []struct {
+			id    string
+			until time.Duration
+		}{{"", time.Second}}, map[string]time.Duration{"": 0}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tb := newCooldowns()
+			for _, s := range c.steps {
+				tb.extend(s.id, now.Add(s.until), now)
+			}
+			for id, d := range c.want {
+				got := tb.get(id, now)
+				if d == 0 && !got.IsZero() || d != 0 && !got.Equal(now.Add(d)) {
+					t.Errorf("%q: %v, want +%s", id, got, d)
+				}
+			}
+		})
+	}
+}
+
+func TestCooldownTableBound(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	tb := newCooldowns()
+	for i := range MaxUpstreams {
+		if !tb.extend(strconv.Itoa(i), now.Add(time.Second), now) {
+			t.Fatalf("entry %d refused below the bound", i)
+		}
+	}
+	if tb.extend("one-more", now.Add(time.Second), now) || tb.refused.Load() != 1 {
+		t.Fatalf("past the bound an entry is refused and counted (refused %d)", tb.refused.Load())
+	}
+	later := now.Add(2 * time.Second) // every entry has expired: room again
+	if !tb.extend("one-more", later.Add(time.Second), later) || len(tb.until) != 1 {
+		t.Fatalf("expired entries make room: %d held", len(tb.until))
+	}
+}
+
+// upstreamConformance is what every view does on the replica that learns
+// a cool-down.
+func upstreamConformance(t *testing.T, v UpstreamView) {
+	now := time.Now()
+	v.Cooldown("api.example.com#k1", now.Add(20*time.Second))
+	if got := v.CooldownUntil("api.example.com#k1", now); !got.Equal(now.Add(20 * time.Second)) {
+		t.Fatalf("local cool-down %v", got)
+	}
+	v.Cooldown("api.example.com#k1", now.Add(time.Second))
+	if got := v.CooldownUntil("api.example.com#k1", now); got.Sub(now) < 19*time.Second {
+		t.Fatalf("a shorter cool-down shortened it to %v", got.Sub(now))
+	}
+	if !v.CooldownUntil("api.example.com#k2", now).IsZero() {
+		t.Fatal("another credential's upstream is not in cool-down")
+	}
+	if !v.CooldownUntil("api.example.com#k1", now.Add(21*time.Second)).IsZero() {
+		t.Fatal("a cool-down ends")
+	}
+	if s := v.Stats(); s.Active != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestUpstreamMemory(t *testing.T) { upstreamConformance(t, NewUpstreamMemory(nil)) }
+
+func newUpstreamRedis(t *testing.T, c redis.UniversalClient, rescan time.Duration) *UpstreamRedis {
+	t.Helper()
+	u, err := NewUpstreamRedis(UpstreamRedisOptions{Client: c, Timeout: 300 * time.Millisecond, Rescan: rescan})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = u.Close() })
+	return u
+}
+
+func TestUpstreamRedisConformance(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	upstreamConformance(t, newUpstreamRedis(t, newClient(t, srv.Addr()), 0))
+}
+
+// TestUpstreamRedisShared: a cool-down one replica learns reaches a replica
+// already running (the publish) and one that starts later (the re-read at
+// subscription), and the key expires with it.
+func TestUpstreamRedisShared(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	a := newUpstreamRedis(t, newClient(t, srv.Addr()), 0)
+	b := newUpstreamRedis(t, newClient(t, srv.Addr()), 0)
+	waitFor(t, "b subscribed", func() bool { return b.Stats().Rescans > 0 })
+	until := time.Now().Add(20 * time.Second).Truncate(time.Millisecond)
+	a.Cooldown("up1", until)
+	waitFor(t, "b learns the cool-down", func() bool { return b.CooldownUntil("up1", time.Now()).Equal(until) })
+	if s := b.Stats(); s.Received != 1 {
+		t.Errorf("b stats %+v", s)
+	}
+	c := newUpstreamRedis(t, newClient(t, srv.Addr()), 0)
+	waitFor(t, "a replica started later reads it", func() bool { return c.CooldownUntil("up1", time.Now()).Equal(until) })
+	pttl, err := newClient(t, srv.Addr()).PTTL(context.Background(), upstreamKeyPrefix+"up1}").Result()
+	if err != nil || pttl <= 0 || pttl > 20*time.Second {
+		t.Fatalf("the key expires with the cool-down: pttl %s %v", pttl, err)
+	}
+	// A shorter cool-down from another replica changes nothing anywhere.
+	b.Cooldown("up1", time.Now().Add(time.Second))
+	if got, _ := newClient(t, srv.Addr()).Get(context.Background(), upstreamKeyPrefix+"up1}").Result(); got != strconv.FormatInt(until.UnixMilli(), 10) {
+		t.Fatalf("stored end %s, want %d", got, until.UnixMilli())
+	}
+}
+
+// TestUpstreamRedisFaults: with Redis stalled or killed, learning and
+// reading a cool-down never waits for it (the calls return while Redis
+// answers nothing), the cool-down holds on the replica that learned it, and
+// once Redis is back a reconnected replica learns what is published again.
+func TestUpstreamRedisFaults(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	a := newUpstreamRedis(t, newClient(t, srv.Addr()), 0)
+	b := newUpstreamRedis(t, newClient(t, srv.Addr()), 0)
+	waitFor(t, "b subscribed", func() bool { return b.Stats().Rescans > 0 })
+
+	srv.Pause()
+	a.Cooldown("stalled", time.Now().Add(30*time.Second))
+	if a.CooldownUntil("stalled", time.Now()).IsZero() {
+		t.Fatal("the learning replica holds the cool-down while Redis is stalled")
+	}
+	srv.Resume()
+
+	srv.Kill()
+	a.Cooldown("down", time.Now().Add(30*time.Second))
+	if a.CooldownUntil("down", time.Now()).IsZero() {
+		t.Fatal("the learning replica holds the cool-down while Redis is down")
+	}
+	waitFor(t, "the failed write is counted", func() bool { return a.Stats().PublishErrors > 0 })
+	if !b.CooldownUntil("down", time.Now()).IsZero() {
+		t.Fatal("b cannot know what was never shared")
+	}
+
+	srv.Restart()
+	rescans := b.Stats().Rescans
+	waitFor(t, "b re-reads after reconnecting", func() bool { return b.Stats().Rescans > rescans })
+	until := time.Now().Add(20 * time.Second).Truncate(time.Millisecond)
+	a.Cooldown("after", until)
+	waitFor(t, "b learns a cool-down published after the restart", func() bool { return b.CooldownUntil("after", time.Now()).Equal(until) })
+}
+
+func TestUpstreamRedisCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	a := newUpstreamRedis(t, newClusterClient(t, cl.Addrs()), 0)
+	b := newUpstreamRedis(t, newClusterClient(t, cl.Addrs()), 0)
+	waitFor(t, "b subscribed", func() bool { return b.Stats().Rescans > 0 })
+	until := time.Now().Add(20 * time.Second).Truncate(time.Millisecond)
+	for i := range 8 { // spread over the masters' slots
+		a.Cooldown("up"+strconv.Itoa(i), until)
+	}
+	waitFor(t, "b learns every cool-down", func() bool { return b.Stats().Received == 8 })
+	c := newUpstreamRedis(t, newClusterClient(t, cl.Addrs()), 0)
+	waitFor(t, "a later replica reads every master", func() bool { return c.Stats().Active == 8 })
+}
