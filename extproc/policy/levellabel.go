@@ -51,3 +51,9 @@ func (c *Config) Teams(org string) []string {
 	sort.Strings(out)
 	return out
 }
+
+// IsOrg reports whether name is an org under orgs: (not a flat tenant).
+func (c *Config) IsOrg(name string) bool {
+	_, ok := c.orgs[name]
+	return ok
+}
