@@ -68,7 +68,7 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 		return BodyVerdict{Reply: reply}
 	}
 	x.phase = phaseForwarded
-	if x.policy.Enforces() {
+	if x.enforces() {
 		if reply := x.admit(); reply != nil {
 			return BodyVerdict{Reply: reply}
 		}
