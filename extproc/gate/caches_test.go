@@ -155,3 +155,44 @@ func TestHeadersHelpers(t *testing.T) {
 		}
 	}
 }
+
+// A downgrade rule reads the level it names; a caller without that level is
+// never downgraded by it. A flat tenant is a one-level org.
+func TestDowngradeByLevel(t *testing.T) {
+	const cfg = `
+policies:
+  default:
+    budgets: [{window: month, usd: 100}]
+    models:
+      downgrade:
+        - {when_budget_used: 0.9, level: team, from: "claude-opus-*", to: claude-haiku-4-5}
+        - {when_budget_used: 0.5, level: org, from: "claude-opus-*", to: claude-sonnet-4-5}
+tenants:
+  acme: {}
+`
+	h := newHarness(t, cfg)
+	body := `{"model":"claude-opus-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}`
+	model := func() string {
+		t.Helper()
+		x, _ := h.admit(post(pathMessages, tenantHeader("acme")), body)
+		defer x.Abort()
+		return x.model
+	}
+	h.g.budgets.store("acme", []limiter.BudgetState{{Name: "month", Cap: 100, Spent: 40}})
+	if got := model(); got != "claude-opus-4-5" {
+		t.Fatalf("the org at 40%%: %s", got)
+	}
+	// The org at 95%: the org rule applies; the team rule does not, since a
+	// flat tenant has no team.
+	h.g.budgets.store("acme", []limiter.BudgetState{{Name: "month", Cap: 100, Spent: 95}})
+	if got := model(); got != "claude-sonnet-4-5" {
+		t.Fatalf("the org at 95%%: %s, want the org rule's claude-sonnet-4-5", got)
+	}
+	// Budget observations name the level.
+	h.obs.mu.Lock()
+	defer h.obs.mu.Unlock()
+	last := h.obs.budgets[len(h.obs.budgets)-1]
+	if len(last.levels) != 1 || last.levels[0].BudgetLevel != orgLevel("acme") || last.levels[0].Window != "month" {
+		t.Errorf("budget observation %+v, want the org level acme's month", last.levels)
+	}
+}
