@@ -136,12 +136,20 @@ func validateAdmit(req *AdmitRequest) error {
 	if err := validateIDs(req.Tenant, req.RequestID); err != nil {
 		return err
 	}
-	l := req.Limits
+	if err := validateLimits(req.Limits); err != nil {
+		return err
+	}
+	seen := make(map[string]bool, len(req.Levels))
+	for _, lv := range req.Levels {
+		if lv.Key == "" || seen[lv.Key] || strings.ContainsAny(lv.Key, "\t\n") {
+			return fmt.Errorf("%w: level key %q (empty, repeated or with a tab or newline)", ErrInvalid, lv.Key)
+		}
+		seen[lv.Key] = true
+		if err := validateLimits(lv.Limits); err != nil {
+			return fmt.Errorf("level %q: %w", lv.Key, err)
+		}
+	}
 	switch {
-	case l.RequestsPerMinute < 0 || l.TokensPerMinute < 0 || l.Concurrent < 0 || l.LeaseTTL < 0:
-		return fmt.Errorf("%w: negative limit", ErrInvalid)
-	case l.Burst < 0 || l.Burst > 1:
-		return fmt.Errorf("%w: burst %v outside [0, 1]", ErrInvalid, l.Burst)
 	case req.Tokens < 0 || req.Tokens > MaxTokens:
 		return fmt.Errorf("%w: tokens %d outside [0, %d]", ErrInvalid, req.Tokens, MaxTokens)
 	case req.Cost < 0 || req.Cost > MaxCost:
@@ -158,6 +166,16 @@ func validateAdmit(req *AdmitRequest) error {
 		}
 	}
 	return validateBudgets(req.Budgets, true)
+}
+
+func validateLimits(l Limits) error {
+	switch {
+	case l.RequestsPerMinute < 0 || l.TokensPerMinute < 0 || l.Concurrent < 0 || l.LeaseTTL < 0:
+		return fmt.Errorf("%w: negative limit", ErrInvalid)
+	case l.Burst < 0 || l.Burst > 1:
+		return fmt.Errorf("%w: burst %v outside [0, 1]", ErrInvalid, l.Burst)
+	}
+	return nil
 }
 
 // clampOutput is the output an admission reserves when room is the least
@@ -238,7 +256,15 @@ type admitOutcome struct {
 	crossed []rawCrossing
 	// output is the output reserved (clampOutput) of an allowed request.
 	output int64
+	// level is which level's limit denied: 0 the org's (Limits), i the
+	// AdmitRequest's Levels[i-1].
+	level int
+	// levels are the RPM and TPM TATs of every AdmitRequest level after the
+	// decision, in order.
+	levels []levelTATs
 }
+
+type levelTATs struct{ rpm, tpm int64 }
 
 type budgetOutcome struct {
 	window                    int
@@ -268,6 +294,20 @@ func (o *admitOutcome) decision(req *AdmitRequest) (Decision, error) {
 		Expired:  withTenant(o.expired, req.Tenant),
 		Crossed:  crossings(o.crossed, req.Budgets),
 	}
+	rpmTAT, tpmTAT := o.rpmTAT, o.tpmTAT
+	for i, lv := range req.Levels {
+		if i >= len(o.levels) {
+			break
+		}
+		lr, lt := newRate(lv.Limits.RequestsPerMinute, lv.Limits.Burst), newRate(lv.Limits.TokensPerMinute, lv.Limits.Burst)
+		d.Requests = tighter(d.Requests, lr.state(o.now, o.levels[i].rpm))
+		d.Tokens = tighter(d.Tokens, lt.state(o.now, o.levels[i].tpm))
+		if o.level == i+1 {
+			rpm, tpm = lr, lt
+			rpmTAT, tpmTAT = o.levels[i].rpm, o.levels[i].tpm
+			d.Level = lv.Key
+		}
+	}
 	for i, b := range o.budgets {
 		d.Budgets = append(d.Budgets, BudgetState{
 			Name: req.Budgets[i].Name, Level: levelOf(req.Budgets[i].Name), Window: req.Budgets[i].Windows[b.window],
@@ -283,10 +323,10 @@ func (o *admitOutcome) decision(req *AdmitRequest) (Decision, error) {
 		d.Denied = DimensionConcurrency
 	case o.code == codeRequests:
 		d.Denied = DimensionRequests
-		d.RetryAfter, d.NeverFits = rateDenial(rpm, o.now, o.rpmTAT, increment(1, rpm.limit))
+		d.RetryAfter, d.NeverFits = rateDenial(rpm, o.now, rpmTAT, increment(1, rpm.limit))
 	case o.code == codeTokens:
 		d.Denied = DimensionTokens
-		d.RetryAfter, d.NeverFits = rateDenial(tpm, o.now, o.tpmTAT, increment(req.Tokens, tpm.limit))
+		d.RetryAfter, d.NeverFits = rateDenial(tpm, o.now, tpmTAT, increment(req.Tokens, tpm.limit))
 	case o.code >= codeBudget0 && o.code-codeBudget0 < len(d.Budgets):
 		b := d.Budgets[o.code-codeBudget0]
 		lvl, kind := SplitBudgetName(b.Name)
@@ -296,6 +336,18 @@ func (o *admitOutcome) decision(req *AdmitRequest) (Decision, error) {
 		return Decision{}, fmt.Errorf("limiter: store returned unknown decision code %d", o.code)
 	}
 	return d, nil
+}
+
+// tighter is the more constraining of two limit states: the one with fewer
+// units remaining (the later reset on a tie); an unlimited one never is.
+func tighter(a, b RateState) RateState {
+	switch {
+	case b.Limit <= 0:
+		return a
+	case a.Limit <= 0, b.Remaining < a.Remaining, b.Remaining == a.Remaining && b.Reset > a.Reset:
+		return b
+	}
+	return a
 }
 
 // rateDenial is the RetryAfter of a GCRA denial. A cost larger than the whole

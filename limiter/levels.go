@@ -21,6 +21,31 @@ import "strings"
 type Level struct {
 	Key     string
 	Budgets []Budget
+	// Limits are the level's own per-minute and concurrency limits (zero
+	// fields unlimited).
+	Limits Limits
+}
+
+// LevelLimits are one level's limits in an AdmitRequest. Key is never ""
+// there: the org's limits are AdmitRequest.Limits.
+type LevelLimits struct {
+	Key    string
+	Limits Limits
+}
+
+// LevelAdmission splits levels into what an AdmitRequest carries: the org
+// level's limits (Limits), every other level that limits anything (Levels),
+// and every level's budgets (Budgets).
+func LevelAdmission(levels []Level) (org Limits, rest []LevelLimits, budgets []Budget) {
+	for _, l := range levels {
+		switch {
+		case l.Key == "":
+			org = l.Limits
+		case l.Limits.RequestsPerMinute > 0 || l.Limits.TokensPerMinute > 0 || l.Limits.Concurrent > 0:
+			rest = append(rest, LevelLimits{Key: l.Key, Limits: l.Limits})
+		}
+	}
+	return org, rest, LevelBudgets(levels)
 }
 
 var levelEscaper = strings.NewReplacer("%", "%25", "/", "%2F", ":", "%3A", "{", "%7B", "}", "%7D",

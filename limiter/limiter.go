@@ -134,6 +134,11 @@ type AdmitRequest struct {
 	// that an expired reservation can be reported under its model.
 	Model  string
 	Limits Limits
+	// Levels are the limits of the caller's other levels (team, user, key),
+	// decided in the same atomic call as Limits (the org's) and the budgets:
+	// a request denied at any level reserves nothing at any level. Their
+	// LeaseTTL is ignored; the request's one lease is Limits.LeaseTTL.
+	Levels []LevelLimits
 	// Tokens is the estimate charged to tokens-per-minute now and corrected by
 	// Settle.
 	Tokens int64
@@ -232,9 +237,10 @@ func (b BudgetState) Used() float64 {
 type Decision struct {
 	Allowed bool
 	// Denied is the first dimension that refused the request, in the order
-	// concurrency, requests, tokens, then budgets in the order given. A
-	// budget denial names the window kind ("budget_day") and Level the key
-	// of the level whose budget refused ("" for the org).
+	// concurrency, requests, tokens (each the org's first, then every level
+	// in AdmitRequest.Levels order), then budgets in the order given. A
+	// budget denial names the window kind ("budget_day"). Level is the key
+	// of the level that refused ("" for the org).
 	Denied Dimension
 	Level  string
 	// RetryAfter is when the denied dimension will admit this request again:
@@ -255,9 +261,11 @@ type Decision struct {
 	// AdmitRequest.Output: its Tokens, or fewer when the store clamped the
 	// output to fit the budgets. Zero for a request without one.
 	OutputTokens int64
-	Requests     RateState
-	Tokens       RateState
-	Budgets      []BudgetState
+	// Requests and Tokens describe the most constraining level's limit
+	// (the fewest remaining), for the rate-limit headers.
+	Requests RateState
+	Tokens   RateState
+	Budgets  []BudgetState
 	// Expired lists reservations found expired (never settled) during this
 	// call and charged at their estimate. Each is reported exactly once across
 	// all replicas.

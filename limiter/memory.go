@@ -48,6 +48,14 @@ type memTenant struct {
 	records  map[string]*memRecord
 	budgets  map[string]*memBudget // by budgetKey
 	calib    map[string]*memCalib  // by model
+	levels   map[string]*memLevel  // by level key: the org's other levels' limits
+}
+
+// memLevel is one level's limit state (admit.lua's r:, t: and c: fields of
+// the state hash): its GCRA TATs and how many pending reservations hold one
+// of its concurrency slots, swept or not.
+type memLevel struct {
+	rpm, tpm, leases int64
 }
 
 // memCalib is one model's estimator calibration record (settle.lua's c:<model>).
@@ -63,7 +71,16 @@ type memRecord struct {
 	tpmLimit int64
 	model    string
 	windows  []recWindow
+	levels   []recLevel
 	deadline int64 // the record's TTL
+}
+
+// recLevel is what a reservation took from one level's limits, so settle,
+// cancel and expiry give back exactly that.
+type recLevel struct {
+	key                string
+	rpmLimit, tpmLimit int64
+	lease              bool
 }
 
 type recWindow struct {
@@ -136,13 +153,26 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 	tokens, cost := req.Reserved(o.output)
 	rpmNew := o.rpmTAT + increment(1, l.RequestsPerMinute)
 	tpmNew := o.tpmTAT + increment(tokens, l.TokensPerMinute)
+	leases := make([]int64, len(req.Levels))
+	o.levels = make([]levelTATs, len(req.Levels))
+	for i, lv := range req.Levels {
+		o.levels[i] = levelTATs{rpm: now, tpm: now}
+		if s := t.levels[lv.Key]; s != nil {
+			o.levels[i] = levelTATs{rpm: max(s.rpm, now), tpm: max(s.tpm, now)}
+			leases[i] = s.leases
+		}
+	}
+	m.liveLeases(t, now, req.Levels, leases)
 	switch {
 	case l.Concurrent > 0 && t.pending.live(now) >= l.Concurrent:
 		o.code = codeConcurrency
+	case m.levelDenies(req, leases, &o, now, codeConcurrency, tokens):
 	case l.RequestsPerMinute > 0 && rpmNew-now > newRate(l.RequestsPerMinute, l.Burst).tolerance:
 		o.code = codeRequests
+	case m.levelDenies(req, leases, &o, now, codeRequests, tokens):
 	case l.TokensPerMinute > 0 && tpmNew-now > newRate(l.TokensPerMinute, l.Burst).tolerance:
 		o.code = codeTokens
+	case m.levelDenies(req, leases, &o, now, codeTokens, tokens):
 	default:
 		for i, b := range o.budgets {
 			if b.spent+b.reserved+cost > req.Budgets[i].Cap {
@@ -168,6 +198,30 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 	t.pending.add(req.RequestID, expiry)
 	rec := &memRecord{state: 'p', tokens: tokens, cost: cost, tpmLimit: l.TokensPerMinute,
 		model: req.Model, deadline: expiry + m.retention}
+	for i, lv := range req.Levels {
+		ll := lv.Limits
+		s := t.levels[lv.Key]
+		if s == nil {
+			if t.levels == nil {
+				t.levels = map[string]*memLevel{}
+			}
+			s = &memLevel{}
+			t.levels[lv.Key] = s
+		}
+		if ll.RequestsPerMinute > 0 {
+			o.levels[i].rpm += increment(1, ll.RequestsPerMinute)
+			s.rpm = o.levels[i].rpm
+		}
+		if ll.TokensPerMinute > 0 {
+			o.levels[i].tpm += increment(tokens, ll.TokensPerMinute)
+			s.tpm = o.levels[i].tpm
+		}
+		if ll.Concurrent > 0 {
+			s.leases++
+		}
+		rec.levels = append(rec.levels, recLevel{key: lv.Key, rpmLimit: ll.RequestsPerMinute,
+			tpmLimit: ll.TokensPerMinute, lease: ll.Concurrent > 0})
+	}
 	for i := range req.Budgets {
 		w := req.Budgets[i].Windows[o.budgets[i].window]
 		s := t.budget(keys[i], now)
@@ -219,6 +273,12 @@ func (m *Memory) settle(req *SettleRequest) settleOutcome {
 	if rec.tpmLimit > 0 {
 		diff := increment(req.Tokens, rec.tpmLimit) - increment(rec.tokens, rec.tpmLimit)
 		t.tpm = max(max(t.tpm, now)+diff, now)
+	}
+	for _, rl := range rec.levels {
+		if s := t.levels[rl.key]; s != nil && rl.tpmLimit > 0 {
+			diff := increment(req.Tokens, rl.tpmLimit) - increment(rec.tokens, rl.tpmLimit)
+			s.tpm = max(max(s.tpm, now)+diff, now)
+		}
 	}
 	o.settled = true
 	o.budgets = m.charge(t, now, rec, req.Cost, alertsByName(req.Budgets), &o.crossed)
@@ -292,6 +352,11 @@ func (m *Memory) charge(t *memTenant, now int64, rec *memRecord, cost int64, ale
 
 func (m *Memory) finish(t *memTenant, now int64, id string, rec *memRecord, state byte) {
 	t.pending.remove(id)
+	for _, rl := range rec.levels {
+		if s := t.levels[rl.key]; s != nil && rl.lease && s.leases > 0 {
+			s.leases--
+		}
+	}
 	rec.state = state
 	rec.deadline = now + m.settledTTL
 }
@@ -366,7 +431,12 @@ func (m *Memory) gc(now int64) {
 				delete(t.calib, k)
 			}
 		}
-		if len(t.records) == 0 && len(t.budgets) == 0 && len(t.calib) == 0 && t.pending.len() == 0 && t.rpm <= now && t.tpm <= now {
+		for k, s := range t.levels {
+			if s.rpm <= now && s.tpm <= now && s.leases == 0 {
+				delete(t.levels, k)
+			}
+		}
+		if len(t.records) == 0 && len(t.budgets) == 0 && len(t.calib) == 0 && len(t.levels) == 0 && t.pending.len() == 0 && t.rpm <= now && t.tpm <= now {
 			delete(m.tenants, name)
 		}
 	}
@@ -377,4 +447,62 @@ func (m *Memory) memTenantCount() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return len(m.tenants)
+}
+
+// liveLeases subtracts from leases (each level's held slots, by
+// req.Levels index) the slots of reservations that have expired but not
+// been swept yet, for every level that would otherwise be at its cap —
+// reads only, as admit.lua does, and like it looking at no more than the
+// sweep limit of expired reservations.
+func (m *Memory) liveLeases(t *memTenant, now int64, levels []LevelLimits, leases []int64) {
+	full := map[string]int{}
+	for i, lv := range levels {
+		if c := lv.Limits.Concurrent; c > 0 && leases[i] >= c {
+			full[lv.Key] = i
+		}
+	}
+	if len(full) == 0 {
+		return
+	}
+	seen := 0
+	var visit func(j int)
+	visit = func(j int) {
+		if j >= len(t.pending.h) || seen >= m.sweepLimit || t.pending.h[j].exp > now {
+			return
+		}
+		seen++
+		if rec := t.records[t.pending.h[j].id]; rec != nil && rec.state == 'p' {
+			for _, rl := range rec.levels {
+				if i, ok := full[rl.key]; ok && rl.lease {
+					leases[i]--
+				}
+			}
+		}
+		visit(2*j + 1)
+		visit(2*j + 2)
+	}
+	visit(0)
+}
+
+// levelDenies checks one dimension (concurrency, requests or tokens) at
+// every level of req in order; on the first that refuses it sets o's code
+// and level and reports true.
+func (m *Memory) levelDenies(req *AdmitRequest, leases []int64, o *admitOutcome, now int64, code int, tokens int64) bool {
+	for i, lv := range req.Levels {
+		l := lv.Limits
+		var deny bool
+		switch code {
+		case codeConcurrency:
+			deny = l.Concurrent > 0 && leases[i] >= l.Concurrent
+		case codeRequests:
+			deny = l.RequestsPerMinute > 0 && o.levels[i].rpm+increment(1, l.RequestsPerMinute)-now > newRate(l.RequestsPerMinute, l.Burst).tolerance
+		case codeTokens:
+			deny = l.TokensPerMinute > 0 && o.levels[i].tpm+increment(tokens, l.TokensPerMinute)-now > newRate(l.TokensPerMinute, l.Burst).tolerance
+		}
+		if deny {
+			o.code, o.level = code, i+1
+			return true
+		}
+	}
+	return false
 }

@@ -33,8 +33,19 @@ func (m *Memory) Cancel(ctx context.Context, req CancelRequest) (CancelResult, e
 	if rec.tpmLimit > 0 && t.tpm > 0 {
 		t.tpm = max(max(t.tpm, now)-increment(rec.tokens, rec.tpmLimit), now)
 	}
-	t.pending.remove(req.RequestID)
-	rec.state = 'c'
+	for _, rl := range rec.levels {
+		s := t.levels[rl.key]
+		if s == nil {
+			continue
+		}
+		if rl.rpmLimit > 0 && s.rpm > 0 {
+			s.rpm = max(max(s.rpm, now)-increment(1, rl.rpmLimit), now)
+		}
+		if rl.tpmLimit > 0 && s.tpm > 0 {
+			s.tpm = max(max(s.tpm, now)-increment(rec.tokens, rl.tpmLimit), now)
+		}
+	}
+	m.finish(t, now, req.RequestID, rec, 'c')
 	rec.deadline = now + keep
 	return CancelResult{Released: true}, nil
 }

@@ -186,7 +186,12 @@ func (r *Redis) Admit(ctx context.Context, req AdmitRequest) (Decision, error) {
 		}
 	}
 	args = appendAlerts(args, req.Budgets)
-	args = append(args, req.Output.Tokens, req.Output.Price, req.Output.Min)
+	args = append(args, req.Output.Tokens, req.Output.Price, req.Output.Min, len(req.Levels))
+	for _, lv := range req.Levels {
+		ll := lv.Limits
+		lr, lt := newRate(ll.RequestsPerMinute, ll.Burst), newRate(ll.TokensPerMinute, ll.Burst)
+		args = append(args, lv.Key, lr.limit, lr.tolerance, lt.limit, lt.tolerance, ll.Concurrent)
+	}
 	keys := []string{prefix + "s", prefix + "p", prefix + "r:" + req.RequestID}
 	v, err := r.run(ctx, admitScript, keys, args)
 	if err != nil {
@@ -355,7 +360,7 @@ func appendAlerts(args []any, budgets []Budget) []any {
 
 func parseAdmit(v any, nb int) (admitOutcome, error) {
 	top, err := asSlice(v, -1)
-	if err == nil && len(top) != 7 && len(top) != 8 {
+	if err == nil && len(top) != 7 && len(top) != 10 {
 		err = fmt.Errorf("unexpected admit reply of length %d", len(top))
 	}
 	if err != nil {
@@ -386,9 +391,32 @@ func parseAdmit(v any, nb int) (admitOutcome, error) {
 	if o.expired, err = parseExpired(top[5]); err != nil {
 		return admitOutcome{}, err
 	}
-	if len(top) == 8 { // allowed: the output reserved
+	if len(top) == 10 { // the output reserved, the denying level, every level's TATs
 		if o.output, err = asInt(top[7]); err != nil {
 			return admitOutcome{}, err
+		}
+		lvl, err := asInt(top[8])
+		if err != nil {
+			return admitOutcome{}, err
+		}
+		o.level = int(lvl)
+		rows, err := asSlice(top[9], -1)
+		if err != nil {
+			return admitOutcome{}, err
+		}
+		for _, row := range rows {
+			p, err := asSlice(row, 2)
+			if err != nil {
+				return admitOutcome{}, err
+			}
+			var lt levelTATs
+			if lt.rpm, err = asInt(p[0]); err == nil {
+				lt.tpm, err = asInt(p[1])
+			}
+			if err != nil {
+				return admitOutcome{}, err
+			}
+			o.levels = append(o.levels, lt)
 		}
 	}
 	o.crossed, err = parseCrossed(top[6])

@@ -729,6 +729,13 @@ func (r *Resilient) scaled(req AdmitRequest) AdmitRequest {
 	}
 	l := &req.Limits
 	l.RequestsPerMinute, l.TokensPerMinute, l.Concurrent = div(l.RequestsPerMinute), div(l.TokensPerMinute), div(l.Concurrent)
+	lvs := make([]LevelLimits, len(req.Levels))
+	for i, lv := range req.Levels {
+		ll := &lv.Limits
+		ll.RequestsPerMinute, ll.TokensPerMinute, ll.Concurrent = div(ll.RequestsPerMinute), div(ll.TokensPerMinute), div(ll.Concurrent)
+		lvs[i] = lv
+	}
+	req.Levels = lvs
 	bs := make([]Budget, len(req.Budgets))
 	for i, b := range req.Budgets {
 		b.Cap /= n

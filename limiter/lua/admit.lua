@@ -8,10 +8,16 @@
 --   9 tokens, 10 cost, 11 model, 12 retention s, 13 settled TTL ms,
 --   14 sweep limit, 15 budget count, then per budget: name, cap and three
 --   windows as start µs, end µs; then the alerts block (read_alerts); then
---   the output clamp: output tokens, price per output token, minimum.
+--   the output clamp: output tokens, price per output token, minimum; then
+--   the level count and per level (team, user, key): key, rpm limit, rpm
+--   tolerance µs, tpm limit, tpm tolerance µs, concurrency limit.
 -- Returns {now, code, rpm TAT, tpm TAT, {window, spent, reserved}...,
---   expired, crossed} and, when allowed, the output reserved; codes as in
---   core.go.
+--   expired, crossed, output reserved, denying level (0 the org, i the
+--   i-th level), {rpm TAT, tpm TAT} per level}; a duplicate only the first
+--   seven; codes as in core.go.
+-- A level's state is three fields of the org's state hash: r:<key> and
+-- t:<key>, its TATs, and c:<key>, how many pending reservations hold one of
+-- its slots (finish in common.lua gives them back).
 local prefix, id = ARGV[1], ARGV[2]
 local skey, pkey, rkey = KEYS[1], KEYS[2], KEYS[3]
 local now = now_us()
@@ -73,6 +79,51 @@ if out_req > 0 and out_price > 0 and nb > 0 then
   end
 end
 
+-- The levels' limits, read in one HMGET of the org's state hash.
+local li = oi + 3
+local nl = tonumber(ARGV[li]) or 0
+local lv, any_lease = {}, false
+if nl > 0 then
+  local names = {}
+  for j = 1, nl do
+    local k = li + 1 + (j - 1) * 6
+    lv[j] = {key = ARGV[k], rl = tonumber(ARGV[k + 1]), rtol = tonumber(ARGV[k + 2]), tl = tonumber(ARGV[k + 3]),
+      ttol = tonumber(ARGV[k + 4]), conc = tonumber(ARGV[k + 5])}
+    names[3 * j - 2], names[3 * j - 1], names[3 * j] = 'r:' .. ARGV[k], 't:' .. ARGV[k], 'c:' .. ARGV[k]
+  end
+  local v = redis.call('HMGET', skey, unpack(names))
+  local full, any_full = {}, false
+  for j = 1, nl do
+    local L = lv[j]
+    L.rtat = math.max(tonumber(v[3 * j - 2]) or now, now)
+    L.ttat = math.max(tonumber(v[3 * j - 1]) or now, now)
+    L.leases = tonumber(v[3 * j]) or 0
+    if L.conc > 0 then
+      any_lease = true
+      if L.leases >= L.conc then full[L.key] = j; any_full = true end
+    end
+  end
+  -- A level at its cap may hold slots of reservations that expired but
+  -- were not swept yet: a denial must not count them, and must not write
+  -- (no sweep), so read the expired records (as many as a sweep would).
+  if any_full and must_sweep then
+    for _, eid in ipairs(redis.call('ZRANGEBYSCORE', pkey, '-inf', fmt(now), 'LIMIT', 0, sweep_limit)) do
+      local er = decode_record(redis.call('GET', prefix .. 'r:' .. eid))
+      if er then
+        for key, _, _, lease in level_lines(er[6]) do
+          local j = full[key]
+          if j and lease == '1' then lv[j].leases = lv[j].leases - 1 end
+        end
+      end
+    end
+  end
+end
+local function level_tats()
+  local t = {}
+  for j = 1, nl do t[j] = {lv[j].rtat, lv[j].ttat} end
+  return t
+end
+
 local leases, pending_exists = 0, false
 if not must_sweep then
   leases = redis.call('ZCARD', pkey)
@@ -81,13 +132,29 @@ elseif conc > 0 then
   leases = redis.call('ZCOUNT', pkey, '(' .. fmt(now), '+inf')
 end
 
-local code = 0
+-- Each dimension is checked at the org, then at every level in order.
+local code, lvl = 0, 0
+local function level_denies(c)
+  for j = 1, nl do
+    local L = lv[j]
+    if (c == 1 and L.conc > 0 and L.leases >= L.conc) or
+       (c == 2 and L.rl > 0 and L.rtat + increment(1, L.rl) - now > L.rtol) or
+       (c == 3 and L.tl > 0 and L.ttat + increment(tokens, L.tl) - now > L.ttol) then
+      code, lvl = c, j
+      return true
+    end
+  end
+  return false
+end
 if conc > 0 and leases >= conc then
   code = 1
+elseif level_denies(1) then
 elseif rpm_l > 0 and rpm_new - now > rpm_tol then
   code = 2
+elseif level_denies(2) then
 elseif tpm_l > 0 and tpm_new - now > tpm_tol then
   code = 3
+elseif level_denies(3) then
 else
   for b = 1, nb do
     if budgets[b].spent + budgets[b].reserved + cost > budgets[b].cap then
@@ -98,7 +165,7 @@ else
 end
 if code ~= 0 then
   if redis.call('EXISTS', rkey) == 1 then return {now, -1, now, now, {}, {}, {}} end
-  return {now, code, rpm_tat, tpm_tat, states, {}, {}}
+  return {now, code, rpm_tat, tpm_tat, states, {}, {}, 0, lvl, level_tats()}
 end
 
 local windows = {}
@@ -107,7 +174,12 @@ for b = 1, nb do
   windows[b] = bt.name .. '\t' .. fmt(bt.start_us) .. '\t' .. fmt(bt.end_us) .. '\n'
 end
 local keep_pending_ms = math.ceil(lease_us / 1000) + retention_s * 1000
-local rec = encode_record(tokens, cost, tpm_l, table.concat(windows), ARGV[11])
+local llines = {}
+for j = 1, nl do
+  local L = lv[j]
+  llines[j] = L.key .. '\t' .. fmt(L.rl) .. '\t' .. fmt(L.tl) .. '\t' .. (L.conc > 0 and '1' or '0') .. '\n'
+end
+local rec = encode_record(tokens, cost, tpm_l, table.concat(windows), ARGV[11], table.concat(llines))
 if not redis.call('SET', rkey, rec, 'NX', 'PX', fmt(keep_pending_ms)) then
   return {now, -1, now, now, {}, {}, {}} -- nothing written yet
 end
@@ -133,6 +205,23 @@ end
 local new_n
 if must_sweep then new_n = earliest(pkey) else new_n = math.min(n, expiry) end
 if new_n ~= n then fields[#fields + 1] = 'n'; fields[#fields + 1] = fmt(new_n) end
+for j = 1, nl do
+  local L = lv[j]
+  if L.rl > 0 then
+    L.rtat = L.rtat + increment(1, L.rl)
+    fields[#fields + 1] = 'r:' .. L.key; fields[#fields + 1] = fmt(L.rtat)
+    tat_max = math.max(tat_max, L.rtat)
+  end
+  if L.tl > 0 then
+    L.ttat = L.ttat + increment(tokens, L.tl)
+    fields[#fields + 1] = 't:' .. L.key; fields[#fields + 1] = fmt(L.ttat)
+    tat_max = math.max(tat_max, L.ttat)
+  end
+  -- The sweep above may have moved the counter: add to it, do not set it.
+  if L.conc > 0 then redis.call('HINCRBY', skey, 'c:' .. L.key, 1) end
+end
+-- The slot counters must outlive the lease they count.
+if any_lease then tat_max = math.max(tat_max, expiry) end
 -- The zset must outlive its newest lease by the retention. The sweep may
 -- have emptied (deleted) it and ZCARD 0 means ZADD just created it: both
 -- need an expiry whatever pe says. Otherwise extend only when pe would
@@ -155,4 +244,4 @@ for b = 1, nb do
     redis.call('EXPIREAT', bt.key, fmt(math.floor(bt.end_us / 1000000) + retention_s))
   end
 end
-return {now, 0, rpm_tat, tpm_tat, states, expired, crossed, out}
+return {now, 0, rpm_tat, tpm_tat, states, expired, crossed, out, 0, level_tats()}

@@ -34,6 +34,22 @@ if tl > 0 and st[2] then
   fields[#fields + 1] = 't'; fields[#fields + 1] = fmt(tat)
   tat_max = math.max(tat_max, tat)
 end
-finish(pkey, rkey, id, 'c', keep_ms)
+-- Each level gives back the request and its tokens at its own limits.
+local lkeys, linc = {}, {}
+for key, lrpm, ltpm in level_lines(rec[6]) do
+  if tonumber(lrpm) > 0 then lkeys[#lkeys + 1] = 'r:' .. key; linc[#linc + 1] = increment(1, tonumber(lrpm)) end
+  if tonumber(ltpm) > 0 then lkeys[#lkeys + 1] = 't:' .. key; linc[#linc + 1] = increment(rec[1], tonumber(ltpm)) end
+end
+if #lkeys > 0 then
+  local v = redis.call('HMGET', skey, unpack(lkeys))
+  for j = 1, #lkeys do
+    if v[j] then
+      local tat = math.max(math.max(tonumber(v[j]), now) - linc[j], now)
+      fields[#fields + 1] = lkeys[j]; fields[#fields + 1] = fmt(tat)
+      tat_max = math.max(tat_max, tat)
+    end
+  end
+end
+finish(prefix, pkey, rkey, id, 'c', keep_ms, rec[6])
 save_state(skey, fields, tonumber(st[3]), tat_max, now)
 return {now, 1}

@@ -102,18 +102,37 @@ end
 -- A reservation record is one string: "p<tokens> <cost> <tpm limit>
 -- <length of windows> <windows><model>" while pending, "s" once settled and
 -- "x" once expired. windows are "name\tstart\tend\n" lines (names cannot
--- hold tabs or newlines); the model, free text, comes last.
-local function encode_record(tok, cost, tl, windows, model)
-  return 'p' .. fmt(tok) .. ' ' .. fmt(cost) .. ' ' .. fmt(tl) .. ' ' .. fmt(#windows) .. ' ' .. windows .. model
+-- hold tabs or newlines); the model, free text, comes last. A reservation
+-- that took anything from a level's limits is "P<tokens> <cost> <tpm limit>
+-- <length of windows> <length of levels> <windows><levels><model>", levels
+-- being "key\trpm limit\ttpm limit\tlease 0/1\n" lines.
+local function encode_record(tok, cost, tl, windows, model, levels)
+  if levels == '' then
+    return 'p' .. fmt(tok) .. ' ' .. fmt(cost) .. ' ' .. fmt(tl) .. ' ' .. fmt(#windows) .. ' ' .. windows .. model
+  end
+  return 'P' .. fmt(tok) .. ' ' .. fmt(cost) .. ' ' .. fmt(tl) .. ' ' .. fmt(#windows) .. ' ' .. fmt(#levels) .. ' ' ..
+    windows .. levels .. model
 end
 
--- The pending record in v as {tok, cost, tl, windows, model}, or nil.
+-- The pending record in v as {tok, cost, tl, windows, model, levels}, or nil.
 local function decode_record(v)
   if not v then return nil end
   local tok, cost, tl, wl, pos = string.match(v, '^p(%d+) (%d+) (%d+) (%d+) ()')
+  if tok then
+    wl = tonumber(wl)
+    return {tonumber(tok), tonumber(cost), tonumber(tl), string.sub(v, pos, pos + wl - 1), string.sub(v, pos + wl), ''}
+  end
+  local ll
+  tok, cost, tl, wl, ll, pos = string.match(v, '^P(%d+) (%d+) (%d+) (%d+) (%d+) ()')
   if not tok then return nil end
-  wl = tonumber(wl)
-  return {tonumber(tok), tonumber(cost), tonumber(tl), string.sub(v, pos, pos + wl - 1), string.sub(v, pos + wl)}
+  wl, ll = tonumber(wl), tonumber(ll)
+  return {tonumber(tok), tonumber(cost), tonumber(tl), string.sub(v, pos, pos + wl - 1),
+    string.sub(v, pos + wl + ll), string.sub(v, pos + wl, pos + wl + ll - 1)}
+end
+
+-- The level lines of a record: key, rpm limit, tpm limit, lease ('1'/'0').
+local function level_lines(levels)
+  return string.gmatch(levels or '', '([^\t\n]+)\t(%d+)\t(%d+)\t([01])\n')
 end
 
 -- Replaces a reservation's estimate by cost in each window listed in its
@@ -148,9 +167,19 @@ local function charge(prefix, windows, est, cost, alerts, retention_s, crossed)
   return out
 end
 
-local function finish(pkey, rkey, id, state, keep_ms)
+-- Ends a pending reservation: its lease leaves the org's pending zset and
+-- the slot counter (c:<key> in the state hash) of every level it holds one
+-- at. A counter at zero is deleted (HINCRBY on a vanished hash would
+-- otherwise leave a negative field in a hash without expiry).
+local function finish(prefix, pkey, rkey, id, state, keep_ms, levels)
   redis.call('ZREM', pkey, id)
   redis.call('SET', rkey, state, 'PX', fmt(keep_ms))
+  for key, _, _, lease in level_lines(levels) do
+    if lease == '1' then
+      local f = 'c:' .. key
+      if redis.call('HINCRBY', prefix .. 's', f, -1) <= 0 then redis.call('HDEL', prefix .. 's', f) end
+    end
+  end
 end
 
 -- Charges every reservation whose expiry has passed at its estimate, up to
@@ -164,7 +193,7 @@ local function sweep(prefix, pkey, now, limit, alerts, retention_s, keep_ms, exp
     local rec = decode_record(redis.call('GET', rkey))
     if rec then
       charge(prefix, rec[4], rec[2], rec[2], alerts, retention_s, crossed)
-      finish(pkey, rkey, id, 'x', keep_ms)
+      finish(prefix, pkey, rkey, id, 'x', keep_ms, rec[6])
       expired[#expired + 1] = {id, rec[5], rec[2]}
       if id == mine then hit = true end
     else

@@ -37,8 +37,22 @@ if tl > 0 then
   tat_max = math.max(tat + diff, now)
   fields[#fields + 1] = 't'; fields[#fields + 1] = fmt(tat_max)
 end
+-- Every level's TPM is corrected by the same difference at its own limit.
+local lkeys, ltl = {}, {}
+for key, _, ltpm in level_lines(rec[6]) do
+  if tonumber(ltpm) > 0 then lkeys[#lkeys + 1] = 't:' .. key; ltl[#ltl + 1] = tonumber(ltpm) end
+end
+if #lkeys > 0 then
+  local v = redis.call('HMGET', skey, unpack(lkeys))
+  for j = 1, #lkeys do
+    local diff = increment(tokens, ltl[j]) - increment(rec[1], ltl[j])
+    local tat = math.max(math.max(tonumber(v[j]) or now, now) + diff, now)
+    tat_max = math.max(tat_max, tat)
+    fields[#fields + 1] = lkeys[j]; fields[#fields + 1] = fmt(tat)
+  end
+end
 local states = charge(prefix, rec[4], rec[2], cost, alerts, retention_s, crossed)
-finish(pkey, rkey, id, 's', keep_ms)
+finish(prefix, pkey, rkey, id, 's', keep_ms, rec[6])
 if not n or n <= now then
   fields[#fields + 1] = 'n'; fields[#fields + 1] = fmt(earliest(pkey))
 end
