@@ -20,15 +20,21 @@ import (
 func (x *Exchange) admit() *Reply {
 	g := x.g
 	tenantLabel := x.cfg.TenantLabel(x.tenant)
+	// Every level the caller resolved to, in one admission of its org (the
+	// reservation settles the same levels); the request's one lease lives
+	// as long as its policy says.
+	orgLimits, levels, budgets := limiter.LevelAdmission(x.admitLevels(g.opts.Now()))
+	orgLimits.LeaseTTL = x.policy.Limits.LeaseTTL
 	start := time.Now()
 	d, res, err := limiter.Reserve(x.ctx, g.opts.Store, limiter.AdmitRequest{
 		Tenant:    x.tenant,
 		RequestID: x.requestID,
 		Model:     x.modelLabel,
-		Limits:    x.policy.Limits,
+		Limits:    orgLimits,
+		Levels:    levels,
 		Tokens:    x.estimate.RateLimitedTokens(),
 		Cost:      int64(x.estimateCost),
-		Budgets:   x.policy.LimiterBudgets(g.opts.Now()),
+		Budgets:   budgets,
 		Output:    x.output, // the part a full reservation may clamp (reserve.go)
 		OnFailure: x.policy.OnFailure,
 	})
@@ -71,10 +77,43 @@ func (x *Exchange) admit() *Reply {
 	return nil
 }
 
+// admitLevels are the caller's resolved levels as the store takes them,
+// each budget with its windows around now.
+func (x *Exchange) admitLevels(now time.Time) []limiter.Level {
+	out := make([]limiter.Level, len(x.resolved.Levels))
+	for i, l := range x.resolved.Levels {
+		out[i] = limiter.Level{Key: l.Key, Limits: l.Limits,
+			Budgets: (&policy.Policy{Budgets: l.Budgets}).LimiterBudgets(now)}
+	}
+	return out
+}
+
+// deniedLevel is the resolved level whose key the decision names (the org
+// when none matches, which a store never reports).
+func (x *Exchange) deniedLevel(key string) policy.ResolvedLevel {
+	for _, l := range x.resolved.Levels {
+		if l.Key == key {
+			return l
+		}
+	}
+	return policy.ResolvedLevel{Level: policy.LevelOrg, Name: x.tenant, Limits: x.policy.Limits}
+}
+
+// levelPhrase names a level in a 429's message: "the team search".
+func levelPhrase(l policy.ResolvedLevel) string {
+	if l.Level == policy.LevelKey {
+		return "this API key" // a fingerprint would tell the caller nothing
+	}
+	return "the " + l.Level.String() + " " + l.Name
+}
+
 // deny builds the 429: the dialect's error body, exact retry hints, the
-// tenant's rate-limit state and which dimension refused.
+// caller's most constraining rate-limit state and which level and
+// dimension refused (x-tokenwarden-denied: team/budget_day).
 func (x *Exchange) deny(d limiter.Decision) *Reply {
 	dim := string(d.Denied)
+	lvl := x.deniedLevel(d.Level)
+	who, lim := levelPhrase(lvl), lvl.Limits
 	var h HeaderEdits
 	x.rateLimitHeaders(&h)
 	retry := d.RetryAfter
@@ -89,7 +128,7 @@ func (x *Exchange) deny(d limiter.Decision) *Reply {
 	if retry > 0 {
 		h.set("retry-after-ms", strconv.FormatInt(max(retry.Milliseconds(), 1), 10))
 	}
-	h.set(contract.DeniedHeader, dim)
+	h.set(contract.DeniedHeader, policy.LevelOfKey(d.Level).String()+"/"+dim)
 	// SDKs retry 429s within seconds; when waiting is longer than a minute (a
 	// budget window, or a request that can never fit) a retry is pointless.
 	if retry > time.Minute || d.NeverFits {
@@ -98,23 +137,23 @@ func (x *Exchange) deny(d limiter.Decision) *Reply {
 	kind, msg := wire.ErrorRateLimited, ""
 	switch d.Denied {
 	case limiter.DimensionRequests:
-		msg = fmt.Sprintf("tokenwarden: over the limit of %d requests per minute; retry in %ds", x.policy.Limits.RequestsPerMinute, secs)
+		msg = fmt.Sprintf("tokenwarden: %s is over its limit of %d requests per minute; retry in %ds", who, lim.RequestsPerMinute, secs)
 	case limiter.DimensionTokens:
-		msg = fmt.Sprintf("tokenwarden: over the limit of %d tokens per minute (this request reserves %d); retry in %ds", x.policy.Limits.TokensPerMinute, x.estimate.RateLimitedTokens(), secs)
+		msg = fmt.Sprintf("tokenwarden: %s is over its limit of %d tokens per minute (this request reserves %d); retry in %ds", who, lim.TokensPerMinute, x.estimate.RateLimitedTokens(), secs)
 		if d.NeverFits {
-			msg = fmt.Sprintf("tokenwarden: this request reserves %d tokens, more than the %d tokens per minute this caller may use; reduce the prompt or max_tokens", x.estimate.RateLimitedTokens(), x.policy.Limits.TokensPerMinute)
+			msg = fmt.Sprintf("tokenwarden: this request reserves %d tokens, more than the %d tokens per minute %s may use; reduce the prompt or max_tokens", x.estimate.RateLimitedTokens(), lim.TokensPerMinute, who)
 		}
 	case limiter.DimensionConcurrency:
-		msg = fmt.Sprintf("tokenwarden: %d requests already in flight, the limit", x.policy.Limits.Concurrent)
+		msg = fmt.Sprintf("tokenwarden: %s has %d requests already in flight, its limit", who, lim.Concurrent)
 	default:
 		kind = wire.ErrorBudget
 		window := dim[len("budget_"):]
-		msg = fmt.Sprintf("tokenwarden: the %s budget is exhausted; it resets in %s", window, retry.Round(time.Second))
+		msg = fmt.Sprintf("tokenwarden: %s's %s budget is exhausted; it resets in %s", who, window, retry.Round(time.Second))
 		if cap, ok := budgetCap(d, window); ok && x.leastReservation() > cap {
 			// Not a matter of waiting: the request alone reserves more than
 			// the window's whole budget, now and after any reset.
-			msg = fmt.Sprintf("tokenwarden: this request reserves $%.6f, more than the whole %s budget of $%.6f; reduce the prompt or max_tokens",
-				accounting.NanoUSD(x.leastReservation()).USD(), window, accounting.NanoUSD(cap).USD())
+			msg = fmt.Sprintf("tokenwarden: this request reserves $%.6f, more than %s's whole %s budget of $%.6f; reduce the prompt or max_tokens",
+				accounting.NanoUSD(x.leastReservation()).USD(), who, window, accounting.NanoUSD(cap).USD())
 			if !slices.Contains(h.Set, Header{"x-should-retry", "false"}) {
 				h.set("x-should-retry", "false")
 			}
@@ -123,10 +162,10 @@ func (x *Exchange) deny(d limiter.Decision) *Reply {
 	return x.reject(429, kind, dim, msg, ResultDenied, &h)
 }
 
-// budgetCap is the cap of the named budget window in a decision.
+// budgetCap is the cap of the denying level's budget window in a decision.
 func budgetCap(d limiter.Decision, window string) (int64, bool) {
 	for _, b := range d.Budgets {
-		if b.Name == window {
+		if b.Name == limiter.LevelBudgetName(d.Level, window) {
 			return b.Cap, true
 		}
 	}

@@ -30,9 +30,12 @@ type Exchange struct {
 	cfg   *policy.Config
 	phase phase
 
-	dialect     dialect.Dialect
-	caller      policy.Caller
-	tenant      string
+	dialect dialect.Dialect
+	caller  policy.Caller
+	tenant  string
+	// resolved is where the caller stands: its org (= tenant), the levels
+	// it is admitted and settled against (org first), and its policy.
+	resolved    policy.Resolution
 	policy      *policy.Policy
 	requestID   string
 	clientReqID string
@@ -95,9 +98,12 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 		h = HeaderList(nil)
 	}
 	x.clientReqID, _ = h.Get("x-request-id")
-	refusal := x.identify(h, r.Envoy)
-	var known bool
-	x.policy, known = x.cfg.Policy(x.tenant, r.RoutePolicy)
+	refusal := x.identify(h, r.Envoy, r.RoutePolicy)
+	if x.resolved.Policy == nil { // a flat tenant: a one-level org
+		x.resolved = x.cfg.Resolve(policy.Caller{policy.LevelOrg: x.tenant}, r.RoutePolicy)
+	}
+	x.policy = x.resolved.Policy
+	known := x.resolved.KnownRoute
 	if !known {
 		g.obs.Unconfigured(UnconfiguredRoutePolicy)
 	}

@@ -136,8 +136,8 @@ func TestClampBelowMinimum(t *testing.T) {
 	if r.Status != 429 {
 		t.Fatalf("status %d, want 429", r.Status)
 	}
-	if v, _ := header(r.Headers, contract.DeniedHeader); v != "budget_day" {
-		t.Fatalf("%s = %q, want budget_day", contract.DeniedHeader, v)
+	if v, _ := header(r.Headers, contract.DeniedHeader); v != "org/budget_day" {
+		t.Fatalf("%s = %q, want org/budget_day", contract.DeniedHeader, v)
 	}
 	h.wantBudgets("acme", "", 0, 0)
 }
@@ -154,13 +154,13 @@ func TestClampDenialMayRetry(t *testing.T) {
 	if r.Status != 429 {
 		t.Fatalf("status %d, want 429", r.Status)
 	}
-	if !strings.Contains(string(r.Body), "the day budget is exhausted; it resets in") {
+	if !strings.Contains(string(r.Body), "the org acme's day budget is exhausted; it resets in") {
 		t.Fatalf("a request the next window admits (clamped) is told it can never fit: %s", r.Body)
 	}
 
 	h = newHarness(t, reservationYAML("full", 0.003)) // less than 256 output tokens fit at all
 	_, r = h.refuse(post(pathMessages, tenantHeader("acme")), body)
-	if !strings.Contains(string(r.Body), "more than the whole day budget") {
+	if !strings.Contains(string(r.Body), "whole day budget") {
 		t.Fatalf("body %s; want a never-fits denial", r.Body)
 	}
 }
