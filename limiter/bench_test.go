@@ -12,19 +12,23 @@ import (
 	"github.com/tokenwarden/tokenwarden/limiter/redistest"
 )
 
-// benchRequests are an Admit and a Settle with every dimension (requests,
-// tokens and concurrency per minute) and two budgets (a day and a month)
-// configured at each of the first levels levels (org, team, user, key).
+// benchRequests are an Admit and a Settle with every dimension and two
+// budgets per level configured, as a policy with limits and a day and month
+// budget at each of the first levels levels (org, team, user, key), every
+// level with its own limits.
 func benchRequests(now time.Time, levels int, id string) (AdmitRequest, SettleRequest) {
 	var lv []Level
-	lim := Limits{RequestsPerMinute: 1 << 30, TokensPerMinute: 1 << 30, Concurrent: 1 << 20}
 	for _, key := range []string{"", "t:eng", "u:eng/ann", "k:eng/k1"}[:levels] {
-		lv = append(lv, Level{Key: key, Limits: lim,
-			Budgets: []Budget{dayBudget("day", now, 1<<48, 1<<40), dayBudget("month", now, 1<<48)}})
+		lv = append(lv, Level{Key: key, Budgets: []Budget{dayBudget("day", now, 1<<48, 1<<40), dayBudget("month", now, 1<<48)}})
 	}
-	org, rest, bs := LevelAdmission(lv)
+	bs := LevelBudgets(lv)
 	id = fmt.Sprint("l", levels, "-", id)
-	return AdmitRequest{Tenant: "bench", RequestID: id, Model: "m", Limits: org, Levels: rest, Tokens: 1000, Cost: 5000, Budgets: bs},
+	lim := Limits{RequestsPerMinute: 1 << 30, TokensPerMinute: 1 << 30, Concurrent: 1 << 20}
+	var ll []LevelLimits
+	for _, l := range lv[1:] { // every level below the org has its own limits too
+		ll = append(ll, LevelLimits{Key: l.Key, RequestsPerMinute: 1 << 30, TokensPerMinute: 1 << 30, Concurrent: 1 << 20})
+	}
+	return AdmitRequest{Tenant: "bench", RequestID: id, Model: "m", Limits: lim, Tokens: 1000, Cost: 5000, Budgets: bs, LevelLimits: ll},
 		SettleRequest{Tenant: "bench", RequestID: id, Tokens: 800, Cost: 4000, Budgets: bs}
 }
 

@@ -136,20 +136,12 @@ func validateAdmit(req *AdmitRequest) error {
 	if err := validateIDs(req.Tenant, req.RequestID); err != nil {
 		return err
 	}
-	if err := validateLimits(req.Limits); err != nil {
-		return err
-	}
-	seen := make(map[string]bool, len(req.Levels))
-	for _, lv := range req.Levels {
-		if lv.Key == "" || seen[lv.Key] || strings.ContainsAny(lv.Key, "\t\n") {
-			return fmt.Errorf("%w: level key %q (empty, repeated or with a tab or newline)", ErrInvalid, lv.Key)
-		}
-		seen[lv.Key] = true
-		if err := validateLimits(lv.Limits); err != nil {
-			return fmt.Errorf("level %q: %w", lv.Key, err)
-		}
-	}
+	l := req.Limits
 	switch {
+	case l.RequestsPerMinute < 0 || l.TokensPerMinute < 0 || l.Concurrent < 0 || l.LeaseTTL < 0:
+		return fmt.Errorf("%w: negative limit", ErrInvalid)
+	case l.Burst < 0 || l.Burst > 1:
+		return fmt.Errorf("%w: burst %v outside [0, 1]", ErrInvalid, l.Burst)
 	case req.Tokens < 0 || req.Tokens > MaxTokens:
 		return fmt.Errorf("%w: tokens %d outside [0, %d]", ErrInvalid, req.Tokens, MaxTokens)
 	case req.Cost < 0 || req.Cost > MaxCost:
@@ -165,17 +157,10 @@ func validateAdmit(req *AdmitRequest) error {
 			return fmt.Errorf("%w: output price %d × %d tokens outside [0, cost %d]", ErrInvalid, o.Price, o.Tokens, req.Cost)
 		}
 	}
-	return validateBudgets(req.Budgets, true)
-}
-
-func validateLimits(l Limits) error {
-	switch {
-	case l.RequestsPerMinute < 0 || l.TokensPerMinute < 0 || l.Concurrent < 0 || l.LeaseTTL < 0:
-		return fmt.Errorf("%w: negative limit", ErrInvalid)
-	case l.Burst < 0 || l.Burst > 1:
-		return fmt.Errorf("%w: burst %v outside [0, 1]", ErrInvalid, l.Burst)
+	if err := validateLevelLimits(req.LevelLimits); err != nil {
+		return err
 	}
-	return nil
+	return validateBudgets(req.Budgets, true)
 }
 
 // clampOutput is the output an admission reserves when room is the least
@@ -256,15 +241,12 @@ type admitOutcome struct {
 	crossed []rawCrossing
 	// output is the output reserved (clampOutput) of an allowed request.
 	output int64
-	// level is which level's limit denied: 0 the org's (Limits), i the
-	// AdmitRequest's Levels[i-1].
-	level int
-	// levels are the RPM and TPM TATs of every AdmitRequest level after the
-	// decision, in order.
-	levels []levelTATs
+	// level is the index+1 in AdmitRequest.LevelLimits of the level whose
+	// own limit denied (0: the org, or a budget); levelTATs are each
+	// level's requests and tokens TATs after the decision.
+	level     int
+	levelTATs [][2]int64
 }
-
-type levelTATs struct{ rpm, tpm int64 }
 
 type budgetOutcome struct {
 	window                    int
@@ -295,18 +277,24 @@ func (o *admitOutcome) decision(req *AdmitRequest) (Decision, error) {
 		Crossed:  crossings(o.crossed, req.Budgets),
 	}
 	rpmTAT, tpmTAT := o.rpmTAT, o.tpmTAT
-	for i, lv := range req.Levels {
-		if i >= len(o.levels) {
+	for i, tats := range o.levelTATs {
+		if i >= len(req.LevelLimits) {
 			break
 		}
-		lr, lt := newRate(lv.Limits.RequestsPerMinute, lv.Limits.Burst), newRate(lv.Limits.TokensPerMinute, lv.Limits.Burst)
-		d.Requests = tighter(d.Requests, lr.state(o.now, o.levels[i].rpm))
-		d.Tokens = tighter(d.Tokens, lt.state(o.now, o.levels[i].tpm))
-		if o.level == i+1 {
-			rpm, tpm = lr, lt
-			rpmTAT, tpmTAT = o.levels[i].rpm, o.levels[i].tpm
-			d.Level = lv.Key
+		l := &req.LevelLimits[i]
+		lr, lt := newRate(l.RequestsPerMinute, req.Limits.Burst), newRate(l.TokensPerMinute, req.Limits.Burst)
+		if st := lr.state(o.now, tats[0]); st.Limit > 0 && (d.Requests.Limit == 0 || st.Remaining < d.Requests.Remaining) {
+			d.Requests = st
 		}
+		if st := lt.state(o.now, tats[1]); st.Limit > 0 && (d.Tokens.Limit == 0 || st.Remaining < d.Tokens.Remaining) {
+			d.Tokens = st
+		}
+		if o.level == i+1 { // the denying level's own limits and TATs
+			d.Level, rpm, tpm, rpmTAT, tpmTAT = l.Key, lr, lt, tats[0], tats[1]
+		}
+	}
+	if o.code != codeAllowed && o.level > len(req.LevelLimits) {
+		return Decision{}, fmt.Errorf("limiter: store returned a denial at unknown level %d", o.level)
 	}
 	for i, b := range o.budgets {
 		d.Budgets = append(d.Budgets, BudgetState{
@@ -336,18 +324,6 @@ func (o *admitOutcome) decision(req *AdmitRequest) (Decision, error) {
 		return Decision{}, fmt.Errorf("limiter: store returned unknown decision code %d", o.code)
 	}
 	return d, nil
-}
-
-// tighter is the more constraining of two limit states: the one with fewer
-// units remaining (the later reset on a tie); an unlimited one never is.
-func tighter(a, b RateState) RateState {
-	switch {
-	case b.Limit <= 0:
-		return a
-	case a.Limit <= 0, b.Remaining < a.Remaining, b.Remaining == a.Remaining && b.Reset > a.Reset:
-		return b
-	}
-	return a
 }
 
 // rateDenial is the RetryAfter of a GCRA denial. A cost larger than the whole

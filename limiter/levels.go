@@ -1,6 +1,9 @@
 package limiter
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // Levels: one org's hierarchy (org, team, user, key) admitted in one call.
 //
@@ -21,31 +24,6 @@ import "strings"
 type Level struct {
 	Key     string
 	Budgets []Budget
-	// Limits are the level's own per-minute and concurrency limits (zero
-	// fields unlimited).
-	Limits Limits
-}
-
-// LevelLimits are one level's limits in an AdmitRequest. Key is never ""
-// there: the org's limits are AdmitRequest.Limits.
-type LevelLimits struct {
-	Key    string
-	Limits Limits
-}
-
-// LevelAdmission splits levels into what an AdmitRequest carries: the org
-// level's limits (Limits), every other level that limits anything (Levels),
-// and every level's budgets (Budgets).
-func LevelAdmission(levels []Level) (org Limits, rest []LevelLimits, budgets []Budget) {
-	for _, l := range levels {
-		switch {
-		case l.Key == "":
-			org = l.Limits
-		case l.Limits.RequestsPerMinute > 0 || l.Limits.TokensPerMinute > 0 || l.Limits.Concurrent > 0:
-			rest = append(rest, LevelLimits{Key: l.Key, Limits: l.Limits})
-		}
-	}
-	return org, rest, LevelBudgets(levels)
 }
 
 var levelEscaper = strings.NewReplacer("%", "%25", "/", "%2F", ":", "%3A", "{", "%7B", "}", "%7D",
@@ -89,4 +67,40 @@ func LevelBudgets(levels []Level) []Budget {
 func levelOf(name string) string {
 	k, _ := SplitBudgetName(name)
 	return k
+}
+
+// LevelLimits are one level's own per-minute and concurrency limits (a zero
+// field is unlimited). Key is the level's key as in Level, never "" (the
+// org's limits are AdmitRequest.Limits).
+type LevelLimits struct {
+	Key               string
+	RequestsPerMinute int64
+	TokensPerMinute   int64
+	Concurrent        int64
+}
+
+func (l *LevelLimits) enforces() bool {
+	return l.RequestsPerMinute > 0 || l.TokensPerMinute > 0 || l.Concurrent > 0
+}
+
+// escapedLevel is a level key as it appears in store keys, hash fields and
+// reservation records: no separator of any of them.
+func escapedLevel(key string) string { return levelEscaper.Replace(key) }
+
+func validateLevelLimits(ls []LevelLimits) error {
+	for i := range ls {
+		l := &ls[i]
+		switch {
+		case l.Key == "":
+			return fmt.Errorf("%w: level limits without a key (the org's limits are Limits)", ErrInvalid)
+		case l.RequestsPerMinute < 0 || l.TokensPerMinute < 0 || l.Concurrent < 0:
+			return fmt.Errorf("%w: level %q: negative limit", ErrInvalid, l.Key)
+		}
+		for j := range i {
+			if ls[j].Key == l.Key {
+				return fmt.Errorf("%w: level %q given twice", ErrInvalid, l.Key)
+			}
+		}
+	}
+	return nil
 }

@@ -134,17 +134,16 @@ type AdmitRequest struct {
 	// that an expired reservation can be reported under its model.
 	Model  string
 	Limits Limits
-	// Levels are the limits of the caller's other levels (team, user, key),
-	// decided in the same atomic call as Limits (the org's) and the budgets:
-	// a request denied at any level reserves nothing at any level. Their
-	// LeaseTTL is ignored; the request's one lease is Limits.LeaseTTL.
-	Levels []LevelLimits
 	// Tokens is the estimate charged to tokens-per-minute now and corrected by
 	// Settle.
 	Tokens int64
 	// Cost is the estimated cost in nano-USD reserved against every budget.
 	Cost    int64
 	Budgets []Budget
+	// LevelLimits are the limits of the levels below the org (a team's, a
+	// user's, a key's own), checked with Limits (the org's) and the budgets
+	// in the same atomic decision; they share Limits' Burst and LeaseTTL.
+	LevelLimits []LevelLimits
 	// Output, when its Tokens are above zero, lets the store shrink the
 	// request's output to fit its budgets (a full budget reservation).
 	Output Output
@@ -237,10 +236,10 @@ func (b BudgetState) Used() float64 {
 type Decision struct {
 	Allowed bool
 	// Denied is the first dimension that refused the request, in the order
-	// concurrency, requests, tokens (each the org's first, then every level
-	// in AdmitRequest.Levels order), then budgets in the order given. A
-	// budget denial names the window kind ("budget_day"). Level is the key
-	// of the level that refused ("" for the org).
+	// concurrency, requests, tokens, then budgets in the order given. A
+	// budget denial names the window kind ("budget_day"); the levels' own
+	// limits are checked after the org's (Limits), in the order given.
+	// Level is the key of the level that refused ("" for the org).
 	Denied Dimension
 	Level  string
 	// RetryAfter is when the denied dimension will admit this request again:
@@ -261,8 +260,8 @@ type Decision struct {
 	// AdmitRequest.Output: its Tokens, or fewer when the store clamped the
 	// output to fit the budgets. Zero for a request without one.
 	OutputTokens int64
-	// Requests and Tokens describe the most constraining level's limit
-	// (the fewest remaining), for the rate-limit headers.
+	// Requests and Tokens are the most constraining level's per-minute
+	// state (the one with the least remaining; the org's on a tie).
 	Requests RateState
 	Tokens   RateState
 	Budgets  []BudgetState

@@ -48,14 +48,27 @@ type memTenant struct {
 	records  map[string]*memRecord
 	budgets  map[string]*memBudget // by budgetKey
 	calib    map[string]*memCalib  // by model
-	levels   map[string]*memLevel  // by level key: the org's other levels' limits
+	levels   map[string]*memLevel  // the levels below the org, by key
 }
 
-// memLevel is one level's limit state (admit.lua's r:, t: and c: fields of
-// the state hash): its GCRA TATs and how many pending reservations hold one
-// of its concurrency slots, swept or not.
+// memLevel is one level's own state: its TATs and its leases (admit.lua's
+// r:<key>, t:<key> fields and p:<key> zset).
 type memLevel struct {
-	rpm, tpm, leases int64
+	rpm, tpm int64
+	pending  pendingSet
+}
+
+// level returns the state of level key, creating it.
+func (t *memTenant) level(key string) *memLevel {
+	l := t.levels[key]
+	if l == nil {
+		if t.levels == nil {
+			t.levels = map[string]*memLevel{}
+		}
+		l = &memLevel{pending: newPendingSet()}
+		t.levels[key] = l
+	}
+	return l
 }
 
 // memCalib is one model's estimator calibration record (settle.lua's c:<model>).
@@ -71,16 +84,8 @@ type memRecord struct {
 	tpmLimit int64
 	model    string
 	windows  []recWindow
-	levels   []recLevel
-	deadline int64 // the record's TTL
-}
-
-// recLevel is what a reservation took from one level's limits, so settle,
-// cancel and expiry give back exactly that.
-type recLevel struct {
-	key                string
-	rpmLimit, tpmLimit int64
-	lease              bool
+	levels   []LevelLimits // the levels' own limits it was admitted under
+	deadline int64         // the record's TTL
 }
 
 type recWindow struct {
@@ -107,6 +112,21 @@ func NewMemory(opts MemoryOptions) *Memory {
 		m.now = time.Now
 	}
 	return m
+}
+
+// rateCode is the first of concurrency, requests and tokens that refuses a
+// request at one level: live leases against the concurrency limit, and how
+// far past now the new TATs would be against the burst tolerance.
+func rateCode(conc, rpm, tpm, live, rpmAhead, tpmAhead, tol int64) int {
+	switch {
+	case conc > 0 && live >= conc:
+		return codeConcurrency
+	case rpm > 0 && rpmAhead > tol:
+		return codeRequests
+	case tpm > 0 && tpmAhead > tol:
+		return codeTokens
+	}
+	return codeAllowed
 }
 
 func budgetKey(name string, windowStart int64) string {
@@ -153,27 +173,25 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 	tokens, cost := req.Reserved(o.output)
 	rpmNew := o.rpmTAT + increment(1, l.RequestsPerMinute)
 	tpmNew := o.tpmTAT + increment(tokens, l.TokensPerMinute)
-	leases := make([]int64, len(req.Levels))
-	o.levels = make([]levelTATs, len(req.Levels))
-	for i, lv := range req.Levels {
-		o.levels[i] = levelTATs{rpm: now, tpm: now}
-		if s := t.levels[lv.Key]; s != nil {
-			o.levels[i] = levelTATs{rpm: max(s.rpm, now), tpm: max(s.tpm, now)}
-			leases[i] = s.leases
+	tol := newRate(1, l.Burst).tolerance
+	o.code = rateCode(l.Concurrent, l.RequestsPerMinute, l.TokensPerMinute, t.pending.live(now), rpmNew-now, tpmNew-now, tol)
+	type levelNext struct{ rpm, tpm int64 }
+	next := make([]levelNext, len(req.LevelLimits))
+	for i := range req.LevelLimits {
+		ll := &req.LevelLimits[i]
+		var lr, lt, live int64 = now, now, 0
+		if s := t.levels[ll.Key]; s != nil {
+			lr, lt, live = max(s.rpm, now), max(s.tpm, now), s.pending.live(now)
+		}
+		o.levelTATs = append(o.levelTATs, [2]int64{lr, lt})
+		next[i] = levelNext{lr + increment(1, ll.RequestsPerMinute), lt + increment(tokens, ll.TokensPerMinute)}
+		if o.code == codeAllowed {
+			if o.code = rateCode(ll.Concurrent, ll.RequestsPerMinute, ll.TokensPerMinute, live, next[i].rpm-now, next[i].tpm-now, tol); o.code != codeAllowed {
+				o.level = i + 1
+			}
 		}
 	}
-	m.liveLeases(t, now, req.Levels, leases)
-	switch {
-	case l.Concurrent > 0 && t.pending.live(now) >= l.Concurrent:
-		o.code = codeConcurrency
-	case m.levelDenies(req, leases, &o, now, codeConcurrency, tokens):
-	case l.RequestsPerMinute > 0 && rpmNew-now > newRate(l.RequestsPerMinute, l.Burst).tolerance:
-		o.code = codeRequests
-	case m.levelDenies(req, leases, &o, now, codeRequests, tokens):
-	case l.TokensPerMinute > 0 && tpmNew-now > newRate(l.TokensPerMinute, l.Burst).tolerance:
-		o.code = codeTokens
-	case m.levelDenies(req, leases, &o, now, codeTokens, tokens):
-	default:
+	if o.code == codeAllowed {
 		for i, b := range o.budgets {
 			if b.spent+b.reserved+cost > req.Budgets[i].Cap {
 				o.code = codeBudget0 + i
@@ -198,29 +216,22 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 	t.pending.add(req.RequestID, expiry)
 	rec := &memRecord{state: 'p', tokens: tokens, cost: cost, tpmLimit: l.TokensPerMinute,
 		model: req.Model, deadline: expiry + m.retention}
-	for i, lv := range req.Levels {
-		ll := lv.Limits
-		s := t.levels[lv.Key]
-		if s == nil {
-			if t.levels == nil {
-				t.levels = map[string]*memLevel{}
-			}
-			s = &memLevel{}
-			t.levels[lv.Key] = s
+	for i := range req.LevelLimits {
+		ll := &req.LevelLimits[i]
+		if !ll.enforces() {
+			continue
 		}
+		s := t.level(ll.Key)
 		if ll.RequestsPerMinute > 0 {
-			o.levels[i].rpm += increment(1, ll.RequestsPerMinute)
-			s.rpm = o.levels[i].rpm
+			s.rpm, o.levelTATs[i][0] = next[i].rpm, next[i].rpm
 		}
 		if ll.TokensPerMinute > 0 {
-			o.levels[i].tpm += increment(tokens, ll.TokensPerMinute)
-			s.tpm = o.levels[i].tpm
+			s.tpm, o.levelTATs[i][1] = next[i].tpm, next[i].tpm
 		}
 		if ll.Concurrent > 0 {
-			s.leases++
+			s.pending.add(req.RequestID, expiry)
 		}
-		rec.levels = append(rec.levels, recLevel{key: lv.Key, rpmLimit: ll.RequestsPerMinute,
-			tpmLimit: ll.TokensPerMinute, lease: ll.Concurrent > 0})
+		rec.levels = append(rec.levels, *ll)
 	}
 	for i := range req.Budgets {
 		w := req.Budgets[i].Windows[o.budgets[i].window]
@@ -274,9 +285,10 @@ func (m *Memory) settle(req *SettleRequest) settleOutcome {
 		diff := increment(req.Tokens, rec.tpmLimit) - increment(rec.tokens, rec.tpmLimit)
 		t.tpm = max(max(t.tpm, now)+diff, now)
 	}
-	for _, rl := range rec.levels {
-		if s := t.levels[rl.key]; s != nil && rl.tpmLimit > 0 {
-			diff := increment(req.Tokens, rl.tpmLimit) - increment(rec.tokens, rl.tpmLimit)
+	for _, ll := range rec.levels {
+		if ll.TokensPerMinute > 0 {
+			s := t.level(ll.Key)
+			diff := increment(req.Tokens, ll.TokensPerMinute) - increment(rec.tokens, ll.TokensPerMinute)
 			s.tpm = max(max(s.tpm, now)+diff, now)
 		}
 	}
@@ -352,9 +364,9 @@ func (m *Memory) charge(t *memTenant, now int64, rec *memRecord, cost int64, ale
 
 func (m *Memory) finish(t *memTenant, now int64, id string, rec *memRecord, state byte) {
 	t.pending.remove(id)
-	for _, rl := range rec.levels {
-		if s := t.levels[rl.key]; s != nil && rl.lease && s.leases > 0 {
-			s.leases--
+	for _, ll := range rec.levels {
+		if s := t.levels[ll.Key]; s != nil && ll.Concurrent > 0 {
+			s.pending.remove(id)
 		}
 	}
 	rec.state = state
@@ -431,12 +443,13 @@ func (m *Memory) gc(now int64) {
 				delete(t.calib, k)
 			}
 		}
-		for k, s := range t.levels {
-			if s.rpm <= now && s.tpm <= now && s.leases == 0 {
+		for k, l := range t.levels {
+			if l.pending.len() == 0 && l.rpm <= now && l.tpm <= now {
 				delete(t.levels, k)
 			}
 		}
-		if len(t.records) == 0 && len(t.budgets) == 0 && len(t.calib) == 0 && len(t.levels) == 0 && t.pending.len() == 0 && t.rpm <= now && t.tpm <= now {
+		if len(t.records) == 0 && len(t.budgets) == 0 && len(t.calib) == 0 && len(t.levels) == 0 &&
+			t.pending.len() == 0 && t.rpm <= now && t.tpm <= now {
 			delete(m.tenants, name)
 		}
 	}
@@ -447,62 +460,4 @@ func (m *Memory) memTenantCount() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return len(m.tenants)
-}
-
-// liveLeases subtracts from leases (each level's held slots, by
-// req.Levels index) the slots of reservations that have expired but not
-// been swept yet, for every level that would otherwise be at its cap —
-// reads only, as admit.lua does, and like it looking at no more than the
-// sweep limit of expired reservations.
-func (m *Memory) liveLeases(t *memTenant, now int64, levels []LevelLimits, leases []int64) {
-	full := map[string]int{}
-	for i, lv := range levels {
-		if c := lv.Limits.Concurrent; c > 0 && leases[i] >= c {
-			full[lv.Key] = i
-		}
-	}
-	if len(full) == 0 {
-		return
-	}
-	seen := 0
-	var visit func(j int)
-	visit = func(j int) {
-		if j >= len(t.pending.h) || seen >= m.sweepLimit || t.pending.h[j].exp > now {
-			return
-		}
-		seen++
-		if rec := t.records[t.pending.h[j].id]; rec != nil && rec.state == 'p' {
-			for _, rl := range rec.levels {
-				if i, ok := full[rl.key]; ok && rl.lease {
-					leases[i]--
-				}
-			}
-		}
-		visit(2*j + 1)
-		visit(2*j + 2)
-	}
-	visit(0)
-}
-
-// levelDenies checks one dimension (concurrency, requests or tokens) at
-// every level of req in order; on the first that refuses it sets o's code
-// and level and reports true.
-func (m *Memory) levelDenies(req *AdmitRequest, leases []int64, o *admitOutcome, now int64, code int, tokens int64) bool {
-	for i, lv := range req.Levels {
-		l := lv.Limits
-		var deny bool
-		switch code {
-		case codeConcurrency:
-			deny = l.Concurrent > 0 && leases[i] >= l.Concurrent
-		case codeRequests:
-			deny = l.RequestsPerMinute > 0 && o.levels[i].rpm+increment(1, l.RequestsPerMinute)-now > newRate(l.RequestsPerMinute, l.Burst).tolerance
-		case codeTokens:
-			deny = l.TokensPerMinute > 0 && o.levels[i].tpm+increment(tokens, l.TokensPerMinute)-now > newRate(l.TokensPerMinute, l.Burst).tolerance
-		}
-		if deny {
-			o.code, o.level = code, i+1
-			return true
-		}
-	}
-	return false
 }

@@ -33,19 +33,23 @@ func (m *Memory) Cancel(ctx context.Context, req CancelRequest) (CancelResult, e
 	if rec.tpmLimit > 0 && t.tpm > 0 {
 		t.tpm = max(max(t.tpm, now)-increment(rec.tokens, rec.tpmLimit), now)
 	}
-	for _, rl := range rec.levels {
-		s := t.levels[rl.key]
+	for _, ll := range rec.levels {
+		s := t.levels[ll.Key]
 		if s == nil {
 			continue
 		}
-		if rl.rpmLimit > 0 && s.rpm > 0 {
-			s.rpm = max(max(s.rpm, now)-increment(1, rl.rpmLimit), now)
+		if ll.RequestsPerMinute > 0 && s.rpm > 0 {
+			s.rpm = max(max(s.rpm, now)-increment(1, ll.RequestsPerMinute), now)
 		}
-		if rl.tpmLimit > 0 && s.tpm > 0 {
-			s.tpm = max(max(s.tpm, now)-increment(rec.tokens, rl.tpmLimit), now)
+		if ll.TokensPerMinute > 0 && s.tpm > 0 {
+			s.tpm = max(max(s.tpm, now)-increment(rec.tokens, ll.TokensPerMinute), now)
+		}
+		if ll.Concurrent > 0 {
+			s.pending.remove(req.RequestID)
 		}
 	}
-	m.finish(t, now, req.RequestID, rec, 'c')
+	t.pending.remove(req.RequestID)
+	rec.state = 'c'
 	rec.deadline = now + keep
 	return CancelResult{Released: true}, nil
 }
@@ -69,6 +73,11 @@ func (m *Memory) Renew(ctx context.Context, req RenewRequest) (int, error) {
 		t.pending.add(id, expiry)
 		if rec := t.records[id]; rec != nil {
 			rec.deadline = max(rec.deadline, expiry+m.retention)
+			for _, ll := range rec.levels {
+				if s := t.levels[ll.Key]; s != nil && ll.Concurrent > 0 && s.pending.byID[id] != nil {
+					s.pending.add(id, expiry)
+				}
+			}
 		}
 		n++
 	}

@@ -65,9 +65,6 @@ func (m *Memory) dump(tenant string) string {
 	for _, k := range slices.Sorted(maps.Keys(t.budgets)) {
 		fmt.Fprintf(&b, " b:%s=%+v", k, *t.budgets[k])
 	}
-	for _, k := range slices.Sorted(maps.Keys(t.levels)) {
-		fmt.Fprintf(&b, " l:%s=%+v", k, *t.levels[k])
-	}
 	return b.String()
 }
 

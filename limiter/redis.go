@@ -186,11 +186,9 @@ func (r *Redis) Admit(ctx context.Context, req AdmitRequest) (Decision, error) {
 		}
 	}
 	args = appendAlerts(args, req.Budgets)
-	args = append(args, req.Output.Tokens, req.Output.Price, req.Output.Min, len(req.Levels))
-	for _, lv := range req.Levels {
-		ll := lv.Limits
-		lr, lt := newRate(ll.RequestsPerMinute, ll.Burst), newRate(ll.TokensPerMinute, ll.Burst)
-		args = append(args, lv.Key, lr.limit, lr.tolerance, lt.limit, lt.tolerance, ll.Concurrent)
+	args = append(args, req.Output.Tokens, req.Output.Price, req.Output.Min, len(req.LevelLimits))
+	for _, l := range req.LevelLimits {
+		args = append(args, escapedLevel(l.Key), l.RequestsPerMinute, l.TokensPerMinute, l.Concurrent)
 	}
 	keys := []string{prefix + "s", prefix + "p", prefix + "r:" + req.RequestID}
 	v, err := r.run(ctx, admitScript, keys, args)
@@ -391,7 +389,7 @@ func parseAdmit(v any, nb int) (admitOutcome, error) {
 	if o.expired, err = parseExpired(top[5]); err != nil {
 		return admitOutcome{}, err
 	}
-	if len(top) == 10 { // the output reserved, the denying level, every level's TATs
+	if len(top) == 10 { // the output reserved, the denying level, the levels' TATs
 		if o.output, err = asInt(top[7]); err != nil {
 			return admitOutcome{}, err
 		}
@@ -405,18 +403,17 @@ func parseAdmit(v any, nb int) (admitOutcome, error) {
 			return admitOutcome{}, err
 		}
 		for _, row := range rows {
-			p, err := asSlice(row, 2)
+			pair, err := asSlice(row, 2)
 			if err != nil {
 				return admitOutcome{}, err
 			}
-			var lt levelTATs
-			if lt.rpm, err = asInt(p[0]); err == nil {
-				lt.tpm, err = asInt(p[1])
+			var tats [2]int64
+			for j := range tats {
+				if tats[j], err = asInt(pair[j]); err != nil {
+					return admitOutcome{}, err
+				}
 			}
-			if err != nil {
-				return admitOutcome{}, err
-			}
-			o.levels = append(o.levels, lt)
+			o.levelTATs = append(o.levelTATs, tats)
 		}
 	}
 	o.crossed, err = parseCrossed(top[6])

@@ -729,13 +729,12 @@ func (r *Resilient) scaled(req AdmitRequest) AdmitRequest {
 	}
 	l := &req.Limits
 	l.RequestsPerMinute, l.TokensPerMinute, l.Concurrent = div(l.RequestsPerMinute), div(l.TokensPerMinute), div(l.Concurrent)
-	lvs := make([]LevelLimits, len(req.Levels))
-	for i, lv := range req.Levels {
-		ll := &lv.Limits
+	ls := make([]LevelLimits, len(req.LevelLimits))
+	for i, ll := range req.LevelLimits {
 		ll.RequestsPerMinute, ll.TokensPerMinute, ll.Concurrent = div(ll.RequestsPerMinute), div(ll.TokensPerMinute), div(ll.Concurrent)
-		lvs[i] = lv
+		ls[i] = ll
 	}
-	req.Levels = lvs
+	req.LevelLimits = ls
 	bs := make([]Budget, len(req.Budgets))
 	for i, b := range req.Budgets {
 		b.Cap /= n

@@ -129,7 +129,7 @@ func TestDenials(t *testing.T) {
 		},
 		{
 			name: "day budget", cfg: denialYAML(`{concurrent: 10}`, `[{window: day, usd: 0.0001}, {window: month, usd: 10}]`),
-			pre: func(int64) int { return 0 }, dim: "budget_day", msg: "whole day budget of $0.000100",
+			pre: func(int64) int { return 0 }, dim: "budget_day", msg: "more than the whole day budget of $0.000100",
 			retry:  func(int64) time.Duration { return dayEnd },
 			reopen: func(h *harness, _ []*Exchange, retry time.Duration) { h.clock.Advance(retry) },
 			later: func(d dialectCase) string { // a new day's budget, still only $0.0001
@@ -139,7 +139,7 @@ func TestDenials(t *testing.T) {
 		},
 		{
 			name: "month budget", cfg: denialYAML(`{concurrent: 10}`, `[{window: day, usd: 10}, {window: month, usd: 0.0001}]`),
-			pre: func(int64) int { return 0 }, dim: "budget_month", msg: "whole month budget of $0.000100",
+			pre: func(int64) int { return 0 }, dim: "budget_month", msg: "more than the whole month budget of $0.000100",
 			retry:  func(int64) time.Duration { return monthEnd },
 			reopen: func(h *harness, _ []*Exchange, retry time.Duration) { h.clock.Advance(retry) },
 			later: func(d dialectCase) string {
@@ -187,7 +187,7 @@ func TestDenials(t *testing.T) {
 					t.Errorf("retry-after-ms = %q (%v) for a wait of %v", gotMs, hasMs, retry)
 				}
 				if got, _ := header(r.Headers, contract.DeniedHeader); got != "org/"+tc.dim {
-					t.Errorf("%s = %q, want %q", contract.DeniedHeader, got, tc.dim)
+					t.Errorf("%s = %q, want %q", contract.DeniedHeader, got, "org/"+tc.dim)
 				}
 				wantNoRetry := retry > time.Minute || tc.neverFits
 				if got, ok := header(r.Headers, "x-should-retry"); wantNoRetry != ok || ok && got != "false" {
@@ -482,10 +482,10 @@ tenants:
 		x.Settle()
 	}
 	_, r := h.refuse(hdrs, sonnetBody)
-	if r.Status != 429 || !strings.Contains(string(r.Body), "the org acme's day budget is exhausted; it resets in") {
+	if r.Status != 429 || !strings.Contains(string(r.Body), "the day budget is exhausted; it resets in") {
 		t.Fatalf("a spent budget: %d %s", r.Status, r.Body)
 	}
-	if strings.Contains(string(r.Body), "whole day budget") {
+	if strings.Contains(string(r.Body), "more than the whole") {
 		t.Error("a request that fits the next window is told it never fits")
 	}
 	id := headerOf(r.Headers, "request-id")

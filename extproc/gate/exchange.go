@@ -30,12 +30,9 @@ type Exchange struct {
 	cfg   *policy.Config
 	phase phase
 
-	dialect dialect.Dialect
-	caller  policy.Caller
-	tenant  string
-	// resolved is where the caller stands: its org (= tenant), the levels
-	// it is admitted and settled against (org first), and its policy.
-	resolved    policy.Resolution
+	dialect     dialect.Dialect
+	caller      policy.Caller
+	tenant      string
 	policy      *policy.Policy
 	requestID   string
 	clientReqID string
@@ -77,6 +74,11 @@ type Exchange struct {
 	charge limiter.Charge
 
 	rc cacheState // the response cache's part (cache.go)
+
+	// levels are the caller's levels in its org (org first, its own last)
+	// when the org is configured under orgs:, else nil: a one-level org
+	// held to its policy.
+	levels []policy.ResolvedLevel
 }
 
 // Limits on bodies the gate holds. Envoy bounds BUFFERED bodies by its own
@@ -98,12 +100,16 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 		h = HeaderList(nil)
 	}
 	x.clientReqID, _ = h.Get("x-request-id")
-	refusal := x.identify(h, r.Envoy, r.RoutePolicy)
-	if x.resolved.Policy == nil { // a flat tenant: a one-level org
-		x.resolved = x.cfg.Resolve(policy.Caller{policy.LevelOrg: x.tenant}, r.RoutePolicy)
+	refusal := x.identify(h, r.Envoy)
+	var known bool
+	if x.cfg.InOrg(x.caller) {
+		// A caller of a configured org is admitted at every level of it:
+		// the org keys the shared state, each level keeps its own.
+		res := x.cfg.Resolve(x.caller, r.RoutePolicy)
+		x.tenant, x.policy, x.levels, known = res.Org, res.Policy, res.Levels, res.KnownRoute
+	} else {
+		x.policy, known = x.cfg.Policy(x.tenant, r.RoutePolicy)
 	}
-	x.policy = x.resolved.Policy
-	known := x.resolved.KnownRoute
 	if !known {
 		g.obs.Unconfigured(UnconfiguredRoutePolicy)
 	}

@@ -13,7 +13,7 @@ import (
 // to give instead, for a governed request, when the caller is unknown or not
 // allowed without configuration; the refusal is built later, once the
 // dialect is known.
-func (x *Exchange) identify(h Headers, env Envoy, route string) (refusal func() *Reply) {
+func (x *Exchange) identify(h Headers, env Envoy) (refusal func() *Reply) {
 	id := &x.cfg.Identity
 	for _, src := range id.Sources {
 		if c := callerFrom(src, h, env); !c.Empty() {
@@ -22,14 +22,6 @@ func (x *Exchange) identify(h Headers, env Envoy, route string) (refusal func() 
 		}
 	}
 	tenant := x.caller.Tenant()
-	// A caller of an org under orgs: is that org's (its state is keyed by
-	// the org) at every level Resolve places it; any other caller is a
-	// one-level org of its most specific name, as a flat tenant.
-	if org := x.caller[policy.LevelOrg]; org != "" && org != tenant {
-		if r := x.cfg.Resolve(x.caller, route); r.Org == org {
-			x.resolved, tenant = r, org
-		}
-	}
 	switch {
 	case tenant == "" && id.Unknown.Default != "":
 		x.tenant = id.Unknown.Default
@@ -37,7 +29,7 @@ func (x *Exchange) identify(h Headers, env Envoy, route string) (refusal func() 
 		return func() *Reply {
 			return x.refuseCaller(401, wire.ErrorUnauthenticated, "tokenwarden: the caller could not be identified from what the mesh authenticated")
 		}
-	case x.cfg.Configured(tenant) || id.Unconfigured == policy.UnconfiguredOwn:
+	case x.cfg.ConfiguredCaller(x.caller) || id.Unconfigured == policy.UnconfiguredOwn:
 		x.tenant = tenant
 	case id.Unconfigured == policy.UnconfiguredDeny:
 		x.g.obs.Unconfigured(UnconfiguredCaller)

@@ -154,13 +154,13 @@ func TestClampDenialMayRetry(t *testing.T) {
 	if r.Status != 429 {
 		t.Fatalf("status %d, want 429", r.Status)
 	}
-	if !strings.Contains(string(r.Body), "the org acme's day budget is exhausted; it resets in") {
+	if !strings.Contains(string(r.Body), "the day budget is exhausted; it resets in") {
 		t.Fatalf("a request the next window admits (clamped) is told it can never fit: %s", r.Body)
 	}
 
 	h = newHarness(t, reservationYAML("full", 0.003)) // less than 256 output tokens fit at all
 	_, r = h.refuse(post(pathMessages, tenantHeader("acme")), body)
-	if !strings.Contains(string(r.Body), "whole day budget") {
+	if !strings.Contains(string(r.Body), "more than the whole day budget") {
 		t.Fatalf("body %s; want a never-fits denial", r.Body)
 	}
 }

@@ -9,15 +9,12 @@
 --   14 sweep limit, 15 budget count, then per budget: name, cap and three
 --   windows as start µs, end µs; then the alerts block (read_alerts); then
 --   the output clamp: output tokens, price per output token, minimum; then
---   the level count and per level (team, user, key): key, rpm limit, rpm
---   tolerance µs, tpm limit, tpm tolerance µs, concurrency limit.
+--   the levels below the org: count, then per level: escaped key, rpm
+--   limit, tpm limit, concurrency limit (the tolerances are the org's).
 -- Returns {now, code, rpm TAT, tpm TAT, {window, spent, reserved}...,
---   expired, crossed, output reserved, denying level (0 the org, i the
---   i-th level), {rpm TAT, tpm TAT} per level}; a duplicate only the first
---   seven; codes as in core.go.
--- A level's state is three fields of the org's state hash: r:<key> and
--- t:<key>, its TATs, and c:<key>, how many pending reservations hold one of
--- its slots (finish in common.lua gives them back).
+--   expired, crossed, output reserved (0 when denied), the denying level
+--   (0 the org, else its index), {rpm TAT, tpm TAT} per level}; codes as in
+--   core.go.
 local prefix, id = ARGV[1], ARGV[2]
 local skey, pkey, rkey = KEYS[1], KEYS[2], KEYS[3]
 local now = now_us()
@@ -79,49 +76,36 @@ if out_req > 0 and out_price > 0 and nb > 0 then
   end
 end
 
--- The levels' limits, read in one HMGET of the org's state hash.
+-- The levels below the org (a team's, a user's, a key's own limits): their
+-- TATs are fields r:<key>, t:<key> of the org's state hash (one HMGET), their
+-- leases the zsets p:<key>, counted by score so a lease lost to a crash
+-- stops counting when it expires.
 local li = oi + 3
 local nl = tonumber(ARGV[li]) or 0
-local lv, any_lease = {}, false
+local lv = {}
 if nl > 0 then
   local names = {}
-  for j = 1, nl do
-    local k = li + 1 + (j - 1) * 6
-    lv[j] = {key = ARGV[k], rl = tonumber(ARGV[k + 1]), rtol = tonumber(ARGV[k + 2]), tl = tonumber(ARGV[k + 3]),
-      ttol = tonumber(ARGV[k + 4]), conc = tonumber(ARGV[k + 5])}
-    names[3 * j - 2], names[3 * j - 1], names[3 * j] = 'r:' .. ARGV[k], 't:' .. ARGV[k], 'c:' .. ARGV[k]
+  for l = 1, nl do
+    local j = li + 1 + (l - 1) * 4
+    lv[l] = {key = ARGV[j], rl = tonumber(ARGV[j + 1]), tl = tonumber(ARGV[j + 2]), cl = tonumber(ARGV[j + 3])}
+    names[#names + 1] = 'r:' .. lv[l].key; names[#names + 1] = 't:' .. lv[l].key
   end
-  local v = redis.call('HMGET', skey, unpack(names))
-  local full, any_full = {}, false
-  for j = 1, nl do
-    local L = lv[j]
-    L.rtat = math.max(tonumber(v[3 * j - 2]) or now, now)
-    L.ttat = math.max(tonumber(v[3 * j - 1]) or now, now)
-    L.leases = tonumber(v[3 * j]) or 0
-    if L.conc > 0 then
-      any_lease = true
-      if L.leases >= L.conc then full[L.key] = j; any_full = true end
-    end
-  end
-  -- A level at its cap may hold slots of reservations that expired but
-  -- were not swept yet: a denial must not count them, and must not write
-  -- (no sweep), so read the expired records (as many as a sweep would).
-  if any_full and must_sweep then
-    for _, eid in ipairs(redis.call('ZRANGEBYSCORE', pkey, '-inf', fmt(now), 'LIMIT', 0, sweep_limit)) do
-      local er = decode_record(redis.call('GET', prefix .. 'r:' .. eid))
-      if er then
-        for key, _, _, lease in level_lines(er[6]) do
-          local j = full[key]
-          if j and lease == '1' then lv[j].leases = lv[j].leases - 1 end
-        end
-      end
-    end
+  local cur = redis.call('HMGET', skey, unpack(names))
+  for l = 1, nl do
+    local v = lv[l]
+    v.r_tat, v.t_tat = now, now
+    if v.rl > 0 then v.r_tat = math.max(tonumber(cur[2 * l - 1]) or now, now) end
+    if v.tl > 0 then v.t_tat = math.max(tonumber(cur[2 * l]) or now, now) end
+    v.r_new, v.t_new = v.r_tat + increment(1, v.rl), v.t_tat + increment(tokens, v.tl)
+    v.pkey = prefix .. 'p:' .. v.key
+    v.leases = 0
+    if v.cl > 0 then v.leases = redis.call('ZCOUNT', v.pkey, '(' .. fmt(now), '+inf') end
   end
 end
 local function level_tats()
-  local t = {}
-  for j = 1, nl do t[j] = {lv[j].rtat, lv[j].ttat} end
-  return t
+  local out = {}
+  for l = 1, nl do out[l] = {lv[l].r_tat, lv[l].t_tat} end
+  return out
 end
 
 local leases, pending_exists = 0, false
@@ -132,30 +116,28 @@ elseif conc > 0 then
   leases = redis.call('ZCOUNT', pkey, '(' .. fmt(now), '+inf')
 end
 
--- Each dimension is checked at the org, then at every level in order.
-local code, lvl = 0, 0
-local function level_denies(c)
-  for j = 1, nl do
-    local L = lv[j]
-    if (c == 1 and L.conc > 0 and L.leases >= L.conc) or
-       (c == 2 and L.rl > 0 and L.rtat + increment(1, L.rl) - now > L.rtol) or
-       (c == 3 and L.tl > 0 and L.ttat + increment(tokens, L.tl) - now > L.ttol) then
-      code, lvl = c, j
-      return true
-    end
-  end
-  return false
-end
+local code = 0
 if conc > 0 and leases >= conc then
   code = 1
-elseif level_denies(1) then
 elseif rpm_l > 0 and rpm_new - now > rpm_tol then
   code = 2
-elseif level_denies(2) then
 elseif tpm_l > 0 and tpm_new - now > tpm_tol then
   code = 3
-elseif level_denies(3) then
-else
+end
+local at = 0
+for l = 1, nl do
+  if code ~= 0 then break end
+  local v = lv[l]
+  if v.cl > 0 and v.leases >= v.cl then
+    code = 1
+  elseif v.rl > 0 and v.r_new - now > rpm_tol then
+    code = 2
+  elseif v.tl > 0 and v.t_new - now > tpm_tol then
+    code = 3
+  end
+  if code ~= 0 then at = l end
+end
+if code == 0 then
   for b = 1, nb do
     if budgets[b].spent + budgets[b].reserved + cost > budgets[b].cap then
       code = 3 + b
@@ -165,7 +147,7 @@ else
 end
 if code ~= 0 then
   if redis.call('EXISTS', rkey) == 1 then return {now, -1, now, now, {}, {}, {}} end
-  return {now, code, rpm_tat, tpm_tat, states, {}, {}, 0, lvl, level_tats()}
+  return {now, code, rpm_tat, tpm_tat, states, {}, {}, 0, at, level_tats()}
 end
 
 local windows = {}
@@ -174,12 +156,14 @@ for b = 1, nb do
   windows[b] = bt.name .. '\t' .. fmt(bt.start_us) .. '\t' .. fmt(bt.end_us) .. '\n'
 end
 local keep_pending_ms = math.ceil(lease_us / 1000) + retention_s * 1000
-local llines = {}
-for j = 1, nl do
-  local L = lv[j]
-  llines[j] = L.key .. '\t' .. fmt(L.rl) .. '\t' .. fmt(L.tl) .. '\t' .. (L.conc > 0 and '1' or '0') .. '\n'
+local lines = {}
+for l = 1, nl do
+  local v = lv[l]
+  local lease = 0
+  if v.cl > 0 then lease = 1 end
+  lines[l] = v.key .. '\t' .. fmt(v.rl) .. '\t' .. fmt(v.tl) .. '\t' .. lease .. '\n'
 end
-local rec = encode_record(tokens, cost, tpm_l, table.concat(windows), ARGV[11], table.concat(llines))
+local rec = encode_record(tokens, cost, tpm_l, table.concat(windows), ARGV[11], table.concat(lines))
 if not redis.call('SET', rkey, rec, 'NX', 'PX', fmt(keep_pending_ms)) then
   return {now, -1, now, now, {}, {}, {}} -- nothing written yet
 end
@@ -202,26 +186,26 @@ if tpm_l > 0 then
   fields[#fields + 1] = 't'; fields[#fields + 1] = fmt(tpm_new)
   tat_max = math.max(tat_max, tpm_new)
 end
+for l = 1, nl do
+  local v = lv[l]
+  if v.rl > 0 then
+    v.r_tat = v.r_new
+    fields[#fields + 1] = 'r:' .. v.key; fields[#fields + 1] = fmt(v.r_new)
+    tat_max = math.max(tat_max, v.r_new)
+  end
+  if v.tl > 0 then
+    v.t_tat = v.t_new
+    fields[#fields + 1] = 't:' .. v.key; fields[#fields + 1] = fmt(v.t_new)
+    tat_max = math.max(tat_max, v.t_new)
+  end
+  if v.cl > 0 then
+    redis.call('ZADD', v.pkey, fmt(expiry), id)
+    keep_until(v.pkey, math.floor(expiry / 1000), now)
+  end
+end
 local new_n
 if must_sweep then new_n = earliest(pkey) else new_n = math.min(n, expiry) end
 if new_n ~= n then fields[#fields + 1] = 'n'; fields[#fields + 1] = fmt(new_n) end
-for j = 1, nl do
-  local L = lv[j]
-  if L.rl > 0 then
-    L.rtat = L.rtat + increment(1, L.rl)
-    fields[#fields + 1] = 'r:' .. L.key; fields[#fields + 1] = fmt(L.rtat)
-    tat_max = math.max(tat_max, L.rtat)
-  end
-  if L.tl > 0 then
-    L.ttat = L.ttat + increment(tokens, L.tl)
-    fields[#fields + 1] = 't:' .. L.key; fields[#fields + 1] = fmt(L.ttat)
-    tat_max = math.max(tat_max, L.ttat)
-  end
-  -- The sweep above may have moved the counter: add to it, do not set it.
-  if L.conc > 0 then redis.call('HINCRBY', skey, 'c:' .. L.key, 1) end
-end
--- The slot counters must outlive the lease they count.
-if any_lease then tat_max = math.max(tat_max, expiry) end
 -- The zset must outlive its newest lease by the retention. The sweep may
 -- have emptied (deleted) it and ZCARD 0 means ZADD just created it: both
 -- need an expiry whatever pe says. Otherwise extend only when pe would

@@ -34,19 +34,21 @@ if tl > 0 and st[2] then
   fields[#fields + 1] = 't'; fields[#fields + 1] = fmt(tat)
   tat_max = math.max(tat_max, tat)
 end
--- Each level gives back the request and its tokens at its own limits.
-local lkeys, linc = {}, {}
-for key, lrpm, ltpm in level_lines(rec[6]) do
-  if tonumber(lrpm) > 0 then lkeys[#lkeys + 1] = 'r:' .. key; linc[#linc + 1] = increment(1, tonumber(lrpm)) end
-  if tonumber(ltpm) > 0 then lkeys[#lkeys + 1] = 't:' .. key; linc[#linc + 1] = increment(rec[1], tonumber(ltpm)) end
-end
-if #lkeys > 0 then
-  local v = redis.call('HMGET', skey, unpack(lkeys))
-  for j = 1, #lkeys do
-    if v[j] then
-      local tat = math.max(math.max(tonumber(v[j]), now) - linc[j], now)
-      fields[#fields + 1] = lkeys[j]; fields[#fields + 1] = fmt(tat)
-      tat_max = math.max(tat_max, tat)
+-- The levels below the org give back the request and its tokens too.
+if rec[6] ~= '' then
+  local names, incs = {}, {}
+  for k, lrl, ltl in record_levels(rec[6]) do
+    if lrl > 0 then names[#names + 1] = 'r:' .. k; incs[#incs + 1] = increment(1, lrl) end
+    if ltl > 0 then names[#names + 1] = 't:' .. k; incs[#incs + 1] = increment(rec[1], ltl) end
+  end
+  if #names > 0 then
+    local cur = redis.call('HMGET', skey, unpack(names))
+    for j = 1, #names do
+      if cur[j] then
+        local tat = math.max(math.max(tonumber(cur[j]), now) - incs[j], now)
+        fields[#fields + 1] = names[j]; fields[#fields + 1] = fmt(tat)
+        tat_max = math.max(tat_max, tat)
+      end
     end
   end
 end

@@ -100,17 +100,18 @@ local function earliest(pkey)
 end
 
 -- A reservation record is one string: "p<tokens> <cost> <tpm limit>
--- <length of windows> <windows><model>" while pending, "s" once settled and
--- "x" once expired. windows are "name\tstart\tend\n" lines (names cannot
--- hold tabs or newlines); the model, free text, comes last. A reservation
--- that took anything from a level's limits is "P<tokens> <cost> <tpm limit>
--- <length of windows> <length of levels> <windows><levels><model>", levels
--- being "key\trpm limit\ttpm limit\tlease 0/1\n" lines.
+-- <length of windows> <windows><model>" while pending — or, when levels
+-- below the org have limits, "q<tokens> <cost> <tpm limit> <length of
+-- windows> <length of levels> <windows><levels><model>" — then "s" once
+-- settled and "x" once expired. windows are "name\tstart\tend\n" lines,
+-- levels "key\trpm limit\ttpm limit\tlease\n" lines (escaped keys and names
+-- cannot hold tabs or newlines; lease is 1 when the level holds a
+-- concurrency lease in its zset p:<key>); the model, free text, comes last.
 local function encode_record(tok, cost, tl, windows, model, levels)
-  if levels == '' then
+  if levels == nil or levels == '' then
     return 'p' .. fmt(tok) .. ' ' .. fmt(cost) .. ' ' .. fmt(tl) .. ' ' .. fmt(#windows) .. ' ' .. windows .. model
   end
-  return 'P' .. fmt(tok) .. ' ' .. fmt(cost) .. ' ' .. fmt(tl) .. ' ' .. fmt(#windows) .. ' ' .. fmt(#levels) .. ' ' ..
+  return 'q' .. fmt(tok) .. ' ' .. fmt(cost) .. ' ' .. fmt(tl) .. ' ' .. fmt(#windows) .. ' ' .. fmt(#levels) .. ' ' ..
     windows .. levels .. model
 end
 
@@ -123,16 +124,21 @@ local function decode_record(v)
     return {tonumber(tok), tonumber(cost), tonumber(tl), string.sub(v, pos, pos + wl - 1), string.sub(v, pos + wl), ''}
   end
   local ll
-  tok, cost, tl, wl, ll, pos = string.match(v, '^P(%d+) (%d+) (%d+) (%d+) (%d+) ()')
+  tok, cost, tl, wl, ll, pos = string.match(v, '^q(%d+) (%d+) (%d+) (%d+) (%d+) ()')
   if not tok then return nil end
   wl, ll = tonumber(wl), tonumber(ll)
   return {tonumber(tok), tonumber(cost), tonumber(tl), string.sub(v, pos, pos + wl - 1),
     string.sub(v, pos + wl + ll), string.sub(v, pos + wl, pos + wl + ll - 1)}
 end
 
--- The level lines of a record: key, rpm limit, tpm limit, lease ('1'/'0').
-local function level_lines(levels)
-  return string.gmatch(levels or '', '([^\t\n]+)\t(%d+)\t(%d+)\t([01])\n')
+-- Iterates a record's levels: key, rpm limit, tpm limit, lease (0/1).
+local function record_levels(levels)
+  local it = string.gmatch(levels or '', '([^\t\n]+)\t(%d+)\t(%d+)\t(%d)\n')
+  return function()
+    local k, rl, tl, c = it()
+    if not k then return nil end
+    return k, tonumber(rl), tonumber(tl), c == '1'
+  end
 end
 
 -- Replaces a reservation's estimate by cost in each window listed in its
@@ -167,19 +173,24 @@ local function charge(prefix, windows, est, cost, alerts, retention_s, crossed)
   return out
 end
 
--- Ends a pending reservation: its lease leaves the org's pending zset and
--- the slot counter (c:<key> in the state hash) of every level it holds one
--- at. A counter at zero is deleted (HINCRBY on a vanished hash would
--- otherwise leave a negative field in a hash without expiry).
+-- Keeps a level's lease zset until at least until_ms (+ a minute), never
+-- shortening the life a longer lease gave it.
+local function keep_until(key, until_ms, now)
+  local ttl = redis.call('PTTL', key)
+  local now_ms = math.floor(now / 1000)
+  if ttl < 0 or now_ms + ttl < until_ms then
+    redis.call('PEXPIREAT', key, fmt(until_ms + 60000))
+  end
+end
+
+-- Ends a reservation: its lease leaves the pending zset and the zset of
+-- every level it holds one in (levels as in its record).
 local function finish(prefix, pkey, rkey, id, state, keep_ms, levels)
   redis.call('ZREM', pkey, id)
-  redis.call('SET', rkey, state, 'PX', fmt(keep_ms))
-  for key, _, _, lease in level_lines(levels) do
-    if lease == '1' then
-      local f = 'c:' .. key
-      if redis.call('HINCRBY', prefix .. 's', f, -1) <= 0 then redis.call('HDEL', prefix .. 's', f) end
-    end
+  for k, _, _, lease in record_levels(levels) do
+    if lease then redis.call('ZREM', prefix .. 'p:' .. k, id) end
   end
+  redis.call('SET', rkey, state, 'PX', fmt(keep_ms))
 end
 
 -- Charges every reservation whose expiry has passed at its estimate, up to

@@ -37,18 +37,21 @@ if tl > 0 then
   tat_max = math.max(tat + diff, now)
   fields[#fields + 1] = 't'; fields[#fields + 1] = fmt(tat_max)
 end
--- Every level's TPM is corrected by the same difference at its own limit.
-local lkeys, ltl = {}, {}
-for key, _, ltpm in level_lines(rec[6]) do
-  if tonumber(ltpm) > 0 then lkeys[#lkeys + 1] = 't:' .. key; ltl[#ltl + 1] = tonumber(ltpm) end
-end
-if #lkeys > 0 then
-  local v = redis.call('HMGET', skey, unpack(lkeys))
-  for j = 1, #lkeys do
-    local diff = increment(tokens, ltl[j]) - increment(rec[1], ltl[j])
-    local tat = math.max(math.max(tonumber(v[j]) or now, now) + diff, now)
-    tat_max = math.max(tat_max, tat)
-    fields[#fields + 1] = lkeys[j]; fields[#fields + 1] = fmt(tat)
+-- Every level below the org with a tokens/min limit gets the same
+-- correction in its own TAT (a field of the same state hash).
+if rec[6] ~= '' then
+  local names, lims = {}, {}
+  for k, _, ltl in record_levels(rec[6]) do
+    if ltl > 0 then names[#names + 1] = 't:' .. k; lims[#lims + 1] = ltl end
+  end
+  if #names > 0 then
+    local cur = redis.call('HMGET', skey, unpack(names))
+    for j = 1, #names do
+      local diff = increment(tokens, lims[j]) - increment(rec[1], lims[j])
+      local tat = math.max(math.max(tonumber(cur[j]) or now, now) + diff, now)
+      tat_max = math.max(tat_max, tat)
+      fields[#fields + 1] = names[j]; fields[#fields + 1] = fmt(tat)
+    end
   end
 end
 local states = charge(prefix, rec[4], rec[2], cost, alerts, retention_s, crossed)
