@@ -28,10 +28,11 @@ func (x *Exchange) admit() *Reply {
 		Model:       x.modelLabel,
 		Limits:      limits,
 		LevelLimits: levelLimits,
-		Tokens:      x.estimate.RateLimitedTokens(),
+		Tokens:      x.rateTokens(),
 		Cost:        int64(x.estimateCost),
 		Budgets:     budgets,
 		Output:      x.output, // the part a full reservation may clamp (reserve.go)
+		Detached:    x.batch,  // batch work holds no slot while the provider works (batch.go)
 		OnFailure:   x.policy.OnFailure,
 	})
 	// Kept before anything else runs, so that whatever fails next (an
@@ -79,7 +80,7 @@ func (x *Exchange) admit() *Reply {
 // held to its policy.
 func (x *Exchange) levelRequest(now time.Time) (limiter.Limits, []limiter.LevelLimits, []limiter.Budget) {
 	if len(x.levels) == 0 {
-		return x.policy.Limits, nil, x.policy.LimiterBudgets(now)
+		return x.batchLimits(x.policy.Limits), nil, x.policy.LimiterBudgets(now)
 	}
 	// Resolve leaves out pools that check nothing, so the org's own level
 	// (key "") may be absent: then the org has no limits of its own.
@@ -99,7 +100,26 @@ func (x *Exchange) levelRequest(now time.Time) (limiter.Limits, []limiter.LevelL
 		}
 	}
 	limits.Burst, limits.LeaseTTL = x.policy.Limits.Burst, x.policy.Limits.LeaseTTL
-	return limits, ll, limiter.LevelBudgets(lv)
+	return x.batchLimits(limits), ll, limiter.LevelBudgets(lv)
+}
+
+// batchLimits are the limits a batch submission is admitted under: its
+// reservation lasts the policy's batches.reservation_ttl, and it counts
+// nothing against tokens per minute (batch.go).
+func (x *Exchange) batchLimits(l limiter.Limits) limiter.Limits {
+	if x.batch {
+		l.LeaseTTL, l.TokensPerMinute = x.policy.Batches.ReservationTTL, 0
+	}
+	return l
+}
+
+// rateTokens is what the request counts against tokens per minute: its
+// estimate, or nothing for a batch (batch.go).
+func (x *Exchange) rateTokens() int64 {
+	if x.batch {
+		return 0
+	}
+	return x.estimate.RateLimitedTokens()
 }
 
 // enforces reports whether any level of the caller has anything to check.

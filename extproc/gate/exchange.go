@@ -8,6 +8,7 @@ import (
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/contract"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/anthropic"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
@@ -79,6 +80,8 @@ type Exchange struct {
 	// when the org is configured under orgs:, else nil: a one-level org
 	// held to its policy.
 	levels []policy.ResolvedLevel
+	// batch marks a batch submission (batch.go).
+	batch bool
 }
 
 // Limits on bodies the gate holds. Envoy bounds BUFFERED bodies by its own
@@ -128,6 +131,11 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 	path, _ := h.Get(":path")
 	method, _ := h.Get(":method")
 	x.dialect = dialect.ForPath(path)
+	if isBatchSubmit(method, path) {
+		// Message Batches: governed like the Messages requests they hold
+		// (batch.go), refused and answered in their dialect.
+		x.dialect, x.batch = dialect.ForPath(anthropic.MessagesPath), true
+	}
 	if x.dialect != nil && websocket(h) {
 		// One upgraded connection carries any number of requests in opaque
 		// frames (the Responses API's WebSocket mode:

@@ -43,6 +43,11 @@ func (x *Exchange) ResponseHeaders(h Headers, endOfStream bool) ResponseVerdict 
 		v.SkipBody, v.Done = true, true
 		return v
 	}
+	if x.batch {
+		x.batchCreated()
+		v.SkipBody, v.Done = true, true
+		return v
+	}
 	if endOfStream {
 		x.complete(x.estimateWithoutUsage(0), SourceEstimated, ResultUsageMissing)
 		v.Done = true

@@ -20,6 +20,9 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 	if x.phase != phaseBody {
 		return BodyVerdict{Body: body}
 	}
+	if x.batch {
+		return x.batchBody(body)
+	}
 	req, err := x.dialect.Parse(body)
 	if err != nil {
 		return BodyVerdict{Reply: x.refuse(err)}

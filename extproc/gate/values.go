@@ -181,6 +181,7 @@ const (
 	ResultUsageInvalid   Result = "usage_invalid"   // the provider reported impossible usage: charged estimated
 	ResultEstimated      Result = "estimated"       // the stream was cut before usage: charged estimated
 	ResultBackground     Result = "background"      // a background response (Responses API): its usage comes later, elsewhere; charged its estimate
+	ResultBatchReserved  Result = "batch_reserved"  // a batch the provider accepted: reserved until settled or charged its estimate at its lease's end
 	ResultUpstreamError  Result = "upstream_error"  // the provider answered with an error
 	ResultDenied         Result = "denied"          // tokenwarden answered 429
 	ResultInvalidRequest Result = "invalid_request" // tokenwarden answered 4xx for the request itself

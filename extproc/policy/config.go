@@ -101,6 +101,7 @@ type Policy struct {
 	Models                 ModelPolicy
 	PromptCache            PromptCache
 	ResponseCache          ResponseCache
+	Batches                Batches
 }
 
 // Enforces reports whether admission has anything to check, so a policy with
@@ -509,7 +510,54 @@ func compilePolicy(at, name string, p policyFile, storeFailure limiter.FailurePo
 			return nil, err
 		}
 	}
+	if out.Batches, err = compileBatches(at+".batches", p.Batches); err != nil {
+		return nil, err
+	}
 	return out, nil
+}
+
+// Batches is what a policy does with the providers' batch APIs.
+type Batches struct {
+	// Allow false refuses batch submissions on the policy's routes (403).
+	Allow bool
+	// ReservationTTL is how long a submitted batch's reservation lasts: the
+	// provider's own processing window (24 hours) plus a margin. A batch
+	// not settled by then is charged at its estimate.
+	ReservationTTL time.Duration
+	// MaxRequests bounds the requests of one batch tokenwarden estimates; a
+	// larger batch is refused, never waved through.
+	MaxRequests int
+}
+
+// Batch defaults: the providers process a batch within 24 hours
+// (https://docs.anthropic.com/en/docs/build-with-claude/batch-processing);
+// five hours more covers a slow end of processing and the results download.
+const (
+	DefaultBatchReservationTTL = 29 * time.Hour
+	DefaultBatchMaxRequests    = 100_000
+)
+
+func compileBatches(at string, f *batchesFile) (Batches, error) {
+	b := Batches{Allow: true, ReservationTTL: DefaultBatchReservationTTL, MaxRequests: DefaultBatchMaxRequests}
+	if f == nil {
+		return b, nil
+	}
+	if f.Allow != nil {
+		b.Allow = *f.Allow
+	}
+	if f.ReservationTTL.set {
+		if f.ReservationTTL.Duration <= 0 {
+			return b, fmt.Errorf("%s.reservation_ttl: must be above zero", at)
+		}
+		b.ReservationTTL = f.ReservationTTL.Duration
+	}
+	if f.MaxRequests != nil {
+		if *f.MaxRequests <= 0 || *f.MaxRequests > DefaultBatchMaxRequests {
+			return b, fmt.Errorf("%s.max_requests: %d outside 1..%d", at, *f.MaxRequests, DefaultBatchMaxRequests)
+		}
+		b.MaxRequests = *f.MaxRequests
+	}
+	return b, nil
 }
 
 // compileReservation reads budget_reservation, min_output_tokens and

@@ -49,6 +49,14 @@ type policyFile struct {
 	Models                 *modelsFile        `json:"models"`
 	PromptCache            *cacheFile         `json:"prompt_cache"`
 	ResponseCache          *responseCacheFile `json:"response_cache"`
+	Batches                *batchesFile       `json:"batches"`
+}
+
+// batchesFile is a policy's batches: block (the providers' batch APIs).
+type batchesFile struct {
+	Allow          *bool    `json:"allow"`
+	ReservationTTL duration `json:"reservation_ttl"`
+	MaxRequests    *int     `json:"max_requests"`
 }
 
 type limitsFile struct {
