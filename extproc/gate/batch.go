@@ -67,7 +67,7 @@ func (x *Exchange) batchBody(body []byte) BodyVerdict {
 			}
 		}
 		in := calibrated(req.InputTokens, x.g.calib.factor(x.tenant, x.modelLabel))
-		u := accounting.Usage{InputTokens: in, OutputTokens: req.MaxTokens, ServiceTier: string(accounting.TierBatch)}
+		u := accounting.Usage{InputTokens: in, OutputTokens: req.MaxTokens, ServiceTier: accounting.TierBatch.String()}
 		cost += price.Cost(u).Total
 		est.InputTokens += in
 		est.OutputTokens += req.MaxTokens
