@@ -1,6 +1,7 @@
 package gate
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/extproc/contract"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect"
+	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
 // reservationYAML is a policy with one day budget of usd dollars under the
@@ -162,5 +164,46 @@ func TestClampDenialMayRetry(t *testing.T) {
 	_, r = h.refuse(post(pathMessages, tenantHeader("acme")), body)
 	if !strings.Contains(string(r.Body), "more than the whole day budget") {
 		t.Fatalf("body %s; want a never-fits denial", r.Body)
+	}
+}
+
+// TestClampedAnswerIsNotCached: a clamped request's answer is the answer to
+// a smaller request than the one sent, so it is not stored; the same flow
+// unclamped is (the control).
+func TestClampedAnswerIsNotCached(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		maxTokens string
+		wantHit   bool
+	}{
+		{"clamped", `"max_tokens":64000,`, false},
+		{"whole", `"max_tokens":256,`, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, `
+policies:
+  default:
+    budget_reservation: full
+    budgets: [{window: day, usd: 0.1}]
+    response_cache: {enabled: true}
+tenants: {acme: {}}
+`)
+			h.g.opts.ResponseCache = limiter.NewMemoryCache(limiter.MemoryCacheOptions{Now: h.clock.Now})
+			body := `{"model":"claude-sonnet-4-5",` + tc.maxTokens + `"temperature":0,"messages":[{"role":"user","content":"Hello, Claude"}]}`
+			hdrs := post(pathMessages, tenantHeader("acme"), Header{"anthropic-version", "2023-06-01"})
+			x, _ := h.admit(hdrs, body)
+			if clamped := x.clamped > 0; clamped == tc.wantHit {
+				t.Fatalf("clamped %d", x.clamped)
+			}
+			answer(x, "200", "application/json", messageJSON)
+			x2, hv := h.g.Begin(context.Background(), Request{Headers: hdrs})
+			if hv.Reply != nil {
+				t.Fatalf("Begin: %+v", hv)
+			}
+			r := x2.Body([]byte(body)).Reply
+			if hit := r != nil && r.Status == 200; hit != tc.wantHit {
+				t.Fatalf("repeat served from the cache: %v, want %v", hit, tc.wantHit)
+			}
+		})
 	}
 }
