@@ -138,27 +138,10 @@ tenants:
   acme: {}
 `, rs.Addr()))
 	// Spend $1.50 and reserve $0.25 for acme, as a serve replica would.
-	_, cfg, err := loadConfig(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opened, err := openStore(cfg.Store, nil, true, storeRuntime{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer opened.Close()
-	store := opened.Store
-	p, _ := cfg.Policy("acme", "")
-	now := time.Now()
-	budgets := p.LimiterBudgets(now)
-	for i, cost := range []int64{1_500_000_000, 250_000_000} {
-		if _, err := store.Admit(context.Background(), limiter.AdmitRequest{Tenant: "acme", RequestID: fmt.Sprint(i), Cost: cost, Budgets: budgets}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := store.Settle(context.Background(), limiter.SettleRequest{Tenant: "acme", RequestID: "0", Cost: 1_500_000_000, Budgets: budgets}); err != nil {
-		t.Fatal(err)
-	}
+	spendAndHold(t, cfgPath, func(cfg *policy.Config, now time.Time) []limiter.Budget {
+		p, _ := cfg.Policy("acme", "")
+		return p.LimiterBudgets(now)
+	}, 1_500_000_000, 250_000_000)
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"budgets", "--config", cfgPath, "--tenant", "acme"}, &out, io.Discard); err != nil {
 		t.Fatal(err)
@@ -175,6 +158,31 @@ tenants:
 	}
 	if !strings.Contains(lines[1], "day") || !strings.Contains(lines[1], "17.5%") || !strings.Contains(lines[2], "1.8%") {
 		t.Errorf("used ratios:\n%s", out.String())
+	}
+}
+
+// spendAndHold settles spent and leaves held reserved for acme against the
+// budgets of cfgPath's configuration, in the shared store it names.
+func spendAndHold(t *testing.T, cfgPath string, budgetsOf func(*policy.Config, time.Time) []limiter.Budget, spent, held int64) {
+	t.Helper()
+	_, cfg, err := loadConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened, err := openStore(cfg.Store, nil, true, storeRuntime{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer opened.Close()
+	ctx := context.Background()
+	budgets := budgetsOf(cfg, time.Now())
+	for i, cost := range []int64{spent, held} {
+		if _, err := opened.Store.Admit(ctx, limiter.AdmitRequest{Tenant: "acme", RequestID: fmt.Sprint(i), Cost: cost, Budgets: budgets}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := opened.Store.Settle(ctx, limiter.SettleRequest{Tenant: "acme", RequestID: "0", Cost: spent, Budgets: budgets}); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -197,36 +205,22 @@ orgs:
       search: {budgets: [{window: day, usd: 20}]}
       ads: {budgets: [{window: day, usd: 30}]}
 `, rs.Addr()))
-	_, cfg, err := loadConfig(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opened, err := openStore(cfg.Store, nil, true, storeRuntime{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer opened.Close()
 	// Alice of search spends $2 and holds $0.50, as the gate would admit her.
-	r := cfg.Resolve(policy.Caller{"acme", "search", "alice", ""}, "")
-	now := time.Now()
-	var levels []limiter.Level
-	for _, l := range r.Levels {
-		p := policy.Policy{Budgets: l.Budgets}
-		levels = append(levels, limiter.Level{Key: l.Key, Budgets: p.LimiterBudgets(now)})
-	}
-	budgets := limiter.LevelBudgets(levels)
+	var budgets []limiter.Budget
+	spendAndHold(t, cfgPath, func(cfg *policy.Config, now time.Time) []limiter.Budget {
+		r := cfg.Resolve(policy.Caller{"acme", "search", "alice", ""}, "")
+		var levels []limiter.Level
+		for _, l := range r.Levels {
+			p := policy.Policy{Budgets: l.Budgets}
+			levels = append(levels, limiter.Level{Key: l.Key, Budgets: p.LimiterBudgets(now)})
+		}
+		budgets = limiter.LevelBudgets(levels)
+		return budgets
+	}, 2_000_000_000, 500_000_000)
 	if len(budgets) != 3 {
 		t.Fatalf("alice's budgets %+v, want the org's month, the team's day and her own day", budgets)
 	}
 	ctx := context.Background()
-	for i, cost := range []int64{2_000_000_000, 500_000_000} {
-		if _, err := opened.Store.Admit(ctx, limiter.AdmitRequest{Tenant: "acme", RequestID: fmt.Sprint(i), Cost: cost, Budgets: budgets}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := opened.Store.Settle(ctx, limiter.SettleRequest{Tenant: "acme", RequestID: "0", Cost: 2_000_000_000, Budgets: budgets}); err != nil {
-		t.Fatal(err)
-	}
 	for _, tc := range []struct {
 		args []string
 		want [][]string // level, name, window, spent, reserved, cap

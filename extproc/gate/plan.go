@@ -68,7 +68,7 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 		return BodyVerdict{Reply: reply}
 	}
 	x.phase = phaseForwarded
-	if x.policy.Enforces() {
+	if x.enforces() {
 		if reply := x.admit(); reply != nil {
 			return BodyVerdict{Reply: reply}
 		}
@@ -241,13 +241,37 @@ func (x *Exchange) resolveModel(requested string) (model, reason string, err err
 	return model, reason, nil
 }
 
-// downgradeLevel is the key of the level whose use a downgrade rule reads:
-// the level it names, else the caller's own; ok is false when the caller
-// has no such level.
+// downgradeLevel is the key of the level whose use a downgrade rule reads,
+// among the levels this exchange is admitted against.
 func (x *Exchange) downgradeLevel(d policy.Downgrade) (key string, ok bool) {
-	// A flat tenant is a one-level org: its own level is the org.
-	if !d.HasLevel || d.Level == policy.LevelOrg {
-		return "", true
+	return downgradeKey(x.admittedLevels(), d)
+}
+
+// admittedLevels are the levels the admission counts this request against,
+// as policy.Resolve describes them, org first and the caller's own last.
+// The gate admits x.tenant as one level — a flat tenant is a one-level org
+// — until the hierarchy is wired into the admission (issue 13 item 2);
+// then these are the resolution's levels, and a rule naming a team, user
+// or key reads what that level's answers carried.
+func (x *Exchange) admittedLevels() []policy.ResolvedLevel {
+	return []policy.ResolvedLevel{{Level: policy.LevelOrg, Name: x.tenant}}
+}
+
+// downgradeKey is the key of the level of levels a downgrade rule reads:
+// the level it names, else the caller's own (the last); ok is false when
+// the caller has no such level — a team rule never downgrades a caller in
+// no team.
+func downgradeKey(levels []policy.ResolvedLevel, d policy.Downgrade) (key string, ok bool) {
+	if len(levels) == 0 {
+		return "", false
+	}
+	if !d.HasLevel {
+		return levels[len(levels)-1].Key, true
+	}
+	for _, l := range levels {
+		if l.Level == d.Level {
+			return l.Key, true
+		}
 	}
 	return "", false
 }

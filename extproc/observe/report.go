@@ -125,25 +125,38 @@ func reportLevels(cfg *policy.Config, tenant string, o ReportOptions) (rows []re
 		return cfg.Resolve(c, o.Policy).Levels
 	}
 	pol = cfg.Resolve(policy.Caller{tenant, "", "", ""}, o.Policy).Policy.Name
-	org := member("")
-	rows = append(rows, reportRow{level: "org", name: tenant, key: "", levelBudgets: org[0].Budgets})
+	// Resolve leaves out a pool that checks nothing: an org without budgets
+	// or limits of its own has no org row.
+	if l, ok := levelOf(member(""), policy.LevelOrg); ok {
+		rows = append(rows, reportRow{level: "org", name: tenant, key: "", levelBudgets: l.Budgets})
+	}
 	for _, team := range teams {
-		lv := member(team)
-		if len(lv) > 1 && lv[1].Level == policy.LevelTeam {
-			rows = append(rows, reportRow{level: "team", name: "  " + team, key: lv[1].Key, levelBudgets: lv[1].Budgets})
+		if l, ok := levelOf(member(team), policy.LevelTeam); ok {
+			rows = append(rows, reportRow{level: "team", name: "  " + team, key: l.Key, levelBudgets: l.Budgets})
 		}
 	}
 	if o.User != "" || o.Key != "" {
 		lv := member(o.Team)
+		indent := "  "
+		if _, ok := levelOf(lv, policy.LevelTeam); ok && o.Team != "" {
+			indent = "    "
+		}
 		for _, l := range lv {
 			if l.Level == policy.LevelUser || l.Level == policy.LevelKey {
-				indent := "  "
-				if o.Team != "" && len(lv) > 1 && lv[1].Level == policy.LevelTeam {
-					indent = "    "
-				}
 				rows = append(rows, reportRow{level: l.Level.String(), name: indent + l.Name, key: l.Key, levelBudgets: l.Budgets})
 			}
 		}
 	}
 	return rows, pol, true
+}
+
+// levelOf finds the level of kind l among a resolution's levels, which
+// leave out the pools that check nothing.
+func levelOf(levels []policy.ResolvedLevel, l policy.Level) (policy.ResolvedLevel, bool) {
+	for _, r := range levels {
+		if r.Level == l {
+			return r, true
+		}
+	}
+	return policy.ResolvedLevel{}, false
 }

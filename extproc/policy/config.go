@@ -784,11 +784,17 @@ func sortedKeys[V any](m map[string]V) []string {
 // with its previous, current and next calendar window around now in the
 // budget's time zone, so the store can pick the current one by its own clock.
 func (p *Policy) LimiterBudgets(now time.Time) []limiter.Budget {
-	if len(p.Budgets) == 0 {
+	return LimiterBudgetsOf(p.Budgets, now)
+}
+
+// LimiterBudgetsOf returns budgets (a policy's or a level's) as the store
+// takes them, as LimiterBudgets does.
+func LimiterBudgetsOf(budgets []Budget, now time.Time) []limiter.Budget {
+	if len(budgets) == 0 {
 		return nil
 	}
-	out := make([]limiter.Budget, len(p.Budgets))
-	for i, b := range p.Budgets {
+	out := make([]limiter.Budget, len(budgets))
+	for i, b := range budgets {
 		ws := accounting.WindowsAround(b.Window, b.Location, now)
 		out[i] = limiter.Budget{Name: string(b.Window), Cap: int64(b.Cap), Alerts: b.Alerts}
 		for j := range ws {
