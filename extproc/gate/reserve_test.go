@@ -9,6 +9,7 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/extproc/contract"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
@@ -205,5 +206,46 @@ tenants: {acme: {}}
 				t.Fatalf("repeat served from the cache: %v, want %v", hit, tc.wantHit)
 			}
 		})
+	}
+}
+
+// TestClampAtTheBindingLevel: a caller in a team is clamped to the room the
+// tightest level leaves — the team's day, not the org's — and every level
+// reserves the same clamped amount.
+func TestClampAtTheBindingLevel(t *testing.T) {
+	h := newHarness(t, `
+identity:
+  from: [{jwt: {org: org_id, team: team, user: sub}}]
+  unknown: deny
+policies:
+  default: {budget_reservation: full}
+orgs:
+  acme:
+    budgets: [{window: day, usd: 10}]
+    teams:
+      search: {budgets: [{window: day, usd: 0.1}]}
+`)
+	jwt := EnvoyValues{Meta: map[string]map[string]any{policy.JWTNamespace: {"payload": map[string]any{"org_id": "acme", "team": "search", "sub": "ann"}}}}
+	body := anthropicBody(`"max_tokens":64000,`)
+	x, hv := h.g.Begin(context.Background(), Request{Headers: post(pathMessages), Envoy: jwt})
+	if hv.Reply != nil {
+		t.Fatalf("Begin: %d %s", hv.Reply.Status, hv.Reply.Body)
+	}
+	if bv := x.Body([]byte(body)); bv.Reply != nil || !bv.BodyChanged {
+		t.Fatalf("body: %+v", bv)
+	}
+	in := inputEstimate(t, pathMessages, body)
+	want := (100_000_000 - in*sonnetIn) / sonnetOut
+	if x.clamped != want {
+		t.Fatalf("clamped to %d, want %d (the team's room)", x.clamped, want)
+	}
+	reserved := in*sonnetIn + want*sonnetOut
+	for _, b := range x.decision.Budgets {
+		if b.Reserved != reserved {
+			t.Errorf("%s (level %q) reserved %d, want %d", b.Name, b.Level, b.Reserved, reserved)
+		}
+	}
+	if len(x.decision.Budgets) < 2 {
+		t.Fatalf("admitted %d budgets, want the org's and the team's", len(x.decision.Budgets))
 	}
 }
