@@ -91,6 +91,7 @@ func runConformance(t *testing.T, h harness) {
 	runSharedConformance(t, h)
 	runLevelsConformance(t, h)
 	runLevelLimitsConformance(t, h)
+	runDetachedConformance(t, h)
 	runClampConformance(t, h)
 	runCalibrationConformance(t, h)
 	t.Run("RequestsPerMinute", func(t *testing.T) {

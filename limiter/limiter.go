@@ -144,6 +144,11 @@ type AdmitRequest struct {
 	// user's, a key's own), checked with Limits (the org's) and the budgets
 	// in the same atomic decision; they share Limits' Burst and LeaseTTL.
 	LevelLimits []LevelLimits
+	// Detached makes a reservation that holds no concurrency slot at any
+	// level while it lasts: long-lived batch work, reserved against the
+	// budgets (and the minute limits) for up to its LeaseTTL, then settled
+	// by a later request or expired and charged at its estimate.
+	Detached bool
 	// Output, when its Tokens are above zero, lets the store shrink the
 	// request's output to fit its budgets (a full budget reservation).
 	Output Output

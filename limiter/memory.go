@@ -45,6 +45,7 @@ var _ Shared = (*Memory)(nil)
 type memTenant struct {
 	rpm, tpm int64      // TATs; a value ≤ now means a full bucket
 	pending  pendingSet // request id by expiry: leases and unsettled reservations at once
+	detached pendingSet // request id by expiry: reservations that hold no lease (AdmitRequest.Detached)
 	records  map[string]*memRecord
 	budgets  map[string]*memBudget // by budgetKey
 	calib    map[string]*memCalib  // by model
@@ -213,7 +214,11 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 	}
 	lease := int64(cmp.Or(l.LeaseTTL, DefaultLeaseTTL) / time.Microsecond)
 	expiry := now + lease
-	t.pending.add(req.RequestID, expiry)
+	if req.Detached {
+		t.detached.add(req.RequestID, expiry)
+	} else {
+		t.pending.add(req.RequestID, expiry)
+	}
 	rec := &memRecord{state: 'p', tokens: tokens, cost: cost, tpmLimit: l.TokensPerMinute,
 		model: req.Model, deadline: expiry + m.retention}
 	for i := range req.LevelLimits {
@@ -323,7 +328,9 @@ func (m *Memory) sweep(t *memTenant, now int64, alerts map[string][]int64, expir
 	for range m.sweepLimit {
 		id, ok := t.pending.popExpired(now)
 		if !ok {
-			return
+			if id, ok = t.detached.popExpired(now); !ok {
+				return
+			}
 		}
 		rec := t.records[id]
 		if rec == nil || rec.deadline <= now || rec.state != 'p' {
@@ -364,6 +371,7 @@ func (m *Memory) charge(t *memTenant, now int64, rec *memRecord, cost int64, ale
 
 func (m *Memory) finish(t *memTenant, now int64, id string, rec *memRecord, state byte) {
 	t.pending.remove(id)
+	t.detached.remove(id)
 	for _, ll := range rec.levels {
 		if s := t.levels[ll.Key]; s != nil && ll.Concurrent > 0 {
 			s.pending.remove(id)
@@ -405,7 +413,7 @@ func (m *Memory) Close() error { return nil }
 func (m *Memory) tenant(name string) *memTenant {
 	t := m.tenants[name]
 	if t == nil {
-		t = &memTenant{pending: newPendingSet(), records: map[string]*memRecord{}, budgets: map[string]*memBudget{}}
+		t = &memTenant{pending: newPendingSet(), detached: newPendingSet(), records: map[string]*memRecord{}, budgets: map[string]*memBudget{}}
 		m.tenants[name] = t
 	}
 	return t
@@ -449,7 +457,7 @@ func (m *Memory) gc(now int64) {
 			}
 		}
 		if len(t.records) == 0 && len(t.budgets) == 0 && len(t.calib) == 0 && len(t.levels) == 0 &&
-			t.pending.len() == 0 && t.rpm <= now && t.tpm <= now {
+			t.pending.len() == 0 && t.detached.len() == 0 && t.rpm <= now && t.tpm <= now {
 			delete(m.tenants, name)
 		}
 	}

@@ -49,6 +49,7 @@ func (m *Memory) Cancel(ctx context.Context, req CancelRequest) (CancelResult, e
 		}
 	}
 	t.pending.remove(req.RequestID)
+	t.detached.remove(req.RequestID)
 	rec.state = 'c'
 	rec.deadline = now + keep
 	return CancelResult{Released: true}, nil

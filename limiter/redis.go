@@ -122,6 +122,8 @@ type RedisOptions struct {
 //	p                      zset of request id → expiry: the concurrency leases and the pending
 //	                       reservations at once (unexpired members are the leases); TTL at
 //	                       least the newest lease + Retention
+//	d                      zset of request id → expiry of detached reservations (batch work):
+//	                       swept like p, never counted as leases; s's nd is its earliest
 //	r:<id>                 string: "p<tokens> <cost> <tpm limit> <len> <windows><model>" while
 //	                       pending (created with SET NX PX, which is also the duplicate check),
 //	                       then "s" (settled) or "x" (expired) for SettledTTL
@@ -190,6 +192,11 @@ func (r *Redis) Admit(ctx context.Context, req AdmitRequest) (Decision, error) {
 	for _, l := range req.LevelLimits {
 		args = append(args, escapedLevel(l.Key), l.RequestsPerMinute, l.TokensPerMinute, l.Concurrent)
 	}
+	detached := 0
+	if req.Detached {
+		detached = 1
+	}
+	args = append(args, detached)
 	keys := []string{prefix + "s", prefix + "p", prefix + "r:" + req.RequestID}
 	v, err := r.run(ctx, admitScript, keys, args)
 	if err != nil {

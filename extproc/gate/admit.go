@@ -81,18 +81,24 @@ func (x *Exchange) levelRequest(now time.Time) (limiter.Limits, []limiter.LevelL
 	if len(x.levels) == 0 {
 		return x.policy.Limits, nil, x.policy.LimiterBudgets(now)
 	}
-	limits := x.levels[0].Limits
-	limits.Burst, limits.LeaseTTL = x.policy.Limits.Burst, x.policy.Limits.LeaseTTL
+	// Resolve leaves out pools that check nothing, so the org's own level
+	// (key "") may be absent: then the org has no limits of its own.
+	var limits limiter.Limits
 	var ll []limiter.LevelLimits
 	lv := make([]limiter.Level, 0, len(x.levels))
 	for i := range x.levels {
 		l := &x.levels[i]
 		lv = append(lv, limiter.Level{Key: l.Key, Budgets: policy.LimiterBudgetsOf(l.Budgets, now)})
-		if i > 0 && (l.Limits.RequestsPerMinute > 0 || l.Limits.TokensPerMinute > 0 || l.Limits.Concurrent > 0) {
+		if l.Key == "" {
+			limits = l.Limits
+			continue
+		}
+		if l.Limits.RequestsPerMinute > 0 || l.Limits.TokensPerMinute > 0 || l.Limits.Concurrent > 0 {
 			ll = append(ll, limiter.LevelLimits{Key: l.Key, RequestsPerMinute: l.Limits.RequestsPerMinute,
 				TokensPerMinute: l.Limits.TokensPerMinute, Concurrent: l.Limits.Concurrent})
 		}
 	}
+	limits.Burst, limits.LeaseTTL = x.policy.Limits.Burst, x.policy.Limits.LeaseTTL
 	return limits, ll, limiter.LevelBudgets(lv)
 }
 

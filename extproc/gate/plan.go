@@ -248,12 +248,12 @@ func (x *Exchange) downgradeLevel(d policy.Downgrade) (key string, ok bool) {
 }
 
 // admittedLevels are the levels the admission counts this request against,
-// as policy.Resolve describes them, org first and the caller's own last.
-// The gate admits x.tenant as one level — a flat tenant is a one-level org
-// — until the hierarchy is wired into the admission (issue 13 item 2);
-// then these are the resolution's levels, and a rule naming a team, user
-// or key reads what that level's answers carried.
+// as policy.Resolve describes them, org first and the caller's own last: a
+// caller outside orgs: is x.tenant as a one-level org.
 func (x *Exchange) admittedLevels() []policy.ResolvedLevel {
+	if len(x.levels) > 0 {
+		return x.levels
+	}
 	return []policy.ResolvedLevel{{Level: policy.LevelOrg, Name: x.tenant}}
 }
 

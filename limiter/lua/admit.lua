@@ -10,7 +10,9 @@
 --   windows as start µs, end µs; then the alerts block (read_alerts); then
 --   the output clamp: output tokens, price per output token, minimum; then
 --   the levels below the org: count, then per level: escaped key, rpm
---   limit, tpm limit, concurrency limit (the tolerances are the org's).
+--   limit, tpm limit, concurrency limit (the tolerances are the org's);
+--   then 1 for a detached reservation (one that holds no concurrency slot:
+--   batch work, kept in the zset d and swept from it), else 0.
 -- Returns {now, code, rpm TAT, tpm TAT, {window, spent, reserved}...,
 --   expired, crossed, output reserved (0 when denied), the denying level
 --   (0 the org, else its index), {rpm TAT, tpm TAT} per level}; codes as in
@@ -25,7 +27,7 @@ local conc, lease_us = tonumber(ARGV[7]), tonumber(ARGV[8])
 local tokens, cost = tonumber(ARGV[9]), tonumber(ARGV[10])
 local retention_s, keep_ms, sweep_limit = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
 
-local st = redis.call('HMGET', skey, 'r', 't', 'n', 'e', 'pe')
+local st = redis.call('HMGET', skey, 'r', 't', 'n', 'e', 'pe', 'nd')
 local rpm_tat, tpm_tat = now, now
 if rpm_l > 0 then rpm_tat = math.max(tonumber(st[1]) or now, now) end
 if tpm_l > 0 then tpm_tat = math.max(tonumber(st[2]) or now, now) end
@@ -102,6 +104,9 @@ if nl > 0 then
     if v.cl > 0 then v.leases = redis.call('ZCOUNT', v.pkey, '(' .. fmt(now), '+inf') end
   end
 end
+local detached = ARGV[li + 1 + nl * 4] == '1'
+local dkey = prefix .. 'd'
+local nd = tonumber(st[6])
 local function level_tats()
   local out = {}
   for l = 1, nl do out[l] = {lv[l].r_tat, lv[l].t_tat} end
@@ -172,8 +177,16 @@ local expired, crossed = {}, {}
 if must_sweep then
   sweep(prefix, pkey, now, sweep_limit, alerts, retention_s, keep_ms, expired, crossed, nil)
 end
+if nd and nd <= now then -- detached reservations past their lease
+  sweep(prefix, dkey, now, sweep_limit, alerts, retention_s, keep_ms, expired, crossed, nil)
+end
 local expiry = now + lease_us
-redis.call('ZADD', pkey, fmt(expiry), id)
+if detached then
+  redis.call('ZADD', dkey, fmt(expiry), id)
+  redis.call('PEXPIREAT', dkey, fmt(math.floor(expiry / 1000) + keep_pending_ms))
+else
+  redis.call('ZADD', pkey, fmt(expiry), id)
+end
 
 local fields, tat_max = {}, now
 if rpm_l > 0 then
@@ -204,8 +217,12 @@ for l = 1, nl do
   end
 end
 local new_n
-if must_sweep then new_n = earliest(pkey) else new_n = math.min(n, expiry) end
+if must_sweep then new_n = earliest(pkey) elseif detached then new_n = n else new_n = math.min(n, expiry) end
 if new_n ~= n then fields[#fields + 1] = 'n'; fields[#fields + 1] = fmt(new_n) end
+if detached or (nd and nd <= now) then
+  local new_nd = earliest(dkey)
+  if new_nd ~= nd then fields[#fields + 1] = 'nd'; fields[#fields + 1] = fmt(new_nd) end
+end
 -- The zset must outlive its newest lease by the retention. The sweep may
 -- have emptied (deleted) it and ZCARD 0 means ZADD just created it: both
 -- need an expiry whatever pe says. Otherwise extend only when pe would

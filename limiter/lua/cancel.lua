@@ -52,6 +52,7 @@ if rec[6] ~= '' then
     end
   end
 end
+redis.call('ZREM', prefix .. 'd', id) -- a detached reservation's place, if it is one
 finish(prefix, pkey, rkey, id, 'c', keep_ms, rec[6])
 save_state(skey, fields, tonumber(st[3]), tat_max, now)
 return {now, 1}

@@ -1,7 +1,8 @@
 -- Settle: a no-op without a pending record; otherwise sweep if anything can
 -- have expired, then replace the estimate by the actual charge in TPM and
 -- every reserved window, and release the lease.
--- KEYS: 1 tenant state hash, 2 pending zset (leases), 3 this request's record.
+-- KEYS: 1 tenant state hash, 2 pending zset (leases), 3 this request's record
+--   (and the detached zset d under the same prefix).
 -- ARGV: 1 key prefix, 2 request id, 3 tokens, 4 cost, 5 retention s,
 --   6 settled TTL ms, 7 sweep limit, then the alerts block (read_alerts),
 --   then the calibration sample: model ('' for none), estimated, measured.
@@ -18,7 +19,7 @@ local tokens, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
 local retention_s, keep_ms, sweep_limit = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local alerts, ci = read_alerts(8)
 
-local st = redis.call('HMGET', skey, 't', 'n', 'e')
+local st = redis.call('HMGET', skey, 't', 'n', 'e', 'nd')
 local n = tonumber(st[2])
 local fields, tat_max = {}, now
 local expired, crossed = {}, {}
@@ -30,6 +31,20 @@ if not n or n <= now then
   end
 end
 
+-- Detached reservations (batch work) live in the zset d: sweep those past
+-- their lease, and this one leaves it when it settles.
+local dkey, nd = prefix .. 'd', tonumber(st[4])
+if nd then
+  if nd <= now then
+    local mine = sweep(prefix, dkey, now, sweep_limit, alerts, retention_s, keep_ms, expired, crossed, id)
+    if mine then
+      save_state(skey, {'nd', fmt(earliest(dkey))}, tonumber(st[3]), tat_max, now)
+      return {now, 0, {}, expired, crossed}
+    end
+  end
+  redis.call('ZREM', dkey, id)
+  fields[#fields + 1] = 'nd'; fields[#fields + 1] = fmt(earliest(dkey))
+end
 local tl = rec[3]
 if tl > 0 then
   local diff = increment(tokens, tl) - increment(rec[1], tl)

@@ -126,6 +126,9 @@ func TestResponseCacheEndToEnd(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := len(s.mock.Provider().Ledger())
+			// The fill counter is cumulative across the cases: wait for this
+			// case's own fill, not any.
+			stored := s.total("tokenwarden_response_cache_fills_total", "result", "stored")
 			first := s.do(ctx, 0, tc.req(tc.body, tenantH("acme")))
 			if first.err != nil || first.resp.Status != 200 {
 				t.Fatalf("first: %v %+v", first.err, first.resp)
@@ -133,7 +136,7 @@ func TestResponseCacheEndToEnd(t *testing.T) {
 			if got := first.header(gate.CacheHeader); got != gate.CacheMiss {
 				t.Errorf("first: %s = %q", gate.CacheHeader, got)
 			}
-			waitFor(t, func() bool { return s.total("tokenwarden_response_cache_fills_total", "result", "stored") >= 1 })
+			waitFor(t, func() bool { return s.total("tokenwarden_response_cache_fills_total", "result", "stored") >= stored+1 })
 			spent := s.budget("acme", "day").Spent
 			savedBefore := s.total("tokenwarden_response_cache_saved_usd_total")
 

@@ -1,0 +1,52 @@
+package limiter
+
+import (
+	"testing"
+	"time"
+)
+
+func runDetachedConformance(t *testing.T, h harness) {
+	t.Run("DetachedHoldsNoSlotAndSettles", func(t *testing.T) {
+		org := newTenant("detached")
+		now := h.now(t)
+		bs := []Budget{dayBudget("day", now, 1000)}
+		lim := Limits{Concurrent: 1, LeaseTTL: time.Hour}
+		if d := mustAdmit(t, h.store, AdmitRequest{Tenant: org, RequestID: "batch", Limits: lim, Cost: 600, Budgets: bs, Detached: true}); !d.Allowed {
+			t.Fatalf("batch: %+v", d)
+		}
+		// The batch holds no slot: one request still fits the limit of 1.
+		if d := mustAdmit(t, h.replica, AdmitRequest{Tenant: org, RequestID: "a", Limits: lim, Cost: 100, Budgets: bs}); !d.Allowed {
+			t.Fatalf("a request beside the batch: %+v", d)
+		}
+		// But it holds its budget.
+		if d := mustAdmit(t, h.store, AdmitRequest{Tenant: org, RequestID: "b", Cost: 400, Budgets: bs}); d.Allowed || d.Denied != BudgetDimension("day") {
+			t.Fatalf("over the budget the batch reserves: %+v", d)
+		}
+		r := mustSettle(t, h.replica, SettleRequest{Tenant: org, RequestID: "batch", Cost: 250, Budgets: bs})
+		if !r.Settled || r.Budgets[0].Spent != 250 || r.Budgets[0].Reserved != 100 {
+			t.Fatalf("batch settle: %+v", r)
+		}
+		if r := mustSettle(t, h.store, SettleRequest{Tenant: org, RequestID: "batch", Cost: 250, Budgets: bs}); r.Settled {
+			t.Fatalf("second settle: %+v", r)
+		}
+	})
+
+	t.Run("DetachedExpiresChargedAtEstimate", func(t *testing.T) {
+		org := newTenant("detached-exp")
+		now := h.now(t)
+		bs := []Budget{dayBudget("day", now, 1000)}
+		ttl := 200*time.Millisecond + h.slack
+		mustAdmit(t, h.store, AdmitRequest{Tenant: org, RequestID: "batch", Limits: Limits{LeaseTTL: ttl}, Cost: 300, Budgets: bs, Detached: true})
+		h.advance(ttl + 50*time.Millisecond)
+		d := mustAdmit(t, h.replica, AdmitRequest{Tenant: org, RequestID: "next", Limits: Limits{LeaseTTL: time.Hour}, Cost: 0, Budgets: bs})
+		if !d.Allowed || len(d.Expired) != 1 || d.Expired[0].RequestID != "batch" || d.Expired[0].Cost != 300 {
+			t.Fatalf("sweep: %+v", d)
+		}
+		if d.Budgets[0].Spent != 300 || d.Budgets[0].Reserved != 0 {
+			t.Fatalf("after the expiry: %+v; want spent 300 (the estimate)", d.Budgets[0])
+		}
+		if r := mustSettle(t, h.store, SettleRequest{Tenant: org, RequestID: "batch", Cost: 10, Budgets: bs}); r.Settled {
+			t.Fatalf("a settle after the expiry charged again: %+v", r)
+		}
+	})
+}
