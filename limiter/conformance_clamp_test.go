@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 )
 
@@ -113,6 +114,25 @@ func runClampConformance(t *testing.T, h harness) {
 		r = AdmitRequest{Tenant: org, RequestID: "b", Tokens: 1100, Cost: 200, Budgets: bs}
 		if d := mustAdmit(t, h.store, r); d.Allowed || d.OutputTokens != 0 {
 			t.Fatalf("decision %+v; want a plain budget denial", d)
+		}
+	})
+
+	t.Run("ClampExactAtLargeValues", func(t *testing.T) {
+		// At the bounds of Lua's exact doubles: $1 per output token, a
+		// million of them, the largest cost a request may carry. One
+		// nano-USD short of a whole token must not round up to it.
+		for i, tc := range []struct{ cap, want int64 }{
+			{MaxCost - 1, 999_999},
+			{700_000_000_000_003, 700_000},
+			{MaxCost, 1_000_000},
+		} {
+			org := newTenant("clamp-large")
+			bs := []Budget{dayBudget("day", h.now(t), tc.cap)}
+			d := mustAdmit(t, h.store, AdmitRequest{Tenant: org, RequestID: fmt.Sprint(i), Tokens: 1_000_000, Cost: MaxCost, Budgets: bs,
+				Output: Output{Tokens: 1_000_000, Price: 1_000_000_000, Min: 1}})
+			if !d.Allowed || d.OutputTokens != tc.want || d.Budgets[0].Reserved != tc.want*1_000_000_000 {
+				t.Errorf("cap %d: %+v; want %d output tokens reserved", tc.cap, d, tc.want)
+			}
 		}
 	})
 

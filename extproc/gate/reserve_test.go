@@ -1,6 +1,7 @@
 package gate
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -8,6 +9,8 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/extproc/contract"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
+	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
 // reservationYAML is a policy with one day budget of usd dollars under the
@@ -162,5 +165,87 @@ func TestClampDenialMayRetry(t *testing.T) {
 	_, r = h.refuse(post(pathMessages, tenantHeader("acme")), body)
 	if !strings.Contains(string(r.Body), "more than the whole day budget") {
 		t.Fatalf("body %s; want a never-fits denial", r.Body)
+	}
+}
+
+// TestClampedAnswerIsNotCached: a clamped request's answer is the answer to
+// a smaller request than the one sent, so it is not stored; the same flow
+// unclamped is (the control).
+func TestClampedAnswerIsNotCached(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		maxTokens string
+		wantHit   bool
+	}{
+		{"clamped", `"max_tokens":64000,`, false},
+		{"whole", `"max_tokens":256,`, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, `
+policies:
+  default:
+    budget_reservation: full
+    budgets: [{window: day, usd: 0.1}]
+    response_cache: {enabled: true}
+tenants: {acme: {}}
+`)
+			h.g.opts.ResponseCache = limiter.NewMemoryCache(limiter.MemoryCacheOptions{Now: h.clock.Now})
+			body := `{"model":"claude-sonnet-4-5",` + tc.maxTokens + `"temperature":0,"messages":[{"role":"user","content":"Hello, Claude"}]}`
+			hdrs := post(pathMessages, tenantHeader("acme"), Header{"anthropic-version", "2023-06-01"})
+			x, _ := h.admit(hdrs, body)
+			if clamped := x.clamped > 0; clamped == tc.wantHit {
+				t.Fatalf("clamped %d", x.clamped)
+			}
+			answer(x, "200", "application/json", messageJSON)
+			x2, hv := h.g.Begin(context.Background(), Request{Headers: hdrs})
+			if hv.Reply != nil {
+				t.Fatalf("Begin: %+v", hv)
+			}
+			r := x2.Body([]byte(body)).Reply
+			if hit := r != nil && r.Status == 200; hit != tc.wantHit {
+				t.Fatalf("repeat served from the cache: %v, want %v", hit, tc.wantHit)
+			}
+		})
+	}
+}
+
+// TestClampAtTheBindingLevel: a caller in a team is clamped to the room the
+// tightest level leaves — the team's day, not the org's — and every level
+// reserves the same clamped amount.
+func TestClampAtTheBindingLevel(t *testing.T) {
+	h := newHarness(t, `
+identity:
+  from: [{jwt: {org: org_id, team: team, user: sub}}]
+  unknown: deny
+policies:
+  default: {budget_reservation: full}
+orgs:
+  acme:
+    budgets: [{window: day, usd: 10}]
+    teams:
+      search: {budgets: [{window: day, usd: 0.1}]}
+`)
+	jwt := EnvoyValues{Meta: map[string]map[string]any{policy.JWTNamespace: {"payload": map[string]any{"org_id": "acme", "team": "search", "sub": "ann"}}}}
+	body := anthropicBody(`"max_tokens":64000,`)
+	x, hv := h.g.Begin(context.Background(), Request{Headers: post(pathMessages), Envoy: jwt})
+	if hv.Reply != nil {
+		t.Fatalf("Begin: %d %s", hv.Reply.Status, hv.Reply.Body)
+	}
+	if bv := x.Body([]byte(body)); bv.Reply != nil || !bv.BodyChanged {
+		t.Fatalf("body: %+v", bv)
+	}
+	in := inputEstimate(t, pathMessages, body)
+	want := (100_000_000 - in*sonnetIn) / sonnetOut
+	if x.clamped != want {
+		t.Fatalf("clamped to %d, want %d (the team's room)", x.clamped, want)
+	}
+	reserved := in*sonnetIn + want*sonnetOut
+	for _, b := range x.decision.Budgets {
+		if b.Reserved != reserved {
+			t.Errorf("%s (level %q) reserved %d, want %d", b.Name, b.Level, b.Reserved, reserved)
+		}
+	}
+	if len(x.decision.Budgets) < 2 {
+		t.Fatalf("admitted %d budgets, want the org's and the team's", len(x.decision.Budgets))
 	}
 }
