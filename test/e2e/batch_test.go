@@ -43,8 +43,8 @@ func TestBatchesAreAdmittedOnSubmit(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts redis-server")
 	}
-	res := reservation(t) // one request at standard prices
-	capNano := 9*res/2    // 4.5 requests, 9 batch requests (half price)
+	res := reservation(t)  // one request at standard prices
+	capNano := 9 * res / 2 // 4.5 requests, 9 batch requests (half price)
 	cfg := fmt.Sprintf(`
 policies:
   default:
