@@ -31,6 +31,40 @@ func runDetachedConformance(t *testing.T, h harness) {
 		}
 	})
 
+	t.Run("DetachedRebindThenSettleOnce", func(t *testing.T) {
+		org := newTenant("detached-rebind")
+		now := h.now(t)
+		bs := []Budget{dayBudget("day", now, 1000)}
+		mustAdmit(t, h.store, AdmitRequest{Tenant: org, RequestID: "submit", Limits: Limits{LeaseTTL: time.Hour}, Cost: 600, Budgets: bs, Detached: true})
+		mustAdmit(t, h.store, AdmitRequest{Tenant: org, RequestID: "plain", Cost: 10, Budgets: bs})
+		rb := func(s Store, from, to string) bool {
+			ok, err := s.(Rebinder).Rebind(ctxb, RebindRequest{Tenant: org, From: from, To: to})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return ok
+		}
+		if rb(h.store, "plain", "x") || rb(h.store, "nope", "x") || rb(h.replica, "submit", "plain") {
+			t.Fatal("rebound what it must not: a lease, an unknown id, onto a taken id")
+		}
+		if !rb(h.replica, "submit", "batch:1") || rb(h.store, "submit", "batch:2") {
+			t.Fatal("the rebind did not move the reservation exactly once")
+		}
+		if r := mustSettle(t, h.store, SettleRequest{Tenant: org, RequestID: "submit", Cost: 1}); r.Settled {
+			t.Fatalf("the old id still settles: %+v", r)
+		}
+		if other := mustSettle(t, h.store, SettleRequest{Tenant: newTenant("someone-else"), RequestID: "batch:1", Cost: 1}); other.Settled {
+			t.Fatalf("another tenant settled it: %+v", other)
+		}
+		r := mustSettle(t, h.replica, SettleRequest{Tenant: org, RequestID: "batch:1", Cost: 250, Budgets: bs})
+		if !r.Settled || r.Budgets[0].Spent != 250 || r.Budgets[0].Reserved != 10 {
+			t.Fatalf("settle under the new id: %+v", r)
+		}
+		if r := mustSettle(t, h.store, SettleRequest{Tenant: org, RequestID: "batch:1", Cost: 250, Budgets: bs}); r.Settled {
+			t.Fatalf("settled twice: %+v", r)
+		}
+	})
+
 	t.Run("DetachedExpiresChargedAtEstimate", func(t *testing.T) {
 		org := newTenant("detached-exp")
 		now := h.now(t)

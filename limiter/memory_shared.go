@@ -146,3 +146,34 @@ func (m *Memory) Heartbeat(ctx context.Context, req HeartbeatRequest) (Heartbeat
 	}
 	return HeartbeatResult{Epoch: m.epoch, Created: created, Live: len(m.replicas)}, nil
 }
+
+// Rebind implements Rebinder (lua/rebind.lua).
+func (m *Memory) Rebind(ctx context.Context, req RebindRequest) (bool, error) {
+	if err := validateIDs(req.Tenant, req.From); err != nil {
+		return false, err
+	}
+	if err := validateIDs(req.Tenant, req.To); err != nil {
+		return false, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := unixMicros(m.now())
+	t := m.tenants[req.Tenant]
+	if t == nil {
+		return false, nil
+	}
+	rec := t.records[req.From]
+	it := t.detached.byID[req.From]
+	if rec == nil || rec.deadline <= now || rec.state != 'p' || it == nil {
+		return false, nil
+	}
+	if r := t.records[req.To]; r != nil && r.deadline > now {
+		return false, nil
+	}
+	exp := it.exp
+	t.detached.remove(req.From)
+	t.detached.add(req.To, exp)
+	delete(t.records, req.From)
+	t.records[req.To] = rec
+	return true, nil
+}

@@ -30,6 +30,8 @@ var (
 	reconcileLua string
 	//go:embed lua/heartbeat.lua
 	heartbeatLua string
+	//go:embed lua/rebind.lua
+	rebindLua string
 
 	admitScript     = redis.NewScript(commonLua + admitLua)
 	settleScript    = redis.NewScript(commonLua + settleLua)
@@ -38,6 +40,7 @@ var (
 	renewScript     = redis.NewScript(commonLua + renewLua)
 	reconcileScript = redis.NewScript(commonLua + reconcileLua)
 	heartbeatScript = redis.NewScript(heartbeatLua)
+	rebindScript    = redis.NewScript(commonLua + rebindLua)
 )
 
 // Defaults of RedisOptions. A busy store is not a down store: the round

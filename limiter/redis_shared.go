@@ -105,3 +105,20 @@ func (r *Redis) Heartbeat(ctx context.Context, req HeartbeatRequest) (HeartbeatR
 	live, err := asInt(top[2])
 	return HeartbeatResult{Epoch: asString(top[0]), Created: created == 1, Live: int(live)}, err
 }
+
+// Rebind implements Rebinder in one round trip (lua/rebind.lua).
+func (r *Redis) Rebind(ctx context.Context, req RebindRequest) (bool, error) {
+	if err := validateIDs(req.Tenant, req.From); err != nil {
+		return false, err
+	}
+	if err := validateIDs(req.Tenant, req.To); err != nil {
+		return false, err
+	}
+	prefix := tenantPrefix(req.Tenant)
+	v, err := r.run(ctx, rebindScript, []string{prefix + "r:" + req.From, prefix + "r:" + req.To}, []any{prefix, req.From, req.To})
+	if err != nil {
+		return false, fmt.Errorf("limiter: rebind: %w", err)
+	}
+	n, err := asInt(v)
+	return n == 1, err
+}

@@ -304,7 +304,9 @@ func (r *Resilient) Admit(ctx context.Context, req AdmitRequest) (Decision, erro
 			if err == nil && d.Allowed {
 				r.mu.Lock()
 				full := len(r.admitted) >= r.maxOpen
-				if !full {
+				// A detached reservation (batch work) is settled, if at
+				// all, under another id hours later: not tracked here.
+				if !full && !req.Detached {
 					r.admitted[openKey(req.Tenant, req.RequestID)] = r.now()
 				}
 				r.mu.Unlock()
@@ -760,3 +762,20 @@ func alertsOnly(bs []Budget) []Budget {
 }
 
 func openKey(tenant, id string) string { return tenant + "\x00" + id }
+
+// Rebind implements Rebinder on the primary store: a reservation decided
+// without it (locally, or admitted unchecked) is not there to rename, and
+// keeps its id until it ends.
+func (r *Resilient) Rebind(ctx context.Context, req RebindRequest) (bool, error) {
+	rb, ok := r.primary.(Rebinder)
+	if !ok {
+		return false, nil
+	}
+	r.mu.Lock()
+	_, degraded := r.degraded[openKey(req.Tenant, req.From)]
+	r.mu.Unlock()
+	if degraded {
+		return false, nil
+	}
+	return rb.Rebind(ctx, req)
+}

@@ -166,3 +166,19 @@ func ChargeWindows(budgets []Budget, now time.Time) []WindowCharge {
 func errInvalidf(format string, a ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, a...)...)
 }
+
+// Rebinder is a store that can give a pending detached reservation
+// (AdmitRequest.Detached) a new id: batch work is admitted before the
+// provider names the batch, and settled later under that name.
+type Rebinder interface {
+	// Rebind renames the detached reservation From to To, keeping its
+	// estimate, windows and expiry. It reports false, changing nothing,
+	// when From is not a pending detached reservation or To is taken.
+	Rebind(ctx context.Context, req RebindRequest) (bool, error)
+}
+
+// RebindRequest names a reservation and its new id within one tenant.
+type RebindRequest struct {
+	Tenant   string
+	From, To string
+}
