@@ -121,6 +121,9 @@ func (st *stream) requestHeaders(h *extprocv3.HttpHeaders, req *extprocv3.Proces
 	case v.Reply != nil:
 		st.state = finished
 		return replyAnswer(v.Reply, x.Outcome()), nil
+	case v.ResponseOnly:
+		st.state = forwarded
+		return requestHeadersAnswer(v.Edits, nil), nil
 	}
 	st.state = awaitRequestBody
 	pc := req.GetProtocolConfig()

@@ -1,6 +1,7 @@
 package gate
 
 import (
+	"bytes"
 	"strings"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/anthropic"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 	"github.com/tokenwarden/tokenwarden/extproc/policy"
+	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
 // Batch submissions. A batch carries many requests in one body and is
@@ -98,4 +100,190 @@ func (x *Exchange) batchCreated() {
 	}
 	x.g.obs.Outcome(x.outcome)
 	x.reservation = nil // not this exchange's to settle
+}
+
+// The rest of a batch's life. The provider names the batch in its answer
+// to the creation: the reservation is renamed after it (one more round
+// trip, on the answer), so that whichever replica later sees the results
+// downloaded — GET /v1/messages/batches/{id}/results, a JSONL file of one
+// line per request — settles it, once, to what the succeeded lines used at
+// batch prices. A second download finds it settled and changes nothing;
+// another org's download cannot reach it (the store key carries the org).
+// A download cut short settles nothing; a batch whose results are never
+// downloaded is charged at its estimate when its reservation ends.
+
+// batchState is what a batch exchange keeps.
+type batchState struct {
+	// resultsID is the batch whose results this request downloads.
+	resultsID string
+	// buf holds the create answer, or a results line not yet complete.
+	buf []byte
+	// What the results' succeeded lines used, priced at batch prices.
+	cost      accounting.Cost
+	usage     accounting.Usage
+	lines     int
+	succeeded int
+	// failed: the results could not be read whole; nothing is settled.
+	failed bool
+	// settled: the settle was tried (once per download).
+	settled bool
+}
+
+const (
+	// maxBatchCreateAnswer bounds the create answer kept to read the id.
+	maxBatchCreateAnswer = 1 << 20
+	// maxBatchResultLine bounds one results line (a whole Message).
+	maxBatchResultLine = 16 << 20
+)
+
+// batchReservation is the store id a named batch's reservation has.
+func batchReservation(id string) string { return "batch:" + id }
+
+// batchCreateChunk keeps the create answer and, at its end, renames the
+// reservation after the batch.
+func (x *Exchange) batchCreateChunk(chunk []byte, end bool) ChunkVerdict {
+	if len(x.b.buf)+len(chunk) <= maxBatchCreateAnswer {
+		x.b.buf = append(x.b.buf, chunk...)
+	}
+	if !end {
+		return ChunkVerdict{}
+	}
+	x.bindBatch()
+	return ChunkVerdict{Done: true}
+}
+
+// bindBatch renames the batch's reservation after the id the provider
+// gave it; without an id (or a store that cannot rename) the reservation
+// keeps its submit id and ends charged at its estimate.
+func (x *Exchange) bindBatch() {
+	id, ok := anthropic.BatchCreated(x.b.buf)
+	x.b.buf = nil
+	rb, can := x.g.opts.Store.(limiter.Rebinder)
+	if ok && can && x.reservation != nil {
+		ctx, cancel := x.g.detached(x.ctx)
+		bound, err := rb.Rebind(ctx, limiter.RebindRequest{Tenant: x.tenant, From: x.requestID, To: batchReservation(id)})
+		cancel()
+		if err != nil || !bound {
+			x.g.log.Warn("batch reservation kept its submit id; it will be charged at its estimate when it ends", "tenant", x.tenant, "batch", id, "err", err)
+		}
+	}
+	x.batchCreated()
+}
+
+// beginBatchResults governs a results download: no body to admit, only
+// the answer to read.
+func (x *Exchange) beginBatchResults() HeadersVerdict {
+	x.phase = phaseForwarded
+	x.pricedAt = x.g.opts.Now()
+	x.forwardedAt = x.pricedAt
+	var v HeadersVerdict
+	v.ResponseOnly = true
+	// The results are read as they pass; asked for uncompressed.
+	v.Edits.set("accept-encoding", "identity")
+	return v
+}
+
+// batchResultsChunk meters results lines as they pass, unchanged.
+func (x *Exchange) batchResultsChunk(chunk []byte, end bool) ChunkVerdict {
+	if x.coding.unreadable() {
+		x.b.failed = true
+	}
+	for !x.b.failed && len(chunk) > 0 {
+		i := bytes.IndexByte(chunk, '\n')
+		if i < 0 {
+			if len(x.b.buf)+len(chunk) > maxBatchResultLine {
+				x.b.failed = true
+				break
+			}
+			x.b.buf = append(x.b.buf, chunk...)
+			break
+		}
+		x.b.buf = append(x.b.buf, chunk[:i]...)
+		x.batchResultLine()
+		chunk = chunk[i+1:]
+	}
+	if !end {
+		return ChunkVerdict{}
+	}
+	x.batchResultsEnd()
+	return ChunkVerdict{Done: true}
+}
+
+func (x *Exchange) batchResultLine() {
+	line := bytes.TrimSpace(x.b.buf)
+	x.b.buf = x.b.buf[:0]
+	if len(line) == 0 {
+		return
+	}
+	r, err := anthropic.ParseBatchResult(line)
+	if err != nil {
+		x.b.failed = true
+		return
+	}
+	x.b.lines++
+	if !r.Succeeded {
+		return
+	}
+	x.b.succeeded++
+	r.Usage.ServiceTier = accounting.TierBatch.String()
+	price, _, known := x.cfg.Prices.Lookup(r.Model, x.pricedAt)
+	if !known {
+		x.unpriced = true
+	}
+	c := price.Cost(r.Usage)
+	x.b.cost.Input += c.Input
+	x.b.cost.Output += c.Output
+	x.b.cost.CacheRead += c.CacheRead
+	x.b.cost.CacheWrite += c.CacheWrite
+	x.b.cost.Total += c.Total
+	u := &x.b.usage
+	u.InputTokens += r.Usage.InputTokens
+	u.OutputTokens += r.Usage.OutputTokens
+	u.CacheReadTokens += r.Usage.CacheReadTokens
+	u.CacheWrite5mTokens += r.Usage.CacheWrite5mTokens
+	u.CacheWrite1hTokens += r.Usage.CacheWrite1hTokens
+	u.ServiceTier = r.Usage.ServiceTier
+}
+
+// batchResultsEnd ends a download: read whole, its settle is due.
+func (x *Exchange) batchResultsEnd() {
+	if len(bytes.TrimSpace(x.b.buf)) > 0 && !x.b.failed {
+		x.batchResultLine()
+	}
+	x.phase = phaseDone
+	x.decisionTag = "batch_results"
+	x.outcome = &Outcome{
+		Dialect: BatchDialect, Tenant: x.tenant, TenantLabel: x.cfg.TenantLabel(x.tenant), Policy: x.policyName(),
+		ModelLabel: policy.OtherLabel, Result: ResultBatchResults, Decision: x.decisionTag, Latency: time.Since(x.forwardedAt),
+	}
+}
+
+// settleBatch settles a downloaded batch's reservation to what its
+// succeeded lines used, once: a second download finds it settled.
+func (x *Exchange) settleBatch() {
+	if x.b.failed || x.b.lines == 0 {
+		x.g.obs.Outcome(x.outcome)
+		return
+	}
+	_, _, budgets := x.levelRequest(x.g.opts.Now())
+	ctx, cancel := x.g.detached(x.ctx)
+	defer cancel()
+	start := x.g.opts.Now()
+	res, err := x.g.opts.Store.Settle(ctx, limiter.SettleRequest{
+		Tenant: x.tenant, RequestID: batchReservation(x.b.resultsID), Cost: int64(x.b.cost.Total), Budgets: budgets,
+	})
+	x.g.obs.StoreCall("settle", x.g.opts.Now().Sub(start), err)
+	if err != nil {
+		x.g.log.Error("batch settle failed; its reservation stays charged at its estimate until it ends", "tenant", x.tenant, "batch", x.b.resultsID, "err", err)
+	}
+	if err == nil && res.Settled {
+		// The batch's spend, measured, counted once: by the download that
+		// settled it.
+		x.outcome.Usage, x.outcome.Cost, x.outcome.Source = x.b.usage, x.b.cost, SourceMeasured
+		x.outcome.Result = ResultOK
+		x.recordExpired(res.Expired)
+		x.observeBudgets(res.Budgets)
+		x.recordCrossings(res.Crossed)
+	}
+	x.g.obs.Outcome(x.outcome)
 }

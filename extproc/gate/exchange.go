@@ -80,8 +80,9 @@ type Exchange struct {
 	// when the org is configured under orgs:, else nil: a one-level org
 	// held to its policy.
 	levels []policy.ResolvedLevel
-	// batch marks a batch submission (batch.go).
+	// batch marks a batch submission, b a batch's state (batch.go).
 	batch bool
+	b     batchState
 }
 
 // Limits on bodies the gate holds. Envoy bounds BUFFERED bodies by its own
@@ -148,6 +149,12 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 		}
 		v.Reply = x.reject(400, wire.ErrorInvalidRequest, "", "tokenwarden: a WebSocket connection cannot be metered; send each request over HTTP", ResultInvalidRequest, nil)
 		return x, v
+	}
+	if id, ok := anthropic.BatchResultsPath(path); ok && method == "GET" && refusal == nil {
+		// A batch's results settle the batch (batch.go); an unidentified
+		// download has nothing of its own to settle and passes.
+		x.dialect, x.b.resultsID = dialect.ForPath(anthropic.MessagesPath), id
+		return x, x.beginBatchResults()
 	}
 	if x.dialect == nil || method != "POST" {
 		x.phase = phaseDone

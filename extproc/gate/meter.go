@@ -43,9 +43,17 @@ func (x *Exchange) ResponseHeaders(h Headers, endOfStream bool) ResponseVerdict 
 		v.SkipBody, v.Done = true, true
 		return v
 	}
-	if x.batch {
+	switch {
+	case x.batch && endOfStream:
 		x.batchCreated()
-		v.SkipBody, v.Done = true, true
+		v.Done = true
+		return v
+	case x.batch:
+		return v // the answer names the batch: read whole (batchCreateChunk)
+	case x.b.resultsID != "":
+		ce, _ := h.Get("content-encoding")
+		x.coding.start(x, ce, false, &v.Edits)
+		v.Stream = true // JSONL, read line by line as it passes
 		return v
 	}
 	if endOfStream {
@@ -234,6 +242,12 @@ func (x *Exchange) ResponseBody(chunk []byte, endOfStream bool) ChunkVerdict {
 	if x.phase != phaseResponse {
 		return ChunkVerdict{}
 	}
+	switch {
+	case x.batch:
+		return x.batchCreateChunk(chunk, endOfStream)
+	case x.b.resultsID != "":
+		return x.batchResultsChunk(chunk, endOfStream)
+	}
 	x.write(chunk)
 	if endOfStream {
 		x.end()
@@ -267,6 +281,14 @@ func looksLikeSSE(b []byte) bool {
 func (x *Exchange) ResponseEnd() bool {
 	if x.phase != phaseResponse && x.phase != phaseForwarded {
 		return false
+	}
+	switch {
+	case x.batch:
+		x.batchCreateChunk(nil, true)
+		return true
+	case x.b.resultsID != "":
+		x.batchResultsChunk(nil, true)
+		return true
 	}
 	x.cacheChunk(nil, true)
 	x.finalUsage()
@@ -448,6 +470,13 @@ func (x *Exchange) priceServed() {
 // in the response cache (fillCache, once), off the client's path too.
 func (x *Exchange) Settle() {
 	if x == nil || x.phase != phaseDone {
+		return
+	}
+	if x.b.resultsID != "" {
+		if x.outcome != nil && !x.b.settled {
+			x.b.settled = true
+			x.settleBatch()
+		}
 		return
 	}
 	// After the settle: the charge is what matters first.

@@ -130,6 +130,9 @@ type HeadersVerdict struct {
 	// PassThrough: tokenwarden does not govern this request (not an LLM
 	// call it meters); nothing more about it needs to reach the gate.
 	PassThrough bool
+	// ResponseOnly: the request has no body to admit (a batch's results
+	// download); only its response is read.
+	ResponseOnly bool
 	// Reply, when set, ends the request with a local answer.
 	Reply *Reply
 	Edits HeaderEdits
@@ -182,6 +185,7 @@ const (
 	ResultEstimated      Result = "estimated"       // the stream was cut before usage: charged estimated
 	ResultBackground     Result = "background"      // a background response (Responses API): its usage comes later, elsewhere; charged its estimate
 	ResultBatchReserved  Result = "batch_reserved"  // a batch the provider accepted: reserved until settled or charged its estimate at its lease's end
+	ResultBatchResults   Result = "batch_results"   // a batch's results downloaded without settling it (already settled, unknown, or unreadable)
 	ResultUpstreamError  Result = "upstream_error"  // the provider answered with an error
 	ResultDenied         Result = "denied"          // tokenwarden answered 429
 	ResultInvalidRequest Result = "invalid_request" // tokenwarden answered 4xx for the request itself

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
+	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 )
 
@@ -74,4 +76,82 @@ func ParseBatch(body []byte, maxLines int) ([]BatchLine, error) {
 		out[i] = BatchLine{CustomID: r.CustomID, Request: req}
 	}
 	return out, nil
+}
+
+// BatchResultsPath reports whether path downloads a batch's results,
+// GET /v1/messages/batches/{id}/results
+// (https://docs.anthropic.com/en/api/retrieving-message-batch-results), and
+// the batch's id.
+func BatchResultsPath(path string) (id string, ok bool) {
+	p, _, _ := strings.Cut(path, "?")
+	rest, ok := strings.CutPrefix(p, BatchPath+"/")
+	if !ok {
+		return "", false
+	}
+	id, ok = strings.CutSuffix(rest, "/results")
+	return id, ok && ValidBatchID(id)
+}
+
+// ValidBatchID reports whether id can be a batch id: "msgbatch_" and
+// letters, digits, '_' or '-', at most 128 bytes, so it is safe in a store key.
+func ValidBatchID(id string) bool {
+	rest, ok := strings.CutPrefix(id, "msgbatch_")
+	if !ok || rest == "" || len(id) > 128 {
+		return false
+	}
+	for _, c := range []byte(rest) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// BatchCreated reads the batch id from the answer to a batch creation.
+func BatchCreated(body []byte) (id string, ok bool) {
+	var b struct {
+		ID   string `json:"id"`
+		Type string `json:"type"`
+	}
+	if json.Unmarshal(body, &b) != nil || b.Type != "message_batch" || !ValidBatchID(b.ID) {
+		return "", false
+	}
+	return b.ID, true
+}
+
+// BatchResult is one line of a batch's results (JSONL): the request's
+// custom_id, its result type (succeeded, errored, canceled, expired) and,
+// for a succeeded one, the message's usage and model. Only succeeded
+// requests are billed
+// (https://docs.anthropic.com/en/docs/build-with-claude/batch-processing).
+type BatchResult struct {
+	CustomID  string
+	Type      string
+	Usage     accounting.Usage
+	Model     string
+	Succeeded bool
+}
+
+// ParseBatchResult reads one results line.
+func ParseBatchResult(line []byte) (BatchResult, error) {
+	var l struct {
+		CustomID string `json:"custom_id"`
+		Result   struct {
+			Type    string          `json:"type"`
+			Message json.RawMessage `json:"message"`
+		} `json:"result"`
+	}
+	if err := json.Unmarshal(line, &l); err != nil {
+		return BatchResult{}, fmt.Errorf("%w: a results line is not JSON: %v", ErrBatchInvalid, err)
+	}
+	r := BatchResult{CustomID: l.CustomID, Type: l.Result.Type}
+	if r.Type != "succeeded" {
+		return r, nil
+	}
+	u, model, ok := UsageFromJSON(l.Result.Message)
+	if !ok {
+		return r, fmt.Errorf("%w: succeeded line %q has no usage", ErrBatchInvalid, l.CustomID)
+	}
+	r.Usage, r.Model, r.Succeeded = u, model, true
+	return r, nil
 }
