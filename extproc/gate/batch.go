@@ -127,6 +127,7 @@ type batchState struct {
 	failed bool
 	// settled: the settle was tried (once per download).
 	settled bool
+	model   string
 }
 
 const (
@@ -226,9 +227,11 @@ func (x *Exchange) batchResultLine() {
 	}
 	x.b.succeeded++
 	r.Usage.ServiceTier = accounting.TierBatch.String()
-	price, _, known := x.cfg.Prices.Lookup(r.Model, x.pricedAt)
+	price, canonical, known := x.cfg.Prices.Lookup(r.Model, x.pricedAt)
 	if !known {
 		x.unpriced = true
+	} else if x.b.model == "" {
+		x.b.model = canonical // the batch's model label: its first priced line's
 	}
 	c := price.Cost(r.Usage)
 	x.b.cost.Input += c.Input
@@ -280,7 +283,10 @@ func (x *Exchange) settleBatch() {
 		// The batch's spend, measured, counted once: by the download that
 		// settled it.
 		x.outcome.Usage, x.outcome.Cost, x.outcome.Source = x.b.usage, x.b.cost, SourceMeasured
-		x.outcome.Result = ResultOK
+		x.outcome.Result, x.outcome.Metered, x.outcome.Unpriced = ResultOK, true, x.unpriced
+		if x.b.model != "" {
+			x.outcome.ModelLabel = x.b.model
+		}
 		x.recordExpired(res.Expired)
 		x.observeBudgets(res.Budgets)
 		x.recordCrossings(res.Crossed)

@@ -130,3 +130,82 @@ tenants:
 		})
 	}
 }
+
+// TestBatchSettlesOnceFromResults: an admitted batch is settled when its
+// results are downloaded, on whichever replica, to the succeeded lines'
+// usage at batch prices to the nano-USD; a second download, on another
+// replica, changes nothing, and another tenant's download reaches nothing.
+func TestBatchSettlesOnceFromResults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts redis-server")
+	}
+	cfg := `
+policies:
+  default:
+    budgets: [{window: day, usd: 10}]
+tenants:
+  acme: {}
+  globex: {}
+`
+	for _, tc := range []struct {
+		name string
+		opts func(t *testing.T) stackOptions
+	}{
+		{"memory, one replica", func(t *testing.T) stackOptions { return stackOptions{config: cfg} }},
+		{"redis, three replicas", func(t *testing.T) stackOptions {
+			return stackOptions{config: cfg, processors: 3, redis: redistest.Start(t, redistest.Options{}).Addr()}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStack(t, tc.opts(t))
+			ctx := context.Background()
+			submit := batchRequest(4, "acme")
+			submit.Headers = append(submit.Headers, sim.Header{Name: "x-mock-batch", Value: "end"})
+			x := s.do(ctx, 0, submit)
+			var created struct{ ID string }
+			if x.err != nil || x.resp.Status != 200 || json.Unmarshal(x.body, &created) != nil || created.ID == "" {
+				t.Fatalf("submit: %v %+v %s", x.err, x.resp, x.body)
+			}
+			estimate := s.budget("acme", "day").Reserved
+			if estimate == 0 {
+				t.Fatal("the batch reserved nothing")
+			}
+			download := func(i int, tenant string) exchange {
+				req := anthropicRequest("", tenantH(tenant))
+				req.Method, req.Path, req.Body = "GET", "/v1/messages/batches/"+created.ID+"/results", nil
+				x := s.do(ctx, i, req)
+				if x.err != nil || x.resp.Status != 200 || strings.Count(string(x.body), "\n") != 4 {
+					t.Fatalf("download: %v %+v %s", x.err, x.resp, x.body)
+				}
+				return x
+			}
+			download(1, "globex") // another tenant's download settles nothing of acme's
+			if b := s.budget("acme", "day"); b.Reserved != estimate || b.Spent != 0 {
+				t.Fatalf("another tenant's download moved acme's budget: %+v", b)
+			}
+			first := download(1, "acme")
+			var want int64
+			for _, e := range s.mock.Provider().Ledger() {
+				if e.Dialect == "anthropic_batch" {
+					want += expectedCost(t, "claude-sonnet-4-5", e.Reported) / 2 // batch prices: half
+				}
+			}
+			waitFor(t, func() bool { return s.budget("acme", "day").Reserved == 0 })
+			b := s.budget("acme", "day")
+			if want == 0 || b.Spent != want {
+				t.Fatalf("settled %+v; want the succeeded lines' usage at batch prices, %d nano-USD (estimate %d)", b, want, estimate)
+			}
+			second := download(2, "acme")
+			if string(second.body) != string(first.body) {
+				t.Fatal("the second download differs")
+			}
+			time.Sleep(100 * time.Millisecond) // a settle would follow the answer
+			if b := s.budget("acme", "day"); b.Spent != want || b.Reserved != 0 {
+				t.Fatalf("the second download charged again: %+v, want spent %d", b, want)
+			}
+			if got := s.total("tokenwarden_spend_usd_total", "tenant", "acme", "source", "measured"); int64(got*1e9+0.5) != want {
+				t.Errorf("measured spend counted %v USD; want %d nano-USD once", got, want)
+			}
+		})
+	}
+}

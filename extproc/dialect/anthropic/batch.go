@@ -89,7 +89,10 @@ func BatchResultsPath(path string) (id string, ok bool) {
 		return "", false
 	}
 	id, ok = strings.CutSuffix(rest, "/results")
-	return id, ok && ValidBatchID(id)
+	if !ok || !ValidBatchID(id) {
+		return "", false
+	}
+	return id, true
 }
 
 // ValidBatchID reports whether id can be a batch id: "msgbatch_" and

@@ -66,3 +66,46 @@ func FuzzParseBatch(f *testing.F) {
 		}
 	})
 }
+
+func TestBatchResultsAndIDs(t *testing.T) {
+	r, err := ParseBatchResult([]byte(`{"custom_id":"a","result":{"type":"succeeded","message":{"id":"msg_1","type":"message","model":"claude-sonnet-4-5","usage":{"input_tokens":12,"output_tokens":34}}}}`))
+	if err != nil || !r.Succeeded || r.Usage.InputTokens != 12 || r.Usage.OutputTokens != 34 || r.Model != "claude-sonnet-4-5" {
+		t.Fatalf("%+v %v", r, err)
+	}
+	if r, err := ParseBatchResult([]byte(`{"custom_id":"b","result":{"type":"errored","error":{"type":"invalid_request_error"}}}`)); err != nil || r.Succeeded || r.Type != "errored" {
+		t.Fatalf("errored line: %+v %v", r, err)
+	}
+	for _, bad := range []string{`{"custom_id":"c","result":{"type":"succeeded","message":{}}}`, `not json`} {
+		if _, err := ParseBatchResult([]byte(bad)); err == nil {
+			t.Fatalf("%s accepted", bad)
+		}
+	}
+	for path, want := range map[string]string{
+		"/v1/messages/batches/msgbatch_01abc/results":     "msgbatch_01abc",
+		"/v1/messages/batches/msgbatch_01abc/results?x=1": "msgbatch_01abc",
+		"/v1/messages/batches/msgbatch_01abc":             "",
+		"/v1/messages/batches/msgbatch_{x}/results":       "",
+		"/v1/messages/batches/other_01/results":           "",
+		"/v1/messages/batches/msgbatch_a/b/results":       "",
+	} {
+		if id, ok := BatchResultsPath(path); id != want || ok != (want != "") {
+			t.Errorf("%s: %q %v; want %q", path, id, ok, want)
+		}
+	}
+	if id, ok := BatchCreated([]byte(`{"id":"msgbatch_01xyz","type":"message_batch"}`)); !ok || id != "msgbatch_01xyz" {
+		t.Fatalf("created: %q %v", id, ok)
+	}
+	if _, ok := BatchCreated([]byte(`{"id":"msgbatch_01xyz","type":"error"}`)); ok {
+		t.Fatal("an error read as a created batch")
+	}
+}
+
+func FuzzParseBatchResult(f *testing.F) {
+	f.Add([]byte(`{"custom_id":"a","result":{"type":"succeeded","message":{"usage":{"input_tokens":1,"output_tokens":2}}}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := ParseBatchResult(b)
+		if err == nil && r.Succeeded && (r.Usage.InputTokens < 0 || r.Usage.OutputTokens < 0) {
+			t.Fatalf("negative usage %+v", r.Usage)
+		}
+	})
+}
