@@ -266,7 +266,7 @@ func (x *Exchange) serveHit(e *cacheEntry) *Reply {
 	x.priceServed()
 	saved := x.price.Cost(e.Usage).Total
 	x.forwardedAt = x.g.opts.Now()
-	if x.policy.ResponseCache.CountRequests && x.policy.Limits.RequestsPerMinute > 0 {
+	if x.policy.ResponseCache.CountRequests && x.countsRequests() {
 		if reply := x.admitHit(); reply != nil {
 			return reply
 		}
@@ -300,18 +300,41 @@ func (x *Exchange) serveHit(e *cacheEntry) *Reply {
 	return &Reply{Status: e.Status, Headers: h.Set, Body: e.Body, Details: "tokenwarden_cache_hit"}
 }
 
+// countsRequests reports whether any of the caller's levels limits
+// requests per minute.
+func (x *Exchange) countsRequests() bool {
+	if len(x.levels) == 0 {
+		return x.policy.Limits.RequestsPerMinute > 0
+	}
+	for _, l := range x.levels {
+		if l.Limits.RequestsPerMinute > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // admitHit counts a hit against requests_per_minute only: zero tokens, zero
 // cost, no budgets (a hit costs the provider nothing, so it must not be
 // refused for an exhausted budget either). The reservation is settled at
 // zero when the stream ends.
 func (x *Exchange) admitHit() *Reply {
 	g := x.g
-	l := x.policy.Limits
+	// Every level's requests per minute, in that level's own state: a
+	// user's 60 a minute counts a hit as the user's, not the org's.
+	l, levels, _ := x.levelRequest(g.opts.Now())
+	var ll []limiter.LevelLimits
+	for _, lv := range levels {
+		if lv.RequestsPerMinute > 0 {
+			ll = append(ll, limiter.LevelLimits{Key: lv.Key, RequestsPerMinute: lv.RequestsPerMinute})
+		}
+	}
 	start := time.Now()
 	d, res, err := limiter.Reserve(x.ctx, g.opts.Store, limiter.AdmitRequest{
 		Tenant: x.tenant, RequestID: x.requestID, Model: x.modelLabel,
-		Limits:    limiter.Limits{RequestsPerMinute: l.RequestsPerMinute, Burst: l.Burst, LeaseTTL: l.LeaseTTL},
-		OnFailure: x.policy.OnFailure,
+		Limits:      limiter.Limits{RequestsPerMinute: l.RequestsPerMinute, Burst: l.Burst, LeaseTTL: l.LeaseTTL},
+		LevelLimits: ll,
+		OnFailure:   x.policy.OnFailure,
 	})
 	x.reservation = res
 	g.obs.StoreCall("admit", time.Since(start), err)
