@@ -25,6 +25,7 @@ import (
 	"github.com/tokenwarden/tokenwarden/extproc"
 	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
+	"github.com/tokenwarden/tokenwarden/limiter/redistest"
 	"github.com/tokenwarden/tokenwarden/test/internal/procs"
 	"github.com/tokenwarden/tokenwarden/test/mockprovider"
 )
@@ -363,4 +364,28 @@ func parallel(n, workers int, f func(i int)) {
 	}
 	close(next)
 	wg.Wait()
+}
+
+// storeCase is one way a shared-state test runs the stack.
+type storeCase struct {
+	name string
+	opts func(t *testing.T) stackOptions
+}
+
+// storeCases are the stores every shared-state test runs on: one replica
+// on the memory store, three replicas on one Redis and, with cluster, three
+// on a three-master Redis Cluster.
+func storeCases(cfg string, cluster bool) []storeCase {
+	cs := []storeCase{
+		{"memory, one replica", func(t *testing.T) stackOptions { return stackOptions{config: cfg} }},
+		{"redis, three replicas", func(t *testing.T) stackOptions {
+			return stackOptions{config: cfg, processors: 3, redis: redistest.Start(t, redistest.Options{}).Addr()}
+		}},
+	}
+	if cluster {
+		cs = append(cs, storeCase{"redis cluster, three replicas", func(t *testing.T) stackOptions {
+			return stackOptions{config: cfg, processors: 3, cluster: redistest.StartCluster(t, 3).Addrs()}
+		}})
+	}
+	return cs
 }
