@@ -65,7 +65,8 @@ type Exchange struct {
 	// charge is what Settle charges the reservation, fixed with the outcome.
 	charge limiter.Charge
 
-	rc cacheState // the response cache's part (cache.go)
+	rc cacheState    // the response cache's part (cache.go)
+	up upstreamState // the upstream view's part (upstream.go)
 }
 
 // Limits on bodies the gate holds. Envoy bounds BUFFERED bodies by its own
@@ -144,6 +145,7 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 	}
 	x.requestID = g.nextRequestID()
 	x.cacheRequest(h)
+	x.upstreamRequest(h, r.RoutePolicy)
 	return x, v
 }
 

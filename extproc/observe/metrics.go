@@ -72,7 +72,8 @@ type Metrics struct {
 	// ext_proc message observes one.
 	phase map[string]prometheus.Observer
 
-	cache *cacheMetrics // cache.go
+	cache    *cacheMetrics    // cache.go
+	upstream *upstreamMetrics // upstream.go
 }
 
 var _ gate.Observer = (*Metrics)(nil)
@@ -190,6 +191,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.activeStreams, m.streamErrors, m.unconfigured, m.unpriced, m.configReloads, m.configReloadTime)
 	m.store = newStoreMetrics(reg)
 	m.cache = newCacheMetrics(reg)
+	m.upstream = newUpstreamMetrics(reg)
 	// Series that would otherwise appear only after their first event are
 	// created at zero, so dashboards and alerts see them from the start.
 	m.phase = map[string]prometheus.Observer{}
