@@ -100,55 +100,92 @@ func MinCacheTokens(model string) int64 {
 }
 
 // UnknownModelMaxOutputTokens is MaxOutputTokens for a model the catalog
-// does not know: the largest bound current models publish for a request
-// (GPT-5's 128,000). Guessing high only makes a full reservation
-// conservative; guessing low would let an unbounded request produce more
-// than was reserved.
-const UnknownModelMaxOutputTokens = 128_000
+// does not know, and the default of a policy's default_max_output_tokens:
+// the largest bound any model of the price table publishes for one request
+// (gpt-5-pro's 272,000). Guessing high only makes a full reservation of an
+// unbounded request conservative (and clamped to the budget, with the bound
+// then written into the request); guessing low would let an unbounded
+// request produce more than was reserved.
+const UnknownModelMaxOutputTokens = 272_000
 
 // MaxOutputTokens returns the most output tokens the model produces for one
-// request when the request sets no bound of its own — what a full budget
-// reservation reserves for a request without max_tokens. Figures are the
-// providers' model pages (https://docs.anthropic.com/en/docs/about-claude/models/overview,
-// https://platform.openai.com/docs/models, https://ai.google.dev/gemini-api/docs/models);
-// where a page offers a larger bound behind a beta flag, or a model is too
-// new to be listed, the larger figure (or UnknownModelMaxOutputTokens).
+// request that sets no bound of its own — what a full budget reservation
+// reserves for it — or UnknownModelMaxOutputTokens when the catalog does
+// not know the model.
 func MaxOutputTokens(model string) int64 {
-	family, _ := ModelFamily(model)
-	switch family {
-	case "claude-3-haiku", "claude-3-opus":
-		return 4096
-	case "claude-3-5-haiku", "claude-3-5-sonnet":
-		return 8192
-	case "claude-opus-4-0", "claude-opus-4", "claude-4-opus", "claude-opus-4-1":
-		return 32_000
-	case "claude-sonnet-4-0", "claude-sonnet-4", "claude-4-sonnet", "claude-haiku-4-5",
-		"claude-sonnet-4-5", "claude-opus-4-5":
-		return 64_000
-	case "claude-3-7-sonnet": // 64,000; 128,000 with the output-128k beta
-		return 128_000
-	}
-	// OpenAI and Google names carry no date suffix ModelFamily strips
-	// (gpt-4o-2024-08-06): match the family by prefix, longest first.
-	for _, p := range outputLimitPrefixes {
-		if strings.HasPrefix(family, p.prefix) {
-			return p.tokens
-		}
+	if n, ok := LookupMaxOutputTokens(model); ok {
+		return n
 	}
 	return UnknownModelMaxOutputTokens
 }
 
-var outputLimitPrefixes = []struct {
-	prefix string
-	tokens int64
-}{
-	{"gpt-4o-mini", 16_384},
-	{"gpt-4o", 16_384},
-	{"gpt-4.1", 32_768},
-	{"gpt-5-pro", 272_000},
-	{"o3", 100_000},
-	{"o4-mini", 100_000},
-	{"gemini-", 65_536},
+// LookupMaxOutputTokens returns a model's largest output per request as its
+// provider's model page lists it, checked 2026-12-03 for the models listed
+// in maxOutput: https://docs.anthropic.com/en/docs/about-claude/models/overview
+// ("Max output"), https://platform.openai.com/docs/models (each model's
+// "Max output tokens"), https://ai.google.dev/gemini-api/docs/models
+// ("Output token limit"). Where a page offers a larger bound behind a beta
+// flag the larger figure is used. A model of the price table whose figure
+// could not be confirmed on its provider's page is deliberately absent
+// (known false): the policy's default_max_output_tokens then applies. Any
+// spelling ModelFamily reads is accepted.
+//
+// Anthropic's Messages API requires max_tokens, so for Claude models these
+// figures only matter to a request the API will refuse anyway (unbilled);
+// for OpenAI and Gemini, where the bound is optional, they are the
+// reservation of every unbounded request under budget_reservation: full.
+func LookupMaxOutputTokens(model string) (int64, bool) {
+	family, _ := ModelFamily(model)
+	if n, ok := maxOutput[family]; ok {
+		return n, true
+	}
+	return 0, false
+}
+
+// maxOutput is LookupMaxOutputTokens's table, by family ID as ModelFamily
+// gives it. OpenAI snapshots keep their date (gpt-4o-2024-08-06): they are
+// are not: the gate looks a priced model up by the price table's canonical
+// name, which covers every id the table lists.
+var maxOutput = map[string]int64{
+	// Anthropic, "Max output" of the models overview.
+	"claude-3-haiku":    4096,
+	"claude-3-opus":     4096,
+	"claude-3-5-haiku":  8192,
+	"claude-3-5-sonnet": 8192,
+	"claude-3-7-sonnet": 128_000, // 64,000; 128,000 with the output-128k-2025-02-19 beta
+	"claude-opus-4-0":   32_000,
+	"claude-opus-4":     32_000,
+	"claude-4-opus":     32_000,
+	"claude-opus-4-1":   32_000,
+	"claude-sonnet-4-0": 64_000,
+	"claude-sonnet-4":   64_000,
+	"claude-4-sonnet":   64_000,
+	"claude-haiku-4-5":  64_000,
+	"claude-sonnet-4-5": 64_000,
+	"claude-opus-4-5":   64_000,
+	"claude-sonnet-4-6": 64_000,
+	"claude-opus-4-6":   128_000,
+	// OpenAI, "Max output tokens" of each model page.
+	"gpt-4o":       16_384,
+	"gpt-4o-mini":  16_384,
+	"gpt-4.1":      32_768,
+	"gpt-4.1-mini": 32_768,
+	"gpt-4.1-nano": 32_768,
+	"o3":           100_000,
+	"o4-mini":      100_000,
+	"gpt-5":        128_000,
+	"gpt-5-mini":   128_000,
+	"gpt-5-nano":   128_000,
+	"gpt-5-pro":    272_000,
+	"gpt-5.1":      128_000,
+	// Embeddings generate nothing.
+	"text-embedding-3-small": 0,
+	"text-embedding-3-large": 0,
+	// Google, "Output token limit" of the Gemini API models page.
+	"gemini-2.5-pro":        65_536,
+	"gemini-2.5-flash":      65_536,
+	"gemini-2.5-flash-lite": 65_536,
+	"gemini-3-pro-preview":  65_536,
 }
 
 // OpenAIMinCacheTokens is the shortest prompt OpenAI caches: "Caching is

@@ -98,18 +98,51 @@ func TestMaxOutputTokens(t *testing.T) {
 		{"claude-opus-4-1-20250805", 32_000},
 		{"us.anthropic.claude-sonnet-4-5-20250929-v1:0", 64_000},
 		{"claude-3-7-sonnet-20250219", 128_000},
-		{"gpt-4o-2024-08-06", 16_384},
+		{"claude-opus-4-6", 128_000},
+		{"gpt-4o", 16_384},
 		{"gpt-4o-mini", 16_384},
 		{"gpt-4.1-nano", 32_768},
 		{"gpt-5-pro", 272_000},
 		{"gpt-5-mini", 128_000},
-		{"o4-mini-2025-04-16", 100_000},
+		{"o4-mini", 100_000},
 		{"gemini-2.5-flash", 65_536},
+		{"text-embedding-3-small", 0},
 		{"claude-fable-5", UnknownModelMaxOutputTokens},
 		{"my-llama", UnknownModelMaxOutputTokens},
 	} {
 		if got := MaxOutputTokens(tc.model); got != tc.want {
 			t.Errorf("MaxOutputTokens(%q) = %d, want %d", tc.model, got, tc.want)
+		}
+	}
+}
+
+// TestMaxOutputCoversPriceTable: every model the embedded price table knows
+// has a max-output figure, or is one whose figure could not be confirmed on
+// its provider's page (then the policy's default_max_output_tokens applies).
+// A model added to the price table must be placed in one or the other.
+func TestMaxOutputCoversPriceTable(t *testing.T) {
+	unconfirmed := map[string]bool{
+		"claude-opus-4-7": true, "claude-opus-4-8": true, "claude-opus-5": true, "claude-sonnet-5": true,
+		"claude-sonnet-5-5": true, "claude-fable-5": true, "claude-mythos-5": true, "claude-fable-5-1": true,
+		"claude-mythos-5-1": true,
+		"gpt-5.2":           true, "gpt-5.2-pro": true, "gpt-5.3": true, "gpt-5.3-codex": true, "gpt-5.4": true,
+		"gpt-5.4-mini": true, "gpt-5.4-nano": true, "gpt-5.4-pro": true, "gpt-5.5": true, "gpt-5.5-pro": true,
+		"gpt-5.6-sol": true, "gpt-5.6-terra": true, "gpt-5.6-luna": true,
+		"gemini-3.1-pro-preview": true, "gemini-3-flash-preview": true, "gemini-3.1-flash-lite": true,
+		"gemini-3.5-flash": true, "gemini-3.5-flash-lite": true, "gemini-3.6-flash": true, "gemini-3.7-flash": true,
+	}
+	for _, m := range embedded.models {
+		_, known := LookupMaxOutputTokens(m.name)
+		switch {
+		case known && unconfirmed[m.name]:
+			t.Errorf("%s has a figure and is listed as unconfirmed", m.name)
+		case !known && !unconfirmed[m.name]:
+			t.Errorf("%s: no max-output figure; add it to maxOutput (cited) or to this test's unconfirmed list", m.name)
+		}
+	}
+	for m := range maxOutput {
+		if f, _ := ModelFamily(m); f != m {
+			t.Errorf("maxOutput key %q is not a family ID (%q): it can never match", m, f)
 		}
 	}
 }

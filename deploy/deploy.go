@@ -61,6 +61,7 @@ var Metrics = []Metric{
 	{"tokenwarden_prompt_cache_tokens_total", Counter, []string{"model", "type"}},
 	{"tokenwarden_prompt_prefix_changes_total", Counter, []string{"policy"}},
 	{"tokenwarden_model_rewrites_total", Counter, []string{"policy", "reason"}},
+	{"tokenwarden_output_clamped_total", Counter, []string{"policy"}},
 	{"tokenwarden_store_up", Gauge, nil},
 	{"tokenwarden_store_errors_total", Counter, []string{"op"}},
 	{"tokenwarden_store_seconds", Histogram, []string{"op"}},

@@ -147,7 +147,33 @@ func validateAdmit(req *AdmitRequest) error {
 	case req.Cost < 0 || req.Cost > MaxCost:
 		return fmt.Errorf("%w: cost %d outside [0, %d]", ErrInvalid, req.Cost, MaxCost)
 	}
+	if o := req.Output; o.Tokens != 0 || o.Price != 0 || o.Min != 0 {
+		switch {
+		case o.Tokens < 0 || o.Tokens > req.Tokens:
+			return fmt.Errorf("%w: output tokens %d outside [0, tokens %d]", ErrInvalid, o.Tokens, req.Tokens)
+		case o.Min < 0 || o.Min > o.Tokens:
+			return fmt.Errorf("%w: minimum output %d outside [0, output tokens %d]", ErrInvalid, o.Min, o.Tokens)
+		case o.Price < 0 || o.Tokens > 0 && o.Price > req.Cost/o.Tokens: // Tokens×Price ≤ Cost, without overflow
+			return fmt.Errorf("%w: output price %d × %d tokens outside [0, cost %d]", ErrInvalid, o.Price, o.Tokens, req.Cost)
+		}
+	}
 	return validateBudgets(req.Budgets, true)
+}
+
+// clampOutput is the output an admission reserves when room is the least
+// headroom (cap − spent − reserved) over its budgets: all of o.Tokens when
+// cost fits, else the largest whole number of output tokens that fits, or
+// o.Tokens again when that is below o.Min (the budget check then denies
+// the request whole). lua/admit.lua repeats it.
+func clampOutput(o Output, cost, room int64) int64 {
+	if o.Tokens <= 0 || o.Price <= 0 || cost <= room {
+		return o.Tokens
+	}
+	avail := room - (cost - o.Tokens*o.Price) // what is left for output
+	if avail < 0 || avail/o.Price < o.Min {
+		return o.Tokens
+	}
+	return avail / o.Price
 }
 
 func validateSettle(req *SettleRequest) error {
@@ -159,6 +185,9 @@ func validateSettle(req *SettleRequest) error {
 		return fmt.Errorf("%w: tokens %d outside [0, %d]", ErrInvalid, req.Tokens, MaxTokens)
 	case req.Cost < 0 || req.Cost > MaxCost:
 		return fmt.Errorf("%w: cost %d outside [0, %d]", ErrInvalid, req.Cost, MaxCost)
+	}
+	if err := validateCalibration(&req.Calibrate); err != nil {
+		return err
 	}
 	return validateBudgets(req.Budgets, false)
 }
@@ -207,6 +236,8 @@ type admitOutcome struct {
 	budgets []budgetOutcome // one per request budget, in order
 	expired []Expired
 	crossed []rawCrossing
+	// output is the output reserved (clampOutput) of an allowed request.
+	output int64
 }
 
 type budgetOutcome struct {
@@ -245,6 +276,9 @@ func (o *admitOutcome) decision(req *AdmitRequest) (Decision, error) {
 	}
 	switch {
 	case o.code == codeAllowed:
+		if req.Output.Tokens > 0 {
+			d.OutputTokens = o.output
+		}
 	case o.code == codeConcurrency:
 		d.Denied = DimensionConcurrency
 	case o.code == codeRequests:
@@ -310,6 +344,9 @@ type settleOutcome struct {
 	budgets []windowOutcome
 	expired []Expired
 	crossed []rawCrossing
+	// factor and samples are the calibration record after the fold, zero
+	// when none was folded.
+	factor, samples int64
 }
 
 // windowOutcome is one budget window a reservation was charged to.
@@ -321,6 +358,9 @@ type windowOutcome struct {
 
 func (o *settleOutcome) result(req *SettleRequest) SettleResult {
 	r := SettleResult{Settled: o.settled, Unknown: o.unknown, Expired: withTenant(o.expired, req.Tenant), Crossed: crossings(o.crossed, req.Budgets)}
+	if o.factor > 0 {
+		r.Calibration = Calibration{Model: req.Calibrate.Model, Factor: o.factor, Samples: o.samples}
+	}
 	for _, w := range o.budgets {
 		st := BudgetState{Name: w.name, Level: levelOf(w.name), Window: Window{Start: fromMicros(w.start), End: fromMicros(w.end)},
 			Spent: w.spent, Reserved: w.reserved}

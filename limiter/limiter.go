@@ -140,9 +140,42 @@ type AdmitRequest struct {
 	// Cost is the estimated cost in nano-USD reserved against every budget.
 	Cost    int64
 	Budgets []Budget
+	// Output, when its Tokens are above zero, lets the store shrink the
+	// request's output to fit its budgets (a full budget reservation).
+	Output Output
 	// OnFailure is what a Resilient store does with this request while its
 	// primary store is unreachable. Plain stores ignore it.
 	OnFailure FailurePolicy
+}
+
+// Output is the part of an admission the store may shrink: the request's
+// output, counted whole in Tokens and Cost. When Cost does not fit every
+// budget, the store reserves instead the largest whole number of output
+// tokens in [Min, Tokens] that fits every budget of every level — decided in
+// the same atomic call as the rest of the admission, since a clamp computed
+// from an earlier read would be stale by the time it is admitted — and
+// Decision.OutputTokens reports it; below Min the request is denied for the
+// budget as usual. Tokens per minute are charged the output reserved, not
+// the output asked for.
+type Output struct {
+	// Tokens is the output the request may produce (its max_tokens, or the
+	// model's maximum), already part of AdmitRequest.Tokens and Cost.
+	Tokens int64
+	// Price is what one output token adds to Cost, in nano-USD. Zero makes
+	// output free, and nothing is clamped.
+	Price int64
+	// Min is the smallest output worth forwarding, at most Tokens.
+	Min int64
+}
+
+// Reserved returns the tokens and cost an admission of req reserves when the
+// store grants it out output tokens (req.Output.Tokens when not clamped).
+func (req *AdmitRequest) Reserved(out int64) (tokens, cost int64) {
+	cut := req.Output.Tokens - out
+	if req.Output.Tokens <= 0 || cut <= 0 {
+		return req.Tokens, req.Cost
+	}
+	return req.Tokens - cut, req.Cost - cut*req.Output.Price
 }
 
 // FailurePolicy is the per-request choice of what to do while the shared
@@ -217,10 +250,14 @@ type Decision struct {
 	// store (FailOpen or FailLocal).
 	Degraded bool
 	// Now is the store's clock at the decision.
-	Now      time.Time
-	Requests RateState
-	Tokens   RateState
-	Budgets  []BudgetState
+	Now time.Time
+	// OutputTokens is the output reserved for an allowed request with an
+	// AdmitRequest.Output: its Tokens, or fewer when the store clamped the
+	// output to fit the budgets. Zero for a request without one.
+	OutputTokens int64
+	Requests     RateState
+	Tokens       RateState
+	Budgets      []BudgetState
 	// Expired lists reservations found expired (never settled) during this
 	// call and charged at their estimate. Each is reported exactly once across
 	// all replicas.
@@ -252,6 +289,10 @@ type SettleRequest struct {
 	// Budgets carry the alert thresholds to check after the charge; matched to
 	// the reservation's windows by Name.
 	Budgets []Budget
+	// Calibrate, when its Model is set, is folded into the tenant's estimator
+	// calibration record for that model in the same call (see Calibration);
+	// only a settle that settles folds it.
+	Calibrate CalibrationSample
 }
 
 // SettleResult is the answer to Settle.
@@ -272,6 +313,9 @@ type SettleResult struct {
 	// reservation the store lost (a restart without persistence, FLUSHALL,
 	// eviction) or one never made.
 	Unknown bool
+	// Calibration is the model's factor after this settle folded the
+	// request's sample; zero Factor when it folded none.
+	Calibration Calibration
 }
 
 // Crossing is one alert threshold crossed for the first time in a window.

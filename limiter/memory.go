@@ -47,6 +47,13 @@ type memTenant struct {
 	pending  pendingSet // request id by expiry: leases and unsettled reservations at once
 	records  map[string]*memRecord
 	budgets  map[string]*memBudget // by budgetKey
+	calib    map[string]*memCalib  // by model
+}
+
+// memCalib is one model's estimator calibration record (settle.lua's c:<model>).
+type memCalib struct {
+	factor, samples int64
+	deadline        int64
 }
 
 type memRecord struct {
@@ -110,9 +117,8 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 		return o
 	}
 	l := req.Limits
-	rpmNew := o.rpmTAT + increment(1, l.RequestsPerMinute)
-	tpmNew := o.tpmTAT + increment(req.Tokens, l.TokensPerMinute)
 	keys := make([]string, len(req.Budgets))
+	room := int64(MaxCost)
 	for i := range req.Budgets {
 		b := &req.Budgets[i]
 		w := pickWindow(&b.Windows, now)
@@ -121,8 +127,15 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 		if s := t.budget(keys[i], now); s != nil {
 			bo.spent, bo.reserved = s.spent, s.reserved
 		}
+		room = min(room, b.Cap-bo.spent-bo.reserved)
 		o.budgets = append(o.budgets, bo)
 	}
+	// The output clamp (AdmitRequest.Output): from here on the request is
+	// what it reserves.
+	o.output = clampOutput(req.Output, req.Cost, room)
+	tokens, cost := req.Reserved(o.output)
+	rpmNew := o.rpmTAT + increment(1, l.RequestsPerMinute)
+	tpmNew := o.tpmTAT + increment(tokens, l.TokensPerMinute)
 	switch {
 	case l.Concurrent > 0 && t.pending.live(now) >= l.Concurrent:
 		o.code = codeConcurrency
@@ -132,7 +145,7 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 		o.code = codeTokens
 	default:
 		for i, b := range o.budgets {
-			if b.spent+b.reserved+req.Cost > req.Budgets[i].Cap {
+			if b.spent+b.reserved+cost > req.Budgets[i].Cap {
 				o.code = codeBudget0 + i
 				break
 			}
@@ -153,7 +166,7 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 	lease := int64(cmp.Or(l.LeaseTTL, DefaultLeaseTTL) / time.Microsecond)
 	expiry := now + lease
 	t.pending.add(req.RequestID, expiry)
-	rec := &memRecord{state: 'p', tokens: req.Tokens, cost: req.Cost, tpmLimit: l.TokensPerMinute,
+	rec := &memRecord{state: 'p', tokens: tokens, cost: cost, tpmLimit: l.TokensPerMinute,
 		model: req.Model, deadline: expiry + m.retention}
 	for i := range req.Budgets {
 		w := req.Budgets[i].Windows[o.budgets[i].window]
@@ -162,7 +175,7 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 			s = &memBudget{}
 			t.budgets[keys[i]] = s
 		}
-		s.reserved += req.Cost
+		s.reserved += cost
 		s.deadline = unixMicros(w.End) + m.retention
 		o.budgets[i].spent, o.budgets[i].reserved = s.spent, s.reserved // the sweep may have moved both
 		rec.windows = append(rec.windows, recWindow{req.Budgets[i].Name, unixMicros(w.Start), unixMicros(w.End)})
@@ -210,7 +223,26 @@ func (m *Memory) settle(req *SettleRequest) settleOutcome {
 	o.settled = true
 	o.budgets = m.charge(t, now, rec, req.Cost, alertsByName(req.Budgets), &o.crossed)
 	m.finish(t, now, req.RequestID, rec, 's')
+	if c := req.Calibrate; c.Model != "" {
+		o.factor, o.samples = m.calibrate(t, now, &c)
+	}
 	return o
+}
+
+// calibrate folds one sample into t's record for its model and returns the
+// record, as settle.lua's calibration block does.
+func (m *Memory) calibrate(t *memTenant, now int64, c *CalibrationSample) (factor, samples int64) {
+	r := t.calib[c.Model]
+	if r == nil || r.deadline <= now {
+		if t.calib == nil {
+			t.calib = map[string]*memCalib{}
+		}
+		r = &memCalib{factor: CalibrationScale}
+		t.calib[c.Model] = r
+	}
+	r.factor, r.samples = foldCalibration(r.factor, r.samples, c.Estimated, c.Measured)
+	r.deadline = now + m.retention
+	return r.factor, r.samples
 }
 
 // sweep charges every reservation of t whose expiry has passed at its
@@ -329,7 +361,12 @@ func (m *Memory) gc(now int64) {
 				delete(t.budgets, k)
 			}
 		}
-		if len(t.records) == 0 && len(t.budgets) == 0 && t.pending.len() == 0 && t.rpm <= now && t.tpm <= now {
+		for k, c := range t.calib {
+			if c.deadline <= now {
+				delete(t.calib, k)
+			}
+		}
+		if len(t.records) == 0 && len(t.budgets) == 0 && len(t.calib) == 0 && t.pending.len() == 0 && t.rpm <= now && t.tpm <= now {
 			delete(m.tenants, name)
 		}
 	}

@@ -127,6 +127,9 @@ type RedisOptions struct {
 //	                       then "s" (settled) or "x" (expired) for SettledTTL
 //	b:<name>:<startUnix>   hash: spent, reserved (nano-USD); TTL window end + Retention
 //	a:<name>:<startUnix>   set of alert thresholds already reported for the window
+//	c:<model>              hash: f, n (the input estimator's calibration factor in parts per
+//	                       million and its sample count, see Calibration); TTL Retention
+//	                       after its last settle
 type Redis struct {
 	client        redis.UniversalClient
 	timeout       time.Duration
@@ -183,6 +186,7 @@ func (r *Redis) Admit(ctx context.Context, req AdmitRequest) (Decision, error) {
 		}
 	}
 	args = appendAlerts(args, req.Budgets)
+	args = append(args, req.Output.Tokens, req.Output.Price, req.Output.Min)
 	keys := []string{prefix + "s", prefix + "p", prefix + "r:" + req.RequestID}
 	v, err := r.run(ctx, admitScript, keys, args)
 	if err != nil {
@@ -204,6 +208,7 @@ func (r *Redis) Settle(ctx context.Context, req SettleRequest) (SettleResult, er
 	args := []any{prefix, req.RequestID, req.Tokens, req.Cost,
 		int64(r.retention / time.Second), r.settledTTL.Milliseconds(), r.sweepLimit}
 	args = appendAlerts(args, req.Budgets)
+	args = append(args, req.Calibrate.Model, req.Calibrate.Estimated, req.Calibrate.Measured)
 	keys := []string{prefix + "s", prefix + "p", prefix + "r:" + req.RequestID}
 	v, err := r.run(ctx, settleScript, keys, args)
 	if err != nil {
@@ -349,7 +354,10 @@ func appendAlerts(args []any, budgets []Budget) []any {
 }
 
 func parseAdmit(v any, nb int) (admitOutcome, error) {
-	top, err := asSlice(v, 7)
+	top, err := asSlice(v, -1)
+	if err == nil && len(top) != 7 && len(top) != 8 {
+		err = fmt.Errorf("unexpected admit reply of length %d", len(top))
+	}
 	if err != nil {
 		return admitOutcome{}, err
 	}
@@ -378,16 +386,36 @@ func parseAdmit(v any, nb int) (admitOutcome, error) {
 	if o.expired, err = parseExpired(top[5]); err != nil {
 		return admitOutcome{}, err
 	}
+	if len(top) == 8 { // allowed: the output reserved
+		if o.output, err = asInt(top[7]); err != nil {
+			return admitOutcome{}, err
+		}
+	}
 	o.crossed, err = parseCrossed(top[6])
 	return o, err
 }
 
 func parseSettle(v any) (settleOutcome, error) {
-	top, err := asSlice(v, 5)
+	top, err := asSlice(v, -1)
 	if err != nil {
 		return settleOutcome{}, err
 	}
+	if len(top) != 5 && len(top) != 6 {
+		return settleOutcome{}, fmt.Errorf("settle reply of %d fields", len(top))
+	}
 	var o settleOutcome
+	if len(top) == 6 {
+		c, err := asSlice(top[5], 2)
+		if err != nil {
+			return settleOutcome{}, err
+		}
+		if o.factor, err = asInt(c[0]); err != nil {
+			return settleOutcome{}, err
+		}
+		if o.samples, err = asInt(c[1]); err != nil {
+			return settleOutcome{}, err
+		}
+	}
 	if o.now, err = asInt(top[0]); err != nil {
 		return settleOutcome{}, err
 	}

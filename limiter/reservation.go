@@ -35,6 +35,9 @@ type Charge struct {
 	Tokens int64
 	// Cost is the cost in nano-USD charged to every budget reserved.
 	Cost int64
+	// Calibrate is the request's estimator sample, folded by the same
+	// settle (SettleRequest.Calibrate).
+	Calibrate CalibrationSample
 }
 
 // Settle replaces the reservation's estimate with c and releases its slot,
@@ -46,7 +49,7 @@ func (r *Reservation) Settle(ctx context.Context, c Charge) (res SettleResult, o
 		return SettleResult{}, false, nil
 	}
 	res, err = r.store.Settle(ctx, SettleRequest{
-		Tenant: r.tenant, RequestID: r.id, Tokens: c.Tokens, Cost: c.Cost, Budgets: r.budgets,
+		Tenant: r.tenant, RequestID: r.id, Tokens: c.Tokens, Cost: c.Cost, Budgets: r.budgets, Calibrate: c.Calibrate,
 	})
 	return res, true, err
 }

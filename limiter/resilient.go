@@ -344,11 +344,14 @@ func (r *Resilient) Admit(ctx context.Context, req AdmitRequest) (Decision, erro
 	switch policy {
 	case FailOpen:
 		r.trackDegraded(req, false)
-		return Decision{Allowed: true, Degraded: true, Now: r.now()}, nil
+		return Decision{Allowed: true, Degraded: true, Now: r.now(), OutputTokens: req.Output.Tokens}, nil
 	case FailLocal:
 		d, err := r.local.Admit(ctx, r.scaled(req))
 		d.Degraded = true
 		if err == nil && d.Allowed {
+			// Journaled at what the local store reserved: a clamped output
+			// reserves less than the request's whole cost.
+			_, req.Cost = req.Reserved(d.OutputTokens)
 			r.trackDegraded(req, true)
 		}
 		return d, err

@@ -37,6 +37,11 @@ const (
 	// DeniedHeader names what refused a request (requests, tokens,
 	// concurrency, budget_day, ...).
 	DeniedHeader = "x-tokenwarden-denied"
+	// OutputClampedHeader, on the response to the client, says that the
+	// request's output bound (max_tokens, max_output_tokens, …) was lowered
+	// to this many tokens so the request fits its budgets
+	// (budget_reservation: full).
+	OutputClampedHeader = "x-tokenwarden-output-clamped"
 	// RateLimitPrefix starts the headers of the caller's tokenwarden limits
 	// (limit-, remaining-, reset-requests and -tokens), apart from the
 	// provider's own x-ratelimit-* headers, which are never overwritten.

@@ -29,6 +29,7 @@ func (x *Exchange) admit() *Reply {
 		Tokens:    x.estimate.RateLimitedTokens(),
 		Cost:      int64(x.estimateCost),
 		Budgets:   x.policy.LimiterBudgets(g.opts.Now()),
+		Output:    x.output, // the part a full reservation may clamp (reserve.go)
 		OnFailure: x.policy.OnFailure,
 	})
 	// Kept before anything else runs, so that whatever fails next (an
@@ -109,11 +110,11 @@ func (x *Exchange) deny(d limiter.Decision) *Reply {
 		kind = wire.ErrorBudget
 		window := dim[len("budget_"):]
 		msg = fmt.Sprintf("tokenwarden: the %s budget is exhausted; it resets in %s", window, retry.Round(time.Second))
-		if cap, ok := budgetCap(d, window); ok && int64(x.estimateCost) > cap {
+		if cap, ok := budgetCap(d, window); ok && x.leastReservation() > cap {
 			// Not a matter of waiting: the request alone reserves more than
 			// the window's whole budget, now and after any reset.
 			msg = fmt.Sprintf("tokenwarden: this request reserves $%.6f, more than the whole %s budget of $%.6f; reduce the prompt or max_tokens",
-				x.estimateCost.USD(), window, accounting.NanoUSD(cap).USD())
+				accounting.NanoUSD(x.leastReservation()).USD(), window, accounting.NanoUSD(cap).USD())
 			if !slices.Contains(h.Set, Header{"x-should-retry", "false"}) {
 				h.set("x-should-retry", "false")
 			}

@@ -44,7 +44,15 @@ type Exchange struct {
 	rewriteReason  string
 	price          accounting.Price
 	estimate       accounting.Usage
-	estimateCost   accounting.NanoUSD
+	// rawInput is the dialect's uncalibrated input estimate; estimate's
+	// input is rawInput × the model's calibration factor (calibrate.go).
+	rawInput     int64
+	estimateCost accounting.NanoUSD
+	// output is the part of the reservation the store may clamp (a full
+	// budget reservation), zero otherwise; clamped is the output limit the
+	// store granted when it clamped, written into the request (reserve.go).
+	output  limiter.Output
+	clamped int64
 	// pricedAt is when the body arrived and admission began: the instant
 	// whose prices apply to the request, from its estimate to its settle.
 	pricedAt time.Time

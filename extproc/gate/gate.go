@@ -69,6 +69,7 @@ type Gate struct {
 	budgets  *budgetCache
 	// upstreams is Options.Upstreams, or a local view.
 	upstreams limiter.UpstreamView
+	calib     *calibrator
 	prefixes  *prefixTracker
 	warned    *boundedSet // route policy names already warned about
 	unpriced  *boundedSet // model names already warned about
@@ -95,6 +96,7 @@ func New(o Options) (*Gate, error) {
 		obs:      o.Observer,
 		log:      cmp.Or(o.Logger, slog.Default()),
 		budgets:  newBudgetCache(),
+		calib:    newCalibrator(),
 		prefixes: newPrefixTracker(),
 		warned:   newBoundedSet(maxWarnedPolicies),
 		unpriced: newBoundedSet(maxWarnedPolicies),

@@ -115,6 +115,18 @@ type recorder struct {
 	crossed    []crossing
 	expired    []expiredSeen
 	unknown    []string
+	estimates  []estimateSeen
+	factors    []factorSeen
+}
+
+type estimateSeen struct {
+	model               string
+	estimated, measured int64
+}
+
+type factorSeen struct {
+	model  string
+	factor float64
 }
 
 type admission struct{ tenant, result string }
@@ -199,6 +211,18 @@ func (r *recorder) ExpiredCharged(tenant, model string, cost accounting.NanoUSD)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.expired = append(r.expired, expiredSeen{tenant, model, cost})
+}
+
+func (r *recorder) InputEstimate(model string, estimated, measured int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.estimates = append(r.estimates, estimateSeen{model, estimated, measured})
+}
+
+func (r *recorder) EstimatorFactor(model string, factor float64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.factors = append(r.factors, factorSeen{model, factor})
 }
 
 func (r *recorder) Unconfigured(kind string) {

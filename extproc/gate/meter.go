@@ -2,6 +2,7 @@ package gate
 
 import (
 	"bytes"
+	"strconv"
 	"strings"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
@@ -33,6 +34,9 @@ func (x *Exchange) ResponseHeaders(h Headers, endOfStream bool) ResponseVerdict 
 		v.Edits.set(contract.ModelRewrittenHeader, x.requestedModel+" -> "+x.model)
 	}
 	x.cacheResponseHeaders(h, &v.Edits)
+	if x.clamped > 0 {
+		v.Edits.set(contract.OutputClampedHeader, strconv.FormatInt(x.clamped, 10))
+	}
 	if x.status < 200 || x.status > 299 {
 		// Providers do not bill failed requests; the reservation is released
 		// in full and the error body is not worth reading.
@@ -393,11 +397,17 @@ func (x *Exchange) complete(u accounting.Usage, source Source, result Result) {
 		RequestedModel: x.requestedModel, Model: x.model, ModelLabel: x.modelLabel,
 		Result: result, Decision: x.decisionTag,
 		Metered: true, Usage: u, Cost: cost, Source: source, UsageMissing: result == ResultUsageMissing,
-		Unpriced: x.unpriced, Latency: x.since(),
+		Unpriced: x.unpriced, Latency: x.since(), OutputClamped: x.clamped,
 	}
 	// The charge is fixed before the observer runs: if it fails, the settle
 	// that follows still charges what was metered.
 	x.charge = limiter.Charge{Tokens: u.RateLimitedTokens(), Cost: int64(cost.Total)}
+	if source == SourceMeasured && result == ResultOK {
+		x.charge.Calibrate = x.calibrationSample(u.TotalInputTokens())
+		if c := x.charge.Calibrate; c.Model != "" {
+			x.g.obs.InputEstimate(c.Model, x.estimate.InputTokens, c.Measured)
+		}
+	}
 	x.g.obs.Outcome(x.outcome)
 }
 
@@ -460,6 +470,10 @@ func (x *Exchange) Settle() {
 	x.recordExpired(res.Expired)
 	x.observeBudgets(res.Budgets)
 	x.recordCrossings(res.Crossed)
+	if c := res.Calibration; c.Factor > 0 {
+		g.calib.store(x.tenant, c)
+		g.obs.EstimatorFactor(c.Model, c.Ratio())
+	}
 }
 
 // recordExpired reports reservations that expired unsettled (a replica died

@@ -37,6 +37,12 @@ type Observer interface {
 	// Unconfigured records a name the configuration does not know: a
 	// caller, a route policy, a model without a price.
 	Unconfigured(kind string)
+	// InputEstimate records a measured request's calibrated input estimate
+	// next to the provider's count, for the estimator's error.
+	InputEstimate(model string, estimated, measured int64)
+	// EstimatorFactor records the calibration factor of a model a settle
+	// returned.
+	EstimatorFactor(model string, factor float64)
 }
 
 // Kinds of unconfigured names, the values of
@@ -60,3 +66,5 @@ func (NopObserver) Budgets(string, []limiter.BudgetState, time.Time)  {}
 func (NopObserver) BudgetCrossed(string, string, float64)             {}
 func (NopObserver) ExpiredCharged(string, string, accounting.NanoUSD) {}
 func (NopObserver) Unconfigured(string)                               {}
+func (NopObserver) InputEstimate(string, int64, int64)                {}
+func (NopObserver) EstimatorFactor(string, float64)                   {}

@@ -47,17 +47,11 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 		}
 	}
 
-	// The reservation: the input estimate plus the output the request may
-	// produce, capped by the policy so a huge max_tokens does not pin a budget.
-	out := x.policy.OutputReservation
-	if req.MaxTokens > 0 && req.MaxTokens < out {
-		out = req.MaxTokens
-	}
-	if req.NoOutput {
-		out = 0 // embeddings: the input is the whole cost
-	}
-	x.estimate = accounting.Usage{InputTokens: req.InputTokens, OutputTokens: out}
-	x.estimateCost = x.price.Cost(x.estimate).Total
+	// The input estimate, calibrated by what this org's settles of the model
+	// measured (calibrate.go). The size tiers above judged the raw estimate:
+	// the factor is the resolved model's, known only after them.
+	x.rawInput = x.req.InputTokens
+	x.reserve(body, calibrated(x.req.InputTokens, x.g.calib.factor(x.tenant, x.modelLabel)))
 
 	newBody, changed, newPath, reply := x.edit(body)
 	if reply != nil {
@@ -80,6 +74,12 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 	if x.policy.Enforces() {
 		if reply := x.admit(); reply != nil {
 			return BodyVerdict{Reply: reply}
+		}
+		if x.output.Tokens > 0 && x.decision.OutputTokens < x.output.Tokens {
+			if newBody, newPath, reply = x.clamp(body); reply != nil {
+				return BodyVerdict{Reply: reply}
+			}
+			changed = true
 		}
 	} else {
 		x.decisionTag = "allowed"
@@ -123,6 +123,7 @@ func (x *Exchange) edit(body []byte) (out []byte, changed bool, path string, rep
 	if x.model != x.req.Model {
 		e.Model = x.model
 	}
+	e.OutputLimit = x.clamped
 	if pc := x.policy.PromptCache; pc.Inject {
 		e.Cache = &wire.CacheRequest{TTL: pc.TTL, MinTokens: accounting.MinCacheTokens(x.model)}
 	}

@@ -226,4 +226,7 @@ type Outcome struct {
 	Unpriced bool
 	// Latency is from forwarding the request to the end of its response.
 	Latency time.Duration
+	// OutputClamped is the output bound the request was forwarded with when
+	// its budgets could not hold its own (budget_reservation: full), else 0.
+	OutputClamped int64
 }

@@ -36,5 +36,8 @@ func AccessLog(o *gate.Outcome) map[string]any {
 	f["cost_usd"] = o.Cost.Total.USD()
 	f["cost_nano_usd"] = float64(o.Cost.Total)
 	f["usage_source"] = source
+	if o.OutputClamped > 0 {
+		f["output_clamped"] = float64(o.OutputClamped)
+	}
 	return f
 }

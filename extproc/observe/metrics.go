@@ -57,6 +57,7 @@ type Metrics struct {
 	promptCache      *prometheus.CounterVec   // model, type
 	prefixChanges    *prometheus.CounterVec   // policy
 	modelRewrites    *prometheus.CounterVec   // policy, reason
+	outputClamps     *prometheus.CounterVec   // policy
 	storeUp          prometheus.Gauge
 	storeErrors      *prometheus.CounterVec   // op
 	storeSeconds     *prometheus.HistogramVec // op
@@ -72,8 +73,9 @@ type Metrics struct {
 	// ext_proc message observes one.
 	phase map[string]prometheus.Observer
 
-	cache    *cacheMetrics    // cache.go
-	upstream *upstreamMetrics // upstream.go
+	cache     *cacheMetrics     // cache.go
+	estimator *estimatorMetrics // estimator.go
+	upstream  *upstreamMetrics  // upstream.go
 }
 
 var _ gate.Observer = (*Metrics)(nil)
@@ -147,6 +149,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tokenwarden_model_rewrites_total",
 			Help: "Requests whose model was rewritten, by policy and reason (alias, downgrade, tier).",
 		}, []string{"policy", "reason"}),
+		outputClamps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_output_clamped_total",
+			Help: "Requests forwarded with their output bound lowered to what their budgets allow (budget_reservation: full), by policy.",
+		}, []string{"policy"}),
 		storeUp: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tokenwarden_store_up",
 			Help: "1 while the shared store answers, 0 while it does not.",
@@ -187,10 +193,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.requests, m.tokens, m.cost, m.processing, m.admissions, m.spend,
 		m.budgetUsed, m.budgetSpent, m.budgetCap, m.budgetExhaustion, m.budgetAlerts, m.providerLatency, m.providerStatus,
-		m.promptCache, m.prefixChanges, m.modelRewrites, m.storeUp, m.storeErrors, m.storeSeconds,
+		m.promptCache, m.prefixChanges, m.modelRewrites, m.outputClamps, m.storeUp, m.storeErrors, m.storeSeconds,
 		m.activeStreams, m.streamErrors, m.unconfigured, m.unpriced, m.configReloads, m.configReloadTime)
 	m.store = newStoreMetrics(reg)
 	m.cache = newCacheMetrics(reg)
+	m.estimator = newEstimatorMetrics(reg)
 	m.upstream = newUpstreamMetrics(reg)
 	// Series that would otherwise appear only after their first event are
 	// created at zero, so dashboards and alerts see them from the start.
@@ -222,6 +229,9 @@ func (m *Metrics) Outcome(o *gate.Outcome) {
 	m.requests.WithLabelValues(o.Dialect, o.ModelLabel, string(o.Result)).Inc()
 	if !o.Metered {
 		return
+	}
+	if o.OutputClamped > 0 {
+		m.outputClamps.WithLabelValues(o.Policy).Inc()
 	}
 	u, model, src := o.Usage, o.ModelLabel, string(o.Source)
 	m.tokens.WithLabelValues(model, "input", src).Add(float64(u.InputTokens))

@@ -84,14 +84,23 @@ func (s Store) Kind() string {
 
 // Policy is everything that governs one request, after tenant overrides.
 type Policy struct {
-	Name              string
-	Limits            limiter.Limits
+	Name   string
+	Limits limiter.Limits
+	// OutputReservation is the most output a capped reservation reserves.
 	OutputReservation int64
-	Budgets           []Budget
-	OnFailure         limiter.FailurePolicy
-	Models            ModelPolicy
-	PromptCache       PromptCache
-	ResponseCache     ResponseCache
+	// BudgetReservation is how much output a request reserves: capped at
+	// OutputReservation, or full (its whole bound, clamped to what the
+	// budgets allow, at least MinOutputTokens).
+	BudgetReservation Reservation
+	MinOutputTokens   int64
+	// DefaultMaxOutputTokens is what a full reservation reserves for a
+	// request without an output bound to a model the catalog does not know.
+	DefaultMaxOutputTokens int64
+	Budgets                []Budget
+	OnFailure              limiter.FailurePolicy
+	Models                 ModelPolicy
+	PromptCache            PromptCache
+	ResponseCache          ResponseCache
 }
 
 // Enforces reports whether admission has anything to check, so a policy with
@@ -100,6 +109,28 @@ func (p *Policy) Enforces() bool {
 	l := p.Limits
 	return l.RequestsPerMinute > 0 || l.TokensPerMinute > 0 || l.Concurrent > 0 || len(p.Budgets) > 0
 }
+
+// Reservation is a policy's budget_reservation.
+type Reservation string
+
+const (
+	// ReservationCapped reserves at most OutputReservation output tokens: a
+	// request asking for more may overshoot its budgets by the difference
+	// (the README states the bound).
+	ReservationCapped Reservation = "capped"
+	// ReservationFull reserves the request's whole output bound (the
+	// model's maximum when it sets none); when that does not fit, the store
+	// clamps the output to what the budgets allow, and the request's bound
+	// is rewritten to it.
+	ReservationFull Reservation = "full"
+)
+
+// DefaultMinOutputTokens is min_output_tokens when a policy does not set it.
+// A clamp below it is refused as a budget denial instead of forwarded: 256
+// tokens is about a paragraph, the shortest answer still worth its input's
+// cost (the input is billed in full whatever the output), and more than the
+// few tokens a client would get as a useless stub near the end of a budget.
+const DefaultMinOutputTokens = 256
 
 // Budget is one dollar budget window of a policy.
 type Budget struct {
@@ -430,7 +461,8 @@ func compilePrices(prices map[string]accounting.ModelPrice, fallback *accounting
 }
 
 func compilePolicy(at, name string, p policyFile, storeFailure limiter.FailurePolicy) (*Policy, error) {
-	out := &Policy{Name: name, OutputReservation: 4096}
+	out := &Policy{Name: name, OutputReservation: 4096, BudgetReservation: ReservationCapped,
+		MinOutputTokens: DefaultMinOutputTokens, DefaultMaxOutputTokens: accounting.UnknownModelMaxOutputTokens}
 	var err error
 	if out.OnFailure, err = parseFailure(at+".on_failure", p.OnFailure, storeFailure); err != nil {
 		return nil, err
@@ -440,6 +472,9 @@ func compilePolicy(at, name string, p policyFile, storeFailure limiter.FailurePo
 			return nil, fmt.Errorf("%s.output_reservation: %d is negative", at, *p.OutputReservation)
 		}
 		out.OutputReservation = *p.OutputReservation
+	}
+	if err := compileReservation(at, p, out); err != nil {
+		return nil, err
 	}
 	if out.Limits, err = compileLimits(at+".limits", limiter.Limits{}, p.Limits); err != nil {
 		return nil, err
@@ -463,6 +498,35 @@ func compilePolicy(at, name string, p policyFile, storeFailure limiter.FailurePo
 		}
 	}
 	return out, nil
+}
+
+// compileReservation reads budget_reservation, min_output_tokens and
+// default_max_output_tokens into out.
+func compileReservation(at string, p policyFile, out *Policy) error {
+	switch r := Reservation(p.BudgetReservation); r {
+	case "":
+	case ReservationCapped, ReservationFull:
+		out.BudgetReservation = r
+	default:
+		return fmt.Errorf("%s.budget_reservation: %q is not full or capped", at, p.BudgetReservation)
+	}
+	for _, f := range []struct {
+		name string
+		v    *int64
+		dst  *int64
+	}{
+		{"min_output_tokens", p.MinOutputTokens, &out.MinOutputTokens},
+		{"default_max_output_tokens", p.DefaultMaxOutputTokens, &out.DefaultMaxOutputTokens},
+	} {
+		if f.v == nil {
+			continue
+		}
+		if *f.v < 1 || *f.v > limiter.MaxTokens/2 {
+			return fmt.Errorf("%s.%s: %d is outside [1, %d]", at, f.name, *f.v, limiter.MaxTokens/2)
+		}
+		*f.dst = *f.v
+	}
+	return nil
 }
 
 func compileLimits(at string, base limiter.Limits, l limitsFile) (limiter.Limits, error) {

@@ -37,13 +37,18 @@ type storeFile struct {
 }
 
 type policyFile struct {
-	Limits            limitsFile         `json:"limits"`
-	OutputReservation *int64             `json:"output_reservation"`
-	Budgets           []budgetFile       `json:"budgets"`
-	OnFailure         string             `json:"on_failure"`
-	Models            *modelsFile        `json:"models"`
-	PromptCache       *cacheFile         `json:"prompt_cache"`
-	ResponseCache     *responseCacheFile `json:"response_cache"`
+	Limits            limitsFile `json:"limits"`
+	OutputReservation *int64     `json:"output_reservation"`
+	BudgetReservation string     `json:"budget_reservation"`
+	MinOutputTokens   *int64     `json:"min_output_tokens"`
+	// DefaultMaxOutputTokens is the output a full reservation assumes for
+	// an unbounded request to a model the catalog does not know.
+	DefaultMaxOutputTokens *int64             `json:"default_max_output_tokens"`
+	Budgets                []budgetFile       `json:"budgets"`
+	OnFailure              string             `json:"on_failure"`
+	Models                 *modelsFile        `json:"models"`
+	PromptCache            *cacheFile         `json:"prompt_cache"`
+	ResponseCache          *responseCacheFile `json:"response_cache"`
 }
 
 type limitsFile struct {

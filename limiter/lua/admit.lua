@@ -7,9 +7,11 @@
 --   5 tpm limit, 6 tpm tolerance µs, 7 concurrency limit, 8 lease µs,
 --   9 tokens, 10 cost, 11 model, 12 retention s, 13 settled TTL ms,
 --   14 sweep limit, 15 budget count, then per budget: name, cap and three
---   windows as start µs, end µs; then the alerts block (read_alerts).
+--   windows as start µs, end µs; then the alerts block (read_alerts); then
+--   the output clamp: output tokens, price per output token, minimum.
 -- Returns {now, code, rpm TAT, tpm TAT, {window, spent, reserved}...,
---   expired, crossed}; codes as in core.go.
+--   expired, crossed} and, when allowed, the output reserved; codes as in
+--   core.go.
 local prefix, id = ARGV[1], ARGV[2]
 local skey, pkey, rkey = KEYS[1], KEYS[2], KEYS[3]
 local now = now_us()
@@ -43,7 +45,33 @@ for b = 1, nb do
   states[b] = {w, budgets[b].spent, budgets[b].reserved}
   i = i + 8
 end
-local alerts = read_alerts(i)
+local alerts, oi = read_alerts(i)
+
+-- The output clamp (limiter.clampOutput), ARGV after the alerts block:
+-- requested output tokens, nano-USD per output token, minimum output. When
+-- the cost does not fit the least headroom over every budget, reserve the
+-- largest whole output that does, if it is at least the minimum; from here
+-- on tokens and cost are what the request reserves.
+local out_req, out_price, out_min = tonumber(ARGV[oi]) or 0, tonumber(ARGV[oi + 1]) or 0, tonumber(ARGV[oi + 2]) or 0
+local out = out_req
+if out_req > 0 and out_price > 0 and nb > 0 then
+  local room = budgets[1].cap - budgets[1].spent - budgets[1].reserved
+  for b = 2, nb do room = math.min(room, budgets[b].cap - budgets[b].spent - budgets[b].reserved) end
+  if cost > room then
+    local avail = room - (cost - out_req * out_price)
+    -- A double quotient may round up to the next integer: correct it by
+    -- the exact products (all below 2^53).
+    local fit = math.floor(avail / out_price)
+    if fit * out_price > avail then fit = fit - 1 end
+    if (fit + 1) * out_price <= avail then fit = fit + 1 end
+    if fit >= out_min and fit >= 0 then
+      out = fit
+      cost = cost - (out_req - out) * out_price
+      tokens = tokens - (out_req - out)
+      tpm_new = tpm_tat + increment(tokens, tpm_l)
+    end
+  end
+end
 
 local leases, pending_exists = 0, false
 if not must_sweep then
@@ -127,4 +155,4 @@ for b = 1, nb do
     redis.call('EXPIREAT', bt.key, fmt(math.floor(bt.end_us / 1000000) + retention_s))
   end
 end
-return {now, 0, rpm_tat, tpm_tat, states, expired, crossed}
+return {now, 0, rpm_tat, tpm_tat, states, expired, crossed, out}

@@ -3,9 +3,10 @@
 -- every reserved window, and release the lease.
 -- KEYS: 1 tenant state hash, 2 pending zset (leases), 3 this request's record.
 -- ARGV: 1 key prefix, 2 request id, 3 tokens, 4 cost, 5 retention s,
---   6 settled TTL ms, 7 sweep limit, then the alerts block (read_alerts).
+--   6 settled TTL ms, 7 sweep limit, then the alerts block (read_alerts),
+--   then the calibration sample: model ('' for none), estimated, measured.
 -- Returns {now, settled 1 / finished 0 / unknown -1, {name, start, end, spent, reserved}...,
---   expired, crossed}.
+--   expired, crossed[, {factor, samples}]}.
 local prefix, id = ARGV[1], ARGV[2]
 local skey, pkey, rkey = KEYS[1], KEYS[2], KEYS[3]
 local now = now_us()
@@ -15,7 +16,7 @@ local rec = decode_record(raw)
 if not rec then return {now, 0, {}, {}, {}} end
 local tokens, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
 local retention_s, keep_ms, sweep_limit = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local alerts = read_alerts(8)
+local alerts, ci = read_alerts(8)
 
 local st = redis.call('HMGET', skey, 't', 'n', 'e')
 local n = tonumber(st[2])
@@ -42,4 +43,24 @@ if not n or n <= now then
   fields[#fields + 1] = 'n'; fields[#fields + 1] = fmt(earliest(pkey))
 end
 save_state(skey, fields, tonumber(st[3]), tat_max, now)
-return {now, 1, states, expired, crossed}
+
+-- Calibration, as limiter.foldCalibration: fold measured/estimated input
+-- into the model's EWMA record c:<model> (integer parts per million) and
+-- return it, so the replica's next estimates use it without a round trip.
+local cmodel = ARGV[ci]
+if cmodel == nil or cmodel == '' then return {now, 1, states, expired, crossed} end
+local SCALE, CMIN, CMAX, PRIOR, WINDOW = 1000000, 250000, 4000000, 4, 20
+local ckey = prefix .. 'c:' .. cmodel
+local c = redis.call('HMGET', ckey, 'f', 'n')
+local f, cn = tonumber(c[1]) or SCALE, tonumber(c[2]) or 0
+local cest, cmeas = tonumber(ARGV[ci + 1]), tonumber(ARGV[ci + 2])
+if cest > 0 and cmeas > 0 then
+  local obs = math.floor(cmeas * SCALE / cest)
+  obs = math.min(math.max(obs, math.floor(f / 2), CMIN), 2 * f, CMAX)
+  local d = math.min(cn + PRIOR, WINDOW)
+  f = math.floor((f * (d - 1) + obs + math.floor(d / 2)) / d)
+  f, cn = math.min(math.max(f, CMIN), CMAX), cn + 1
+end
+redis.call('HSET', ckey, 'f', fmt(f), 'n', fmt(cn))
+redis.call('EXPIRE', ckey, fmt(retention_s))
+return {now, 1, states, expired, crossed, {f, cn}}
