@@ -125,8 +125,11 @@ func TestUpstreamRedisShared(t *testing.T) {
 	b := newUpstreamRedis(t, newClient(t, srv.Addr()), 0)
 	waitFor(t, "b subscribed", func() bool { return b.Stats().Rescans > 0 })
 	until := time.Now().Add(20 * time.Second).Truncate(time.Millisecond)
+	start := time.Now()
 	a.Cooldown(ctx, "up1", until)
+	wrote := time.Since(start)
 	waitFor(t, "b learns the cool-down", func() bool { return b.CooldownUntil("up1", time.Now()).Equal(until) })
+	t.Logf("cool-down written in %s, held by the other replica %s after it was learned", wrote, time.Since(start))
 	if s := b.Stats(); s.Received != 1 {
 		t.Errorf("b stats %+v", s)
 	}
