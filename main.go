@@ -413,6 +413,9 @@ func runBudgets(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	configPath := fs.String("config", "", "tokenwarden.yaml naming the store and the budgets; empty uses the embedded defaults")
 	tenant := fs.String("tenant", "", "one tenant (default: every tenant named in the config)")
 	pol := fs.String("policy", "", "the policy whose budgets apply (default: the tenant's own)")
+	team := fs.String("team", "", "with --user or --key: the member's team in an org under orgs:")
+	user := fs.String("user", "", "one user of an org under orgs: to show with its levels (members are not listed)")
+	key := fs.String("key", "", "one key (key_id or key-<fingerprint>) of an org under orgs: to show with its levels")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
@@ -430,7 +433,7 @@ func runBudgets(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer store.Close()
-	o := observe.ReportOptions{Policy: *pol}
+	o := observe.ReportOptions{Policy: *pol, Team: *team, User: *user, Key: *key}
 	if *tenant != "" {
 		o.Tenants = []string{*tenant}
 	}

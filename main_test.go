@@ -10,11 +10,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/extproc"
+	"github.com/tokenwarden/tokenwarden/extproc/observe"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
 	"github.com/tokenwarden/tokenwarden/limiter/redistest"
 )
@@ -135,27 +138,10 @@ tenants:
   acme: {}
 `, rs.Addr()))
 	// Spend $1.50 and reserve $0.25 for acme, as a serve replica would.
-	_, cfg, err := loadConfig(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opened, err := openStore(cfg.Store, nil, true, storeRuntime{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer opened.Close()
-	store := opened.Store
-	p, _ := cfg.Policy("acme", "")
-	now := time.Now()
-	budgets := p.LimiterBudgets(now)
-	for i, cost := range []int64{1_500_000_000, 250_000_000} {
-		if _, err := store.Admit(context.Background(), limiter.AdmitRequest{Tenant: "acme", RequestID: fmt.Sprint(i), Cost: cost, Budgets: budgets}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := store.Settle(context.Background(), limiter.SettleRequest{Tenant: "acme", RequestID: "0", Cost: 1_500_000_000, Budgets: budgets}); err != nil {
-		t.Fatal(err)
-	}
+	spendAndHold(t, cfgPath, func(cfg *policy.Config, now time.Time) []limiter.Budget {
+		p, _ := cfg.Policy("acme", "")
+		return p.LimiterBudgets(now)
+	}, 1_500_000_000, 250_000_000)
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"budgets", "--config", cfgPath, "--tenant", "acme"}, &out, io.Discard); err != nil {
 		t.Fatal(err)
@@ -166,12 +152,108 @@ tenants:
 	}
 	for _, l := range lines[1:] {
 		f := strings.Fields(l)
-		if f[0] != "acme" || f[5] != "1.500000" || f[6] != "0.250000" {
+		if f[0] != "acme" || f[1] != "org" || f[2] != "acme" || f[7] != "1.500000" || f[8] != "0.250000" {
 			t.Errorf("row %q: want spent 1.500000 and reserved 0.250000", l)
 		}
 	}
 	if !strings.Contains(lines[1], "day") || !strings.Contains(lines[1], "17.5%") || !strings.Contains(lines[2], "1.8%") {
 		t.Errorf("used ratios:\n%s", out.String())
+	}
+}
+
+// spendAndHold settles spent and leaves held reserved for acme against the
+// budgets of cfgPath's configuration, in the shared store it names.
+func spendAndHold(t *testing.T, cfgPath string, budgetsOf func(*policy.Config, time.Time) []limiter.Budget, spent, held int64) {
+	t.Helper()
+	_, cfg, err := loadConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened, err := openStore(cfg.Store, nil, true, storeRuntime{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer opened.Close()
+	ctx := context.Background()
+	budgets := budgetsOf(cfg, time.Now())
+	for i, cost := range []int64{spent, held} {
+		if _, err := opened.Store.Admit(ctx, limiter.AdmitRequest{Tenant: "acme", RequestID: fmt.Sprint(i), Cost: cost, Budgets: budgets}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := opened.Store.Settle(ctx, limiter.SettleRequest{Tenant: "acme", RequestID: "0", Cost: spent, Budgets: budgets}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tokenwarden budgets prints an org as its tree: the org's pool, each
+// configured team's pool, and the member asked for, from one real Redis.
+func TestBudgetsPrintsTheOrgTree(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts redis-server")
+	}
+	rs := redistest.Start(t, redistest.Options{})
+	cfgPath := writeFile(t, fmt.Sprintf(`
+store: {redis: "redis://%s/0"}
+policies:
+  default:
+    budgets: [{window: day, usd: 10}]
+orgs:
+  acme:
+    budgets: [{window: month, usd: 100}]
+    teams:
+      search: {budgets: [{window: day, usd: 20}]}
+      ads: {budgets: [{window: day, usd: 30}]}
+`, rs.Addr()))
+	// Alice of search spends $2 and holds $0.50, as the gate would admit her.
+	var budgets []limiter.Budget
+	spendAndHold(t, cfgPath, func(cfg *policy.Config, now time.Time) []limiter.Budget {
+		r := cfg.Resolve(policy.Caller{"acme", "search", "alice", ""}, "")
+		var levels []limiter.Level
+		for _, l := range r.Levels {
+			p := policy.Policy{Budgets: l.Budgets}
+			levels = append(levels, limiter.Level{Key: l.Key, Budgets: p.LimiterBudgets(now)})
+		}
+		budgets = limiter.LevelBudgets(levels)
+		return budgets
+	}, 2_000_000_000, 500_000_000)
+	if len(budgets) != 3 {
+		t.Fatalf("alice's budgets %+v, want the org's month, the team's day and her own day", budgets)
+	}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		args []string
+		want [][]string // level, name, window, spent, reserved, cap
+	}{
+		{nil, [][]string{
+			{"org", "acme", "month", "2.000000", "0.500000", "100.00"},
+			{"team", "ads", "day", "0.000000", "0.000000", "30.00"},
+			{"team", "search", "day", "2.000000", "0.500000", "20.00"},
+		}},
+		{[]string{"--team", "search", "--user", "alice"}, [][]string{
+			{"org", "acme", "month", "2.000000", "0.500000", "100.00"},
+			{"team", "ads", "day", "0.000000", "0.000000", "30.00"},
+			{"team", "search", "day", "2.000000", "0.500000", "20.00"},
+			{"user", "alice", "day", "2.000000", "0.500000", "10.00"},
+		}},
+	} {
+		var out bytes.Buffer
+		args := append([]string{"budgets", "--config", cfgPath, "--tenant", "acme"}, tc.args...)
+		if err := run(ctx, args, &out, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("tokenwarden %s\n%s", strings.Join(args, " "), out.String())
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		if len(lines) != len(tc.want)+2 || lines[len(lines)-1] != observe.MemberNote {
+			t.Fatalf("want a header, %d levels and the members note:\n%s", len(tc.want), out.String())
+		}
+		for i, w := range tc.want {
+			f := strings.Fields(lines[i+1])
+			got := []string{f[1], f[2], f[4], f[7], f[8], f[9]}
+			if f[0] != "acme" || !slices.Equal(got, w) {
+				t.Errorf("row %d %q: want %v", i, lines[i+1], w)
+			}
+		}
 	}
 }
 

@@ -329,3 +329,52 @@ func TestUsedMetricsEmbedded(t *testing.T) {
 		}
 	}
 }
+
+// TestDashboardLevels: a level selector, budget panels that follow it, and a
+// hierarchy table of every level of the selected orgs.
+func TestDashboardLevels(t *testing.T) {
+	b, err := os.ReadFile(DashboardPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Templating struct {
+			List []struct {
+				Name  string `json:"name"`
+				Query any    `json:"query"`
+			} `json:"list"`
+		} `json:"templating"`
+		Panels []struct {
+			Type    string `json:"type"`
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := yaml.Unmarshal(b, &d); err != nil {
+		t.Fatal(err)
+	}
+	level := false
+	for _, v := range d.Templating.List {
+		level = level || v.Name == "level" && v.Query == "org,team,user,key"
+	}
+	if !level {
+		t.Error("no level variable over org,team,user,key")
+	}
+	hierarchy := false
+	for _, p := range d.Panels {
+		for _, tg := range p.Targets {
+			if strings.Contains(tg.Expr, "tokenwarden_budget_") && strings.Contains(p.Title, "$window") && p.Type != "table" &&
+				!strings.Contains(tg.Expr, `level=~"$level"`) {
+				t.Errorf("panel %q does not follow the level selector: %s", p.Title, tg.Expr)
+			}
+			if p.Type == "table" && strings.Contains(tg.Expr, "by (tenant, level, name)") {
+				hierarchy = true
+			}
+		}
+	}
+	if !hierarchy {
+		t.Error("no hierarchy table by tenant, level and name")
+	}
+}

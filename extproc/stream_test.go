@@ -512,8 +512,8 @@ func TestDeniedWhileInFlight(t *testing.T) {
 	if ir.GetStatus().GetCode() != 429 || !bytes.Contains(ir.GetBody(), []byte(`"rate_limit_error"`)) {
 		t.Fatalf("second request: %v, want a 429 rate_limit_error", ir)
 	}
-	if v, _ := setHeader(&extprocv3.CommonResponse{HeaderMutation: ir.GetHeaders()}, contract.DeniedHeader); v != "concurrency" {
-		t.Errorf("%s = %q, want concurrency", contract.DeniedHeader, v)
+	if v, _ := setHeader(&extprocv3.CommonResponse{HeaderMutation: ir.GetHeaders()}, contract.DeniedHeader); v != "org/concurrency" {
+		t.Errorf("%s = %q, want org/concurrency", contract.DeniedHeader, v)
 	}
 	b.closeSend()
 	a.must(responseHeaders(200, "application/json", false))

@@ -14,7 +14,8 @@ import (
 
 // benchRequests are an Admit and a Settle with every dimension and two
 // budgets per level configured, as a policy with limits and a day and month
-// budget at each of the first levels levels (org, team, user, key).
+// budget at each of the first levels levels (org, team, user, key), every
+// level with its own limits.
 func benchRequests(now time.Time, levels int, id string) (AdmitRequest, SettleRequest) {
 	var lv []Level
 	for _, key := range []string{"", "t:eng", "u:eng/ann", "k:eng/k1"}[:levels] {
@@ -23,7 +24,11 @@ func benchRequests(now time.Time, levels int, id string) (AdmitRequest, SettleRe
 	bs := LevelBudgets(lv)
 	id = fmt.Sprint("l", levels, "-", id)
 	lim := Limits{RequestsPerMinute: 1 << 30, TokensPerMinute: 1 << 30, Concurrent: 1 << 20}
-	return AdmitRequest{Tenant: "bench", RequestID: id, Model: "m", Limits: lim, Tokens: 1000, Cost: 5000, Budgets: bs},
+	var ll []LevelLimits
+	for _, l := range lv[1:] { // every level below the org has its own limits too
+		ll = append(ll, LevelLimits{Key: l.Key, RequestsPerMinute: 1 << 30, TokensPerMinute: 1 << 30, Concurrent: 1 << 20})
+	}
+	return AdmitRequest{Tenant: "bench", RequestID: id, Model: "m", Limits: lim, Tokens: 1000, Cost: 5000, Budgets: bs, LevelLimits: ll},
 		SettleRequest{Tenant: "bench", RequestID: id, Tokens: 800, Cost: 4000, Budgets: bs}
 }
 

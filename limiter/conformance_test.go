@@ -90,6 +90,7 @@ func (m *gcraModel) admit(now time.Time, cost int64) (allowed bool, retry time.D
 func runConformance(t *testing.T, h harness) {
 	runSharedConformance(t, h)
 	runLevelsConformance(t, h)
+	runLevelLimitsConformance(t, h)
 	runClampConformance(t, h)
 	runCalibrationConformance(t, h)
 	t.Run("RequestsPerMinute", func(t *testing.T) {

@@ -157,6 +157,9 @@ func validateAdmit(req *AdmitRequest) error {
 			return fmt.Errorf("%w: output price %d × %d tokens outside [0, cost %d]", ErrInvalid, o.Price, o.Tokens, req.Cost)
 		}
 	}
+	if err := validateLevelLimits(req.LevelLimits); err != nil {
+		return err
+	}
 	return validateBudgets(req.Budgets, true)
 }
 
@@ -238,6 +241,11 @@ type admitOutcome struct {
 	crossed []rawCrossing
 	// output is the output reserved (clampOutput) of an allowed request.
 	output int64
+	// level is the index+1 in AdmitRequest.LevelLimits of the level whose
+	// own limit denied (0: the org, or a budget); levelTATs are each
+	// level's requests and tokens TATs after the decision.
+	level     int
+	levelTATs [][2]int64
 }
 
 type budgetOutcome struct {
@@ -268,6 +276,26 @@ func (o *admitOutcome) decision(req *AdmitRequest) (Decision, error) {
 		Expired:  withTenant(o.expired, req.Tenant),
 		Crossed:  crossings(o.crossed, req.Budgets),
 	}
+	rpmTAT, tpmTAT := o.rpmTAT, o.tpmTAT
+	for i, tats := range o.levelTATs {
+		if i >= len(req.LevelLimits) {
+			break
+		}
+		l := &req.LevelLimits[i]
+		lr, lt := newRate(l.RequestsPerMinute, req.Limits.Burst), newRate(l.TokensPerMinute, req.Limits.Burst)
+		if st := lr.state(o.now, tats[0]); st.Limit > 0 && (d.Requests.Limit == 0 || st.Remaining < d.Requests.Remaining) {
+			d.Requests = st
+		}
+		if st := lt.state(o.now, tats[1]); st.Limit > 0 && (d.Tokens.Limit == 0 || st.Remaining < d.Tokens.Remaining) {
+			d.Tokens = st
+		}
+		if o.level == i+1 { // the denying level's own limits and TATs
+			d.Level, rpm, tpm, rpmTAT, tpmTAT = l.Key, lr, lt, tats[0], tats[1]
+		}
+	}
+	if o.code != codeAllowed && o.level > len(req.LevelLimits) {
+		return Decision{}, fmt.Errorf("limiter: store returned a denial at unknown level %d", o.level)
+	}
 	for i, b := range o.budgets {
 		d.Budgets = append(d.Budgets, BudgetState{
 			Name: req.Budgets[i].Name, Level: levelOf(req.Budgets[i].Name), Window: req.Budgets[i].Windows[b.window],
@@ -283,10 +311,10 @@ func (o *admitOutcome) decision(req *AdmitRequest) (Decision, error) {
 		d.Denied = DimensionConcurrency
 	case o.code == codeRequests:
 		d.Denied = DimensionRequests
-		d.RetryAfter, d.NeverFits = rateDenial(rpm, o.now, o.rpmTAT, increment(1, rpm.limit))
+		d.RetryAfter, d.NeverFits = rateDenial(rpm, o.now, rpmTAT, increment(1, rpm.limit))
 	case o.code == codeTokens:
 		d.Denied = DimensionTokens
-		d.RetryAfter, d.NeverFits = rateDenial(tpm, o.now, o.tpmTAT, increment(req.Tokens, tpm.limit))
+		d.RetryAfter, d.NeverFits = rateDenial(tpm, o.now, tpmTAT, increment(req.Tokens, tpm.limit))
 	case o.code >= codeBudget0 && o.code-codeBudget0 < len(d.Budgets):
 		b := d.Budgets[o.code-codeBudget0]
 		lvl, kind := SplitBudgetName(b.Name)

@@ -1,6 +1,9 @@
 package limiter
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // Levels: one org's hierarchy (org, team, user, key) admitted in one call.
 //
@@ -64,4 +67,40 @@ func LevelBudgets(levels []Level) []Budget {
 func levelOf(name string) string {
 	k, _ := SplitBudgetName(name)
 	return k
+}
+
+// LevelLimits are one level's own per-minute and concurrency limits (a zero
+// field is unlimited). Key is the level's key as in Level, never "" (the
+// org's limits are AdmitRequest.Limits).
+type LevelLimits struct {
+	Key               string
+	RequestsPerMinute int64
+	TokensPerMinute   int64
+	Concurrent        int64
+}
+
+func (l *LevelLimits) enforces() bool {
+	return l.RequestsPerMinute > 0 || l.TokensPerMinute > 0 || l.Concurrent > 0
+}
+
+// escapedLevel is a level key as it appears in store keys, hash fields and
+// reservation records: no separator of any of them.
+func escapedLevel(key string) string { return levelEscaper.Replace(key) }
+
+func validateLevelLimits(ls []LevelLimits) error {
+	for i := range ls {
+		l := &ls[i]
+		switch {
+		case l.Key == "":
+			return fmt.Errorf("%w: level limits without a key (the org's limits are Limits)", ErrInvalid)
+		case l.RequestsPerMinute < 0 || l.TokensPerMinute < 0 || l.Concurrent < 0:
+			return fmt.Errorf("%w: level %q: negative limit", ErrInvalid, l.Key)
+		}
+		for j := range i {
+			if ls[j].Key == l.Key {
+				return fmt.Errorf("%w: level %q given twice", ErrInvalid, l.Key)
+			}
+		}
+	}
+	return nil
 }

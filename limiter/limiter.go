@@ -140,6 +140,10 @@ type AdmitRequest struct {
 	// Cost is the estimated cost in nano-USD reserved against every budget.
 	Cost    int64
 	Budgets []Budget
+	// LevelLimits are the limits of the levels below the org (a team's, a
+	// user's, a key's own), checked with Limits (the org's) and the budgets
+	// in the same atomic decision; they share Limits' Burst and LeaseTTL.
+	LevelLimits []LevelLimits
 	// Output, when its Tokens are above zero, lets the store shrink the
 	// request's output to fit its budgets (a full budget reservation).
 	Output Output
@@ -233,8 +237,9 @@ type Decision struct {
 	Allowed bool
 	// Denied is the first dimension that refused the request, in the order
 	// concurrency, requests, tokens, then budgets in the order given. A
-	// budget denial names the window kind ("budget_day") and Level the key
-	// of the level whose budget refused ("" for the org).
+	// budget denial names the window kind ("budget_day"); the levels' own
+	// limits are checked after the org's (Limits), in the order given.
+	// Level is the key of the level that refused ("" for the org).
 	Denied Dimension
 	Level  string
 	// RetryAfter is when the denied dimension will admit this request again:
@@ -255,9 +260,11 @@ type Decision struct {
 	// AdmitRequest.Output: its Tokens, or fewer when the store clamped the
 	// output to fit the budgets. Zero for a request without one.
 	OutputTokens int64
-	Requests     RateState
-	Tokens       RateState
-	Budgets      []BudgetState
+	// Requests and Tokens are the most constraining level's per-minute
+	// state (the one with the least remaining; the org's on a tie).
+	Requests RateState
+	Tokens   RateState
+	Budgets  []BudgetState
 	// Expired lists reservations found expired (never settled) during this
 	// call and charged at their estimate. Each is reported exactly once across
 	// all replicas.

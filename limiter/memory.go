@@ -48,6 +48,27 @@ type memTenant struct {
 	records  map[string]*memRecord
 	budgets  map[string]*memBudget // by budgetKey
 	calib    map[string]*memCalib  // by model
+	levels   map[string]*memLevel  // the levels below the org, by key
+}
+
+// memLevel is one level's own state: its TATs and its leases (admit.lua's
+// r:<key>, t:<key> fields and p:<key> zset).
+type memLevel struct {
+	rpm, tpm int64
+	pending  pendingSet
+}
+
+// level returns the state of level key, creating it.
+func (t *memTenant) level(key string) *memLevel {
+	l := t.levels[key]
+	if l == nil {
+		if t.levels == nil {
+			t.levels = map[string]*memLevel{}
+		}
+		l = &memLevel{pending: newPendingSet()}
+		t.levels[key] = l
+	}
+	return l
 }
 
 // memCalib is one model's estimator calibration record (settle.lua's c:<model>).
@@ -63,7 +84,8 @@ type memRecord struct {
 	tpmLimit int64
 	model    string
 	windows  []recWindow
-	deadline int64 // the record's TTL
+	levels   []LevelLimits // the levels' own limits it was admitted under
+	deadline int64         // the record's TTL
 }
 
 type recWindow struct {
@@ -90,6 +112,21 @@ func NewMemory(opts MemoryOptions) *Memory {
 		m.now = time.Now
 	}
 	return m
+}
+
+// rateCode is the first of concurrency, requests and tokens that refuses a
+// request at one level: live leases against the concurrency limit, and how
+// far past now the new TATs would be against the burst tolerance.
+func rateCode(conc, rpm, tpm, live, rpmAhead, tpmAhead, tol int64) int {
+	switch {
+	case conc > 0 && live >= conc:
+		return codeConcurrency
+	case rpm > 0 && rpmAhead > tol:
+		return codeRequests
+	case tpm > 0 && tpmAhead > tol:
+		return codeTokens
+	}
+	return codeAllowed
 }
 
 func budgetKey(name string, windowStart int64) string {
@@ -136,14 +173,25 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 	tokens, cost := req.Reserved(o.output)
 	rpmNew := o.rpmTAT + increment(1, l.RequestsPerMinute)
 	tpmNew := o.tpmTAT + increment(tokens, l.TokensPerMinute)
-	switch {
-	case l.Concurrent > 0 && t.pending.live(now) >= l.Concurrent:
-		o.code = codeConcurrency
-	case l.RequestsPerMinute > 0 && rpmNew-now > newRate(l.RequestsPerMinute, l.Burst).tolerance:
-		o.code = codeRequests
-	case l.TokensPerMinute > 0 && tpmNew-now > newRate(l.TokensPerMinute, l.Burst).tolerance:
-		o.code = codeTokens
-	default:
+	tol := newRate(1, l.Burst).tolerance
+	o.code = rateCode(l.Concurrent, l.RequestsPerMinute, l.TokensPerMinute, t.pending.live(now), rpmNew-now, tpmNew-now, tol)
+	type levelNext struct{ rpm, tpm int64 }
+	next := make([]levelNext, len(req.LevelLimits))
+	for i := range req.LevelLimits {
+		ll := &req.LevelLimits[i]
+		var lr, lt, live int64 = now, now, 0
+		if s := t.levels[ll.Key]; s != nil {
+			lr, lt, live = max(s.rpm, now), max(s.tpm, now), s.pending.live(now)
+		}
+		o.levelTATs = append(o.levelTATs, [2]int64{lr, lt})
+		next[i] = levelNext{lr + increment(1, ll.RequestsPerMinute), lt + increment(tokens, ll.TokensPerMinute)}
+		if o.code == codeAllowed {
+			if o.code = rateCode(ll.Concurrent, ll.RequestsPerMinute, ll.TokensPerMinute, live, next[i].rpm-now, next[i].tpm-now, tol); o.code != codeAllowed {
+				o.level = i + 1
+			}
+		}
+	}
+	if o.code == codeAllowed {
 		for i, b := range o.budgets {
 			if b.spent+b.reserved+cost > req.Budgets[i].Cap {
 				o.code = codeBudget0 + i
@@ -168,6 +216,23 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 	t.pending.add(req.RequestID, expiry)
 	rec := &memRecord{state: 'p', tokens: tokens, cost: cost, tpmLimit: l.TokensPerMinute,
 		model: req.Model, deadline: expiry + m.retention}
+	for i := range req.LevelLimits {
+		ll := &req.LevelLimits[i]
+		if !ll.enforces() {
+			continue
+		}
+		s := t.level(ll.Key)
+		if ll.RequestsPerMinute > 0 {
+			s.rpm, o.levelTATs[i][0] = next[i].rpm, next[i].rpm
+		}
+		if ll.TokensPerMinute > 0 {
+			s.tpm, o.levelTATs[i][1] = next[i].tpm, next[i].tpm
+		}
+		if ll.Concurrent > 0 {
+			s.pending.add(req.RequestID, expiry)
+		}
+		rec.levels = append(rec.levels, *ll)
+	}
 	for i := range req.Budgets {
 		w := req.Budgets[i].Windows[o.budgets[i].window]
 		s := t.budget(keys[i], now)
@@ -219,6 +284,13 @@ func (m *Memory) settle(req *SettleRequest) settleOutcome {
 	if rec.tpmLimit > 0 {
 		diff := increment(req.Tokens, rec.tpmLimit) - increment(rec.tokens, rec.tpmLimit)
 		t.tpm = max(max(t.tpm, now)+diff, now)
+	}
+	for _, ll := range rec.levels {
+		if ll.TokensPerMinute > 0 {
+			s := t.level(ll.Key)
+			diff := increment(req.Tokens, ll.TokensPerMinute) - increment(rec.tokens, ll.TokensPerMinute)
+			s.tpm = max(max(s.tpm, now)+diff, now)
+		}
 	}
 	o.settled = true
 	o.budgets = m.charge(t, now, rec, req.Cost, alertsByName(req.Budgets), &o.crossed)
@@ -292,6 +364,11 @@ func (m *Memory) charge(t *memTenant, now int64, rec *memRecord, cost int64, ale
 
 func (m *Memory) finish(t *memTenant, now int64, id string, rec *memRecord, state byte) {
 	t.pending.remove(id)
+	for _, ll := range rec.levels {
+		if s := t.levels[ll.Key]; s != nil && ll.Concurrent > 0 {
+			s.pending.remove(id)
+		}
+	}
 	rec.state = state
 	rec.deadline = now + m.settledTTL
 }
@@ -366,7 +443,13 @@ func (m *Memory) gc(now int64) {
 				delete(t.calib, k)
 			}
 		}
-		if len(t.records) == 0 && len(t.budgets) == 0 && len(t.calib) == 0 && t.pending.len() == 0 && t.rpm <= now && t.tpm <= now {
+		for k, l := range t.levels {
+			if l.pending.len() == 0 && l.rpm <= now && l.tpm <= now {
+				delete(t.levels, k)
+			}
+		}
+		if len(t.records) == 0 && len(t.budgets) == 0 && len(t.calib) == 0 && len(t.levels) == 0 &&
+			t.pending.len() == 0 && t.rpm <= now && t.tpm <= now {
 			delete(m.tenants, name)
 		}
 	}

@@ -33,6 +33,21 @@ func (m *Memory) Cancel(ctx context.Context, req CancelRequest) (CancelResult, e
 	if rec.tpmLimit > 0 && t.tpm > 0 {
 		t.tpm = max(max(t.tpm, now)-increment(rec.tokens, rec.tpmLimit), now)
 	}
+	for _, ll := range rec.levels {
+		s := t.levels[ll.Key]
+		if s == nil {
+			continue
+		}
+		if ll.RequestsPerMinute > 0 && s.rpm > 0 {
+			s.rpm = max(max(s.rpm, now)-increment(1, ll.RequestsPerMinute), now)
+		}
+		if ll.TokensPerMinute > 0 && s.tpm > 0 {
+			s.tpm = max(max(s.tpm, now)-increment(rec.tokens, ll.TokensPerMinute), now)
+		}
+		if ll.Concurrent > 0 {
+			s.pending.remove(req.RequestID)
+		}
+	}
 	t.pending.remove(req.RequestID)
 	rec.state = 'c'
 	rec.deadline = now + keep
@@ -58,6 +73,11 @@ func (m *Memory) Renew(ctx context.Context, req RenewRequest) (int, error) {
 		t.pending.add(id, expiry)
 		if rec := t.records[id]; rec != nil {
 			rec.deadline = max(rec.deadline, expiry+m.retention)
+			for _, ll := range rec.levels {
+				if s := t.levels[ll.Key]; s != nil && ll.Concurrent > 0 && s.pending.byID[id] != nil {
+					s.pending.add(id, expiry)
+				}
+			}
 		}
 		n++
 	}

@@ -186,7 +186,10 @@ func (r *Redis) Admit(ctx context.Context, req AdmitRequest) (Decision, error) {
 		}
 	}
 	args = appendAlerts(args, req.Budgets)
-	args = append(args, req.Output.Tokens, req.Output.Price, req.Output.Min)
+	args = append(args, req.Output.Tokens, req.Output.Price, req.Output.Min, len(req.LevelLimits))
+	for _, l := range req.LevelLimits {
+		args = append(args, escapedLevel(l.Key), l.RequestsPerMinute, l.TokensPerMinute, l.Concurrent)
+	}
 	keys := []string{prefix + "s", prefix + "p", prefix + "r:" + req.RequestID}
 	v, err := r.run(ctx, admitScript, keys, args)
 	if err != nil {
@@ -355,7 +358,7 @@ func appendAlerts(args []any, budgets []Budget) []any {
 
 func parseAdmit(v any, nb int) (admitOutcome, error) {
 	top, err := asSlice(v, -1)
-	if err == nil && len(top) != 7 && len(top) != 8 {
+	if err == nil && len(top) != 7 && len(top) != 10 {
 		err = fmt.Errorf("unexpected admit reply of length %d", len(top))
 	}
 	if err != nil {
@@ -386,9 +389,31 @@ func parseAdmit(v any, nb int) (admitOutcome, error) {
 	if o.expired, err = parseExpired(top[5]); err != nil {
 		return admitOutcome{}, err
 	}
-	if len(top) == 8 { // allowed: the output reserved
+	if len(top) == 10 { // the output reserved, the denying level, the levels' TATs
 		if o.output, err = asInt(top[7]); err != nil {
 			return admitOutcome{}, err
+		}
+		lvl, err := asInt(top[8])
+		if err != nil {
+			return admitOutcome{}, err
+		}
+		o.level = int(lvl)
+		rows, err := asSlice(top[9], -1)
+		if err != nil {
+			return admitOutcome{}, err
+		}
+		for _, row := range rows {
+			pair, err := asSlice(row, 2)
+			if err != nil {
+				return admitOutcome{}, err
+			}
+			var tats [2]int64
+			for j := range tats {
+				if tats[j], err = asInt(pair[j]); err != nil {
+					return admitOutcome{}, err
+				}
+			}
+			o.levelTATs = append(o.levelTATs, tats)
 		}
 	}
 	o.crossed, err = parseCrossed(top[6])

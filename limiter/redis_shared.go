@@ -35,8 +35,8 @@ func (r *Redis) Renew(ctx context.Context, req RenewRequest) (int, error) {
 		return 0, nil
 	}
 	prefix := tenantPrefix(req.Tenant)
-	args := make([]any, 0, 2+len(req.RequestIDs))
-	args = append(args, int64(cmp.Or(req.LeaseTTL, DefaultLeaseTTL)/time.Microsecond), int64(r.retention/time.Second))
+	args := make([]any, 0, 3+len(req.RequestIDs))
+	args = append(args, int64(cmp.Or(req.LeaseTTL, DefaultLeaseTTL)/time.Microsecond), int64(r.retention/time.Second), prefix)
 	for _, id := range req.RequestIDs {
 		args = append(args, id)
 	}

@@ -729,6 +729,12 @@ func (r *Resilient) scaled(req AdmitRequest) AdmitRequest {
 	}
 	l := &req.Limits
 	l.RequestsPerMinute, l.TokensPerMinute, l.Concurrent = div(l.RequestsPerMinute), div(l.TokensPerMinute), div(l.Concurrent)
+	ls := make([]LevelLimits, len(req.LevelLimits))
+	for i, ll := range req.LevelLimits {
+		ll.RequestsPerMinute, ll.TokensPerMinute, ll.Concurrent = div(ll.RequestsPerMinute), div(ll.TokensPerMinute), div(ll.Concurrent)
+		ls[i] = ll
+	}
+	req.LevelLimits = ls
 	bs := make([]Budget, len(req.Budgets))
 	for i, b := range req.Budgets {
 		b.Cap /= n

@@ -21,16 +21,18 @@ func (x *Exchange) admit() *Reply {
 	g := x.g
 	tenantLabel := x.cfg.TenantLabel(x.tenant)
 	start := time.Now()
+	limits, levelLimits, budgets := x.levelRequest(g.opts.Now())
 	d, res, err := limiter.Reserve(x.ctx, g.opts.Store, limiter.AdmitRequest{
-		Tenant:    x.tenant,
-		RequestID: x.requestID,
-		Model:     x.modelLabel,
-		Limits:    x.policy.Limits,
-		Tokens:    x.estimate.RateLimitedTokens(),
-		Cost:      int64(x.estimateCost),
-		Budgets:   x.policy.LimiterBudgets(g.opts.Now()),
-		Output:    x.output, // the part a full reservation may clamp (reserve.go)
-		OnFailure: x.policy.OnFailure,
+		Tenant:      x.tenant,
+		RequestID:   x.requestID,
+		Model:       x.modelLabel,
+		Limits:      limits,
+		LevelLimits: levelLimits,
+		Tokens:      x.estimate.RateLimitedTokens(),
+		Cost:        int64(x.estimateCost),
+		Budgets:     budgets,
+		Output:      x.output, // the part a full reservation may clamp (reserve.go)
+		OnFailure:   x.policy.OnFailure,
 	})
 	// Kept before anything else runs, so that whatever fails next (an
 	// observer, a panic) leaves a reservation Abort can still settle.
@@ -71,10 +73,74 @@ func (x *Exchange) admit() *Reply {
 	return nil
 }
 
+// levelRequest is what admission checks: the org's limits (with the
+// policy's burst and lease), each lower level's own limits, and every
+// level's budgets in level order. A caller outside orgs: is a one-level org
+// held to its policy.
+func (x *Exchange) levelRequest(now time.Time) (limiter.Limits, []limiter.LevelLimits, []limiter.Budget) {
+	if len(x.levels) == 0 {
+		return x.policy.Limits, nil, x.policy.LimiterBudgets(now)
+	}
+	// Resolve leaves out pools that check nothing, so the org's own level
+	// (key "") may be absent: then the org has no limits of its own.
+	var limits limiter.Limits
+	var ll []limiter.LevelLimits
+	lv := make([]limiter.Level, 0, len(x.levels))
+	for i := range x.levels {
+		l := &x.levels[i]
+		lv = append(lv, limiter.Level{Key: l.Key, Budgets: policy.LimiterBudgetsOf(l.Budgets, now)})
+		if l.Key == "" {
+			limits = l.Limits
+			continue
+		}
+		if l.Limits.RequestsPerMinute > 0 || l.Limits.TokensPerMinute > 0 || l.Limits.Concurrent > 0 {
+			ll = append(ll, limiter.LevelLimits{Key: l.Key, RequestsPerMinute: l.Limits.RequestsPerMinute,
+				TokensPerMinute: l.Limits.TokensPerMinute, Concurrent: l.Limits.Concurrent})
+		}
+	}
+	limits.Burst, limits.LeaseTTL = x.policy.Limits.Burst, x.policy.Limits.LeaseTTL
+	return limits, ll, limiter.LevelBudgets(lv)
+}
+
+// enforces reports whether any level of the caller has anything to check.
+func (x *Exchange) enforces() bool {
+	if len(x.levels) == 0 {
+		return x.policy.Enforces()
+	}
+	for i := range x.levels {
+		if x.levels[i].Enforces() {
+			return true
+		}
+	}
+	return false
+}
+
+// deniedLevel is the resolved level a decision names (by its key), and its
+// kind's name as x-tokenwarden-denied shows it: org, team, user or key.
+func (x *Exchange) deniedLevel(key string) (policy.ResolvedLevel, string) {
+	for _, l := range x.levels {
+		if l.Key == key {
+			return l, l.Level.String()
+		}
+	}
+	// A one-level org: its policy is the level.
+	kind := policy.LevelOfKey(key)
+	return policy.ResolvedLevel{Level: kind, Name: x.tenant, Key: key, Limits: x.policy.Limits}, kind.String()
+}
+
 // deny builds the 429: the dialect's error body, exact retry hints, the
-// tenant's rate-limit state and which dimension refused.
+// caller's rate-limit state and which level and dimension refused
+// (x-tokenwarden-denied: team/budget_day).
 func (x *Exchange) deny(d limiter.Decision) *Reply {
 	dim := string(d.Denied)
+	lvl, lvlName := x.deniedLevel(d.Level)
+	// In a hierarchy the message names the level that refused ("the team
+	// search: ..."); a one-level org is just the caller.
+	pre, who := "tokenwarden: ", "this caller"
+	if len(x.levels) > 1 {
+		who = "the " + lvlName + " " + lvl.Name
+		pre += who + ": "
+	}
 	var h HeaderEdits
 	x.rateLimitHeaders(&h)
 	retry := d.RetryAfter
@@ -89,7 +155,7 @@ func (x *Exchange) deny(d limiter.Decision) *Reply {
 	if retry > 0 {
 		h.set("retry-after-ms", strconv.FormatInt(max(retry.Milliseconds(), 1), 10))
 	}
-	h.set(contract.DeniedHeader, dim)
+	h.set(contract.DeniedHeader, lvlName+"/"+dim)
 	// SDKs retry 429s within seconds; when waiting is longer than a minute (a
 	// budget window, or a request that can never fit) a retry is pointless.
 	if retry > time.Minute || d.NeverFits {
@@ -98,23 +164,23 @@ func (x *Exchange) deny(d limiter.Decision) *Reply {
 	kind, msg := wire.ErrorRateLimited, ""
 	switch d.Denied {
 	case limiter.DimensionRequests:
-		msg = fmt.Sprintf("tokenwarden: over the limit of %d requests per minute; retry in %ds", x.policy.Limits.RequestsPerMinute, secs)
+		msg = fmt.Sprintf("%sover the limit of %d requests per minute; retry in %ds", pre, lvl.Limits.RequestsPerMinute, secs)
 	case limiter.DimensionTokens:
-		msg = fmt.Sprintf("tokenwarden: over the limit of %d tokens per minute (this request reserves %d); retry in %ds", x.policy.Limits.TokensPerMinute, x.estimate.RateLimitedTokens(), secs)
+		msg = fmt.Sprintf("%sover the limit of %d tokens per minute (this request reserves %d); retry in %ds", pre, lvl.Limits.TokensPerMinute, x.estimate.RateLimitedTokens(), secs)
 		if d.NeverFits {
-			msg = fmt.Sprintf("tokenwarden: this request reserves %d tokens, more than the %d tokens per minute this caller may use; reduce the prompt or max_tokens", x.estimate.RateLimitedTokens(), x.policy.Limits.TokensPerMinute)
+			msg = fmt.Sprintf("tokenwarden: this request reserves %d tokens, more than the %d tokens per minute %s may use; reduce the prompt or max_tokens", x.estimate.RateLimitedTokens(), lvl.Limits.TokensPerMinute, who)
 		}
 	case limiter.DimensionConcurrency:
-		msg = fmt.Sprintf("tokenwarden: %d requests already in flight, the limit", x.policy.Limits.Concurrent)
+		msg = fmt.Sprintf("%s%d requests already in flight, the limit", pre, lvl.Limits.Concurrent)
 	default:
 		kind = wire.ErrorBudget
 		window := dim[len("budget_"):]
-		msg = fmt.Sprintf("tokenwarden: the %s budget is exhausted; it resets in %s", window, retry.Round(time.Second))
-		if cap, ok := budgetCap(d, window); ok && x.leastReservation() > cap {
+		msg = fmt.Sprintf("%sthe %s budget is exhausted; it resets in %s", pre, window, retry.Round(time.Second))
+		if cap, ok := budgetCap(d, limiter.LevelBudgetName(d.Level, window)); ok && x.leastReservation() > cap {
 			// Not a matter of waiting: the request alone reserves more than
 			// the window's whole budget, now and after any reset.
-			msg = fmt.Sprintf("tokenwarden: this request reserves $%.6f, more than the whole %s budget of $%.6f; reduce the prompt or max_tokens",
-				accounting.NanoUSD(x.leastReservation()).USD(), window, accounting.NanoUSD(cap).USD())
+			msg = fmt.Sprintf("%sthis request reserves $%.6f, more than the whole %s budget of $%.6f; reduce the prompt or max_tokens",
+				pre, accounting.NanoUSD(x.leastReservation()).USD(), window, accounting.NanoUSD(cap).USD())
 			if !slices.Contains(h.Set, Header{"x-should-retry", "false"}) {
 				h.set("x-should-retry", "false")
 			}

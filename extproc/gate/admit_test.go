@@ -186,8 +186,8 @@ func TestDenials(t *testing.T) {
 				if retry > 0 && (!hasMs || gotMs != strconv.FormatInt(retry.Milliseconds(), 10)) || retry == 0 && hasMs {
 					t.Errorf("retry-after-ms = %q (%v) for a wait of %v", gotMs, hasMs, retry)
 				}
-				if got, _ := header(r.Headers, contract.DeniedHeader); got != tc.dim {
-					t.Errorf("%s = %q, want %q", contract.DeniedHeader, got, tc.dim)
+				if got, _ := header(r.Headers, contract.DeniedHeader); got != "org/"+tc.dim {
+					t.Errorf("%s = %q, want %q", contract.DeniedHeader, got, "org/"+tc.dim)
 				}
 				wantNoRetry := retry > time.Minute || tc.neverFits
 				if got, ok := header(r.Headers, "x-should-retry"); wantNoRetry != ok || ok && got != "false" {
@@ -344,7 +344,7 @@ func TestFailLocalStillDenies(t *testing.T) {
 	h := newHarnessWith(t, denialYAML(`{concurrent: 1}`, dayBudget)+"store: {on_failure: local}\n", newResilient(t, unavailable{}))
 	h.admit(post(pathMessages, tenantHeader("acme")), sonnetBody)
 	_, r := h.refuse(post(pathMessages, tenantHeader("acme")), sonnetBody)
-	if got, _ := header(r.Headers, contract.DeniedHeader); r.Status != 429 || got != "concurrency" {
+	if got, _ := header(r.Headers, contract.DeniedHeader); r.Status != 429 || got != "org/concurrency" {
 		t.Errorf("reply %d %q", r.Status, got)
 	}
 	if o := h.obs.lastOutcome(t); o.Decision != "denied_concurrency" {

@@ -2,63 +2,82 @@ package gate
 
 import (
 	"sync"
+	"time"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
-// budgetUse is the last known fraction of each budget window a tenant has
-// spent, learned from the admission and settle answers this replica already
-// receives, so a downgrade decision costs no extra round trip.
-type budgetUse struct {
-	byWindow map[string]float64
+// budgetCache is the last known fraction of each budget window spent, per
+// org and level, learned from the admission and settle answers this replica
+// already receives, so a downgrade decision costs no extra round trip. An
+// answer carries the windows of the levels of one caller (the org, its team,
+// its own user or key); they are merged into the org's entry, each window
+// remembered with its end so a window that has ended reads as unused.
+//
+// It bounds its memory: past maxTenants orgs, or maxLevelWindows windows in
+// one org (many users), that map starts over, which only means a downgrade
+// waits for one more answer from the store.
+type budgetCache struct {
+	mu      sync.RWMutex
+	tenants map[string]map[string]windowUse // org → store budget name → use
 }
 
-// ratio is the use of one window, or of the most used window when window is
-// empty.
-func (u budgetUse) ratio(window accounting.WindowKind) float64 {
+type windowUse struct {
+	ratio float64
+	end   time.Time // zero: unknown, taken as current
+}
+
+const (
+	maxTenants      = 100_000
+	maxLevelWindows = 4096
+)
+
+func newBudgetCache() *budgetCache { return &budgetCache{tenants: map[string]map[string]windowUse{}} }
+
+// ratio is the use of one window of a level of org (levelKey as
+// limiter.Level.Key, "" for the org), or of the level's most used window
+// when window is empty; 0 when unknown.
+func (c *budgetCache) ratio(org, levelKey string, window accounting.WindowKind, now time.Time) float64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	ws := c.tenants[org]
+	current := func(w windowUse) float64 {
+		if !w.end.IsZero() && !now.Before(w.end) {
+			return 0
+		}
+		return w.ratio
+	}
 	if window != "" {
-		return u.byWindow[string(window)]
+		return current(ws[limiter.LevelBudgetName(levelKey, string(window))])
 	}
 	var best float64
-	for _, r := range u.byWindow {
-		best = max(best, r)
+	for name, w := range ws {
+		if key, _ := limiter.SplitBudgetName(name); key == levelKey {
+			best = max(best, current(w))
+		}
 	}
 	return best
 }
 
-// budgetCache bounds its memory: past maxTenants entries it starts over,
-// which only means a downgrade waits for one more answer from the store.
-type budgetCache struct {
-	mu      sync.RWMutex
-	tenants map[string]budgetUse
-}
-
-const maxTenants = 100_000
-
-func newBudgetCache() *budgetCache { return &budgetCache{tenants: map[string]budgetUse{}} }
-
-func (c *budgetCache) used(tenant string) budgetUse {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.tenants[tenant]
-}
-
-func (c *budgetCache) store(tenant string, states []limiter.BudgetState) {
-	u := budgetUse{byWindow: make(map[string]float64, len(states))}
+func (c *budgetCache) store(org string, states []limiter.BudgetState) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ws := c.tenants[org]
+	if ws == nil || len(ws) >= maxLevelWindows {
+		if len(c.tenants) >= maxTenants {
+			c.tenants = map[string]map[string]windowUse{}
+		}
+		ws = make(map[string]windowUse, len(states))
+		c.tenants[org] = ws
+	}
 	for _, b := range states {
 		// Settled spend only: in-flight reservations over-estimate, and a
 		// downgrade must not happen before the configured ratio is really spent.
 		if b.Cap > 0 {
-			u.byWindow[b.Name] = float64(b.Spent) / float64(b.Cap)
+			ws[b.Name] = windowUse{ratio: float64(b.Spent) / float64(b.Cap), end: b.Window.End}
 		}
 	}
-	c.mu.Lock()
-	if len(c.tenants) >= maxTenants {
-		c.tenants = map[string]budgetUse{}
-	}
-	c.tenants[tenant] = u
-	c.mu.Unlock()
 }
 
 // prefixTracker remembers the last stable-prefix fingerprint (tools +

@@ -2,35 +2,52 @@ package gate
 
 import (
 	"fmt"
+	"math"
 	"testing"
+	"time"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
 func TestBudgetUseRatio(t *testing.T) {
 	c := newBudgetCache()
+	end := t0.Add(time.Hour)
 	c.store("t", []limiter.BudgetState{
-		{Name: "day", Cap: 100, Spent: 30, Reserved: 60}, // reservations are not use yet
+		{Name: "day", Cap: 100, Spent: 30, Reserved: 60, Window: limiter.Window{End: end}}, // reservations are not use yet
 		{Name: "month", Cap: 1000, Spent: 500},
 		{Name: "week"}, // no cap: no ratio
+		{Name: limiter.LevelBudgetName("t:search", "day"), Cap: 100, Spent: 90, Window: limiter.Window{End: end}},
 	})
-	u := c.used("t")
+	// Another caller's answer adds its own level and updates the shared ones.
+	c.store("t", []limiter.BudgetState{
+		{Name: "month", Cap: 1000, Spent: 600},
+		{Name: limiter.LevelBudgetName("u:search/ann", "day"), Cap: 10, Spent: 2},
+	})
 	cases := []struct {
+		level  string
 		window accounting.WindowKind
+		now    time.Time
 		want   float64
 	}{
-		{accounting.Day, 0.3},
-		{accounting.Month, 0.5},
-		{accounting.Week, 0},
-		{"", 0.5}, // no window named: the most used one
+		{"", accounting.Day, t0, 0.3},
+		{"", accounting.Month, t0, 0.6},
+		{"", accounting.Week, t0, 0},
+		{"", "", t0, 0.6}, // no window named: the level's most used one
+		{"t:search", "", t0, 0.9},
+		{"t:search", accounting.Day, t0, 0.9},
+		{"u:search/ann", accounting.Day, t0, 0.2},
+		{"u:search/bob", "", t0, 0},
+		{"t:search", accounting.Day, end, 0}, // the window has ended
+		{"", "", end, 0.6},
 	}
 	for _, tc := range cases {
-		if got := u.ratio(tc.window); got != tc.want {
-			t.Errorf("ratio(%q) = %v, want %v", tc.window, got, tc.want)
+		if got := c.ratio("t", tc.level, tc.window, tc.now); got != tc.want {
+			t.Errorf("ratio(%q, %q, %v) = %v, want %v", tc.level, tc.window, tc.now, got, tc.want)
 		}
 	}
-	if got := c.used("unknown").ratio(""); got != 0 {
+	if got := c.ratio("unknown", "", "", t0); got != 0 {
 		t.Errorf("an unknown tenant's use = %v", got)
 	}
 }
@@ -64,12 +81,22 @@ func TestCacheBounds(t *testing.T) {
 	for i := range maxTenants {
 		c.store(fmt.Sprint("t", i), states)
 	}
-	if c.used("t0").ratio("") != 0.5 || len(c.tenants) != maxTenants {
+	if c.ratio("t0", "", "", t0) != 0.5 || len(c.tenants) != maxTenants {
 		t.Fatalf("%d tenants before the bound", len(c.tenants))
 	}
 	c.store("one-more", states)
-	if len(c.tenants) != 1 || c.used("t0").ratio("") != 0 || c.used("one-more").ratio("") != 0.5 {
+	if len(c.tenants) != 1 || c.ratio("t0", "", "", t0) != 0 || c.ratio("one-more", "", "", t0) != 0.5 {
 		t.Fatalf("past the bound: %d tenants", len(c.tenants))
+	}
+	for i := range maxLevelWindows - 1 { // "day" is the first
+		c.store("one-more", []limiter.BudgetState{{Name: limiter.LevelBudgetName(fmt.Sprint("u:/", i), "day"), Cap: 10, Spent: 1}})
+	}
+	if len(c.tenants["one-more"]) != maxLevelWindows {
+		t.Fatalf("%d windows in one org before its bound", len(c.tenants["one-more"]))
+	}
+	c.store("one-more", states)
+	if len(c.tenants["one-more"]) != 1 || c.ratio("one-more", "", "", t0) != 0.5 {
+		t.Fatalf("past an org's bound: %d windows", len(c.tenants["one-more"]))
 	}
 
 	p := newPrefixTracker()
@@ -127,6 +154,105 @@ func TestHeadersHelpers(t *testing.T) {
 	for b, want := range map[string]bool{"event: x\n": true, "\r\ndata: {}": true, ": ping\n": true, `{"id":1}`: false, "": false} {
 		if got := looksLikeSSE([]byte(b)); got != want {
 			t.Errorf("looksLikeSSE(%q) = %v", b, got)
+		}
+	}
+}
+
+// A downgrade rule reads the level it names; a caller without that level is
+// never downgraded by it. A flat tenant is a one-level org.
+func TestDowngradeByLevel(t *testing.T) {
+	const cfg = `
+policies:
+  default:
+    budgets: [{window: month, usd: 100}]
+    models:
+      downgrade:
+        - {when_budget_used: 0.9, level: team, from: "claude-opus-*", to: claude-haiku-4-5}
+        - {when_budget_used: 0.5, level: org, from: "claude-opus-*", to: claude-sonnet-4-5}
+tenants:
+  acme: {}
+`
+	h := newHarness(t, cfg)
+	body := `{"model":"claude-opus-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}`
+	model := func() string {
+		t.Helper()
+		x, _ := h.admit(post(pathMessages, tenantHeader("acme")), body)
+		defer x.Abort()
+		return x.model
+	}
+	h.g.budgets.store("acme", []limiter.BudgetState{{Name: "month", Cap: 100, Spent: 40}})
+	if got := model(); got != "claude-opus-4-5" {
+		t.Fatalf("the org at 40%%: %s", got)
+	}
+	// The org at 95%: the org rule applies; the team rule does not, since a
+	// flat tenant has no team.
+	h.g.budgets.store("acme", []limiter.BudgetState{{Name: "month", Cap: 100, Spent: 95}})
+	if got := model(); got != "claude-sonnet-4-5" {
+		t.Fatalf("the org at 95%%: %s, want the org rule's claude-sonnet-4-5", got)
+	}
+	// Budget observations name the level.
+	h.obs.mu.Lock()
+	defer h.obs.mu.Unlock()
+	last := h.obs.budgets[len(h.obs.budgets)-1]
+	if len(last.levels) != 1 || last.levels[0].BudgetLevel != orgLevel("acme") || last.levels[0].Window != "month" {
+		t.Errorf("budget observation %+v, want the org level acme's month", last.levels)
+	}
+}
+
+// A rule's level is found among the caller's resolved levels, and the
+// cache reads that level's use: the org's pool for an org rule, the team's
+// for a team rule, the caller's own for a rule naming none.
+func TestDowngradeKeyReadsTheNamedLevel(t *testing.T) {
+	cfg, err := policy.Parse([]byte(`
+policies: {default: {}}
+orgs:
+  acme:
+    budgets: [{window: month, usd: 100}]
+    users: {budgets: [{window: day, usd: 5}]}
+    teams:
+      search:
+        budgets: [{window: day, usd: 20}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inTeam := cfg.Resolve(policy.Caller{"acme", "search", "ann", ""}, "").Levels
+	noTeam := cfg.Resolve(policy.Caller{"acme", "", "bob", ""}, "").Levels
+	c := newBudgetCache()
+	c.store("acme", []limiter.BudgetState{
+		{Name: "month", Cap: 100, Spent: 85},
+		{Name: limiter.LevelBudgetName("t:search", "day"), Cap: 100, Spent: 40},
+		{Name: limiter.LevelBudgetName("u:search/ann", "day"), Cap: 100, Spent: 95},
+		{Name: limiter.LevelBudgetName("u:/bob", "day"), Cap: 100, Spent: 10},
+	})
+	rule := func(l policy.Level) policy.Downgrade { return policy.Downgrade{Level: l, HasLevel: true} }
+	for _, tc := range []struct {
+		name   string
+		levels []policy.ResolvedLevel
+		rule   policy.Downgrade
+		ok     bool
+		ratio  float64
+	}{
+		{"org rule", inTeam, rule(policy.LevelOrg), true, 0.85},
+		{"team rule", inTeam, rule(policy.LevelTeam), true, 0.40},
+		{"user rule", inTeam, rule(policy.LevelUser), true, 0.95},
+		{"own level", inTeam, policy.Downgrade{}, true, 0.95},
+		{"key rule, no key", inTeam, rule(policy.LevelKey), false, 0},
+		{"team rule, no team", noTeam, rule(policy.LevelTeam), false, 0},
+		{"own level, no team", noTeam, policy.Downgrade{}, true, 0.10},
+		{"org rule, no team", noTeam, rule(policy.LevelOrg), true, 0.85},
+		{"no levels", nil, policy.Downgrade{}, false, 0},
+	} {
+		key, ok := downgradeKey(tc.levels, tc.rule)
+		if ok != tc.ok {
+			t.Errorf("%s: ok %v, want %v (key %q)", tc.name, ok, tc.ok, key)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		if got := c.ratio("acme", key, "", t0); math.Abs(got-tc.ratio) > 1e-9 {
+			t.Errorf("%s: key %q reads %.2f, want %.2f", tc.name, key, got, tc.ratio)
 		}
 	}
 }

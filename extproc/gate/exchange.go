@@ -75,6 +75,11 @@ type Exchange struct {
 
 	rc cacheState    // the response cache's part (cache.go)
 	up upstreamState // the upstream view's part (upstream.go)
+
+	// levels are the caller's levels in its org (org first, its own last)
+	// when the org is configured under orgs:, else nil: a one-level org
+	// held to its policy.
+	levels []policy.ResolvedLevel
 }
 
 // Limits on bodies the gate holds. Envoy bounds BUFFERED bodies by its own
@@ -98,7 +103,14 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 	x.clientReqID, _ = h.Get("x-request-id")
 	refusal := x.identify(h, r.Envoy)
 	var known bool
-	x.policy, known = x.cfg.Policy(x.tenant, r.RoutePolicy)
+	if x.cfg.InOrg(x.caller) {
+		// A caller of a configured org is admitted at every level of it:
+		// the org keys the shared state, each level keeps its own.
+		res := x.cfg.Resolve(x.caller, r.RoutePolicy)
+		x.tenant, x.policy, x.levels, known = res.Org, res.Policy, res.Levels, res.KnownRoute
+	} else {
+		x.policy, known = x.cfg.Policy(x.tenant, r.RoutePolicy)
+	}
 	if !known {
 		g.obs.Unconfigured(UnconfiguredRoutePolicy)
 	}

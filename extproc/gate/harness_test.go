@@ -146,13 +146,19 @@ type rewrite struct{ policy, reason string }
 type budgetsSeen struct {
 	tenant string
 	states []limiter.BudgetState
+	levels []LevelBudget // the states with their level labels
 	now    time.Time
 }
 
 type crossing struct {
-	tenant, window string
-	threshold      float64
+	tenant    string
+	level     BudgetLevel
+	window    string
+	threshold float64
 }
+
+// orgLevel is the level of a configured org (or flat tenant) itself.
+func orgLevel(name string) BudgetLevel { return BudgetLevel{Level: "org", Name: name} }
 
 type expiredSeen struct {
 	tenant, model string
@@ -195,16 +201,20 @@ func (r *recorder) PrefixChange(p string) {
 	r.prefixes = append(r.prefixes, p)
 }
 
-func (r *recorder) Budgets(tenant string, states []limiter.BudgetState, now time.Time) {
+func (r *recorder) Budgets(tenant string, budgets []LevelBudget, now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.budgets = append(r.budgets, budgetsSeen{tenant, slices.Clone(states), now})
+	seen := budgetsSeen{tenant: tenant, levels: slices.Clone(budgets), now: now}
+	for _, b := range budgets {
+		seen.states = append(seen.states, b.State)
+	}
+	r.budgets = append(r.budgets, seen)
 }
 
-func (r *recorder) BudgetCrossed(tenant, window string, threshold float64) {
+func (r *recorder) BudgetCrossed(tenant string, level BudgetLevel, window string, threshold float64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.crossed = append(r.crossed, crossing{tenant, window, threshold})
+	r.crossed = append(r.crossed, crossing{tenant, level, window, threshold})
 }
 
 func (r *recorder) ExpiredCharged(tenant, model string, cost accounting.NanoUSD) {

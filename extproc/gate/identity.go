@@ -29,7 +29,7 @@ func (x *Exchange) identify(h Headers, env Envoy) (refusal func() *Reply) {
 		return func() *Reply {
 			return x.refuseCaller(401, wire.ErrorUnauthenticated, "tokenwarden: the caller could not be identified from what the mesh authenticated")
 		}
-	case x.cfg.Configured(tenant) || id.Unconfigured == policy.UnconfiguredOwn:
+	case x.cfg.ConfiguredCaller(x.caller) || id.Unconfigured == policy.UnconfiguredOwn:
 		x.tenant = tenant
 	case id.Unconfigured == policy.UnconfiguredDeny:
 		x.g.obs.Unconfigured(UnconfiguredCaller)

@@ -495,18 +495,26 @@ func (x *Exchange) recordCrossings(crossed []limiter.Crossing) {
 		if c.Cap > 0 {
 			ratio = float64(c.Threshold) / float64(c.Cap)
 		}
-		x.g.obs.BudgetCrossed(x.cfg.TenantLabel(x.tenant), c.Budget, ratio)
+		lvl, window := x.budgetLevel(c.Budget)
+		x.g.obs.BudgetCrossed(x.cfg.TenantLabel(x.tenant), lvl, window, ratio)
 		x.g.log.Warn("budget threshold crossed",
-			"event", "budget_alert", "tenant", x.tenant, "window", c.Budget,
-			"window_start", c.Window.Start, "window_end", c.Window.End,
+			"event", "budget_alert", "tenant", x.tenant, "level", lvl.Level, "level_name", lvl.Name, "level_key", c.Level,
+			"window", window, "window_start", c.Window.Start, "window_end", c.Window.End,
 			"threshold", ratio, "spent_usd", accounting.NanoUSD(c.Spent).USD(), "cap_usd", accounting.NanoUSD(c.Cap).USD(),
 			"percent_used", 100*float64(c.Spent)/float64(max(c.Cap, 1)))
 	}
 }
 
-// observeBudgets remembers every tenant's use for model downgrades and
-// publishes the windows of configured tenants (others would share one
-// meaningless series).
+// budgetLevel names the level of a store budget name for metrics, and its
+// window kind.
+func (x *Exchange) budgetLevel(name string) (BudgetLevel, string) {
+	key, window := limiter.SplitBudgetName(name)
+	return BudgetLevel{Level: policy.LevelOfKey(key).String(), Name: x.cfg.LevelLabel(x.tenant, key)}, window
+}
+
+// observeBudgets remembers every org's use per level for model downgrades
+// and publishes the windows of configured orgs (others would share one
+// meaningless series), each under its level and the level's bounded name.
 func (x *Exchange) observeBudgets(states []limiter.BudgetState) {
 	// A local decision's windows are the replica's own, started from zero
 	// while the shared store is down (limiter.Resilient): not the tenant's
@@ -515,7 +523,14 @@ func (x *Exchange) observeBudgets(states []limiter.BudgetState) {
 		return
 	}
 	x.g.budgets.store(x.tenant, states)
-	if label := x.cfg.TenantLabel(x.tenant); label != policy.OtherLabel {
-		x.g.obs.Budgets(label, states, x.g.opts.Now())
+	label := x.cfg.TenantLabel(x.tenant)
+	if label == policy.OtherLabel {
+		return
 	}
+	bs := make([]LevelBudget, len(states))
+	for i, s := range states {
+		lvl, window := x.budgetLevel(s.Name)
+		bs[i] = LevelBudget{BudgetLevel: lvl, Window: window, State: s}
+	}
+	x.g.obs.Budgets(label, bs, x.g.opts.Now())
 }

@@ -30,7 +30,7 @@ func TestResolveModel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &Gate{budgets: newBudgetCache()}
+	g := &Gate{budgets: newBudgetCache(), opts: Options{Now: newClock().Now}}
 	pol, _ := cfg.Policy("t", "")
 	cases := []struct {
 		name       string

@@ -25,12 +25,13 @@ type Observer interface {
 	ModelRewrite(policy, reason string)
 	// PrefixChange records a change of a policy's stable prompt prefix.
 	PrefixChange(policy string)
-	// Budgets records a configured tenant's budget windows as the store
-	// last reported them.
-	Budgets(tenantLabel string, states []limiter.BudgetState, now time.Time)
+	// Budgets records a configured org's budget windows, at every level of
+	// one caller, as the store last reported them.
+	Budgets(tenantLabel string, budgets []LevelBudget, now time.Time)
 	// BudgetCrossed records an alert threshold (a fraction of the cap)
-	// crossed for the first time in a window, across all replicas.
-	BudgetCrossed(tenantLabel, window string, threshold float64)
+	// crossed for the first time in a window of a level, across all
+	// replicas.
+	BudgetCrossed(tenantLabel string, level BudgetLevel, window string, threshold float64)
 	// ExpiredCharged records a reservation that expired unsettled and was
 	// charged at its estimate.
 	ExpiredCharged(tenantLabel, model string, cost accounting.NanoUSD)
@@ -45,6 +46,20 @@ type Observer interface {
 	EstimatorFactor(model string, factor float64)
 }
 
+// BudgetLevel names one level of an org for metrics, with bounded values:
+// Level is org, team, user or key; Name is the level's configured label
+// ("acme", "acme/search"), or "other" for a level not configured by name
+// (every user and key).
+type BudgetLevel struct{ Level, Name string }
+
+// LevelBudget is one budget window of one level as the store reported it.
+type LevelBudget struct {
+	BudgetLevel
+	// Window is the window kind (day, week, month).
+	Window string
+	State  limiter.BudgetState
+}
+
 // Kinds of unconfigured names, the values of
 // tokenwarden_unconfigured_total{kind}.
 const (
@@ -56,15 +71,15 @@ const (
 // NopObserver records nothing.
 type NopObserver struct{}
 
-func (NopObserver) Outcome(*Outcome)                                  {}
-func (NopObserver) Admission(string, string)                          {}
-func (NopObserver) StoreCall(string, time.Duration, error)            {}
-func (NopObserver) ProviderResponse(string, int)                      {}
-func (NopObserver) ModelRewrite(string, string)                       {}
-func (NopObserver) PrefixChange(string)                               {}
-func (NopObserver) Budgets(string, []limiter.BudgetState, time.Time)  {}
-func (NopObserver) BudgetCrossed(string, string, float64)             {}
-func (NopObserver) ExpiredCharged(string, string, accounting.NanoUSD) {}
-func (NopObserver) Unconfigured(string)                               {}
-func (NopObserver) InputEstimate(string, int64, int64)                {}
-func (NopObserver) EstimatorFactor(string, float64)                   {}
+func (NopObserver) Outcome(*Outcome)                                   {}
+func (NopObserver) Admission(string, string)                           {}
+func (NopObserver) StoreCall(string, time.Duration, error)             {}
+func (NopObserver) ProviderResponse(string, int)                       {}
+func (NopObserver) ModelRewrite(string, string)                        {}
+func (NopObserver) PrefixChange(string)                                {}
+func (NopObserver) Budgets(string, []LevelBudget, time.Time)           {}
+func (NopObserver) BudgetCrossed(string, BudgetLevel, string, float64) {}
+func (NopObserver) ExpiredCharged(string, string, accounting.NanoUSD)  {}
+func (NopObserver) Unconfigured(string)                                {}
+func (NopObserver) InputEstimate(string, int64, int64)                 {}
+func (NopObserver) EstimatorFactor(string, float64)                    {}

@@ -71,7 +71,7 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 		return BodyVerdict{Reply: reply}
 	}
 	x.phase = phaseForwarded
-	if x.policy.Enforces() {
+	if x.enforces() {
 		if reply := x.admit(); reply != nil {
 			return BodyVerdict{Reply: reply}
 		}
@@ -230,19 +230,53 @@ func (x *Exchange) resolveModel(requested string) (model, reason string, err err
 	if !mp.Allowed(model) {
 		return "", "", fmt.Errorf("model %q is not allowed by policy %q", requested, x.policy.Name)
 	}
-	if len(mp.Downgrade) > 0 {
-		used := x.g.budgets.used(x.tenant)
-		for _, d := range mp.Downgrade { // highest threshold first
-			if ok, _ := path.Match(d.From, model); !ok {
-				continue
-			}
-			if used.ratio(d.Window) >= d.WhenBudgetUsed {
-				model, reason = d.To, "downgrade"
-				break
-			}
+	now := x.g.opts.Now()
+	for _, d := range mp.Downgrade { // highest threshold first
+		if ok, _ := path.Match(d.From, model); !ok {
+			continue
+		}
+		key, ok := x.downgradeLevel(d)
+		if ok && x.g.budgets.ratio(x.tenant, key, d.Window, now) >= d.WhenBudgetUsed {
+			model, reason = d.To, "downgrade"
+			break
 		}
 	}
 	return model, reason, nil
+}
+
+// downgradeLevel is the key of the level whose use a downgrade rule reads,
+// among the levels this exchange is admitted against.
+func (x *Exchange) downgradeLevel(d policy.Downgrade) (key string, ok bool) {
+	return downgradeKey(x.admittedLevels(), d)
+}
+
+// admittedLevels are the levels the admission counts this request against,
+// as policy.Resolve describes them, org first and the caller's own last: a
+// caller outside orgs: is x.tenant as a one-level org.
+func (x *Exchange) admittedLevels() []policy.ResolvedLevel {
+	if len(x.levels) > 0 {
+		return x.levels
+	}
+	return []policy.ResolvedLevel{{Level: policy.LevelOrg, Name: x.tenant}}
+}
+
+// downgradeKey is the key of the level of levels a downgrade rule reads:
+// the level it names, else the caller's own (the last); ok is false when
+// the caller has no such level — a team rule never downgrades a caller in
+// no team.
+func downgradeKey(levels []policy.ResolvedLevel, d policy.Downgrade) (key string, ok bool) {
+	if len(levels) == 0 {
+		return "", false
+	}
+	if !d.HasLevel {
+		return levels[len(levels)-1].Key, true
+	}
+	for _, l := range levels {
+		if l.Level == d.Level {
+			return l.Key, true
+		}
+	}
+	return "", false
 }
 
 // since is the time from forwarding to now; zero when never forwarded.

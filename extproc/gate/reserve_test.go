@@ -136,8 +136,8 @@ func TestClampBelowMinimum(t *testing.T) {
 	if r.Status != 429 {
 		t.Fatalf("status %d, want 429", r.Status)
 	}
-	if v, _ := header(r.Headers, contract.DeniedHeader); v != "budget_day" {
-		t.Fatalf("%s = %q, want budget_day", contract.DeniedHeader, v)
+	if v, _ := header(r.Headers, contract.DeniedHeader); v != "org/budget_day" {
+		t.Fatalf("%s = %q, want org/budget_day", contract.DeniedHeader, v)
 	}
 	h.wantBudgets("acme", "", 0, 0)
 }

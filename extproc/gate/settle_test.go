@@ -187,7 +187,7 @@ func TestBudgetObservations(t *testing.T) {
 	if len(h.obs.budgets) != 2 {
 		t.Errorf("an unconfigured tenant's budgets were published: %+v", h.obs.budgets[2:])
 	}
-	if got, want := h.g.budgets.used("zeta").ratio(accounting.Day), float64(messageCost)/50e9; got != want {
+	if got, want := h.g.budgets.ratio("zeta", "", accounting.Day, h.clock.Now()), float64(messageCost)/50e9; got != want {
 		t.Errorf("zeta's day use in the downgrade cache = %v, want %v", got, want)
 	}
 }
@@ -211,7 +211,7 @@ tenants:
 		x.Settle()
 	}
 	spend(400) // $0.00603 of $0.02: past 25%
-	if want := []crossing{{"acme", "day", 0.25}}; !reflect.DeepEqual(h.obs.crossed, want) {
+	if want := []crossing{{"acme", orgLevel("acme"), "day", 0.25}}; !reflect.DeepEqual(h.obs.crossed, want) {
 		t.Fatalf("crossings %+v, want %+v", h.obs.crossed, want)
 	}
 	spend(400) // $0.01206: no new threshold
@@ -222,7 +222,7 @@ tenants:
 	// the estimate may cross the cap itself in the same stroke.
 	h.clock.Advance(12 * time.Hour)
 	spend(1400) // $0.02103
-	want := []crossing{{"acme", "day", 0.25}, {"acme", "day", 0.25}, {"acme", "day", 1}}
+	want := []crossing{{"acme", orgLevel("acme"), "day", 0.25}, {"acme", orgLevel("acme"), "day", 0.25}, {"acme", orgLevel("acme"), "day", 1}}
 	if !reflect.DeepEqual(h.obs.crossed, want) {
 		t.Fatalf("crossings %+v, want %+v", h.obs.crossed, want)
 	}
@@ -243,7 +243,7 @@ tenants:
 	h.admit(post(pathMessages, tenantHeader("acme")), sonnetBody) // ~$0.0039 reserved, never settled
 	h.clock.Advance(2 * time.Minute)
 	h.admit(post(pathMessages, tenantHeader("acme")), sonnetBody)
-	if want := []crossing{{"acme", "day", 0.1}}; !reflect.DeepEqual(h.obs.crossed, want) || len(h.obs.expired) != 1 {
+	if want := []crossing{{"acme", orgLevel("acme"), "day", 0.1}}; !reflect.DeepEqual(h.obs.crossed, want) || len(h.obs.expired) != 1 {
 		t.Fatalf("crossings %+v (want %+v), expired %+v", h.obs.crossed, want, h.obs.expired)
 	}
 }

@@ -11,7 +11,6 @@ package observe
 
 import (
 	"context"
-	"math"
 	"strconv"
 	"time"
 
@@ -19,7 +18,6 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/gate"
-	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
 // Phases of an ext_proc stream, the values of
@@ -47,11 +45,12 @@ type Metrics struct {
 	processing       *prometheus.HistogramVec // phase
 	admissions       *prometheus.CounterVec   // tenant, result
 	spend            *prometheus.CounterVec   // tenant, model, source
-	budgetUsed       *prometheus.GaugeVec     // tenant, window
-	budgetSpent      *prometheus.GaugeVec     // tenant, window
-	budgetCap        *prometheus.GaugeVec     // tenant, window
-	budgetExhaustion *prometheus.GaugeVec     // tenant, window
-	budgetAlerts     *prometheus.CounterVec   // tenant, window, threshold
+	budgetUsed       *prometheus.GaugeVec     // levelLabels
+	budgetSpent      *prometheus.GaugeVec     // levelLabels
+	budgetCap        *prometheus.GaugeVec     // levelLabels
+	budgetExhaustion *prometheus.GaugeVec     // levelLabels
+	budgetAlerts     *prometheus.CounterVec   // tenant, level, name, window, threshold
+	unnamed          unnamedLevels            // levels.go
 	providerLatency  *prometheus.HistogramVec // policy
 	providerStatus   *prometheus.CounterVec   // dialect, code
 	promptCache      *prometheus.CounterVec   // model, type
@@ -110,24 +109,24 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"tenant", "model", "source"}),
 		budgetUsed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tokenwarden_budget_used_ratio",
-			Help: "Fraction of the current budget window spent or reserved, by tenant and window.",
-		}, []string{"tenant", "window"}),
+			Help: "Fraction of the current budget window spent or reserved, by tenant (the org), level (org, team, user, key), name (the level's configured label; other: the most used unnamed member this replica saw in the window) and window.",
+		}, levelLabels),
 		budgetSpent: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tokenwarden_budget_spent_usd",
-			Help: "USD spent in the current budget window, by tenant and window.",
-		}, []string{"tenant", "window"}),
+			Help: "USD spent in the current budget window, by tenant, level, name and window (as tokenwarden_budget_used_ratio).",
+		}, levelLabels),
 		budgetCap: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tokenwarden_budget_cap_usd",
-			Help: "The budget of the current window in USD, by tenant and window.",
-		}, []string{"tenant", "window"}),
+			Help: "The budget of the current window in USD, by tenant, level, name and window (as tokenwarden_budget_used_ratio).",
+		}, levelLabels),
 		budgetExhaustion: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tokenwarden_budget_exhaustion_seconds",
-			Help: "Forecast time until the current budget window is spent at the window's average burn rate so far; +Inf when it will last the window.",
-		}, []string{"tenant", "window"}),
+			Help: "Forecast time until the current budget window is spent at the window's average burn rate so far, by tenant, level, name and window; +Inf when it will last the window.",
+		}, levelLabels),
 		budgetAlerts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenwarden_budget_alerts_total",
-			Help: "Budget thresholds crossed, counted once per window across all replicas, by tenant, window and threshold ratio.",
-		}, []string{"tenant", "window", "threshold"}),
+			Help: "Budget thresholds crossed, counted once per window across all replicas, by tenant, level, name (other: any unnamed member, so the count is how many crossed), window and threshold ratio.",
+		}, []string{"tenant", "level", "name", "window", "threshold"}),
 		providerLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "tokenwarden_provider_latency_seconds",
 			Help:    "Time from forwarding a request to the end of its response, by policy.",
@@ -279,26 +278,6 @@ func (m *Metrics) ModelRewrite(policy, reason string) {
 
 // PrefixChange implements gate.Observer.
 func (m *Metrics) PrefixChange(policy string) { m.prefixChanges.WithLabelValues(policy).Inc() }
-
-// Budgets implements gate.Observer: the window gauges and the forecast of
-// when each window's budget runs out at its burn rate so far.
-func (m *Metrics) Budgets(tenantLabel string, states []limiter.BudgetState, now time.Time) {
-	for _, b := range states {
-		m.budgetUsed.WithLabelValues(tenantLabel, b.Name).Set(b.Used())
-		m.budgetSpent.WithLabelValues(tenantLabel, b.Name).Set(accounting.NanoUSD(b.Spent).USD())
-		m.budgetCap.WithLabelValues(tenantLabel, b.Name).Set(accounting.NanoUSD(b.Cap).USD())
-		secs := math.Inf(1) // the budget outlasts its window at this rate
-		if eta, ok := accounting.Exhaustion(accounting.NanoUSD(b.Spent), accounting.NanoUSD(b.Cap), b.Window.Start, b.Window.End, now); ok {
-			secs = eta.Seconds()
-		}
-		m.budgetExhaustion.WithLabelValues(tenantLabel, b.Name).Set(secs)
-	}
-}
-
-// BudgetCrossed implements gate.Observer.
-func (m *Metrics) BudgetCrossed(tenantLabel, window string, threshold float64) {
-	m.budgetAlerts.WithLabelValues(tenantLabel, window, strconv.FormatFloat(threshold, 'f', -1, 64)).Inc()
-}
 
 // ExpiredCharged implements gate.Observer.
 func (m *Metrics) ExpiredCharged(tenantLabel, model string, cost accounting.NanoUSD) {

@@ -24,23 +24,79 @@ func TestBudgetGaugesAndForecast(t *testing.T) {
 	window := limiter.Window{Start: start, End: start.Add(24 * time.Hour)}
 
 	// $4 spent in 6 hours: the $6 left last 9 more hours at that rate, before the day ends.
-	m.Budgets("acme", []limiter.BudgetState{{Name: "day", Window: window, Cap: 10e9, Spent: 4e9, Reserved: 1e9}}, now)
-	if got := testutil.ToFloat64(m.budgetExhaustion.WithLabelValues("acme", "day")); got != 9*3600 {
+	org := gate.BudgetLevel{Level: "org", Name: "acme"}
+	m.Budgets("acme", []gate.LevelBudget{{BudgetLevel: org, Window: "day", State: limiter.BudgetState{Name: "day", Window: window, Cap: 10e9, Spent: 4e9, Reserved: 1e9}}}, now)
+	if got := testutil.ToFloat64(m.budgetExhaustion.WithLabelValues("acme", "org", "acme", "day")); got != 9*3600 {
 		t.Errorf("exhaustion forecast %v s, want %v", got, 9*3600)
 	}
-	if got := testutil.ToFloat64(m.budgetUsed.WithLabelValues("acme", "day")); got != 0.5 {
+	if got := testutil.ToFloat64(m.budgetUsed.WithLabelValues("acme", "org", "acme", "day")); got != 0.5 {
 		t.Errorf("used ratio %v, want spent+reserved = 0.5", got)
 	}
-	if got := testutil.ToFloat64(m.budgetSpent.WithLabelValues("acme", "day")); got != 4 {
+	if got := testutil.ToFloat64(m.budgetSpent.WithLabelValues("acme", "org", "acme", "day")); got != 4 {
 		t.Errorf("spent %v USD", got)
 	}
-	if got := testutil.ToFloat64(m.budgetCap.WithLabelValues("acme", "day")); got != 10 {
+	if got := testutil.ToFloat64(m.budgetCap.WithLabelValues("acme", "org", "acme", "day")); got != 10 {
 		t.Errorf("cap %v USD", got)
 	}
 	// $1 in 6 hours: the rest would take 54 hours, past the day's end.
-	m.Budgets("acme", []limiter.BudgetState{{Name: "day", Window: window, Cap: 10e9, Spent: 1e9}}, now)
-	if got := testutil.ToFloat64(m.budgetExhaustion.WithLabelValues("acme", "day")); !math.IsInf(got, 1) {
+	m.Budgets("acme", []gate.LevelBudget{{BudgetLevel: org, Window: "day", State: limiter.BudgetState{Name: "day", Window: window, Cap: 10e9, Spent: 1e9}}}, now)
+	if got := testutil.ToFloat64(m.budgetExhaustion.WithLabelValues("acme", "org", "acme", "day")); !math.IsInf(got, 1) {
 		t.Errorf("a budget that outlasts its window forecasts %v, want +Inf", got)
+	}
+}
+
+// Every level has its own series; unnamed members (users, keys) share one
+// per level, showing the most used member of the current window.
+func TestBudgetGaugesPerLevel(t *testing.T) {
+	start := time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC)
+	now := start.Add(6 * time.Hour)
+	day := limiter.Window{Start: start, End: start.Add(24 * time.Hour)}
+	next := limiter.Window{Start: day.End, End: day.End.Add(24 * time.Hour)}
+	m := NewMetrics(prometheus.NewRegistry())
+	team := gate.BudgetLevel{Level: "team", Name: "acme/search"}
+	user := gate.BudgetLevel{Level: "user", Name: policy.OtherLabel}
+	st := func(name string, w limiter.Window, spent int64) limiter.BudgetState {
+		return limiter.BudgetState{Name: name, Window: w, Cap: 10e9, Spent: spent}
+	}
+	publish := func(now time.Time, userSpent int64, w limiter.Window) {
+		m.Budgets("acme", []gate.LevelBudget{
+			{BudgetLevel: gate.BudgetLevel{Level: "org", Name: "acme"}, Window: "day", State: st("day", w, 5e9)},
+			{BudgetLevel: team, Window: "day", State: st("t:search/day", w, 2e9)},
+			{BudgetLevel: user, Window: "day", State: st("u:search%2Fann/day", w, userSpent)},
+		}, now)
+	}
+	spent := func(l gate.BudgetLevel) float64 {
+		return testutil.ToFloat64(m.budgetSpent.WithLabelValues("acme", l.Level, l.Name, "day"))
+	}
+	publish(now, 6e9, day)
+	if got := testutil.ToFloat64(m.budgetUsed.WithLabelValues("acme", "org", "acme", "day")); got != 0.5 {
+		t.Errorf("org used %v", got)
+	}
+	if got := testutil.ToFloat64(m.budgetUsed.WithLabelValues("acme", "team", "acme/search", "day")); got != 0.2 {
+		t.Errorf("team used %v", got)
+	}
+	if got := spent(user); got != 6 {
+		t.Errorf("user spent %v", got)
+	}
+	publish(now, 1e9, day) // a less used member: the most used one stays
+	if got := spent(user); got != 6 {
+		t.Errorf("after a less used member, the unnamed series shows %v, want 6", got)
+	}
+	publish(now, 7e9, day)
+	if got := spent(user); got != 7 {
+		t.Errorf("a more used member: %v, want 7", got)
+	}
+	publish(day.End, 1e9, next) // a new window starts over
+	if got := spent(user); got != 1 {
+		t.Errorf("in the next window: %v, want 1", got)
+	}
+	publish(day.End, 9e9, day) // a late answer about the old window changes nothing
+	if got := spent(user); got != 1 {
+		t.Errorf("after a late answer: %v, want 1", got)
+	}
+	m.BudgetCrossed("acme", team, "day", 0.8)
+	if got := testutil.ToFloat64(m.budgetAlerts.WithLabelValues("acme", "team", "acme/search", "day", "0.8")); got != 1 {
+		t.Errorf("team alert %v", got)
 	}
 }
 

@@ -164,10 +164,22 @@ func (m ModelPolicy) Allowed(model string) bool {
 }
 
 // Downgrade rewrites From-matching models to To once the named budget window
-// (or the most used one when Window is empty) reaches WhenBudgetUsed.
+// (or the most used one when Window is empty) of a level of the caller
+// reaches WhenBudgetUsed: the level named by Level when HasLevel is set
+// (the org at 80% → a cheaper model for everyone in it), else the caller's
+// own. A caller without that level (a team rule, a caller in no team) is
+// never downgraded by the rule.
+//
+// The use read is what this replica last learned of the level from the
+// store's admit and settle answers (settled spend over the cap, no extra
+// round trip): it lags the truth by the requests other replicas settled
+// since this replica's last answer for that level, and a level this replica
+// has not yet seen in the current window reads as unused.
 type Downgrade struct {
 	WhenBudgetUsed float64
 	Window         accounting.WindowKind
+	Level          Level
+	HasLevel       bool
 	From           string
 	To             string
 }
@@ -636,7 +648,15 @@ func compileModels(at string, m modelsFile) (ModelPolicy, error) {
 			}
 			kind = k
 		}
-		out.Downgrade = append(out.Downgrade, Downgrade{WhenBudgetUsed: d.WhenBudgetUsed, Window: kind, From: d.From, To: d.To})
+		rule := Downgrade{WhenBudgetUsed: d.WhenBudgetUsed, Window: kind, From: d.From, To: d.To}
+		if d.Level != "" {
+			l, ok := parseLevel(d.Level)
+			if !ok {
+				return out, fmt.Errorf("%s.level: %q is not one of org, team, user, key", dat, d.Level)
+			}
+			rule.Level, rule.HasLevel = l, true
+		}
+		out.Downgrade = append(out.Downgrade, rule)
 	}
 	// Highest threshold first, so the strongest applicable downgrade wins.
 	sort.SliceStable(out.Downgrade, func(i, j int) bool {
@@ -764,11 +784,17 @@ func sortedKeys[V any](m map[string]V) []string {
 // with its previous, current and next calendar window around now in the
 // budget's time zone, so the store can pick the current one by its own clock.
 func (p *Policy) LimiterBudgets(now time.Time) []limiter.Budget {
-	if len(p.Budgets) == 0 {
+	return LimiterBudgetsOf(p.Budgets, now)
+}
+
+// LimiterBudgetsOf returns budgets (a policy's or a level's) as the store
+// takes them, as LimiterBudgets does.
+func LimiterBudgetsOf(budgets []Budget, now time.Time) []limiter.Budget {
+	if len(budgets) == 0 {
 		return nil
 	}
-	out := make([]limiter.Budget, len(p.Budgets))
-	for i, b := range p.Budgets {
+	out := make([]limiter.Budget, len(budgets))
+	for i, b := range budgets {
 		ws := accounting.WindowsAround(b.Window, b.Location, now)
 		out[i] = limiter.Budget{Name: string(b.Window), Cap: int64(b.Cap), Alerts: b.Alerts}
 		for j := range ws {

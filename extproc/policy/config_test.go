@@ -39,6 +39,7 @@ policies:
       downgrade:
         - {when_budget_used: 0.8, from: "claude-opus-*", to: claude-sonnet-4-5}
         - {when_budget_used: 0.95, from: "claude-*", to: claude-haiku-4-5}
+        - {when_budget_used: 0.9, level: org, window: month, from: "claude-opus-*", to: claude-haiku-4-5}
     prompt_cache: {inject: true, ttl: 1h}
   batch:
     limits: {requests_per_minute: 60}
@@ -91,6 +92,9 @@ func TestParseFull(t *testing.T) {
 	}
 	if p.Models.Downgrade[0].WhenBudgetUsed != 0.95 {
 		t.Errorf("downgrades must be ordered strongest first: %+v", p.Models.Downgrade)
+	}
+	if d := p.Models.Downgrade[1]; !d.HasLevel || d.Level != LevelOrg || d.Window != "month" || p.Models.Downgrade[0].HasLevel {
+		t.Errorf("the org-level downgrade = %+v; the caller's own = %+v", d, p.Models.Downgrade[0])
 	}
 	if !p.PromptCache.Inject || p.PromptCache.TTL != "1h" {
 		t.Errorf("prompt cache = %+v", p.PromptCache)
@@ -242,6 +246,7 @@ func TestParseErrorsNameThePath(t *testing.T) {
 		{"bad tier", "prices: {m: {input: 1, output: 1, tiers: {batch: 0}}}", "multiplier"},
 		{"fallback dated", "fallback_price: {from: 2026-01-01, input: 1, output: 1}", "fallback_price: from"},
 		{"downgrade ratio", "policies: {p: {models: {downgrade: [{when_budget_used: 0, from: a, to: b}]}}}", "policies.p.models.downgrade[0].when_budget_used"},
+		{"downgrade level", "policies: {p: {models: {downgrade: [{when_budget_used: 0.5, level: division, from: a, to: b}]}}}", "policies.p.models.downgrade[0].level"},
 		{"cache ttl", "policies: {p: {prompt_cache: {inject: true, ttl: 2h}}}", "policies.p.prompt_cache.ttl"},
 		{"bad pattern", "policies: {p: {models: {allow: ['claude-[']}}}", "policies.p.models.allow[0]"},
 		{"not yaml", "store: [", "tokenwarden.yaml"},

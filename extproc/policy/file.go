@@ -76,6 +76,7 @@ type modelsFile struct {
 type downgradeFile struct {
 	WhenBudgetUsed float64 `json:"when_budget_used"`
 	Window         string  `json:"window"`
+	Level          string  `json:"level"`
 	From           string  `json:"from"`
 	To             string  `json:"to"`
 }

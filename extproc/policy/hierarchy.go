@@ -280,5 +280,11 @@ func (c *Config) Resolve(caller Caller, routePolicy string) Resolution {
 	return r
 }
 
+// InOrg reports whether the caller names an org configured under orgs:.
+func (c *Config) InOrg(caller Caller) bool {
+	_, ok := c.orgs[caller[LevelOrg]]
+	return ok
+}
+
 // Orgs lists the configured orgs, sorted.
 func (c *Config) Orgs() []string { return sortedKeys(c.orgs) }

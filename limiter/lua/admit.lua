@@ -8,9 +8,12 @@
 --   9 tokens, 10 cost, 11 model, 12 retention s, 13 settled TTL ms,
 --   14 sweep limit, 15 budget count, then per budget: name, cap and three
 --   windows as start µs, end µs; then the alerts block (read_alerts); then
---   the output clamp: output tokens, price per output token, minimum.
+--   the output clamp: output tokens, price per output token, minimum; then
+--   the levels below the org: count, then per level: escaped key, rpm
+--   limit, tpm limit, concurrency limit (the tolerances are the org's).
 -- Returns {now, code, rpm TAT, tpm TAT, {window, spent, reserved}...,
---   expired, crossed} and, when allowed, the output reserved; codes as in
+--   expired, crossed, output reserved (0 when denied), the denying level
+--   (0 the org, else its index), {rpm TAT, tpm TAT} per level}; codes as in
 --   core.go.
 local prefix, id = ARGV[1], ARGV[2]
 local skey, pkey, rkey = KEYS[1], KEYS[2], KEYS[3]
@@ -73,6 +76,38 @@ if out_req > 0 and out_price > 0 and nb > 0 then
   end
 end
 
+-- The levels below the org (a team's, a user's, a key's own limits): their
+-- TATs are fields r:<key>, t:<key> of the org's state hash (one HMGET), their
+-- leases the zsets p:<key>, counted by score so a lease lost to a crash
+-- stops counting when it expires.
+local li = oi + 3
+local nl = tonumber(ARGV[li]) or 0
+local lv = {}
+if nl > 0 then
+  local names = {}
+  for l = 1, nl do
+    local j = li + 1 + (l - 1) * 4
+    lv[l] = {key = ARGV[j], rl = tonumber(ARGV[j + 1]), tl = tonumber(ARGV[j + 2]), cl = tonumber(ARGV[j + 3])}
+    names[#names + 1] = 'r:' .. lv[l].key; names[#names + 1] = 't:' .. lv[l].key
+  end
+  local cur = redis.call('HMGET', skey, unpack(names))
+  for l = 1, nl do
+    local v = lv[l]
+    v.r_tat, v.t_tat = now, now
+    if v.rl > 0 then v.r_tat = math.max(tonumber(cur[2 * l - 1]) or now, now) end
+    if v.tl > 0 then v.t_tat = math.max(tonumber(cur[2 * l]) or now, now) end
+    v.r_new, v.t_new = v.r_tat + increment(1, v.rl), v.t_tat + increment(tokens, v.tl)
+    v.pkey = prefix .. 'p:' .. v.key
+    v.leases = 0
+    if v.cl > 0 then v.leases = redis.call('ZCOUNT', v.pkey, '(' .. fmt(now), '+inf') end
+  end
+end
+local function level_tats()
+  local out = {}
+  for l = 1, nl do out[l] = {lv[l].r_tat, lv[l].t_tat} end
+  return out
+end
+
 local leases, pending_exists = 0, false
 if not must_sweep then
   leases = redis.call('ZCARD', pkey)
@@ -88,7 +123,21 @@ elseif rpm_l > 0 and rpm_new - now > rpm_tol then
   code = 2
 elseif tpm_l > 0 and tpm_new - now > tpm_tol then
   code = 3
-else
+end
+local at = 0
+for l = 1, nl do
+  if code ~= 0 then break end
+  local v = lv[l]
+  if v.cl > 0 and v.leases >= v.cl then
+    code = 1
+  elseif v.rl > 0 and v.r_new - now > rpm_tol then
+    code = 2
+  elseif v.tl > 0 and v.t_new - now > tpm_tol then
+    code = 3
+  end
+  if code ~= 0 then at = l end
+end
+if code == 0 then
   for b = 1, nb do
     if budgets[b].spent + budgets[b].reserved + cost > budgets[b].cap then
       code = 3 + b
@@ -98,7 +147,7 @@ else
 end
 if code ~= 0 then
   if redis.call('EXISTS', rkey) == 1 then return {now, -1, now, now, {}, {}, {}} end
-  return {now, code, rpm_tat, tpm_tat, states, {}, {}}
+  return {now, code, rpm_tat, tpm_tat, states, {}, {}, 0, at, level_tats()}
 end
 
 local windows = {}
@@ -107,7 +156,14 @@ for b = 1, nb do
   windows[b] = bt.name .. '\t' .. fmt(bt.start_us) .. '\t' .. fmt(bt.end_us) .. '\n'
 end
 local keep_pending_ms = math.ceil(lease_us / 1000) + retention_s * 1000
-local rec = encode_record(tokens, cost, tpm_l, table.concat(windows), ARGV[11])
+local lines = {}
+for l = 1, nl do
+  local v = lv[l]
+  local lease = 0
+  if v.cl > 0 then lease = 1 end
+  lines[l] = v.key .. '\t' .. fmt(v.rl) .. '\t' .. fmt(v.tl) .. '\t' .. lease .. '\n'
+end
+local rec = encode_record(tokens, cost, tpm_l, table.concat(windows), ARGV[11], table.concat(lines))
 if not redis.call('SET', rkey, rec, 'NX', 'PX', fmt(keep_pending_ms)) then
   return {now, -1, now, now, {}, {}, {}} -- nothing written yet
 end
@@ -129,6 +185,23 @@ if tpm_l > 0 then
   tpm_tat = tpm_new
   fields[#fields + 1] = 't'; fields[#fields + 1] = fmt(tpm_new)
   tat_max = math.max(tat_max, tpm_new)
+end
+for l = 1, nl do
+  local v = lv[l]
+  if v.rl > 0 then
+    v.r_tat = v.r_new
+    fields[#fields + 1] = 'r:' .. v.key; fields[#fields + 1] = fmt(v.r_new)
+    tat_max = math.max(tat_max, v.r_new)
+  end
+  if v.tl > 0 then
+    v.t_tat = v.t_new
+    fields[#fields + 1] = 't:' .. v.key; fields[#fields + 1] = fmt(v.t_new)
+    tat_max = math.max(tat_max, v.t_new)
+  end
+  if v.cl > 0 then
+    redis.call('ZADD', v.pkey, fmt(expiry), id)
+    keep_until(v.pkey, math.floor(expiry / 1000), now)
+  end
 end
 local new_n
 if must_sweep then new_n = earliest(pkey) else new_n = math.min(n, expiry) end
@@ -155,4 +228,4 @@ for b = 1, nb do
     redis.call('EXPIREAT', bt.key, fmt(math.floor(bt.end_us / 1000000) + retention_s))
   end
 end
-return {now, 0, rpm_tat, tpm_tat, states, expired, crossed, out}
+return {now, 0, rpm_tat, tpm_tat, states, expired, crossed, out, 0, level_tats()}

@@ -34,6 +34,24 @@ if tl > 0 and st[2] then
   fields[#fields + 1] = 't'; fields[#fields + 1] = fmt(tat)
   tat_max = math.max(tat_max, tat)
 end
-finish(pkey, rkey, id, 'c', keep_ms)
+-- The levels below the org give back the request and its tokens too.
+if rec[6] ~= '' then
+  local names, incs = {}, {}
+  for k, lrl, ltl in record_levels(rec[6]) do
+    if lrl > 0 then names[#names + 1] = 'r:' .. k; incs[#incs + 1] = increment(1, lrl) end
+    if ltl > 0 then names[#names + 1] = 't:' .. k; incs[#incs + 1] = increment(rec[1], ltl) end
+  end
+  if #names > 0 then
+    local cur = redis.call('HMGET', skey, unpack(names))
+    for j = 1, #names do
+      if cur[j] then
+        local tat = math.max(math.max(tonumber(cur[j]), now) - incs[j], now)
+        fields[#fields + 1] = names[j]; fields[#fields + 1] = fmt(tat)
+        tat_max = math.max(tat_max, tat)
+      end
+    end
+  end
+end
+finish(prefix, pkey, rkey, id, 'c', keep_ms, rec[6])
 save_state(skey, fields, tonumber(st[3]), tat_max, now)
 return {now, 1}

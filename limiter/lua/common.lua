@@ -100,20 +100,45 @@ local function earliest(pkey)
 end
 
 -- A reservation record is one string: "p<tokens> <cost> <tpm limit>
--- <length of windows> <windows><model>" while pending, "s" once settled and
--- "x" once expired. windows are "name\tstart\tend\n" lines (names cannot
--- hold tabs or newlines); the model, free text, comes last.
-local function encode_record(tok, cost, tl, windows, model)
-  return 'p' .. fmt(tok) .. ' ' .. fmt(cost) .. ' ' .. fmt(tl) .. ' ' .. fmt(#windows) .. ' ' .. windows .. model
+-- <length of windows> <windows><model>" while pending — or, when levels
+-- below the org have limits, "q<tokens> <cost> <tpm limit> <length of
+-- windows> <length of levels> <windows><levels><model>" — then "s" once
+-- settled and "x" once expired. windows are "name\tstart\tend\n" lines,
+-- levels "key\trpm limit\ttpm limit\tlease\n" lines (escaped keys and names
+-- cannot hold tabs or newlines; lease is 1 when the level holds a
+-- concurrency lease in its zset p:<key>); the model, free text, comes last.
+local function encode_record(tok, cost, tl, windows, model, levels)
+  if levels == nil or levels == '' then
+    return 'p' .. fmt(tok) .. ' ' .. fmt(cost) .. ' ' .. fmt(tl) .. ' ' .. fmt(#windows) .. ' ' .. windows .. model
+  end
+  return 'q' .. fmt(tok) .. ' ' .. fmt(cost) .. ' ' .. fmt(tl) .. ' ' .. fmt(#windows) .. ' ' .. fmt(#levels) .. ' ' ..
+    windows .. levels .. model
 end
 
--- The pending record in v as {tok, cost, tl, windows, model}, or nil.
+-- The pending record in v as {tok, cost, tl, windows, model, levels}, or nil.
 local function decode_record(v)
   if not v then return nil end
   local tok, cost, tl, wl, pos = string.match(v, '^p(%d+) (%d+) (%d+) (%d+) ()')
+  if tok then
+    wl = tonumber(wl)
+    return {tonumber(tok), tonumber(cost), tonumber(tl), string.sub(v, pos, pos + wl - 1), string.sub(v, pos + wl), ''}
+  end
+  local ll
+  tok, cost, tl, wl, ll, pos = string.match(v, '^q(%d+) (%d+) (%d+) (%d+) (%d+) ()')
   if not tok then return nil end
-  wl = tonumber(wl)
-  return {tonumber(tok), tonumber(cost), tonumber(tl), string.sub(v, pos, pos + wl - 1), string.sub(v, pos + wl)}
+  wl, ll = tonumber(wl), tonumber(ll)
+  return {tonumber(tok), tonumber(cost), tonumber(tl), string.sub(v, pos, pos + wl - 1),
+    string.sub(v, pos + wl + ll), string.sub(v, pos + wl, pos + wl + ll - 1)}
+end
+
+-- Iterates a record's levels: key, rpm limit, tpm limit, lease (0/1).
+local function record_levels(levels)
+  local it = string.gmatch(levels or '', '([^\t\n]+)\t(%d+)\t(%d+)\t(%d)\n')
+  return function()
+    local k, rl, tl, c = it()
+    if not k then return nil end
+    return k, tonumber(rl), tonumber(tl), c == '1'
+  end
 end
 
 -- Replaces a reservation's estimate by cost in each window listed in its
@@ -148,8 +173,23 @@ local function charge(prefix, windows, est, cost, alerts, retention_s, crossed)
   return out
 end
 
-local function finish(pkey, rkey, id, state, keep_ms)
+-- Keeps a level's lease zset until at least until_ms (+ a minute), never
+-- shortening the life a longer lease gave it.
+local function keep_until(key, until_ms, now)
+  local ttl = redis.call('PTTL', key)
+  local now_ms = math.floor(now / 1000)
+  if ttl < 0 or now_ms + ttl < until_ms then
+    redis.call('PEXPIREAT', key, fmt(until_ms + 60000))
+  end
+end
+
+-- Ends a reservation: its lease leaves the pending zset and the zset of
+-- every level it holds one in (levels as in its record).
+local function finish(prefix, pkey, rkey, id, state, keep_ms, levels)
   redis.call('ZREM', pkey, id)
+  for k, _, _, lease in record_levels(levels) do
+    if lease then redis.call('ZREM', prefix .. 'p:' .. k, id) end
+  end
   redis.call('SET', rkey, state, 'PX', fmt(keep_ms))
 end
 
@@ -164,7 +204,7 @@ local function sweep(prefix, pkey, now, limit, alerts, retention_s, keep_ms, exp
     local rec = decode_record(redis.call('GET', rkey))
     if rec then
       charge(prefix, rec[4], rec[2], rec[2], alerts, retention_s, crossed)
-      finish(pkey, rkey, id, 'x', keep_ms)
+      finish(prefix, pkey, rkey, id, 'x', keep_ms, rec[6])
       expired[#expired + 1] = {id, rec[5], rec[2]}
       if id == mine then hit = true end
     else

@@ -3,18 +3,29 @@
 -- charged at its estimate); an absent one is skipped. Raising scores keeps
 -- the state hash's n a valid lower bound of the earliest expiry.
 -- KEYS: 1 tenant state hash, 2 pending zset.
--- ARGV: 1 lease µs, 2 retention s, then request ids.
+-- ARGV: 1 lease µs, 2 retention s, 3 key prefix, then request ids.
 -- Returns the number of leases renewed.
 local skey, pkey = KEYS[1], KEYS[2]
 local now = now_us()
-local lease_us, retention_s = tonumber(ARGV[1]), tonumber(ARGV[2])
+local lease_us, retention_s, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local expiry = now + lease_us
 local n = 0
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local s = redis.call('ZSCORE', pkey, ARGV[i])
   if s and tonumber(s) > now then
     redis.call('ZADD', pkey, 'XX', fmt(expiry), ARGV[i])
     n = n + 1
+    -- Its leases at the levels below the org, if any, last as long.
+    local rec = decode_record(redis.call('GET', prefix .. 'r:' .. ARGV[i]))
+    if rec then
+      for k, _, _, lease in record_levels(rec[6]) do
+        if lease then
+          local lkey = prefix .. 'p:' .. k
+          redis.call('ZADD', lkey, 'XX', fmt(expiry), ARGV[i])
+          keep_until(lkey, math.floor(expiry / 1000), now)
+        end
+      end
+    end
   end
 end
 if n > 0 then

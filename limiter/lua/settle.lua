@@ -37,8 +37,25 @@ if tl > 0 then
   tat_max = math.max(tat + diff, now)
   fields[#fields + 1] = 't'; fields[#fields + 1] = fmt(tat_max)
 end
+-- Every level below the org with a tokens/min limit gets the same
+-- correction in its own TAT (a field of the same state hash).
+if rec[6] ~= '' then
+  local names, lims = {}, {}
+  for k, _, ltl in record_levels(rec[6]) do
+    if ltl > 0 then names[#names + 1] = 't:' .. k; lims[#lims + 1] = ltl end
+  end
+  if #names > 0 then
+    local cur = redis.call('HMGET', skey, unpack(names))
+    for j = 1, #names do
+      local diff = increment(tokens, lims[j]) - increment(rec[1], lims[j])
+      local tat = math.max(math.max(tonumber(cur[j]) or now, now) + diff, now)
+      tat_max = math.max(tat_max, tat)
+      fields[#fields + 1] = names[j]; fields[#fields + 1] = fmt(tat)
+    end
+  end
+end
 local states = charge(prefix, rec[4], rec[2], cost, alerts, retention_s, crossed)
-finish(pkey, rkey, id, 's', keep_ms)
+finish(prefix, pkey, rkey, id, 's', keep_ms, rec[6])
 if not n or n <= now then
   fields[#fields + 1] = 'n'; fields[#fields + 1] = fmt(earliest(pkey))
 end

@@ -101,7 +101,7 @@ tenants:
 
 			// Under the minimum now: the usual budget 429, nothing forwarded.
 			x = send(2, 64000, "64000")
-			if x.err != nil || x.resp.Status != 429 || x.header(contract.DeniedHeader) != "budget_day" {
+			if x.err != nil || x.resp.Status != 429 || x.header(contract.DeniedHeader) != "org/budget_day" {
 				t.Fatalf("third request: %v %+v %s", x.err, x.resp, x.body)
 			}
 			settled()

@@ -152,7 +152,7 @@ tenants:
 
 	tenantK := sim.Header{Name: "x-tenant-id", Value: "k"}
 	x := s.do(context.Background(), 0, anthropicRequest(budgetBody(false), tenantK))
-	if x.resp.Status != 429 || x.header("x-tokenwarden-denied") != "concurrency" {
+	if x.resp.Status != 429 || x.header("x-tokenwarden-denied") != "org/concurrency" {
 		t.Fatalf("before the lease expires the dead replica's slot is still held: %d %v", x.resp.Status, x.resp.Headers)
 	}
 	if b := s.budget("k", "month"); b.Reserved != estimate || b.Spent != 0 {

@@ -81,7 +81,7 @@ tenants:
 				switch {
 				case x.err == nil && x.resp.Status == 200:
 					ok.Add(1)
-				case x.err == nil && x.resp.Status == 429 && x.header("x-tokenwarden-denied") == "budget_month":
+				case x.err == nil && x.resp.Status == 429 && x.header("x-tokenwarden-denied") == "org/budget_month":
 					denied.Add(1)
 				default:
 					other.Add(1)
@@ -303,7 +303,7 @@ tenants:
 		t.Fatalf("third request in a minute at 2 rpm: %v %+v", x.err, x.resp)
 	}
 	retry, _ := strconv.Atoi(x.header("retry-after"))
-	if x.header("x-tokenwarden-denied") != "requests" || retry < 1 || retry > 30 ||
+	if x.header("x-tokenwarden-denied") != "org/requests" || retry < 1 || retry > 30 ||
 		x.header("x-tokenwarden-ratelimit-limit-requests") != "2" || x.header("x-tokenwarden-ratelimit-remaining-requests") != "0" ||
 		x.header("x-should-retry") != "" || !strings.Contains(string(x.body), `"rate_limit_error"`) {
 		t.Errorf("requests denial: headers %v body %s", x.resp.Headers, x.body)
@@ -316,12 +316,12 @@ tenants:
 
 	// A request larger than the tenant's whole minute can never fit.
 	x = s.do(ctx, 0, req("small"))
-	if x.resp.Status != 429 || x.header("x-tokenwarden-denied") != "tokens" || x.header("x-should-retry") != "false" {
+	if x.resp.Status != 429 || x.header("x-tokenwarden-denied") != "org/tokens" || x.header("x-should-retry") != "false" {
 		t.Errorf("tokens denial: %d %v %s", x.resp.Status, x.resp.Headers, x.body)
 	}
 	// An exhausted budget waits for its window: no point retrying soon.
 	x = s.do(ctx, 0, req("poor"))
-	if x.resp.Status != 429 || x.header("x-tokenwarden-denied") != "budget_day" || x.header("x-should-retry") != "false" {
+	if x.resp.Status != 429 || x.header("x-tokenwarden-denied") != "org/budget_day" || x.header("x-should-retry") != "false" {
 		t.Errorf("budget denial: %d %v %s", x.resp.Status, x.resp.Headers, x.body)
 	}
 	if r, _ := strconv.Atoi(x.header("retry-after")); r < 1 || r > 86400 {
@@ -365,7 +365,7 @@ tenants:
 	}
 	// While the stream runs, the tenant's only slot is taken.
 	busy := s.do(context.Background(), 0, anthropicRequest(budgetBody(false), sim.Header{Name: "x-tenant-id", Value: "t1"}))
-	if busy.resp.Status != 429 || busy.header("x-tokenwarden-denied") != "concurrency" {
+	if busy.resp.Status != 429 || busy.header("x-tokenwarden-denied") != "org/concurrency" {
 		t.Fatalf("second concurrent request: %d %v", busy.resp.Status, busy.resp.Headers)
 	}
 	time.Sleep(100 * time.Millisecond)

@@ -1,0 +1,94 @@
+package observe
+
+import (
+	"math"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/extproc/gate"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
+	"github.com/tokenwarden/tokenwarden/limiter"
+)
+
+// levelLabels are the labels of the budget gauges: the org (tenant), the
+// level (org, team, user, key), its bounded name, and the window kind. A
+// dashboard selects a level with level=~"$level".
+var levelLabels = []string{"tenant", "level", "name", "window"}
+
+// Budgets implements gate.Observer: the window gauges of every level and the
+// forecast of when each window's budget runs out at its burn rate so far.
+//
+// A level without a configured name (every user and key: their number is
+// unbounded) shares one series per org, level and window, name="other",
+// which shows the most used such member this replica has seen in the
+// current window — "is anyone near their cap" — rather than whichever
+// member happened to be last.
+func (m *Metrics) Budgets(tenantLabel string, budgets []gate.LevelBudget, now time.Time) {
+	for _, b := range budgets {
+		st := b.State
+		if b.Name == policy.OtherLabel {
+			var ok bool
+			if st, ok = m.unnamed.most(unnamedKey{tenantLabel, b.Level, b.Window}, st); !ok {
+				continue
+			}
+		}
+		l := []string{tenantLabel, b.Level, b.Name, b.Window}
+		m.budgetUsed.WithLabelValues(l...).Set(st.Used())
+		m.budgetSpent.WithLabelValues(l...).Set(accounting.NanoUSD(st.Spent).USD())
+		m.budgetCap.WithLabelValues(l...).Set(accounting.NanoUSD(st.Cap).USD())
+		secs := math.Inf(1) // the budget outlasts its window at this rate
+		if eta, ok := accounting.Exhaustion(accounting.NanoUSD(st.Spent), accounting.NanoUSD(st.Cap), st.Window.Start, st.Window.End, now); ok {
+			secs = eta.Seconds()
+		}
+		m.budgetExhaustion.WithLabelValues(l...).Set(secs)
+	}
+}
+
+// BudgetCrossed implements gate.Observer.
+func (m *Metrics) BudgetCrossed(tenantLabel string, level gate.BudgetLevel, window string, threshold float64) {
+	m.budgetAlerts.WithLabelValues(tenantLabel, level.Level, level.Name, window, strconv.FormatFloat(threshold, 'f', -1, 64)).Inc()
+}
+
+// unnamedLevels keeps, per org label, level and window kind, the state of
+// the most used unnamed member seen in the current window. Its keys are
+// bounded labels, so it is bounded too.
+type unnamedLevels struct {
+	mu     sync.Mutex
+	states map[unnamedKey]limiter.BudgetState
+}
+
+type unnamedKey struct{ tenant, level, window string }
+
+// most folds st into k's record and returns the state to publish; ok is
+// false for a state of a window older than the one already seen (a late
+// answer), which changes nothing.
+func (u *unnamedLevels) most(k unnamedKey, st limiter.BudgetState) (limiter.BudgetState, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.states == nil {
+		u.states = map[unnamedKey]limiter.BudgetState{}
+	}
+	cur, seen := u.states[k]
+	switch {
+	case !seen, st.Window.Start.After(cur.Window.Start):
+		// The first member seen, or the first of a new window.
+	case st.Window.Start.Before(cur.Window.Start):
+		return cur, false
+	case spentRatio(st) < spentRatio(cur):
+		return cur, true
+	}
+	u.states[k] = st
+	return st, true
+}
+
+// spentRatio ranks members by settled spend, which only grows within a
+// window, so the most used member stays the most used until another passes
+// it.
+func spentRatio(b limiter.BudgetState) float64 {
+	if b.Cap <= 0 {
+		return 0
+	}
+	return float64(b.Spent) / float64(b.Cap)
+}
