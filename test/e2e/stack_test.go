@@ -51,20 +51,25 @@ type stack struct {
 	upstream sim.Upstream
 	procs    []*proc
 	cfg      *policy.Config
+	// upstreams is the view every replica shares with the in-memory store.
+	upstreams limiter.UpstreamView
 }
 
 // proc is one in-process `tokenwarden serve`: its own gRPC server, metrics
 // registry and store client, like a replica.
 type proc struct {
-	srv     *extproc.Server
-	reg     *prometheus.Registry
-	store   limiter.Store
-	addr    string
-	filter  *sim.Filter
-	grpc    *grpc.Server
-	conn    *grpc.ClientConn
-	redis   redis.UniversalClient
-	stopped bool
+	srv   *extproc.Server
+	reg   *prometheus.Registry
+	store limiter.Store
+	// upstreams is the replica's upstream view: shared through Redis with
+	// a Redis store, else the stack's one local view.
+	upstreams limiter.UpstreamView
+	addr      string
+	filter    *sim.Filter
+	grpc      *grpc.Server
+	conn      *grpc.ClientConn
+	redis     redis.UniversalClient
+	stopped   bool
 }
 
 func newStack(t testing.TB, o stackOptions) *stack {
@@ -88,7 +93,7 @@ func newStack(t testing.TB, o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &stack{t: t, mock: mock, upstream: up, cfg: cfg}
+	s := &stack{t: t, mock: mock, upstream: up, cfg: cfg, upstreams: limiter.NewUpstreamMemory(nil)}
 	n := max(o.processors, 1)
 	var shared limiter.Store
 	if o.redis == "" && len(o.cluster) == 0 {
@@ -121,9 +126,16 @@ func (s *stack) startProc(o stackOptions, store limiter.Store) *proc {
 			t.Fatal(err)
 		}
 		store = r
+		u, err := limiter.NewUpstreamRedis(limiter.UpstreamRedisOptions{Client: p.redis, Timeout: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.upstreams = u
+	} else {
+		p.upstreams = s.upstreams
 	}
 	p.store = store
-	p.srv, _ = procs.Processor(t, procs.ProcessorOptions{Config: policy.NewHolder(s.cfg), Store: store, Registry: p.reg})
+	p.srv, _ = procs.Processor(t, procs.ProcessorOptions{Config: policy.NewHolder(s.cfg), Store: store, Registry: p.reg, Upstreams: p.upstreams})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -159,6 +171,7 @@ func (p *proc) stop() {
 	p.conn.Close()
 	p.grpc.Stop()
 	if p.redis != nil {
+		_ = p.upstreams.Close()
 		p.redis.Close()
 	}
 }

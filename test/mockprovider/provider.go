@@ -141,6 +141,7 @@ type Provider struct {
 	sent       transcripts
 	batches    batchStore // Anthropic Message Batches (anthropic_batch.go)
 	counter    atomic.Uint64
+	served     servedCounts // every answer by status (limits.go)
 }
 
 // New builds a Provider.
@@ -197,6 +198,7 @@ func (p *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cw := newCompressWriter(out, responseCoding(r.Header))
 	p.mux.ServeHTTP(cw, r)
 	cw.finish()
+	p.served.add(sw.status)
 	if rec != nil {
 		rec.done()
 	}
