@@ -269,8 +269,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer closeCache()
+	// The upstream view (provider cool-downs) shares the store's Redis on a
+	// client of its own: its subscriber holds one connection for itself.
+	upstreams, closeUpstreams, err := limiter.OpenUpstreams(limiter.OpenOptions{Redis: cfg.Store.Redis, Cluster: cfg.Store.RedisCluster, Timeout: cfg.Store.Timeout, Logger: logger})
+	if err != nil {
+		return err
+	}
+	defer closeUpstreams()
 	holder := policy.NewHolder(cfg)
-	g, err := gate.New(gate.Options{Config: holder, Store: store.Store, ResponseCache: cache, Observer: metrics, Logger: logger})
+	g, err := gate.New(gate.Options{Config: holder, Store: store.Store, ResponseCache: cache, Upstreams: upstreams, Observer: metrics, Logger: logger})
 	if err != nil {
 		return err
 	}

@@ -89,6 +89,10 @@ var Metrics = []Metric{
 	{"tokenwarden_response_cache_evictions_total", Counter, []string{"partition"}},
 	{"tokenwarden_response_cache_store_seconds", Histogram, []string{"op"}},
 	{"tokenwarden_response_cache_errors_total", Counter, []string{"op"}},
+	{"tokenwarden_provider_remaining_ratio", Gauge, []string{"host", "window"}},
+	{"tokenwarden_upstream_cooldowns_total", Counter, []string{"host", "code"}},
+	{"tokenwarden_upstream_cooldown_until_timestamp_seconds", Gauge, []string{"host"}},
+	{"tokenwarden_upstream_cooldown_denials_total", Counter, []string{"host"}},
 }
 
 // Lookup returns the contract entry for a family name.

@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -10,15 +11,17 @@ import (
 // forwards to: which of them are in a cool-down the provider asked for (a
 // 429 or 529 with retry-after). Reading it never does I/O, so it costs the
 // request path nothing; what one replica learns reaches the others off the
-// request path (UpstreamRedis: SET + PUBLISH after the response, applied
-// by every replica's subscriber). An upstream is an opaque id: the gate
+// request path (UpstreamRedis: SET + PUBLISH once the provider answered,
+// applied by every replica's subscriber). An upstream is an opaque id: the gate
 // names it by provider host and a fingerprint of the credential, never the
 // credential itself.
 type UpstreamView interface {
 	// Cooldown puts upstream id in cool-down until until: on this replica at
-	// once, on every other as soon as the view carries it. A cool-down only
-	// ever extends (the later end wins). It never blocks.
-	Cooldown(id string, until time.Time)
+	// once, then on every other (UpstreamRedis: one round trip bounded by its
+	// own timeout, after the provider's answer, never on a request's path).
+	// A cool-down only ever extends (the later end wins). An error means the
+	// cool-down holds on this replica only.
+	Cooldown(ctx context.Context, id string, until time.Time) error
 	// CooldownUntil returns when upstream id's cool-down ends, or the zero
 	// time when it is not in one at now. Local memory only.
 	CooldownUntil(id string, now time.Time) time.Time
@@ -31,7 +34,7 @@ type UpstreamView interface {
 type UpstreamStats struct {
 	Published     int64 // cool-downs written to the shared store
 	PublishErrors int64 // writes that failed (the cool-down stayed local)
-	Dropped       int64 // cool-downs not published because the queue was full
+	Skipped       int64 // cool-downs kept local: the last write had failed within a second
 	Received      int64 // cool-downs learned from other replicas
 	Refused       int64 // cool-downs not kept because the table was full
 	Rescans       int64 // full re-reads of the shared store (start, reconnect, period)
@@ -118,7 +121,10 @@ func NewUpstreamMemory(now func() time.Time) *UpstreamMemory {
 }
 
 // Cooldown implements UpstreamView.
-func (m *UpstreamMemory) Cooldown(id string, until time.Time) { m.t.extend(id, until, m.now()) }
+func (m *UpstreamMemory) Cooldown(_ context.Context, id string, until time.Time) error {
+	m.t.extend(id, until, m.now())
+	return nil
+}
 
 // CooldownUntil implements UpstreamView.
 func (m *UpstreamMemory) CooldownUntil(id string, now time.Time) time.Time { return m.t.get(id, now) }

@@ -29,7 +29,6 @@ const (
 // Defaults of UpstreamRedisOptions.
 const (
 	DefaultUpstreamRescan = 10 * time.Second
-	upstreamQueue         = 256
 	maxUpstreamID         = 256
 )
 
@@ -60,18 +59,15 @@ type UpstreamRedis struct {
 	opts    UpstreamRedisOptions
 	t       *cooldowns
 	log     *slog.Logger
-	queue   chan cooldownNote
 	ps      *redis.PubSub
+	writing chan struct{} // one write in flight at most
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	closeMu sync.Once
 
-	published, publishErrors, dropped, received, rescans atomic.Int64
-}
-
-type cooldownNote struct {
-	id    string
-	until time.Time
+	published, publishErrors, skipped, received, rescans atomic.Int64
+	// lastFailure is when the last write failed (unix ns), 0 after a success.
+	lastFailure atomic.Int64
 }
 
 // NewUpstreamRedis starts the view's subscriber and publisher.
@@ -86,32 +82,46 @@ func NewUpstreamRedis(o UpstreamRedisOptions) (*UpstreamRedis, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	u := &UpstreamRedis{opts: o, t: newCooldowns(), log: cmp.Or(o.Logger, slog.Default()),
-		queue: make(chan cooldownNote, upstreamQueue), cancel: cancel}
+		cancel: cancel, writing: make(chan struct{}, 1)}
 	// Subscribe does not wait for Redis: the subscription is made (and
 	// remade after every disconnect) by the receiving loop.
 	u.ps = o.Client.Subscribe(ctx, upstreamChannel)
-	u.wg.Add(2)
-	go u.publish(ctx)
+	u.wg.Add(1)
 	go u.subscribe(ctx)
 	return u, nil
 }
 
-// Cooldown implements UpstreamView: applied here at once, published by the
-// background writer. When its bounded queue is full the cool-down stays
-// local and is counted (Stats.Dropped).
-func (u *UpstreamRedis) Cooldown(id string, until time.Time) {
+// Cooldown implements UpstreamView: applied here at once, then written and
+// published in one pipelined round trip bounded by Timeout. Only a
+// cool-down that extends what this replica knew is written, so a storm of
+// 429s writes once; after a failed write the next second's are not tried
+// (they stay local, counted as Skipped), so an outage costs a 429's answer
+// at most one Timeout per second.
+func (u *UpstreamRedis) Cooldown(ctx context.Context, id string, until time.Time) error {
 	if len(id) > maxUpstreamID || strings.ContainsAny(id, " \r\n") {
-		return
+		return nil
 	}
-	if !u.t.extend(id, until, u.opts.Now()) {
-		return
+	now := u.opts.Now()
+	if !u.t.extend(id, until, now) {
+		return nil
 	}
-	select {
-	case u.queue <- cooldownNote{id, until}:
-	default:
-		u.dropped.Add(1)
+	if last := u.lastFailure.Load(); last != 0 && now.UnixNano()-last < int64(time.Second) {
+		u.skipped.Add(1)
+		return errUpstreamSkipped
 	}
+	if err := u.writeBounded(ctx, id, until); err != nil {
+		u.lastFailure.Store(now.UnixNano())
+		u.publishErrors.Add(1)
+		return fmt.Errorf("limiter: sharing an upstream cool-down: %w", err)
+	}
+	u.lastFailure.Store(0)
+	u.published.Add(1)
+	return nil
 }
+
+// errUpstreamSkipped: a cool-down kept local because the last write failed
+// less than a second ago.
+var errUpstreamSkipped = errors.New("limiter: upstream cool-down kept local: the shared store failed within the last second or is still busy with the last write")
 
 // CooldownUntil implements UpstreamView.
 func (u *UpstreamRedis) CooldownUntil(id string, now time.Time) time.Time { return u.t.get(id, now) }
@@ -119,13 +129,12 @@ func (u *UpstreamRedis) CooldownUntil(id string, now time.Time) time.Time { retu
 // Stats implements UpstreamView.
 func (u *UpstreamRedis) Stats() UpstreamStats {
 	return UpstreamStats{
-		Published: u.published.Load(), PublishErrors: u.publishErrors.Load(), Dropped: u.dropped.Load(),
+		Published: u.published.Load(), PublishErrors: u.publishErrors.Load(), Skipped: u.skipped.Load(),
 		Received: u.received.Load(), Refused: u.t.refused.Load(), Rescans: u.rescans.Load(), Active: u.t.active(u.opts.Now()),
 	}
 }
 
-// Close stops the background work; cool-downs not yet published are
-// dropped (they expire on their own).
+// Close stops the subscriber.
 func (u *UpstreamRedis) Close() error {
 	u.closeMu.Do(func() {
 		u.cancel()
@@ -143,38 +152,48 @@ if tonumber(ARGV[1]) <= cur then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1`)
 
-func (u *UpstreamRedis) publish(ctx context.Context) {
-	defer u.wg.Done()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case n := <-u.queue:
-			if err := u.write(ctx, n); err != nil {
-				u.publishErrors.Add(1)
-				u.log.Debug("upstream cool-down not shared; it holds on this replica", "err", err)
-				continue
-			}
-			u.published.Add(1)
-		}
+// writeBounded runs one write at a time and waits for it at most Timeout,
+// whatever the client's own timeouts are (go-redis honours a context's
+// deadline only with ContextTimeoutEnabled): a write still running when
+// the next cool-down comes makes that one local (skipped), so a stalled
+// Redis holds at most one goroutine here.
+func (u *UpstreamRedis) writeBounded(ctx context.Context, id string, until time.Time) error {
+	select {
+	case u.writing <- struct{}{}:
+	default:
+		u.skipped.Add(1)
+		return errUpstreamSkipped
+	}
+	done := make(chan error, 1)
+	go func() {
+		defer func() { <-u.writing }()
+		done <- u.write(ctx, id, until)
+	}()
+	t := time.NewTimer(u.opts.Timeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("no answer within %s", u.opts.Timeout)
 	}
 }
 
-func (u *UpstreamRedis) write(ctx context.Context, n cooldownNote) error {
-	ttl := n.until.Sub(u.opts.Now())
+func (u *UpstreamRedis) write(ctx context.Context, id string, until time.Time) error {
+	ttl := until.Sub(u.opts.Now())
 	if ttl < time.Millisecond {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, u.opts.Timeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), u.opts.Timeout)
 	defer cancel()
-	ms := strconv.FormatInt(n.until.UnixMilli(), 10)
-	if err := extendScript.Run(ctx, u.opts.Client, []string{upstreamKeyPrefix + n.id + "}"}, ms, ttl.Milliseconds()).Err(); err != nil {
+	ms := strconv.FormatInt(until.UnixMilli(), 10)
+	pipe := u.opts.Client.Pipeline()
+	extend := extendScript.Eval(ctx, pipe, []string{upstreamKeyPrefix + id + "}"}, ms, ttl.Milliseconds())
+	pub := pipe.Publish(ctx, upstreamChannel, ms+" "+id)
+	if _, err := pipe.Exec(ctx); err != nil {
 		return err
 	}
-	if err := u.opts.Client.Publish(ctx, upstreamChannel, ms+" "+n.id).Err(); err != nil {
-		return err
-	}
-	return nil
+	return errors.Join(extend.Err(), pub.Err())
 }
 
 // subscribe applies what other replicas publish. Every (re)subscription —
@@ -186,12 +205,17 @@ func (u *UpstreamRedis) subscribe(ctx context.Context) {
 	lastScan := time.Time{}
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
+		wait := u.opts.Rescan
 		if time.Since(lastScan) >= u.opts.Rescan {
 			if u.rescan(ctx) == nil {
 				lastScan = time.Now()
+			} else {
+				// The read failed (a pooled connection from before an outage,
+				// a store still coming back): try again soon, not a period on.
+				wait = min(wait, 250*time.Millisecond)
 			}
 		}
-		msg, err := ps.ReceiveTimeout(ctx, u.opts.Rescan)
+		msg, err := ps.ReceiveTimeout(ctx, wait)
 		if err != nil {
 			var ne interface{ Timeout() bool }
 			if errors.As(err, &ne) && ne.Timeout() {

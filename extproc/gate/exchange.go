@@ -74,7 +74,8 @@ type Exchange struct {
 	// charge is what Settle charges the reservation, fixed with the outcome.
 	charge limiter.Charge
 
-	rc cacheState // the response cache's part (cache.go)
+	rc cacheState    // the response cache's part (cache.go)
+	up upstreamState // the upstream view's part (upstream.go)
 
 	// levels are the caller's levels in its org (org first, its own last)
 	// when the org is configured under orgs:, else nil: a one-level org
@@ -179,6 +180,7 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 	}
 	x.requestID = g.nextRequestID()
 	x.cacheRequest(h)
+	x.upstreamRequest(h, r.RoutePolicy)
 	return x, v
 }
 

@@ -40,6 +40,10 @@ type Options struct {
 	// ResponseCache serves and keeps the answers of policies that enable
 	// response_cache; nil disables it for every policy.
 	ResponseCache limiter.ResponseCache
+	// Upstreams is the view of the provider upstreams (cool-downs the
+	// provider asked for), shared by the replicas or not; nil means a view
+	// of this replica alone.
+	Upstreams limiter.UpstreamView
 	// Observer receives every observation; nil records nothing.
 	Observer Observer
 	Logger   *slog.Logger
@@ -63,16 +67,19 @@ type Gate struct {
 	idPrefix string
 	idSeq    atomic.Uint64
 	budgets  *budgetCache
-	calib    *calibrator
-	prefixes *prefixTracker
-	warned   *boundedSet // route policy names already warned about
-	unpriced *boundedSet // model names already warned about
+	// upstreams is Options.Upstreams, or a local view.
+	upstreams limiter.UpstreamView
+	calib     *calibrator
+	prefixes  *prefixTracker
+	warned    *boundedSet // route policy names already warned about
+	unpriced  *boundedSet // model names already warned about
 	// invalidLog samples the warnings about impossible provider usage,
 	// decodeLog those about response bodies that cannot be read.
 	invalidLog Sampler
 	// refusals and settles sample the log lines of store failures.
 	refusals, settles Sampler
 	decodeLog         Sampler
+	cooldownLog       Sampler // cool-downs that could not be shared
 }
 
 // New returns a Gate.
@@ -93,6 +100,10 @@ func New(o Options) (*Gate, error) {
 		prefixes: newPrefixTracker(),
 		warned:   newBoundedSet(maxWarnedPolicies),
 		unpriced: newBoundedSet(maxWarnedPolicies),
+	}
+	g.upstreams = o.Upstreams
+	if g.upstreams == nil {
+		g.upstreams = limiter.NewUpstreamMemory(o.Now)
 	}
 	if g.obs == nil {
 		g.obs = NopObserver{}

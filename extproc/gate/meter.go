@@ -26,6 +26,7 @@ func (x *Exchange) ResponseHeaders(h Headers, endOfStream bool) ResponseVerdict 
 	st, _ := h.Get(":status")
 	x.status = atoiStatus(st)
 	x.g.obs.ProviderResponse(x.dialect.Name(), x.status)
+	x.upstreamResponse(h)
 
 	var v ResponseVerdict
 	x.rateLimitHeaders(&v.Edits)

@@ -74,6 +74,7 @@ type Metrics struct {
 
 	cache     *cacheMetrics     // cache.go
 	estimator *estimatorMetrics // estimator.go
+	upstream  *upstreamMetrics  // upstream.go
 }
 
 var _ gate.Observer = (*Metrics)(nil)
@@ -196,6 +197,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.store = newStoreMetrics(reg)
 	m.cache = newCacheMetrics(reg)
 	m.estimator = newEstimatorMetrics(reg)
+	m.upstream = newUpstreamMetrics(reg)
 	// Series that would otherwise appear only after their first event are
 	// created at zero, so dashboards and alerts see them from the start.
 	m.phase = map[string]prometheus.Observer{}

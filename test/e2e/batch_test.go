@@ -11,7 +11,6 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/envoy/sim"
 	"github.com/tokenwarden/tokenwarden/extproc/contract"
-	"github.com/tokenwarden/tokenwarden/limiter/redistest"
 )
 
 // batchRequest is a Message Batch of n copies of budgetBody's request.
@@ -58,15 +57,7 @@ tenants:
   globex: {}
   initech: {policy: nobatch}
 `, strconv.FormatFloat(float64(capNano)/1e9, 'f', 9, 64))
-	for _, tc := range []struct {
-		name string
-		opts func(t *testing.T) stackOptions
-	}{
-		{"memory, one replica", func(t *testing.T) stackOptions { return stackOptions{config: cfg} }},
-		{"redis, three replicas", func(t *testing.T) stackOptions {
-			return stackOptions{config: cfg, processors: 3, redis: redistest.Start(t, redistest.Options{}).Addr()}
-		}},
-	} {
+	for _, tc := range storeCases(cfg, false) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStack(t, tc.opts(t))
 			ctx := context.Background()
@@ -101,6 +92,9 @@ tenants:
 			if x := s.do(ctx, 2, anthropicRequest(budgetBody(false), tenantH("acme"), sim.Header{Name: "x-mock-output-tokens", Value: "100"})); x.err != nil || x.resp.Status != 200 {
 				t.Fatalf("one request beside the batch: %v %+v", x.err, x.resp)
 			}
+			// Its settle follows its answer: until then it holds the one
+			// concurrency slot.
+			waitFor(t, func() bool { return s.budget("acme", "day").Reserved == batchEstimate })
 			if x := s.do(ctx, 0, anthropicRequest(budgetBody(false), tenantH("acme"))); x.err != nil || x.resp.Status != 429 || x.header(contract.DeniedHeader) != "org/budget_day" {
 				t.Fatalf("the budget the batch holds was given away: %v %+v", x.err, x.resp)
 			}
@@ -147,15 +141,7 @@ tenants:
   acme: {}
   globex: {}
 `
-	for _, tc := range []struct {
-		name string
-		opts func(t *testing.T) stackOptions
-	}{
-		{"memory, one replica", func(t *testing.T) stackOptions { return stackOptions{config: cfg} }},
-		{"redis, three replicas", func(t *testing.T) stackOptions {
-			return stackOptions{config: cfg, processors: 3, redis: redistest.Start(t, redistest.Options{}).Addr()}
-		}},
-	} {
+	for _, tc := range storeCases(cfg, false) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStack(t, tc.opts(t))
 			ctx := context.Background()

@@ -12,7 +12,6 @@ import (
 	"github.com/tokenwarden/tokenwarden/extproc/contract"
 	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
-	"github.com/tokenwarden/tokenwarden/limiter/redistest"
 )
 
 // TestHierarchyHoldsUnderConcurrency fires 500 requests at once from 10
@@ -60,19 +59,7 @@ orgs:
 	// mock's ledger tells whose request each entry was.
 	outputOf := func(u int) int64 { return int64(60 + u) }
 
-	cases := []struct {
-		name string
-		opts func(t *testing.T) stackOptions
-	}{
-		{"memory, one replica", func(t *testing.T) stackOptions { return stackOptions{config: cfg} }},
-		{"redis, three replicas", func(t *testing.T) stackOptions {
-			return stackOptions{config: cfg, processors: 3, redis: redistest.Start(t, redistest.Options{}).Addr()}
-		}},
-		{"redis cluster, three replicas", func(t *testing.T) stackOptions {
-			return stackOptions{config: cfg, processors: 3, cluster: redistest.StartCluster(t, 3).Addrs()}
-		}},
-	}
-	for _, tc := range cases {
+	for _, tc := range storeCases(cfg, true) {
 		t.Run(tc.name, func(t *testing.T) {
 			o := tc.opts(t)
 			o.filter = func(c *sim.Config) { c.ForwardingNamespaces = []string{policy.JWTNamespace} }

@@ -57,19 +57,7 @@ tenants:
   team: {}
 `, strconv.FormatFloat(float64(capNano)/1e9, 'f', 9, 64))
 
-	cases := []struct {
-		name string
-		opts func(t *testing.T) stackOptions
-	}{
-		{"memory, one replica", func(t *testing.T) stackOptions { return stackOptions{config: cfg} }},
-		{"redis, three replicas", func(t *testing.T) stackOptions {
-			return stackOptions{config: cfg, processors: 3, redis: redistest.Start(t, redistest.Options{}).Addr()}
-		}},
-		{"redis cluster, three replicas", func(t *testing.T) stackOptions {
-			return stackOptions{config: cfg, processors: 3, cluster: redistest.StartCluster(t, 3).Addrs()}
-		}},
-	}
-	for _, tc := range cases {
+	for _, tc := range storeCases(cfg, true) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStack(t, tc.opts(t))
 			ctx := context.Background()

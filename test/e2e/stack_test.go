@@ -25,6 +25,7 @@ import (
 	"github.com/tokenwarden/tokenwarden/extproc"
 	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
+	"github.com/tokenwarden/tokenwarden/limiter/redistest"
 	"github.com/tokenwarden/tokenwarden/test/internal/procs"
 	"github.com/tokenwarden/tokenwarden/test/mockprovider"
 )
@@ -50,20 +51,25 @@ type stack struct {
 	upstream sim.Upstream
 	procs    []*proc
 	cfg      *policy.Config
+	// upstreams is the view every replica shares with the in-memory store.
+	upstreams limiter.UpstreamView
 }
 
 // proc is one in-process `tokenwarden serve`: its own gRPC server, metrics
 // registry and store client, like a replica.
 type proc struct {
-	srv     *extproc.Server
-	reg     *prometheus.Registry
-	store   limiter.Store
-	addr    string
-	filter  *sim.Filter
-	grpc    *grpc.Server
-	conn    *grpc.ClientConn
-	redis   redis.UniversalClient
-	stopped bool
+	srv   *extproc.Server
+	reg   *prometheus.Registry
+	store limiter.Store
+	// upstreams is the replica's upstream view: shared through Redis with
+	// a Redis store, else the stack's one local view.
+	upstreams limiter.UpstreamView
+	addr      string
+	filter    *sim.Filter
+	grpc      *grpc.Server
+	conn      *grpc.ClientConn
+	redis     redis.UniversalClient
+	stopped   bool
 }
 
 func newStack(t testing.TB, o stackOptions) *stack {
@@ -87,7 +93,7 @@ func newStack(t testing.TB, o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &stack{t: t, mock: mock, upstream: up, cfg: cfg}
+	s := &stack{t: t, mock: mock, upstream: up, cfg: cfg, upstreams: limiter.NewUpstreamMemory(nil)}
 	n := max(o.processors, 1)
 	var shared limiter.Store
 	if o.redis == "" && len(o.cluster) == 0 {
@@ -120,9 +126,16 @@ func (s *stack) startProc(o stackOptions, store limiter.Store) *proc {
 			t.Fatal(err)
 		}
 		store = r
+		u, err := limiter.NewUpstreamRedis(limiter.UpstreamRedisOptions{Client: p.redis, Timeout: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.upstreams = u
+	} else {
+		p.upstreams = s.upstreams
 	}
 	p.store = store
-	p.srv, _ = procs.Processor(t, procs.ProcessorOptions{Config: policy.NewHolder(s.cfg), Store: store, Registry: p.reg})
+	p.srv, _ = procs.Processor(t, procs.ProcessorOptions{Config: policy.NewHolder(s.cfg), Store: store, Registry: p.reg, Upstreams: p.upstreams})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -158,6 +171,7 @@ func (p *proc) stop() {
 	p.conn.Close()
 	p.grpc.Stop()
 	if p.redis != nil {
+		_ = p.upstreams.Close()
 		p.redis.Close()
 	}
 }
@@ -363,4 +377,28 @@ func parallel(n, workers int, f func(i int)) {
 	}
 	close(next)
 	wg.Wait()
+}
+
+// storeCase is one way a shared-state test runs the stack.
+type storeCase struct {
+	name string
+	opts func(t *testing.T) stackOptions
+}
+
+// storeCases are the stores every shared-state test runs on: one replica
+// on the memory store, three replicas on one Redis and, with cluster, three
+// on a three-master Redis Cluster.
+func storeCases(cfg string, cluster bool) []storeCase {
+	cs := []storeCase{
+		{"memory, one replica", func(t *testing.T) stackOptions { return stackOptions{config: cfg} }},
+		{"redis, three replicas", func(t *testing.T) stackOptions {
+			return stackOptions{config: cfg, processors: 3, redis: redistest.Start(t, redistest.Options{}).Addr()}
+		}},
+	}
+	if cluster {
+		cs = append(cs, storeCase{"redis cluster, three replicas", func(t *testing.T) stackOptions {
+			return stackOptions{config: cfg, processors: 3, cluster: redistest.StartCluster(t, 3).Addrs()}
+		}})
+	}
+	return cs
 }

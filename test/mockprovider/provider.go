@@ -142,6 +142,7 @@ type Provider struct {
 	batches    batchStore    // Anthropic Message Batches (anthropic_batch.go)
 	oaiBatches oaiBatchStore // OpenAI files and batches (openai_batch.go)
 	counter    atomic.Uint64
+	served     servedCounts // every answer by status (limits.go)
 }
 
 // New builds a Provider.
@@ -204,6 +205,7 @@ func (p *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cw := newCompressWriter(out, responseCoding(r.Header))
 	p.mux.ServeHTTP(cw, r)
 	cw.finish()
+	p.served.add(sw.status)
 	if rec != nil {
 		rec.done()
 	}

@@ -93,6 +93,8 @@ type ProcessorOptions struct {
 	Registry prometheus.Registerer // nil: a fresh registry
 	Logger   *slog.Logger          // nil: discard
 	Now      func() time.Time
+	// Upstreams is the upstream view; nil: a view of this replica alone.
+	Upstreams limiter.UpstreamView
 }
 
 // Processor wires an in-process ext_proc server the way `serve` does, for
@@ -107,7 +109,7 @@ func Processor(t testing.TB, o ProcessorOptions) (*extproc.Server, *observe.Metr
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	m := observe.NewMetrics(o.Registry)
-	g, err := gate.New(gate.Options{Config: o.Config, Store: o.Store, Observer: m, Logger: o.Logger, Now: o.Now})
+	g, err := gate.New(gate.Options{Config: o.Config, Store: o.Store, Upstreams: o.Upstreams, Observer: m, Logger: o.Logger, Now: o.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
