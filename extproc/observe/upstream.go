@@ -44,6 +44,7 @@ func newUpstreamMetrics(reg prometheus.Registerer) *upstreamMetrics {
 		u.cooldowns.WithLabelValues("other", code)
 	}
 	u.denied.WithLabelValues("other")
+	u.cooldownUntil.WithLabelValues("other") // 0: no cool-down started
 	return u
 }
 

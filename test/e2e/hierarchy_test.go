@@ -62,7 +62,10 @@ orgs:
 	for _, tc := range storeCases(cfg, true) {
 		t.Run(tc.name, func(t *testing.T) {
 			o := tc.opts(t)
-			o.filter = func(c *sim.Config) { c.ForwardingNamespaces = []string{policy.JWTNamespace} }
+			o.filter = func(c *sim.Config) {
+				patient(c)
+				c.ForwardingNamespaces = []string{policy.JWTNamespace}
+			}
 			s := newStack(t, o)
 			ctx := context.Background()
 			var ok, other atomic.Int64

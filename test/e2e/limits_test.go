@@ -59,7 +59,9 @@ tenants:
 
 	for _, tc := range storeCases(cfg, true) {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newStack(t, tc.opts(t))
+			o := tc.opts(t)
+			o.filter = patient
+			s := newStack(t, o)
 			ctx := context.Background()
 			var ok, denied, other atomic.Int64
 			parallel(500, 500, func(i int) {
