@@ -254,19 +254,30 @@ func (p *Provider) handleBatchResults(w http.ResponseWriter, r *http.Request) {
 
 // handleBatchFinish is the test-facing POST /mock/batches/{id}/{end|expire}.
 func (p *Provider) handleBatchFinish(w http.ResponseWriter, r *http.Request) {
-	action := r.PathValue("action")
-	if action != "end" && action != "expire" {
-		http.Error(w, "want end or expire", http.StatusBadRequest)
+	expire, out, ok := finishRequest(w, r)
+	if !ok {
 		return
 	}
-	k, err := parseKnobs(r.Header)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	if !p.finishBatch(r.PathValue("id"), action == "expire", k.outputTokens) {
+	if !p.finishBatch(r.PathValue("id"), expire, out) {
 		http.Error(w, "no such batch in progress", http.StatusNotFound)
 		return
 	}
 	writeJSON(w, http.StatusOK, p.batches.snapshot(r.PathValue("id")))
+}
+
+// finishRequest reads a test-facing finish call, POST /mock/…/{id}/{end|
+// expire}: whether it expires the batch and the forced output tokens, or
+// false with a 400 written.
+func finishRequest(w http.ResponseWriter, r *http.Request) (expire bool, outputTokens int64, ok bool) {
+	action := r.PathValue("action")
+	if action != "end" && action != "expire" {
+		http.Error(w, "want end or expire", http.StatusBadRequest)
+		return false, 0, false
+	}
+	k, err := parseKnobs(r.Header)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return false, 0, false
+	}
+	return action == "expire", k.outputTokens, true
 }

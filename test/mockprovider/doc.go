@@ -12,6 +12,10 @@
 // with `choices: []` only when `stream_options.include_usage` is set, and
 // `data: [DONE]`.
 //
+// Batches: Anthropic Message Batches (anthropic_batch.go) and the OpenAI
+// Batch API with its files (openai_batch.go), each line counted by the token
+// rule below and recorded in the ledger once, when the batch is processed.
+//
 // # Token rule
 //
 // Usage is a pure function of the request (plus, for Anthropic, the prompt

@@ -139,7 +139,8 @@ type Provider struct {
 	// a GET /v1/responses/{id} asks for them.
 	background *backgroundStore
 	sent       transcripts
-	batches    batchStore // Anthropic Message Batches (anthropic_batch.go)
+	batches    batchStore    // Anthropic Message Batches (anthropic_batch.go)
+	oaiBatches oaiBatchStore // OpenAI files and batches (openai_batch.go)
 	counter    atomic.Uint64
 	served     servedCounts // every answer by status (limits.go)
 }
@@ -164,6 +165,12 @@ func New(opts Options) *Provider {
 	mux.HandleFunc("GET /v1/messages/batches/{id}", p.handleBatchGet)
 	mux.HandleFunc("GET /v1/messages/batches/{id}/results", p.handleBatchResults)
 	mux.HandleFunc("POST /mock/batches/{id}/{action}", p.handleBatchFinish)
+	mux.HandleFunc("POST /v1/files", p.handleFileCreate)
+	mux.HandleFunc("GET /v1/files/{id}", p.handleFileGet)
+	mux.HandleFunc("GET /v1/files/{id}/content", p.handleFileContent)
+	mux.HandleFunc("POST /v1/batches", p.handleOpenAIBatchCreate)
+	mux.HandleFunc("GET /v1/batches/{id}", p.handleOpenAIBatchGet)
+	mux.HandleFunc("POST /mock/openai/batches/{id}/{action}", p.handleOpenAIBatchFinish)
 	mux.HandleFunc("/v1/chat/completions", p.handleChat)
 	mux.HandleFunc("/v1/responses", p.handleResponses)
 	mux.HandleFunc("POST /v1/responses/compact", p.handleCompact)
@@ -218,6 +225,7 @@ func (p *Provider) Reset() {
 	p.gemLimit.reset(now)
 	p.background.reset()
 	p.batches.reset()
+	p.oaiBatches.reset()
 }
 
 func (p *Provider) handleLedger(w http.ResponseWriter, _ *http.Request) {

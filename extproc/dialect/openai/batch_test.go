@@ -1,0 +1,86 @@
+package openai
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+const batchFile = `{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o","max_tokens":40,"messages":[{"role":"user","content":"hello there"}]}}
+
+{"custom_id":"b","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o","messages":[{"role":"user","content":"write more"}]}}
+`
+
+func TestParseBatchFile(t *testing.T) {
+	line := `{"custom_id":"x","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"hi"}]}}` + "\n"
+	cases := []struct {
+		name  string
+		in    string
+		lim   BatchFileLimits
+		lines int
+		err   error
+	}{
+		{"two lines, a blank between", batchFile, BatchFileLimits{}, 2, nil},
+		{"over the line limit", strings.Repeat(line, 3), BatchFileLimits{MaxLines: 2}, 0, ErrBatchFileTooLarge},
+		{"at the line limit", strings.Repeat(line, 2), BatchFileLimits{MaxLines: 2}, 2, nil},
+		{"over the byte limit", strings.Repeat(line, 3), BatchFileLimits{MaxBytes: int64(len(line))*2 + 1}, 0, ErrBatchFileTooLarge},
+		{"empty", "\n\n", BatchFileLimits{}, 0, ErrBatchFileInvalid},
+		{"another endpoint", `{"custom_id":"x","method":"POST","url":"/v1/embeddings","body":{"model":"m","input":"a"}}`, BatchFileLimits{}, 0, ErrBatchFileInvalid},
+		{"stream", `{"custom_id":"x","method":"POST","url":"/v1/chat/completions","body":{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}}`, BatchFileLimits{}, 0, ErrBatchFileInvalid},
+		{"not JSON", "nope", BatchFileLimits{}, 0, ErrBatchFileInvalid},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParseBatchFile(strings.NewReader(tc.in), tc.lim)
+			if tc.err != nil {
+				if !errors.Is(err, tc.err) {
+					t.Fatalf("err %v, want %v", err, tc.err)
+				}
+				return
+			}
+			if err != nil || len(got) != tc.lines {
+				t.Fatalf("%d lines, %v", len(got), err)
+			}
+			if got[0].Request.Model == "" || got[0].Request.InputTokens <= 0 {
+				t.Fatalf("line 0 not estimated: %+v", got[0].Request)
+			}
+		})
+	}
+}
+
+func TestParseBatchObject(t *testing.T) {
+	s, err := ParseBatchObject([]byte(`{"id":"batch_1","object":"batch","status":"completed","usage":{"input_tokens":100,"input_tokens_details":{"cached_tokens":30},"output_tokens":7,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":107}}`))
+	if err != nil || !s.HasUsage || s.Status != "completed" || s.Usage.InputTokens != 70 || s.Usage.CacheReadTokens != 30 || s.Usage.OutputTokens != 7 || s.Usage.ServiceTier != "batch" {
+		t.Fatalf("%+v %v", s, err)
+	}
+	if s, err = ParseBatchObject([]byte(`{"id":"batch_1","object":"batch","status":"in_progress"}`)); err != nil || s.HasUsage {
+		t.Fatalf("%+v %v", s, err)
+	}
+	for _, bad := range []string{`{"id":"x","object":"file"}`, `{"object":"batch"}`, `[]`,
+		`{"id":"b","object":"batch","usage":{"input_tokens":1,"input_tokens_details":{"cached_tokens":2}}}`} {
+		if _, err := ParseBatchObject([]byte(bad)); !errors.Is(err, ErrBatchFileInvalid) {
+			t.Errorf("%s: %v", bad, err)
+		}
+	}
+}
+
+func FuzzParseBatchFile(f *testing.F) {
+	f.Add([]byte(batchFile))
+	f.Add([]byte("{}\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		lines, err := ParseBatchFile(strings.NewReader(string(b)), BatchFileLimits{MaxLines: 10, MaxBytes: 4096})
+		if err == nil && (len(lines) == 0 || len(lines) > 10) {
+			t.Fatalf("%d lines with no error", len(lines))
+		}
+	})
+}
+
+func FuzzParseBatchObject(f *testing.F) {
+	f.Add([]byte(`{"id":"batch_1","object":"batch","status":"completed","usage":{"input_tokens":3,"output_tokens":2}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := ParseBatchObject(b)
+		if err == nil && (s.Usage.InputTokens < 0 || s.Usage.CacheReadTokens < 0 || s.Usage.OutputTokens < 0) {
+			t.Fatalf("negative usage %+v", s.Usage)
+		}
+	})
+}
