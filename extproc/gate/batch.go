@@ -179,16 +179,26 @@ func (x *Exchange) beginBatchResults() HeadersVerdict {
 	x.forwardedAt = x.pricedAt
 	var v HeadersVerdict
 	v.ResponseOnly = true
-	// The results are read as they pass; asked for uncompressed.
+	// The results are read as they pass; asked for uncompressed, and whole:
+	// a range of them (206) would settle the batch at the lines it holds.
 	v.Edits.set("accept-encoding", "identity")
+	v.Edits.remove("range")
+	v.Edits.remove("if-range")
 	return v
+}
+
+// batchResultsHeaders decides whether the download can settle its batch:
+// only a whole (200), uncompressed answer is read; any other is passed on
+// and settles nothing, leaving the batch to its estimate.
+func (x *Exchange) batchResultsHeaders(h Headers) {
+	ce, _ := h.Get("content-encoding")
+	if enc, known := wire.ParseContentEncoding(ce); x.status != 200 || !known || enc != wire.Identity {
+		x.b.failed = true
+	}
 }
 
 // batchResultsChunk meters results lines as they pass, unchanged.
 func (x *Exchange) batchResultsChunk(chunk []byte, end bool) ChunkVerdict {
-	if x.coding.unreadable() {
-		x.b.failed = true
-	}
 	for !x.b.failed && len(chunk) > 0 {
 		i := bytes.IndexByte(chunk, '\n')
 		if i < 0 {

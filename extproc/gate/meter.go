@@ -52,8 +52,7 @@ func (x *Exchange) ResponseHeaders(h Headers, endOfStream bool) ResponseVerdict 
 	case x.batch:
 		return v // the answer names the batch: read whole (batchCreateChunk)
 	case x.b.resultsID != "":
-		ce, _ := h.Get("content-encoding")
-		x.coding.start(x, ce, false, &v.Edits)
+		x.batchResultsHeaders(h)
 		v.Stream = true // JSONL, read line by line as it passes
 		return v
 	}

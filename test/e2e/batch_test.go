@@ -165,7 +165,15 @@ tenants:
 				}
 				return x
 			}
+			// A download's settle follows its answer; each one that settles
+			// nothing ends counted as batch_results.
+			unsettled := func(n float64) {
+				waitFor(t, func() bool {
+					return s.total("tokenwarden_requests_total", "dialect", "anthropic_batch", "outcome", "batch_results") >= n
+				})
+			}
 			download(1, "globex") // another tenant's download settles nothing of acme's
+			unsettled(1)
 			if b := s.budget("acme", "day"); b.Reserved != estimate || b.Spent != 0 {
 				t.Fatalf("another tenant's download moved acme's budget: %+v", b)
 			}
@@ -185,7 +193,7 @@ tenants:
 			if string(second.body) != string(first.body) {
 				t.Fatal("the second download differs")
 			}
-			time.Sleep(100 * time.Millisecond) // a settle would follow the answer
+			unsettled(2)
 			if b := s.budget("acme", "day"); b.Spent != want || b.Reserved != 0 {
 				t.Fatalf("the second download charged again: %+v, want spent %d", b, want)
 			}
