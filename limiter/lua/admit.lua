@@ -183,7 +183,9 @@ end
 local expiry = now + lease_us
 if detached then
   redis.call('ZADD', dkey, fmt(expiry), id)
-  redis.call('PEXPIREAT', dkey, fmt(math.floor(expiry / 1000) + keep_pending_ms))
+  -- never shortened: a batch admitted under a shorter lease must not cut
+  -- the zset's life below an earlier, longer one's
+  keep_until(dkey, math.floor(expiry / 1000) + retention_s * 1000, now)
 else
   redis.call('ZADD', pkey, fmt(expiry), id)
 end
