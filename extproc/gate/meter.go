@@ -492,6 +492,8 @@ func (x *Exchange) Settle() {
 	if !ok {
 		return
 	}
+	// The slot is given back: requests of the line waiting for one try now.
+	defer g.queue.released(x)
 	g.obs.StoreCall("settle", g.opts.Now().Sub(start), err)
 	if err != nil {
 		if n, ok := g.settles.Allow(g.opts.Now()); ok {
