@@ -162,7 +162,23 @@ type recorder struct {
 	unknown    []string
 	estimates  []estimateSeen
 	factors    []factorSeen
+	waits      []string // results of queue waits
+	overflows  []string // lane/reason
 }
+
+func (r *recorder) QueueWait(lane, result string, _ time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.waits = append(r.waits, result)
+}
+
+func (r *recorder) QueueOverflow(lane, reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.overflows = append(r.overflows, lane+"/"+reason)
+}
+
+func (r *recorder) ProviderHeaders(string, string, time.Duration) {}
 
 type estimateSeen struct {
 	model               string
