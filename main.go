@@ -281,6 +281,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	metrics.WatchQueue(g.QueueStats)
 	srv, err := extproc.NewServer(extproc.Options{Gate: g, Metrics: metrics, Logger: logger})
 	if err != nil {
 		return err

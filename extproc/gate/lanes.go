@@ -56,7 +56,7 @@ func (x *Exchange) chooseLane(routeLane string) {
 // for a policy without lanes.
 func (x *Exchange) laneName() string {
 	if x.lane == nil {
-		return "none"
+		return NoLane
 	}
 	return x.lane.Name
 }

@@ -26,6 +26,9 @@ func (x *Exchange) ResponseHeaders(h Headers, endOfStream bool) ResponseVerdict 
 	st, _ := h.Get(":status")
 	x.status = atoiStatus(st)
 	x.g.obs.ProviderResponse(x.dialect.Name(), x.status)
+	if o, ok := x.g.obs.(QueueObserver); ok && !x.forwardedAt.IsZero() {
+		o.ProviderHeaders(x.policyName(), x.laneName(), x.since())
+	}
 	x.upstreamResponse(h)
 
 	var v ResponseVerdict

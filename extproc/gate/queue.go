@@ -457,6 +457,9 @@ func (q *queue) dispatch(l *line, now time.Time) {
 	}
 }
 
+// NoLane is the lane label of requests whose policy has no lanes.
+const NoLane = "none"
+
 // QueueStats is the queue as it stands: totals and each lane's length and
 // oldest wait, summed over the lines.
 type QueueStats struct {
@@ -479,6 +482,11 @@ func (g *Gate) QueueStats() QueueStats {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	s := QueueStats{Requests: q.n, Bytes: q.bytes}
+	// Every configured lane is reported, waiting or not, so its series
+	// exist from the start; a policy without lanes is lane "none".
+	for _, name := range append(g.opts.Config.Load().LaneNames(), NoLane) {
+		s.Lanes = append(s.Lanes, LaneStats{Lane: name})
+	}
 	for _, l := range q.lines {
 		for _, lq := range l.lanes {
 			i := slices.IndexFunc(s.Lanes, func(ls LaneStats) bool { return ls.Lane == lq.name })

@@ -124,7 +124,7 @@ func TestQueueFIFOAndPriority(t *testing.T) {
 		t.Errorf("admitted in order %v, want %v", got, want)
 	}
 	waitFor(t, "an empty queue", func() bool { return h.g.QueueStats().Requests == 0 })
-	if s := h.g.QueueStats(); s.Bytes != 0 || len(s.Lanes) != 0 {
+	if s := h.g.QueueStats(); s.Bytes != 0 || len(s.Lanes) != 3 || s.Lanes[0].Length+s.Lanes[1].Length+s.Lanes[2].Length != 0 {
 		t.Errorf("queue after: %+v", s)
 	}
 }

@@ -208,3 +208,20 @@ func compileQueue(f queueFile) (Queue, error) {
 	}
 	return q, nil
 }
+
+// LaneNames lists every lane of every policy, sorted, once each: the label
+// values of the lane metrics.
+func (c *Config) LaneNames() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, p := range c.policies {
+		for _, l := range p.Lanes {
+			if !seen[l.Name] {
+				seen[l.Name] = true
+				out = append(out, l.Name)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
