@@ -12,9 +12,9 @@ import (
 // queueMetrics are the lanes' and the admission queue's series
 // (gate.QueueObserver), by lane: a configured lane name, or "none".
 type queueMetrics struct {
-	wait      *prometheus.HistogramVec // lane, result
-	overflows *prometheus.CounterVec   // lane, reason
-	headers   *prometheus.HistogramVec // policy, lane
+	wait      *prometheus.HistogramVec               // lane, result
+	overflows *prometheus.CounterVec                 // lane, reason
+	headers   *prometheus.HistogramVec               // policy, lane
 	stats     atomic.Pointer[func() gate.QueueStats] // set by WatchQueue
 
 	length, oldest *prometheus.Desc
