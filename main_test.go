@@ -275,6 +275,25 @@ func TestReadmeConfigExampleIsValid(t *testing.T) {
 	}
 }
 
+// The lanes example in the README ("Lanes and the admission queue") must
+// validate too.
+func TestReadmeLanesExampleIsValid(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := bytes.Index(readme, []byte("```yaml\nqueue:"))
+	if start < 0 {
+		t.Fatal("README has no lanes example")
+	}
+	body := readme[start+len("```yaml\n"):]
+	end := bytes.Index(body, []byte("```"))
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"check-config", writeFile(t, string(body[:end]))}, &out, io.Discard); err != nil {
+		t.Fatalf("the README lanes example does not validate: %v", err)
+	}
+}
+
 func TestGRPCCredentialsRefusePlaintextBeyondLoopback(t *testing.T) {
 	cases := []struct {
 		addr     string
