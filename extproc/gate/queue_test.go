@@ -317,3 +317,39 @@ func (h *harness) waits(result string) int {
 	}
 	return n
 }
+
+// TestQueueWaitsOutACooldown: a request whose upstream is cooling down
+// waits for the cool-down's end on a lane that may wait that long, tries
+// once then, and goes through; one that would need longer is answered at
+// once.
+func TestQueueWaitsOutACooldown(t *testing.T) {
+	h := queueHarness(t, 100, 1<<20)
+	ctx := context.Background()
+	// No :authority, no credential: the upstream is the route's ("@").
+	if err := h.g.upstreams.Cooldown(ctx, "@", h.clock.Now().Add(2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	q := h.enqueue(ctx, "cooling", "batch")
+	waitFor(t, "the retry timer", func() bool { return h.clock.pending() == 2 })
+	if n := h.obs.calls("admit"); n != 0 {
+		t.Fatalf("%d admissions during the cool-down", n)
+	}
+	h.clock.Advance(2 * time.Second)
+	if v := <-q.done; v.Reply != nil || v.Gone {
+		t.Fatalf("after the cool-down: %+v", v)
+	}
+	if n := h.obs.calls("admit"); n != 1 {
+		t.Errorf("%d admissions, want the one after the cool-down", n)
+	}
+
+	if err := h.g.upstreams.Cooldown(ctx, "@", h.clock.Now().Add(20*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	_, v := h.laneRequest(ctx, "batch")
+	if v.Wait != nil || v.Reply == nil {
+		t.Fatalf("a 20s cool-down on a 5s lane: %+v", v)
+	}
+	if d, _ := header(v.Reply.Headers, contract.DeniedHeader); d != DeniedUpstreamCooldown {
+		t.Errorf("denied as %q", d)
+	}
+}
