@@ -275,6 +275,10 @@ type line struct {
 	key   string
 	lanes []*laneQueue // highest priority first
 	busy  *waiter      // the head whose attempt runs
+	// freed records a slot given back while an attempt ran: the attempt
+	// may have missed it, so its head tries again at once, before any
+	// lower lane (released).
+	freed bool
 }
 
 type laneQueue struct {
@@ -379,7 +383,7 @@ func (q *queue) leave(w *waiter, result string) {
 		l.lanes = slices.DeleteFunc(l.lanes, func(lq *laneQueue) bool { return lq == w.lane })
 	}
 	if l.busy == w {
-		l.busy = nil
+		l.busy, l.freed = nil, false
 	}
 	now := q.g.opts.Now()
 	if len(l.lanes) == 0 {
@@ -401,6 +405,10 @@ func (q *queue) again(w *waiter, next time.Time) {
 	w.concurrency = w.x.decision.Denied == limiter.DimensionConcurrency
 	if w.line.busy == w {
 		w.line.busy = nil
+		if w.line.freed && w.concurrency {
+			w.next = time.Time{}
+		}
+		w.line.freed = false
 	}
 	q.dispatch(w.line, q.g.opts.Now())
 	q.mu.Unlock()
@@ -428,6 +436,9 @@ func (q *queue) released(x *Exchange) {
 	l := q.lines[lineKey(x)]
 	if l == nil {
 		return
+	}
+	if l.busy != nil {
+		l.freed = true
 	}
 	for _, lq := range l.lanes {
 		if h := lq.ws[0]; h.concurrency {

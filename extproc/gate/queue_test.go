@@ -66,8 +66,20 @@ func (h *harness) enqueue(ctx context.Context, name, lane string) *queued {
 
 // order collects the names of waits that ended admitted, in order.
 type order struct {
-	mu    sync.Mutex
-	names []string
+	mu      sync.Mutex
+	names   []string
+	running []*Exchange // admitted, holding their slot
+}
+
+// finish ends the admitted request that holds the slot.
+func (o *order) finish(t *testing.T) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.running) != 1 {
+		t.Fatalf("%d requests hold the one slot", len(o.running))
+	}
+	o.running[0].Abort()
+	o.running = nil
 }
 
 func (o *order) watch(t *testing.T, qs ...*queued) {
@@ -80,9 +92,8 @@ func (o *order) watch(t *testing.T, qs ...*queued) {
 			}
 			o.mu.Lock()
 			o.names = append(o.names, q.name)
+			o.running = append(o.running, q.x)
 			o.mu.Unlock()
-			// Admitted: it runs, and gives its slot back.
-			q.x.Abort()
 		}()
 	}
 }
@@ -117,8 +128,14 @@ func TestQueueFIFOAndPriority(t *testing.T) {
 	if got := h.obs.calls("admit"); got != admits {
 		t.Errorf("%d admission attempts while nothing changed", got-admits)
 	}
+	// Each admitted request ends only once the line is idle (every try
+	// its admission set off has been decided), so which head the freed
+	// slot wakes first is the queue's choice, not the scheduler's.
 	first.Abort()
-	waitFor(t, "every wait admitted", func() bool { return len(o.got()) == 5 })
+	for k := 1; k <= 5; k++ {
+		waitFor(t, fmt.Sprintf("admission %d", k), func() bool { return len(o.got()) == k && h.g.queue.idle() })
+		o.finish(t)
+	}
 	want := []string{"i1", "i2", "b1", "b2", "b3"}
 	if got := o.got(); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("admitted in order %v, want %v", got, want)
@@ -293,6 +310,18 @@ func TestQueueOverrideMessageTimeout(t *testing.T) {
 	if h.g.QueueStats().Requests != 0 {
 		t.Error("Leave left it queued")
 	}
+}
+
+// idle reports that no admission attempt of any line runs.
+func (q *queue) idle() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, l := range q.lines {
+		if l.busy != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // lastOverflow is the last queue overflow seen, as lane/reason.
