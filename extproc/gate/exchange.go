@@ -128,7 +128,7 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 	if !known {
 		g.obs.Unconfigured(UnconfiguredRoutePolicy)
 	}
-	x.chooseLane(r.RouteLane)
+	x.chooseLane(r.RouteLane, r.Envoy)
 	if !known && g.warned.add(r.RoutePolicy) {
 		// Route metadata is the operator's, so the names are few: warn once
 		// each (and never for more than a bounded number of names).

@@ -145,7 +145,7 @@ orgs:
 	x := &Exchange{g: h.g, cfg: h.cfg}
 	p, _ := h.cfg.Policy("", "shaped")
 	x.policy = p
-	x.chooseLane("batch")
+	x.chooseLane("batch", nil)
 	org := h.cfg.Resolve(policy.Caller{policy.LevelOrg: "acme", policy.LevelTeam: "search"}, "shaped")
 	x.tenant, x.levels = org.Org, org.Levels
 	_, ll, _ := x.levelRequest(t0)
@@ -161,5 +161,38 @@ orgs:
 	}
 	if len(got) != len(want) {
 		t.Errorf("groups %v, want %v", got, want)
+	}
+}
+
+// TestLaneFromClaim: with identity.lane, a verified claim picks the lane
+// when the route names none; the route's own lane wins; a header a client
+// sends picks nothing.
+func TestLaneFromClaim(t *testing.T) {
+	h := newHarness(t, `
+identity:
+  from:
+    - header: x-tenant-id
+      trusted: true
+  unknown: default:guest
+  unconfigured: own
+  lane: {claim: tw.lane}
+`+lanesYAML)
+	claim := EnvoyValues{Meta: map[string]map[string]any{policy.JWTNamespace: {"payload": map[string]any{"tw": map[string]any{"lane": "batch"}}}}}
+	for _, tc := range []struct {
+		name  string
+		env   Envoy
+		route string
+		hdr   []Header
+		want  string
+	}{
+		{"claim", claim, "", nil, "batch"},
+		{"route wins", claim, "interactive", nil, "interactive"},
+		{"no claim", EnvoyValues{}, "", nil, "interactive"},
+		{"a client header", EnvoyValues{}, "", []Header{{"x-tokenwarden-lane", "batch"}, {"lane", "batch"}}, "interactive"},
+	} {
+		x, _ := h.g.Begin(context.Background(), Request{Headers: post(pathMessages, append(tc.hdr, tenantHeader("acme"))...), Envoy: tc.env, RouteLane: tc.route})
+		if got := x.laneName(); got != tc.want {
+			t.Errorf("%s: lane %q, want %q", tc.name, got, tc.want)
+		}
 	}
 }
