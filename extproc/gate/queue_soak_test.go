@@ -185,6 +185,7 @@ tenants:
 		}
 		w.cancel()
 	}
+	t.Logf("%d waiters: %d admitted, %d left; queue bytes peaked at %d of %d; baseline %d goroutines", n, admitted, n-admitted, maxBytes.Load(), n*len(body), baseline)
 	if admitted < n-len(gone) {
 		t.Errorf("%d admitted, want at least the %d that stayed", admitted, n-len(gone))
 	}

@@ -66,6 +66,7 @@ func TestQueueWaitExtendsEnvoysMessageTimeout(t *testing.T) {
 	if override != 1 || answered != 1 || timeouts != 0 {
 		t.Errorf("trace: %d overrides, %d body answers, %d timeouts; want 1, 1, 0", override, answered, timeouts)
 	}
+	t.Logf("waited %s behind a 200ms message timeout; trace: %d override, %d body answer", waited, override, answered)
 	// It waited for capacity (longer than Envoy's 200ms), not the 3s max.
 	if waited < 400*time.Millisecond || waited > 2500*time.Millisecond {
 		t.Errorf("waited %s; capacity returned after about 0.8s", waited)
