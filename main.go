@@ -281,6 +281,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	metrics.WatchQueue(g.QueueStats)
 	srv, err := extproc.NewServer(extproc.Options{Gate: g, Metrics: metrics, Logger: logger})
 	if err != nil {
 		return err
@@ -458,6 +459,7 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	upstream := fs.String("upstream", "http://127.0.0.1:18000", "provider base URL")
 	processor := fs.String("processor", "127.0.0.1:50051", "tokenwarden serve gRPC address")
 	pol := fs.String("policy", "", "route policy handed to the processor as route metadata (empty: none)")
+	lane := fs.String("lane", "", "route lane handed to the processor as route metadata (empty: the policy's default lane)")
 	bufferLimit := fs.Int("buffer-limit", gateway.DefaultBufferLimit, "per-request buffer limit in bytes, as Envoy's per_connection_buffer_limit_bytes (envoy/envoy.yaml: 32 MiB); a larger body is refused with 413")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parseFlags(fs, args, stderr); err != nil {
@@ -468,10 +470,15 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	opts := gateway.Options{Listen: *listen, Upstream: *upstream, Processor: *processor, Logger: logger, BufferLimit: *bufferLimit}
-	if *pol != "" {
-		opts.RouteAttributes = func(*http.Request) map[string]any {
-			return map[string]any{contract.PolicyAttribute: *pol}
+	if *pol != "" || *lane != "" {
+		attrs := map[string]any{}
+		if *pol != "" {
+			attrs[contract.PolicyAttribute] = *pol
 		}
+		if *lane != "" {
+			attrs[contract.LaneAttribute] = *lane
+		}
+		opts.RouteAttributes = func(*http.Request) map[string]any { return attrs }
 	}
 	fmt.Fprintf(stdout, "tokenwarden gateway: %s -> %s (processor %s)\n", *listen, *upstream, *processor)
 	return gateway.Run(ctx, opts)

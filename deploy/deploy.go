@@ -93,6 +93,12 @@ var Metrics = []Metric{
 	{"tokenwarden_upstream_cooldowns_total", Counter, []string{"host", "code"}},
 	{"tokenwarden_upstream_cooldown_until_timestamp_seconds", Gauge, []string{"host"}},
 	{"tokenwarden_upstream_cooldown_denials_total", Counter, []string{"host"}},
+	{"tokenwarden_queue_requests", Gauge, []string{"lane"}},
+	{"tokenwarden_queue_oldest_age_seconds", Gauge, []string{"lane"}},
+	{"tokenwarden_queue_bytes", Gauge, nil},
+	{"tokenwarden_queue_wait_seconds", Histogram, []string{"lane", "result"}},
+	{"tokenwarden_queue_overflows_total", Counter, []string{"lane", "reason"}},
+	{"tokenwarden_provider_response_headers_seconds", Histogram, []string{"policy", "lane"}},
 }
 
 // Lookup returns the contract entry for a family name.

@@ -81,6 +81,16 @@ type Exchange struct {
 	// when the org is configured under orgs:, else nil: a one-level org
 	// held to its policy.
 	levels []policy.ResolvedLevel
+	// lane is the request's lane (nil: its policy has none), laneIndex its
+	// place in the policy's lanes, highest priority first (lanes.go).
+	lane      *policy.Lane
+	laneIndex int
+	// retryIn is how long until the capacity a denial names is expected
+	// back: set by every denial that waiting can cure (rate, concurrency,
+	// upstream cool-down or pacing), 0 otherwise. A denial with retryIn > 0
+	// may wait in the queue (queue.go) instead of being answered at once.
+	retryIn time.Duration
+	q       queueState
 	// batch marks a batch submission, b a batch's state (batch.go).
 	batch bool
 	b     batchState
@@ -118,6 +128,7 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 	if !known {
 		g.obs.Unconfigured(UnconfiguredRoutePolicy)
 	}
+	x.chooseLane(r.RouteLane, r.Envoy)
 	if !known && g.warned.add(r.RoutePolicy) {
 		// Route metadata is the operator's, so the names are few: warn once
 		// each (and never for more than a bounded number of names).

@@ -50,6 +50,9 @@ type Options struct {
 	// Now is the clock of budget windows and latencies; nil means time.Now.
 	// The store keeps its own clock for decisions.
 	Now func() time.Time
+	// Timer makes the queue's timers, on the clock of Now; nil means real
+	// timers (time.NewTimer).
+	Timer func(d time.Duration) Timer
 	// SettleTimeout bounds the store call that ends a reservation after its
 	// stream may be gone; zero means DefaultSettleTimeout.
 	SettleTimeout time.Duration
@@ -80,6 +83,7 @@ type Gate struct {
 	refusals, settles Sampler
 	decodeLog         Sampler
 	cooldownLog       Sampler // cool-downs that could not be shared
+	queue             *queue  // requests waiting for capacity (queue.go)
 }
 
 // New returns a Gate.
@@ -101,6 +105,7 @@ func New(o Options) (*Gate, error) {
 		warned:   newBoundedSet(maxWarnedPolicies),
 		unpriced: newBoundedSet(maxWarnedPolicies),
 	}
+	g.queue = newQueue(g)
 	g.upstreams = o.Upstreams
 	if g.upstreams == nil {
 		g.upstreams = limiter.NewUpstreamMemory(o.Now)

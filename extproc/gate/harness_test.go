@@ -27,8 +27,14 @@ import (
 var t0 = time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
 
 type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
+	mu     sync.Mutex
+	now    time.Time
+	timers []*fakeTimer
+}
+
+type fakeTimer struct {
+	at time.Time
+	c  chan time.Time
 }
 
 func newClock() *fakeClock { return &fakeClock{now: t0} }
@@ -39,10 +45,49 @@ func (c *fakeClock) Now() time.Time {
 	return c.now
 }
 
+// Advance moves the clock and fires the timers that are then due.
 func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	c.now = c.now.Add(d)
+	keep := c.timers[:0]
+	for _, t := range c.timers {
+		if t.at.After(c.now) {
+			keep = append(keep, t)
+			continue
+		}
+		t.c <- c.now
+	}
+	c.timers = keep
 	c.mu.Unlock()
+}
+
+// Timer is a gate Options.Timer on the fake clock.
+func (c *fakeClock) Timer(d time.Duration) Timer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &fakeTimer{at: c.now.Add(d), c: make(chan time.Time, 1)}
+	if d <= 0 {
+		t.c <- c.now
+		return Timer{C: t.c, Stop: func() bool { return false }}
+	}
+	c.timers = append(c.timers, t)
+	return Timer{C: t.c, Stop: func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		i := slices.Index(c.timers, t)
+		if i < 0 {
+			return false
+		}
+		c.timers = slices.Delete(c.timers, i, i+1)
+		return true
+	}}
+}
+
+// pending is the number of timers not yet fired or stopped.
+func (c *fakeClock) pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.timers)
 }
 
 // Published per-token prices in nano-USD, written out here rather than taken
@@ -117,7 +162,23 @@ type recorder struct {
 	unknown    []string
 	estimates  []estimateSeen
 	factors    []factorSeen
+	waits      []string // results of queue waits
+	overflows  []string // lane/reason
 }
+
+func (r *recorder) QueueWait(lane, result string, _ time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.waits = append(r.waits, result)
+}
+
+func (r *recorder) QueueOverflow(lane, reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.overflows = append(r.overflows, lane+"/"+reason)
+}
+
+func (r *recorder) ProviderHeaders(string, string, time.Duration) {}
 
 type estimateSeen struct {
 	model               string
@@ -327,6 +388,7 @@ func newHarnessWith(t *testing.T, cfgYAML string, store func(*limiter.Memory) li
 		Observer: h.obs,
 		Logger:   slog.New(h.logs),
 		Now:      h.clock.Now,
+		Timer:    h.clock.Timer,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,9 @@ func (x *Exchange) ResponseHeaders(h Headers, endOfStream bool) ResponseVerdict 
 	st, _ := h.Get(":status")
 	x.status = atoiStatus(st)
 	x.g.obs.ProviderResponse(x.dialect.Name(), x.status)
+	if o, ok := x.g.obs.(QueueObserver); ok && !x.forwardedAt.IsZero() {
+		o.ProviderHeaders(x.policyName(), x.laneName(), x.since())
+	}
 	x.upstreamResponse(h)
 
 	var v ResponseVerdict
@@ -492,6 +495,8 @@ func (x *Exchange) Settle() {
 	if !ok {
 		return
 	}
+	// The slot is given back: requests of the line waiting for one try now.
+	defer g.queue.released(x)
 	g.obs.StoreCall("settle", g.opts.Now().Sub(start), err)
 	if err != nil {
 		if n, ok := g.settles.Allow(g.opts.Now()); ok {

@@ -93,6 +93,7 @@ func (x *Exchange) upstreamGate() *Reply {
 		return nil
 	}
 	wait := until.Sub(now)
+	x.retryIn = wait
 	if o, ok := x.g.obs.(UpstreamObserver); ok {
 		o.CooldownDenied(x.up.host)
 	}

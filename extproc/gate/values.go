@@ -52,6 +52,10 @@ type Request struct {
 	// RoutePolicy is the policy the route names in its metadata, "" when it
 	// names none. Only Envoy's configuration sets it; a client cannot.
 	RoutePolicy string
+	// RouteLane is the lane the route names in its metadata, "" when it
+	// names none (the policy's default lane). Only Envoy's configuration
+	// sets it.
+	RouteLane string
 	// EndOfStream reports a request without a body.
 	EndOfStream bool
 }
@@ -148,6 +152,12 @@ type BodyVerdict struct {
 	Body        []byte
 	BodyChanged bool
 	Edits       HeaderEdits
+	// Wait, when set, means the request waits in the queue for capacity:
+	// nothing is answered yet; Exchange.Wait gives the final verdict.
+	Wait *Wait
+	// Gone: the client went away while the request waited; there is no one
+	// to answer, and nothing is held.
+	Gone bool
 }
 
 // ResponseVerdict answers the response headers.

@@ -34,6 +34,8 @@ type Config struct {
 	Store    Store
 	Identity Identity
 	Prices   *accounting.PriceTable
+	// Queue bounds the admission queue and states Envoy's message timeouts.
+	Queue Queue
 
 	policies map[string]*Policy
 	// effective holds every (tenant override × policy) combination, built
@@ -102,6 +104,11 @@ type Policy struct {
 	PromptCache            PromptCache
 	ResponseCache          ResponseCache
 	Batches                Batches
+	// Lanes are the policy's priority lanes, highest priority first; none
+	// means one implicit lane that never waits. DefaultLane indexes the
+	// lane of routes that name none (lanes.go).
+	Lanes       []Lane
+	DefaultLane int
 }
 
 // Enforces reports whether admission has anything to check, so a policy with
@@ -345,6 +352,9 @@ func compile(f *fileConfig) (*Config, error) {
 	if c.Prices, err = compilePrices(f.Prices, f.FallbackPrice); err != nil {
 		return nil, err
 	}
+	if c.Queue, err = compileQueue(f.Queue); err != nil {
+		return nil, err
+	}
 	if _, ok := f.Policies[DefaultPolicy]; !ok {
 		if f.Policies == nil {
 			f.Policies = map[string]policyFile{}
@@ -355,7 +365,7 @@ func compile(f *fileConfig) (*Config, error) {
 		if !validName(name) {
 			return nil, fmt.Errorf("policies.%s: a policy name must be 1-64 letters, digits, '.', '_' or '-'", name)
 		}
-		p, err := compilePolicy("policies."+name, name, f.Policies[name], c.Store.OnFailure)
+		p, err := compilePolicy("policies."+name, name, f.Policies[name], c.Store.OnFailure, c.Queue)
 		if err != nil {
 			return nil, err
 		}
@@ -473,7 +483,7 @@ func compilePrices(prices map[string]accounting.ModelPrice, fallback *accounting
 	return t, nil
 }
 
-func compilePolicy(at, name string, p policyFile, storeFailure limiter.FailurePolicy) (*Policy, error) {
+func compilePolicy(at, name string, p policyFile, storeFailure limiter.FailurePolicy, q Queue) (*Policy, error) {
 	out := &Policy{Name: name, OutputReservation: 4096, BudgetReservation: ReservationCapped,
 		MinOutputTokens: DefaultMinOutputTokens, DefaultMaxOutputTokens: accounting.UnknownModelMaxOutputTokens}
 	var err error
@@ -511,6 +521,9 @@ func compilePolicy(at, name string, p policyFile, storeFailure limiter.FailurePo
 		}
 	}
 	if out.Batches, err = compileBatches(at+".batches", p.Batches); err != nil {
+		return nil, err
+	}
+	if out.Lanes, out.DefaultLane, err = compileLanes(at+".lanes", p.Lanes, q); err != nil {
 		return nil, err
 	}
 	return out, nil

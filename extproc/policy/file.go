@@ -21,6 +21,7 @@ type fileConfig struct {
 	Orgs          map[string]orgFile               `json:"orgs"`
 	Prices        map[string]accounting.ModelPrice `json:"prices"`
 	FallbackPrice *accounting.USDPerMTok           `json:"fallback_price"`
+	Queue         queueFile                        `json:"queue"`
 }
 
 type storeFile struct {
@@ -43,13 +44,14 @@ type policyFile struct {
 	MinOutputTokens   *int64     `json:"min_output_tokens"`
 	// DefaultMaxOutputTokens is the output a full reservation assumes for
 	// an unbounded request to a model the catalog does not know.
-	DefaultMaxOutputTokens *int64             `json:"default_max_output_tokens"`
-	Budgets                []budgetFile       `json:"budgets"`
-	OnFailure              string             `json:"on_failure"`
-	Models                 *modelsFile        `json:"models"`
-	PromptCache            *cacheFile         `json:"prompt_cache"`
-	ResponseCache          *responseCacheFile `json:"response_cache"`
-	Batches                *batchesFile       `json:"batches"`
+	DefaultMaxOutputTokens *int64              `json:"default_max_output_tokens"`
+	Budgets                []budgetFile        `json:"budgets"`
+	OnFailure              string              `json:"on_failure"`
+	Models                 *modelsFile         `json:"models"`
+	PromptCache            *cacheFile          `json:"prompt_cache"`
+	ResponseCache          *responseCacheFile  `json:"response_cache"`
+	Batches                *batchesFile        `json:"batches"`
+	Lanes                  map[string]laneFile `json:"lanes"`
 }
 
 // batchesFile is a policy's batches: block (the providers' batch APIs).
