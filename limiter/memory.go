@@ -38,6 +38,7 @@ type Memory struct {
 	nextGC   int64
 	epoch    string
 	replicas map[string]int64 // replica -> last heartbeat µs
+	notes    map[string]*memNote // Notes, by their Redis key (notes.go)
 }
 
 var _ Shared = (*Memory)(nil)
