@@ -18,8 +18,8 @@ import (
 // batch runs within 24 hours at half price; GET /v1/batches/{id} reports its
 // status and, once completed, its usage
 // (https://platform.openai.com/docs/guides/batch,
-// https://platform.openai.com/docs/api-reference/batch). Not yet wired into
-// the gate (issue 16 stays open for it): these are the pure readers.
+// https://platform.openai.com/docs/api-reference/batch). These are the pure
+// readers; the gate remembers a file's estimate and admits the batch.
 
 // MaxBatchFileLines is the most requests one batch file may hold, the API's
 // own limit (50,000 requests or 200 MB).
@@ -28,7 +28,20 @@ const MaxBatchFileLines = 50_000
 // BatchFileLine is one request of a batch file as tokenwarden estimates it.
 type BatchFileLine struct {
 	CustomID string
-	Request  wire.Request
+	// URL is the endpoint the line calls, one of BatchEndpoints.
+	URL     string
+	Request wire.Request
+}
+
+// BatchEndpoints are the endpoints a batch file's lines may call that
+// tokenwarden can estimate, each read as the request it is: Chat
+// Completions, Responses and embeddings. The Batch API takes others
+// (completions, moderations, images, videos); a file calling them is
+// refused, never admitted unestimated.
+var batchEndpoints = map[string]func([]byte) (wire.Request, error){
+	"/v1/chat/completions": ParseRequest,
+	"/v1/responses":        ParseResponsesRequest,
+	"/v1/embeddings":       ParseEmbeddingsRequest,
 }
 
 // ErrBatchFileTooLarge is returned for a file of more lines or bytes than
@@ -47,7 +60,8 @@ type BatchFileLimits struct {
 
 // ParseBatchFile reads a batch input file line by line from r, never holding
 // more than one line beyond the parsed requests: every line must be a POST
-// to /v1/chat/completions whose body parses as the request it is, so each is
+// to one of the endpoints tokenwarden estimates (Chat Completions,
+// Responses, embeddings) whose body parses as the request it is, so each is
 // estimated like one.
 func ParseBatchFile(r io.Reader, lim BatchFileLimits) ([]BatchFileLine, error) {
 	if lim.MaxLines <= 0 || lim.MaxLines > MaxBatchFileLines {
@@ -82,17 +96,18 @@ func ParseBatchFile(r io.Reader, lim BatchFileLimits) ([]BatchFileLine, error) {
 		if err := json.Unmarshal(raw, &l); err != nil {
 			return nil, fmt.Errorf("%w: line %d is not a JSON object: %v", ErrBatchFileInvalid, n, err)
 		}
-		if l.Method != "POST" || l.URL != "/v1/chat/completions" || len(l.Body) == 0 {
-			return nil, fmt.Errorf("%w: line %d is not a POST /v1/chat/completions with a body", ErrBatchFileInvalid, n)
+		parse := batchEndpoints[l.URL]
+		if l.Method != "POST" || parse == nil || len(l.Body) == 0 {
+			return nil, fmt.Errorf("%w: line %d is not a POST with a body to /v1/chat/completions, /v1/responses or /v1/embeddings", ErrBatchFileInvalid, n)
 		}
-		req, err := ParseRequest(l.Body)
+		req, err := parse(l.Body)
 		if err != nil {
 			return nil, fmt.Errorf("batch file line %d (%q): %w", n, l.CustomID, err)
 		}
 		if req.Stream {
 			return nil, fmt.Errorf("%w: line %d asks to stream, which batches do not", ErrBatchFileInvalid, n)
 		}
-		out = append(out, BatchFileLine{CustomID: l.CustomID, Request: req})
+		out = append(out, BatchFileLine{CustomID: l.CustomID, URL: l.URL, Request: req})
 	}
 	if lr.N <= 0 {
 		return nil, fmt.Errorf("%w: more than %d bytes", ErrBatchFileTooLarge, lim.MaxBytes)
@@ -137,7 +152,7 @@ func ParseBatchObject(body []byte) (BatchStatus, error) {
 	if err := json.Unmarshal(body, &b); err != nil {
 		return BatchStatus{}, fmt.Errorf("%w: not a batch object: %v", ErrBatchFileInvalid, err)
 	}
-	if b.Object != "batch" || b.ID == "" || len(b.ID) > 128 {
+	if b.Object != "batch" || !validObjectID(b.ID) {
 		return BatchStatus{}, fmt.Errorf("%w: not a batch object", ErrBatchFileInvalid)
 	}
 	s := BatchStatus{ID: b.ID, Status: b.Status}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 )
 
 const batchFile = `{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o","max_tokens":40,"messages":[{"role":"user","content":"hello there"}]}}
@@ -25,7 +27,11 @@ func TestParseBatchFile(t *testing.T) {
 		{"at the line limit", strings.Repeat(line, 2), BatchFileLimits{MaxLines: 2}, 2, nil},
 		{"over the byte limit", strings.Repeat(line, 3), BatchFileLimits{MaxBytes: int64(len(line))*2 + 1}, 0, ErrBatchFileTooLarge},
 		{"empty", "\n\n", BatchFileLimits{}, 0, ErrBatchFileInvalid},
-		{"another endpoint", `{"custom_id":"x","method":"POST","url":"/v1/embeddings","body":{"model":"m","input":"a"}}`, BatchFileLimits{}, 0, ErrBatchFileInvalid},
+		{"embeddings", `{"custom_id":"x","method":"POST","url":"/v1/embeddings","body":{"model":"m","input":"a"}}`, BatchFileLimits{}, 1, nil},
+		{"responses", `{"custom_id":"x","method":"POST","url":"/v1/responses","body":{"model":"m","input":"hello","max_output_tokens":9}}`, BatchFileLimits{}, 1, nil},
+		{"an endpoint not estimated", `{"custom_id":"x","method":"POST","url":"/v1/moderations","body":{"model":"m","input":"a"}}`, BatchFileLimits{}, 0, ErrBatchFileInvalid},
+		{"a GET", `{"custom_id":"x","method":"GET","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"hi"}]}}`, BatchFileLimits{}, 0, ErrBatchFileInvalid},
+		{"a body that is not its endpoint's request", `{"custom_id":"x","method":"POST","url":"/v1/chat/completions","body":{"model":"m","input":"a"}}`, BatchFileLimits{}, 0, wire.ErrInvalidRequest},
 		{"stream", `{"custom_id":"x","method":"POST","url":"/v1/chat/completions","body":{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}}`, BatchFileLimits{}, 0, ErrBatchFileInvalid},
 		{"not JSON", "nope", BatchFileLimits{}, 0, ErrBatchFileInvalid},
 	}
