@@ -8,6 +8,7 @@ import (
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/contract"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/anthropic"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/openai"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
@@ -30,6 +31,14 @@ import (
 // of the metrics).
 const BatchDialect = "anthropic_batch"
 
+// batchDialect is the Outcome.Dialect of a batch submission.
+func (x *Exchange) batchDialect() string {
+	if x.oa.kind == oaSubmit {
+		return OpenAIBatchDialect
+	}
+	return BatchDialect
+}
+
 // isBatchSubmit reports whether a request creates a Message Batch.
 func isBatchSubmit(method, path string) bool {
 	p, _, _ := strings.Cut(path, "?")
@@ -38,12 +47,8 @@ func isBatchSubmit(method, path string) bool {
 
 // batchBody admits a batch submission from its body.
 func (x *Exchange) batchBody(body []byte) BodyVerdict {
-	if !x.policy.Batches.Allow {
-		x.decisionTag = "denied_batch"
-		h := HeaderEdits{}
-		h.set(contract.DeniedHeader, "policy/batch")
-		h.set("x-should-retry", "false")
-		return BodyVerdict{Reply: x.reject(403, wire.ErrorForbidden, "batch", "tokenwarden: this route's policy does not allow batches; send the requests one by one", ResultDenied, &h)}
+	if reply := x.batchesAllowed(); reply != nil {
+		return BodyVerdict{Reply: reply}
 	}
 	lines, err := anthropic.ParseBatch(body, x.policy.Batches.MaxRequests)
 	if err != nil {
@@ -87,6 +92,19 @@ func (x *Exchange) batchBody(body []byte) BodyVerdict {
 	return BodyVerdict{Body: body}
 }
 
+// batchesAllowed refuses batch work (either provider's) on a policy that
+// does not allow it.
+func (x *Exchange) batchesAllowed() *Reply {
+	if x.policy.Batches.Allow {
+		return nil
+	}
+	x.decisionTag = "denied_batch"
+	h := HeaderEdits{}
+	h.set(contract.DeniedHeader, "policy/batch")
+	h.set("x-should-retry", "false")
+	return x.reject(403, wire.ErrorForbidden, "batch", "tokenwarden: this route's policy does not allow batches; send the requests one by one", ResultDenied, &h)
+}
+
 // batchCreated ends a batch submission the provider accepted: its
 // reservation stays in the store, reserved until it is settled or its lease
 // ends and it is charged at its estimate.
@@ -94,7 +112,7 @@ func (x *Exchange) batchCreated() {
 	x.phase = phaseDone
 	x.decisionTag = "batch_reserved"
 	x.outcome = &Outcome{
-		Dialect: BatchDialect, Tenant: x.tenant, TenantLabel: x.cfg.TenantLabel(x.tenant), Policy: x.policyName(),
+		Dialect: x.batchDialect(), Tenant: x.tenant, TenantLabel: x.cfg.TenantLabel(x.tenant), Policy: x.policyName(),
 		RequestedModel: x.requestedModel, Model: x.model, ModelLabel: x.modelLabel, Result: ResultBatchReserved,
 		Decision: x.decisionTag, Latency: time.Since(x.forwardedAt),
 	}
@@ -158,6 +176,10 @@ func (x *Exchange) batchCreateChunk(chunk []byte, end bool) ChunkVerdict {
 // keeps its submit id and ends charged at its estimate.
 func (x *Exchange) bindBatch() {
 	id, ok := anthropic.BatchCreated(x.b.buf)
+	if x.oa.kind == oaSubmit {
+		st, err := openai.ParseBatchObject(x.b.buf)
+		id, ok = st.ID, err == nil
+	}
 	x.b.buf = nil
 	rb, can := x.g.opts.Store.(limiter.Rebinder)
 	if ok && can && x.reservation != nil {
@@ -166,6 +188,9 @@ func (x *Exchange) bindBatch() {
 		cancel()
 		if err != nil || !bound {
 			x.g.log.Warn("batch reservation kept its submit id; it will be charged at its estimate when it ends", "tenant", x.tenant, "batch", id, "err", err)
+		}
+		if err == nil && bound && x.oa.kind == oaSubmit {
+			x.noteBatch(id) // what its settle needs (batch_openai.go)
 		}
 	}
 	x.batchCreated()

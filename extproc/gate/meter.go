@@ -28,6 +28,9 @@ func (x *Exchange) ResponseHeaders(h Headers, endOfStream bool) ResponseVerdict 
 	x.g.obs.ProviderResponse(x.dialect.Name(), x.status)
 	x.upstreamResponse(h)
 
+	if x.oa.kind == oaUpload || x.oa.kind == oaPoll {
+		return x.openaiBatchResponse(endOfStream) // batch_openai.go
+	}
 	var v ResponseVerdict
 	x.rateLimitHeaders(&v.Edits)
 	if x.rewriteReason != "" {
@@ -243,6 +246,8 @@ func (x *Exchange) ResponseBody(chunk []byte, endOfStream bool) ChunkVerdict {
 		return ChunkVerdict{}
 	}
 	switch {
+	case x.oa.kind == oaUpload || x.oa.kind == oaPoll:
+		return x.openaiBatchChunk(chunk, endOfStream)
 	case x.batch:
 		return x.batchCreateChunk(chunk, endOfStream)
 	case x.b.resultsID != "":
@@ -283,6 +288,9 @@ func (x *Exchange) ResponseEnd() bool {
 		return false
 	}
 	switch {
+	case x.oa.kind == oaUpload || x.oa.kind == oaPoll:
+		x.openaiBatchChunk(nil, true)
+		return true
 	case x.batch:
 		x.batchCreateChunk(nil, true)
 		return true
@@ -380,7 +388,7 @@ func (x *Exchange) estimateFromStream(u accounting.Usage) accounting.Usage {
 // call at any point, any number of times; after a completed exchange it only
 // makes sure the settle ran.
 func (x *Exchange) Abort() {
-	if x == nil {
+	if x == nil || x.openaiBatchAbort() {
 		return
 	}
 	switch x.phase {
@@ -470,6 +478,13 @@ func (x *Exchange) priceServed() {
 // in the response cache (fillCache, once), off the client's path too.
 func (x *Exchange) Settle() {
 	if x == nil || x.phase != phaseDone {
+		return
+	}
+	if x.oa.kind == oaPoll {
+		if x.outcome != nil && !x.oa.settled {
+			x.oa.settled = true
+			x.settleOpenAIBatch()
+		}
 		return
 	}
 	if x.b.resultsID != "" {

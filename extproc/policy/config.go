@@ -527,6 +527,11 @@ type Batches struct {
 	// MaxRequests bounds the requests of one batch tokenwarden estimates; a
 	// larger batch is refused, never waved through.
 	MaxRequests int
+	// FileTTL is how long the estimate of an OpenAI batch input file
+	// uploaded through tokenwarden is kept for a batch to name it; a batch
+	// naming a file past it (or one never uploaded through tokenwarden) is
+	// refused.
+	FileTTL time.Duration
 }
 
 // Batch defaults: the providers process a batch within 24 hours
@@ -535,10 +540,16 @@ type Batches struct {
 const (
 	DefaultBatchReservationTTL = 29 * time.Hour
 	DefaultBatchMaxRequests    = 100_000
+	// DefaultBatchFileTTL: a batch input file is normally named by a batch
+	// right after its upload; a day covers a pipeline that uploads ahead.
+	DefaultBatchFileTTL = 24 * time.Hour
+	// MaxBatchFileTTL is the longest a file's estimate can be kept (the
+	// store's own bound on a note).
+	MaxBatchFileTTL = limiter.MaxNoteTTL
 )
 
 func compileBatches(at string, f *batchesFile) (Batches, error) {
-	b := Batches{Allow: true, ReservationTTL: DefaultBatchReservationTTL, MaxRequests: DefaultBatchMaxRequests}
+	b := Batches{Allow: true, ReservationTTL: DefaultBatchReservationTTL, MaxRequests: DefaultBatchMaxRequests, FileTTL: DefaultBatchFileTTL}
 	if f == nil {
 		return b, nil
 	}
@@ -556,6 +567,12 @@ func compileBatches(at string, f *batchesFile) (Batches, error) {
 			return b, fmt.Errorf("%s.max_requests: %d outside 1..%d", at, *f.MaxRequests, DefaultBatchMaxRequests)
 		}
 		b.MaxRequests = *f.MaxRequests
+	}
+	if f.FileTTL.set {
+		if f.FileTTL.Duration < time.Second || f.FileTTL.Duration > MaxBatchFileTTL {
+			return b, fmt.Errorf("%s.file_ttl: %s outside 1s..%s", at, f.FileTTL.Duration, MaxBatchFileTTL)
+		}
+		b.FileTTL = f.FileTTL.Duration
 	}
 	return b, nil
 }

@@ -57,6 +57,7 @@ type batchesFile struct {
 	Allow          *bool    `json:"allow"`
 	ReservationTTL duration `json:"reservation_ttl"`
 	MaxRequests    *int     `json:"max_requests"`
+	FileTTL        duration `json:"file_ttl"`
 }
 
 type limitsFile struct {
