@@ -117,6 +117,9 @@ func (x *Exchange) batchCreated() {
 		Decision: x.decisionTag, Latency: time.Since(x.forwardedAt),
 	}
 	x.g.obs.Outcome(x.outcome)
+	if x.reservation != nil {
+		x.g.obs.BatchReserved(x.outcome.TenantLabel, x.outcome.Dialect, x.estimateCost)
+	}
 	x.reservation = nil // not this exchange's to settle
 }
 
@@ -155,8 +158,23 @@ const (
 	maxBatchResultLine = 16 << 20
 )
 
-// batchReservation is the store id a named batch's reservation has.
-func batchReservation(id string) string { return "batch:" + id }
+// batchReservation is the store id a named Message Batch's reservation
+// has; openaiBatchReservation an OpenAI batch's. Each names its API, so a
+// reservation that expires is reported as the batch it was.
+func batchReservation(id string) string       { return "batch:" + id }
+func openaiBatchReservation(id string) string { return "openai_batch:" + id }
+
+// batchOfReservation is the batch dialect of a reservation id, "" for a
+// reservation of one request.
+func batchOfReservation(id string) string {
+	switch {
+	case strings.HasPrefix(id, "batch:"):
+		return BatchDialect
+	case strings.HasPrefix(id, "openai_batch:"):
+		return OpenAIBatchDialect
+	}
+	return ""
+}
 
 // batchCreateChunk keeps the create answer and, at its end, renames the
 // reservation after the batch.
@@ -184,7 +202,11 @@ func (x *Exchange) bindBatch() {
 	rb, can := x.g.opts.Store.(limiter.Rebinder)
 	if ok && can && x.reservation != nil {
 		ctx, cancel := x.g.detached(x.ctx)
-		bound, err := rb.Rebind(ctx, limiter.RebindRequest{Tenant: x.tenant, From: x.requestID, To: batchReservation(id)})
+		to := batchReservation(id)
+		if x.oa.kind == oaSubmit {
+			to = openaiBatchReservation(id)
+		}
+		bound, err := rb.Rebind(ctx, limiter.RebindRequest{Tenant: x.tenant, From: x.requestID, To: to})
 		cancel()
 		if err != nil || !bound {
 			x.g.log.Warn("batch reservation kept its submit id; it will be charged at its estimate when it ends", "tenant", x.tenant, "batch", id, "err", err)

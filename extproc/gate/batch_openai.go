@@ -475,7 +475,7 @@ func (x *Exchange) settleOpenAIBatch() {
 	defer cancel()
 	start := x.g.opts.Now()
 	res, err := x.g.opts.Store.Settle(ctx, limiter.SettleRequest{
-		Tenant: x.tenant, RequestID: batchReservation(st.ID), Cost: int64(cost.Total), Budgets: budgets,
+		Tenant: x.tenant, RequestID: openaiBatchReservation(st.ID), Cost: int64(cost.Total), Budgets: budgets,
 	})
 	x.g.obs.StoreCall("settle", x.g.opts.Now().Sub(start), err)
 	if err != nil {

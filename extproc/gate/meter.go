@@ -532,7 +532,11 @@ func (x *Exchange) recordExpired(exp []limiter.Expired) {
 		if model == "" {
 			model = accounting.OtherModel
 		}
-		x.g.obs.ExpiredCharged(x.cfg.TenantLabel(e.Tenant), model, accounting.NanoUSD(e.Cost))
+		if d := batchOfReservation(e.RequestID); d != "" {
+			x.g.obs.BatchExpired(x.cfg.TenantLabel(e.Tenant), model, d, accounting.NanoUSD(e.Cost))
+		} else {
+			x.g.obs.ExpiredCharged(x.cfg.TenantLabel(e.Tenant), model, accounting.NanoUSD(e.Cost))
+		}
 		x.g.log.Warn("reservation expired unsettled; charged at its estimate", "tenant", e.Tenant, "reservation", e.RequestID, "cost_usd", accounting.NanoUSD(e.Cost).USD())
 	}
 }
