@@ -119,6 +119,7 @@ func (x *Exchange) batchCreated() {
 	x.g.obs.Outcome(x.outcome)
 	if x.reservation != nil {
 		x.g.obs.BatchReserved(x.outcome.TenantLabel, x.outcome.Dialect, x.estimateCost)
+		x.countBatch(x.tenant, BatchReserved, x.outcome.Dialect, int64(x.estimateCost))
 	}
 	x.reservation = nil // not this exchange's to settle
 }
@@ -163,6 +164,36 @@ const (
 // reservation that expires is reported as the batch it was.
 func batchReservation(id string) string       { return "batch:" + id }
 func openaiBatchReservation(id string) string { return "openai_batch:" + id }
+
+// BatchLedgerKey is the store counter (limiter.Notes) of an org's batch
+// spend in nano-USD by stage (BatchReserved, BatchSettled), batch dialect
+// and UTC month ("200601"), which `tokenwarden budgets` reports.
+func BatchLedgerKey(stage, dialect string, month time.Time) string {
+	return "batchusd:" + stage + ":" + dialect + ":" + month.UTC().Format("200601")
+}
+
+// Stages of the batch ledger.
+const (
+	BatchReserved = "reserved"
+	BatchSettled  = "settled"
+)
+
+// batchLedgerTTL keeps a month's counters through the next month.
+const batchLedgerTTL = 62 * 24 * time.Hour
+
+// countBatch adds to the org's batch ledger; a store without notes keeps
+// none, and a failure costs only the report's figure.
+func (x *Exchange) countBatch(tenant, stage, dialect string, cost int64) {
+	ns := x.notes()
+	if ns == nil || cost <= 0 {
+		return
+	}
+	ctx, cancel := x.g.detached(x.ctx)
+	defer cancel()
+	start := x.g.opts.Now()
+	err := ns.AddNoteCount(ctx, tenant, BatchLedgerKey(stage, dialect, start), cost, batchLedgerTTL)
+	x.g.obs.StoreCall("note_count", x.g.opts.Now().Sub(start), err)
+}
 
 // batchOfReservation is the batch dialect of a reservation id, "" for a
 // reservation of one request.
@@ -347,6 +378,7 @@ func (x *Exchange) settleBatch() {
 		x.recordExpired(res.Expired)
 		x.observeBudgets(res.Budgets)
 		x.recordCrossings(res.Crossed)
+		x.countBatch(x.tenant, BatchSettled, BatchDialect, int64(x.b.cost.Total))
 	}
 	x.g.obs.Outcome(x.outcome)
 }

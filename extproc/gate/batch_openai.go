@@ -491,6 +491,7 @@ func (x *Exchange) settleOpenAIBatch() {
 		x.recordExpired(res.Expired)
 		x.observeBudgets(res.Budgets)
 		x.recordCrossings(res.Crossed)
+		x.countBatch(x.tenant, BatchSettled, OpenAIBatchDialect, int64(cost.Total))
 	}
 	x.g.obs.Outcome(o)
 }

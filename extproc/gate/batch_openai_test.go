@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"mime/multipart"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/contract"
-	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
 // gpt-4o's published price (https://platform.openai.com/docs/pricing):
@@ -237,4 +239,36 @@ tenants:
 	}
 }
 
-var _ limiter.Notes = (*limiter.Memory)(nil)
+// TestOpenAIBatchNeverPolledIsChargedItsEstimate: a batch whose finish is
+// never seen is charged at its estimate when its reservation ends,
+// reported as the OpenAI batch it was.
+func TestOpenAIBatchNeverPolledIsChargedItsEstimate(t *testing.T) {
+	h := newHarness(t, `
+policies:
+  default:
+    budgets: [{window: day, usd: 10}]
+    batches: {reservation_ttl: 1h}
+tenants:
+  acme: {}
+`)
+	hdrs, form := uploadForm(t, "batch", chatLine("a", "gpt-4o", 40))
+	x, _ := h.admit(hdrs, form)
+	answerJSON(x, `{"id":"file-1","object":"file"}`)
+	x, _ = h.admit(post("/v1/batches", tenantHeader("acme")), `{"input_file_id":"file-1","endpoint":"/v1/chat/completions","completion_window":"24h"}`)
+	answerJSON(x, `{"id":"batch_7","object":"batch","status":"validating"}`)
+	estimate := h.budgets("acme", "")["day"].Reserved
+	h.clock.Advance(61 * time.Minute)
+	x, _ = h.admit(post("/v1/chat/completions", tenantHeader("acme")), `{"model":"gpt-4o","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`)
+	want := []batchSeen{{"acme", OpenAIBatchDialect, "reserved", accounting.NanoUSD(estimate)}, {"acme", OpenAIBatchDialect, "expired", accounting.NanoUSD(estimate)}}
+	if !reflect.DeepEqual(h.obs.batches, want) || len(h.obs.expired) != 0 {
+		t.Fatalf("batches %+v (want %+v), request expiries %+v", h.obs.batches, want, h.obs.expired)
+	}
+	if b := h.budgets("acme", "")["day"]; b.Spent != estimate {
+		t.Fatalf("spent %d, want the estimate %d", b.Spent, estimate)
+	}
+	// The ledger `tokenwarden budgets` reads.
+	got, err := h.mem.NoteCounts(context.Background(), "acme", []string{BatchLedgerKey(BatchReserved, OpenAIBatchDialect, h.clock.Now()), BatchLedgerKey(BatchSettled, OpenAIBatchDialect, h.clock.Now())})
+	if err != nil || got[0] != estimate || got[1] != estimate {
+		t.Fatalf("ledger %v %v, want both %d", got, err, estimate)
+	}
+}

@@ -534,6 +534,7 @@ func (x *Exchange) recordExpired(exp []limiter.Expired) {
 		}
 		if d := batchOfReservation(e.RequestID); d != "" {
 			x.g.obs.BatchExpired(x.cfg.TenantLabel(e.Tenant), model, d, accounting.NanoUSD(e.Cost))
+			x.countBatch(e.Tenant, BatchSettled, d, e.Cost)
 		} else {
 			x.g.obs.ExpiredCharged(x.cfg.TenantLabel(e.Tenant), model, accounting.NanoUSD(e.Cost))
 		}

@@ -10,10 +10,12 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tokenwarden/tokenwarden/envoy/sim"
 	"github.com/tokenwarden/tokenwarden/extproc/contract"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/openai"
+	"github.com/tokenwarden/tokenwarden/extproc/observe"
 	"github.com/tokenwarden/tokenwarden/test/mockprovider"
 )
 
@@ -311,6 +313,16 @@ tenants:
 			}
 			if got := s.total("tokenwarden_batch_usd_total", "tenant", "acme", "dialect", "openai_batch", "stage", "settled"); int64(got*1e9+0.5) != want {
 				t.Errorf("batch settled counted %v USD; want %d nano-USD", got, want)
+			}
+			// `tokenwarden budgets` shows the batch's reservation and charge.
+			var report bytes.Buffer
+			if err := observe.WriteBudgets(context.Background(), &report, s.procs[len(s.procs)-1].store, s.cfg, observe.ReportOptions{Tenants: []string{"acme"}}, time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			line := fmt.Sprintf("# acme batches openai_batch (UTC month %s): reserved on submit %.6f USD, settled %.6f USD",
+				time.Now().UTC().Format("2006-01"), float64(estimate)/1e9, float64(want)/1e9)
+			if !strings.Contains(report.String(), line) {
+				t.Errorf("the budgets report lacks %q:\n%s", line, report.String())
 			}
 		})
 	}

@@ -197,8 +197,13 @@ tenants:
 			if b := s.budget("acme", "day"); b.Spent != want || b.Reserved != 0 {
 				t.Fatalf("the second download charged again: %+v, want spent %d", b, want)
 			}
-			if got := s.total("tokenwarden_spend_usd_total", "tenant", "acme", "source", "measured"); int64(got*1e9+0.5) != want {
+			if got := s.total("tokenwarden_spend_usd_total", "tenant", "acme", "source", "measured", "api", "batch"); int64(got*1e9+0.5) != want {
 				t.Errorf("measured spend counted %v USD; want %d nano-USD once", got, want)
+			}
+			for stage, n := range map[string]int64{"reserved": estimate, "settled": want} {
+				if got := s.total("tokenwarden_batch_usd_total", "tenant", "acme", "dialect", "anthropic_batch", "stage", stage); int64(got*1e9+0.5) != n {
+					t.Errorf("batch %s counted %v USD; want %d nano-USD", stage, got, n)
+				}
 			}
 		})
 	}
