@@ -80,6 +80,12 @@ func (x *Exchange) batchBody(body []byte) BodyVerdict {
 		est.OutputTokens += req.MaxTokens
 	}
 	x.estimate, x.estimateCost = est, cost
+	return x.admitBatch(body)
+}
+
+// admitBatch admits a batch whose estimate is set, as one detached
+// reservation (either provider's), and forwards its body.
+func (x *Exchange) admitBatch(body []byte) BodyVerdict {
 	x.phase = phaseForwarded
 	if x.enforces() {
 		if reply := x.admit(); reply != nil {
@@ -210,14 +216,21 @@ func batchOfReservation(id string) string {
 // batchCreateChunk keeps the create answer and, at its end, renames the
 // reservation after the batch.
 func (x *Exchange) batchCreateChunk(chunk []byte, end bool) ChunkVerdict {
-	if len(x.b.buf)+len(chunk) <= maxBatchCreateAnswer {
-		x.b.buf = append(x.b.buf, chunk...)
-	}
+	x.b.buf, _ = appendBounded(x.b.buf, chunk, maxBatchCreateAnswer)
 	if !end {
 		return ChunkVerdict{}
 	}
 	x.bindBatch()
 	return ChunkVerdict{Done: true}
+}
+
+// appendBounded appends chunk to an answer kept whole unless it would grow
+// past limit; over reports that it did not.
+func appendBounded(buf, chunk []byte, limit int) (out []byte, over bool) {
+	if len(buf)+len(chunk) > limit {
+		return buf, true
+	}
+	return append(buf, chunk...), false
 }
 
 // bindBatch renames the batch's reservation after the id the provider

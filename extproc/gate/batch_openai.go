@@ -272,16 +272,7 @@ func (x *Exchange) openaiSubmit(body []byte) BodyVerdict {
 	x.requestedModel, x.model, x.modelLabel, x.unpriced = note.Model, note.Model, note.Label, note.Unpriced
 	x.estimate = accounting.Usage{InputTokens: note.Input, OutputTokens: note.Output, ServiceTier: accounting.TierBatch.String()}
 	x.estimateCost = accounting.NanoUSD(note.Cost)
-	x.phase = phaseForwarded
-	if x.enforces() {
-		if reply := x.admit(); reply != nil {
-			return BodyVerdict{Reply: reply}
-		}
-	} else {
-		x.decisionTag = "allowed"
-	}
-	x.forwardedAt = x.g.opts.Now()
-	return BodyVerdict{Body: body}
+	return x.admitBatch(body)
 }
 
 // notes is the store's Notes, or nil.
@@ -364,11 +355,9 @@ func (x *Exchange) openaiBatchResponse(endOfStream bool) ResponseVerdict {
 
 // openaiBatchChunk keeps the answer and, at its end, acts on it.
 func (x *Exchange) openaiBatchChunk(chunk []byte, end bool) ChunkVerdict {
-	if len(x.oa.body)+len(chunk) > maxBatchObject {
-		x.oa.tooLong = true
-	} else {
-		x.oa.body = append(x.oa.body, chunk...)
-	}
+	var over bool
+	x.oa.body, over = appendBounded(x.oa.body, chunk, maxBatchObject)
+	x.oa.tooLong = x.oa.tooLong || over
 	if !end {
 		return ChunkVerdict{}
 	}

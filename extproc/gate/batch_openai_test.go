@@ -19,7 +19,7 @@ import (
 const gpt4oIn, gpt4oOut = 2500, 10000
 
 // uploadForm is a POST /v1/files body of purpose and a file of lines.
-func uploadForm(t *testing.T, purpose string, lines ...string) (HeaderList, string) {
+func uploadForm(t testing.TB, purpose string, lines ...string) (HeaderList, string) {
 	t.Helper()
 	var b bytes.Buffer
 	w := multipart.NewWriter(&b)
@@ -47,6 +47,16 @@ func answerJSON(x *Exchange, body string) bool {
 	v := x.ResponseBody([]byte(body), true)
 	x.Settle()
 	return v.Done
+}
+
+// submitOneLine uploads a one-line batch file for acme and creates the
+// batch the provider names id.
+func submitOneLine(h *harness, id string) {
+	hdrs, form := uploadForm(h.t, "batch", chatLine("a", "gpt-4o", 40))
+	x, _ := h.admit(hdrs, form)
+	answerJSON(x, `{"id":"file-1","object":"file"}`)
+	x, _ = h.admit(post("/v1/batches", tenantHeader("acme")), `{"input_file_id":"file-1","endpoint":"/v1/chat/completions","completion_window":"24h"}`)
+	answerJSON(x, `{"id":"`+id+`","object":"batch","status":"validating"}`)
 }
 
 // TestOpenAIBatchIsAdmittedAndSettledOnce: a batch file's upload is read
@@ -206,11 +216,7 @@ policies:
 tenants:
   acme: {}
 `)
-			hdrs, form := uploadForm(t, "batch", chatLine("a", "gpt-4o", 40))
-			x, _ := h.admit(hdrs, form)
-			answerJSON(x, `{"id":"file-1","object":"file"}`)
-			x, _ = h.admit(post("/v1/batches", tenantHeader("acme")), `{"input_file_id":"file-1","endpoint":"/v1/chat/completions","completion_window":"24h"}`)
-			answerJSON(x, `{"id":"batch_9","object":"batch","status":"validating"}`)
+			submitOneLine(h, "batch_9")
 			estimate := h.budgets("acme", "")["day"].Reserved
 			for range 2 {
 				x, _ := h.g.Begin(context.Background(), Request{Headers: HeaderList{{":method", "GET"}, {":path", "/v1/batches/batch_9"}, tenantHeader("acme")}, EndOfStream: true})
@@ -251,14 +257,10 @@ policies:
 tenants:
   acme: {}
 `)
-	hdrs, form := uploadForm(t, "batch", chatLine("a", "gpt-4o", 40))
-	x, _ := h.admit(hdrs, form)
-	answerJSON(x, `{"id":"file-1","object":"file"}`)
-	x, _ = h.admit(post("/v1/batches", tenantHeader("acme")), `{"input_file_id":"file-1","endpoint":"/v1/chat/completions","completion_window":"24h"}`)
-	answerJSON(x, `{"id":"batch_7","object":"batch","status":"validating"}`)
+	submitOneLine(h, "batch_7")
 	estimate := h.budgets("acme", "")["day"].Reserved
 	h.clock.Advance(61 * time.Minute)
-	x, _ = h.admit(post("/v1/chat/completions", tenantHeader("acme")), `{"model":"gpt-4o","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`)
+	h.admit(post("/v1/chat/completions", tenantHeader("acme")), `{"model":"gpt-4o","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`)
 	want := []batchSeen{{"acme", OpenAIBatchDialect, "reserved", accounting.NanoUSD(estimate)}, {"acme", OpenAIBatchDialect, "expired", accounting.NanoUSD(estimate)}}
 	if !reflect.DeepEqual(h.obs.batches, want) || len(h.obs.expired) != 0 {
 		t.Fatalf("batches %+v (want %+v), request expiries %+v", h.obs.batches, want, h.obs.expired)

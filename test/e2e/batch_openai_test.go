@@ -263,15 +263,7 @@ func TestOpenAIBatchSettlesOnceFromUsage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts redis-server")
 	}
-	cfg := `
-policies:
-  default:
-    budgets: [{window: day, usd: 10}]
-tenants:
-  acme: {}
-  globex: {}
-`
-	for _, tc := range storeCases(cfg, false) {
+	for _, tc := range storeCases(batchSettleConfig, false) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStack(t, tc.opts(t))
 			b := oaiBatch{t, s}

@@ -125,6 +125,17 @@ tenants:
 	}
 }
 
+// batchSettleConfig is the batch settle tests' configuration: a budget
+// that holds every batch, and two orgs.
+const batchSettleConfig = `
+policies:
+  default:
+    budgets: [{window: day, usd: 10}]
+tenants:
+  acme: {}
+  globex: {}
+`
+
 // TestBatchSettlesOnceFromResults: an admitted batch is settled when its
 // results are downloaded, on whichever replica, to the succeeded lines'
 // usage at batch prices to the nano-USD; a second download, on another
@@ -133,15 +144,7 @@ func TestBatchSettlesOnceFromResults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts redis-server")
 	}
-	cfg := `
-policies:
-  default:
-    budgets: [{window: day, usd: 10}]
-tenants:
-  acme: {}
-  globex: {}
-`
-	for _, tc := range storeCases(cfg, false) {
+	for _, tc := range storeCases(batchSettleConfig, false) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStack(t, tc.opts(t))
 			ctx := context.Background()
