@@ -41,7 +41,7 @@ import (
 //     prices the whole usage; a file of several models is refused on upload.
 //
 // Uploads tokenwarden cannot read — no content-length, larger than
-// MaxRequestBody, compressed, from an unidentified caller — pass through
+// batches.max_file_bytes, compressed, from an unidentified caller — pass through
 // unread and unrecorded; a batch naming such a file is then refused. That
 // is why the upload needs no STREAMED body mode: nothing is admitted there,
 // and what is not read whole is never admitted later.
@@ -130,11 +130,12 @@ func (x *Exchange) beginOpenAIBatch(h Headers, method, path string, identified b
 }
 
 // readableUpload reports an upload the gate can read whole: its length
-// declared and within MaxRequestBody, uncompressed.
+// declared and within the policy's batches.max_file_bytes (what Envoy can
+// buffer), uncompressed.
 func (x *Exchange) readableUpload(h Headers) bool {
 	cl, ok := h.Get("content-length")
 	n, err := strconv.ParseInt(cl, 10, 64)
-	if !ok || err != nil || n <= 0 || n > MaxRequestBody {
+	if !ok || err != nil || n <= 0 || n > min(x.policy.Batches.MaxFileBytes, MaxRequestBody) {
 		return false
 	}
 	if ce, ok := h.Get("content-encoding"); ok {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/contract"
+	"github.com/tokenwarden/tokenwarden/extproc/policy"
 )
 
 // gpt-4o's published price (https://platform.openai.com/docs/pricing):
@@ -193,7 +194,7 @@ tenants:
 		t.Fatalf("another purpose is not passed through: %+v %+v", bv, h.obs.lastOutcome(t))
 	}
 	hdrs, _ = uploadForm(t, "batch", chatLine("a", "gpt-4o", 5))
-	hdrs[3] = Header{"content-length", strconv.Itoa(MaxRequestBody + 1)}
+	hdrs[3] = Header{"content-length", strconv.Itoa(policy.DefaultBatchMaxFileBytes + 1)}
 	if _, hv := h.g.Begin(context.Background(), Request{Headers: hdrs}); !hv.PassThrough {
 		t.Fatalf("an upload too large to read is not passed through: %+v", hv)
 	}

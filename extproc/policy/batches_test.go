@@ -12,8 +12,9 @@ func TestBatchesBlock(t *testing.T) {
 		want  Batches
 		err   string
 	}{
-		{"", Batches{Allow: true, ReservationTTL: DefaultBatchReservationTTL, MaxRequests: DefaultBatchMaxRequests, FileTTL: DefaultBatchFileTTL}, ""},
-		{"batches: {allow: false, reservation_ttl: 30h, max_requests: 10, file_ttl: 2h}", Batches{ReservationTTL: 30 * time.Hour, MaxRequests: 10, FileTTL: 2 * time.Hour}, ""},
+		{"", Batches{Allow: true, ReservationTTL: DefaultBatchReservationTTL, MaxRequests: DefaultBatchMaxRequests, FileTTL: DefaultBatchFileTTL, MaxFileBytes: DefaultBatchMaxFileBytes}, ""},
+		{"batches: {allow: false, reservation_ttl: 30h, max_requests: 10, file_ttl: 2h, max_file_bytes: 1024}", Batches{ReservationTTL: 30 * time.Hour, MaxRequests: 10, FileTTL: 2 * time.Hour, MaxFileBytes: 1024}, ""},
+		{"batches: {max_file_bytes: 67108865}", Batches{}, "max_file_bytes"},
 		{"batches: {file_ttl: 500ms}", Batches{}, "file_ttl"},
 		{"batches: {file_ttl: 9601h}", Batches{}, "file_ttl"},
 		{"batches: {max_requests: 0}", Batches{}, "max_requests"},

@@ -58,6 +58,7 @@ type batchesFile struct {
 	ReservationTTL duration `json:"reservation_ttl"`
 	MaxRequests    *int     `json:"max_requests"`
 	FileTTL        duration `json:"file_ttl"`
+	MaxFileBytes   *int64   `json:"max_file_bytes"`
 }
 
 type limitsFile struct {
