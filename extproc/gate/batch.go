@@ -33,7 +33,7 @@ const BatchDialect = "anthropic_batch"
 
 // batchDialect is the Outcome.Dialect of a batch submission.
 func (x *Exchange) batchDialect() string {
-	if x.oa.kind == oaSubmit {
+	if x.oa.kind != oaNone {
 		return OpenAIBatchDialect
 	}
 	return BatchDialect
@@ -317,6 +317,10 @@ func (x *Exchange) batchResultLine() {
 	if len(line) == 0 {
 		return
 	}
+	if x.oa.kind == oaOutput {
+		x.openaiOutputLine(line)
+		return
+	}
 	r, err := anthropic.ParseBatchResult(line)
 	if err != nil {
 		x.b.failed = true
@@ -326,27 +330,32 @@ func (x *Exchange) batchResultLine() {
 	if !r.Succeeded {
 		return
 	}
-	x.b.succeeded++
-	r.Usage.ServiceTier = accounting.TierBatch.String()
-	price, canonical, known := x.cfg.Prices.Lookup(r.Model, x.pricedAt)
+	x.b.add(x, r.Model, r.Usage)
+}
+
+// add counts one succeeded line's usage, priced at batch prices by model.
+func (b *batchState) add(x *Exchange, model string, u accounting.Usage) {
+	b.succeeded++
+	u.ServiceTier = accounting.TierBatch.String()
+	price, canonical, known := x.cfg.Prices.Lookup(model, x.pricedAt)
 	if !known {
 		x.unpriced = true
-	} else if x.b.model == "" {
-		x.b.model = canonical // the batch's model label: its first priced line's
+	} else if b.model == "" {
+		b.model = canonical // the batch's model label: its first priced line's
 	}
-	c := price.Cost(r.Usage)
-	x.b.cost.Input += c.Input
-	x.b.cost.Output += c.Output
-	x.b.cost.CacheRead += c.CacheRead
-	x.b.cost.CacheWrite += c.CacheWrite
-	x.b.cost.Total += c.Total
-	u := &x.b.usage
-	u.InputTokens += r.Usage.InputTokens
-	u.OutputTokens += r.Usage.OutputTokens
-	u.CacheReadTokens += r.Usage.CacheReadTokens
-	u.CacheWrite5mTokens += r.Usage.CacheWrite5mTokens
-	u.CacheWrite1hTokens += r.Usage.CacheWrite1hTokens
-	u.ServiceTier = r.Usage.ServiceTier
+	c := price.Cost(u)
+	b.cost.Input += c.Input
+	b.cost.Output += c.Output
+	b.cost.CacheRead += c.CacheRead
+	b.cost.CacheWrite += c.CacheWrite
+	b.cost.Total += c.Total
+	bu := &b.usage
+	bu.InputTokens += u.InputTokens
+	bu.OutputTokens += u.OutputTokens
+	bu.CacheReadTokens += u.CacheReadTokens
+	bu.CacheWrite5mTokens += u.CacheWrite5mTokens
+	bu.CacheWrite1hTokens += u.CacheWrite1hTokens
+	bu.ServiceTier = u.ServiceTier
 }
 
 // batchResultsEnd ends a download: read whole, its settle is due.
@@ -357,9 +366,18 @@ func (x *Exchange) batchResultsEnd() {
 	x.phase = phaseDone
 	x.decisionTag = "batch_results"
 	x.outcome = &Outcome{
-		Dialect: BatchDialect, Tenant: x.tenant, TenantLabel: x.cfg.TenantLabel(x.tenant), Policy: x.policyName(),
+		Dialect: x.batchDialect(), Tenant: x.tenant, TenantLabel: x.cfg.TenantLabel(x.tenant), Policy: x.policyName(),
 		ModelLabel: policy.OtherLabel, Result: ResultBatchResults, Decision: x.decisionTag, Latency: time.Since(x.forwardedAt),
 	}
+}
+
+// resultsReservation is the reservation a results download settles: a
+// Message Batch's, or (an OpenAI output file) the batch's that wrote it.
+func (x *Exchange) resultsReservation() string {
+	if x.oa.kind == oaOutput {
+		return openaiBatchReservation(x.b.resultsID)
+	}
+	return batchReservation(x.b.resultsID)
 }
 
 // settleBatch settles a downloaded batch's reservation to what its
@@ -374,7 +392,7 @@ func (x *Exchange) settleBatch() {
 	defer cancel()
 	start := x.g.opts.Now()
 	res, err := x.g.opts.Store.Settle(ctx, limiter.SettleRequest{
-		Tenant: x.tenant, RequestID: batchReservation(x.b.resultsID), Cost: int64(x.b.cost.Total), Budgets: budgets,
+		Tenant: x.tenant, RequestID: x.resultsReservation(), Cost: int64(x.b.cost.Total), Budgets: budgets,
 	})
 	x.g.obs.StoreCall("settle", x.g.opts.Now().Sub(start), err)
 	if err != nil {
@@ -391,7 +409,7 @@ func (x *Exchange) settleBatch() {
 		x.recordExpired(res.Expired)
 		x.observeBudgets(res.Budgets)
 		x.recordCrossings(res.Crossed)
-		x.countBatch(x.tenant, BatchSettled, BatchDialect, int64(x.b.cost.Total))
+		x.countBatch(x.tenant, BatchSettled, x.batchDialect(), int64(x.b.cost.Total))
 	}
 	x.g.obs.Outcome(x.outcome)
 }

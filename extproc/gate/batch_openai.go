@@ -39,6 +39,8 @@ import (
 //     model: the usage does not name it). The Batch API takes one model per
 //     file (https://platform.openai.com/docs/guides/batch), so one price
 //     prices the whole usage; a file of several models is refused on upload.
+//     A finished batch without usage settles from its output file's lines
+//     when it is downloaded (GET /v1/files/{output_file_id}/content).
 //
 // Uploads tokenwarden cannot read — no content-length, larger than
 // batches.max_file_bytes, compressed, from an unidentified caller — pass through
@@ -58,6 +60,7 @@ const (
 	oaUpload        // POST /v1/files
 	oaSubmit        // POST /v1/batches
 	oaPoll          // GET /v1/batches/{id}
+	oaOutput        // GET /v1/files/{id}/content
 )
 
 // openaiBatchState is what an OpenAI Batch API exchange keeps.
@@ -67,7 +70,9 @@ type openaiBatchState struct {
 	// file is the upload's estimate, kept once the answer names the file.
 	file oaFileNote
 	// batchID is the polled batch; settled marks the poll's settle done.
+	// fileID is a downloaded file's.
 	batchID string
+	fileID  string
 	status  openai.BatchStatus // what the poll's answer said
 	settled bool
 	body    []byte // the answer, read whole (bounded)
@@ -85,10 +90,12 @@ type oaFileNote struct {
 	Output   int64  `json:"out"`          // the lines' whole output bounds
 	Cost     int64  `json:"c"`            // nano-USD at batch prices
 	Unpriced bool   `json:"up,omitempty"` // the model has no price
+	BatchID  string `json:"b,omitempty"`  // an output file's batch
 }
 
-func fileNoteKey(id string) string  { return "oaifile:" + id }
-func batchNoteKey(id string) string { return "oaibatch:" + id }
+func fileNoteKey(id string) string   { return "oaifile:" + id }
+func batchNoteKey(id string) string  { return "oaibatch:" + id }
+func outputNoteKey(id string) string { return "oaiout:" + id }
 
 // beginOpenAIBatch routes the OpenAI Batch API calls at request headers;
 // ok is false for any other request.
@@ -113,6 +120,13 @@ func (x *Exchange) beginOpenAIBatch(h Headers, method, path string, identified b
 		x.dialect = dialect.ForPath("/v1/chat/completions")
 		return HeadersVerdict{}, false
 	case method == "GET" && identified:
+		if id, ok := openai.FileContentID(path); ok {
+			// Perhaps a batch's output file, read line by line as it
+			// passes if its response shows it is one (batch.go's results).
+			x.oa.kind, x.oa.fileID = oaOutput, id
+			x.dialect = dialect.ForPath("/v1/chat/completions")
+			return x.beginBatchResults(), true
+		}
 		id, isBatch := openai.BatchIDOfPath(path)
 		if !isBatch {
 			return HeadersVerdict{}, false
@@ -346,12 +360,47 @@ const maxBatchObject = 1 << 20
 // openaiBatchResponse reads the headers of an upload's or a poll's answer:
 // only a 200 is read (a File or Batch object); any other ends the exchange
 // recording nothing.
-func (x *Exchange) openaiBatchResponse(endOfStream bool) ResponseVerdict {
+func (x *Exchange) openaiBatchResponse(h Headers, endOfStream bool) ResponseVerdict {
+	if x.oa.kind == oaOutput {
+		return x.openaiOutputHeaders(h, endOfStream)
+	}
 	if x.status != 200 || endOfStream {
 		x.openaiBatchEnd()
 		return ResponseVerdict{SkipBody: x.status != 200, Done: true}
 	}
 	return ResponseVerdict{}
+}
+
+// openaiOutputHeaders decides whether a file download is read: only the
+// output file of a batch this org submitted, whose finish reported no
+// usage, whole (200) and uncompressed; any other passes unread.
+func (x *Exchange) openaiOutputHeaders(h Headers, endOfStream bool) ResponseVerdict {
+	x.batchResultsHeaders(h)
+	if !x.b.failed && !endOfStream {
+		if n, found, err := x.getNote(outputNoteKey(x.oa.fileID)); err == nil && found {
+			x.oa.file, x.b.resultsID = n, n.BatchID
+			return ResponseVerdict{Stream: true}
+		}
+	}
+	x.phase = phaseDone
+	x.outcome = &Outcome{Dialect: OpenAIBatchDialect, Tenant: x.tenant, TenantLabel: x.cfg.TenantLabel(x.tenant), Policy: x.policyName(),
+		ModelLabel: policy.OtherLabel, Result: ResultBatchResults, Decision: "batch_results", Latency: x.since()}
+	x.g.obs.Outcome(x.outcome)
+	return ResponseVerdict{SkipBody: true, Done: true}
+}
+
+// openaiOutputLine counts one line of a batch's output file.
+func (x *Exchange) openaiOutputLine(line []byte) {
+	l, err := openai.ParseBatchOutputLine(line, x.oa.file.URL)
+	if err != nil {
+		x.b.failed = true
+		return
+	}
+	x.b.lines++
+	if l.Succeeded {
+		// Priced by the file's model, as the batch's usage would be.
+		x.b.add(x, x.oa.file.Model, l.Usage)
+	}
 }
 
 // openaiBatchChunk keeps the answer and, at its end, acts on it.
@@ -404,17 +453,20 @@ func (x *Exchange) openaiBatchEnd() {
 	x.g.obs.Outcome(o)
 }
 
-// openaiBatchAbort ends an upload or poll whose stream ended first: nothing
-// was reserved, and nothing is recorded or settled from an answer not seen
-// whole. It reports whether the exchange was one.
-func (x *Exchange) openaiBatchAbort() bool {
-	if x.oa.kind != oaUpload && x.oa.kind != oaPoll {
+// batchAbort ends an exchange of either batch API that reserves nothing
+// of its own — an upload, a poll, a results or output download — whose
+// stream ended first: nothing is recorded or settled from an answer not
+// seen whole (a download cut short would otherwise settle its batch at the
+// lines it held, once and for good). It reports whether the exchange was
+// one.
+func (x *Exchange) batchAbort() bool {
+	if x.oa.kind != oaUpload && x.oa.kind != oaPoll && x.b.resultsID == "" && x.oa.kind != oaOutput {
 		return false
 	}
 	if x.phase == phaseForwarded || x.phase == phaseResponse {
 		x.phase = phaseDone
-		x.oa.settled = true
-		x.outcome = &Outcome{Dialect: OpenAIBatchDialect, Tenant: x.tenant, TenantLabel: x.cfg.TenantLabel(x.tenant), Policy: x.policyName(),
+		x.oa.settled, x.b.settled, x.b.failed = true, true, true
+		x.outcome = &Outcome{Dialect: x.batchDialect(), Tenant: x.tenant, TenantLabel: x.cfg.TenantLabel(x.tenant), Policy: x.policyName(),
 			ModelLabel: policy.OtherLabel, Result: ResultEstimated, Decision: "batch_cut"}
 		x.g.obs.Outcome(x.outcome)
 	}
@@ -433,8 +485,11 @@ func (x *Exchange) openaiBatchAbort() bool {
 //     file's model: measured;
 //   - nothing for a failed batch without usage (it failed validation and
 //     ran nothing): measured;
-//   - its estimate for any other finished batch without usage (created
-//     before the API reported usage, or a provider that does not): estimated.
+//   - for any other finished batch without usage (created before the API
+//     reported usage, or a provider that does not): the succeeded lines of
+//     its output file, when it has one, at the first whole download of it
+//     (openaiOutputLine), measured; without an output file, its estimate,
+//     estimated.
 func (x *Exchange) settleOpenAIBatch() {
 	o, st := x.outcome, x.oa.status
 	if !batchFinished(st.Status) {
@@ -445,6 +500,18 @@ func (x *Exchange) settleOpenAIBatch() {
 	if err != nil || !found {
 		// Not a batch admitted through tokenwarden for this org (or its
 		// reservation already ended): nothing of its own to settle.
+		x.g.obs.Outcome(o)
+		return
+	}
+	if !st.HasUsage && st.OutputFileID != "" && st.Status != "failed" {
+		// The usage is in the output file's lines: the first whole
+		// download of it settles the batch (openaiOutputLine); until then
+		// its reservation holds, and ends at its estimate if never read.
+		n := note
+		n.BatchID = st.ID
+		if err := x.putNote(outputNoteKey(st.OutputFileID), n, x.policy.Batches.ReservationTTL); err != nil {
+			x.g.log.Error("batch output file not noted; the batch will be charged at its estimate when its reservation ends", "tenant", x.tenant, "batch", st.ID, "err", err)
+		}
 		x.g.obs.Outcome(o)
 		return
 	}

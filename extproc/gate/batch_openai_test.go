@@ -275,3 +275,55 @@ tenants:
 		t.Fatalf("ledger %v %v, want both %d", got, err, estimate)
 	}
 }
+
+// TestOpenAIBatchSettlesFromOutputFile: a completed batch that reports no
+// usage is settled by the first whole download of its output file, to the
+// succeeded lines' usage at batch prices, once; a download of any other
+// file is not read.
+func TestOpenAIBatchSettlesFromOutputFile(t *testing.T) {
+	h := newHarness(t, `
+policies:
+  default:
+    budgets: [{window: day, usd: 10}]
+tenants:
+  acme: {}
+`)
+	submitOneLine(h, "batch_out")
+	estimate := h.budgets("acme", "")["day"].Reserved
+	x, _ := h.g.Begin(context.Background(), Request{Headers: HeaderList{{":method", "GET"}, {":path", "/v1/batches/batch_out"}, tenantHeader("acme")}, EndOfStream: true})
+	answerJSON(x, `{"id":"batch_out","object":"batch","status":"completed","output_file_id":"file-out"}`)
+	if b := h.budgets("acme", "")["day"]; b.Reserved != estimate || b.Spent != 0 {
+		t.Fatalf("a completed batch without usage settled on its poll: %+v", b)
+	}
+	lines := `{"custom_id":"a","response":{"status_code":200,"body":{"object":"chat.completion","model":"gpt-4o-2024-08-06","usage":{"prompt_tokens":11,"completion_tokens":22}}}}` + "\n" +
+		`{"custom_id":"b","response":{"status_code":500,"body":{"error":{}}}}` + "\n" +
+		`{"custom_id":"c","response":{"status_code":200,"body":{"object":"chat.completion","model":"gpt-4o-2024-08-06","usage":{"prompt_tokens":3,"completion_tokens":4}}}}` + "\n"
+	download := func(file string) ResponseVerdict {
+		t.Helper()
+		x, hv := h.g.Begin(context.Background(), Request{Headers: HeaderList{{":method", "GET"}, {":path", "/v1/files/" + file + "/content"}, tenantHeader("acme")}, EndOfStream: true})
+		if !hv.ResponseOnly {
+			t.Fatalf("a file download is not read: %+v", hv)
+		}
+		rv := x.ResponseHeaders(HeaderList{{":status", "200"}, {"content-type", "application/octet-stream"}}, false)
+		if !rv.Done {
+			x.ResponseBody([]byte(lines[:50]), false)
+			x.ResponseBody([]byte(lines[50:]), true)
+		}
+		x.Settle()
+		return rv
+	}
+	if rv := download("file-other"); !rv.SkipBody || !rv.Done {
+		t.Fatalf("another file's download is read: %+v", rv)
+	}
+	if rv := download("file-out"); !rv.Stream {
+		t.Fatalf("the output file is not streamed: %+v", rv)
+	}
+	want := int64((14*gpt4oIn + 26*gpt4oOut) / 2)
+	if b := h.budgets("acme", "")["day"]; b.Reserved != 0 || b.Spent != want {
+		t.Fatalf("after the output file: %+v; want spent %d", b, want)
+	}
+	download("file-out")
+	if b := h.budgets("acme", "")["day"]; b.Spent != want {
+		t.Fatalf("a second download charged again: %+v", b)
+	}
+}

@@ -72,3 +72,33 @@ tenants:
 		t.Fatalf("a second download charged again: %+v, was %+v", b2, b)
 	}
 }
+
+// TestBatchDownloadCutShortSettlesNothing: a results download whose stream
+// ends before the answer does settles nothing, whatever lines it held: the
+// batch keeps its whole reservation, for a whole download or its lease's end.
+func TestBatchDownloadCutShortSettlesNothing(t *testing.T) {
+	h := newHarness(t, `
+policies:
+  default:
+    budgets: [{window: day, usd: 10}]
+tenants:
+  acme: {}
+`)
+	submit := fmt.Sprintf(`{"requests":[{"custom_id":"a","params":%s},{"custom_id":"b","params":%s}]}`, sonnetBody, sonnetBody)
+	x, _ := h.admit(post("/v1/messages/batches", tenantHeader("acme")), submit)
+	x.ResponseHeaders(HeaderList{{":status", "200"}, {"content-type", "application/json"}}, false)
+	x.ResponseBody([]byte(`{"id":"msgbatch_01cut","type":"message_batch","processing_status":"in_progress"}`), true)
+	before := h.budgets("acme", "")["day"]
+	line := `{"custom_id":"a","result":{"type":"succeeded","message":{"id":"msg_1","type":"message","model":"claude-sonnet-4-5","usage":{"input_tokens":100,"output_tokens":200}}}}` + "\n"
+	x, _ = h.g.Begin(context.Background(), Request{Headers: HeaderList{{":method", "GET"}, {":path", "/v1/messages/batches/msgbatch_01cut/results"}, tenantHeader("acme")}, EndOfStream: true})
+	x.ResponseHeaders(HeaderList{{":status", "200"}, {"content-type", "application/binary"}}, false)
+	x.ResponseBody([]byte(line), false)
+	n := len(h.obs.outcomes)
+	x.Abort()
+	if b := h.budgets("acme", "")["day"]; b != before {
+		t.Fatalf("a download cut short moved the budget: %+v, was %+v", b, before)
+	}
+	if len(h.obs.outcomes) != n+1 || h.obs.outcomes[n].Metered {
+		t.Fatalf("outcomes after the cut: %+v", h.obs.outcomes[n:])
+	}
+}

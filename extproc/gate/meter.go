@@ -28,8 +28,8 @@ func (x *Exchange) ResponseHeaders(h Headers, endOfStream bool) ResponseVerdict 
 	x.g.obs.ProviderResponse(x.dialect.Name(), x.status)
 	x.upstreamResponse(h)
 
-	if x.oa.kind == oaUpload || x.oa.kind == oaPoll {
-		return x.openaiBatchResponse(endOfStream) // batch_openai.go
+	if x.oa.kind == oaUpload || x.oa.kind == oaPoll || x.oa.kind == oaOutput {
+		return x.openaiBatchResponse(h, endOfStream) // batch_openai.go
 	}
 	var v ResponseVerdict
 	x.rateLimitHeaders(&v.Edits)
@@ -388,7 +388,7 @@ func (x *Exchange) estimateFromStream(u accounting.Usage) accounting.Usage {
 // call at any point, any number of times; after a completed exchange it only
 // makes sure the settle ran.
 func (x *Exchange) Abort() {
-	if x == nil || x.openaiBatchAbort() {
+	if x == nil || x.batchAbort() {
 		return
 	}
 	switch x.phase {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
@@ -131,6 +132,8 @@ type BatchStatus struct {
 	Status   string
 	Usage    accounting.Usage
 	HasUsage bool
+	// OutputFileID names the file of the batch's answers, "" until it has one.
+	OutputFileID string
 }
 
 // ParseBatchObject reads a Batch object (the answer to POST /v1/batches or
@@ -138,10 +141,11 @@ type BatchStatus struct {
 // 2025-09-07 and has no cache-write field.
 func ParseBatchObject(body []byte) (BatchStatus, error) {
 	var b struct {
-		ID     string `json:"id"`
-		Object string `json:"object"`
-		Status string `json:"status"`
-		Usage  *struct {
+		ID           string  `json:"id"`
+		Object       string  `json:"object"`
+		Status       string  `json:"status"`
+		OutputFileID *string `json:"output_file_id"`
+		Usage        *struct {
 			InputTokens        int64 `json:"input_tokens"`
 			InputTokensDetails struct {
 				CachedTokens int64 `json:"cached_tokens"`
@@ -156,6 +160,9 @@ func ParseBatchObject(body []byte) (BatchStatus, error) {
 		return BatchStatus{}, fmt.Errorf("%w: not a batch object", ErrBatchFileInvalid)
 	}
 	s := BatchStatus{ID: b.ID, Status: b.Status}
+	if f := b.OutputFileID; f != nil && validObjectID(*f) {
+		s.OutputFileID = *f
+	}
 	if u := b.Usage; u != nil {
 		cached := u.InputTokensDetails.CachedTokens
 		if u.InputTokens < 0 || u.OutputTokens < 0 || cached < 0 || cached > u.InputTokens {
@@ -166,4 +173,60 @@ func ParseBatchObject(body []byte) (BatchStatus, error) {
 			OutputTokens: u.OutputTokens, ServiceTier: "batch"}
 	}
 	return s, nil
+}
+
+// BatchOutputLine is one line of a batch's output file as settling needs
+// it: whether the request succeeded and what it used, at the batch tier.
+type BatchOutputLine struct {
+	Succeeded bool
+	Usage     accounting.Usage
+	Model     string
+}
+
+// ParseBatchOutputLine reads one line of a batch output file,
+// {id, custom_id, response: {status_code, request_id, body}, error}
+// (https://platform.openai.com/docs/guides/batch), its body read as the
+// answer of url (one of the endpoints ParseBatchFile takes). A line whose
+// response is not a 200 is a request that failed, not billed.
+func ParseBatchOutputLine(line []byte, url string) (BatchOutputLine, error) {
+	var l struct {
+		Response *struct {
+			StatusCode int             `json:"status_code"`
+			Body       json.RawMessage `json:"body"`
+		} `json:"response"`
+	}
+	if err := json.Unmarshal(line, &l); err != nil {
+		return BatchOutputLine{}, fmt.Errorf("%w: an output line is not a JSON object: %v", ErrBatchFileInvalid, err)
+	}
+	if l.Response == nil || l.Response.StatusCode != 200 {
+		return BatchOutputLine{}, nil
+	}
+	var u accounting.Usage
+	var model string
+	var ok bool
+	switch url {
+	case "/v1/chat/completions", "/v1/embeddings":
+		u, model, ok = UsageFromJSON(l.Response.Body)
+	case "/v1/responses":
+		u, model, ok = ResponsesUsageFromJSON(l.Response.Body)
+	default:
+		return BatchOutputLine{}, fmt.Errorf("%w: output of %q is not read", ErrBatchFileInvalid, url)
+	}
+	if !ok {
+		return BatchOutputLine{}, fmt.Errorf("%w: a succeeded output line has no usage", ErrBatchFileInvalid)
+	}
+	u.ServiceTier = "batch"
+	return BatchOutputLine{Succeeded: true, Usage: u, Model: model}, nil
+}
+
+// FileContentID returns the file id of GET /v1/files/{id}/content (the
+// query ignored); ok is false for any other path.
+func FileContentID(path string) (id string, ok bool) {
+	p, _, _ := strings.Cut(path, "?")
+	rest, ok := strings.CutPrefix(p, FilesPath+"/")
+	if !ok {
+		return "", false
+	}
+	id, ok = strings.CutSuffix(rest, "/content")
+	return id, ok && validObjectID(id)
 }
