@@ -70,9 +70,7 @@ type openaiBatchState struct {
 	// file is the upload's estimate, kept once the answer names the file.
 	file oaFileNote
 	// batchID is the polled batch; settled marks the poll's settle done.
-	// fileID is a downloaded file's.
 	batchID string
-	fileID  string
 	status  openai.BatchStatus // what the poll's answer said
 	settled bool
 	body    []byte // the answer, read whole (bounded)
@@ -121,9 +119,15 @@ func (x *Exchange) beginOpenAIBatch(h Headers, method, path string, identified b
 		return HeadersVerdict{}, false
 	case method == "GET" && identified:
 		if id, ok := openai.FileContentID(path); ok {
-			// Perhaps a batch's output file, read line by line as it
-			// passes if its response shows it is one (batch.go's results).
-			x.oa.kind, x.oa.fileID = oaOutput, id
+			// The output file of a batch this org submitted whose finish
+			// reported no usage is read line by line as it passes, like a
+			// Message Batch's results (batch.go), and settles the batch;
+			// any other download passes untouched (one store read to tell).
+			n, found, err := x.getNote(outputNoteKey(id))
+			if err != nil || !found {
+				return HeadersVerdict{}, false
+			}
+			x.oa.kind, x.oa.file, x.b.resultsID = oaOutput, n, n.BatchID
 			x.dialect = dialect.ForPath("/v1/chat/completions")
 			return x.beginBatchResults(), true
 		}
@@ -360,33 +364,12 @@ const maxBatchObject = 1 << 20
 // openaiBatchResponse reads the headers of an upload's or a poll's answer:
 // only a 200 is read (a File or Batch object); any other ends the exchange
 // recording nothing.
-func (x *Exchange) openaiBatchResponse(h Headers, endOfStream bool) ResponseVerdict {
-	if x.oa.kind == oaOutput {
-		return x.openaiOutputHeaders(h, endOfStream)
-	}
+func (x *Exchange) openaiBatchResponse(endOfStream bool) ResponseVerdict {
 	if x.status != 200 || endOfStream {
 		x.openaiBatchEnd()
 		return ResponseVerdict{SkipBody: x.status != 200, Done: true}
 	}
 	return ResponseVerdict{}
-}
-
-// openaiOutputHeaders decides whether a file download is read: only the
-// output file of a batch this org submitted, whose finish reported no
-// usage, whole (200) and uncompressed; any other passes unread.
-func (x *Exchange) openaiOutputHeaders(h Headers, endOfStream bool) ResponseVerdict {
-	x.batchResultsHeaders(h)
-	if !x.b.failed && !endOfStream {
-		if n, found, err := x.getNote(outputNoteKey(x.oa.fileID)); err == nil && found {
-			x.oa.file, x.b.resultsID = n, n.BatchID
-			return ResponseVerdict{Stream: true}
-		}
-	}
-	x.phase = phaseDone
-	x.outcome = &Outcome{Dialect: OpenAIBatchDialect, Tenant: x.tenant, TenantLabel: x.cfg.TenantLabel(x.tenant), Policy: x.policyName(),
-		ModelLabel: policy.OtherLabel, Result: ResultBatchResults, Decision: "batch_results", Latency: x.since()}
-	x.g.obs.Outcome(x.outcome)
-	return ResponseVerdict{SkipBody: true, Done: true}
 }
 
 // openaiOutputLine counts one line of a batch's output file.

@@ -28,8 +28,8 @@ func (x *Exchange) ResponseHeaders(h Headers, endOfStream bool) ResponseVerdict 
 	x.g.obs.ProviderResponse(x.dialect.Name(), x.status)
 	x.upstreamResponse(h)
 
-	if x.oa.kind == oaUpload || x.oa.kind == oaPoll || x.oa.kind == oaOutput {
-		return x.openaiBatchResponse(h, endOfStream) // batch_openai.go
+	if x.oa.kind == oaUpload || x.oa.kind == oaPoll {
+		return x.openaiBatchResponse(endOfStream) // batch_openai.go
 	}
 	var v ResponseVerdict
 	x.rateLimitHeaders(&v.Edits)
