@@ -210,13 +210,7 @@ func TestOpenAIBatchFinishedWithoutUsage(t *testing.T) {
 		estimate bool
 	}{{"expired", SourceEstimated, true}, {"cancelled", SourceEstimated, true}, {"failed", SourceMeasured, false}} {
 		t.Run(tc.status, func(t *testing.T) {
-			h := newHarness(t, `
-policies:
-  default:
-    budgets: [{window: day, usd: 10}]
-tenants:
-  acme: {}
-`)
+			h := newHarness(t, batchHarnessYAML)
 			submitOneLine(h, "batch_9")
 			estimate := h.budgets("acme", "")["day"].Reserved
 			for range 2 {
@@ -281,13 +275,7 @@ tenants:
 // succeeded lines' usage at batch prices, once; a download of any other
 // file is not read.
 func TestOpenAIBatchSettlesFromOutputFile(t *testing.T) {
-	h := newHarness(t, `
-policies:
-  default:
-    budgets: [{window: day, usd: 10}]
-tenants:
-  acme: {}
-`)
+	h := newHarness(t, batchHarnessYAML)
 	submitOneLine(h, "batch_out")
 	estimate := h.budgets("acme", "")["day"].Reserved
 	x, _ := h.g.Begin(context.Background(), Request{Headers: HeaderList{{":method", "GET"}, {":path", "/v1/batches/batch_out"}, tenantHeader("acme")}, EndOfStream: true})

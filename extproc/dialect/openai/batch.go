@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
@@ -222,11 +221,6 @@ func ParseBatchOutputLine(line []byte, url string) (BatchOutputLine, error) {
 // FileContentID returns the file id of GET /v1/files/{id}/content (the
 // query ignored); ok is false for any other path.
 func FileContentID(path string) (id string, ok bool) {
-	p, _, _ := strings.Cut(path, "?")
-	rest, ok := strings.CutPrefix(p, FilesPath+"/")
-	if !ok {
-		return "", false
-	}
-	id, ok = strings.CutSuffix(rest, "/content")
+	id, ok = wire.PathID(path, FilesPath+"/", "/content")
 	return id, ok && validObjectID(id)
 }

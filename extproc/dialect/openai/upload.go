@@ -143,8 +143,7 @@ func ParseBatchCreate(body []byte) (BatchCreate, error) {
 // BatchIDOfPath returns the batch id of GET /v1/batches/{id} (the query
 // ignored); ok is false for any other path, cancel included.
 func BatchIDOfPath(path string) (id string, ok bool) {
-	p, _, _ := strings.Cut(path, "?")
-	id, ok = strings.CutPrefix(p, BatchesPath+"/")
+	id, ok = wire.PathID(path, BatchesPath+"/", "")
 	return id, ok && validObjectID(id)
 }
 
