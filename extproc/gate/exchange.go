@@ -94,6 +94,7 @@ type Exchange struct {
 	// batch marks a batch submission, b a batch's state (batch.go).
 	batch bool
 	b     batchState
+	oa    openaiBatchState // the OpenAI Batch API's part (batch_openai.go)
 }
 
 // Limits on bodies the gate holds. Envoy bounds BUFFERED bodies by its own
@@ -160,6 +161,9 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 			return x, v
 		}
 		v.Reply = x.reject(400, wire.ErrorInvalidRequest, "", "tokenwarden: a WebSocket connection cannot be metered; send each request over HTTP", ResultInvalidRequest, nil)
+		return x, v
+	}
+	if v, ok := x.beginOpenAIBatch(h, method, path, refusal == nil); ok {
 		return x, v
 	}
 	if id, ok := anthropic.BatchResultsPath(path); ok && method == "GET" && refusal == nil {

@@ -159,6 +159,7 @@ type recorder struct {
 	budgets    []budgetsSeen
 	crossed    []crossing
 	expired    []expiredSeen
+	batches    []batchSeen
 	unknown    []string
 	estimates  []estimateSeen
 	factors    []factorSeen
@@ -276,6 +277,23 @@ func (r *recorder) BudgetCrossed(tenant string, level BudgetLevel, window string
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.crossed = append(r.crossed, crossing{tenant, level, window, threshold})
+}
+
+func (r *recorder) BatchReserved(tenant, dialect string, cost accounting.NanoUSD) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.batches = append(r.batches, batchSeen{tenant, dialect, "reserved", cost})
+}
+
+func (r *recorder) BatchExpired(tenant, _, dialect string, cost accounting.NanoUSD) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.batches = append(r.batches, batchSeen{tenant, dialect, "expired", cost})
+}
+
+type batchSeen struct {
+	tenant, dialect, stage string
+	cost                   accounting.NanoUSD
 }
 
 func (r *recorder) ExpiredCharged(tenant, model string, cost accounting.NanoUSD) {

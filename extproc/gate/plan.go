@@ -20,6 +20,9 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 	if x.phase != phaseBody {
 		return BodyVerdict{Body: body}
 	}
+	if x.oa.kind != oaNone {
+		return x.openaiBatchBody(body)
+	}
 	if x.batch {
 		return x.batchBody(body)
 	}

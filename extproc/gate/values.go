@@ -196,6 +196,8 @@ const (
 	ResultBackground     Result = "background"      // a background response (Responses API): its usage comes later, elsewhere; charged its estimate
 	ResultBatchReserved  Result = "batch_reserved"  // a batch the provider accepted: reserved until settled or charged its estimate at its lease's end
 	ResultBatchResults   Result = "batch_results"   // a batch's results downloaded without settling it (already settled, unknown, or unreadable)
+	ResultBatchFile      Result = "batch_file"      // an OpenAI batch input file uploaded: its estimate kept for the batch that names it
+	ResultBatchStatus    Result = "batch_status"    // an OpenAI batch polled without settling it (unfinished, already settled, or unknown)
 	ResultUpstreamError  Result = "upstream_error"  // the provider answered with an error
 	ResultDenied         Result = "denied"          // tokenwarden answered 429
 	ResultInvalidRequest Result = "invalid_request" // tokenwarden answered 4xx for the request itself

@@ -540,6 +540,18 @@ type Batches struct {
 	// MaxRequests bounds the requests of one batch tokenwarden estimates; a
 	// larger batch is refused, never waved through.
 	MaxRequests int
+	// FileTTL is how long the estimate of an OpenAI batch input file
+	// uploaded through tokenwarden is kept for a batch to name it; a batch
+	// naming a file past it (or one never uploaded through tokenwarden) is
+	// refused.
+	FileTTL time.Duration
+	// MaxFileBytes bounds the OpenAI batch file uploads tokenwarden reads:
+	// a larger one (or one without a content-length) passes unread and
+	// unrecorded, and a batch naming it is refused. It must not exceed
+	// what Envoy buffers of a request body (per_connection_buffer_limit_bytes
+	// in the shipped envoy.yaml, 32 MiB): a body Envoy cannot buffer is
+	// answered 413 by Envoy, whatever its purpose.
+	MaxFileBytes int64
 }
 
 // Batch defaults: the providers process a batch within 24 hours
@@ -548,10 +560,21 @@ type Batches struct {
 const (
 	DefaultBatchReservationTTL = 29 * time.Hour
 	DefaultBatchMaxRequests    = 100_000
+	// DefaultBatchFileTTL: a batch input file is normally named by a batch
+	// right after its upload; a day covers a pipeline that uploads ahead.
+	DefaultBatchFileTTL = 24 * time.Hour
+	// MaxBatchFileTTL is the longest a file's estimate can be kept (the
+	// store's own bound on a note).
+	MaxBatchFileTTL = limiter.MaxNoteTTL
+	// DefaultBatchMaxFileBytes is the shipped Envoy configurations' buffer
+	// limit; MaxBatchFileBytes the most the gate assembles of a body.
+	DefaultBatchMaxFileBytes = 32 << 20
+	MaxBatchFileBytes        = 64 << 20
 )
 
 func compileBatches(at string, f *batchesFile) (Batches, error) {
-	b := Batches{Allow: true, ReservationTTL: DefaultBatchReservationTTL, MaxRequests: DefaultBatchMaxRequests}
+	b := Batches{Allow: true, ReservationTTL: DefaultBatchReservationTTL, MaxRequests: DefaultBatchMaxRequests, FileTTL: DefaultBatchFileTTL,
+		MaxFileBytes: DefaultBatchMaxFileBytes}
 	if f == nil {
 		return b, nil
 	}
@@ -569,6 +592,18 @@ func compileBatches(at string, f *batchesFile) (Batches, error) {
 			return b, fmt.Errorf("%s.max_requests: %d outside 1..%d", at, *f.MaxRequests, DefaultBatchMaxRequests)
 		}
 		b.MaxRequests = *f.MaxRequests
+	}
+	if f.FileTTL.set {
+		if f.FileTTL.Duration < time.Second || f.FileTTL.Duration > MaxBatchFileTTL {
+			return b, fmt.Errorf("%s.file_ttl: %s outside 1s..%s", at, f.FileTTL.Duration, MaxBatchFileTTL)
+		}
+		b.FileTTL = f.FileTTL.Duration
+	}
+	if f.MaxFileBytes != nil {
+		if *f.MaxFileBytes <= 0 || *f.MaxFileBytes > MaxBatchFileBytes {
+			return b, fmt.Errorf("%s.max_file_bytes: %d outside 1..%d", at, *f.MaxFileBytes, MaxBatchFileBytes)
+		}
+		b.MaxFileBytes = *f.MaxFileBytes
 	}
 	return b, nil
 }

@@ -59,6 +59,8 @@ type batchesFile struct {
 	Allow          *bool    `json:"allow"`
 	ReservationTTL duration `json:"reservation_ttl"`
 	MaxRequests    *int     `json:"max_requests"`
+	FileTTL        duration `json:"file_ttl"`
+	MaxFileBytes   *int64   `json:"max_file_bytes"`
 }
 
 type limitsFile struct {
