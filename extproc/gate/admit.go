@@ -223,6 +223,7 @@ func budgetCap(d limiter.Decision, window string) (int64, bool) {
 // and records its outcome.
 func (x *Exchange) reject(code int, kind wire.ErrorKind, dimension, msg string, result Result, h *HeaderEdits) *Reply {
 	x.phase = phaseDone
+	x.paceRelease() // never reaches the provider
 	model := x.modelLabel
 	if model == "" {
 		model = policy.OtherLabel

@@ -44,6 +44,12 @@ type Options struct {
 	// provider asked for), shared by the replicas or not; nil means a view
 	// of this replica alone.
 	Upstreams limiter.UpstreamView
+	// Pacer keeps the schedules of paced upstreams (pacing.go), shared by
+	// the replicas or not; nil means this replica's own.
+	Pacer limiter.Pacer
+	// Replicas is how many replicas share the upstreams (the store's live
+	// count); nil means the configured store.replicas alone.
+	Replicas func() int64
 	// Observer receives every observation; nil records nothing.
 	Observer Observer
 	Logger   *slog.Logger
@@ -80,6 +86,10 @@ type Gate struct {
 	refusals, settles Sampler
 	decodeLog         Sampler
 	cooldownLog       Sampler // cool-downs that could not be shared
+	// pacer is Options.Pacer, or a local one; paces the upstreams' state.
+	pacer   limiter.Pacer
+	paces   *paceTable
+	paceLog Sampler // pacer failures
 }
 
 // New returns a Gate.
@@ -102,6 +112,10 @@ func New(o Options) (*Gate, error) {
 		unpriced: newBoundedSet(maxWarnedPolicies),
 	}
 	g.upstreams = o.Upstreams
+	g.pacer, g.paces = o.Pacer, newPaceTable()
+	if g.pacer == nil {
+		g.pacer = limiter.NewPaceMemory(nil)
+	}
 	if g.upstreams == nil {
 		g.upstreams = limiter.NewUpstreamMemory(o.Now)
 	}

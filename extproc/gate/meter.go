@@ -383,6 +383,7 @@ func (x *Exchange) Abort() {
 	if x == nil {
 		return
 	}
+	x.paceRelease()
 	switch x.phase {
 	case phaseForwarded, phaseResponse:
 		if x.coding.unreadable() {
@@ -472,6 +473,7 @@ func (x *Exchange) Settle() {
 	if x == nil || x.phase != phaseDone {
 		return
 	}
+	x.paceRelease()
 	if x.b.resultsID != "" {
 		if x.outcome != nil && !x.b.settled {
 			x.b.settled = true

@@ -73,6 +73,9 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 	if reply := x.upstreamGate(); reply != nil {
 		return BodyVerdict{Reply: reply}
 	}
+	if reply := x.paceGate(); reply != nil {
+		return BodyVerdict{Reply: reply}
+	}
 	x.phase = phaseForwarded
 	if x.enforces() {
 		if reply := x.admit(); reply != nil {

@@ -42,6 +42,7 @@ var knownHosts = map[string]bool{
 type upstreamState struct {
 	id   string // host#credential-fingerprint or host@policy
 	host string // the metric label: a known host, else "other"
+	name string // the host itself (upstreams.hosts: keys)
 }
 
 // UpstreamObserver is implemented by an Observer that records the upstream
@@ -66,7 +67,7 @@ func (x *Exchange) upstreamRequest(h Headers, routePolicy string) {
 	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.Contains(host[i:], "]") {
 		host = host[:i]
 	}
-	x.up.host = host
+	x.up.host, x.up.name = host, host
 	if !knownHosts[host] {
 		x.up.host = policy.OtherLabel
 	}
@@ -113,6 +114,7 @@ func (x *Exchange) upstreamGate() *Reply {
 // cool-down every replica then applies — retry-after, else for a 429 the
 // reset of an exhausted window. Nothing here waits for the shared store.
 func (x *Exchange) upstreamResponse(h Headers) {
+	x.paceRelease()
 	if x.g.upstreams == nil || x.up.id == "" {
 		return
 	}
@@ -122,6 +124,7 @@ func (x *Exchange) upstreamResponse(h Headers) {
 	}
 	now := x.g.opts.Now()
 	l := lr.ProviderLimits(h.Get, now)
+	x.paceReading(l, now)
 	obs, _ := x.g.obs.(UpstreamObserver)
 	if obs != nil {
 		for _, w := range [...]struct {

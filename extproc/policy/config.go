@@ -34,6 +34,8 @@ type Config struct {
 	Store    Store
 	Identity Identity
 	Prices   *accounting.PriceTable
+	// Upstreams paces the provider upstreams (upstreams.go).
+	Upstreams Upstreams
 
 	policies map[string]*Policy
 	// effective holds every (tenant override × policy) combination, built
@@ -343,6 +345,9 @@ func compile(f *fileConfig) (*Config, error) {
 		return nil, err
 	}
 	if c.Prices, err = compilePrices(f.Prices, f.FallbackPrice); err != nil {
+		return nil, err
+	}
+	if c.Upstreams, err = compileUpstreams(f.Upstreams); err != nil {
 		return nil, err
 	}
 	if _, ok := f.Policies[DefaultPolicy]; !ok {

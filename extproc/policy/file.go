@@ -21,6 +21,7 @@ type fileConfig struct {
 	Orgs          map[string]orgFile               `json:"orgs"`
 	Prices        map[string]accounting.ModelPrice `json:"prices"`
 	FallbackPrice *accounting.USDPerMTok           `json:"fallback_price"`
+	Upstreams     upstreamsFile                    `json:"upstreams"`
 }
 
 type storeFile struct {
