@@ -75,6 +75,7 @@ type Metrics struct {
 	cache     *cacheMetrics     // cache.go
 	estimator *estimatorMetrics // estimator.go
 	upstream  *upstreamMetrics  // upstream.go
+	pacing    *pacingMetrics    // pacing.go
 }
 
 var _ gate.Observer = (*Metrics)(nil)
@@ -198,6 +199,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.cache = newCacheMetrics(reg)
 	m.estimator = newEstimatorMetrics(reg)
 	m.upstream = newUpstreamMetrics(reg)
+	m.pacing = newPacingMetrics(reg)
 	// Series that would otherwise appear only after their first event are
 	// created at zero, so dashboards and alerts see them from the start.
 	m.phase = map[string]prometheus.Observer{}
