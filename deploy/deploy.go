@@ -93,6 +93,9 @@ var Metrics = []Metric{
 	{"tokenwarden_upstream_cooldowns_total", Counter, []string{"host", "code"}},
 	{"tokenwarden_upstream_cooldown_until_timestamp_seconds", Gauge, []string{"host"}},
 	{"tokenwarden_upstream_cooldown_denials_total", Counter, []string{"host"}},
+	{"tokenwarden_upstream_pacing_engaged", Gauge, []string{"host"}},
+	{"tokenwarden_upstream_pacing_rate", Gauge, []string{"host", "window"}},
+	{"tokenwarden_upstream_paced_total", Counter, []string{"host"}},
 }
 
 // Lookup returns the contract entry for a family name.

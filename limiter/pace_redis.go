@@ -6,7 +6,6 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -40,10 +39,7 @@ type PaceRedisOptions struct {
 // paces the upstream — when the provider is near its limit and requests
 // are being slowed anyway — never in the normal case.
 type PaceRedis struct {
-	client    redis.UniversalClient
-	timeout   time.Duration
-	backoff   time.Duration
-	downUntil atomic.Int64 // unix nanoseconds
+	backingOff
 }
 
 // NewPaceRedis returns a PaceRedis over o.Client.
@@ -51,7 +47,8 @@ func NewPaceRedis(o PaceRedisOptions) (*PaceRedis, error) {
 	if o.Client == nil {
 		return nil, errors.New("limiter: PaceRedisOptions.Client is nil")
 	}
-	return &PaceRedis{client: o.Client, timeout: cmp.Or(o.Timeout, DefaultTimeout), backoff: cmp.Or(o.Backoff, DefaultCacheBackoff)}, nil
+	return &PaceRedis{backingOff{client: o.Client, timeout: cmp.Or(o.Timeout, DefaultTimeout),
+		backoff: cmp.Or(o.Backoff, DefaultCacheBackoff), skipped: ErrPaceSkipped}}, nil
 }
 
 // ErrPaceSkipped wraps ErrUnavailable for calls not made because Redis was
@@ -67,24 +64,12 @@ func (r *PaceRedis) Pace(ctx context.Context, req PaceRequest) (PaceDecision, er
 	if !a.paced() {
 		return PaceDecision{Allowed: true, Denied: -1, Slack: 1}, nil
 	}
-	if time.Now().UnixNano() < r.downUntil.Load() {
-		return PaceDecision{}, ErrPaceSkipped
-	}
 	args := make([]any, 0, 2*PaceDims)
 	for d := range PaceDims {
 		args = append(args, a.inc[d], a.tol[d])
 	}
-	callCtx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	v, err := paceScript.Run(callCtx, r.client, []string{paceKey(req.Upstream)}, args...).Result()
+	v, err := r.run(ctx, paceScript, []string{paceKey(req.Upstream)}, args...)
 	if err != nil {
-		if ctx.Err() != nil {
-			return PaceDecision{}, fmt.Errorf("limiter: pace: %w (%w)", ctx.Err(), err)
-		}
-		if unavailable(err) {
-			r.downUntil.Store(time.Now().Add(r.backoff).UnixNano())
-			return PaceDecision{}, fmt.Errorf("limiter: pace: %w: %w", ErrUnavailable, err)
-		}
 		return PaceDecision{}, fmt.Errorf("limiter: pace: %w", err)
 	}
 	f, err := asSlice(v, 4+PaceDims)

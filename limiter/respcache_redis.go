@@ -6,7 +6,6 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -53,10 +52,7 @@ var ErrCacheSkipped = fmt.Errorf("%w: response cache backing off", ErrUnavailabl
 // cache; folding it into the admission script (one round trip for both)
 // is the next step, once that script's rewrite has landed.
 type RedisCache struct {
-	client    redis.UniversalClient
-	timeout   time.Duration
-	backoff   time.Duration
-	downUntil atomic.Int64 // unix nanoseconds
+	backingOff
 }
 
 // NewRedisCache returns a RedisCache over o.Client.
@@ -64,7 +60,8 @@ func NewRedisCache(o RedisCacheOptions) (*RedisCache, error) {
 	if o.Client == nil {
 		return nil, errors.New("limiter: RedisCacheOptions.Client is nil")
 	}
-	return &RedisCache{client: o.Client, timeout: cmp.Or(o.Timeout, DefaultTimeout), backoff: cmp.Or(o.Backoff, DefaultCacheBackoff)}, nil
+	return &RedisCache{backingOff{client: o.Client, timeout: cmp.Or(o.Timeout, DefaultTimeout),
+		backoff: cmp.Or(o.Backoff, DefaultCacheBackoff), skipped: ErrCacheSkipped}}, nil
 }
 
 func cacheKeys(org, key string) (prefix string, keys []string) {
@@ -124,25 +121,6 @@ func (r *RedisCache) Put(ctx context.Context, org, key string, value []byte, ttl
 // Close implements ResponseCache; the client belongs to the caller.
 func (r *RedisCache) Close() error { return nil }
 
-func (r *RedisCache) run(ctx context.Context, s *redis.Script, keys []string, args ...any) (any, error) {
-	if time.Now().UnixNano() < r.downUntil.Load() {
-		return nil, ErrCacheSkipped
-	}
-	callCtx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	v, err := s.Run(callCtx, r.client, keys, args...).Result()
-	if err == nil || errors.Is(err, redis.Nil) {
-		return v, err
-	}
-	if ctx.Err() != nil {
-		return nil, fmt.Errorf("%w (%w)", ctx.Err(), err)
-	}
-	if unavailable(err) {
-		r.downUntil.Store(time.Now().Add(r.backoff).UnixNano())
-		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
-	}
-	return nil, err
-}
 
 // OpenResponseCache opens the cache next to the store o names: in memory
 // without Redis, else a RedisCache on a client of its own, so a cache

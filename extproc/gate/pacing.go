@@ -1,12 +1,10 @@
 package gate
 
 import (
-	"math"
 	"strconv"
 	"sync"
 	"time"
 
-	"github.com/tokenwarden/tokenwarden/extproc/contract"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
@@ -319,19 +317,9 @@ func (x *Exchange) paceReading(l wire.ProviderLimits, now time.Time) {
 // in its dialect with the real wait, which the SDKs honour (x-should-retry:
 // true, retry-after-ms first).
 func (x *Exchange) paced(wait time.Duration) *Reply {
-	wait = max(wait, time.Millisecond)
-	x.retryIn = wait
 	if o, ok := x.g.obs.(PacingObserver); ok {
 		o.PacedDenied(x.up.host)
 	}
-	var h HeaderEdits
-	secs := max(int64(math.Ceil(wait.Seconds())), 1)
-	h.set("retry-after", strconv.FormatInt(secs, 10))
-	h.set("retry-after-ms", strconv.FormatInt(max(wait.Milliseconds(), 1), 10))
-	h.set("x-should-retry", "true")
-	h.set(contract.DeniedHeader, DeniedUpstreamPaced)
-	x.decisionTag = "denied_upstream_paced"
-	x.g.obs.Admission(x.cfg.TenantLabel(x.tenant), x.decisionTag)
-	msg := "tokenwarden: the provider is near its rate limit and this upstream is paced; retry in " + strconv.FormatInt(max(wait.Milliseconds(), 1), 10) + "ms"
-	return x.reject(429, wire.ErrorRateLimited, DeniedUpstreamPaced, msg, ResultDenied, &h)
+	return x.upstreamDenial(DeniedUpstreamPaced, wait,
+		"tokenwarden: the provider is near its rate limit and this upstream is paced; retry in "+strconv.FormatInt(max(wait.Milliseconds(), 1), 10)+"ms")
 }

@@ -97,16 +97,26 @@ func (x *Exchange) upstreamGate() *Reply {
 	if o, ok := x.g.obs.(UpstreamObserver); ok {
 		o.CooldownDenied(x.up.host)
 	}
-	var h HeaderEdits
 	secs := max(int64(math.Ceil(wait.Seconds())), 1)
-	h.set("retry-after", strconv.FormatInt(secs, 10))
+	return x.upstreamDenial(DeniedUpstreamCooldown, wait,
+		"tokenwarden: the provider asked for a pause on this upstream (rate limited or overloaded); retry in "+strconv.FormatInt(secs, 10)+"s")
+}
+
+// upstreamDenial is the local 429 of a request held back for its
+// upstream's sake (a cool-down, pacing): in the request's dialect, with the
+// real wait in retry-after-ms (and retry-after in whole seconds, at least
+// 1), x-should-retry: true, and the wait as retryIn.
+func (x *Exchange) upstreamDenial(denied string, wait time.Duration, msg string) *Reply {
+	wait = max(wait, time.Millisecond)
+	x.retryIn = wait
+	var h HeaderEdits
+	h.set("retry-after", strconv.FormatInt(max(int64(math.Ceil(wait.Seconds())), 1), 10))
 	h.set("retry-after-ms", strconv.FormatInt(max(wait.Milliseconds(), 1), 10))
 	h.set("x-should-retry", "true")
-	h.set(contract.DeniedHeader, DeniedUpstreamCooldown)
-	x.decisionTag = "denied_upstream_cooldown"
+	h.set(contract.DeniedHeader, denied)
+	x.decisionTag = "denied_" + strings.ReplaceAll(denied, "/", "_")
 	x.g.obs.Admission(x.cfg.TenantLabel(x.tenant), x.decisionTag)
-	msg := "tokenwarden: the provider asked for a pause on this upstream (rate limited or overloaded); retry in " + strconv.FormatInt(secs, 10) + "s"
-	return x.reject(429, wire.ErrorRateLimited, DeniedUpstreamCooldown, msg, ResultDenied, &h)
+	return x.reject(429, wire.ErrorRateLimited, denied, msg, ResultDenied, &h)
 }
 
 // upstreamResponse reads what the provider's answer says about its
