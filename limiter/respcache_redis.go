@@ -121,7 +121,6 @@ func (r *RedisCache) Put(ctx context.Context, org, key string, value []byte, ttl
 // Close implements ResponseCache; the client belongs to the caller.
 func (r *RedisCache) Close() error { return nil }
 
-
 // OpenResponseCache opens the cache next to the store o names: in memory
 // without Redis, else a RedisCache on a client of its own, so a cache
 // call (whose values are larger) never waits behind admissions for a
