@@ -56,7 +56,8 @@ type paceEntry struct {
 	// inflight is what this replica forwarded that no answer reflects yet.
 	inflight [limiter.PaceDims]int64
 	engaged  bool
-	slack    float64 // of the last paced decision
+	slack    float64   // of the last paced decision ...
+	slackAt  time.Time // ... made then
 }
 
 // paceTable holds every upstream's entry, bounded like the cool-downs.
@@ -181,7 +182,7 @@ func (x *Exchange) paceGate() *Reply {
 		return nil
 	}
 	g.paces.mu.Lock()
-	e.slack = d.Slack
+	e.slack, e.slackAt = d.Slack, now
 	g.paces.mu.Unlock()
 	if !d.Allowed {
 		return x.paced(d.RetryAfter)
@@ -224,16 +225,20 @@ func (t *paceTable) assess(e *paceEntry, now time.Time, replicas int64, pc polic
 		}
 	}
 	was := e.engaged
+	slack := e.slack
+	if now.Sub(e.slackAt) >= window {
+		slack = 1 // no paced request for a whole window: the schedule has caught up
+	}
 	switch {
 	case !e.engaged && low:
 		e.engaged = true
-	case e.engaged && high && e.slack >= releaseSlack:
+	case e.engaged && high && slack >= releaseSlack:
 		e.engaged = false
 	}
 	if e.engaged != was {
 		if e.engaged {
 			t.engaged[e.host]++
-			e.slack = 0
+			e.slack, e.slackAt = 0, now
 		} else {
 			t.engaged[e.host]--
 		}
@@ -306,11 +311,30 @@ func (x *Exchange) paceReading(l wire.ProviderLimits, now time.Time) {
 		return
 	}
 	for d, w := range [limiter.PaceDims]wire.LimitWindow{l.Requests, l.Tokens, l.InputTokens, l.OutputTokens} {
-		if w.Known && w.Limit > 0 {
-			e.limit[d], e.remaining[d], e.reset[d], e.seen[d] = w.Limit, w.Remaining, w.Reset, true
+		if !w.Known || w.Limit <= 0 {
+			continue
 		}
+		rem, reset := w.Remaining, w.Reset
+		if e.seen[d] && e.limit[d] == w.Limit && now.Before(e.reset[d]) {
+			// Answers arrive out of order: one that left the provider
+			// before the reading held, answered later, shows more left than
+			// there is, while the requests it missed are no longer counted
+			// in flight. What the provider can have now is at most the
+			// held reading plus its refill since (limit per window).
+			refill := float64(w.Limit) * float64(now.Sub(e.readAt)) / float64(e.declared.Window)
+			rem = min(rem, e.remaining[d]+int64(refill))
+			reset = later(reset, e.reset[d])
+		}
+		e.limit[d], e.remaining[d], e.reset[d], e.seen[d] = w.Limit, rem, reset, true
 	}
 	e.readAt = now
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // paced is the local answer to a request whose turn has not come: a 429

@@ -178,6 +178,23 @@ func TestPacingEngagesFromTheProviderReading(t *testing.T) {
 	}
 }
 
+func TestPacingKeepsTheLowestReading(t *testing.T) {
+	h, _ := newPaceHarness(t, paceYAML)
+	x0, _ := h.admit(chat("sk-one"), paceBody)
+	providerAnswer(x0, "200", openaiReading(60, 59, 30*time.Second)...)
+	older, _ := h.admit(chat("sk-one"), paceBody)
+	newer, _ := h.admit(chat("sk-one"), paceBody)
+	// The later request is answered first, with little left; the earlier
+	// one's answer, from before, says more is left, and must not undo it.
+	providerAnswer(newer, "200", openaiReading(60, 10, 50*time.Second)...)
+	providerAnswer(older, "200", openaiReading(60, 50, 10*time.Second)...)
+	for range 2 {
+		h.admit(chat("sk-one"), paceBody)
+	}
+	x, r := h.refuse(chat("sk-one"), paceBody)
+	wantPaced(t, x, r, pacedWait)
+}
+
 func TestPacingReleasesOnlyWhenCaughtUp(t *testing.T) {
 	h, pr := newPaceHarness(t, paceYAML+`
 upstreams:

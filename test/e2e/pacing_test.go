@@ -85,19 +85,37 @@ func TestPacingHoldsTheProviderLimitUnderLoad(t *testing.T) {
 		}
 		windows = n
 	}
-	// The cold start is covered by declaring the provider's limits (the
-	// README's advice for an upstream under load from its first request):
-	// 200 requests arrive before any answer could teach them.
-	cfg := fmt.Sprintf(`
-store: {replicas: 3}
-policies:
-  default: {}
+	t.Run("limits declared", func(t *testing.T) {
+		// The README's advice for an upstream under load from its first
+		// request: 200 requests arrive before any answer could teach the
+		// limits.
+		runPacingLoad(t, window, windows, fmt.Sprintf(`
 upstreams:
   hosts:
     api.openai.com:
       window: %s
       limits: {requests: %d, tokens: %d}
-`, window, loadRPM, loadTPM)
+`, window, loadRPM, loadTPM), false)
+	})
+	t.Run("limits learned from a warm-up answer", func(t *testing.T) {
+		// Nothing declared but the window: one request through each replica
+		// teaches it the limits, then the 200 clients start at once; the in-flight count engages
+		// pacing before the provider runs out. One window is enough to show
+		// it.
+		runPacingLoad(t, window, 1, fmt.Sprintf(`
+upstreams:
+  hosts:
+    api.openai.com: {window: %s}
+`, window), true)
+	})
+}
+
+func runPacingLoad(t *testing.T, window time.Duration, windows int, upstreams string, warmUp bool) {
+	cfg := `
+store: {replicas: 3}
+policies:
+  default: {}
+` + upstreams
 	s := newStack(t, stackOptions{config: cfg, processors: 3, redis: redistest.Start(t, redistest.Options{}).Addr(), filter: patient,
 		mock: mockprovider.Options{RPM: loadRPM, TPM: loadTPM, Window: window, Enforce: true}})
 
@@ -112,6 +130,16 @@ upstreams:
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	if warmUp {
+		// Each replica learns from its own answers: one request through
+		// each (three of the window's 60).
+		for i := range s.procs {
+			e := s.do(ctx, i, openaiRequest(body, sim.Header{Name: "x-tenant-id", Value: "load"}, sim.Header{Name: "x-mock-output-tokens", Value: "400"}))
+			if e.err != nil || e.resp.Status != 200 || e.header("x-ratelimit-limit-requests") != strconv.Itoa(loadRPM) {
+				t.Fatalf("warm-up through replica %d: %v %v", i, e.err, e.resp)
+			}
+		}
+	}
 	start := time.Now()
 	deadline := start.Add(time.Duration(windows) * window)
 	var wg sync.WaitGroup
