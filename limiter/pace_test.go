@@ -263,3 +263,37 @@ func TestPaceResilientPacesLocallyAtItsShare(t *testing.T) {
 		t.Fatalf("allowed %d (want a third of the burst of 6), primary asked %d times", allowed, primary.calls.Load())
 	}
 }
+
+// TestPaceResilientOverADeadRedis: the shared schedule's Redis is killed;
+// every replica then paces on its own schedule at its share of the rate.
+func TestPaceResilientOverADeadRedis(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	c := newClient(t, srv.Addr())
+	primary, err := NewPaceRedis(PaceRedisOptions{Client: c, Timeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPaceResilient(PaceResilientOptions{Primary: primary, Replicas: func() int64 { return 2 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := PaceRequest{Upstream: "dead#1", Limits: [PaceDims]PaceLimit{PaceRequests: {Rate: 1, Period: time.Hour, Burst: 8}}, Cost: [PaceDims]int64{PaceRequests: 1}}
+	if d, err := p.Pace(context.Background(), req); err != nil || !d.Allowed || d.Degraded {
+		t.Fatalf("with Redis up: %+v, %v", d, err)
+	}
+	srv.Kill()
+	allowed := 0
+	for i := range 10 {
+		d, err := p.Pace(context.Background(), req)
+		if err != nil || !d.Degraded {
+			t.Fatalf("call %d with Redis dead: %+v, %v; want a local decision", i, d, err)
+		}
+		if d.Allowed {
+			allowed++
+		}
+	}
+	// Half the burst of 8 on this replica's own schedule.
+	if allowed != 4 {
+		t.Fatalf("%d allowed locally, want 4", allowed)
+	}
+}

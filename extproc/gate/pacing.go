@@ -158,6 +158,7 @@ func (x *Exchange) paceGate() *Reply {
 		g.paces.mu.Unlock()
 		return nil // nothing known yet: the first answer teaches the limits
 	}
+	e.declared = declared // a reload may have changed it
 	req, engaged, changed := g.paces.assess(e, now, x.replicas(), pc)
 	g.paces.mu.Unlock()
 	if changed {
@@ -185,7 +186,7 @@ func (x *Exchange) paceGate() *Reply {
 	e.slack, e.slackAt = d.Slack, now
 	g.paces.mu.Unlock()
 	if !d.Allowed {
-		return x.paced(d.RetryAfter)
+		return x.paced(d.RetryAfter, d.Denied)
 	}
 	x.paceForward(e, cost)
 	return nil
@@ -340,10 +341,14 @@ func later(a, b time.Time) time.Time {
 // paced is the local answer to a request whose turn has not come: a 429
 // in its dialect with the real wait, which the SDKs honour (x-should-retry:
 // true, retry-after-ms first).
-func (x *Exchange) paced(wait time.Duration) *Reply {
+func (x *Exchange) paced(wait time.Duration, dim int) *Reply {
 	if o, ok := x.g.obs.(PacingObserver); ok {
 		o.PacedDenied(x.up.host)
 	}
-	return x.upstreamDenial(DeniedUpstreamPaced, wait,
-		"tokenwarden: the provider is near its rate limit and this upstream is paced; retry in "+strconv.FormatInt(max(wait.Milliseconds(), 1), 10)+"ms")
+	window := "requests"
+	if dim >= 0 && dim < limiter.PaceDims {
+		window = limiter.PaceDimNames[dim]
+	}
+	return x.upstreamDenial(DeniedUpstreamPaced, wait, "tokenwarden: the provider is near its rate limit and this upstream is paced (its "+
+		window+" per window); retry in "+strconv.FormatInt(max(wait.Milliseconds(), 1), 10)+"ms")
 }

@@ -3,6 +3,7 @@ package gate
 import (
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -280,4 +281,30 @@ upstreams:
 			t.Errorf("%d pace calls: answered requests still counted in flight", n)
 		}
 	})
+}
+
+func TestPacingAnthropicTokenWindows(t *testing.T) {
+	// Anthropic reports requests, input and output tokens apart (and their
+	// sum): a low output window engages pacing, and the output a request
+	// reserves (its max_tokens) is what it costs there.
+	h, _ := newPaceHarness(t, paceYAML)
+	anth := post(pathMessages, tenantHeader("acme"), Header{":authority", "api.anthropic.com"}, Header{"x-api-key", "sk-ant-one"})
+	reset := t0.Add(30 * time.Second).Format(time.RFC3339)
+	reading := []Header{
+		{"anthropic-ratelimit-requests-limit", "4000"}, {"anthropic-ratelimit-requests-remaining", "3990"}, {"anthropic-ratelimit-requests-reset", reset},
+		{"anthropic-ratelimit-input-tokens-limit", "200000"}, {"anthropic-ratelimit-input-tokens-remaining", "199000"}, {"anthropic-ratelimit-input-tokens-reset", reset},
+		{"anthropic-ratelimit-output-tokens-limit", "8000"}, {"anthropic-ratelimit-output-tokens-remaining", "1000"}, {"anthropic-ratelimit-output-tokens-reset", reset},
+	}
+	x, _ := h.admit(anth, sonnetBody)
+	providerAnswer(x, "200", reading...)
+	// Output paced at 7600 a minute, 380 at once: one request of 256 goes,
+	// the next waits for its 256 tokens less the 124 left of the burst.
+	x, _ = h.admit(anth, sonnetBody)
+	x.Abort()
+	x, r := h.refuse(anth, sonnetBody)
+	inc, tol := int64(256*60_000_000/7600), int64(380*60_000_000/7600)
+	wantPaced(t, x, r, time.Duration(2*inc-tol)*time.Microsecond)
+	if _, _, msg := errorType(t, r.Body); !strings.Contains(msg, "output_tokens per window") {
+		t.Errorf("message %q does not name the window", msg)
+	}
 }
