@@ -112,7 +112,7 @@ func New(o Options) (*Gate, error) {
 		unpriced: newBoundedSet(maxWarnedPolicies),
 	}
 	g.upstreams = o.Upstreams
-	g.pacer, g.paces = o.Pacer, newPaceTable()
+	g.pacer, g.paces = o.Pacer, newPaceTable(g.log)
 	if g.pacer == nil {
 		g.pacer = limiter.NewPaceMemory(nil)
 	}

@@ -1,6 +1,7 @@
 package gate
 
 import (
+	"log/slog"
 	"strconv"
 	"sync"
 	"time"
@@ -65,10 +66,12 @@ type paceTable struct {
 	mu      sync.Mutex
 	m       map[string]*paceEntry
 	engaged map[string]int // engaged upstreams per host label
+	full    Sampler        // upstreams left unpaced because the table was full
+	log     *slog.Logger
 }
 
-func newPaceTable() *paceTable {
-	return &paceTable{m: map[string]*paceEntry{}, engaged: map[string]int{}}
+func newPaceTable(log *slog.Logger) *paceTable {
+	return &paceTable{m: map[string]*paceEntry{}, engaged: map[string]int{}, log: log}
 }
 
 // entry returns id's entry, made when create is set (a reading arrived, or
@@ -85,6 +88,9 @@ func (t *paceTable) entry(id, host string, declared policy.UpstreamHost, now tim
 			}
 		}
 		if len(t.m) >= limiter.MaxUpstreams {
+			if n, ok := t.full.Allow(time.Now()); ok {
+				t.log.Warn("pacing keeps no more upstreams; this one goes unpaced", "max", limiter.MaxUpstreams, "suppressed_since_last", n)
+			}
 			return nil
 		}
 	}
