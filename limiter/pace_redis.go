@@ -98,18 +98,11 @@ func OpenPacer(o OpenOptions, replicas func() int64) (Pacer, func() error, error
 		p := NewPaceMemory(nil)
 		return p, p.Close, nil
 	}
-	timeout := cmp.Or(o.Timeout, DefaultTimeout)
-	client, err := sharedClient(o, timeout)
-	if err != nil {
-		return nil, nil, err
-	}
-	r, err := NewPaceRedis(PaceRedisOptions{Client: client, Timeout: timeout})
-	if err != nil {
-		return nil, nil, errors.Join(err, client.Close())
-	}
-	p, err := NewPaceResilient(PaceResilientOptions{Primary: r, Replicas: replicas})
-	if err != nil {
-		return nil, nil, errors.Join(err, client.Close())
-	}
-	return p, client.Close, nil
+	return onOwnClient(o, func(client redis.UniversalClient, timeout time.Duration) (Pacer, error) {
+		r, err := NewPaceRedis(PaceRedisOptions{Client: client, Timeout: timeout})
+		if err != nil {
+			return nil, err
+		}
+		return NewPaceResilient(PaceResilientOptions{Primary: r, Replicas: replicas})
+	})
 }

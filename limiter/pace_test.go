@@ -297,3 +297,47 @@ func TestPaceResilientOverADeadRedis(t *testing.T) {
 		t.Fatalf("%d allowed locally, want 4", allowed)
 	}
 }
+
+// TestOpenPacerSharesTheSchedule: two replicas' pacers opened on one Redis
+// keep one schedule; without Redis each is its own.
+func TestOpenPacerSharesTheSchedule(t *testing.T) {
+	req := PaceRequest{Upstream: "open#1", Limits: [PaceDims]PaceLimit{PaceRequests: {Rate: 1, Period: time.Hour, Burst: 3}}, Cost: [PaceDims]int64{PaceRequests: 1}}
+	allowed := func(ps ...Pacer) int {
+		n := 0
+		for range 4 {
+			for _, p := range ps {
+				if d, err := p.Pace(context.Background(), req); err != nil {
+					t.Fatal(err)
+				} else if d.Allowed {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	srv := redistest.Start(t, redistest.Options{})
+	var shared []Pacer
+	for range 2 {
+		p, closer, err := OpenPacer(OpenOptions{Redis: "redis://" + srv.Addr()}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = closer() })
+		shared = append(shared, p)
+	}
+	if n := allowed(shared...); n != 3 {
+		t.Errorf("two pacers on one Redis let %d through, want the one burst of 3", n)
+	}
+	var local []Pacer
+	for range 2 {
+		p, closer, err := OpenPacer(OpenOptions{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = closer() })
+		local = append(local, p)
+	}
+	if n := allowed(local...); n != 6 {
+		t.Errorf("two in-memory pacers let %d through, want a burst of 3 each", n)
+	}
+}

@@ -130,14 +130,23 @@ func OpenResponseCache(o OpenOptions) (ResponseCache, func() error, error) {
 		c := NewMemoryCache(MemoryCacheOptions{})
 		return c, c.Close, nil
 	}
+	return onOwnClient(o, func(client redis.UniversalClient, timeout time.Duration) (ResponseCache, error) {
+		return NewRedisCache(RedisCacheOptions{Client: client, Timeout: timeout})
+	})
+}
+
+// onOwnClient builds a store beside admission on a Redis client of its
+// own (closed by the returned closer, or at once when build fails).
+func onOwnClient[T any](o OpenOptions, build func(redis.UniversalClient, time.Duration) (T, error)) (T, func() error, error) {
+	var zero T
 	timeout := cmp.Or(o.Timeout, DefaultTimeout)
 	client, err := sharedClient(o, timeout)
 	if err != nil {
-		return nil, nil, err
+		return zero, nil, err
 	}
-	c, err := NewRedisCache(RedisCacheOptions{Client: client, Timeout: timeout})
+	v, err := build(client, timeout)
 	if err != nil {
-		return nil, nil, errors.Join(err, client.Close())
+		return zero, nil, errors.Join(err, client.Close())
 	}
-	return c, client.Close, nil
+	return v, client.Close, nil
 }
