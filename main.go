@@ -276,8 +276,20 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer closeUpstreams()
+	// Pacing's schedules too, on a client of their own; while Redis is
+	// down each replica paces at its share (1/replicas) of the rate.
+	var replicas func() int64
+	if store.Resilient != nil {
+		replicas = store.Resilient.Replicas
+	}
+	pacer, closePacer, err := limiter.OpenPacer(limiter.OpenOptions{Redis: cfg.Store.Redis, Cluster: cfg.Store.RedisCluster, Timeout: cfg.Store.Timeout}, replicas)
+	if err != nil {
+		return err
+	}
+	defer closePacer()
 	holder := policy.NewHolder(cfg)
-	g, err := gate.New(gate.Options{Config: holder, Store: store.Store, ResponseCache: cache, Upstreams: upstreams, Observer: metrics, Logger: logger})
+	g, err := gate.New(gate.Options{Config: holder, Store: store.Store, ResponseCache: cache, Upstreams: upstreams, Pacer: pacer, Replicas: replicas,
+		Observer: metrics, Logger: logger})
 	if err != nil {
 		return err
 	}
@@ -445,12 +457,14 @@ func runMockProvider(ctx context.Context, args []string, stdout, stderr io.Write
 	fs := flag.NewFlagSet("mock-provider", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:18000", "listen address")
 	rpm := fs.Int64("rpm", 0, "requests per minute behind the rate-limit headers (0: the mock's default)")
+	tpm := fs.Int64("tpm", 0, "a combined tokens-per-minute limit, input and output together (OpenAI's TPM; 0: none, input and output limits apart)")
+	window := fs.Duration("window", 0, "the period the limits refill over (0: one minute, as the providers'); shorter runs the same limits faster")
 	enforce := fs.Bool("enforce", false, "answer 429 with retry-after when the mock's own limits are exhausted")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "tokenwarden mock-provider: %s\n", *listen)
-	return mockprovider.Run(ctx, mockprovider.Options{Listen: *listen, RPM: *rpm, Enforce: *enforce})
+	return mockprovider.Run(ctx, mockprovider.Options{Listen: *listen, RPM: *rpm, TPM: *tpm, Window: *window, Enforce: *enforce})
 }
 
 func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -100,6 +100,9 @@ var Metrics = []Metric{
 	{"tokenwarden_queue_wait_seconds", Histogram, []string{"lane", "result"}},
 	{"tokenwarden_queue_overflows_total", Counter, []string{"lane", "reason"}},
 	{"tokenwarden_provider_response_headers_seconds", Histogram, []string{"policy", "lane"}},
+	{"tokenwarden_upstream_pacing_engaged", Gauge, []string{"host"}},
+	{"tokenwarden_upstream_pacing_rate", Gauge, []string{"host", "window"}},
+	{"tokenwarden_upstream_paced_total", Counter, []string{"host"}},
 }
 
 // Lookup returns the contract entry for a family name.

@@ -260,6 +260,7 @@ func budgetCap(d limiter.Decision, window string) (int64, bool) {
 // reject ends the request with a local reply in the dialect's error format
 // and records its outcome.
 func (x *Exchange) reject(code int, kind wire.ErrorKind, dimension, msg string, result Result, h *HeaderEdits) *Reply {
+	x.paceRelease() // never reaches the provider, or not yet (a held reply waits)
 	model := x.modelLabel
 	if model == "" {
 		model = policy.OtherLabel

@@ -74,8 +74,9 @@ type Exchange struct {
 	// charge is what Settle charges the reservation, fixed with the outcome.
 	charge limiter.Charge
 
-	rc cacheState    // the response cache's part (cache.go)
-	up upstreamState // the upstream view's part (upstream.go)
+	rc   cacheState    // the response cache's part (cache.go)
+	up   upstreamState // the upstream view's part (upstream.go)
+	pace paceState     // pacing's part (pacing.go)
 
 	// levels are the caller's levels in its org (org first, its own last)
 	// when the org is configured under orgs:, else nil: a one-level org

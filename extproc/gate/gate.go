@@ -44,6 +44,12 @@ type Options struct {
 	// provider asked for), shared by the replicas or not; nil means a view
 	// of this replica alone.
 	Upstreams limiter.UpstreamView
+	// Pacer keeps the schedules of paced upstreams (pacing.go), shared by
+	// the replicas or not; nil means this replica's own.
+	Pacer limiter.Pacer
+	// Replicas is how many replicas share the upstreams (the store's live
+	// count); nil means the configured store.replicas alone.
+	Replicas func() int64
 	// Observer receives every observation; nil records nothing.
 	Observer Observer
 	Logger   *slog.Logger
@@ -84,6 +90,10 @@ type Gate struct {
 	decodeLog         Sampler
 	cooldownLog       Sampler // cool-downs that could not be shared
 	queue             *queue  // requests waiting for capacity (queue.go)
+	// pacer is Options.Pacer, or a local one; paces the upstreams' state.
+	pacer   limiter.Pacer
+	paces   *paceTable
+	paceLog Sampler // pacer failures
 }
 
 // New returns a Gate.
@@ -107,6 +117,10 @@ func New(o Options) (*Gate, error) {
 	}
 	g.queue = newQueue(g)
 	g.upstreams = o.Upstreams
+	g.pacer, g.paces = o.Pacer, newPaceTable(g.log)
+	if g.pacer == nil {
+		g.pacer = limiter.NewPaceMemory(nil)
+	}
 	if g.upstreams == nil {
 		g.upstreams = limiter.NewUpstreamMemory(o.Now)
 	}

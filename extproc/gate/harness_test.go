@@ -403,6 +403,7 @@ func newHarnessWith(t *testing.T, cfgYAML string, store func(*limiter.Memory) li
 	h.g, err = New(Options{
 		Config:   policy.NewHolder(cfg),
 		Store:    store(h.mem),
+		Pacer:    limiter.NewPaceMemory(h.clock.Now),
 		Observer: h.obs,
 		Logger:   slog.New(h.logs),
 		Now:      h.clock.Now,

@@ -394,6 +394,7 @@ func (x *Exchange) Abort() {
 	if x == nil || x.batchAbort() {
 		return
 	}
+	x.paceRelease()
 	switch x.phase {
 	case phaseForwarded, phaseResponse:
 		if x.coding.unreadable() {
@@ -483,6 +484,7 @@ func (x *Exchange) Settle() {
 	if x == nil || x.phase != phaseDone {
 		return
 	}
+	x.paceRelease()
 	if x.oa.kind == oaPoll {
 		if x.outcome != nil && !x.oa.settled {
 			x.oa.settled = true

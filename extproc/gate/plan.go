@@ -88,6 +88,9 @@ func (x *Exchange) attempt() (v BodyVerdict, wait bool) {
 	if reply := x.upstreamGate(); reply != nil {
 		return x.decided(reply)
 	}
+	if reply := x.paceGate(); reply != nil {
+		return x.decided(reply)
+	}
 	x.phase = phaseForwarded
 	p := &x.q.pend
 	if x.enforces() {

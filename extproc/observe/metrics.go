@@ -77,6 +77,7 @@ type Metrics struct {
 	upstream  *upstreamMetrics  // upstream.go
 	queue     *queueMetrics     // queue.go
 	batch     *batchMetrics     // batch.go
+	pacing    *pacingMetrics    // pacing.go
 }
 
 var _ gate.Observer = (*Metrics)(nil)
@@ -202,6 +203,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.upstream = newUpstreamMetrics(reg)
 	m.queue = newQueueMetrics(reg)
 	m.batch = newBatchMetrics(reg)
+	m.pacing = newPacingMetrics(reg)
 	// Series that would otherwise appear only after their first event are
 	// created at zero, so dashboards and alerts see them from the start.
 	m.phase = map[string]prometheus.Observer{}

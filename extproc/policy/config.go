@@ -36,6 +36,8 @@ type Config struct {
 	Prices   *accounting.PriceTable
 	// Queue bounds the admission queue and states Envoy's message timeouts.
 	Queue Queue
+	// Upstreams paces the provider upstreams (upstreams.go).
+	Upstreams Upstreams
 
 	policies map[string]*Policy
 	// effective holds every (tenant override × policy) combination, built
@@ -353,6 +355,9 @@ func compile(f *fileConfig) (*Config, error) {
 		return nil, err
 	}
 	if c.Queue, err = compileQueue(f.Queue); err != nil {
+		return nil, err
+	}
+	if c.Upstreams, err = compileUpstreams(f.Upstreams); err != nil {
 		return nil, err
 	}
 	if _, ok := f.Policies[DefaultPolicy]; !ok {

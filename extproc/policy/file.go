@@ -22,6 +22,7 @@ type fileConfig struct {
 	Prices        map[string]accounting.ModelPrice `json:"prices"`
 	FallbackPrice *accounting.USDPerMTok           `json:"fallback_price"`
 	Queue         queueFile                        `json:"queue"`
+	Upstreams     upstreamsFile                    `json:"upstreams"`
 }
 
 type storeFile struct {
