@@ -88,9 +88,10 @@ type PaceDecision struct {
 	// group; zero when allowed.
 	RetryAfter time.Duration
 	// Slack is the least fraction of any paced dimension's burst left
-	// unused after the decision, over the whole schedule and the request's
-	// groups: 1 when the schedule is caught up (pacing limits nothing), 0
-	// when requests are waiting on it.
+	// unused after the decision: 1 when the schedule is caught up (pacing
+	// limits nothing), 0 when requests are waiting on it. Only the whole
+	// schedule counts: a lane held to its group's share while the whole
+	// schedule has room is not what pacing protects the provider from.
 	Slack float64
 	// Degraded is set when PaceResilient decided locally (the shared store
 	// unreachable), at the rate divided by the replicas.
@@ -234,10 +235,14 @@ func paceDecide(now int64, tats []int64, a paceArgs) (allowed bool, denied int, 
 	return true, -1, 0, next
 }
 
-// paceSlack is the least unused fraction of burst over the slots.
+// paceSlack is the least unused fraction of burst over the whole
+// schedule's slots.
 func paceSlack(now int64, tats []int64, a paceArgs) float64 {
 	s := 1.0
 	for i, sl := range a.slots {
+		if sl.group != "" {
+			continue
+		}
 		used := float64(max(tats[i]-now, 0)) / float64(sl.tol)
 		s = min(s, max(1-used, 0))
 	}

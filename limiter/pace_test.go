@@ -255,6 +255,10 @@ func runPaceSuite(t *testing.T, newHarness func(t *testing.T) paceHarness) {
 		if n != 3 || d.Denied != PaceRequests || d.DeniedGroup != "batch" {
 			t.Fatalf("batch: %d allowed, last denial %+v; want 3 (30%% of 10) and a batch group denial", n, d)
 		}
+		// The slack is the whole schedule's: 7 of its 10 are unused.
+		if d.Slack < 0.69 || d.Slack > 0.71 {
+			t.Errorf("slack %v beside a saturated batch group, want the whole schedule's 0.7", d.Slack)
+		}
 		// Its turn comes at its group's pace (20 minutes), not the whole
 		// schedule's (6 minutes, and 7 of its 10 still free).
 		if d.RetryAfter <= 19*time.Minute || d.RetryAfter > 20*time.Minute {
