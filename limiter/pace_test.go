@@ -93,6 +93,39 @@ func TestRedisPaceConformance(t *testing.T) {
 			t.Fatalf("schedule expiry %s (%v), want about a minute: it is kept until caught up", ttl, err)
 		}
 	})
+	t.Run("a lane group's schedule survives a script flush and keeps the hash", func(t *testing.T) {
+		h := redisPaceHarness(t, c)
+		ctx := context.Background()
+		id := paceID("flush")
+		req := func(groups []PaceGroup) PaceRequest {
+			return PaceRequest{Upstream: id, Limits: [PaceDims]PaceLimit{PaceRequests: {Rate: 4, Period: time.Hour, Burst: 4}},
+				Cost: [PaceDims]int64{PaceRequests: 1}, Groups: groups}
+		}
+		// Four an hour; batch's half is two an hour, two at once.
+		batch := []PaceGroup{{Name: "batch", Share: 0.5}}
+		for range 2 {
+			if d, err := h.p.Pace(ctx, req(batch)); err != nil || !d.Allowed {
+				t.Fatalf("batch: %+v, %v", d, err)
+			}
+		}
+		if err := c.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		// EVALSHA is answered NOSCRIPT, EVAL runs it: batch's burst is used.
+		if d, err := h.p.Pace(ctx, req(batch)); err != nil || d.Allowed || d.DeniedGroup != "batch" {
+			t.Fatalf("batch after SCRIPT FLUSH: %+v, %v; want its group's denial", d, err)
+		}
+		// An interactive grant touches only the whole schedule: the hash
+		// still lives as long as batch's field needs (an hour: two grants
+		// at 30 minutes), not the 45 minutes of the whole schedule's three.
+		if d, err := h.p.Pace(ctx, req(nil)); err != nil || !d.Allowed {
+			t.Fatalf("interactive: %+v, %v", d, err)
+		}
+		ttl, err := c.PTTL(ctx, paceKey(id)).Result()
+		if err != nil || ttl < 59*time.Minute {
+			t.Fatalf("schedule expiry %s (%v), want batch's hour", ttl, err)
+		}
+	})
 }
 
 func TestRedisClusterPaceConformance(t *testing.T) {
