@@ -64,27 +64,26 @@ func (r *PaceRedis) Pace(ctx context.Context, req PaceRequest) (PaceDecision, er
 	if !a.paced() {
 		return PaceDecision{Allowed: true, Denied: -1, Slack: 1}, nil
 	}
-	args := make([]any, 0, 2*PaceDims)
-	for d := range PaceDims {
-		args = append(args, a.inc[d], a.tol[d])
+	args := make([]any, 0, 1+3*len(a.slots))
+	args = append(args, len(a.slots))
+	for _, sl := range a.slots {
+		args = append(args, sl.field, sl.inc, sl.tol)
 	}
 	v, err := r.run(ctx, paceScript, []string{paceKey(req.Upstream)}, args...)
 	if err != nil {
 		return PaceDecision{}, fmt.Errorf("limiter: pace: %w", err)
 	}
-	f, err := asSlice(v, 4+PaceDims)
+	f, err := asSlice(v, 4+len(a.slots))
 	if err != nil {
 		return PaceDecision{}, fmt.Errorf("limiter: pace: %w", err)
 	}
-	var n [4 + PaceDims]int64
+	n := make([]int64, len(f))
 	for i := range n {
 		if n[i], err = asInt(f[i]); err != nil {
 			return PaceDecision{}, fmt.Errorf("limiter: pace: %w", err)
 		}
 	}
-	var tats [PaceDims]int64
-	copy(tats[:], n[4:])
-	return paceDecision(n[0] == 1, int(n[1]), n[2], n[3], tats, a), nil
+	return paceDecision(n[0] == 1, int(n[1]), n[2], n[3], n[4:], a), nil
 }
 
 // Close implements Pacer; the client belongs to the caller.

@@ -94,6 +94,23 @@ func (x *Exchange) laneGroups(org limiter.Limits, levels []limiter.LevelLimits) 
 	return out
 }
 
+// paceGroups are the lane groups a request of its lane must fit on a
+// paced upstream, below the whole schedule (the top lane's group): the
+// same groups as its limits', each at its share of the upstream's pace.
+// Named by the heading lane, so policies sharing an upstream share the
+// schedule of a lane they both name.
+func (x *Exchange) paceGroups() []limiter.PaceGroup {
+	if x.lane == nil || x.laneIndex == 0 {
+		return nil
+	}
+	out := make([]limiter.PaceGroup, 0, x.laneIndex)
+	for k := 1; k <= x.laneIndex; k++ {
+		l := &x.policy.Lanes[k]
+		out = append(out, limiter.PaceGroup{Name: l.Name, Share: l.GroupShare})
+	}
+	return out
+}
+
 // laneShare is the share of the group a denial's lane group names, 1 for
 // a level's own limits.
 func (x *Exchange) laneShare(lane string) float64 {

@@ -2,6 +2,7 @@ package gate
 
 import (
 	"log/slog"
+	"math"
 	"strconv"
 	"sync"
 	"time"
@@ -174,7 +175,7 @@ func (x *Exchange) paceGate() *Reply {
 		x.paceForward(e, cost)
 		return nil
 	}
-	req.Upstream, req.Cost = x.up.id, cost
+	req.Upstream, req.Cost, req.Groups = x.up.id, cost, x.paceGroups()
 	start := time.Now()
 	d, err := g.pacer.Pace(x.ctx, req)
 	g.obs.StoreCall("pace", time.Since(start), err)
@@ -192,7 +193,7 @@ func (x *Exchange) paceGate() *Reply {
 	e.slack, e.slackAt = d.Slack, now
 	g.paces.mu.Unlock()
 	if !d.Allowed {
-		return x.paced(d.RetryAfter, d.Denied)
+		return x.paced(d.RetryAfter, d.Denied, d.DeniedGroup)
 	}
 	x.paceForward(e, cost)
 	return nil
@@ -347,7 +348,8 @@ func later(a, b time.Time) time.Time {
 // paced is the local answer to a request whose turn has not come: a 429
 // in its dialect with the real wait, which the SDKs honour (x-should-retry:
 // true, retry-after-ms first).
-func (x *Exchange) paced(wait time.Duration, dim int) *Reply {
+// A denial by a lane group names the group and its share.
+func (x *Exchange) paced(wait time.Duration, dim int, group string) *Reply {
 	if o, ok := x.g.obs.(PacingObserver); ok {
 		o.PacedDenied(x.up.host)
 	}
@@ -355,6 +357,10 @@ func (x *Exchange) paced(wait time.Duration, dim int) *Reply {
 	if dim >= 0 && dim < limiter.PaceDims {
 		window = limiter.PaceDimNames[dim]
 	}
-	return x.upstreamDenial(DeniedUpstreamPaced, wait, "tokenwarden: the provider is near its rate limit and this upstream is paced (its "+
-		window+" per window); retry in "+strconv.FormatInt(max(wait.Milliseconds(), 1), 10)+"ms")
+	what := "its " + window + " per window"
+	if group != "" {
+		what = "the lanes at or below " + group + " get " + strconv.FormatFloat(math.Round(1000*x.laneShare(group))/10, 'f', -1, 64) + "% of its " + window + " per window"
+	}
+	return x.upstreamDenial(DeniedUpstreamPaced, wait, "tokenwarden: the provider is near its rate limit and this upstream is paced ("+
+		what+"); retry in "+strconv.FormatInt(max(wait.Milliseconds(), 1), 10)+"ms")
 }

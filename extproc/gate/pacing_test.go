@@ -1,6 +1,7 @@
 package gate
 
 import (
+	"context"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -307,4 +308,109 @@ func TestPacingAnthropicTokenWindows(t *testing.T) {
 	if _, _, msg := errorType(t, r.Body); !strings.Contains(msg, "output_tokens per window") {
 		t.Errorf("message %q does not name the window", msg)
 	}
+}
+
+// paceLanesYAML: 200 requests a minute declared, so paced from the start at
+// 190 (headroom 0.95), 9 at once; batch's share of that is 57 a minute, 2
+// at once — the schedule pacedWait is written out for.
+const paceLanesYAML = `
+policies:
+  default: {}
+  shaped:
+    lanes:
+      interactive: {priority: 2, share: 0.7, default: true}
+      batch: {priority: 1, share: 0.3}
+tenants:
+  acme: {policy: shaped}
+upstreams:
+  hosts:
+    api.openai.com: {limits: {requests: 200}}
+`
+
+// paceLane sends one chat request of acme on lane.
+func (h *harness) paceLane(lane string) (*Exchange, BodyVerdict) {
+	h.t.Helper()
+	x, hv := h.g.Begin(context.Background(), Request{Headers: chat("sk-one"), RouteLane: lane})
+	if hv.PassThrough || hv.Reply != nil {
+		h.t.Fatalf("Begin: %+v", hv)
+	}
+	v := x.Body([]byte(paceBody))
+	if v.Wait != nil {
+		h.t.Fatalf("lane %s waits; it has no max_wait", lane)
+	}
+	return x, v
+}
+
+// paceFill sends n requests of lane, ending each that goes; it returns how
+// many went and the last refusal.
+func (h *harness) paceFill(lane string, n int) (int, *Exchange, *Reply) {
+	h.t.Helper()
+	went := 0
+	var lx *Exchange
+	var last *Reply
+	for range n {
+		x, v := h.paceLane(lane)
+		if v.Reply != nil {
+			lx, last = x, v.Reply
+			continue
+		}
+		went++
+		x.Abort()
+	}
+	return went, lx, last
+}
+
+func TestPacingSharesTheUpstreamByLane(t *testing.T) {
+	t.Run("batch saturating takes its share, interactive still goes", func(t *testing.T) {
+		h, _ := newPaceHarness(t, paceLanesYAML)
+		n, x, r := h.paceFill("batch", 10)
+		if n != 2 || r == nil {
+			t.Fatalf("batch: %d went, want its burst of 2 (30%% of 9)", n)
+		}
+		wantPaced(t, x, r, pacedWait)
+		if _, _, msg := errorType(t, r.Body); !strings.Contains(msg, "lanes at or below batch get 30% of its requests") {
+			t.Errorf("batch's refusal says %q", msg)
+		}
+		if n, _, _ := h.paceFill("interactive", 20); n != 7 {
+			t.Errorf("interactive beside saturated batch: %d went, want the 7 left of 9", n)
+		}
+	})
+	t.Run("interactive idle, batch is paced at its share", func(t *testing.T) {
+		h, _ := newPaceHarness(t, paceLanesYAML)
+		// Batch asks 5 times a second for a minute: 300 tries, and the
+		// upstream's pace would take 190 + 9 of them; batch's share is 57 a
+		// minute and its burst of 2.
+		went := 0
+		for i := range 300 {
+			if i > 0 {
+				h.clock.Advance(200 * time.Millisecond)
+			}
+			n, _, _ := h.paceFill("batch", 1)
+			went += n
+		}
+		if went < 57 || went > 59 {
+			t.Fatalf("batch alone: %d went in a minute, want 57 a minute and its burst of 2", went)
+		}
+		// Batch at its share keeps the upstream's own schedule caught up:
+		// interactive still finds the whole burst.
+		if n, _, _ := h.paceFill("interactive", 20); n != 9 {
+			t.Errorf("interactive after a minute of batch: %d went at once, want the burst of 9", n)
+		}
+	})
+	t.Run("interactive may use batch's unused share", func(t *testing.T) {
+		h, _ := newPaceHarness(t, paceLanesYAML)
+		if n, _, _ := h.paceFill("interactive", 20); n != 9 {
+			t.Fatalf("interactive alone: %d went, want the whole burst of 9", n)
+		}
+		_, x, r := h.paceFill("batch", 1)
+		if r == nil {
+			t.Fatal("batch went after interactive used the whole burst")
+		}
+		if _, _, msg := errorType(t, r.Body); strings.Contains(msg, "lanes at or below") {
+			t.Errorf("batch refused by its group (%q), want the whole schedule", msg)
+		}
+		// The whole schedule's wait: 190 a minute, 9 at once.
+		inc, tol := int64(60_000_000/190), int64(9*60_000_000/190)
+		wantPaced(t, x, r, time.Duration(10*inc-tol)*time.Microsecond)
+	})
 }

@@ -5,6 +5,8 @@ import (
 	"math"
 	"sort"
 	"time"
+
+	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
 // Lanes: a policy's traffic split into priority lanes, each with a reserved
@@ -125,13 +127,9 @@ func (p *Policy) Lane(name string) (lane *Lane, index int, known bool) {
 }
 
 // LaneLimit is a limit's share for a lane group: rounded down, at least 1
-// so that a small limit never becomes unlimited (0); 0 stays unlimited.
-func LaneLimit(limit int64, share float64) int64 {
-	if limit <= 0 {
-		return 0
-	}
-	return max(1, int64(math.Floor(float64(limit)*share+1e-9)))
-}
+// so that a small limit never becomes unlimited (0); 0 stays unlimited —
+// the rounding an upstream's pace is shared out by too.
+func LaneLimit(limit int64, share float64) int64 { return limiter.ShareOf(limit, share) }
 
 // Queue bounds this replica's admission queue and states Envoy's message
 // timeouts, which bound every wait: Envoy answers 504 when the processor
