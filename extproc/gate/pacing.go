@@ -191,6 +191,14 @@ func (x *Exchange) paceGate() *Reply {
 	}
 	g.paces.mu.Lock()
 	e.slack, e.slackAt = d.Slack, now
+	if !d.Allowed {
+		// Held back, by the whole schedule or a lower lane's share of it:
+		// a crowd waits on the pace, and releasing it now would send the
+		// crowd to the provider at once. A lane's share is reserved, so a
+		// lower lane held at its share keeps pacing on even while the
+		// schedule itself has room (README "Pacing").
+		e.slack = 0
+	}
 	g.paces.mu.Unlock()
 	if !d.Allowed {
 		return x.paced(d.RetryAfter, d.Denied, d.DeniedGroup)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenwarden/tokenwarden/envoy/gateway"
 	"github.com/tokenwarden/tokenwarden/envoy/sim"
 	"github.com/tokenwarden/tokenwarden/limiter/redistest"
 	"github.com/tokenwarden/tokenwarden/test/mockprovider"
@@ -33,12 +34,27 @@ const (
 	loadClients = 200
 )
 
-// loadGroup is a set of clients sending alike; the lanes will give each
-// group its lane (prepare sets the route metadata) and its wait target.
+// loadGroup is a set of clients sending alike: prepare sets the route
+// metadata (its lane); think, when set, is the pause (±50%) a client takes
+// after each answer, as interactive work does; target, when set, is the
+// group's bound on its p95 wait.
 type loadGroup struct {
 	name    string
 	clients int
 	prepare func(*sim.Request)
+	think   time.Duration
+	target  time.Duration
+}
+
+// loadRun is one load run: the mock's window and how many of them, the
+// processors' config (its upstreams: block, its policy) and the clients.
+type loadRun struct {
+	window  time.Duration
+	windows int
+	config  string // the upstreams: block, and a policies: block when the run needs one
+	warmUp  bool
+	groups  []loadGroup
+	filter  func(*sim.Config)
 }
 
 // groupStats is what one group's clients saw.
@@ -85,41 +101,64 @@ func TestPacingHoldsTheProviderLimitUnderLoad(t *testing.T) {
 		}
 		windows = n
 	}
-	t.Run("limits declared", func(t *testing.T) {
-		// The README's advice for an upstream under load from its first
-		// request: 200 requests arrive before any answer could teach the
-		// limits.
-		runPacingLoad(t, window, windows, fmt.Sprintf(`
+	declared := fmt.Sprintf(`
 upstreams:
   hosts:
     api.openai.com:
       window: %s
       limits: {requests: %d, tokens: %d}
-`, window, loadRPM, loadTPM), false)
+`, window, loadRPM, loadTPM)
+	everyone := []loadGroup{{name: "all", clients: loadClients}}
+	t.Run("limits declared", func(t *testing.T) {
+		// The README's advice for an upstream under load from its first
+		// request: 200 requests arrive before any answer could teach the
+		// limits.
+		runPacingLoad(t, loadRun{window: window, windows: windows, filter: patient,
+			config: declared + "policies:\n  default: {}\n", groups: everyone})
 	})
 	t.Run("limits learned from a warm-up answer", func(t *testing.T) {
 		// Nothing declared but the window: one request through each replica
 		// teaches it the limits, then the 200 clients start at once; the in-flight count engages
 		// pacing before the provider runs out. One window is enough to show
 		// it.
-		runPacingLoad(t, window, 1, fmt.Sprintf(`
-upstreams:
-  hosts:
-    api.openai.com: {window: %s}
-`, window), true)
+		runPacingLoad(t, loadRun{window: window, windows: 1, warmUp: true, filter: patient, groups: everyone,
+			config: fmt.Sprintf("upstreams:\n  hosts:\n    api.openai.com: {window: %s}\npolicies:\n  default: {}\n", window)})
+	})
+	t.Run("lanes", func(t *testing.T) {
+		// The seed's shape: a few interactive tools, each asking now and
+		// then (about half the provider's rate together), and a crowd of
+		// bulk jobs asking as fast as they are answered. Paced denials wait
+		// in the queue (Envoy's own 2s message timeout, extended by
+		// override_message_timeout), the interactive lane first; the batch
+		// lane absorbs the rest of the provider's rate, never more.
+		lane := func(name string) func(*sim.Request) {
+			return func(r *sim.Request) { r.Attributes = map[string]any{gateway.LaneAttribute: name} }
+		}
+		// At the default 15s window the provider takes 4 requests a second;
+		// 10 interactive clients pausing 4s (±50%) ask about 2.5, under their
+		// 70%; batch, held to its 30% while pacing is on, takes the rest.
+		think := window * 4 / 15
+		runPacingLoad(t, loadRun{window: window, windows: windows, config: declared + `
+queue: {max_requests: 1000, message_timeout: 2s, max_message_timeout: 10s}
+policies:
+  default:
+    lanes:
+      interactive: {priority: 2, share: 0.7, default: true, max_wait: 4s}
+      batch: {priority: 1, share: 0.3, max_wait: 9s}
+`, groups: []loadGroup{
+			{name: "interactive", clients: 10, prepare: lane("interactive"), think: think, target: 2 * time.Second},
+			{name: "batch", clients: loadClients - 10, prepare: lane("batch")},
+		}})
 	})
 }
 
-func runPacingLoad(t *testing.T, window time.Duration, windows int, upstreams string, warmUp bool) {
-	cfg := `
-store: {replicas: 3}
-policies:
-  default: {}
-` + upstreams
-	s := newStack(t, stackOptions{config: cfg, processors: 3, redis: redistest.Start(t, redistest.Options{}).Addr(), filter: patient,
+func runPacingLoad(t *testing.T, run loadRun) {
+	window, windows := run.window, run.windows
+	cfg := "store: {replicas: 3}\n" + run.config
+	s := newStack(t, stackOptions{config: cfg, processors: 3, redis: redistest.Start(t, redistest.Options{}).Addr(), filter: run.filter,
 		mock: mockprovider.Options{RPM: loadRPM, TPM: loadTPM, Window: window, Enforce: true}})
 
-	groups := []loadGroup{{name: "all", clients: loadClients}}
+	groups := run.groups
 	stats := make([]*groupStats, len(groups))
 	// About 700 tokens of prompt and 500 of output bound: about 1,200
 	// tokens a request by tokenwarden's estimate, so at 60 requests a
@@ -130,7 +169,7 @@ policies:
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if warmUp {
+	if run.warmUp {
 		// Each replica learns from its own answers: one request through
 		// each (three of the window's 60).
 		for i := range s.procs {
@@ -176,6 +215,12 @@ policies:
 		t.Logf("group %s: %d attempts, %d accepted (%d after warm-up), %d local 429 %v, %d provider 429, other %v, wait p50 %s p95 %s max %s, largest retry-after-ms %d",
 			groups[gi].name, st.attempts, len(st.accepted), inWindow, st.local429, st.localByDenied, st.provider429, st.otherFailures,
 			pct(st.waits, 0.5), pct(st.waits, 0.95), pct(st.waits, 1), st.largestRetryMs)
+		if g := groups[gi]; g.target > 0 && pct(st.waits, 0.95) > g.target {
+			t.Errorf("group %s: p95 wait %s, want at most %s", g.name, pct(st.waits, 0.95), g.target)
+		}
+		if inWindow == 0 {
+			t.Errorf("group %s: nothing accepted after the first third of a window", groups[gi].name)
+		}
 		total.accepted = append(total.accepted, st.accepted...)
 		total.provider429 += st.provider429
 		total.local429 += st.local429
@@ -208,8 +253,17 @@ policies:
 	if len(total.otherFailures) > 0 {
 		t.Errorf("other failures: %v", total.otherFailures)
 	}
-	if total.local429 == 0 {
-		t.Errorf("no local 429: 200 clients against 60 a window were never paced (the test proves nothing)")
+	if s.total("tokenwarden_upstream_paced_total") == 0 {
+		t.Errorf("no paced denial: 200 clients against 60 a window were never paced (the test proves nothing)")
+	}
+	for _, g := range groups {
+		if g.prepare == nil {
+			continue
+		}
+		t.Logf("queue, lane %s: admitted after a wait %v, timed out %v, overflows %v", g.name,
+			s.total("tokenwarden_queue_wait_seconds", "lane", g.name, "result", "admitted"),
+			s.total("tokenwarden_queue_wait_seconds", "lane", g.name, "result", "timed_out"),
+			s.total("tokenwarden_queue_overflows_total", "lane", g.name))
 	}
 }
 
@@ -279,6 +333,9 @@ func runLoadClient(ctx context.Context, s *stack, c int, g loadGroup, st *groupS
 			}
 		}
 		if ok {
+			if g.think > 0 && !sleep(g.think/2+time.Duration(rng.Int64N(int64(g.think)))) {
+				return
+			}
 			backoff, first = 500*time.Millisecond, time.Now()
 			continue
 		}
