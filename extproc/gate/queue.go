@@ -97,6 +97,9 @@ type queueState struct {
 	deciding bool
 	held     *heldReply
 	w        *waiter
+	// overflowed is set once the queue refused the request for its bounds
+	// (counted once).
+	overflowed bool
 }
 
 // pendingBody is the body of a request until it is forwarded: as it came,
@@ -339,9 +342,12 @@ func (q *queue) enter(x *Exchange) bool {
 	}
 	if reason != "" {
 		q.mu.Unlock()
-		if o, ok := q.g.obs.(QueueObserver); ok {
+		// Once per request: one refused behind others tries admission
+		// itself, and may be refused again by its own denial's wait.
+		if o, ok := q.g.obs.(QueueObserver); ok && !x.q.overflowed {
 			o.QueueOverflow(x.lane.Name, reason)
 		}
+		x.q.overflowed = true
 		return false
 	}
 	key := lineKey(x)

@@ -115,6 +115,7 @@ func Processor(t testing.TB, o ProcessorOptions) (*extproc.Server, *observe.Metr
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.WatchQueue(g.QueueStats) // as serve does: the queue gauges read the gate's queue
 	srv, err := extproc.NewServer(extproc.Options{Gate: g, Metrics: m, Logger: o.Logger})
 	if err != nil {
 		t.Fatal(err)
