@@ -70,7 +70,11 @@ type Spec struct {
 	OpenAI bool
 	SSE    bool
 	Tenant string
-	Body   []byte
+	// User and Key are the caller below its org (team HierarchyTeam): with
+	// the tenant they make the four levels of the hierarchy the harness's
+	// tokenwarden.yaml configures (TokenwardenConfig).
+	User, Key string
+	Body      []byte
 	// Response is the canned upstream response body; Events are the byte
 	// offsets where its SSE events end (for paced delivery).
 	Response []byte
@@ -99,7 +103,11 @@ func (s *Spec) Request(seq uint64) *sim.Request {
 		hs = append(hs, sim.Header{Name: "accept", Value: "text/event-stream"})
 	}
 	return &sim.Request{Method: "POST", Path: path, Authority: "llm.internal", Headers: hs, Body: s.Body,
-		Attributes: map[string]any{gateway.PolicyAttribute: "default"}}
+		Attributes: map[string]any{gateway.PolicyAttribute: "default"},
+		// What Envoy's jwt_authn leaves after verifying the caller's token
+		// (payload_in_metadata: payload), the identity tokenwarden reads.
+		Metadata: map[string]map[string]any{jwtNamespace: {"payload": map[string]any{
+			"org_id": s.Tenant, "team": HierarchyTeam, "sub": s.User, "kid": s.Key}}}}
 }
 
 // Workload is a fixed, reproducible set of exchanges, generated once so that
@@ -125,6 +133,9 @@ func NewWorkload(mix Mix, seed uint64, n int) (*Workload, error) {
 		s.OpenAI = rng.Float64() < mix.OpenAI
 		s.SSE = rng.Float64() < mix.SSE
 		s.Tenant = fmt.Sprintf("tenant-%04d", rng.IntN(mix.Tenants))
+		// from i, not the rng, so adding the levels left the rest of the
+		// workload as it was
+		s.User, s.Key = "u"+strconv.Itoa(i%hierarchyUsers), "k"+strconv.Itoa(i%hierarchyUsers)
 		size := logUniform(rng, mix.MinBody, mix.MaxBody)
 		var err error
 		if s.Body, err = requestBody(rng, s.OpenAI, s.SSE, size); err != nil {
