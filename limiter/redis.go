@@ -108,6 +108,11 @@ type RedisOptions struct {
 	// long a reconciled charge's marker stays. Zero means the defaults.
 	TombstoneTTL  time.Duration
 	ReconciledTTL time.Duration
+	// Pipelines is how many calls, or pipelines of calls, this store has in
+	// flight at once; a call that finds them all busy waits for the next
+	// pipeline, with every call that queued meanwhile (see pipeline). Zero
+	// means DefaultPipelines.
+	Pipelines int
 }
 
 // Redis is the shared Store: each Admit and Settle is one EVALSHA of an
@@ -143,7 +148,6 @@ type RedisOptions struct {
 type Redis struct {
 	client        redis.UniversalClient
 	timeout       time.Duration
-	callTimeout   time.Duration
 	retention     time.Duration
 	settledTTL    time.Duration
 	sweepLimit    int
@@ -152,6 +156,9 @@ type Redis struct {
 	reconciledTTL time.Duration
 	// slots holds one token per call in flight.
 	slots chan struct{}
+	// pipe sends the calls: at once while few are in flight, else
+	// coalesced into pipelines (redis_pipe.go).
+	pipe *pipeline
 }
 
 var _ Shared = (*Redis)(nil)
@@ -161,10 +168,11 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	if opts.Client == nil {
 		return nil, errors.New("limiter: RedisOptions.Client is nil")
 	}
+	callTimeout := cmp.Or(opts.DialTimeout, DefaultDialTimeout) + cmp.Or(opts.Timeout, DefaultTimeout)
 	return &Redis{
+		pipe:          &pipeline{client: opts.Client, timeout: callTimeout, lanes: cmp.Or(opts.Pipelines, DefaultPipelines)},
 		client:        opts.Client,
 		timeout:       cmp.Or(opts.Timeout, DefaultTimeout),
-		callTimeout:   cmp.Or(opts.DialTimeout, DefaultDialTimeout) + cmp.Or(opts.Timeout, DefaultTimeout),
 		retention:     cmp.Or(opts.Retention, DefaultRetention),
 		settledTTL:    cmp.Or(opts.SettledTTL, DefaultSettledTTL),
 		sweepLimit:    cmp.Or(opts.SweepLimit, DefaultSweepLimit),
@@ -306,11 +314,10 @@ func (r *Redis) run(ctx context.Context, s *redis.Script, keys []string, args []
 	}
 	defer func() { <-r.slots }()
 	// The client's read and write timeouts time the round trip (Open sets
-	// them to the store timeout); this deadline bounds what the client does
-	// around it too: a connection to dial first.
-	callCtx, cancel := context.WithTimeout(ctx, r.callTimeout)
-	defer cancel()
-	v, err := s.Run(callCtx, r.client, keys, args...).Result()
+	// them to the store timeout); the pipeline's deadline, DialTimeout +
+	// Timeout, bounds what the client does around it too: a connection to
+	// dial first.
+	v, err := r.pipe.do(ctx, s, keys, args)
 	if errors.Is(err, redis.ErrPoolTimeout) {
 		// Nothing was sent: the pool was exhausted (a client shared with
 		// other work, or sized below MaxInFlight).
