@@ -146,15 +146,18 @@ local function charge(prefix, windows, est, cost, alerts, retention_s, crossed)
   -- The levels' budgets share windows: each window's key suffix and
   -- expiry are computed once.
   local sfx, exp = {}, {}
+  local scost, sest = fmt(cost), fmt(-est)
   for name, s, e in string.gmatch(windows or '', '([^\t\n]+)\t(%d+)\t(%d+)\n') do
     if not sfx[s] then sfx[s] = ':' .. fmt(math.floor(tonumber(s) / 1000000)) end
     if not exp[e] then exp[e] = fmt(math.floor(tonumber(e) / 1000000) + retention_s) end
     local bkey, expire_at = prefix .. 'b:' .. name .. sfx[s], exp[e]
-    local v = redis.call('HMGET', bkey, 'spent', 'reserved')
-    local spent = (tonumber(v[1]) or 0) + cost
-    local reserved = (tonumber(v[2]) or 0) - est
-    redis.call('HSET', bkey, 'spent', fmt(spent), 'reserved', fmt(reserved))
-    if not v[1] and not v[2] then redis.call('EXPIREAT', bkey, expire_at) end
+    -- HINCRBY answers the new integers: no parsing or formatting here.
+    local spent = redis.call('HINCRBY', bkey, 'spent', scost)
+    local reserved = redis.call('HINCRBY', bkey, 'reserved', sest)
+    -- Nothing else there: the hash has just been created (it had vanished)
+    -- or held only this reservation. The expiry is the one the window's
+    -- hash always gets, so setting it again is harmless.
+    if spent == cost and reserved == -est then redis.call('EXPIREAT', bkey, expire_at) end
     local list = alerts[name]
     if list then
       local akey = prefix .. 'a:' .. name .. sfx[s]
