@@ -127,13 +127,13 @@ func (r *Report) targets() []row {
 				out = append(out, row{metric: "per SSE chunk p99, added", floor: us(fc.P99), twdn: us(tc.P99), ratio: "+" + us(added), target: "≤ +50 µs", verdict: verdict(added <= 50*time.Microsecond)})
 			}
 		case p.Scenario.Name == ScenarioSaturation:
-			out = append(out, row{metric: fmt.Sprintf("saturation throughput (%d concurrent)", p.Scenario.Concurrency), floor: fmt.Sprintf("%.0f/s", f.Throughput), twdn: fmt.Sprintf("%.0f/s", t.Throughput), ratio: ratio(t.Throughput, f.Throughput), target: fmt.Sprintf("≥ %.2g×", minThroughput), verdict: verdict(t.Throughput >= minThroughput*f.Throughput)})
+			out = append(out, row{metric: fmt.Sprintf("saturation throughput (%d concurrent)", p.Scenario.Concurrency), floor: fmt.Sprintf("%.0f/s", f.Throughput), twdn: fmt.Sprintf("%.0f/s", t.Throughput), ratio: ratio(t.Throughput, f.Throughput), target: fmt.Sprintf("≥ %g×", minThroughput), verdict: verdict(t.Throughput >= minThroughput*f.Throughput)})
 		case strings.HasPrefix(p.Scenario.Name, ScenarioSmallJSON):
 			fe, te := f.Latency[SeriesExchange], t.Latency[SeriesExchange]
 			name := fmt.Sprintf("%s (%d concurrent)", p.Scenario.Name, p.Scenario.Concurrency)
 			out = append(out,
-				row{metric: name + " throughput", floor: fmt.Sprintf("%.0f/s", f.Throughput), twdn: fmt.Sprintf("%.0f/s", t.Throughput), ratio: ratio(t.Throughput, f.Throughput), target: fmt.Sprintf("≥ %.2g×", minThroughput), verdict: verdict(t.Throughput >= minThroughput*f.Throughput)},
-				row{metric: name + " p50", floor: us(fe.P50), twdn: us(te.P50), ratio: ratio(float64(te.P50), float64(fe.P50)), target: fmt.Sprintf("≤ %.2g×", maxP50), verdict: verdict(float64(te.P50) <= maxP50*float64(fe.P50))},
+				row{metric: name + " throughput", floor: fmt.Sprintf("%.0f/s", f.Throughput), twdn: fmt.Sprintf("%.0f/s", t.Throughput), ratio: ratio(t.Throughput, f.Throughput), target: fmt.Sprintf("≥ %g×", minThroughput), verdict: verdict(t.Throughput >= minThroughput*f.Throughput)},
+				row{metric: name + " p50", floor: us(fe.P50), twdn: us(te.P50), ratio: ratio(float64(te.P50), float64(fe.P50)), target: fmt.Sprintf("≤ %g×", maxP50), verdict: verdict(float64(te.P50) <= maxP50*float64(fe.P50))},
 				row{metric: name + " server CPU per exchange", floor: us(f.CPUPerExchange()), twdn: us(t.CPUPerExchange()), ratio: ratio(float64(t.CPUPerExchange()), float64(f.CPUPerExchange())), target: "reported", verdict: "—"})
 			if r.Store != StoreMemory {
 				rc := perExchange(t.RedisCPU, t.Exchanges)

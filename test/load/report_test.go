@@ -116,6 +116,9 @@ func TestTargetsVerdicts(t *testing.T) {
 			t.Errorf("memory store: %s: verdict %q, want %q", m, memVerdicts[m], v)
 		}
 	}
+	if md := mem.Markdown(); !strings.Contains(md, "| ≤ 1.25× | **missed** |") {
+		t.Errorf("the memory store's p50 target is not rendered as 1.25×:\n%s", md)
+	}
 	md := rep.Markdown()
 	if !strings.Contains(md, "| full exchange p99 at 1000/s | 20000 µs | 40000 µs | 2.00× | ≤ 1.5× | **missed** |") {
 		t.Errorf("targets table row not rendered as expected:\n%s", md)
