@@ -276,11 +276,24 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer closeUpstreams()
-	holder := policy.NewHolder(cfg)
-	g, err := gate.New(gate.Options{Config: holder, Store: store.Store, ResponseCache: cache, Upstreams: upstreams, Observer: metrics, Logger: logger})
+	// Pacing's schedules too, on a client of their own; while Redis is
+	// down each replica paces at its share (1/replicas) of the rate.
+	var replicas func() int64
+	if store.Resilient != nil {
+		replicas = store.Resilient.Replicas
+	}
+	pacer, closePacer, err := limiter.OpenPacer(limiter.OpenOptions{Redis: cfg.Store.Redis, Cluster: cfg.Store.RedisCluster, Timeout: cfg.Store.Timeout}, replicas)
 	if err != nil {
 		return err
 	}
+	defer closePacer()
+	holder := policy.NewHolder(cfg)
+	g, err := gate.New(gate.Options{Config: holder, Store: store.Store, ResponseCache: cache, Upstreams: upstreams, Pacer: pacer, Replicas: replicas,
+		Observer: metrics, Logger: logger})
+	if err != nil {
+		return err
+	}
+	metrics.WatchQueue(g.QueueStats)
 	srv, err := extproc.NewServer(extproc.Options{Gate: g, Metrics: metrics, Logger: logger})
 	if err != nil {
 		return err
@@ -444,12 +457,14 @@ func runMockProvider(ctx context.Context, args []string, stdout, stderr io.Write
 	fs := flag.NewFlagSet("mock-provider", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:18000", "listen address")
 	rpm := fs.Int64("rpm", 0, "requests per minute behind the rate-limit headers (0: the mock's default)")
+	tpm := fs.Int64("tpm", 0, "a combined tokens-per-minute limit, input and output together (OpenAI's TPM; 0: none, input and output limits apart)")
+	window := fs.Duration("window", 0, "the period the limits refill over (0: one minute, as the providers'); shorter runs the same limits faster")
 	enforce := fs.Bool("enforce", false, "answer 429 with retry-after when the mock's own limits are exhausted")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "tokenwarden mock-provider: %s\n", *listen)
-	return mockprovider.Run(ctx, mockprovider.Options{Listen: *listen, RPM: *rpm, Enforce: *enforce})
+	return mockprovider.Run(ctx, mockprovider.Options{Listen: *listen, RPM: *rpm, TPM: *tpm, Window: *window, Enforce: *enforce})
 }
 
 func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -458,6 +473,7 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	upstream := fs.String("upstream", "http://127.0.0.1:18000", "provider base URL")
 	processor := fs.String("processor", "127.0.0.1:50051", "tokenwarden serve gRPC address")
 	pol := fs.String("policy", "", "route policy handed to the processor as route metadata (empty: none)")
+	lane := fs.String("lane", "", "route lane handed to the processor as route metadata (empty: the policy's default lane)")
 	bufferLimit := fs.Int("buffer-limit", gateway.DefaultBufferLimit, "per-request buffer limit in bytes, as Envoy's per_connection_buffer_limit_bytes (envoy/envoy.yaml: 32 MiB); a larger body is refused with 413")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parseFlags(fs, args, stderr); err != nil {
@@ -468,10 +484,15 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	opts := gateway.Options{Listen: *listen, Upstream: *upstream, Processor: *processor, Logger: logger, BufferLimit: *bufferLimit}
-	if *pol != "" {
-		opts.RouteAttributes = func(*http.Request) map[string]any {
-			return map[string]any{contract.PolicyAttribute: *pol}
+	if *pol != "" || *lane != "" {
+		attrs := map[string]any{}
+		if *pol != "" {
+			attrs[contract.PolicyAttribute] = *pol
 		}
+		if *lane != "" {
+			attrs[contract.LaneAttribute] = *lane
+		}
+		opts.RouteAttributes = func(*http.Request) map[string]any { return attrs }
 	}
 	fmt.Fprintf(stdout, "tokenwarden gateway: %s -> %s (processor %s)\n", *listen, *upstream, *processor)
 	return gateway.Run(ctx, opts)

@@ -257,21 +257,24 @@ orgs:
 	}
 }
 
-// The configuration example in the README must stay a valid tokenwarden.yaml.
+// The configuration examples in the README must stay valid tokenwarden.yaml
+// files: the main one and the lanes one ("Lanes and the admission queue").
 func TestReadmeConfigExampleIsValid(t *testing.T) {
 	readme, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := bytes.Index(readme, []byte("```yaml\nstore:"))
-	if start < 0 {
-		t.Fatal("README has no tokenwarden.yaml example")
-	}
-	body := readme[start+len("```yaml\n"):]
-	end := bytes.Index(body, []byte("```"))
-	var out bytes.Buffer
-	if err := run(context.Background(), []string{"check-config", writeFile(t, string(body[:end]))}, &out, io.Discard); err != nil {
-		t.Fatalf("the README example does not validate: %v", err)
+	for _, first := range []string{"store:", "queue:"} {
+		start := bytes.Index(readme, []byte("```yaml\n"+first))
+		if start < 0 {
+			t.Fatalf("README has no tokenwarden.yaml example starting with %s", first)
+		}
+		body := readme[start+len("```yaml\n"):]
+		end := bytes.Index(body, []byte("```"))
+		var out bytes.Buffer
+		if err := run(context.Background(), []string{"check-config", writeFile(t, string(body[:end]))}, &out, io.Discard); err != nil {
+			t.Fatalf("the README example starting with %s does not validate: %v", first, err)
+		}
 	}
 }
 

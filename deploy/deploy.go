@@ -50,7 +50,8 @@ var Metrics = []Metric{
 	{"tokenwarden_cost_usd_total", Counter, []string{"model"}},
 	{"tokenwarden_processing_seconds", Histogram, []string{"phase"}},
 	{"tokenwarden_admissions_total", Counter, []string{"tenant", "result"}},
-	{"tokenwarden_spend_usd_total", Counter, []string{"tenant", "model", "source"}},
+	{"tokenwarden_spend_usd_total", Counter, []string{"tenant", "model", "source", "api"}},
+	{"tokenwarden_batch_usd_total", Counter, []string{"tenant", "dialect", "stage"}},
 	{"tokenwarden_budget_used_ratio", Gauge, []string{"tenant", "level", "name", "window"}},
 	{"tokenwarden_budget_spent_usd", Gauge, []string{"tenant", "level", "name", "window"}},
 	{"tokenwarden_budget_cap_usd", Gauge, []string{"tenant", "level", "name", "window"}},
@@ -93,6 +94,15 @@ var Metrics = []Metric{
 	{"tokenwarden_upstream_cooldowns_total", Counter, []string{"host", "code"}},
 	{"tokenwarden_upstream_cooldown_until_timestamp_seconds", Gauge, []string{"host"}},
 	{"tokenwarden_upstream_cooldown_denials_total", Counter, []string{"host"}},
+	{"tokenwarden_queue_requests", Gauge, []string{"lane"}},
+	{"tokenwarden_queue_oldest_age_seconds", Gauge, []string{"lane"}},
+	{"tokenwarden_queue_bytes", Gauge, nil},
+	{"tokenwarden_queue_wait_seconds", Histogram, []string{"lane", "result"}},
+	{"tokenwarden_queue_overflows_total", Counter, []string{"lane", "reason"}},
+	{"tokenwarden_provider_response_headers_seconds", Histogram, []string{"policy", "lane"}},
+	{"tokenwarden_upstream_pacing_engaged", Gauge, []string{"host"}},
+	{"tokenwarden_upstream_pacing_rate", Gauge, []string{"host", "window"}},
+	{"tokenwarden_upstream_paced_total", Counter, []string{"host"}},
 }
 
 // Lookup returns the contract entry for a family name.

@@ -1,10 +1,13 @@
 package extproc
 
 import (
+	"time"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/tokenwarden/tokenwarden/extproc/contract"
@@ -42,6 +45,13 @@ func clearChunkAnswer() *extprocv3.ProcessingResponse {
 			BodyMutation: &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_ClearBody{ClearBody: true}},
 		}}},
 	}
+}
+
+// timeoutAnswer asks Envoy to wait up to d for the answer to the message
+// it awaits (override_message_timeout: only that field counts, once per
+// message, at most max_message_timeout).
+func timeoutAnswer(d time.Duration) *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{OverrideMessageTimeout: durationpb.New(d)}
 }
 
 func requestTrailersAnswer() *extprocv3.ProcessingResponse {

@@ -67,7 +67,7 @@ func (s *Server) Process(grpcStream extprocv3.ExternalProcessor_ProcessServer) (
 	defer s.open.Add(-1) // last: after the stream's end has settled it
 	s.metrics.StreamOpened()
 	defer s.metrics.StreamClosed()
-	st := &stream{gate: s.gate, metrics: s.metrics, log: s.log, ctx: grpcStream.Context()}
+	st := &stream{gate: s.gate, metrics: s.metrics, log: s.log, ctx: grpcStream.Context(), send: grpcStream.Send}
 	defer func() {
 		if p := recover(); p != nil {
 			s.metrics.StreamError(observe.StreamPanic)
@@ -86,6 +86,9 @@ func (s *Server) Process(grpcStream extprocv3.ExternalProcessor_ProcessServer) (
 			return rerr
 		}
 		resp, settle, perr := st.handle(req)
+		if perr == errGone {
+			return nil
+		}
 		if perr != nil {
 			s.metrics.StreamError(observe.StreamProtocol)
 			if n, ok := s.errLog.Allow(time.Now()); ok {

@@ -50,6 +50,9 @@ var (
 		"tokenwarden: request_headers received twice on one stream")
 	errUnknownMessage = status.Error(codes.InvalidArgument,
 		"tokenwarden: ProcessingRequest carries no message tokenwarden knows")
+	// errGone ends a stream whose client went away while its request
+	// waited in the queue: there is nothing to answer.
+	errGone = status.Error(codes.Canceled, "tokenwarden: the client went away while its request waited")
 )
 
 // stream is the state of one ext_proc stream. One goroutine uses it.
@@ -60,6 +63,9 @@ type stream struct {
 	ctx     context.Context
 	state   state
 	x       *gate.Exchange
+	// send sends a message that is not the answer to one (the
+	// override_message_timeout before a wait).
+	send func(*extprocv3.ProcessingResponse) error
 
 	// wholeBody reports that a request body message holds the whole body
 	// even without end_of_stream (BUFFERED with trailers).
@@ -107,10 +113,12 @@ func (st *stream) requestHeaders(h *extprocv3.HttpHeaders, req *extprocv3.Proces
 	}
 	env := envoyContext{attrs: req.GetAttributes()[contract.AttributesKey], md: req.GetMetadataContext()}
 	routePolicy, _ := env.Attribute(contract.PolicyAttribute)
+	routeLane, _ := env.Attribute(contract.LaneAttribute)
 	x, v := st.gate.Begin(st.ctx, gate.Request{
 		Headers:     envoyHeaders(h.GetHeaders().GetHeaders()),
 		Envoy:       env,
 		RoutePolicy: routePolicy,
+		RouteLane:   routeLane,
 		EndOfStream: h.GetEndOfStream(),
 	})
 	st.x = x
@@ -168,6 +176,24 @@ func (st *stream) requestBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingRespo
 		body = st.chunks
 	}
 	v := st.x.Body(body)
+	if v.Wait != nil {
+		if v.Wait.Extend > 0 {
+			// Envoy answers 504 when a message waits longer than its
+			// message_timeout; it restarts the timer once per message at the
+			// processor's request, and that message is not the answer
+			// (ProcessingResponse.override_message_timeout,
+			// https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto).
+			if err := st.send(timeoutAnswer(v.Wait.Extend)); err != nil {
+				st.x.Leave()
+				return nil, errGone
+			}
+		}
+		v = st.x.Wait()
+		if v.Gone {
+			st.state = finished
+			return nil, errGone
+		}
+	}
 	if v.Reply != nil {
 		st.state = finished
 		return replyAnswer(v.Reply, st.x.Outcome()), nil

@@ -14,6 +14,35 @@ func userLimits(team, user string, teamL, userL LevelLimits) []LevelLimits {
 }
 
 func runLevelLimitsConformance(t *testing.T, h harness) {
+	// The gate's lane groups are level limits under keys of their own
+	// ("<level>~lane:<name>", "~lane:<name>" for the org): every store keeps
+	// them apart from the level's own and names them in a denial.
+	t.Run("LaneGroupKeys", func(t *testing.T) {
+		org := newTenant("ll-lane")
+		req := func(id string) AdmitRequest {
+			return AdmitRequest{Tenant: org, RequestID: id, Limits: Limits{Concurrent: 3}, LevelLimits: []LevelLimits{
+				{Key: "t:eng", Concurrent: 3}, {Key: "~lane:batch", Concurrent: 2}, {Key: "t:eng~lane:batch", Concurrent: 1}}}
+		}
+		if d := mustAdmit(t, h.store, req("l0")); !d.Allowed {
+			t.Fatalf("first: %+v", d)
+		}
+		d := mustAdmit(t, h.replica, req("l1"))
+		if d.Allowed || d.Denied != DimensionConcurrency || d.Level != "t:eng~lane:batch" {
+			t.Fatalf("second: %+v; want concurrency denied at t:eng~lane:batch", d)
+		}
+		// The level's own limit is another key: a request outside the lane
+		// group still fits the team's 3.
+		top := AdmitRequest{Tenant: org, RequestID: "top", Limits: Limits{Concurrent: 3}, LevelLimits: []LevelLimits{{Key: "t:eng", Concurrent: 3}}}
+		if d := mustAdmit(t, h.replica, top); !d.Allowed {
+			t.Fatalf("outside the lane group: %+v", d)
+		}
+		if r, err := h.store.Settle(ctxb, SettleRequest{Tenant: org, RequestID: "l0"}); err != nil || !r.Settled {
+			t.Fatalf("settle: %+v %v", r, err)
+		}
+		if d := mustAdmit(t, h.store, req("l2")); !d.Allowed {
+			t.Fatalf("after the settle: %+v", d)
+		}
+	})
 	t.Run("LevelRequestsPerMinuteAtEachLevel", func(t *testing.T) {
 		org := newTenant("ll-rpm")
 		ann := userLimits("eng", "ann", LevelLimits{RequestsPerMinute: 5}, LevelLimits{RequestsPerMinute: 3})

@@ -92,6 +92,7 @@ func runConformance(t *testing.T, h harness) {
 	runLevelsConformance(t, h)
 	runLevelLimitsConformance(t, h)
 	runDetachedConformance(t, h)
+	runNotesConformance(t, h)
 	runClampConformance(t, h)
 	runCalibrationConformance(t, h)
 	t.Run("RequestsPerMinute", func(t *testing.T) {

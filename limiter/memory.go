@@ -37,7 +37,8 @@ type Memory struct {
 	tenants  map[string]*memTenant
 	nextGC   int64
 	epoch    string
-	replicas map[string]int64 // replica -> last heartbeat µs
+	replicas map[string]int64    // replica -> last heartbeat µs
+	notes    map[string]*memNote // Notes, by their Redis key (notes.go)
 }
 
 var _ Shared = (*Memory)(nil)

@@ -6,7 +6,6 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -53,10 +52,7 @@ var ErrCacheSkipped = fmt.Errorf("%w: response cache backing off", ErrUnavailabl
 // cache; folding it into the admission script (one round trip for both)
 // is the next step, once that script's rewrite has landed.
 type RedisCache struct {
-	client    redis.UniversalClient
-	timeout   time.Duration
-	backoff   time.Duration
-	downUntil atomic.Int64 // unix nanoseconds
+	backingOff
 }
 
 // NewRedisCache returns a RedisCache over o.Client.
@@ -64,7 +60,8 @@ func NewRedisCache(o RedisCacheOptions) (*RedisCache, error) {
 	if o.Client == nil {
 		return nil, errors.New("limiter: RedisCacheOptions.Client is nil")
 	}
-	return &RedisCache{client: o.Client, timeout: cmp.Or(o.Timeout, DefaultTimeout), backoff: cmp.Or(o.Backoff, DefaultCacheBackoff)}, nil
+	return &RedisCache{backingOff{client: o.Client, timeout: cmp.Or(o.Timeout, DefaultTimeout),
+		backoff: cmp.Or(o.Backoff, DefaultCacheBackoff), skipped: ErrCacheSkipped}}, nil
 }
 
 func cacheKeys(org, key string) (prefix string, keys []string) {
@@ -124,26 +121,6 @@ func (r *RedisCache) Put(ctx context.Context, org, key string, value []byte, ttl
 // Close implements ResponseCache; the client belongs to the caller.
 func (r *RedisCache) Close() error { return nil }
 
-func (r *RedisCache) run(ctx context.Context, s *redis.Script, keys []string, args ...any) (any, error) {
-	if time.Now().UnixNano() < r.downUntil.Load() {
-		return nil, ErrCacheSkipped
-	}
-	callCtx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	v, err := s.Run(callCtx, r.client, keys, args...).Result()
-	if err == nil || errors.Is(err, redis.Nil) {
-		return v, err
-	}
-	if ctx.Err() != nil {
-		return nil, fmt.Errorf("%w (%w)", ctx.Err(), err)
-	}
-	if unavailable(err) {
-		r.downUntil.Store(time.Now().Add(r.backoff).UnixNano())
-		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
-	}
-	return nil, err
-}
-
 // OpenResponseCache opens the cache next to the store o names: in memory
 // without Redis, else a RedisCache on a client of its own, so a cache
 // call (whose values are larger) never waits behind admissions for a
@@ -153,14 +130,23 @@ func OpenResponseCache(o OpenOptions) (ResponseCache, func() error, error) {
 		c := NewMemoryCache(MemoryCacheOptions{})
 		return c, c.Close, nil
 	}
+	return onOwnClient(o, func(client redis.UniversalClient, timeout time.Duration) (ResponseCache, error) {
+		return NewRedisCache(RedisCacheOptions{Client: client, Timeout: timeout})
+	})
+}
+
+// onOwnClient builds a store beside admission on a Redis client of its
+// own (closed by the returned closer, or at once when build fails).
+func onOwnClient[T any](o OpenOptions, build func(redis.UniversalClient, time.Duration) (T, error)) (T, func() error, error) {
+	var zero T
 	timeout := cmp.Or(o.Timeout, DefaultTimeout)
 	client, err := sharedClient(o, timeout)
 	if err != nil {
-		return nil, nil, err
+		return zero, nil, err
 	}
-	c, err := NewRedisCache(RedisCacheOptions{Client: client, Timeout: timeout})
+	v, err := build(client, timeout)
 	if err != nil {
-		return nil, nil, errors.Join(err, client.Close())
+		return zero, nil, errors.Join(err, client.Close())
 	}
-	return c, client.Close, nil
+	return v, client.Close, nil
 }

@@ -30,11 +30,12 @@ import (
 	"github.com/tokenwarden/tokenwarden/extproc/contract"
 )
 
-// MetadataNamespace and PolicyAttribute are tokenwarden's, re-exported for
-// the gateway's callers; see package contract.
+// MetadataNamespace, PolicyAttribute and LaneAttribute are tokenwarden's,
+// re-exported for the gateway's callers; see package contract.
 const (
 	MetadataNamespace = contract.MetadataNamespace
 	PolicyAttribute   = contract.PolicyAttribute
+	LaneAttribute     = contract.LaneAttribute
 )
 
 // Route maps a path prefix to the request attributes Envoy would evaluate for
@@ -100,7 +101,7 @@ func DefaultFilterConfig() sim.Config {
 		MaxMessageTimeout:   30 * time.Second,
 		FailureModeAllow:    false,
 		ReceivingNamespaces: []string{MetadataNamespace},
-		RequestAttributes:   []string{PolicyAttribute},
+		RequestAttributes:   []string{PolicyAttribute, LaneAttribute},
 		ClusterName:         "llm_extproc",
 		BufferLimit:         DefaultBufferLimit,
 		NoTrace:             true,

@@ -25,6 +25,11 @@ const AttributesKey = "envoy.filters.http.ext_proc"
 // (https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/advanced/attributes).
 const PolicyAttribute = "xds.route_metadata.filter_metadata['tokenwarden']['policy']"
 
+// LaneAttribute is the request attribute naming the route's lane (route
+// metadata filter_metadata: {tokenwarden: {lane: NAME}}), read like
+// PolicyAttribute. A route that names none gets its policy's default lane.
+const LaneAttribute = "xds.route_metadata.filter_metadata['tokenwarden']['lane']"
+
 // Headers tokenwarden sets. A client's own copy of ModelHeader is removed
 // before routing, so a route that matches on it matches tokenwarden's value.
 const (

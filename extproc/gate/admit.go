@@ -80,7 +80,8 @@ func (x *Exchange) admit() *Reply {
 // held to its policy.
 func (x *Exchange) levelRequest(now time.Time) (limiter.Limits, []limiter.LevelLimits, []limiter.Budget) {
 	if len(x.levels) == 0 {
-		return x.batchLimits(x.policy.Limits), nil, x.policy.LimiterBudgets(now)
+		l := x.batchLimits(x.policy.Limits)
+		return l, x.laneGroups(l, nil), x.policy.LimiterBudgets(now)
 	}
 	// Resolve leaves out pools that check nothing, so the org's own level
 	// (key "") may be absent: then the org has no limits of its own.
@@ -100,7 +101,8 @@ func (x *Exchange) levelRequest(now time.Time) (limiter.Limits, []limiter.LevelL
 		}
 	}
 	limits.Burst, limits.LeaseTTL = x.policy.Limits.Burst, x.policy.Limits.LeaseTTL
-	return x.batchLimits(limits), ll, limiter.LevelBudgets(lv)
+	limits = x.batchLimits(limits)
+	return limits, x.laneGroups(limits, ll), limiter.LevelBudgets(lv)
 }
 
 // batchLimits are the limits a batch submission is admitted under: its
@@ -138,6 +140,15 @@ func (x *Exchange) enforces() bool {
 // deniedLevel is the resolved level a decision names (by its key), and its
 // kind's name as x-tokenwarden-denied shows it: org, team, user or key.
 func (x *Exchange) deniedLevel(key string) (policy.ResolvedLevel, string) {
+	if lk, lane := splitLaneKey(key); lane != "" {
+		// A lane group: the level's limits at the group's share.
+		l, name := x.deniedLevel(lk)
+		s := x.laneShare(lane)
+		l.Limits.RequestsPerMinute = policy.LaneLimit(l.Limits.RequestsPerMinute, s)
+		l.Limits.TokensPerMinute = policy.LaneLimit(l.Limits.TokensPerMinute, s)
+		l.Limits.Concurrent = policy.LaneLimit(l.Limits.Concurrent, s)
+		return l, name
+	}
 	for _, l := range x.levels {
 		if l.Key == key {
 			return l, l.Level.String()
@@ -161,6 +172,12 @@ func (x *Exchange) deny(d limiter.Decision) *Reply {
 		who = "the " + lvlName + " " + lvl.Name
 		pre += who + ": "
 	}
+	if _, lane := splitLaneKey(d.Level); lane != "" {
+		// Held to a lower lane group's share: higher lanes keep the rest.
+		who += "'s lanes at or below " + lane
+		pre += "the share of the lanes at or below " + lane + ": "
+	}
+	x.retryIn = retryIn(d)
 	var h HeaderEdits
 	x.rateLimitHeaders(&h)
 	retry := d.RetryAfter
@@ -209,6 +226,27 @@ func (x *Exchange) deny(d limiter.Decision) *Reply {
 	return x.reject(429, kind, dim, msg, ResultDenied, &h)
 }
 
+// concurrencyRetry is when a request denied for concurrency tries again
+// while it waits: a slot freed on this replica wakes it at once (queue.go),
+// one freed on another replica is seen within this interval.
+const concurrencyRetry = 250 * time.Millisecond
+
+// retryIn is how long until capacity a denial names is expected back, for
+// the queue: 0 for what waiting cannot cure (a budget, a request that never
+// fits).
+func retryIn(d limiter.Decision) time.Duration {
+	switch d.Denied {
+	case limiter.DimensionConcurrency:
+		return concurrencyRetry
+	case limiter.DimensionRequests, limiter.DimensionTokens:
+		if d.NeverFits {
+			return 0
+		}
+		return max(d.RetryAfter, time.Millisecond)
+	}
+	return 0
+}
+
 // budgetCap is the cap of the named budget window in a decision.
 func budgetCap(d limiter.Decision, window string) (int64, bool) {
 	for _, b := range d.Budgets {
@@ -222,7 +260,7 @@ func budgetCap(d limiter.Decision, window string) (int64, bool) {
 // reject ends the request with a local reply in the dialect's error format
 // and records its outcome.
 func (x *Exchange) reject(code int, kind wire.ErrorKind, dimension, msg string, result Result, h *HeaderEdits) *Reply {
-	x.phase = phaseDone
+	x.paceRelease() // never reaches the provider, or not yet (a held reply waits)
 	model := x.modelLabel
 	if model == "" {
 		model = policy.OtherLabel
@@ -230,11 +268,10 @@ func (x *Exchange) reject(code int, kind wire.ErrorKind, dimension, msg string, 
 	if x.decisionTag == "" {
 		x.decisionTag = string(result)
 	}
-	x.outcome = &Outcome{
+	o := &Outcome{
 		Dialect: x.dialect.Name(), Tenant: x.tenant, TenantLabel: x.cfg.TenantLabel(x.tenant), Policy: x.policyName(),
 		RequestedModel: x.requestedModel, Model: x.model, ModelLabel: model, Result: result, Decision: x.decisionTag,
 	}
-	x.g.obs.Outcome(x.outcome)
 	if x.requestID == "" {
 		x.requestID = x.g.nextRequestID()
 	}
@@ -250,7 +287,22 @@ func (x *Exchange) reject(code int, kind wire.ErrorKind, dimension, msg string, 
 		Header{x.dialect.RequestIDHeader(), x.requestID},
 		Header{"content-type", "application/json"},
 		Header{"content-length", strconv.Itoa(len(body))})
+	if x.mayWait() {
+		// Capacity is expected back within the lane's wait: this answer is
+		// kept for the end of the wait, and nothing is recorded yet
+		// (queue.go).
+		x.q.held = &heldReply{reply: r, outcome: o}
+		return r
+	}
+	x.answered(o)
 	return r
+}
+
+// answered ends the request with a local answer and records its outcome.
+func (x *Exchange) answered(o *Outcome) {
+	x.phase = phaseDone
+	x.outcome = o
+	x.g.obs.Outcome(o)
 }
 
 // rateLimitHeaders adds the caller's limits under tokenwarden's own names

@@ -8,6 +8,7 @@ import (
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/contract"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/anthropic"
+	"github.com/tokenwarden/tokenwarden/extproc/dialect/openai"
 	"github.com/tokenwarden/tokenwarden/extproc/dialect/wire"
 	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
@@ -30,6 +31,14 @@ import (
 // of the metrics).
 const BatchDialect = "anthropic_batch"
 
+// batchDialect is the Outcome.Dialect of a batch submission.
+func (x *Exchange) batchDialect() string {
+	if x.oa.kind != oaNone {
+		return OpenAIBatchDialect
+	}
+	return BatchDialect
+}
+
 // isBatchSubmit reports whether a request creates a Message Batch.
 func isBatchSubmit(method, path string) bool {
 	p, _, _ := strings.Cut(path, "?")
@@ -38,12 +47,8 @@ func isBatchSubmit(method, path string) bool {
 
 // batchBody admits a batch submission from its body.
 func (x *Exchange) batchBody(body []byte) BodyVerdict {
-	if !x.policy.Batches.Allow {
-		x.decisionTag = "denied_batch"
-		h := HeaderEdits{}
-		h.set(contract.DeniedHeader, "policy/batch")
-		h.set("x-should-retry", "false")
-		return BodyVerdict{Reply: x.reject(403, wire.ErrorForbidden, "batch", "tokenwarden: this route's policy does not allow batches; send the requests one by one", ResultDenied, &h)}
+	if reply := x.batchesAllowed(); reply != nil {
+		return BodyVerdict{Reply: reply}
 	}
 	lines, err := anthropic.ParseBatch(body, x.policy.Batches.MaxRequests)
 	if err != nil {
@@ -75,6 +80,12 @@ func (x *Exchange) batchBody(body []byte) BodyVerdict {
 		est.OutputTokens += req.MaxTokens
 	}
 	x.estimate, x.estimateCost = est, cost
+	return x.admitBatch(body)
+}
+
+// admitBatch admits a batch whose estimate is set, as one detached
+// reservation (either provider's), and forwards its body.
+func (x *Exchange) admitBatch(body []byte) BodyVerdict {
 	x.phase = phaseForwarded
 	if x.enforces() {
 		if reply := x.admit(); reply != nil {
@@ -87,6 +98,19 @@ func (x *Exchange) batchBody(body []byte) BodyVerdict {
 	return BodyVerdict{Body: body}
 }
 
+// batchesAllowed refuses batch work (either provider's) on a policy that
+// does not allow it.
+func (x *Exchange) batchesAllowed() *Reply {
+	if x.policy.Batches.Allow {
+		return nil
+	}
+	x.decisionTag = "denied_batch"
+	h := HeaderEdits{}
+	h.set(contract.DeniedHeader, "policy/batch")
+	h.set("x-should-retry", "false")
+	return x.reject(403, wire.ErrorForbidden, "batch", "tokenwarden: this route's policy does not allow batches; send the requests one by one", ResultDenied, &h)
+}
+
 // batchCreated ends a batch submission the provider accepted: its
 // reservation stays in the store, reserved until it is settled or its lease
 // ends and it is charged at its estimate.
@@ -94,11 +118,15 @@ func (x *Exchange) batchCreated() {
 	x.phase = phaseDone
 	x.decisionTag = "batch_reserved"
 	x.outcome = &Outcome{
-		Dialect: BatchDialect, Tenant: x.tenant, TenantLabel: x.cfg.TenantLabel(x.tenant), Policy: x.policyName(),
+		Dialect: x.batchDialect(), Tenant: x.tenant, TenantLabel: x.cfg.TenantLabel(x.tenant), Policy: x.policyName(),
 		RequestedModel: x.requestedModel, Model: x.model, ModelLabel: x.modelLabel, Result: ResultBatchReserved,
 		Decision: x.decisionTag, Latency: time.Since(x.forwardedAt),
 	}
 	x.g.obs.Outcome(x.outcome)
+	if x.reservation != nil {
+		x.g.obs.BatchReserved(x.outcome.TenantLabel, x.outcome.Dialect, x.estimateCost)
+		x.countBatch(x.tenant, BatchReserved, x.outcome.Dialect, int64(x.estimateCost))
+	}
 	x.reservation = nil // not this exchange's to settle
 }
 
@@ -137,15 +165,58 @@ const (
 	maxBatchResultLine = 16 << 20
 )
 
-// batchReservation is the store id a named batch's reservation has.
-func batchReservation(id string) string { return "batch:" + id }
+// batchReservation is the store id a named Message Batch's reservation
+// has; openaiBatchReservation an OpenAI batch's. Each names its API, so a
+// reservation that expires is reported as the batch it was.
+func batchReservation(id string) string       { return "batch:" + id }
+func openaiBatchReservation(id string) string { return "openai_batch:" + id }
+
+// BatchLedgerKey is the store counter (limiter.Notes) of an org's batch
+// spend in nano-USD by stage (BatchReserved, BatchSettled), batch dialect
+// and UTC month ("200601"), which `tokenwarden budgets` reports.
+func BatchLedgerKey(stage, dialect string, month time.Time) string {
+	return "batchusd:" + stage + ":" + dialect + ":" + month.UTC().Format("200601")
+}
+
+// Stages of the batch ledger.
+const (
+	BatchReserved = "reserved"
+	BatchSettled  = "settled"
+)
+
+// batchLedgerTTL keeps a month's counters through the next month.
+const batchLedgerTTL = 62 * 24 * time.Hour
+
+// countBatch adds to the org's batch ledger; a store without notes keeps
+// none, and a failure costs only the report's figure.
+func (x *Exchange) countBatch(tenant, stage, dialect string, cost int64) {
+	ns := x.notes()
+	if ns == nil || cost <= 0 {
+		return
+	}
+	ctx, cancel := x.g.detached(x.ctx)
+	defer cancel()
+	start := x.g.opts.Now()
+	err := ns.AddNoteCount(ctx, tenant, BatchLedgerKey(stage, dialect, start), cost, batchLedgerTTL)
+	x.g.obs.StoreCall("note_count", x.g.opts.Now().Sub(start), err)
+}
+
+// batchOfReservation is the batch dialect of a reservation id, "" for a
+// reservation of one request.
+func batchOfReservation(id string) string {
+	switch {
+	case strings.HasPrefix(id, "batch:"):
+		return BatchDialect
+	case strings.HasPrefix(id, "openai_batch:"):
+		return OpenAIBatchDialect
+	}
+	return ""
+}
 
 // batchCreateChunk keeps the create answer and, at its end, renames the
 // reservation after the batch.
 func (x *Exchange) batchCreateChunk(chunk []byte, end bool) ChunkVerdict {
-	if len(x.b.buf)+len(chunk) <= maxBatchCreateAnswer {
-		x.b.buf = append(x.b.buf, chunk...)
-	}
+	x.b.buf, _ = appendBounded(x.b.buf, chunk, maxBatchCreateAnswer)
 	if !end {
 		return ChunkVerdict{}
 	}
@@ -153,19 +224,39 @@ func (x *Exchange) batchCreateChunk(chunk []byte, end bool) ChunkVerdict {
 	return ChunkVerdict{Done: true}
 }
 
+// appendBounded appends chunk to an answer kept whole unless it would grow
+// past limit; over reports that it did not.
+func appendBounded(buf, chunk []byte, limit int) (out []byte, over bool) {
+	if len(buf)+len(chunk) > limit {
+		return buf, true
+	}
+	return append(buf, chunk...), false
+}
+
 // bindBatch renames the batch's reservation after the id the provider
 // gave it; without an id (or a store that cannot rename) the reservation
 // keeps its submit id and ends charged at its estimate.
 func (x *Exchange) bindBatch() {
 	id, ok := anthropic.BatchCreated(x.b.buf)
+	if x.oa.kind == oaSubmit {
+		st, err := openai.ParseBatchObject(x.b.buf)
+		id, ok = st.ID, err == nil
+	}
 	x.b.buf = nil
 	rb, can := x.g.opts.Store.(limiter.Rebinder)
 	if ok && can && x.reservation != nil {
 		ctx, cancel := x.g.detached(x.ctx)
-		bound, err := rb.Rebind(ctx, limiter.RebindRequest{Tenant: x.tenant, From: x.requestID, To: batchReservation(id)})
+		to := batchReservation(id)
+		if x.oa.kind == oaSubmit {
+			to = openaiBatchReservation(id)
+		}
+		bound, err := rb.Rebind(ctx, limiter.RebindRequest{Tenant: x.tenant, From: x.requestID, To: to})
 		cancel()
 		if err != nil || !bound {
 			x.g.log.Warn("batch reservation kept its submit id; it will be charged at its estimate when it ends", "tenant", x.tenant, "batch", id, "err", err)
+		}
+		if err == nil && bound && x.oa.kind == oaSubmit {
+			x.noteBatch(id) // what its settle needs (batch_openai.go)
 		}
 	}
 	x.batchCreated()
@@ -226,6 +317,10 @@ func (x *Exchange) batchResultLine() {
 	if len(line) == 0 {
 		return
 	}
+	if x.oa.kind == oaOutput {
+		x.openaiOutputLine(line)
+		return
+	}
 	r, err := anthropic.ParseBatchResult(line)
 	if err != nil {
 		x.b.failed = true
@@ -235,27 +330,32 @@ func (x *Exchange) batchResultLine() {
 	if !r.Succeeded {
 		return
 	}
-	x.b.succeeded++
-	r.Usage.ServiceTier = accounting.TierBatch.String()
-	price, canonical, known := x.cfg.Prices.Lookup(r.Model, x.pricedAt)
+	x.b.add(x, r.Model, r.Usage)
+}
+
+// add counts one succeeded line's usage, priced at batch prices by model.
+func (b *batchState) add(x *Exchange, model string, u accounting.Usage) {
+	b.succeeded++
+	u.ServiceTier = accounting.TierBatch.String()
+	price, canonical, known := x.cfg.Prices.Lookup(model, x.pricedAt)
 	if !known {
 		x.unpriced = true
-	} else if x.b.model == "" {
-		x.b.model = canonical // the batch's model label: its first priced line's
+	} else if b.model == "" {
+		b.model = canonical // the batch's model label: its first priced line's
 	}
-	c := price.Cost(r.Usage)
-	x.b.cost.Input += c.Input
-	x.b.cost.Output += c.Output
-	x.b.cost.CacheRead += c.CacheRead
-	x.b.cost.CacheWrite += c.CacheWrite
-	x.b.cost.Total += c.Total
-	u := &x.b.usage
-	u.InputTokens += r.Usage.InputTokens
-	u.OutputTokens += r.Usage.OutputTokens
-	u.CacheReadTokens += r.Usage.CacheReadTokens
-	u.CacheWrite5mTokens += r.Usage.CacheWrite5mTokens
-	u.CacheWrite1hTokens += r.Usage.CacheWrite1hTokens
-	u.ServiceTier = r.Usage.ServiceTier
+	c := price.Cost(u)
+	b.cost.Input += c.Input
+	b.cost.Output += c.Output
+	b.cost.CacheRead += c.CacheRead
+	b.cost.CacheWrite += c.CacheWrite
+	b.cost.Total += c.Total
+	bu := &b.usage
+	bu.InputTokens += u.InputTokens
+	bu.OutputTokens += u.OutputTokens
+	bu.CacheReadTokens += u.CacheReadTokens
+	bu.CacheWrite5mTokens += u.CacheWrite5mTokens
+	bu.CacheWrite1hTokens += u.CacheWrite1hTokens
+	bu.ServiceTier = u.ServiceTier
 }
 
 // batchResultsEnd ends a download: read whole, its settle is due.
@@ -266,9 +366,18 @@ func (x *Exchange) batchResultsEnd() {
 	x.phase = phaseDone
 	x.decisionTag = "batch_results"
 	x.outcome = &Outcome{
-		Dialect: BatchDialect, Tenant: x.tenant, TenantLabel: x.cfg.TenantLabel(x.tenant), Policy: x.policyName(),
+		Dialect: x.batchDialect(), Tenant: x.tenant, TenantLabel: x.cfg.TenantLabel(x.tenant), Policy: x.policyName(),
 		ModelLabel: policy.OtherLabel, Result: ResultBatchResults, Decision: x.decisionTag, Latency: time.Since(x.forwardedAt),
 	}
+}
+
+// resultsReservation is the reservation a results download settles: a
+// Message Batch's, or (an OpenAI output file) the batch's that wrote it.
+func (x *Exchange) resultsReservation() string {
+	if x.oa.kind == oaOutput {
+		return openaiBatchReservation(x.b.resultsID)
+	}
+	return batchReservation(x.b.resultsID)
 }
 
 // settleBatch settles a downloaded batch's reservation to what its
@@ -283,7 +392,7 @@ func (x *Exchange) settleBatch() {
 	defer cancel()
 	start := x.g.opts.Now()
 	res, err := x.g.opts.Store.Settle(ctx, limiter.SettleRequest{
-		Tenant: x.tenant, RequestID: batchReservation(x.b.resultsID), Cost: int64(x.b.cost.Total), Budgets: budgets,
+		Tenant: x.tenant, RequestID: x.resultsReservation(), Cost: int64(x.b.cost.Total), Budgets: budgets,
 	})
 	x.g.obs.StoreCall("settle", x.g.opts.Now().Sub(start), err)
 	if err != nil {
@@ -300,6 +409,7 @@ func (x *Exchange) settleBatch() {
 		x.recordExpired(res.Expired)
 		x.observeBudgets(res.Budgets)
 		x.recordCrossings(res.Crossed)
+		x.countBatch(x.tenant, BatchSettled, x.batchDialect(), int64(x.b.cost.Total))
 	}
 	x.g.obs.Outcome(x.outcome)
 }

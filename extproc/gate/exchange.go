@@ -74,16 +74,28 @@ type Exchange struct {
 	// charge is what Settle charges the reservation, fixed with the outcome.
 	charge limiter.Charge
 
-	rc cacheState    // the response cache's part (cache.go)
-	up upstreamState // the upstream view's part (upstream.go)
+	rc   cacheState    // the response cache's part (cache.go)
+	up   upstreamState // the upstream view's part (upstream.go)
+	pace paceState     // pacing's part (pacing.go)
 
 	// levels are the caller's levels in its org (org first, its own last)
 	// when the org is configured under orgs:, else nil: a one-level org
 	// held to its policy.
 	levels []policy.ResolvedLevel
+	// lane is the request's lane (nil: its policy has none), laneIndex its
+	// place in the policy's lanes, highest priority first (lanes.go).
+	lane      *policy.Lane
+	laneIndex int
+	// retryIn is how long until the capacity a denial names is expected
+	// back: set by every denial that waiting can cure (rate, concurrency,
+	// upstream cool-down or pacing), 0 otherwise. A denial with retryIn > 0
+	// may wait in the queue (queue.go) instead of being answered at once.
+	retryIn time.Duration
+	q       queueState
 	// batch marks a batch submission, b a batch's state (batch.go).
 	batch bool
 	b     batchState
+	oa    openaiBatchState // the OpenAI Batch API's part (batch_openai.go)
 }
 
 // Limits on bodies the gate holds. Envoy bounds BUFFERED bodies by its own
@@ -118,6 +130,7 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 	if !known {
 		g.obs.Unconfigured(UnconfiguredRoutePolicy)
 	}
+	x.chooseLane(r.RouteLane, r.Envoy)
 	if !known && g.warned.add(r.RoutePolicy) {
 		// Route metadata is the operator's, so the names are few: warn once
 		// each (and never for more than a bounded number of names).
@@ -149,6 +162,9 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 			return x, v
 		}
 		v.Reply = x.reject(400, wire.ErrorInvalidRequest, "", "tokenwarden: a WebSocket connection cannot be metered; send each request over HTTP", ResultInvalidRequest, nil)
+		return x, v
+	}
+	if v, ok := x.beginOpenAIBatch(h, method, path, refusal == nil); ok {
 		return x, v
 	}
 	if id, ok := anthropic.BatchResultsPath(path); ok && method == "GET" && refusal == nil {

@@ -44,12 +44,21 @@ type Options struct {
 	// provider asked for), shared by the replicas or not; nil means a view
 	// of this replica alone.
 	Upstreams limiter.UpstreamView
+	// Pacer keeps the schedules of paced upstreams (pacing.go), shared by
+	// the replicas or not; nil means this replica's own.
+	Pacer limiter.Pacer
+	// Replicas is how many replicas share the upstreams (the store's live
+	// count); nil means the configured store.replicas alone.
+	Replicas func() int64
 	// Observer receives every observation; nil records nothing.
 	Observer Observer
 	Logger   *slog.Logger
 	// Now is the clock of budget windows and latencies; nil means time.Now.
 	// The store keeps its own clock for decisions.
 	Now func() time.Time
+	// Timer makes the queue's timers, on the clock of Now; nil means real
+	// timers (time.NewTimer).
+	Timer func(d time.Duration) Timer
 	// SettleTimeout bounds the store call that ends a reservation after its
 	// stream may be gone; zero means DefaultSettleTimeout.
 	SettleTimeout time.Duration
@@ -80,6 +89,11 @@ type Gate struct {
 	refusals, settles Sampler
 	decodeLog         Sampler
 	cooldownLog       Sampler // cool-downs that could not be shared
+	queue             *queue  // requests waiting for capacity (queue.go)
+	// pacer is Options.Pacer, or a local one; paces the upstreams' state.
+	pacer   limiter.Pacer
+	paces   *paceTable
+	paceLog Sampler // pacer failures
 }
 
 // New returns a Gate.
@@ -101,7 +115,12 @@ func New(o Options) (*Gate, error) {
 		warned:   newBoundedSet(maxWarnedPolicies),
 		unpriced: newBoundedSet(maxWarnedPolicies),
 	}
+	g.queue = newQueue(g)
 	g.upstreams = o.Upstreams
+	g.pacer, g.paces = o.Pacer, newPaceTable(g.log)
+	if g.pacer == nil {
+		g.pacer = limiter.NewPaceMemory(nil)
+	}
 	if g.upstreams == nil {
 		g.upstreams = limiter.NewUpstreamMemory(o.Now)
 	}

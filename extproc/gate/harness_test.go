@@ -27,8 +27,14 @@ import (
 var t0 = time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
 
 type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
+	mu     sync.Mutex
+	now    time.Time
+	timers []*fakeTimer
+}
+
+type fakeTimer struct {
+	at time.Time
+	c  chan time.Time
 }
 
 func newClock() *fakeClock { return &fakeClock{now: t0} }
@@ -39,10 +45,49 @@ func (c *fakeClock) Now() time.Time {
 	return c.now
 }
 
+// Advance moves the clock and fires the timers that are then due.
 func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	c.now = c.now.Add(d)
+	keep := c.timers[:0]
+	for _, t := range c.timers {
+		if t.at.After(c.now) {
+			keep = append(keep, t)
+			continue
+		}
+		t.c <- c.now
+	}
+	c.timers = keep
 	c.mu.Unlock()
+}
+
+// Timer is a gate Options.Timer on the fake clock.
+func (c *fakeClock) Timer(d time.Duration) Timer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &fakeTimer{at: c.now.Add(d), c: make(chan time.Time, 1)}
+	if d <= 0 {
+		t.c <- c.now
+		return Timer{C: t.c, Stop: func() bool { return false }}
+	}
+	c.timers = append(c.timers, t)
+	return Timer{C: t.c, Stop: func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		i := slices.Index(c.timers, t)
+		if i < 0 {
+			return false
+		}
+		c.timers = slices.Delete(c.timers, i, i+1)
+		return true
+	}}
+}
+
+// pending is the number of timers not yet fired or stopped.
+func (c *fakeClock) pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.timers)
 }
 
 // Published per-token prices in nano-USD, written out here rather than taken
@@ -114,10 +159,27 @@ type recorder struct {
 	budgets    []budgetsSeen
 	crossed    []crossing
 	expired    []expiredSeen
+	batches    []batchSeen
 	unknown    []string
 	estimates  []estimateSeen
 	factors    []factorSeen
+	waits      []string // results of queue waits
+	overflows  []string // lane/reason
 }
+
+func (r *recorder) QueueWait(lane, result string, _ time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.waits = append(r.waits, result)
+}
+
+func (r *recorder) QueueOverflow(lane, reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.overflows = append(r.overflows, lane+"/"+reason)
+}
+
+func (r *recorder) ProviderHeaders(string, string, time.Duration) {}
 
 type estimateSeen struct {
 	model               string
@@ -215,6 +277,23 @@ func (r *recorder) BudgetCrossed(tenant string, level BudgetLevel, window string
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.crossed = append(r.crossed, crossing{tenant, level, window, threshold})
+}
+
+func (r *recorder) BatchReserved(tenant, dialect string, cost accounting.NanoUSD) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.batches = append(r.batches, batchSeen{tenant, dialect, "reserved", cost})
+}
+
+func (r *recorder) BatchExpired(tenant, _, dialect string, cost accounting.NanoUSD) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.batches = append(r.batches, batchSeen{tenant, dialect, "expired", cost})
+}
+
+type batchSeen struct {
+	tenant, dialect, stage string
+	cost                   accounting.NanoUSD
 }
 
 func (r *recorder) ExpiredCharged(tenant, model string, cost accounting.NanoUSD) {
@@ -324,9 +403,11 @@ func newHarnessWith(t *testing.T, cfgYAML string, store func(*limiter.Memory) li
 	h.g, err = New(Options{
 		Config:   policy.NewHolder(cfg),
 		Store:    store(h.mem),
+		Pacer:    limiter.NewPaceMemory(h.clock.Now),
 		Observer: h.obs,
 		Logger:   slog.New(h.logs),
 		Now:      h.clock.Now,
+		Timer:    h.clock.Timer,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -26,8 +26,14 @@ func (x *Exchange) ResponseHeaders(h Headers, endOfStream bool) ResponseVerdict 
 	st, _ := h.Get(":status")
 	x.status = atoiStatus(st)
 	x.g.obs.ProviderResponse(x.dialect.Name(), x.status)
+	if o, ok := x.g.obs.(QueueObserver); ok && !x.forwardedAt.IsZero() {
+		o.ProviderHeaders(x.policyName(), x.laneName(), x.since())
+	}
 	x.upstreamResponse(h)
 
+	if x.oa.kind == oaUpload || x.oa.kind == oaPoll {
+		return x.openaiBatchResponse(endOfStream) // batch_openai.go
+	}
 	var v ResponseVerdict
 	x.rateLimitHeaders(&v.Edits)
 	if x.rewriteReason != "" {
@@ -243,6 +249,8 @@ func (x *Exchange) ResponseBody(chunk []byte, endOfStream bool) ChunkVerdict {
 		return ChunkVerdict{}
 	}
 	switch {
+	case x.oa.kind == oaUpload || x.oa.kind == oaPoll:
+		return x.openaiBatchChunk(chunk, endOfStream)
 	case x.batch:
 		return x.batchCreateChunk(chunk, endOfStream)
 	case x.b.resultsID != "":
@@ -283,6 +291,9 @@ func (x *Exchange) ResponseEnd() bool {
 		return false
 	}
 	switch {
+	case x.oa.kind == oaUpload || x.oa.kind == oaPoll:
+		x.openaiBatchChunk(nil, true)
+		return true
 	case x.batch:
 		x.batchCreateChunk(nil, true)
 		return true
@@ -380,9 +391,10 @@ func (x *Exchange) estimateFromStream(u accounting.Usage) accounting.Usage {
 // call at any point, any number of times; after a completed exchange it only
 // makes sure the settle ran.
 func (x *Exchange) Abort() {
-	if x == nil {
+	if x == nil || x.batchAbort() {
 		return
 	}
+	x.paceRelease()
 	switch x.phase {
 	case phaseForwarded, phaseResponse:
 		if x.coding.unreadable() {
@@ -472,6 +484,14 @@ func (x *Exchange) Settle() {
 	if x == nil || x.phase != phaseDone {
 		return
 	}
+	x.paceRelease()
+	if x.oa.kind == oaPoll {
+		if x.outcome != nil && !x.oa.settled {
+			x.oa.settled = true
+			x.settleOpenAIBatch()
+		}
+		return
+	}
 	if x.b.resultsID != "" {
 		if x.outcome != nil && !x.b.settled {
 			x.b.settled = true
@@ -492,6 +512,8 @@ func (x *Exchange) Settle() {
 	if !ok {
 		return
 	}
+	// The slot is given back: requests of the line waiting for one try now.
+	defer g.queue.released(x)
 	g.obs.StoreCall("settle", g.opts.Now().Sub(start), err)
 	if err != nil {
 		if n, ok := g.settles.Allow(g.opts.Now()); ok {
@@ -517,7 +539,12 @@ func (x *Exchange) recordExpired(exp []limiter.Expired) {
 		if model == "" {
 			model = accounting.OtherModel
 		}
-		x.g.obs.ExpiredCharged(x.cfg.TenantLabel(e.Tenant), model, accounting.NanoUSD(e.Cost))
+		if d := batchOfReservation(e.RequestID); d != "" {
+			x.g.obs.BatchExpired(x.cfg.TenantLabel(e.Tenant), model, d, accounting.NanoUSD(e.Cost))
+			x.countBatch(e.Tenant, BatchSettled, d, e.Cost)
+		} else {
+			x.g.obs.ExpiredCharged(x.cfg.TenantLabel(e.Tenant), model, accounting.NanoUSD(e.Cost))
+		}
 		x.g.log.Warn("reservation expired unsettled; charged at its estimate", "tenant", e.Tenant, "reservation", e.RequestID, "cost_usd", accounting.NanoUSD(e.Cost).USD())
 	}
 }

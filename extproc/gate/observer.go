@@ -35,6 +35,12 @@ type Observer interface {
 	// ExpiredCharged records a reservation that expired unsettled and was
 	// charged at its estimate.
 	ExpiredCharged(tenantLabel, model string, cost accounting.NanoUSD)
+	// BatchReserved records a batch the provider accepted, reserved at its
+	// estimate; dialect is BatchDialect or OpenAIBatchDialect.
+	BatchReserved(tenantLabel, dialect string, cost accounting.NanoUSD)
+	// BatchExpired records a batch's reservation that ended unsettled and
+	// was charged at its estimate (in place of ExpiredCharged).
+	BatchExpired(tenantLabel, model, dialect string, cost accounting.NanoUSD)
 	// Unconfigured records a name the configuration does not know: a
 	// caller, a route policy, a model without a price.
 	Unconfigured(kind string)
@@ -71,15 +77,17 @@ const (
 // NopObserver records nothing.
 type NopObserver struct{}
 
-func (NopObserver) Outcome(*Outcome)                                   {}
-func (NopObserver) Admission(string, string)                           {}
-func (NopObserver) StoreCall(string, time.Duration, error)             {}
-func (NopObserver) ProviderResponse(string, int)                       {}
-func (NopObserver) ModelRewrite(string, string)                        {}
-func (NopObserver) PrefixChange(string)                                {}
-func (NopObserver) Budgets(string, []LevelBudget, time.Time)           {}
-func (NopObserver) BudgetCrossed(string, BudgetLevel, string, float64) {}
-func (NopObserver) ExpiredCharged(string, string, accounting.NanoUSD)  {}
-func (NopObserver) Unconfigured(string)                                {}
-func (NopObserver) InputEstimate(string, int64, int64)                 {}
-func (NopObserver) EstimatorFactor(string, float64)                    {}
+func (NopObserver) Outcome(*Outcome)                                        {}
+func (NopObserver) Admission(string, string)                                {}
+func (NopObserver) StoreCall(string, time.Duration, error)                  {}
+func (NopObserver) ProviderResponse(string, int)                            {}
+func (NopObserver) ModelRewrite(string, string)                             {}
+func (NopObserver) PrefixChange(string)                                     {}
+func (NopObserver) Budgets(string, []LevelBudget, time.Time)                {}
+func (NopObserver) BudgetCrossed(string, BudgetLevel, string, float64)      {}
+func (NopObserver) ExpiredCharged(string, string, accounting.NanoUSD)       {}
+func (NopObserver) BatchReserved(string, string, accounting.NanoUSD)        {}
+func (NopObserver) BatchExpired(string, string, string, accounting.NanoUSD) {}
+func (NopObserver) Unconfigured(string)                                     {}
+func (NopObserver) InputEstimate(string, int64, int64)                      {}
+func (NopObserver) EstimatorFactor(string, float64)                         {}

@@ -20,6 +20,9 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 	if x.phase != phaseBody {
 		return BodyVerdict{Body: body}
 	}
+	if x.oa.kind != oaNone {
+		return x.openaiBatchBody(body)
+	}
 	if x.batch {
 		return x.batchBody(body)
 	}
@@ -70,41 +73,75 @@ func (x *Exchange) Body(body []byte) BodyVerdict {
 	if reply := x.lookup(newBody, newPath); reply != nil {
 		return BodyVerdict{Reply: reply}
 	}
+	x.q.pend = pendingBody{body: body, out: newBody, changed: changed, path: newPath}
+	return x.admitOrWait()
+}
+
+// attempt is one try at admission: the upstream's own state, then the
+// store. wait reports a denial that capacity will cure within the lane's
+// wait (x.retryIn > 0): nothing is answered or recorded, and the request
+// may wait in the queue (queue.go).
+func (x *Exchange) attempt() (v BodyVerdict, wait bool) {
+	x.retryIn, x.q.held, x.decisionTag = 0, nil, ""
+	x.q.deciding = true
+	defer func() { x.q.deciding = false }()
 	if reply := x.upstreamGate(); reply != nil {
-		return BodyVerdict{Reply: reply}
+		return x.decided(reply)
+	}
+	if reply := x.paceGate(); reply != nil {
+		return x.decided(reply)
 	}
 	x.phase = phaseForwarded
+	p := &x.q.pend
 	if x.enforces() {
 		if reply := x.admit(); reply != nil {
-			return BodyVerdict{Reply: reply}
+			return x.decided(reply)
 		}
 		if x.output.Tokens > 0 && x.decision.OutputTokens < x.output.Tokens {
-			if newBody, newPath, reply = x.clamp(body); reply != nil {
-				return BodyVerdict{Reply: reply}
+			var reply *Reply
+			if p.out, p.path, reply = x.clamp(p.body); reply != nil {
+				return BodyVerdict{Reply: reply}, false
 			}
-			changed = true
+			p.changed = true
 		}
 	} else {
 		x.decisionTag = "allowed"
 	}
-	x.forwardedAt = x.g.opts.Now()
+	return x.forward(), false
+}
 
-	v := BodyVerdict{Body: newBody, BodyChanged: changed}
-	if changed {
+// decided turns a denial into the verdict, or into a wait when reject kept
+// it for the end of one.
+func (x *Exchange) decided(reply *Reply) (BodyVerdict, bool) {
+	if x.q.held != nil && x.q.held.reply == reply {
+		x.phase = phaseBody
+		return BodyVerdict{}, true
+	}
+	return BodyVerdict{Reply: reply}, false
+}
+
+// forward is the admitted request's verdict: its body and the header
+// changes that go with it.
+func (x *Exchange) forward() BodyVerdict {
+	p := x.q.pend
+	x.q.pend = pendingBody{} // the queue no longer holds it
+	x.forwardedAt = x.g.opts.Now()
+	v := BodyVerdict{Body: p.out, BodyChanged: p.changed}
+	if p.changed {
 		// A buffered body keeps its content-length, and Envoy refuses a body
 		// whose length differs from it (ext_proc BodySendMode BUFFERED:
 		// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/ext_proc/v3/processing_mode.proto).
-		v.Edits.set("content-length", strconv.Itoa(len(newBody)))
+		v.Edits.set("content-length", strconv.Itoa(len(p.out)))
 	}
-	if newPath != "" {
+	if p.path != "" {
 		// The model is in the path (Gemini): Envoy still holds the request
 		// headers while it waits for a buffered body's answer, so :path may
 		// change here, and the route is picked again with it.
-		v.Edits.set(":path", newPath)
+		v.Edits.set(":path", p.path)
 	}
 	// The resolved model, always, so envoy.yaml can route by model whether or
 	// not tokenwarden rewrote it; the route is picked again with it.
-	v.Edits.set(contract.ModelHeader, model)
+	v.Edits.set(contract.ModelHeader, x.model)
 	if x.req.Stream && x.newRewriter() != nil {
 		// The client will receive this stream decoded and rewritten
 		// whatever coding the provider uses, so the provider is asked for

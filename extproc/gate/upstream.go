@@ -42,6 +42,7 @@ var knownHosts = map[string]bool{
 type upstreamState struct {
 	id   string // host#credential-fingerprint or host@policy
 	host string // the metric label: a known host, else "other"
+	name string // the host itself (upstreams.hosts: keys)
 }
 
 // UpstreamObserver is implemented by an Observer that records the upstream
@@ -66,7 +67,7 @@ func (x *Exchange) upstreamRequest(h Headers, routePolicy string) {
 	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.Contains(host[i:], "]") {
 		host = host[:i]
 	}
-	x.up.host = host
+	x.up.host, x.up.name = host, host
 	if !knownHosts[host] {
 		x.up.host = policy.OtherLabel
 	}
@@ -96,16 +97,26 @@ func (x *Exchange) upstreamGate() *Reply {
 	if o, ok := x.g.obs.(UpstreamObserver); ok {
 		o.CooldownDenied(x.up.host)
 	}
-	var h HeaderEdits
 	secs := max(int64(math.Ceil(wait.Seconds())), 1)
-	h.set("retry-after", strconv.FormatInt(secs, 10))
+	return x.upstreamDenial(DeniedUpstreamCooldown, wait,
+		"tokenwarden: the provider asked for a pause on this upstream (rate limited or overloaded); retry in "+strconv.FormatInt(secs, 10)+"s")
+}
+
+// upstreamDenial is the local 429 of a request held back for its
+// upstream's sake (a cool-down, pacing): in the request's dialect, with the
+// real wait in retry-after-ms (and retry-after in whole seconds, at least
+// 1), x-should-retry: true, and the wait as retryIn.
+func (x *Exchange) upstreamDenial(denied string, wait time.Duration, msg string) *Reply {
+	wait = max(wait, time.Millisecond)
+	x.retryIn = wait
+	var h HeaderEdits
+	h.set("retry-after", strconv.FormatInt(max(int64(math.Ceil(wait.Seconds())), 1), 10))
 	h.set("retry-after-ms", strconv.FormatInt(max(wait.Milliseconds(), 1), 10))
 	h.set("x-should-retry", "true")
-	h.set(contract.DeniedHeader, DeniedUpstreamCooldown)
-	x.decisionTag = "denied_upstream_cooldown"
+	h.set(contract.DeniedHeader, denied)
+	x.decisionTag = "denied_" + strings.ReplaceAll(denied, "/", "_")
 	x.g.obs.Admission(x.cfg.TenantLabel(x.tenant), x.decisionTag)
-	msg := "tokenwarden: the provider asked for a pause on this upstream (rate limited or overloaded); retry in " + strconv.FormatInt(secs, 10) + "s"
-	return x.reject(429, wire.ErrorRateLimited, DeniedUpstreamCooldown, msg, ResultDenied, &h)
+	return x.reject(429, wire.ErrorRateLimited, denied, msg, ResultDenied, &h)
 }
 
 // upstreamResponse reads what the provider's answer says about its
@@ -113,6 +124,7 @@ func (x *Exchange) upstreamGate() *Reply {
 // cool-down every replica then applies — retry-after, else for a 429 the
 // reset of an exhausted window. Nothing here waits for the shared store.
 func (x *Exchange) upstreamResponse(h Headers) {
+	x.paceRelease()
 	if x.g.upstreams == nil || x.up.id == "" {
 		return
 	}
@@ -122,6 +134,7 @@ func (x *Exchange) upstreamResponse(h Headers) {
 	}
 	now := x.g.opts.Now()
 	l := lr.ProviderLimits(h.Get, now)
+	x.paceReading(l, now)
 	obs, _ := x.g.obs.(UpstreamObserver)
 	if obs != nil {
 		for _, w := range [...]struct {

@@ -52,6 +52,10 @@ type Request struct {
 	// RoutePolicy is the policy the route names in its metadata, "" when it
 	// names none. Only Envoy's configuration sets it; a client cannot.
 	RoutePolicy string
+	// RouteLane is the lane the route names in its metadata, "" when it
+	// names none (the policy's default lane). Only Envoy's configuration
+	// sets it.
+	RouteLane string
 	// EndOfStream reports a request without a body.
 	EndOfStream bool
 }
@@ -148,6 +152,12 @@ type BodyVerdict struct {
 	Body        []byte
 	BodyChanged bool
 	Edits       HeaderEdits
+	// Wait, when set, means the request waits in the queue for capacity:
+	// nothing is answered yet; Exchange.Wait gives the final verdict.
+	Wait *Wait
+	// Gone: the client went away while the request waited; there is no one
+	// to answer, and nothing is held.
+	Gone bool
 }
 
 // ResponseVerdict answers the response headers.
@@ -186,6 +196,8 @@ const (
 	ResultBackground     Result = "background"      // a background response (Responses API): its usage comes later, elsewhere; charged its estimate
 	ResultBatchReserved  Result = "batch_reserved"  // a batch the provider accepted: reserved until settled or charged its estimate at its lease's end
 	ResultBatchResults   Result = "batch_results"   // a batch's results downloaded without settling it (already settled, unknown, or unreadable)
+	ResultBatchFile      Result = "batch_file"      // an OpenAI batch input file uploaded: its estimate kept for the batch that names it
+	ResultBatchStatus    Result = "batch_status"    // an OpenAI batch polled without settling it (unfinished, already settled, or unknown)
 	ResultUpstreamError  Result = "upstream_error"  // the provider answered with an error
 	ResultDenied         Result = "denied"          // tokenwarden answered 429
 	ResultInvalidRequest Result = "invalid_request" // tokenwarden answered 4xx for the request itself

@@ -76,6 +76,9 @@ type Metrics struct {
 	cache     *cacheMetrics     // cache.go
 	estimator *estimatorMetrics // estimator.go
 	upstream  *upstreamMetrics  // upstream.go
+	queue     *queueMetrics     // queue.go
+	batch     *batchMetrics     // batch.go
+	pacing    *pacingMetrics    // pacing.go
 }
 
 var _ gate.Observer = (*Metrics)(nil)
@@ -106,8 +109,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"tenant", "result"}),
 		spend: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenwarden_spend_usd_total",
-			Help: "Spend settled against budgets in USD, by tenant, model and source (measured from provider usage, or estimated).",
-		}, []string{"tenant", "model", "source"}),
+			Help: "Spend settled against budgets in USD, by tenant, model, source (measured from provider usage, or estimated) and api (request: one request; batch: a batch, Anthropic's or OpenAI's).",
+		}, []string{"tenant", "model", "source", "api"}),
 		budgetUsed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tokenwarden_budget_used_ratio",
 			Help: "Fraction of the current budget window spent or reserved, by tenant (the org), level (org, team, user, key), name (the level's configured label; other: the most used unnamed member this replica saw in the window) and window.",
@@ -199,6 +202,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.cache = newCacheMetrics(reg)
 	m.estimator = newEstimatorMetrics(reg)
 	m.upstream = newUpstreamMetrics(reg)
+	m.queue = newQueueMetrics(reg)
+	m.batch = newBatchMetrics(reg)
+	m.pacing = newPacingMetrics(reg)
 	// Series that would otherwise appear only after their first event are
 	// created at zero, so dashboards and alerts see them from the start.
 	m.phase = map[string]prometheus.Observer{}
@@ -248,7 +254,8 @@ func (m *Metrics) Outcome(o *gate.Outcome) {
 	if o.Unpriced {
 		m.unpriced.Inc()
 	}
-	m.spend.WithLabelValues(o.TenantLabel, model, string(o.Source)).Add(o.Cost.Total.USD())
+	m.spend.WithLabelValues(o.TenantLabel, model, string(o.Source), apiOf(o.Dialect)).Add(o.Cost.Total.USD())
+	m.batchSettled(o)
 	if o.Latency > 0 {
 		m.providerLatency.WithLabelValues(o.Policy).Observe(o.Latency.Seconds())
 	}
@@ -282,7 +289,7 @@ func (m *Metrics) PrefixChange(policy string) { m.prefixChanges.WithLabelValues(
 
 // ExpiredCharged implements gate.Observer.
 func (m *Metrics) ExpiredCharged(tenantLabel, model string, cost accounting.NanoUSD) {
-	m.spend.WithLabelValues(tenantLabel, model, string(gate.SourceEstimated)).Add(cost.USD())
+	m.spend.WithLabelValues(tenantLabel, model, string(gate.SourceEstimated), apiRequest).Add(cost.USD())
 }
 
 // Phase records the time one ext_proc message spent in the processor.

@@ -121,7 +121,7 @@ func TestOutcomeCounters(t *testing.T) {
 		{"cache write", m.tokens.WithLabelValues("claude-sonnet-4-5", "cache_write", "measured"), 3},
 		{"prompt cache read", m.promptCache.WithLabelValues("claude-sonnet-4-5", "read"), 7},
 		{"cost", m.cost.WithLabelValues("claude-sonnet-4-5"), 0.000975},
-		{"spend", m.spend.WithLabelValues("acme", "claude-sonnet-4-5", "measured"), 0.000975},
+		{"spend", m.spend.WithLabelValues("acme", "claude-sonnet-4-5", "measured", "request"), 0.000975},
 	}
 	for _, c := range checks {
 		if got := testutil.ToFloat64(c.c); got != c.want {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/extproc/gate"
 	"github.com/tokenwarden/tokenwarden/extproc/policy"
 	"github.com/tokenwarden/tokenwarden/limiter"
 )
@@ -85,8 +86,39 @@ func WriteBudgets(ctx context.Context, w io.Writer, store limiter.Store, cfg *po
 		if isOrg {
 			fmt.Fprintln(tw, MemberNote)
 		}
+		if err := writeBatchLedger(ctx, tw, store, t, now, timeout); err != nil {
+			return errors.Join(tw.Flush(), fmt.Errorf("tenant %s: %w", t, err))
+		}
 	}
 	return tw.Flush()
+}
+
+// writeBatchLedger prints what the tenant's batches reserved on submit and
+// were charged this month (UTC), by batch API, when there were any: the
+// part of the budgets' spend and reservations that is batch work.
+func writeBatchLedger(ctx context.Context, w io.Writer, store limiter.Store, tenant string, now time.Time, timeout time.Duration) error {
+	ns, ok := store.(limiter.Notes)
+	if !ok {
+		return nil
+	}
+	dialects := []string{gate.BatchDialect, gate.OpenAIBatchDialect}
+	var keys []string
+	for _, d := range dialects {
+		keys = append(keys, gate.BatchLedgerKey(gate.BatchReserved, d, now), gate.BatchLedgerKey(gate.BatchSettled, d, now))
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	v, err := ns.NoteCounts(cctx, tenant, keys)
+	cancel()
+	if err != nil {
+		return err
+	}
+	for i, d := range dialects {
+		if reserved, settled := v[2*i], v[2*i+1]; reserved != 0 || settled != 0 {
+			fmt.Fprintf(w, "# %s batches %s (UTC month %s): reserved on submit %.6f USD, settled %.6f USD\n", tenant, d,
+				now.UTC().Format("2006-01"), accounting.NanoUSD(reserved).USD(), accounting.NanoUSD(settled).USD())
+		}
+	}
+	return nil
 }
 
 // reportRow is one level of the tree with its budgets.

@@ -34,6 +34,10 @@ type Config struct {
 	Store    Store
 	Identity Identity
 	Prices   *accounting.PriceTable
+	// Queue bounds the admission queue and states Envoy's message timeouts.
+	Queue Queue
+	// Upstreams paces the provider upstreams (upstreams.go).
+	Upstreams Upstreams
 
 	policies map[string]*Policy
 	// effective holds every (tenant override × policy) combination, built
@@ -102,6 +106,11 @@ type Policy struct {
 	PromptCache            PromptCache
 	ResponseCache          ResponseCache
 	Batches                Batches
+	// Lanes are the policy's priority lanes, highest priority first; none
+	// means one implicit lane that never waits. DefaultLane indexes the
+	// lane of routes that name none (lanes.go).
+	Lanes       []Lane
+	DefaultLane int
 }
 
 // Enforces reports whether admission has anything to check, so a policy with
@@ -345,6 +354,12 @@ func compile(f *fileConfig) (*Config, error) {
 	if c.Prices, err = compilePrices(f.Prices, f.FallbackPrice); err != nil {
 		return nil, err
 	}
+	if c.Queue, err = compileQueue(f.Queue); err != nil {
+		return nil, err
+	}
+	if c.Upstreams, err = compileUpstreams(f.Upstreams); err != nil {
+		return nil, err
+	}
 	if _, ok := f.Policies[DefaultPolicy]; !ok {
 		if f.Policies == nil {
 			f.Policies = map[string]policyFile{}
@@ -355,7 +370,7 @@ func compile(f *fileConfig) (*Config, error) {
 		if !validName(name) {
 			return nil, fmt.Errorf("policies.%s: a policy name must be 1-64 letters, digits, '.', '_' or '-'", name)
 		}
-		p, err := compilePolicy("policies."+name, name, f.Policies[name], c.Store.OnFailure)
+		p, err := compilePolicy("policies."+name, name, f.Policies[name], c.Store.OnFailure, c.Queue)
 		if err != nil {
 			return nil, err
 		}
@@ -473,7 +488,7 @@ func compilePrices(prices map[string]accounting.ModelPrice, fallback *accounting
 	return t, nil
 }
 
-func compilePolicy(at, name string, p policyFile, storeFailure limiter.FailurePolicy) (*Policy, error) {
+func compilePolicy(at, name string, p policyFile, storeFailure limiter.FailurePolicy, q Queue) (*Policy, error) {
 	out := &Policy{Name: name, OutputReservation: 4096, BudgetReservation: ReservationCapped,
 		MinOutputTokens: DefaultMinOutputTokens, DefaultMaxOutputTokens: accounting.UnknownModelMaxOutputTokens}
 	var err error
@@ -513,6 +528,9 @@ func compilePolicy(at, name string, p policyFile, storeFailure limiter.FailurePo
 	if out.Batches, err = compileBatches(at+".batches", p.Batches); err != nil {
 		return nil, err
 	}
+	if out.Lanes, out.DefaultLane, err = compileLanes(at+".lanes", p.Lanes, q); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 
@@ -527,6 +545,18 @@ type Batches struct {
 	// MaxRequests bounds the requests of one batch tokenwarden estimates; a
 	// larger batch is refused, never waved through.
 	MaxRequests int
+	// FileTTL is how long the estimate of an OpenAI batch input file
+	// uploaded through tokenwarden is kept for a batch to name it; a batch
+	// naming a file past it (or one never uploaded through tokenwarden) is
+	// refused.
+	FileTTL time.Duration
+	// MaxFileBytes bounds the OpenAI batch file uploads tokenwarden reads:
+	// a larger one (or one without a content-length) passes unread and
+	// unrecorded, and a batch naming it is refused. It must not exceed
+	// what Envoy buffers of a request body (per_connection_buffer_limit_bytes
+	// in the shipped envoy.yaml, 32 MiB): a body Envoy cannot buffer is
+	// answered 413 by Envoy, whatever its purpose.
+	MaxFileBytes int64
 }
 
 // Batch defaults: the providers process a batch within 24 hours
@@ -535,10 +565,21 @@ type Batches struct {
 const (
 	DefaultBatchReservationTTL = 29 * time.Hour
 	DefaultBatchMaxRequests    = 100_000
+	// DefaultBatchFileTTL: a batch input file is normally named by a batch
+	// right after its upload; a day covers a pipeline that uploads ahead.
+	DefaultBatchFileTTL = 24 * time.Hour
+	// MaxBatchFileTTL is the longest a file's estimate can be kept (the
+	// store's own bound on a note).
+	MaxBatchFileTTL = limiter.MaxNoteTTL
+	// DefaultBatchMaxFileBytes is the shipped Envoy configurations' buffer
+	// limit; MaxBatchFileBytes the most the gate assembles of a body.
+	DefaultBatchMaxFileBytes = 32 << 20
+	MaxBatchFileBytes        = 64 << 20
 )
 
 func compileBatches(at string, f *batchesFile) (Batches, error) {
-	b := Batches{Allow: true, ReservationTTL: DefaultBatchReservationTTL, MaxRequests: DefaultBatchMaxRequests}
+	b := Batches{Allow: true, ReservationTTL: DefaultBatchReservationTTL, MaxRequests: DefaultBatchMaxRequests, FileTTL: DefaultBatchFileTTL,
+		MaxFileBytes: DefaultBatchMaxFileBytes}
 	if f == nil {
 		return b, nil
 	}
@@ -556,6 +597,18 @@ func compileBatches(at string, f *batchesFile) (Batches, error) {
 			return b, fmt.Errorf("%s.max_requests: %d outside 1..%d", at, *f.MaxRequests, DefaultBatchMaxRequests)
 		}
 		b.MaxRequests = *f.MaxRequests
+	}
+	if f.FileTTL.set {
+		if f.FileTTL.Duration < time.Second || f.FileTTL.Duration > MaxBatchFileTTL {
+			return b, fmt.Errorf("%s.file_ttl: %s outside 1s..%s", at, f.FileTTL.Duration, MaxBatchFileTTL)
+		}
+		b.FileTTL = f.FileTTL.Duration
+	}
+	if f.MaxFileBytes != nil {
+		if *f.MaxFileBytes <= 0 || *f.MaxFileBytes > MaxBatchFileBytes {
+			return b, fmt.Errorf("%s.max_file_bytes: %d outside 1..%d", at, *f.MaxFileBytes, MaxBatchFileBytes)
+		}
+		b.MaxFileBytes = *f.MaxFileBytes
 	}
 	return b, nil
 }

@@ -21,6 +21,8 @@ type fileConfig struct {
 	Orgs          map[string]orgFile               `json:"orgs"`
 	Prices        map[string]accounting.ModelPrice `json:"prices"`
 	FallbackPrice *accounting.USDPerMTok           `json:"fallback_price"`
+	Queue         queueFile                        `json:"queue"`
+	Upstreams     upstreamsFile                    `json:"upstreams"`
 }
 
 type storeFile struct {
@@ -43,13 +45,14 @@ type policyFile struct {
 	MinOutputTokens   *int64     `json:"min_output_tokens"`
 	// DefaultMaxOutputTokens is the output a full reservation assumes for
 	// an unbounded request to a model the catalog does not know.
-	DefaultMaxOutputTokens *int64             `json:"default_max_output_tokens"`
-	Budgets                []budgetFile       `json:"budgets"`
-	OnFailure              string             `json:"on_failure"`
-	Models                 *modelsFile        `json:"models"`
-	PromptCache            *cacheFile         `json:"prompt_cache"`
-	ResponseCache          *responseCacheFile `json:"response_cache"`
-	Batches                *batchesFile       `json:"batches"`
+	DefaultMaxOutputTokens *int64              `json:"default_max_output_tokens"`
+	Budgets                []budgetFile        `json:"budgets"`
+	OnFailure              string              `json:"on_failure"`
+	Models                 *modelsFile         `json:"models"`
+	PromptCache            *cacheFile          `json:"prompt_cache"`
+	ResponseCache          *responseCacheFile  `json:"response_cache"`
+	Batches                *batchesFile        `json:"batches"`
+	Lanes                  map[string]laneFile `json:"lanes"`
 }
 
 // batchesFile is a policy's batches: block (the providers' batch APIs).
@@ -57,6 +60,8 @@ type batchesFile struct {
 	Allow          *bool    `json:"allow"`
 	ReservationTTL duration `json:"reservation_ttl"`
 	MaxRequests    *int     `json:"max_requests"`
+	FileTTL        duration `json:"file_ttl"`
+	MaxFileBytes   *int64   `json:"max_file_bytes"`
 }
 
 type limitsFile struct {

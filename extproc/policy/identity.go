@@ -21,6 +21,16 @@ type Identity struct {
 	// gets; UnconfiguredBuckets bounds their state in UnconfiguredBuckets mode.
 	Unconfigured        UnconfiguredMode
 	UnconfiguredBuckets int
+	// Lane, when its Field is set, is a claim of verified metadata naming
+	// the caller's lane (a jwt_authn payload claim, an ext_authz answer),
+	// used when the route names none.
+	Lane LaneClaim
+}
+
+// LaneClaim locates a lane in Envoy dynamic metadata:
+// filter_metadata[Namespace][Key][Field...] (Field a dot path).
+type LaneClaim struct {
+	Namespace, Key, Field string
 }
 
 // Level is one level of a caller's hierarchy, most general first.
@@ -129,6 +139,14 @@ type identityFile struct {
 	Unknown             string               `json:"unknown"`
 	Unconfigured        string               `json:"unconfigured"`
 	UnconfiguredBuckets *int                 `json:"unconfigured_buckets"`
+	Lane                *laneClaimFile       `json:"lane"`
+}
+
+// laneClaimFile is identity.lane: a verified claim naming the lane.
+type laneClaimFile struct {
+	Namespace string  `json:"namespace"`
+	Key       *string `json:"key"`
+	Claim     string  `json:"claim"`
 }
 
 type identitySourceFile struct {
@@ -161,6 +179,18 @@ func compileIdentity(f identityFile) (Identity, error) {
 	}
 	if len(f.From) > MaxIdentitySources {
 		return out, fmt.Errorf("identity.from: %d sources; at most %d", len(f.From), MaxIdentitySources)
+	}
+	if l := f.Lane; l != nil {
+		if l.Claim == "" {
+			return out, fmt.Errorf("identity.lane.claim: name the claim that holds the lane")
+		}
+		out.Lane = LaneClaim{Namespace: l.Namespace, Key: JWTPayloadKey, Field: l.Claim}
+		if out.Lane.Namespace == "" {
+			out.Lane.Namespace = JWTNamespace
+		}
+		if l.Key != nil {
+			out.Lane.Key = *l.Key
+		}
 	}
 	for i, s := range f.From {
 		src, err := compileSource(fmt.Sprintf("identity.from[%d]", i), s)

@@ -125,6 +125,17 @@ tenants:
 	}
 }
 
+// batchSettleConfig is the batch settle tests' configuration: a budget
+// that holds every batch, and two orgs.
+const batchSettleConfig = `
+policies:
+  default:
+    budgets: [{window: day, usd: 10}]
+tenants:
+  acme: {}
+  globex: {}
+`
+
 // TestBatchSettlesOnceFromResults: an admitted batch is settled when its
 // results are downloaded, on whichever replica, to the succeeded lines'
 // usage at batch prices to the nano-USD; a second download, on another
@@ -133,15 +144,7 @@ func TestBatchSettlesOnceFromResults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts redis-server")
 	}
-	cfg := `
-policies:
-  default:
-    budgets: [{window: day, usd: 10}]
-tenants:
-  acme: {}
-  globex: {}
-`
-	for _, tc := range storeCases(cfg, false) {
+	for _, tc := range storeCases(batchSettleConfig, false) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStack(t, tc.opts(t))
 			ctx := context.Background()
@@ -197,8 +200,13 @@ tenants:
 			if b := s.budget("acme", "day"); b.Spent != want || b.Reserved != 0 {
 				t.Fatalf("the second download charged again: %+v, want spent %d", b, want)
 			}
-			if got := s.total("tokenwarden_spend_usd_total", "tenant", "acme", "source", "measured"); int64(got*1e9+0.5) != want {
+			if got := s.total("tokenwarden_spend_usd_total", "tenant", "acme", "source", "measured", "api", "batch"); int64(got*1e9+0.5) != want {
 				t.Errorf("measured spend counted %v USD; want %d nano-USD once", got, want)
+			}
+			for stage, n := range map[string]int64{"reserved": estimate, "settled": want} {
+				if got := s.total("tokenwarden_batch_usd_total", "tenant", "acme", "dialect", "anthropic_batch", "stage", stage); int64(got*1e9+0.5) != n {
+					t.Errorf("batch %s counted %v USD; want %d nano-USD", stage, got, n)
+				}
 			}
 		})
 	}

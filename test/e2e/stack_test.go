@@ -51,8 +51,10 @@ type stack struct {
 	upstream sim.Upstream
 	procs    []*proc
 	cfg      *policy.Config
-	// upstreams is the view every replica shares with the in-memory store.
+	// upstreams is the view every replica shares with the in-memory store,
+	// pacer the pacing schedules.
 	upstreams limiter.UpstreamView
+	pacer     limiter.Pacer
 }
 
 // proc is one in-process `tokenwarden serve`: its own gRPC server, metrics
@@ -64,6 +66,7 @@ type proc struct {
 	// upstreams is the replica's upstream view: shared through Redis with
 	// a Redis store, else the stack's one local view.
 	upstreams limiter.UpstreamView
+	pacer     limiter.Pacer
 	addr      string
 	filter    *sim.Filter
 	grpc      *grpc.Server
@@ -93,7 +96,7 @@ func newStack(t testing.TB, o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &stack{t: t, mock: mock, upstream: up, cfg: cfg, upstreams: limiter.NewUpstreamMemory(nil)}
+	s := &stack{t: t, mock: mock, upstream: up, cfg: cfg, upstreams: limiter.NewUpstreamMemory(nil), pacer: limiter.NewPaceMemory(nil)}
 	n := max(o.processors, 1)
 	var shared limiter.Store
 	if o.redis == "" && len(o.cluster) == 0 {
@@ -131,11 +134,14 @@ func (s *stack) startProc(o stackOptions, store limiter.Store) *proc {
 			t.Fatal(err)
 		}
 		p.upstreams = u
+		if p.pacer, err = limiter.NewPaceRedis(limiter.PaceRedisOptions{Client: p.redis, Timeout: 2 * time.Second}); err != nil {
+			t.Fatal(err)
+		}
 	} else {
-		p.upstreams = s.upstreams
+		p.upstreams, p.pacer = s.upstreams, s.pacer
 	}
 	p.store = store
-	p.srv, _ = procs.Processor(t, procs.ProcessorOptions{Config: policy.NewHolder(s.cfg), Store: store, Registry: p.reg, Upstreams: p.upstreams})
+	p.srv, _ = procs.Processor(t, procs.ProcessorOptions{Config: policy.NewHolder(s.cfg), Store: store, Registry: p.reg, Upstreams: p.upstreams, Pacer: p.pacer})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

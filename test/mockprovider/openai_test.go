@@ -3,6 +3,7 @@ package mockprovider
 import (
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -285,5 +286,46 @@ func TestOpenAIPromptCache(t *testing.T) {
 	now = now.Add(6 * time.Minute)
 	if _, cached := call(body("gpt-4o", "Hello", false), false); cached != 0 {
 		t.Errorf("an expired prefix reported %d cached", cached)
+	}
+}
+
+// TestCombinedTokensLimit: with TPM set, OpenAI's tokens headers report one
+// tokens-per-minute bucket charged input and output together, a request it
+// cannot cover is a 429 naming the wait, and a shorter Window refills the
+// same limits faster.
+func TestCombinedTokensLimit(t *testing.T) {
+	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	s := startMock(t, Options{RPM: 60, TPM: 1000, Window: 10 * time.Second, Enforce: true, Now: func() time.Time { return now }})
+	body := `{"model":"gpt-4o-mini","max_tokens":400,"messages":[{"role":"user","content":"Hello!"}]}`
+	h := openaiHeaders()
+	h.Set("x-mock-output-tokens", "400")
+	var left []int64
+	for range 2 {
+		resp, got, _ := post(t, s.URL()+"/v1/chat/completions", body, h)
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d: %s", resp.StatusCode, got)
+		}
+		if resp.Header.Get("x-ratelimit-limit-tokens") != "1000" || resp.Header.Get("x-ratelimit-limit-requests") != "60" {
+			t.Fatalf("limits %q tokens, %q requests", resp.Header.Get("x-ratelimit-limit-tokens"), resp.Header.Get("x-ratelimit-limit-requests"))
+		}
+		n, _ := strconv.ParseInt(resp.Header.Get("x-ratelimit-remaining-tokens"), 10, 64)
+		left = append(left, n)
+	}
+	used := 1000 - left[0]
+	if used <= 400 || left[1] != 1000-2*used {
+		t.Fatalf("tokens remaining %v: want each request charged its input and output (over 400) against one bucket", left)
+	}
+	resp, got, _ := post(t, s.URL()+"/v1/chat/completions", body, h)
+	if resp.StatusCode != 429 || resp.Header.Get("retry-after") == "" {
+		t.Fatalf("a third request: status %d retry-after %q: %s", resp.StatusCode, resp.Header.Get("retry-after"), got)
+	}
+	// The bucket refills 1000 tokens per 10s: full again in (2·used/1000)×10s.
+	full := time.Duration(float64(2*used) / 1000 * float64(10*time.Second))
+	if reset, err := time.ParseDuration(resp.Header.Get("x-ratelimit-reset-tokens")); err != nil || reset.Round(time.Millisecond) != full.Round(time.Millisecond) {
+		t.Errorf("tokens reset %q, want %s", resp.Header.Get("x-ratelimit-reset-tokens"), full)
+	}
+	now = now.Add(full)
+	if resp, got, _ := post(t, s.URL()+"/v1/chat/completions", body, h); resp.StatusCode != 200 {
+		t.Errorf("after the window's refill: status %d: %s", resp.StatusCode, got)
 	}
 }

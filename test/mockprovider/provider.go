@@ -24,6 +24,16 @@ type Options struct {
 	// rate-limit headers (defaults 4000, 200000 and 80000, as in a real
 	// recording). Each dialect has its own buckets.
 	RPM, InputTPM, OutputTPM int64
+	// TPM, when above zero, adds a combined tokens bucket (input and output
+	// together: OpenAI's tokens per minute) that every request is charged
+	// and enforced against; the tokens headers (x-ratelimit-*-tokens,
+	// anthropic-ratelimit-tokens-*) then report it.
+	TPM int64
+	// Window is the period the buckets refill over; default one minute
+	// (every limit the providers report is per minute). A test may shorten
+	// it to run the same limits' shape faster: the headers then report the
+	// limits per Window, and resets in real time.
+	Window time.Duration
 	// Enforce makes the buckets reject with 429 + retry-after when empty;
 	// otherwise they only drive the headers.
 	Enforce bool
@@ -92,6 +102,9 @@ func (o Options) withDefaults() Options {
 	if o.OutputTPM <= 0 {
 		o.OutputTPM = 80000
 	}
+	if o.Window <= 0 {
+		o.Window = time.Minute
+	}
 	if o.DefaultMinCache <= 0 {
 		o.DefaultMinCache = 1024
 	}
@@ -151,9 +164,9 @@ func New(opts Options) *Provider {
 	p := &Provider{
 		opts:      opts,
 		cache:     newPromptCache(opts.CacheEntries),
-		anthLimit: newLimiter(opts.RPM, opts.InputTPM, opts.OutputTPM, opts.Now()),
-		oaiLimit:  newLimiter(opts.RPM, opts.InputTPM, opts.OutputTPM, opts.Now()),
-		gemLimit:  newLimiter(opts.RPM, opts.InputTPM, opts.OutputTPM, opts.Now()),
+		anthLimit: newLimiter(opts.RPM, opts.InputTPM, opts.OutputTPM, opts.TPM, opts.Window, opts.Now()),
+		oaiLimit:  newLimiter(opts.RPM, opts.InputTPM, opts.OutputTPM, opts.TPM, opts.Window, opts.Now()),
+		gemLimit:  newLimiter(opts.RPM, opts.InputTPM, opts.OutputTPM, opts.TPM, opts.Window, opts.Now()),
 		ledger:    newLedger(opts.LedgerEntries),
 		// As many as the ledger holds: a test polls what it created.
 		background: newBackgroundStore(opts.LedgerEntries),

@@ -83,12 +83,7 @@ func ParseBatch(body []byte, maxLines int) ([]BatchLine, error) {
 // (https://docs.anthropic.com/en/api/retrieving-message-batch-results), and
 // the batch's id.
 func BatchResultsPath(path string) (id string, ok bool) {
-	p, _, _ := strings.Cut(path, "?")
-	rest, ok := strings.CutPrefix(p, BatchPath+"/")
-	if !ok {
-		return "", false
-	}
-	id, ok = strings.CutSuffix(rest, "/results")
+	id, ok = wire.PathID(path, BatchPath+"/", "/results")
 	if !ok || !ValidBatchID(id) {
 		return "", false
 	}

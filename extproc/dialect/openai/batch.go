@@ -18,8 +18,8 @@ import (
 // batch runs within 24 hours at half price; GET /v1/batches/{id} reports its
 // status and, once completed, its usage
 // (https://platform.openai.com/docs/guides/batch,
-// https://platform.openai.com/docs/api-reference/batch). Not yet wired into
-// the gate (issue 16 stays open for it): these are the pure readers.
+// https://platform.openai.com/docs/api-reference/batch). These are the pure
+// readers; the gate remembers a file's estimate and admits the batch.
 
 // MaxBatchFileLines is the most requests one batch file may hold, the API's
 // own limit (50,000 requests or 200 MB).
@@ -28,7 +28,20 @@ const MaxBatchFileLines = 50_000
 // BatchFileLine is one request of a batch file as tokenwarden estimates it.
 type BatchFileLine struct {
 	CustomID string
-	Request  wire.Request
+	// URL is the endpoint the line calls, one of BatchEndpoints.
+	URL     string
+	Request wire.Request
+}
+
+// BatchEndpoints are the endpoints a batch file's lines may call that
+// tokenwarden can estimate, each read as the request it is: Chat
+// Completions, Responses and embeddings. The Batch API takes others
+// (completions, moderations, images, videos); a file calling them is
+// refused, never admitted unestimated.
+var batchEndpoints = map[string]func([]byte) (wire.Request, error){
+	"/v1/chat/completions": ParseRequest,
+	"/v1/responses":        ParseResponsesRequest,
+	"/v1/embeddings":       ParseEmbeddingsRequest,
 }
 
 // ErrBatchFileTooLarge is returned for a file of more lines or bytes than
@@ -47,7 +60,8 @@ type BatchFileLimits struct {
 
 // ParseBatchFile reads a batch input file line by line from r, never holding
 // more than one line beyond the parsed requests: every line must be a POST
-// to /v1/chat/completions whose body parses as the request it is, so each is
+// to one of the endpoints tokenwarden estimates (Chat Completions,
+// Responses, embeddings) whose body parses as the request it is, so each is
 // estimated like one.
 func ParseBatchFile(r io.Reader, lim BatchFileLimits) ([]BatchFileLine, error) {
 	if lim.MaxLines <= 0 || lim.MaxLines > MaxBatchFileLines {
@@ -82,17 +96,18 @@ func ParseBatchFile(r io.Reader, lim BatchFileLimits) ([]BatchFileLine, error) {
 		if err := json.Unmarshal(raw, &l); err != nil {
 			return nil, fmt.Errorf("%w: line %d is not a JSON object: %v", ErrBatchFileInvalid, n, err)
 		}
-		if l.Method != "POST" || l.URL != "/v1/chat/completions" || len(l.Body) == 0 {
-			return nil, fmt.Errorf("%w: line %d is not a POST /v1/chat/completions with a body", ErrBatchFileInvalid, n)
+		parse := batchEndpoints[l.URL]
+		if l.Method != "POST" || parse == nil || len(l.Body) == 0 {
+			return nil, fmt.Errorf("%w: line %d is not a POST with a body to /v1/chat/completions, /v1/responses or /v1/embeddings", ErrBatchFileInvalid, n)
 		}
-		req, err := ParseRequest(l.Body)
+		req, err := parse(l.Body)
 		if err != nil {
 			return nil, fmt.Errorf("batch file line %d (%q): %w", n, l.CustomID, err)
 		}
 		if req.Stream {
 			return nil, fmt.Errorf("%w: line %d asks to stream, which batches do not", ErrBatchFileInvalid, n)
 		}
-		out = append(out, BatchFileLine{CustomID: l.CustomID, Request: req})
+		out = append(out, BatchFileLine{CustomID: l.CustomID, URL: l.URL, Request: req})
 	}
 	if lr.N <= 0 {
 		return nil, fmt.Errorf("%w: more than %d bytes", ErrBatchFileTooLarge, lim.MaxBytes)
@@ -116,6 +131,8 @@ type BatchStatus struct {
 	Status   string
 	Usage    accounting.Usage
 	HasUsage bool
+	// OutputFileID names the file of the batch's answers, "" until it has one.
+	OutputFileID string
 }
 
 // ParseBatchObject reads a Batch object (the answer to POST /v1/batches or
@@ -123,10 +140,11 @@ type BatchStatus struct {
 // 2025-09-07 and has no cache-write field.
 func ParseBatchObject(body []byte) (BatchStatus, error) {
 	var b struct {
-		ID     string `json:"id"`
-		Object string `json:"object"`
-		Status string `json:"status"`
-		Usage  *struct {
+		ID           string  `json:"id"`
+		Object       string  `json:"object"`
+		Status       string  `json:"status"`
+		OutputFileID *string `json:"output_file_id"`
+		Usage        *struct {
 			InputTokens        int64 `json:"input_tokens"`
 			InputTokensDetails struct {
 				CachedTokens int64 `json:"cached_tokens"`
@@ -137,10 +155,13 @@ func ParseBatchObject(body []byte) (BatchStatus, error) {
 	if err := json.Unmarshal(body, &b); err != nil {
 		return BatchStatus{}, fmt.Errorf("%w: not a batch object: %v", ErrBatchFileInvalid, err)
 	}
-	if b.Object != "batch" || b.ID == "" || len(b.ID) > 128 {
+	if b.Object != "batch" || !validObjectID(b.ID) {
 		return BatchStatus{}, fmt.Errorf("%w: not a batch object", ErrBatchFileInvalid)
 	}
 	s := BatchStatus{ID: b.ID, Status: b.Status}
+	if f := b.OutputFileID; f != nil && validObjectID(*f) {
+		s.OutputFileID = *f
+	}
 	if u := b.Usage; u != nil {
 		cached := u.InputTokensDetails.CachedTokens
 		if u.InputTokens < 0 || u.OutputTokens < 0 || cached < 0 || cached > u.InputTokens {
@@ -151,4 +172,55 @@ func ParseBatchObject(body []byte) (BatchStatus, error) {
 			OutputTokens: u.OutputTokens, ServiceTier: "batch"}
 	}
 	return s, nil
+}
+
+// BatchOutputLine is one line of a batch's output file as settling needs
+// it: whether the request succeeded and what it used, at the batch tier.
+type BatchOutputLine struct {
+	Succeeded bool
+	Usage     accounting.Usage
+	Model     string
+}
+
+// ParseBatchOutputLine reads one line of a batch output file,
+// {id, custom_id, response: {status_code, request_id, body}, error}
+// (https://platform.openai.com/docs/guides/batch), its body read as the
+// answer of url (one of the endpoints ParseBatchFile takes). A line whose
+// response is not a 200 is a request that failed, not billed.
+func ParseBatchOutputLine(line []byte, url string) (BatchOutputLine, error) {
+	var l struct {
+		Response *struct {
+			StatusCode int             `json:"status_code"`
+			Body       json.RawMessage `json:"body"`
+		} `json:"response"`
+	}
+	if err := json.Unmarshal(line, &l); err != nil {
+		return BatchOutputLine{}, fmt.Errorf("%w: an output line is not a JSON object: %v", ErrBatchFileInvalid, err)
+	}
+	if l.Response == nil || l.Response.StatusCode != 200 {
+		return BatchOutputLine{}, nil
+	}
+	var u accounting.Usage
+	var model string
+	var ok bool
+	switch url {
+	case "/v1/chat/completions", "/v1/embeddings":
+		u, model, ok = UsageFromJSON(l.Response.Body)
+	case "/v1/responses":
+		u, model, ok = ResponsesUsageFromJSON(l.Response.Body)
+	default:
+		return BatchOutputLine{}, fmt.Errorf("%w: output of %q is not read", ErrBatchFileInvalid, url)
+	}
+	if !ok {
+		return BatchOutputLine{}, fmt.Errorf("%w: a succeeded output line has no usage", ErrBatchFileInvalid)
+	}
+	u.ServiceTier = "batch"
+	return BatchOutputLine{Succeeded: true, Usage: u, Model: model}, nil
+}
+
+// FileContentID returns the file id of GET /v1/files/{id}/content (the
+// query ignored); ok is false for any other path.
+func FileContentID(path string) (id string, ok bool) {
+	id, ok = wire.PathID(path, FilesPath+"/", "/content")
+	return id, ok && validObjectID(id)
 }

@@ -95,6 +95,8 @@ type ProcessorOptions struct {
 	Now      func() time.Time
 	// Upstreams is the upstream view; nil: a view of this replica alone.
 	Upstreams limiter.UpstreamView
+	// Pacer keeps paced upstreams' schedules; nil: this replica's own.
+	Pacer limiter.Pacer
 }
 
 // Processor wires an in-process ext_proc server the way `serve` does, for
@@ -109,7 +111,7 @@ func Processor(t testing.TB, o ProcessorOptions) (*extproc.Server, *observe.Metr
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	m := observe.NewMetrics(o.Registry)
-	g, err := gate.New(gate.Options{Config: o.Config, Store: o.Store, Upstreams: o.Upstreams, Observer: m, Logger: o.Logger, Now: o.Now})
+	g, err := gate.New(gate.Options{Config: o.Config, Store: o.Store, Upstreams: o.Upstreams, Pacer: o.Pacer, Observer: m, Logger: o.Logger, Now: o.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
