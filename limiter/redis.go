@@ -148,6 +148,7 @@ type RedisOptions struct {
 type Redis struct {
 	client        redis.UniversalClient
 	timeout       time.Duration
+	callTimeout   time.Duration // DialTimeout + Timeout: one call, dial included
 	retention     time.Duration
 	settledTTL    time.Duration
 	sweepLimit    int
@@ -172,6 +173,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	return &Redis{
 		pipe:          &pipeline{client: opts.Client, timeout: callTimeout, lanes: cmp.Or(opts.Pipelines, DefaultPipelines)},
 		client:        opts.Client,
+		callTimeout:   callTimeout,
 		timeout:       cmp.Or(opts.Timeout, DefaultTimeout),
 		retention:     cmp.Or(opts.Retention, DefaultRetention),
 		settledTTL:    cmp.Or(opts.SettledTTL, DefaultSettledTTL),

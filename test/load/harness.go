@@ -242,9 +242,10 @@ const (
 )
 
 // TokenwardenConfig is the tokenwarden.yaml the harness serves: one policy
-// and a four-level hierarchy (HierarchyOrgs) with limits and budgets far
-// above the load at every level, so every request is admitted yet every
-// limit and budget of every level is checked and settled in the store.
+// with two lanes and a four-level hierarchy (HierarchyOrgs) with limits and
+// budgets far above the load at every level, so every request is admitted
+// yet every limit (and, for batch work, its lane's share of it) and budget
+// of every level is checked and settled in the store.
 func TokenwardenConfig(redisURL string, storeTimeout time.Duration) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `store:
@@ -261,6 +262,12 @@ policies:
   default:
     limits: {requests_per_minute: 100000000, tokens_per_minute: 100000000000, concurrent: 1000000}
     output_reservation: 1024
+    # two lanes, as a shared account for tools and bulk jobs would have:
+    # a batch request is also checked against its lane's share of every
+    # limit at every level (Spec.Lane picks it, as route metadata would)
+    lanes:
+      interactive: {priority: 2, share: 0.7, default: true}
+      batch: {priority: 1, share: 0.3}
     budgets:
       - {window: day, usd: 1000000, timezone: UTC}
       - {window: month, usd: 1000000, timezone: UTC}

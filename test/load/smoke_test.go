@@ -41,11 +41,21 @@ func TestTokenwardenConfigParses(t *testing.T) {
 		if !p.Enforces() || len(p.Budgets) != 2 {
 			t.Errorf("the load policy must check limits and budgets: %+v", p)
 		}
+		if len(p.Lanes) != 2 {
+			t.Errorf("the load policy must have two lanes: %+v", p.Lanes)
+		}
 		// A caller of the workload is admitted at four levels, each with
 		// its own limits and two budgets.
 		w, err := NewWorkload(DefaultMix, 1, 8)
 		if err != nil {
 			t.Fatal(err)
+		}
+		lanes := map[string]int{}
+		for _, sp := range w.Specs {
+			lanes[sp.Lane]++
+		}
+		if lanes["batch"] == 0 || lanes["interactive"] == 0 {
+			t.Errorf("the workload's lanes %v: want both", lanes)
 		}
 		sp := &w.Specs[3]
 		r := c.Resolve(policy.Caller{sp.Tenant, HierarchyTeam, sp.User, sp.Key}, "default")

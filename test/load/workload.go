@@ -74,7 +74,10 @@ type Spec struct {
 	// the tenant they make the four levels of the hierarchy the harness's
 	// tokenwarden.yaml configures (TokenwardenConfig).
 	User, Key string
-	Body      []byte
+	// Lane is the route's lane (route metadata, as Envoy hands it over):
+	// one exchange in four is batch work, the rest interactive.
+	Lane string
+	Body []byte
 	// Response is the canned upstream response body; Events are the byte
 	// offsets where its SSE events end (for paced delivery).
 	Response []byte
@@ -103,7 +106,7 @@ func (s *Spec) Request(seq uint64) *sim.Request {
 		hs = append(hs, sim.Header{Name: "accept", Value: "text/event-stream"})
 	}
 	return &sim.Request{Method: "POST", Path: path, Authority: "llm.internal", Headers: hs, Body: s.Body,
-		Attributes: map[string]any{gateway.PolicyAttribute: "default"},
+		Attributes: map[string]any{gateway.PolicyAttribute: "default", gateway.LaneAttribute: s.Lane},
 		// What Envoy's jwt_authn leaves after verifying the caller's token
 		// (payload_in_metadata: payload), the identity tokenwarden reads.
 		Metadata: map[string]map[string]any{jwtNamespace: {"payload": map[string]any{
@@ -136,6 +139,10 @@ func NewWorkload(mix Mix, seed uint64, n int) (*Workload, error) {
 		// from i, not the rng, so adding the levels left the rest of the
 		// workload as it was
 		s.User, s.Key = "u"+strconv.Itoa(i%hierarchyUsers), "k"+strconv.Itoa(i%hierarchyUsers)
+		s.Lane = "interactive"
+		if i%4 == 3 {
+			s.Lane = "batch"
+		}
 		size := logUniform(rng, mix.MinBody, mix.MaxBody)
 		var err error
 		if s.Body, err = requestBody(rng, s.OpenAI, s.SSE, size); err != nil {
