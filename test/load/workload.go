@@ -288,7 +288,10 @@ func responseBody(rng *rand.Rand, openai, stream bool, deltas int, input int64, 
 }
 
 // responseHeaders are the provider's headers for s, including the
-// rate-limit headers the processor records.
+// rate-limit headers the processor records: limits far above anything the
+// harness sends (its open loop can hold thousands of requests and millions
+// of tokens in flight), so that the upstream view is read on every answer
+// but pacing, which engages only near a limit, never does.
 func responseHeaders(s *Spec) []sim.Header {
 	ct := "application/json"
 	if s.SSE {
@@ -301,23 +304,23 @@ func responseHeaders(s *Spec) []sim.Header {
 	if s.OpenAI {
 		return append(hs,
 			sim.Header{Name: "x-request-id", Value: "req_load"},
-			sim.Header{Name: "x-ratelimit-limit-requests", Value: "10000"},
-			sim.Header{Name: "x-ratelimit-remaining-requests", Value: "9999"},
+			sim.Header{Name: "x-ratelimit-limit-requests", Value: "100000"},
+			sim.Header{Name: "x-ratelimit-remaining-requests", Value: "99999"},
 			sim.Header{Name: "x-ratelimit-reset-requests", Value: "6ms"},
-			sim.Header{Name: "x-ratelimit-limit-tokens", Value: "10000000"},
-			sim.Header{Name: "x-ratelimit-remaining-tokens", Value: "9990000"},
+			sim.Header{Name: "x-ratelimit-limit-tokens", Value: "1000000000"},
+			sim.Header{Name: "x-ratelimit-remaining-tokens", Value: "999990000"},
 			sim.Header{Name: "x-ratelimit-reset-tokens", Value: "60ms"})
 	}
 	return append(hs,
 		sim.Header{Name: "request-id", Value: "req_load"},
-		sim.Header{Name: "anthropic-ratelimit-requests-limit", Value: "4000"},
-		sim.Header{Name: "anthropic-ratelimit-requests-remaining", Value: "3999"},
+		sim.Header{Name: "anthropic-ratelimit-requests-limit", Value: "100000"},
+		sim.Header{Name: "anthropic-ratelimit-requests-remaining", Value: "99999"},
 		sim.Header{Name: "anthropic-ratelimit-requests-reset", Value: "2025-10-30T16:17:35Z"},
-		sim.Header{Name: "anthropic-ratelimit-input-tokens-limit", Value: "2000000"},
-		sim.Header{Name: "anthropic-ratelimit-input-tokens-remaining", Value: "1999000"},
+		sim.Header{Name: "anthropic-ratelimit-input-tokens-limit", Value: "1000000000"},
+		sim.Header{Name: "anthropic-ratelimit-input-tokens-remaining", Value: "999999000"},
 		sim.Header{Name: "anthropic-ratelimit-input-tokens-reset", Value: "2025-10-30T16:17:36Z"},
-		sim.Header{Name: "anthropic-ratelimit-output-tokens-limit", Value: "400000"},
-		sim.Header{Name: "anthropic-ratelimit-output-tokens-remaining", Value: "400000"},
+		sim.Header{Name: "anthropic-ratelimit-output-tokens-limit", Value: "1000000000"},
+		sim.Header{Name: "anthropic-ratelimit-output-tokens-remaining", Value: "1000000000"},
 		sim.Header{Name: "anthropic-ratelimit-output-tokens-reset", Value: "2025-10-30T16:17:37Z"})
 }
 
