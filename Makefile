@@ -45,7 +45,8 @@ lint:
 
 # bench: Go micro-benchmarks for the hot path, then the load harness against
 # the no-op ext_proc floor (see README "Performance").
-# Everything lands in $(BENCH_DIR): go-bench.txt, results.md, results.json.
+# Everything lands in $(BENCH_DIR): go-bench.txt, results.md and results.json (Redis store),
+# results-memory.md and results-memory.json (memory store).
 # BENCH_ARGS passes flags to the harness (go run ./test/load/cmd/twload -h).
 BENCH_DIR  ?= bin/bench
 BENCH_ARGS ?=
@@ -56,9 +57,13 @@ bench:
 		| tee $(BENCH_DIR)/go-bench.txt; exit $$(cat $(BENCH_DIR)/go-bench.status)
 	$(GO) build -o $(BENCH_DIR)/tokenwarden .
 	$(GO) build -o $(BENCH_DIR)/twload ./test/load/cmd/twload
-	@echo "== load harness: tokenwarden vs the no-op ext_proc floor (own redis-server, bounded to 5 minutes)"
-	$(BENCH_DIR)/twload -tokenwarden $(BENCH_DIR)/tokenwarden -timeout 5m \
+	@echo "== load harness: tokenwarden on Redis vs the no-op ext_proc floor (own redis-server, bounded to 6 minutes)"
+	$(BENCH_DIR)/twload -tokenwarden $(BENCH_DIR)/tokenwarden -timeout 6m \
 		-bench-results $(BENCH_DIR)/go-bench.txt -out $(BENCH_DIR)/results.md -json $(BENCH_DIR)/results.json $(BENCH_ARGS)
+	@echo "== load harness: tokenwarden on its memory store vs the no-op ext_proc floor (bounded to 4 minutes)"
+	$(BENCH_DIR)/twload -tokenwarden $(BENCH_DIR)/tokenwarden -timeout 4m -memory-store -rates 400 \
+		-scenarios open-loop,saturation,small-json-openai,small-json-anthropic \
+		-out $(BENCH_DIR)/results-memory.md -json $(BENCH_DIR)/results-memory.json $(BENCH_ARGS)
 
 # fuzz: a longer fuzzing pass over every parser (make test runs their seeds).
 FUZZTIME ?= 30s

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -146,4 +148,56 @@ func mainThreadCPU(b *testing.B, c *redis.Client) float64 {
 		total += v
 	}
 	return total
+}
+
+// BenchmarkRedisConcurrent is an admit and its settle per op from 16
+// goroutines at once (the load harness's small-JSON concurrency), four
+// levels, with the calls coalesced into pipelines (Pipelines 2, the
+// default) and without (Pipelines 64: every call on its own connection).
+// It reports redis-server's CPU and this process's CPU per op, which
+// unlike the time per op hold still on a machine other work shares.
+func BenchmarkRedisConcurrent(b *testing.B) {
+	srv := redistest.Start(b, redistest.Options{})
+	c := newClient(b, srv.Addr())
+	now, err := c.Time(ctxb).Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var seq atomic.Int64 // ids unique across the runs of each sub-benchmark
+	for _, lanes := range []int{64, DefaultPipelines} {
+		b.Run(fmt.Sprintf("Pipelines%d", lanes), func(b *testing.B) {
+			s, err := NewRedis(RedisOptions{Client: c, Timeout: testTimeout, Pipelines: lanes})
+			if err != nil {
+				b.Fatal(err)
+			}
+			stats := &commandStats{c: c}
+			stats.reset(b)
+			cpu := processCPU(b)
+			b.SetParallelism(8) // 16 goroutines on 2 cores
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					a, st := benchRequests(now, 4, fmt.Sprint("c", lanes, "-", seq.Add(1)))
+					if d, err := s.Admit(ctxb, a); err != nil || !d.Allowed {
+						b.Errorf("admit: %+v %v", d, err)
+						return
+					}
+					if r, err := s.Settle(ctxb, st); err != nil || !r.Settled {
+						b.Errorf("settle: %+v %v", r, err)
+						return
+					}
+				}
+			})
+			b.ReportMetric((processCPU(b)-cpu)*1e6/float64(b.N), "client-cpu-µs/op")
+			stats.report(b)
+		})
+	}
+}
+
+// processCPU is this process's CPU time (user + system) in seconds.
+func processCPU(b *testing.B) float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }

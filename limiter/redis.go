@@ -6,6 +6,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -107,6 +108,11 @@ type RedisOptions struct {
 	// long a reconciled charge's marker stays. Zero means the defaults.
 	TombstoneTTL  time.Duration
 	ReconciledTTL time.Duration
+	// Pipelines is how many calls, or pipelines of calls, this store has in
+	// flight at once; a call that finds them all busy waits for the next
+	// pipeline, with every call that queued meanwhile (see pipeline). Zero
+	// means DefaultPipelines.
+	Pipelines int
 }
 
 // Redis is the shared Store: each Admit and Settle is one EVALSHA of an
@@ -119,9 +125,12 @@ type RedisOptions struct {
 //	                       with one HSET: r, t (RPM and TPM GCRA theoretical arrival times, µs),
 //	                       n (a lower bound of p's earliest expiry, so calls skip the sweep
 //	                       while nothing can have expired), pe and e (the expiries last set on
-//	                       p and on s, so calls skip PEXPIRE until one would lapse); it
-//	                       outlives its TATs and is safe to lose: absent fields mean sweep
-//	                       and set the expiries again
+//	                       p and on s, so calls skip PEXPIRE until one would lapse); per
+//	                       level below the org r:<level>, t:<level> (its TATs) and
+//	                       pe:<level> (a lower bound of p:<level>'s expiry); it outlives its
+//	                       TATs and is safe to lose: absent fields mean sweep and read or
+//	                       set the expiries again
+//	p:<level>              zset of request id → expiry: a level's concurrency leases
 //	p                      zset of request id → expiry: the concurrency leases and the pending
 //	                       reservations at once (unexpired members are the leases); TTL at
 //	                       least the newest lease + Retention
@@ -133,12 +142,13 @@ type RedisOptions struct {
 //	b:<name>:<startUnix>   hash: spent, reserved (nano-USD); TTL window end + Retention
 //	a:<name>:<startUnix>   set of alert thresholds already reported for the window
 //	c:<model>              hash: f, n (the input estimator's calibration factor in parts per
-//	                       million and its sample count, see Calibration); TTL Retention
-//	                       after its last settle
+//	                       million and its sample count, see Calibration), x (its expiry as
+//	                       last set, s); TTL Retention after its last settle, give or take the
+//	                       hour by which an EXPIRE is skipped
 type Redis struct {
 	client        redis.UniversalClient
 	timeout       time.Duration
-	callTimeout   time.Duration
+	callTimeout   time.Duration // DialTimeout + Timeout: one call, dial included
 	retention     time.Duration
 	settledTTL    time.Duration
 	sweepLimit    int
@@ -147,6 +157,9 @@ type Redis struct {
 	reconciledTTL time.Duration
 	// slots holds one token per call in flight.
 	slots chan struct{}
+	// pipe sends the calls: at once while few are in flight, else
+	// coalesced into pipelines (redis_pipe.go).
+	pipe *pipeline
 }
 
 var _ Shared = (*Redis)(nil)
@@ -156,10 +169,12 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	if opts.Client == nil {
 		return nil, errors.New("limiter: RedisOptions.Client is nil")
 	}
+	callTimeout := cmp.Or(opts.DialTimeout, DefaultDialTimeout) + cmp.Or(opts.Timeout, DefaultTimeout)
 	return &Redis{
+		pipe:          &pipeline{client: opts.Client, timeout: callTimeout, lanes: cmp.Or(opts.Pipelines, DefaultPipelines)},
 		client:        opts.Client,
+		callTimeout:   callTimeout,
 		timeout:       cmp.Or(opts.Timeout, DefaultTimeout),
-		callTimeout:   cmp.Or(opts.DialTimeout, DefaultDialTimeout) + cmp.Or(opts.Timeout, DefaultTimeout),
 		retention:     cmp.Or(opts.Retention, DefaultRetention),
 		settledTTL:    cmp.Or(opts.SettledTTL, DefaultSettledTTL),
 		sweepLimit:    cmp.Or(opts.SweepLimit, DefaultSweepLimit),
@@ -175,32 +190,7 @@ func (r *Redis) Admit(ctx context.Context, req AdmitRequest) (Decision, error) {
 	if err := validateAdmit(&req); err != nil {
 		return Decision{}, err
 	}
-	prefix := tenantPrefix(req.Tenant)
-	l := req.Limits
-	rpm, tpm := newRate(l.RequestsPerMinute, l.Burst), newRate(l.TokensPerMinute, l.Burst)
-	args := make([]any, 0, 16+8*len(req.Budgets)+2*len(req.Budgets))
-	args = append(args, prefix, req.RequestID,
-		rpm.limit, rpm.tolerance, tpm.limit, tpm.tolerance, l.Concurrent,
-		int64(cmp.Or(l.LeaseTTL, DefaultLeaseTTL)/time.Microsecond),
-		req.Tokens, req.Cost, req.Model,
-		int64(r.retention/time.Second), r.settledTTL.Milliseconds(), r.sweepLimit, len(req.Budgets))
-	for _, b := range req.Budgets {
-		args = append(args, b.Name, b.Cap)
-		for _, w := range b.Windows {
-			args = append(args, unixMicros(w.Start), unixMicros(w.End))
-		}
-	}
-	args = appendAlerts(args, req.Budgets)
-	args = append(args, req.Output.Tokens, req.Output.Price, req.Output.Min, len(req.LevelLimits))
-	for _, l := range req.LevelLimits {
-		args = append(args, escapedLevel(l.Key), l.RequestsPerMinute, l.TokensPerMinute, l.Concurrent)
-	}
-	detached := 0
-	if req.Detached {
-		detached = 1
-	}
-	args = append(args, detached)
-	keys := []string{prefix + "s", prefix + "p", prefix + "r:" + req.RequestID}
+	keys, args := r.admitArgs(&req)
 	v, err := r.run(ctx, admitScript, keys, args)
 	if err != nil {
 		return Decision{}, fmt.Errorf("limiter: admit: %w", err)
@@ -210,6 +200,43 @@ func (r *Redis) Admit(ctx context.Context, req AdmitRequest) (Decision, error) {
 		return Decision{}, fmt.Errorf("limiter: admit: %w", err)
 	}
 	return o.decision(&req)
+}
+
+// admitArgs are the KEYS and ARGV of lua/admit.lua for req.
+func (r *Redis) admitArgs(req *AdmitRequest) ([]string, []any) {
+	prefix := tenantPrefix(req.Tenant)
+	l := req.Limits
+	rpm, tpm := newRate(l.RequestsPerMinute, l.Burst), newRate(l.TokensPerMinute, l.Burst)
+	detached := 0
+	if req.Detached {
+		detached = 1
+	}
+	args := make([]any, 0, 22+4*len(req.LevelLimits)+6*len(req.Budgets)+4*len(req.Budgets))
+	args = append(args, prefix, req.RequestID,
+		rpm.limit, rpm.tolerance, tpm.limit, tpm.tolerance, l.Concurrent,
+		int64(cmp.Or(l.LeaseTTL, DefaultLeaseTTL)/time.Microsecond),
+		req.Tokens, req.Cost, req.Model,
+		int64(r.retention/time.Second), r.settledTTL.Milliseconds(), r.sweepLimit,
+		req.Output.Tokens, req.Output.Price, req.Output.Min, detached, len(req.LevelLimits))
+	for _, l := range req.LevelLimits {
+		args = append(args, escapedLevel(l.Key), l.RequestsPerMinute, l.TokensPerMinute, l.Concurrent)
+	}
+	// Each distinct set of windows once: the script picks the window of
+	// each set, not of each budget (every level's day budget has the same).
+	sets, setOf := windowSets(req.Budgets)
+	args = append(args, len(sets))
+	for _, ws := range sets {
+		for _, w := range ws {
+			args = append(args, w)
+		}
+	}
+	args = append(args, len(req.Budgets))
+	for i, b := range req.Budgets {
+		args = append(args, b.Name, b.Cap, setOf[i])
+	}
+	args = appendAlerts(args, req.Budgets)
+	keys := []string{prefix + "s", prefix + "p", prefix + "r:" + req.RequestID}
+	return keys, args
 }
 
 // Settle implements Store in one round trip.
@@ -289,11 +316,10 @@ func (r *Redis) run(ctx context.Context, s *redis.Script, keys []string, args []
 	}
 	defer func() { <-r.slots }()
 	// The client's read and write timeouts time the round trip (Open sets
-	// them to the store timeout); this deadline bounds what the client does
-	// around it too: a connection to dial first.
-	callCtx, cancel := context.WithTimeout(ctx, r.callTimeout)
-	defer cancel()
-	v, err := s.Run(callCtx, r.client, keys, args...).Result()
+	// them to the store timeout); the pipeline's deadline, DialTimeout +
+	// Timeout, bounds what the client does around it too: a connection to
+	// dial first.
+	v, err := r.pipe.do(ctx, s, keys, args)
 	if errors.Is(err, redis.ErrPoolTimeout) {
 		// Nothing was sent: the pool was exhausted (a client shared with
 		// other work, or sized below MaxInFlight).
@@ -352,6 +378,26 @@ func unavailable(err error) bool {
 		}
 	}
 	return false
+}
+
+// windowSets returns the distinct window sets of budgets (start, end µs of
+// each of the three windows) and, per budget, the 1-based index of its set.
+func windowSets(budgets []Budget) ([][6]int64, []int) {
+	var sets [][6]int64
+	setOf := make([]int, len(budgets))
+	for i := range budgets {
+		var ws [6]int64
+		for j, w := range budgets[i].Windows {
+			ws[2*j], ws[2*j+1] = unixMicros(w.Start), unixMicros(w.End)
+		}
+		k := slices.Index(sets, ws)
+		if k < 0 {
+			k = len(sets)
+			sets = append(sets, ws)
+		}
+		setOf[i] = k + 1
+	}
+	return sets, setOf
 }
 
 // appendAlerts appends the alerts block that lua/common.lua read_alerts reads.

@@ -51,6 +51,7 @@ type Metrics struct {
 	budgetExhaustion *prometheus.GaugeVec     // levelLabels
 	budgetAlerts     *prometheus.CounterVec   // tenant, level, name, window, threshold
 	unnamed          unnamedLevels            // levels.go
+	budgetGauges     budgetGauges             // levels.go: the four gauges above, per series
 	providerLatency  *prometheus.HistogramVec // policy
 	providerStatus   *prometheus.CounterVec   // dialect, code
 	promptCache      *prometheus.CounterVec   // model, type

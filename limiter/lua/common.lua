@@ -58,10 +58,6 @@ local function budget_key(prefix, name, start_us)
   return prefix .. 'b:' .. name .. ':' .. fmt(math.floor(start_us / 1000000))
 end
 
-local function alert_key(prefix, name, start_us)
-  return prefix .. 'a:' .. name .. ':' .. fmt(math.floor(start_us / 1000000))
-end
-
 -- The tenant state hash (KEYS[1]) holds, all optional:
 --   r, t  the RPM and TPM theoretical arrival times (µs); a value <= now is
 --         a full bucket, the same as no value;
@@ -147,18 +143,24 @@ end
 -- expiry it got at creation; one is set only if the hash has vanished.
 local function charge(prefix, windows, est, cost, alerts, retention_s, crossed)
   local out = {}
+  -- The levels' budgets share windows: each window's key suffix and
+  -- expiry are computed once.
+  local sfx, exp = {}, {}
+  local scost, sest = fmt(cost), fmt(-est)
   for name, s, e in string.gmatch(windows or '', '([^\t\n]+)\t(%d+)\t(%d+)\n') do
-    local start_us, end_us = tonumber(s), tonumber(e)
-    local bkey = budget_key(prefix, name, start_us)
-    local expire_at = fmt(math.floor(end_us / 1000000) + retention_s)
-    local v = redis.call('HMGET', bkey, 'spent', 'reserved')
-    local spent = (tonumber(v[1]) or 0) + cost
-    local reserved = (tonumber(v[2]) or 0) - est
-    redis.call('HSET', bkey, 'spent', fmt(spent), 'reserved', fmt(reserved))
-    if not v[1] and not v[2] then redis.call('EXPIREAT', bkey, expire_at) end
+    if not sfx[s] then sfx[s] = ':' .. fmt(math.floor(tonumber(s) / 1000000)) end
+    if not exp[e] then exp[e] = fmt(math.floor(tonumber(e) / 1000000) + retention_s) end
+    local bkey, expire_at = prefix .. 'b:' .. name .. sfx[s], exp[e]
+    -- HINCRBY answers the new integers: no parsing or formatting here.
+    local spent = redis.call('HINCRBY', bkey, 'spent', scost)
+    local reserved = redis.call('HINCRBY', bkey, 'reserved', sest)
+    -- Nothing else there: the hash has just been created (it had vanished)
+    -- or held only this reservation. The expiry is the one the window's
+    -- hash always gets, so setting it again is harmless.
+    if spent == cost and reserved == -est then redis.call('EXPIREAT', bkey, expire_at) end
     local list = alerts[name]
     if list then
-      local akey = alert_key(prefix, name, start_us)
+      local akey = prefix .. 'a:' .. name .. sfx[s]
       local added = false
       for _, a in ipairs(list) do
         if spent >= a and redis.call('SADD', akey, fmt(a)) == 1 then
@@ -174,13 +176,16 @@ local function charge(prefix, windows, est, cost, alerts, retention_s, crossed)
 end
 
 -- Keeps a level's lease zset until at least until_ms (+ a minute), never
--- shortening the life a longer lease gave it.
+-- shortening the life a longer lease gave it. Returns a lower bound of the
+-- key's expiry (ms) after the call.
 local function keep_until(key, until_ms, now)
   local ttl = redis.call('PTTL', key)
   local now_ms = math.floor(now / 1000)
   if ttl < 0 or now_ms + ttl < until_ms then
     redis.call('PEXPIREAT', key, fmt(until_ms + 60000))
+    return until_ms + 60000
   end
+  return now_ms + ttl - 1
 end
 
 -- Ends a reservation: its lease leaves the pending zset and the zset of

@@ -19,7 +19,13 @@ local tokens, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
 local retention_s, keep_ms, sweep_limit = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local alerts, ci = read_alerts(8)
 
-local st = redis.call('HMGET', skey, 't', 'n', 'e', 'nd')
+-- One HMGET of the org's state and the tokens/min TAT of every level
+-- below it the record names with such a limit (fields t:<key>).
+local names, lims = {'t', 'n', 'e', 'nd'}, {}
+for k, _, ltl in record_levels(rec[6]) do
+  if ltl > 0 then names[#names + 1] = 't:' .. k; lims[#lims + 1] = ltl end
+end
+local st = redis.call('HMGET', skey, unpack(names))
 local n = tonumber(st[2])
 local fields, tat_max = {}, now
 local expired, crossed = {}, {}
@@ -54,20 +60,11 @@ if tl > 0 then
 end
 -- Every level below the org with a tokens/min limit gets the same
 -- correction in its own TAT (a field of the same state hash).
-if rec[6] ~= '' then
-  local names, lims = {}, {}
-  for k, _, ltl in record_levels(rec[6]) do
-    if ltl > 0 then names[#names + 1] = 't:' .. k; lims[#lims + 1] = ltl end
-  end
-  if #names > 0 then
-    local cur = redis.call('HMGET', skey, unpack(names))
-    for j = 1, #names do
-      local diff = increment(tokens, lims[j]) - increment(rec[1], lims[j])
-      local tat = math.max(math.max(tonumber(cur[j]) or now, now) + diff, now)
-      tat_max = math.max(tat_max, tat)
-      fields[#fields + 1] = names[j]; fields[#fields + 1] = fmt(tat)
-    end
-  end
+for j = 1, #lims do
+  local diff = increment(tokens, lims[j]) - increment(rec[1], lims[j])
+  local tat = math.max(math.max(tonumber(st[4 + j]) or now, now) + diff, now)
+  tat_max = math.max(tat_max, tat)
+  fields[#fields + 1] = names[4 + j]; fields[#fields + 1] = fmt(tat)
 end
 local states = charge(prefix, rec[4], rec[2], cost, alerts, retention_s, crossed)
 finish(prefix, pkey, rkey, id, 's', keep_ms, rec[6])
@@ -83,7 +80,9 @@ local cmodel = ARGV[ci]
 if cmodel == nil or cmodel == '' then return {now, 1, states, expired, crossed} end
 local SCALE, CMIN, CMAX, PRIOR, WINDOW = 1000000, 250000, 4000000, 4, 20
 local ckey = prefix .. 'c:' .. cmodel
-local c = redis.call('HMGET', ckey, 'f', 'n')
+-- x is the expiry (s) last set: the record lives Retention after its last
+-- settle, give or take the hour by which an EXPIRE is skipped.
+local c = redis.call('HMGET', ckey, 'f', 'n', 'x')
 local f, cn = tonumber(c[1]) or SCALE, tonumber(c[2]) or 0
 local cest, cmeas = tonumber(ARGV[ci + 1]), tonumber(ARGV[ci + 2])
 if cest > 0 and cmeas > 0 then
@@ -93,6 +92,11 @@ if cest > 0 and cmeas > 0 then
   f = math.floor((f * (d - 1) + obs + math.floor(d / 2)) / d)
   f, cn = math.min(math.max(f, CMIN), CMAX), cn + 1
 end
-redis.call('HSET', ckey, 'f', fmt(f), 'n', fmt(cn))
-redis.call('EXPIRE', ckey, fmt(retention_s))
+local cx, cneed = tonumber(c[3]), math.floor(now / 1000000) + retention_s
+if cx and cx >= cneed - 3600 then
+  redis.call('HSET', ckey, 'f', fmt(f), 'n', fmt(cn))
+else
+  redis.call('HSET', ckey, 'f', fmt(f), 'n', fmt(cn), 'x', fmt(cneed))
+  redis.call('EXPIREAT', ckey, fmt(cneed))
+end
 return {now, 1, states, expired, crossed, {f, cn}}

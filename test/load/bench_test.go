@@ -81,6 +81,8 @@ func BenchmarkExchange(b *testing.B) {
 		size        int
 	}{
 		{"anthropic-json-2KB", false, false, 2 << 10},
+		{"anthropic-json-8KB", false, false, 8 << 10}, // issue 17's small exchanges
+		{"openai-json-8KB", true, false, 8 << 10},
 		{"anthropic-json-100KB", false, false, 100 << 10},
 		{"anthropic-sse-2KB", false, true, 2 << 10},
 		{"openai-sse-100KB", true, true, 100 << 10},

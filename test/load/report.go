@@ -18,6 +18,16 @@ const (
 	ScenarioRate       = "open-loop"    // fixed rate: latency, per-chunk cost, CPU, Redis
 	ScenarioSaturation = "saturation"   // closed loop: throughput
 	ScenarioStreams    = "slow-streams" // many concurrent slow SSE streams: RSS
+	// ScenarioSmallJSON is issue 17's case: small JSON exchanges of one
+	// dialect (8 KiB request bodies, no streaming) in a closed loop of 16,
+	// named ScenarioSmallJSON + "-openai" or "-anthropic".
+	ScenarioSmallJSON = "small-json"
+)
+
+// Store names for Report.Store: the targets differ by store.
+const (
+	StoreRedis  = "redis"
+	StoreMemory = "memory"
 )
 
 // Report is a whole run, ready to print.
@@ -25,7 +35,9 @@ type Report struct {
 	Date    time.Time
 	Machine string
 	Command string
-	Pairs   []Pair
+	// Store is the store tokenwarden ran on, StoreRedis or StoreMemory.
+	Store string
+	Pairs []Pair
 	// Bench are Go benchmark results to cite (the 100 KB parse target);
 	// nil when no benchmark output was given.
 	Bench []BenchLine
@@ -94,6 +106,12 @@ func verdict(ok bool) string {
 // scenarios that were not run are left out.
 func (r *Report) targets() []row {
 	var out []row
+	// Issue 17: with Redis ≥ 0.75× the floor's throughput and a p50 within
+	// 1.5×; with the memory store ≥ 0.85× and 1.25×.
+	minThroughput, maxP50 := 0.75, 1.5
+	if r.Store == StoreMemory {
+		minThroughput, maxP50 = 0.85, 1.25
+	}
 	for _, p := range r.Pairs {
 		f, t := p.Floor, p.Twdn
 		switch {
@@ -109,7 +127,18 @@ func (r *Report) targets() []row {
 				out = append(out, row{metric: "per SSE chunk p99, added", floor: us(fc.P99), twdn: us(tc.P99), ratio: "+" + us(added), target: "≤ +50 µs", verdict: verdict(added <= 50*time.Microsecond)})
 			}
 		case p.Scenario.Name == ScenarioSaturation:
-			out = append(out, row{metric: fmt.Sprintf("saturation throughput (%d concurrent)", p.Scenario.Concurrency), floor: fmt.Sprintf("%.0f/s", f.Throughput), twdn: fmt.Sprintf("%.0f/s", t.Throughput), ratio: ratio(t.Throughput, f.Throughput), target: "≥ 0.6×", verdict: verdict(t.Throughput >= 0.6*f.Throughput)})
+			out = append(out, row{metric: fmt.Sprintf("saturation throughput (%d concurrent)", p.Scenario.Concurrency), floor: fmt.Sprintf("%.0f/s", f.Throughput), twdn: fmt.Sprintf("%.0f/s", t.Throughput), ratio: ratio(t.Throughput, f.Throughput), target: fmt.Sprintf("≥ %g×", minThroughput), verdict: verdict(t.Throughput >= minThroughput*f.Throughput)})
+		case strings.HasPrefix(p.Scenario.Name, ScenarioSmallJSON):
+			fe, te := f.Latency[SeriesExchange], t.Latency[SeriesExchange]
+			name := fmt.Sprintf("%s (%d concurrent)", p.Scenario.Name, p.Scenario.Concurrency)
+			out = append(out,
+				row{metric: name + " throughput", floor: fmt.Sprintf("%.0f/s", f.Throughput), twdn: fmt.Sprintf("%.0f/s", t.Throughput), ratio: ratio(t.Throughput, f.Throughput), target: fmt.Sprintf("≥ %g×", minThroughput), verdict: verdict(t.Throughput >= minThroughput*f.Throughput)},
+				row{metric: name + " p50", floor: us(fe.P50), twdn: us(te.P50), ratio: ratio(float64(te.P50), float64(fe.P50)), target: fmt.Sprintf("≤ %g×", maxP50), verdict: verdict(float64(te.P50) <= maxP50*float64(fe.P50))},
+				row{metric: name + " server CPU per exchange", floor: us(f.CPUPerExchange()), twdn: us(t.CPUPerExchange()), ratio: ratio(float64(t.CPUPerExchange()), float64(f.CPUPerExchange())), target: "reported", verdict: "—"})
+			if r.Store != StoreMemory {
+				rc := perExchange(t.RedisCPU, t.Exchanges)
+				out = append(out, row{metric: name + " Redis CPU per exchange (admit + settle, 4 levels)", floor: "—", twdn: us(rc), ratio: "—", target: "≤ 25 µs", verdict: verdict(rc <= 25*time.Microsecond)})
+			}
 		case p.Scenario.Name == ScenarioStreams:
 			out = append(out, row{metric: fmt.Sprintf("RSS with %d concurrent slow SSE streams", p.Scenario.Concurrency), floor: mb(f.RSSPeakKB), twdn: mb(t.RSSPeakKB), ratio: ratio(float64(t.RSSPeakKB), float64(f.RSSPeakKB)), target: "< 100 MB", verdict: verdict(t.RSSPeakKB > 0 && t.RSSPeakKB < 100<<10)})
 		}
@@ -253,8 +282,8 @@ func kb(n int) string { return strconv.Itoa(n>>10) + " KB" }
 // Markdown renders the report: the targets, then one table per scenario.
 func (r *Report) Markdown() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Measured %s on %s; load average %s before, %s after.\n\nCommand: `%s`\n\n",
-		r.Date.UTC().Format("2006-01-02 15:04 MST"), r.Machine, r.LoadBefore, r.LoadAfter, r.Command)
+	fmt.Fprintf(&b, "Measured %s on %s; load average %s before, %s after; tokenwarden on the %s store.\n\nCommand: `%s`\n\n",
+		r.Date.UTC().Format("2006-01-02 15:04 MST"), r.Machine, r.LoadBefore, r.LoadAfter, cmp.Or(r.Store, StoreRedis), r.Command)
 	b.WriteString("Load generator (envoy/sim), processor and Redis share the machine; the no-op floor is a separate process answering every ext_proc message with an empty response, measured in the same run under the same load. Ratios are tokenwarden ÷ floor.\n\n")
 	if t := r.targets(); len(t) > 0 {
 		b.WriteString("| target | no-op floor | tokenwarden | ratio / added | target | verdict |\n|---|---:|---:|---:|---|---|\n")
@@ -339,9 +368,10 @@ func ParseGoBench(out string) []BenchLine {
 	return res
 }
 
-// DefaultScenarios are the three phases make bench runs: the fixed-rate
-// latency run at 1,000 exchanges/s, a closed-loop saturation run, and 1,000
-// concurrent slow SSE streams for memory.
+// DefaultScenarios are the phases make bench runs: the fixed-rate latency
+// run at 1,000 exchanges/s, a closed-loop saturation run, 1,000 concurrent
+// slow SSE streams for memory, and small JSON exchanges of each dialect in
+// a closed loop of 16.
 func DefaultScenarios() []Scenario {
 	streams := DefaultMix
 	streams.SSE = 1
@@ -351,5 +381,18 @@ func DefaultScenarios() []Scenario {
 		{Name: ScenarioRate, Rate: 1000, Warmup: 2 * time.Second, Duration: 10 * time.Second, Mix: DefaultMix, Seed: 1},
 		{Name: ScenarioSaturation, Concurrency: 64, Warmup: 2 * time.Second, Duration: 8 * time.Second, Mix: DefaultMix, Seed: 2},
 		{Name: ScenarioStreams, Concurrency: 1000, Warmup: 3 * time.Second, Duration: 6 * time.Second, Mix: streams, Seed: 3, Rounds: 1},
+		{Name: ScenarioSmallJSON + "-openai", Concurrency: 16, Warmup: 2 * time.Second, Duration: 10 * time.Second, Mix: SmallJSON(true), Seed: 4},
+		{Name: ScenarioSmallJSON + "-anthropic", Concurrency: 16, Warmup: 2 * time.Second, Duration: 10 * time.Second, Mix: SmallJSON(false), Seed: 5},
 	}
+}
+
+// SmallJSON is the mix of ScenarioSmallJSON: one dialect, JSON responses,
+// 8 KiB request bodies, the default mix's tenants.
+func SmallJSON(openai bool) Mix {
+	m := DefaultMix
+	m.OpenAI, m.SSE, m.MinBody, m.MaxBody = 0, 0, 8<<10, 8<<10
+	if openai {
+		m.OpenAI = 1
+	}
+	return m
 }

@@ -41,6 +41,32 @@ func TestTokenwardenConfigParses(t *testing.T) {
 		if !p.Enforces() || len(p.Budgets) != 2 {
 			t.Errorf("the load policy must check limits and budgets: %+v", p)
 		}
+		if len(p.Lanes) != 2 {
+			t.Errorf("the load policy must have two lanes: %+v", p.Lanes)
+		}
+		// A caller of the workload is admitted at four levels, each with
+		// its own limits and two budgets.
+		w, err := NewWorkload(DefaultMix, 1, 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lanes := map[string]int{}
+		for _, sp := range w.Specs {
+			lanes[sp.Lane]++
+		}
+		if lanes["batch"] == 0 || lanes["interactive"] == 0 {
+			t.Errorf("the workload's lanes %v: want both", lanes)
+		}
+		sp := &w.Specs[3]
+		r := c.Resolve(policy.Caller{sp.Tenant, HierarchyTeam, sp.User, sp.Key}, "default")
+		if len(r.Levels) != 4 {
+			t.Fatalf("store %q: %d levels, want 4: %+v", url, len(r.Levels), r)
+		}
+		for _, l := range r.Levels {
+			if l.Limits.RequestsPerMinute == 0 || l.Limits.TokensPerMinute == 0 || l.Limits.Concurrent == 0 || len(l.Budgets) != 2 {
+				t.Errorf("store %q: level %q checks %+v and %d budgets, want every limit and 2", url, l.Key, l.Limits, len(l.Budgets))
+			}
+		}
 	}
 }
 

@@ -70,7 +70,14 @@ type Spec struct {
 	OpenAI bool
 	SSE    bool
 	Tenant string
-	Body   []byte
+	// User and Key are the caller below its org (team HierarchyTeam): with
+	// the tenant they make the four levels of the hierarchy the harness's
+	// tokenwarden.yaml configures (TokenwardenConfig).
+	User, Key string
+	// Lane is the route's lane (route metadata, as Envoy hands it over):
+	// one exchange in four is batch work, the rest interactive.
+	Lane string
+	Body []byte
 	// Response is the canned upstream response body; Events are the byte
 	// offsets where its SSE events end (for paced delivery).
 	Response []byte
@@ -99,7 +106,11 @@ func (s *Spec) Request(seq uint64) *sim.Request {
 		hs = append(hs, sim.Header{Name: "accept", Value: "text/event-stream"})
 	}
 	return &sim.Request{Method: "POST", Path: path, Authority: "llm.internal", Headers: hs, Body: s.Body,
-		Attributes: map[string]any{gateway.PolicyAttribute: "default"}}
+		Attributes: map[string]any{gateway.PolicyAttribute: "default", gateway.LaneAttribute: s.Lane},
+		// What Envoy's jwt_authn leaves after verifying the caller's token
+		// (payload_in_metadata: payload), the identity tokenwarden reads.
+		Metadata: map[string]map[string]any{jwtNamespace: {"payload": map[string]any{
+			"org_id": s.Tenant, "team": HierarchyTeam, "sub": s.User, "kid": s.Key}}}}
 }
 
 // Workload is a fixed, reproducible set of exchanges, generated once so that
@@ -125,6 +136,13 @@ func NewWorkload(mix Mix, seed uint64, n int) (*Workload, error) {
 		s.OpenAI = rng.Float64() < mix.OpenAI
 		s.SSE = rng.Float64() < mix.SSE
 		s.Tenant = fmt.Sprintf("tenant-%04d", rng.IntN(mix.Tenants))
+		// from i, not the rng, so adding the levels left the rest of the
+		// workload as it was
+		s.User, s.Key = "u"+strconv.Itoa(i%hierarchyUsers), "k"+strconv.Itoa(i%hierarchyUsers)
+		s.Lane = "interactive"
+		if i%4 == 3 {
+			s.Lane = "batch"
+		}
 		size := logUniform(rng, mix.MinBody, mix.MaxBody)
 		var err error
 		if s.Body, err = requestBody(rng, s.OpenAI, s.SSE, size); err != nil {
@@ -270,7 +288,10 @@ func responseBody(rng *rand.Rand, openai, stream bool, deltas int, input int64, 
 }
 
 // responseHeaders are the provider's headers for s, including the
-// rate-limit headers the processor records.
+// rate-limit headers the processor records: limits far above anything the
+// harness sends (its open loop can hold thousands of requests and millions
+// of tokens in flight), so that the upstream view is read on every answer
+// but pacing, which engages only near a limit, never does.
 func responseHeaders(s *Spec) []sim.Header {
 	ct := "application/json"
 	if s.SSE {
@@ -283,23 +304,23 @@ func responseHeaders(s *Spec) []sim.Header {
 	if s.OpenAI {
 		return append(hs,
 			sim.Header{Name: "x-request-id", Value: "req_load"},
-			sim.Header{Name: "x-ratelimit-limit-requests", Value: "10000"},
-			sim.Header{Name: "x-ratelimit-remaining-requests", Value: "9999"},
+			sim.Header{Name: "x-ratelimit-limit-requests", Value: "100000"},
+			sim.Header{Name: "x-ratelimit-remaining-requests", Value: "99999"},
 			sim.Header{Name: "x-ratelimit-reset-requests", Value: "6ms"},
-			sim.Header{Name: "x-ratelimit-limit-tokens", Value: "10000000"},
-			sim.Header{Name: "x-ratelimit-remaining-tokens", Value: "9990000"},
+			sim.Header{Name: "x-ratelimit-limit-tokens", Value: "1000000000"},
+			sim.Header{Name: "x-ratelimit-remaining-tokens", Value: "999990000"},
 			sim.Header{Name: "x-ratelimit-reset-tokens", Value: "60ms"})
 	}
 	return append(hs,
 		sim.Header{Name: "request-id", Value: "req_load"},
-		sim.Header{Name: "anthropic-ratelimit-requests-limit", Value: "4000"},
-		sim.Header{Name: "anthropic-ratelimit-requests-remaining", Value: "3999"},
+		sim.Header{Name: "anthropic-ratelimit-requests-limit", Value: "100000"},
+		sim.Header{Name: "anthropic-ratelimit-requests-remaining", Value: "99999"},
 		sim.Header{Name: "anthropic-ratelimit-requests-reset", Value: "2025-10-30T16:17:35Z"},
-		sim.Header{Name: "anthropic-ratelimit-input-tokens-limit", Value: "2000000"},
-		sim.Header{Name: "anthropic-ratelimit-input-tokens-remaining", Value: "1999000"},
+		sim.Header{Name: "anthropic-ratelimit-input-tokens-limit", Value: "1000000000"},
+		sim.Header{Name: "anthropic-ratelimit-input-tokens-remaining", Value: "999999000"},
 		sim.Header{Name: "anthropic-ratelimit-input-tokens-reset", Value: "2025-10-30T16:17:36Z"},
-		sim.Header{Name: "anthropic-ratelimit-output-tokens-limit", Value: "400000"},
-		sim.Header{Name: "anthropic-ratelimit-output-tokens-remaining", Value: "400000"},
+		sim.Header{Name: "anthropic-ratelimit-output-tokens-limit", Value: "1000000000"},
+		sim.Header{Name: "anthropic-ratelimit-output-tokens-remaining", Value: "1000000000"},
 		sim.Header{Name: "anthropic-ratelimit-output-tokens-reset", Value: "2025-10-30T16:17:37Z"})
 }
 

@@ -40,7 +40,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	noop := fs.String("serve-noop", "", "serve the no-op ext_proc floor on this address and do nothing else")
 	bin := fs.String("tokenwarden", "", "the tokenwarden binary to load (required)")
 	redisBin := fs.String("redis-server", "redis-server", "redis-server binary")
-	only := fs.String("scenarios", strings.Join([]string{load.ScenarioRate, load.ScenarioSaturation, load.ScenarioStreams}, ","), "comma-separated scenarios to run")
+	only := fs.String("scenarios", strings.Join([]string{load.ScenarioRate, load.ScenarioSaturation, load.ScenarioStreams,
+		load.ScenarioSmallJSON + "-openai", load.ScenarioSmallJSON + "-anthropic"}, ","), "comma-separated scenarios to run")
 	rates := fs.String("rates", "400,1000", "comma-separated open-loop rates, exchanges/s; each is a scenario open-loop@RATE")
 	duration := fs.Duration("duration", 10*time.Second, "measured time of the open-loop and saturation scenarios")
 	warmup := fs.Duration("warmup", 2*time.Second, "unmeasured warmup before each scenario")
@@ -60,7 +61,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	benchFile := fs.String("bench-results", "", "`go test -bench` output to cite in the targets table")
 	out := fs.String("out", "", "also write the Markdown report to this file")
 	jsonOut := fs.String("json", "", "also write the raw results as JSON to this file")
-	memStore := fs.Bool("memory-store", false, "run tokenwarden on its in-memory store instead of Redis (diagnosis)")
+	memStore := fs.Bool("memory-store", false, "run tokenwarden on its in-memory store instead of Redis (its own targets)")
 	timeout := fs.Duration("timeout", 8*time.Minute, "give up after this long")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -105,6 +106,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			continue
 		case load.ScenarioSaturation:
 			sc.Concurrency, sc.Duration, sc.Mix = *satConc, *duration, mix
+		case load.ScenarioSmallJSON + "-openai", load.ScenarioSmallJSON + "-anthropic":
+			sc.Duration = *duration
 		case load.ScenarioStreams:
 			m := mix
 			m.SSE, m.EventGap, m.MaxBody = 1, *streamGap, min(mix.MaxBody, sc.Mix.MaxBody)
@@ -154,7 +157,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	rep := &load.Report{Date: time.Now(), Machine: load.MachineInfo(), Command: "twload " + strings.Join(args, " "),
+	store := load.StoreRedis
+	if *memStore {
+		store = load.StoreMemory
+	}
+	rep := &load.Report{Date: time.Now(), Machine: load.MachineInfo(), Command: "twload " + strings.Join(args, " "), Store: store,
 		Pairs: pairs, Bench: bench, RoundTrips: rt, LoadBefore: loadBefore, LoadAfter: load.LoadAvg()}
 	md := rep.Markdown()
 	fmt.Fprint(stdout, md)
