@@ -264,10 +264,54 @@ func (t *paceTable) assess(e *paceEntry, now time.Time, replicas int64, pc polic
 
 // pacingChanged records an engagement or a release.
 func (x *Exchange) pacingChanged(e *paceEntry, req limiter.PaceRequest, engaged bool) {
-	x.g.paces.mu.Lock()
-	n := x.g.paces.engaged[e.host]
-	x.g.paces.mu.Unlock()
-	o, ok := x.g.obs.(PacingObserver)
+	x.g.pacingChanged(e, x.up.name, req, engaged)
+}
+
+// ReleaseIdlePacing releases every paced upstream that nothing has asked
+// of for a whole window, with nothing in flight to it and the provider's
+// last readings showing room (or void, past their reset): pacing is
+// otherwise released only by a request, so an upstream that went idle
+// while paced would read as paced — on the dashboard, in the engaged
+// gauge — for as long as it stays idle. serve calls it every few seconds.
+// An upstream paced from declared limits alone (no reading yet) stays
+// paced, as a request would find it.
+func (g *Gate) ReleaseIdlePacing() {
+	if g.pacer == nil {
+		return
+	}
+	cfg := g.opts.Config.Load()
+	now := g.opts.Now()
+	replicas := int64(max(cfg.Store.Replicas, 1))
+	if g.opts.Replicas != nil {
+		replicas = max(replicas, g.opts.Replicas())
+	}
+	type release struct {
+		e   *paceEntry
+		req limiter.PaceRequest
+	}
+	var released []release
+	g.paces.mu.Lock()
+	for _, e := range g.paces.m {
+		if !e.engaged || e.inflight != [limiter.PaceDims]int64{} || now.Sub(e.slackAt) < e.declared.Window {
+			continue
+		}
+		if req, engaged, changed := g.paces.assess(e, now, replicas, cfg.Upstreams.Pacing); changed && !engaged {
+			released = append(released, release{e, req})
+		}
+	}
+	g.paces.mu.Unlock()
+	for _, r := range released {
+		g.pacingChanged(r.e, r.e.host, r.req, false)
+	}
+}
+
+// pacingChanged records an engagement or a release of an upstream of the
+// host named name.
+func (g *Gate) pacingChanged(e *paceEntry, name string, req limiter.PaceRequest, engaged bool) {
+	g.paces.mu.Lock()
+	n := g.paces.engaged[e.host]
+	g.paces.mu.Unlock()
+	o, ok := g.obs.(PacingObserver)
 	if ok {
 		o.PacingEngaged(e.host, n)
 	}
@@ -281,10 +325,10 @@ func (x *Exchange) pacingChanged(e *paceEntry, req limiter.PaceRequest, engaged 
 		}
 	}
 	if engaged {
-		x.g.log.Info("pacing an upstream: the provider is near its limit", "host", x.up.name, "requests_per_window", req.Limits[limiter.PaceRequests].Rate,
+		g.log.Info("pacing an upstream: the provider is near its limit", "host", name, "requests_per_window", req.Limits[limiter.PaceRequests].Rate,
 			"tokens_per_window", req.Limits[limiter.PaceTokens].Rate, "window", req.Limits[limiter.PaceRequests].Period)
 	} else {
-		x.g.log.Info("pacing released: the provider has room again", "host", x.up.name)
+		g.log.Info("pacing released: the provider has room again", "host", name)
 	}
 }
 

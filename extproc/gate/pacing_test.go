@@ -414,3 +414,49 @@ func TestPacingSharesTheUpstreamByLane(t *testing.T) {
 		wantPaced(t, x, r, time.Duration(10*inc-tol)*time.Microsecond)
 	})
 }
+
+// TestPacingReleasesAnIdleUpstream: an upstream paced from a low reading
+// that then goes idle — every request answered, none asked for a whole
+// window — is released by ReleaseIdlePacing (serve calls it every few
+// seconds), so its engaged gauge falls back to 0 without a next request;
+// before a window has passed it is not, and one paced from declared limits
+// alone stays paced.
+func TestPacingReleasesAnIdleUpstream(t *testing.T) {
+	h, pr := newPaceHarness(t, paceYAML)
+	x, _ := h.admit(chat("sk-one"), paceBody)
+	providerAnswer(x, "200", openaiReading(60, 10, 30*time.Second)...)
+	x, _ = h.admit(chat("sk-one"), paceBody) // engaged: asks the pacer
+	providerAnswer(x, "200", openaiReading(60, 9, 30*time.Second)...)
+	if pr.engaged["api.openai.com"] != 1 || h.obs.calls("pace") != 1 {
+		t.Fatalf("not engaged: %v, %d pace calls", pr.engaged, h.obs.calls("pace"))
+	}
+	h.clock.Advance(30 * time.Second)
+	h.g.ReleaseIdlePacing()
+	if pr.engaged["api.openai.com"] != 1 {
+		t.Fatalf("released before a window passed idle: %v", pr.engaged)
+	}
+	h.clock.Advance(31 * time.Second)
+	h.g.ReleaseIdlePacing()
+	if pr.engaged["api.openai.com"] != 0 || pr.rates["api.openai.com/requests"] != 0 {
+		t.Errorf("an idle upstream still reads as paced: engaged %v, rates %v", pr.engaged, pr.rates)
+	}
+	// Released for good: the next request goes without asking the pacer.
+	x, _ = h.admit(chat("sk-one"), paceBody)
+	x.Abort()
+	if n := h.obs.calls("pace"); n != 1 {
+		t.Errorf("%d pace calls after the release, want still 1", n)
+	}
+
+	d, pd := newPaceHarness(t, paceYAML+`
+upstreams:
+  hosts:
+    api.openai.com: {limits: {requests: 60}}
+`)
+	x, _ = d.admit(chat("sk-one"), paceBody)
+	x.Abort()
+	d.clock.Advance(2 * time.Minute)
+	d.g.ReleaseIdlePacing()
+	if pd.engaged["api.openai.com"] != 1 {
+		t.Errorf("an upstream paced from declared limits alone was released without a reading: %v", pd.engaged)
+	}
+}
