@@ -131,8 +131,12 @@ func rateCode(conc, rpm, tpm, live, rpmAhead, tpmAhead, tol int64) int {
 	return codeAllowed
 }
 
+// budgetKey is a budget window's key, built on every admit and settle: the
+// digits go through a stack buffer into the one concatenation (one
+// allocation, not FormatInt's string and then the concatenation).
 func budgetKey(name string, windowStart int64) string {
-	return name + ":" + strconv.FormatInt(windowStart/1_000_000, 10)
+	var digits [20]byte
+	return name + ":" + string(strconv.AppendInt(digits[:0], windowStart/1_000_000, 10))
 }
 
 // Admit implements Store.
