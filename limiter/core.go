@@ -296,9 +296,11 @@ func (o *admitOutcome) decision(req *AdmitRequest) (Decision, error) {
 	if o.code != codeAllowed && o.level > len(req.LevelLimits) {
 		return Decision{}, fmt.Errorf("limiter: store returned a denial at unknown level %d", o.level)
 	}
+	d.Budgets = make([]BudgetState, 0, len(o.budgets))
+	var lv levelNames
 	for i, b := range o.budgets {
 		d.Budgets = append(d.Budgets, BudgetState{
-			Name: req.Budgets[i].Name, Level: levelOf(req.Budgets[i].Name), Window: req.Budgets[i].Windows[b.window],
+			Name: req.Budgets[i].Name, Level: lv.of(req.Budgets[i].Name), Window: req.Budgets[i].Windows[b.window],
 			Cap: req.Budgets[i].Cap, Spent: b.spent, Reserved: b.reserved,
 		})
 	}
@@ -389,8 +391,10 @@ func (o *settleOutcome) result(req *SettleRequest) SettleResult {
 	if o.factor > 0 {
 		r.Calibration = Calibration{Model: req.Calibrate.Model, Factor: o.factor, Samples: o.samples}
 	}
+	r.Budgets = make([]BudgetState, 0, len(o.budgets))
+	var lv levelNames
 	for _, w := range o.budgets {
-		st := BudgetState{Name: w.name, Level: levelOf(w.name), Window: Window{Start: fromMicros(w.start), End: fromMicros(w.end)},
+		st := BudgetState{Name: w.name, Level: lv.of(w.name), Window: Window{Start: fromMicros(w.start), End: fromMicros(w.end)},
 			Spent: w.spent, Reserved: w.reserved}
 		for _, b := range req.Budgets {
 			if b.Name == w.name {

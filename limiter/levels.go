@@ -26,18 +26,90 @@ type Level struct {
 	Budgets []Budget
 }
 
-var levelEscaper = strings.NewReplacer("%", "%25", "/", "%2F", ":", "%3A", "{", "%7B", "}", "%7D",
-	"\t", "%09", "\n", "%0A")
+// levelEscapes are the bytes a level key may not carry into a budget name,
+// a store key or a hash field ('/' separates a budget name's level from its
+// window kind, ':' a key's parts, braces the hash tag), escaped as %XX with
+// upper-case hex; '%' is escaped so that the mapping is one-to-one.
+const levelEscapes = "%/:{}\t\n"
 
-var levelUnescaper = strings.NewReplacer("%25", "%", "%2F", "/", "%3A", ":", "%7B", "{", "%7D", "}",
-	"%09", "\t", "%0A", "\n")
+const upperHex = "0123456789ABCDEF"
+
+// writeEscapedLevel writes key escaped. Budget names and store keys are
+// built on every admit and settle; one buffer for the whole name, not a
+// strings.Replacer's result and a concatenation on top, is one allocation
+// per name instead of two or three.
+func writeEscapedLevel(b *strings.Builder, key string) {
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		if strings.IndexByte(levelEscapes, c) < 0 {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('%')
+		b.WriteByte(upperHex[c>>4])
+		b.WriteByte(upperHex[c&15])
+	}
+}
+
+// escapedLen is the length of key escaped.
+func escapedLen(key string) int {
+	n := len(key)
+	for i := 0; i < len(key); i++ {
+		if strings.IndexByte(levelEscapes, key[i]) >= 0 {
+			n += 2
+		}
+	}
+	return n
+}
+
+// unescapeLevel inverts writeEscapedLevel. Only the escapes it writes are
+// decoded; any other '%' stays as it is.
+func unescapeLevel(s string) string {
+	i := strings.IndexByte(s, '%')
+	if i < 0 {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	for ; i >= 0; i = strings.IndexByte(s, '%') {
+		b.WriteString(s[:i])
+		if c, ok := unhex(s[i:]); ok {
+			b.WriteByte(c)
+			s = s[i+3:]
+			continue
+		}
+		b.WriteByte('%')
+		s = s[i+1:]
+	}
+	b.WriteString(s)
+	return b.String()
+}
+
+// unhex decodes the escape at the start of s ("%2F") if it is one that
+// writeEscapedLevel writes.
+func unhex(s string) (byte, bool) {
+	if len(s) < 3 {
+		return 0, false
+	}
+	hi, lo := strings.IndexByte(upperHex, s[1]), strings.IndexByte(upperHex, s[2])
+	if hi < 0 || lo < 0 {
+		return 0, false
+	}
+	c := byte(hi<<4 | lo)
+	return c, strings.IndexByte(levelEscapes, c) >= 0
+}
 
 // LevelBudgetName is the store name of level key's budget window kind.
 func LevelBudgetName(key, window string) string {
 	if key == "" {
 		return window
 	}
-	return levelEscaper.Replace(key) + "/" + window
+	var b strings.Builder
+	b.Grow(escapedLen(key) + 1 + len(window))
+	writeEscapedLevel(&b, key)
+	b.WriteByte('/')
+	b.WriteString(window)
+	return b.String()
 }
 
 // SplitBudgetName returns the level key and window kind of a store budget
@@ -47,7 +119,7 @@ func SplitBudgetName(name string) (key, window string) {
 	if i < 0 {
 		return "", name
 	}
-	return levelUnescaper.Replace(name[:i]), name[i+1:]
+	return unescapeLevel(name[:i]), name[i+1:]
 }
 
 // LevelBudgets flattens every level's budgets into the one list an
@@ -69,6 +141,22 @@ func levelOf(name string) string {
 	return k
 }
 
+// levelNames is levelOf over one call's budget names, which come level by
+// level (a day and a month budget each): a level's key is unescaped once,
+// not once per budget.
+type levelNames struct{ escaped, key string }
+
+func (l *levelNames) of(name string) string {
+	i := strings.IndexByte(name, '/')
+	if i < 0 {
+		return ""
+	}
+	if esc := name[:i]; esc != l.escaped {
+		l.escaped, l.key = esc, unescapeLevel(esc)
+	}
+	return l.key
+}
+
 // LevelLimits are one level's own per-minute and concurrency limits (a zero
 // field is unlimited). Key is the level's key as in Level, never "" (the
 // org's limits are AdmitRequest.Limits).
@@ -85,7 +173,16 @@ func (l *LevelLimits) enforces() bool {
 
 // escapedLevel is a level key as it appears in store keys, hash fields and
 // reservation records: no separator of any of them.
-func escapedLevel(key string) string { return levelEscaper.Replace(key) }
+func escapedLevel(key string) string {
+	n := escapedLen(key)
+	if n == len(key) {
+		return key
+	}
+	var b strings.Builder
+	b.Grow(n)
+	writeEscapedLevel(&b, key)
+	return b.String()
+}
 
 func validateLevelLimits(ls []LevelLimits) error {
 	for i := range ls {

@@ -131,8 +131,12 @@ func rateCode(conc, rpm, tpm, live, rpmAhead, tpmAhead, tol int64) int {
 	return codeAllowed
 }
 
+// budgetKey is a budget window's key, built on every admit and settle: the
+// digits go through a stack buffer into the one concatenation (one
+// allocation, not FormatInt's string and then the concatenation).
 func budgetKey(name string, windowStart int64) string {
-	return name + ":" + strconv.FormatInt(windowStart/1_000_000, 10)
+	var digits [20]byte
+	return name + ":" + string(strconv.AppendInt(digits[:0], windowStart/1_000_000, 10))
 }
 
 // Admit implements Store.
@@ -157,6 +161,7 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 	}
 	l := req.Limits
 	keys := make([]string, len(req.Budgets))
+	o.budgets = make([]budgetOutcome, 0, len(req.Budgets))
 	room := int64(MaxCost)
 	for i := range req.Budgets {
 		b := &req.Budgets[i]
@@ -179,6 +184,7 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 	o.code = rateCode(l.Concurrent, l.RequestsPerMinute, l.TokensPerMinute, t.pending.live(now), rpmNew-now, tpmNew-now, tol)
 	type levelNext struct{ rpm, tpm int64 }
 	next := make([]levelNext, len(req.LevelLimits))
+	o.levelTATs = make([][2]int64, 0, len(req.LevelLimits))
 	for i := range req.LevelLimits {
 		ll := &req.LevelLimits[i]
 		var lr, lt, live int64 = now, now, 0
@@ -221,7 +227,8 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 		t.pending.add(req.RequestID, expiry)
 	}
 	rec := &memRecord{state: 'p', tokens: tokens, cost: cost, tpmLimit: l.TokensPerMinute,
-		model: req.Model, deadline: expiry + m.retention}
+		model: req.Model, deadline: expiry + m.retention,
+		levels: make([]LevelLimits, 0, len(req.LevelLimits)), windows: make([]recWindow, 0, len(req.Budgets))}
 	for i := range req.LevelLimits {
 		ll := &req.LevelLimits[i]
 		if !ll.enforces() {

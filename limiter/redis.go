@@ -207,36 +207,50 @@ func (r *Redis) admitArgs(req *AdmitRequest) ([]string, []any) {
 	prefix := tenantPrefix(req.Tenant)
 	l := req.Limits
 	rpm, tpm := newRate(l.RequestsPerMinute, l.Burst), newRate(l.TokensPerMinute, l.Burst)
-	detached := 0
+	detached := int64(0)
 	if req.Detached {
 		detached = 1
-	}
-	args := make([]any, 0, 22+4*len(req.LevelLimits)+6*len(req.Budgets)+4*len(req.Budgets))
-	args = append(args, prefix, req.RequestID,
-		rpm.limit, rpm.tolerance, tpm.limit, tpm.tolerance, l.Concurrent,
-		int64(cmp.Or(l.LeaseTTL, DefaultLeaseTTL)/time.Microsecond),
-		req.Tokens, req.Cost, req.Model,
-		int64(r.retention/time.Second), r.settledTTL.Milliseconds(), r.sweepLimit,
-		req.Output.Tokens, req.Output.Price, req.Output.Min, detached, len(req.LevelLimits))
-	for _, l := range req.LevelLimits {
-		args = append(args, escapedLevel(l.Key), l.RequestsPerMinute, l.TokensPerMinute, l.Concurrent)
 	}
 	// Each distinct set of windows once: the script picks the window of
 	// each set, not of each budget (every level's day budget has the same).
 	sets, setOf := windowSets(req.Budgets)
-	args = append(args, len(sets))
+	nl, nb := len(req.LevelLimits), len(req.Budgets)
+	ints := 16 + 3*nl + 1 + 6*len(sets) + 1 + 2*nb
+	strs := 3 + nl + nb
+	alerts := alertsLen(req.Budgets)
+	a := newScriptArgs(ints+strs+alerts, ints+alerts, strs+nb)
+	a.str(prefix)
+	a.str(req.RequestID)
+	for _, v := range [...]int64{rpm.limit, rpm.tolerance, tpm.limit, tpm.tolerance, l.Concurrent,
+		int64(cmp.Or(l.LeaseTTL, DefaultLeaseTTL) / time.Microsecond), req.Tokens, req.Cost} {
+		a.int(v)
+	}
+	a.str(req.Model)
+	for _, v := range [...]int64{int64(r.retention / time.Second), r.settledTTL.Milliseconds(), int64(r.sweepLimit),
+		req.Output.Tokens, req.Output.Price, req.Output.Min, detached, int64(nl)} {
+		a.int(v)
+	}
+	for i := range req.LevelLimits {
+		l := &req.LevelLimits[i]
+		a.str(escapedLevel(l.Key))
+		a.int(l.RequestsPerMinute)
+		a.int(l.TokensPerMinute)
+		a.int(l.Concurrent)
+	}
+	a.int(int64(len(sets)))
 	for _, ws := range sets {
 		for _, w := range ws {
-			args = append(args, w)
+			a.int(w)
 		}
 	}
-	args = append(args, len(req.Budgets))
-	for i, b := range req.Budgets {
-		args = append(args, b.Name, b.Cap, setOf[i])
+	a.int(int64(nb))
+	for i := range req.Budgets {
+		a.str(req.Budgets[i].Name)
+		a.int(req.Budgets[i].Cap)
+		a.int(int64(setOf[i]))
 	}
-	args = appendAlerts(args, req.Budgets)
-	keys := []string{prefix + "s", prefix + "p", prefix + "r:" + req.RequestID}
-	return keys, args
+	a.alerts(req.Budgets)
+	return callKeys(prefix, req.RequestID), a.argv
 }
 
 // Settle implements Store in one round trip.
@@ -245,12 +259,19 @@ func (r *Redis) Settle(ctx context.Context, req SettleRequest) (SettleResult, er
 		return SettleResult{}, err
 	}
 	prefix := tenantPrefix(req.Tenant)
-	args := []any{prefix, req.RequestID, req.Tokens, req.Cost,
-		int64(r.retention / time.Second), r.settledTTL.Milliseconds(), r.sweepLimit}
-	args = appendAlerts(args, req.Budgets)
-	args = append(args, req.Calibrate.Model, req.Calibrate.Estimated, req.Calibrate.Measured)
-	keys := []string{prefix + "s", prefix + "p", prefix + "r:" + req.RequestID}
-	v, err := r.run(ctx, settleScript, keys, args)
+	alerts := alertsLen(req.Budgets)
+	a := newScriptArgs(10+alerts, 7+alerts, 3+len(req.Budgets))
+	a.str(prefix)
+	a.str(req.RequestID)
+	for _, v := range [...]int64{req.Tokens, req.Cost,
+		int64(r.retention / time.Second), r.settledTTL.Milliseconds(), int64(r.sweepLimit)} {
+		a.int(v)
+	}
+	a.alerts(req.Budgets)
+	a.str(req.Calibrate.Model)
+	a.int(req.Calibrate.Estimated)
+	a.int(req.Calibrate.Measured)
+	v, err := r.run(ctx, settleScript, callKeys(prefix, req.RequestID), a.argv)
 	if err != nil {
 		return SettleResult{}, fmt.Errorf("limiter: settle: %w", err)
 	}
@@ -398,18 +419,6 @@ func windowSets(budgets []Budget) ([][6]int64, []int) {
 		setOf[i] = k + 1
 	}
 	return sets, setOf
-}
-
-// appendAlerts appends the alerts block that lua/common.lua read_alerts reads.
-func appendAlerts(args []any, budgets []Budget) []any {
-	args = append(args, len(budgets))
-	for _, b := range budgets {
-		args = append(args, b.Name, len(b.Alerts))
-		for _, a := range b.Alerts {
-			args = append(args, a)
-		}
-	}
-	return args
 }
 
 func parseAdmit(v any, nb int) (admitOutcome, error) {

@@ -54,21 +54,28 @@ func (r *Redis) Reconcile(ctx context.Context, req ReconcileRequest) (ReconcileR
 		return ReconcileResult{}, err
 	}
 	prefix := tenantPrefix(req.Tenant)
-	degraded := 0
+	degraded := int64(0)
 	if req.Degraded {
 		degraded = 1
 	}
-	args := []any{prefix, req.Cost, degraded, r.reconciledTTL.Milliseconds(), int64(r.retention / time.Second), len(req.Windows)}
-	for _, w := range req.Windows {
-		args = append(args, w.Name, unixMicros(w.Window.Start), unixMicros(w.Window.End))
+	alerts := alertsLen(req.Budgets)
+	a := newScriptArgs(6+3*len(req.Windows)+alerts, 5+2*len(req.Windows)+alerts, 1+len(req.Windows)+len(req.Budgets))
+	a.str(prefix)
+	for _, v := range [...]int64{req.Cost, degraded, r.reconciledTTL.Milliseconds(), int64(r.retention / time.Second), int64(len(req.Windows))} {
+		a.int(v)
 	}
-	args = appendAlerts(args, req.Budgets)
+	for _, w := range req.Windows {
+		a.str(w.Name)
+		a.int(unixMicros(w.Window.Start))
+		a.int(unixMicros(w.Window.End))
+	}
+	a.alerts(req.Budgets)
 	marker := prefix + "r:" + req.RequestID
 	unless := marker
 	if req.Unless != "" {
 		unless = prefix + "r:" + req.Unless
 	}
-	v, err := r.run(ctx, reconcileScript, []string{marker, unless}, args)
+	v, err := r.run(ctx, reconcileScript, []string{marker, unless}, a.argv)
 	if err != nil {
 		return ReconcileResult{}, fmt.Errorf("limiter: reconcile: %w", err)
 	}

@@ -17,15 +17,14 @@ func (Messages) ProviderLimits(get wire.HeaderGetter, now time.Time) wire.Provid
 
 // Limits is ProviderLimits as a function, for callers without a Messages.
 func Limits(get wire.HeaderGetter, now time.Time) wire.ProviderLimits {
-	window := func(name string) wire.LimitWindow {
-		p := "anthropic-ratelimit-" + name + "-"
-		limit, ok1 := get(p + "limit")
-		left, ok2 := get(p + "remaining")
+	window := func(h *wire.LimitHeaders) wire.LimitWindow {
+		limit, ok1 := get(h.Limit)
+		left, ok2 := get(h.Remaining)
 		if !ok1 || !ok2 {
 			return wire.LimitWindow{}
 		}
 		reset := now
-		if v, ok := get(p + "reset"); ok {
+		if v, ok := get(h.Reset); ok {
 			if t, err := time.Parse(time.RFC3339, strings.TrimSpace(v)); err == nil {
 				reset = t
 			}
@@ -33,10 +32,22 @@ func Limits(get wire.HeaderGetter, now time.Time) wire.ProviderLimits {
 		return wire.Window(limit, left, reset, now)
 	}
 	return wire.ProviderLimits{
-		Requests:     window("requests"),
-		Tokens:       window("tokens"),
-		InputTokens:  window("input-tokens"),
-		OutputTokens: window("output-tokens"),
+		Requests:     window(&requestLimits),
+		Tokens:       window(&tokenLimits),
+		InputTokens:  window(&inputTokenLimits),
+		OutputTokens: window(&outputTokenLimits),
 		RetryAfter:   wire.RetryAfter(get, now),
 	}
+}
+
+var (
+	requestLimits     = limitHeaders("requests")
+	tokenLimits       = limitHeaders("tokens")
+	inputTokenLimits  = limitHeaders("input-tokens")
+	outputTokenLimits = limitHeaders("output-tokens")
+)
+
+func limitHeaders(name string) wire.LimitHeaders {
+	p := "anthropic-ratelimit-" + name + "-"
+	return wire.LimitHeaders{Limit: p + "limit", Remaining: p + "remaining", Reset: p + "reset"}
 }

@@ -14,14 +14,14 @@ import (
 // Every OpenAI surface (Chat Completions, Responses, embeddings) sends the
 // same headers.
 func Limits(get wire.HeaderGetter, now time.Time) wire.ProviderLimits {
-	window := func(name string) wire.LimitWindow {
-		limit, ok1 := get("x-ratelimit-limit-" + name)
-		left, ok2 := get("x-ratelimit-remaining-" + name)
+	window := func(h *wire.LimitHeaders) wire.LimitWindow {
+		limit, ok1 := get(h.Limit)
+		left, ok2 := get(h.Remaining)
 		if !ok1 || !ok2 {
 			return wire.LimitWindow{}
 		}
 		reset := now
-		if v, ok := get("x-ratelimit-reset-" + name); ok {
+		if v, ok := get(h.Reset); ok {
 			if d, err := time.ParseDuration(strings.TrimSpace(v)); err == nil && d > 0 {
 				reset = now.Add(d)
 			}
@@ -29,10 +29,16 @@ func Limits(get wire.HeaderGetter, now time.Time) wire.ProviderLimits {
 		return wire.Window(limit, left, reset, now)
 	}
 	return wire.ProviderLimits{
-		Requests:   window("requests"),
-		Tokens:     window("tokens"),
+		Requests:   window(&requestLimits),
+		Tokens:     window(&tokenLimits),
 		RetryAfter: wire.RetryAfter(get, now),
 	}
+}
+
+var requestLimits, tokenLimits = limitHeaders("requests"), limitHeaders("tokens")
+
+func limitHeaders(name string) wire.LimitHeaders {
+	return wire.LimitHeaders{Limit: "x-ratelimit-limit-" + name, Remaining: "x-ratelimit-remaining-" + name, Reset: "x-ratelimit-reset-" + name}
 }
 
 // ProviderLimits implements the dialect's provider-limit reading.

@@ -146,3 +146,7 @@ func Window(limit, remaining string, reset time.Time, now time.Time) LimitWindow
 func HeaderMap(m map[string]string) HeaderGetter {
 	return func(name string) (string, bool) { v, ok := m[name]; return v, ok }
 }
+
+// LimitHeaders are the names of one window's three rate-limit headers,
+// spelled out once per dialect rather than concatenated on every response.
+type LimitHeaders struct{ Limit, Remaining, Reset string }
