@@ -140,10 +140,13 @@ func (x *Exchange) paceCost() [limiter.PaceDims]int64 {
 
 // replicas is how many replicas send to an upstream: the configured floor,
 // or the live replicas the store counts.
-func (x *Exchange) replicas() int64 {
-	n := int64(max(x.cfg.Store.Replicas, 1))
-	if x.g.opts.Replicas != nil {
-		n = max(n, x.g.opts.Replicas())
+func (x *Exchange) replicas() int64 { return x.g.replicas(x.cfg) }
+
+// replicas is how many replicas send to an upstream under cfg.
+func (g *Gate) replicas(cfg *policy.Config) int64 {
+	n := int64(max(cfg.Store.Replicas, 1))
+	if g.opts.Replicas != nil {
+		n = max(n, g.opts.Replicas())
 	}
 	return n
 }
@@ -281,10 +284,7 @@ func (g *Gate) ReleaseIdlePacing() {
 	}
 	cfg := g.opts.Config.Load()
 	now := g.opts.Now()
-	replicas := int64(max(cfg.Store.Replicas, 1))
-	if g.opts.Replicas != nil {
-		replicas = max(replicas, g.opts.Replicas())
-	}
+	replicas := g.replicas(cfg)
 	type release struct {
 		e   *paceEntry
 		req limiter.PaceRequest
