@@ -95,6 +95,7 @@ func runConformance(t *testing.T, h harness) {
 	runNotesConformance(t, h)
 	runClampConformance(t, h)
 	runCalibrationConformance(t, h)
+	runCountConformance(t, h)
 	t.Run("RequestsPerMinute", func(t *testing.T) {
 		tenant := newTenant("rpm")
 		m := gcraModel{r: newRate(3, 0)}

@@ -36,6 +36,9 @@ const (
 	// DefaultSweepLimit bounds how many expired reservations one call sweeps,
 	// keeping each call O(budgets + SweepLimit); the rest go to later calls.
 	DefaultSweepLimit = 64
+	// MaxCount bounds AdmitRequest.Count: count × 60e6 stays exact in Lua,
+	// and one admission cannot stand for more than a large lease.
+	MaxCount = int64(10_000)
 )
 
 // ErrDuplicateRequest is returned by Admit when the request id already has a
@@ -79,6 +82,13 @@ func increment(cost, limit int64) int64 {
 	}
 	return cost * minute / limit
 }
+
+// requestsIncrement is how far an admission standing for count requests
+// pushes a requests-per-minute TAT: count single increments, not
+// increment(count, limit), so a Count=k admission moves the state exactly
+// as k admissions do (flooring each keeps exactly `limit` per minute).
+// lua/admit.lua repeats it.
+func requestsIncrement(count, limit int64) int64 { return count * increment(1, limit) }
 
 // retry is how long after now a request of cost inc conforms, given the
 // current TAT; 0 when it conforms now.
@@ -146,6 +156,8 @@ func validateAdmit(req *AdmitRequest) error {
 		return fmt.Errorf("%w: tokens %d outside [0, %d]", ErrInvalid, req.Tokens, MaxTokens)
 	case req.Cost < 0 || req.Cost > MaxCost:
 		return fmt.Errorf("%w: cost %d outside [0, %d]", ErrInvalid, req.Cost, MaxCost)
+	case req.Count < 0 || req.Count > MaxCount:
+		return fmt.Errorf("%w: count %d outside [1, %d]", ErrInvalid, req.Count, MaxCount)
 	}
 	if o := req.Output; o.Tokens != 0 || o.Price != 0 || o.Min != 0 {
 		switch {
@@ -313,7 +325,7 @@ func (o *admitOutcome) decision(req *AdmitRequest) (Decision, error) {
 		d.Denied = DimensionConcurrency
 	case o.code == codeRequests:
 		d.Denied = DimensionRequests
-		d.RetryAfter, d.NeverFits = rateDenial(rpm, o.now, rpmTAT, increment(1, rpm.limit))
+		d.RetryAfter, d.NeverFits = rateDenial(rpm, o.now, rpmTAT, requestsIncrement(req.count(), rpm.limit))
 	case o.code == codeTokens:
 		d.Denied = DimensionTokens
 		d.RetryAfter, d.NeverFits = rateDenial(tpm, o.now, tpmTAT, increment(req.Tokens, tpm.limit))

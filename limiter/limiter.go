@@ -130,6 +130,10 @@ type Budget struct {
 type AdmitRequest struct {
 	Tenant    string
 	RequestID string
+	// Count is how many requests this admission stands for, charged to
+	// requests per minute at every level (a lease of Count requests, see
+	// Leased); zero means 1. At most MaxCount.
+	Count int64
 	// Model is the resolved model; the store keeps it with the reservation so
 	// that an expired reservation can be reported under its model.
 	Model  string
@@ -156,6 +160,9 @@ type AdmitRequest struct {
 	// primary store is unreachable. Plain stores ignore it.
 	OnFailure FailurePolicy
 }
+
+// count is how many requests req stands for (Count, zero meaning 1).
+func (req *AdmitRequest) count() int64 { return max(req.Count, 1) }
 
 // Output is the part of an admission the store may shrink: the request's
 // output, counted whole in Tokens and Cost. When Cost does not fit every

@@ -178,7 +178,8 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 	// what it reserves.
 	o.output = clampOutput(req.Output, req.Cost, room)
 	tokens, cost := req.Reserved(o.output)
-	rpmNew := o.rpmTAT + increment(1, l.RequestsPerMinute)
+	count := req.count()
+	rpmNew := o.rpmTAT + requestsIncrement(count, l.RequestsPerMinute)
 	tpmNew := o.tpmTAT + increment(tokens, l.TokensPerMinute)
 	tol := newRate(1, l.Burst).tolerance
 	o.code = rateCode(l.Concurrent, l.RequestsPerMinute, l.TokensPerMinute, t.pending.live(now), rpmNew-now, tpmNew-now, tol)
@@ -192,7 +193,7 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 			lr, lt, live = max(s.rpm, now), max(s.tpm, now), s.pending.live(now)
 		}
 		o.levelTATs = append(o.levelTATs, [2]int64{lr, lt})
-		next[i] = levelNext{lr + increment(1, ll.RequestsPerMinute), lt + increment(tokens, ll.TokensPerMinute)}
+		next[i] = levelNext{lr + requestsIncrement(count, ll.RequestsPerMinute), lt + increment(tokens, ll.TokensPerMinute)}
 		if o.code == codeAllowed {
 			if o.code = rateCode(ll.Concurrent, ll.RequestsPerMinute, ll.TokensPerMinute, live, next[i].rpm-now, next[i].tpm-now, tol); o.code != codeAllowed {
 				o.level = i + 1

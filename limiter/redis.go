@@ -215,7 +215,7 @@ func (r *Redis) admitArgs(req *AdmitRequest) ([]string, []any) {
 	// each set, not of each budget (every level's day budget has the same).
 	sets, setOf := windowSets(req.Budgets)
 	nl, nb := len(req.LevelLimits), len(req.Budgets)
-	ints := 16 + 3*nl + 1 + 6*len(sets) + 1 + 2*nb
+	ints := 17 + 3*nl + 1 + 6*len(sets) + 1 + 2*nb
 	strs := 3 + nl + nb
 	alerts := alertsLen(req.Budgets)
 	a := newScriptArgs(ints+strs+alerts, ints+alerts, strs+nb)
@@ -227,7 +227,7 @@ func (r *Redis) admitArgs(req *AdmitRequest) ([]string, []any) {
 	}
 	a.str(req.Model)
 	for _, v := range [...]int64{int64(r.retention / time.Second), r.settledTTL.Milliseconds(), int64(r.sweepLimit),
-		req.Output.Tokens, req.Output.Price, req.Output.Min, detached, int64(nl)} {
+		req.Output.Tokens, req.Output.Price, req.Output.Min, detached, req.count(), int64(nl)} {
 		a.int(v)
 	}
 	for i := range req.LevelLimits {

@@ -16,7 +16,8 @@
 --   14 sweep limit; 15-17 the output clamp: output tokens, price per output
 --   token, minimum; 18 1 for a detached reservation (one that holds no
 --   concurrency slot: batch work, kept in the zset d and swept from it),
---   else 0; 19 the levels below the org: count, then per level: escaped
+--   else 0; 19 how many requests the admission stands for (count single
+--   increments to every rpm, as core.go requestsIncrement); 20 the levels below the org: count, then per level: escaped
 --   key, rpm limit, tpm limit, concurrency limit (the tolerances are the
 --   org's); then the window sets: count, then per set three windows as
 --   start µs, end µs; then the budgets: count, then per budget: name, cap,
@@ -36,16 +37,17 @@ local tokens, cost = tonumber(ARGV[9]), tonumber(ARGV[10])
 local retention_s, keep_ms, sweep_limit = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
 local out_req, out_price, out_min = tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
 local detached = ARGV[18] == '1'
+local count = tonumber(ARGV[19])
 
 -- The levels below the org (a team's, a user's, a key's own limits): their
 -- TATs are fields r:<key>, t:<key> of the org's state hash, read in the
 -- same HMGET as the org's own fields; their leases the zsets p:<key>,
 -- counted by score so a lease lost to a crash stops counting when it
 -- expires, whose expiry as last set is the field pe:<key>.
-local nl = tonumber(ARGV[19])
+local nl = tonumber(ARGV[20])
 local names = {'r', 't', 'n', 'e', 'pe', 'nd'}
 local lkey, lrl, ltl, lcl = {}, {}, {}, {}
-local j = 20
+local j = 21
 for l = 1, nl do
   local k = ARGV[j]
   lkey[l], lrl[l], ltl[l], lcl[l] = k, tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
@@ -57,7 +59,7 @@ local st = redis.call('HMGET', skey, unpack(names))
 local rpm_tat, tpm_tat = now, now
 if rpm_l > 0 then rpm_tat = math.max(tonumber(st[1]) or now, now) end
 if tpm_l > 0 then tpm_tat = math.max(tonumber(st[2]) or now, now) end
-local rpm_new = rpm_tat + increment(1, rpm_l)
+local rpm_new = rpm_tat + count * increment(1, rpm_l)
 -- With n > now every pending member is a live lease: no sweep, and ZCARD
 -- (which also tells whether the zset exists) counts the leases.
 local n = tonumber(st[3])
@@ -126,7 +128,7 @@ for l = 1, nl do
   if lrl[l] > 0 then rt = math.max(tonumber(st[3 * l + 4]) or now, now) end
   if ltl[l] > 0 then tt = math.max(tonumber(st[3 * l + 5]) or now, now) end
   lrtat[l], lttat[l] = rt, tt
-  lrnew[l], ltnew[l] = rt + increment(1, lrl[l]), tt + increment(tokens, ltl[l])
+  lrnew[l], ltnew[l] = rt + count * increment(1, lrl[l]), tt + increment(tokens, ltl[l])
   lleases[l] = 0
   if lcl[l] > 0 then
     lpkey[l] = prefix .. 'p:' .. lkey[l]
@@ -194,7 +196,7 @@ local lines = {}
 for l = 1, nl do
   local lease = '0'
   if lcl[l] > 0 then lease = '1' end
-  local k = 17 + 4 * l -- ARGV index of the level's rpm limit
+  local k = 18 + 4 * l -- ARGV index of the level's rpm limit
   lines[l] = lkey[l] .. '\t' .. ARGV[k] .. '\t' .. ARGV[k + 1] .. '\t' .. lease .. '\n'
 end
 local rec = encode_record(tokens, cost, tpm_l, table.concat(windows), ARGV[11], table.concat(lines))
