@@ -83,6 +83,31 @@ func runSharedConformance(t *testing.T, h harness) {
 		}
 	})
 
+	t.Run("RenewDetached", func(t *testing.T) {
+		// A detached reservation (a lease Leased holds) is renewed only by a
+		// Detached renew, and then outlives its first TTL: settled, not
+		// expired at its estimate.
+		tenant := newTenant("renew-detached")
+		ttl := 600*time.Millisecond + 2*h.slack
+		b := dayBudget("day", h.now(t), 1000)
+		mustAdmit(t, s, AdmitRequest{Tenant: tenant, RequestID: "lease", Count: 4, Cost: 400, Budgets: []Budget{b}, Limits: Limits{LeaseTTL: ttl}, Detached: true})
+		h.advance(ttl / 2)
+		if n, err := replica.Renew(ctxb, RenewRequest{Tenant: tenant, RequestIDs: []string{"lease"}, LeaseTTL: ttl}); err != nil || n != 0 {
+			t.Fatalf("a pending renew of a detached reservation: %d %v", n, err)
+		}
+		if n, err := replica.Renew(ctxb, RenewRequest{Tenant: tenant, RequestIDs: []string{"lease", "unknown"}, LeaseTTL: ttl, Detached: true}); err != nil || n != 1 {
+			t.Fatalf("detached renew: %d %v", n, err)
+		}
+		h.advance(ttl/2 + 50*time.Millisecond)
+		// Any writing call sweeps what expired: the lease must not be among it.
+		if d := mustAdmit(t, s, AdmitRequest{Tenant: tenant, RequestID: "other", Budgets: []Budget{b}}); len(d.Expired) != 0 {
+			t.Fatalf("a renewed detached reservation expired: %+v", d.Expired)
+		}
+		if r := mustSettle(t, s, SettleRequest{Tenant: tenant, RequestID: "lease", Cost: 150, Budgets: []Budget{b}}); !r.Settled || r.Budgets[0].Spent != 150 {
+			t.Fatalf("settle after the renewal: %+v", r)
+		}
+	})
+
 	t.Run("ReconcileOnce", func(t *testing.T) {
 		tenant := newTenant("reconcile")
 		b := dayBudget("day", h.now(t), 1000, 500)

@@ -66,12 +66,16 @@ func (m *Memory) Renew(ctx context.Context, req RenewRequest) (int, error) {
 	}
 	expiry := now + int64(cmp.Or(req.LeaseTTL, DefaultLeaseTTL)/time.Microsecond)
 	n := 0
+	set := &t.pending
+	if req.Detached {
+		set = &t.detached
+	}
 	for _, id := range req.RequestIDs {
-		it := t.pending.byID[id]
+		it := set.byID[id]
 		if it == nil || it.exp <= now {
 			continue
 		}
-		t.pending.add(id, expiry)
+		set.add(id, expiry)
 		if rec := t.records[id]; rec != nil {
 			rec.deadline = max(rec.deadline, expiry+m.retention)
 			for _, ll := range rec.levels {

@@ -35,12 +35,16 @@ func (r *Redis) Renew(ctx context.Context, req RenewRequest) (int, error) {
 		return 0, nil
 	}
 	prefix := tenantPrefix(req.Tenant)
-	args := make([]any, 0, 3+len(req.RequestIDs))
-	args = append(args, int64(cmp.Or(req.LeaseTTL, DefaultLeaseTTL)/time.Microsecond), int64(r.retention/time.Second), prefix)
+	set, detached := prefix+"p", int64(0)
+	if req.Detached {
+		set, detached = prefix+"d", 1
+	}
+	args := make([]any, 0, 4+len(req.RequestIDs))
+	args = append(args, int64(cmp.Or(req.LeaseTTL, DefaultLeaseTTL)/time.Microsecond), int64(r.retention/time.Second), prefix, detached)
 	for _, id := range req.RequestIDs {
 		args = append(args, id)
 	}
-	v, err := r.run(ctx, renewScript, []string{prefix + "s", prefix + "p"}, args)
+	v, err := r.run(ctx, renewScript, []string{prefix + "s", set}, args)
 	if err != nil {
 		return 0, fmt.Errorf("limiter: renew: %w", err)
 	}

@@ -66,6 +66,10 @@ type RenewRequest struct {
 	Tenant     string
 	RequestIDs []string
 	LeaseTTL   time.Duration
+	// Detached renews detached reservations (AdmitRequest.Detached: the
+	// leases Leased holds) instead of pending ones; ids of the other kind
+	// are skipped.
+	Detached bool
 }
 
 // WindowCharge is one budget window a reconciled charge lands in.
