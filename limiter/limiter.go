@@ -159,6 +159,10 @@ type AdmitRequest struct {
 	// OnFailure is what a Resilient store does with this request while its
 	// primary store is unreachable. Plain stores ignore it.
 	OnFailure FailurePolicy
+	// Lease opts this request into leased admission (Leased: its bounds are
+	// documented there); the zero value is exact admission. Plain stores
+	// ignore it.
+	Lease LeaseTerms
 }
 
 // count is how many requests req stands for (Count, zero meaning 1).
