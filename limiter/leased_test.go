@@ -411,3 +411,28 @@ func BenchmarkLeased(b *testing.B) {
 		})
 	}
 }
+
+// TestLeasedRenewedThroughTheKeeper: in Open's stack a request served from
+// a lease that runs past its LeaseTTL keeps the lease alive (the keeper
+// renews the request, Leased its lease), so it settles at its actual cost
+// instead of expiring at the block's estimate.
+func TestLeasedRenewedThroughTheKeeper(t *testing.T) {
+	op, err := Open(OpenOptions{LeaseTick: 20 * time.Millisecond, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer op.Close()
+	ch := newLeasedChain(time.Now(), 1000, 1000, 0, LeaseTerms{MaxAge: 100 * time.Millisecond, MaxRequests: 8})
+	ch.limits.LeaseTTL = 300 * time.Millisecond
+	mustAdmit(t, op.Store, ch.request("long", 10, 100))
+	time.Sleep(1200 * time.Millisecond) // four lease TTLs
+	// Another chain's admission sweeps whatever expired in the tenant.
+	other := ch.request("other", 10, 100)
+	other.Lease = LeaseTerms{}
+	if d := mustAdmit(t, op.Store, other); len(d.Expired) != 0 {
+		t.Fatalf("the lease of a running request expired: %+v", d.Expired)
+	}
+	if r := mustSettle(t, op.Store, SettleRequest{Tenant: ch.org, RequestID: "long", Cost: 30, Budgets: ch.budgets}); !r.Settled || r.Budgets[0].Spent != 30 {
+		t.Fatalf("settle: %+v", r)
+	}
+}

@@ -54,6 +54,9 @@ type Opened struct {
 	Resilient *Resilient
 	// Leases renews open reservations (nil with Direct).
 	Leases *LeaseKeeper
+	// Leased serves the requests whose policy asks for leases (nil with
+	// Direct); it passes the others through.
+	Leased *Leased
 	// Close stops background work, flushes what can be flushed and closes
 	// the client.
 	Close func() error
@@ -64,15 +67,19 @@ func (o OpenOptions) Shared() bool { return o.Redis != "" || len(o.Cluster) > 0 
 
 // Open builds the store o names: the memory store, or Redis wrapped in
 // Resilient so that each request's failure policy applies while Redis is
-// unreachable (bare, with Direct); both behind a LeaseKeeper.
+// unreachable (bare, with Direct); both behind Leased (for the policies
+// that ask for leases) and a LeaseKeeper. The keeper is on top so that it
+// tracks the requests themselves; Leased renews, for those it served from
+// a lease, the lease (LeaseKeeper renews through Leased.Renew).
 func Open(o OpenOptions) (Opened, error) {
 	local := NewMemory(MemoryOptions{})
-	keep := func(s Store) *LeaseKeeper {
-		return NewLeaseKeeper(LeaseKeeperOptions{Store: s, Tick: o.LeaseTick, OnRenew: o.OnRenew, Logger: o.Logger})
+	keep := func(s Store, replicas func() int64, up func() bool) (*LeaseKeeper, *Leased) {
+		ld := NewLeased(LeasedOptions{Inner: s, Replicas: replicas, Up: up, Logger: o.Logger})
+		return NewLeaseKeeper(LeaseKeeperOptions{Store: ld, Tick: o.LeaseTick, OnRenew: o.OnRenew, Logger: o.Logger}), ld
 	}
 	if !o.Shared() {
-		k := keep(local)
-		return Opened{Store: k, Up: func() bool { return true }, Leases: k, Close: k.Close}, nil
+		k, ld := keep(local, nil, nil)
+		return Opened{Store: k, Up: func() bool { return true }, Leases: k, Leased: ld, Close: k.Close}, nil
 	}
 	if o.Redis != "" && len(o.Cluster) > 0 {
 		return Opened{}, errors.New("limiter: set a Redis URL or cluster addresses, not both")
@@ -123,8 +130,8 @@ func Open(o OpenOptions) (Opened, error) {
 	if err != nil {
 		return Opened{}, errors.Join(err, client.Close())
 	}
-	k := keep(res)
-	return Opened{Store: k, Up: res.Up, Resilient: res, Leases: k, Close: func() error { return errors.Join(k.Close(), client.Close()) }}, nil
+	k, ld := keep(res, res.Replicas, res.Up)
+	return Opened{Store: k, Up: res.Up, Resilient: res, Leases: k, Leased: ld, Close: func() error { return errors.Join(k.Close(), client.Close()) }}, nil
 }
 
 // clientLog routes go-redis's own log lines to slog at debug level.

@@ -34,6 +34,7 @@ func (x *Exchange) admit() *Reply {
 		Output:      x.output, // the part a full reservation may clamp (reserve.go)
 		Detached:    x.batch,  // batch work holds no slot while the provider works (batch.go)
 		OnFailure:   x.policy.OnFailure,
+		Lease:       x.policy.Leases, // zero unless the policy opts into leased admission
 	})
 	// Kept before anything else runs, so that whatever fails next (an
 	// observer, a panic) leaves a reservation Abort can still settle.

@@ -111,6 +111,9 @@ type Policy struct {
 	// lane of routes that name none (lanes.go).
 	Lanes       []Lane
 	DefaultLane int
+	// Leases, when set, admit the policy's requests from leases (leases.go);
+	// the zero value is exact admission.
+	Leases limiter.LeaseTerms
 }
 
 // Enforces reports whether admission has anything to check, so a policy with
@@ -529,6 +532,9 @@ func compilePolicy(at, name string, p policyFile, storeFailure limiter.FailurePo
 		return nil, err
 	}
 	if out.Lanes, out.DefaultLane, err = compileLanes(at+".lanes", p.Lanes, q); err != nil {
+		return nil, err
+	}
+	if out.Leases, err = compileLeases(at+".leases", p.Leases); err != nil {
 		return nil, err
 	}
 	return out, nil

@@ -53,6 +53,13 @@ type policyFile struct {
 	ResponseCache          *responseCacheFile  `json:"response_cache"`
 	Batches                *batchesFile        `json:"batches"`
 	Lanes                  map[string]laneFile `json:"lanes"`
+	Leases                 *leasesFile         `json:"leases"`
+}
+
+// leasesFile is a policy's leases: block (leased admission, leases.go).
+type leasesFile struct {
+	MaxAge      duration `json:"max_age"`
+	MaxRequests *int64   `json:"max_requests"`
 }
 
 // batchesFile is a policy's batches: block (the providers' batch APIs).
