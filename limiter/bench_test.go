@@ -191,12 +191,7 @@ func BenchmarkRedisConcurrent(b *testing.B) {
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					a, st := benchRequests(now, 4, fmt.Sprint("c", lanes, "-", seq.Add(1)))
-					if d, err := s.Admit(ctxb, a); err != nil || !d.Allowed {
-						b.Errorf("admit: %+v %v", d, err)
-						return
-					}
-					if r, err := s.Settle(ctxb, st); err != nil || !r.Settled {
-						b.Errorf("settle: %+v %v", r, err)
+					if !benchExchange(b, s, a, st) {
 						return
 					}
 				}
@@ -214,4 +209,18 @@ func processCPU(b *testing.B) float64 {
 		b.Fatal(err)
 	}
 	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}
+
+// benchExchange admits a and settles st on s; false (b failed) unless the
+// admission is allowed and the settle settles.
+func benchExchange(b *testing.B, s Store, a AdmitRequest, st SettleRequest) bool {
+	if d, err := s.Admit(ctxb, a); err != nil || !d.Allowed {
+		b.Errorf("admit: %+v %v", d, err)
+		return false
+	}
+	if r, err := s.Settle(ctxb, st); err != nil || !r.Settled {
+		b.Errorf("settle: %+v %v", r, err)
+		return false
+	}
+	return true
 }

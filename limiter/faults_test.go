@@ -201,17 +201,7 @@ func TestRedisShedsPastMaxInFlight(t *testing.T) {
 // as the store answers, releases it — in whichever order the two reach
 // Redis — so the refused request holds no slot and is charged nothing.
 func TestNoPhantomAfterStall(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	c := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1, ReadTimeout: 100 * time.Millisecond, WriteTimeout: 100 * time.Millisecond})
-	defer c.Close()
-	rs, err := NewRedis(RedisOptions{Client: c, Timeout: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := NewResilient(ResilientOptions{Primary: rs, Logger: quiet, ProbeInterval: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, c, rs, res := stallable(t)
 	defer res.Close()
 	now, _ := c.Time(ctxb).Result()
 	b := dayBudget("day", now, 1_000_000)
@@ -429,4 +419,22 @@ func TestLocalModeDividesByLiveReplicas(t *testing.T) {
 	if allowed != 5 || rs[0].Replicas() != 2 {
 		t.Fatalf("%d of 10 allowed at 10 rpm with %d live replicas, want 5", allowed, rs[0].Replicas())
 	}
+}
+
+// stallable is a redis-server to stop (SIGSTOP), a client and store that
+// give up on it after 100ms (closed by t.Cleanup), and a Resilient over
+// them for the caller to close.
+func stallable(t *testing.T) (*redistest.Server, *redis.Client, *Redis, *Resilient) {
+	srv := redistest.Start(t, redistest.Options{})
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1, ReadTimeout: 100 * time.Millisecond, WriteTimeout: 100 * time.Millisecond})
+	t.Cleanup(func() { _ = c.Close() })
+	rs, err := NewRedis(RedisOptions{Client: c, Timeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := NewResilient(ResilientOptions{Primary: rs, Logger: quiet, ProbeInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, c, rs, res
 }

@@ -56,6 +56,7 @@ import (
 // A Degraded decision (the store unreachable) is never kept as a lease, and
 // while the store is down requests pass through to its failure policy.
 type Leased struct {
+	notesOf // Notes are Inner's (notes.go)
 	inner   Store
 	renewer Renewer
 	replica func() int64
@@ -179,7 +180,7 @@ func NewLeased(o LeasedOptions) *Leased {
 	var b [6]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand.Read)
 	l := &Leased{
-		inner: o.Inner, replica: o.Replicas, up: o.Up, now: o.Now, log: cmp.Or(o.Logger, slog.Default()),
+		notesOf: notesOf{o.Inner}, inner: o.Inner, replica: o.Replicas, up: o.Up, now: o.Now, log: cmp.Or(o.Logger, slog.Default()),
 		nonce: hex.EncodeToString(b[:]), tick: cmp.Or(o.Tick, 100*time.Millisecond), max: cmp.Or(o.MaxChains, DefaultLeasedChains),
 		chains: map[string]*chain{}, reqs: map[reqKey]*localReq{}, leases: map[*leaseBlock]struct{}{}, slots: map[reqKey]int64{},
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
@@ -726,46 +727,6 @@ func (l *Leased) Rebind(ctx context.Context, req RebindRequest) (bool, error) {
 		return false, nil
 	}
 	return rb.Rebind(ctx, req)
-}
-
-func (l *Leased) notes() (Notes, error) {
-	if n, ok := l.inner.(Notes); ok {
-		return n, nil
-	}
-	return nil, errNoNotes
-}
-
-// PutNote, GetNote, AddNoteCount and NoteCounts forward Notes to Inner.
-func (l *Leased) PutNote(ctx context.Context, n Note) error {
-	ns, err := l.notes()
-	if err != nil {
-		return err
-	}
-	return ns.PutNote(ctx, n)
-}
-
-func (l *Leased) GetNote(ctx context.Context, tenant, key string) ([]byte, bool, error) {
-	ns, err := l.notes()
-	if err != nil {
-		return nil, false, err
-	}
-	return ns.GetNote(ctx, tenant, key)
-}
-
-func (l *Leased) AddNoteCount(ctx context.Context, tenant, key string, delta int64, ttl time.Duration) error {
-	ns, err := l.notes()
-	if err != nil {
-		return err
-	}
-	return ns.AddNoteCount(ctx, tenant, key, delta, ttl)
-}
-
-func (l *Leased) NoteCounts(ctx context.Context, tenant string, keys []string) ([]int64, error) {
-	ns, err := l.notes()
-	if err != nil {
-		return nil, err
-	}
-	return ns.NoteCounts(ctx, tenant, keys)
 }
 
 // chainKey names everything a decision for req depends on besides its own

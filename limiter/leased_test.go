@@ -324,17 +324,7 @@ func TestLeasedBlocksAndPassThrough(t *testing.T) {
 // taken: the request gets the inner store's failure policy and no lease is
 // kept, in this replica or in Redis.
 func TestLeasedStallDuringAcquisition(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	c := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1, ReadTimeout: 100 * time.Millisecond, WriteTimeout: 100 * time.Millisecond})
-	defer c.Close()
-	rs, err := NewRedis(RedisOptions{Client: c, Timeout: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := NewResilient(ResilientOptions{Primary: rs, Logger: quiet, ProbeInterval: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, c, rs, res := stallable(t)
 	l := NewLeased(LeasedOptions{Inner: res, Up: res.Up, Logger: quiet})
 	defer l.Close()
 	now, _ := c.Time(ctxb).Result()
@@ -392,12 +382,7 @@ func BenchmarkLeased(b *testing.B) {
 				for pb.Next() {
 					a, st := benchRequests(now, 4, fmt.Sprint("x", mode.name, "-", seq.Add(1)))
 					a.Lease = mode.terms
-					if d, err := l.Admit(ctxb, a); err != nil || !d.Allowed {
-						b.Errorf("admit: %+v %v", d, err)
-						return
-					}
-					if r, err := l.Settle(ctxb, st); err != nil || !r.Settled {
-						b.Errorf("settle: %+v %v", r, err)
+					if !benchExchange(b, l, a, st) {
 						return
 					}
 				}

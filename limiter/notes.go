@@ -270,49 +270,54 @@ func (m *Memory) roomForNote(k string, now int64) error {
 
 // Notes on a Resilient store are the primary's: a note kept only locally
 // would be missing on every other replica, so a primary that is down is an
-// error (ErrUnavailable) for the caller to handle, not a local note.
+// error (ErrUnavailable) for the caller to handle, not a local note. A
+// Leased store's are its inner store's. Both forward with notesOf.
 
-// PutNote implements Notes on the primary store.
-func (r *Resilient) PutNote(ctx context.Context, n Note) error {
-	ns, err := r.notes()
+// notesOf implements Notes on the store s, which may keep none (then every
+// call is an error).
+type notesOf struct{ s Store }
+
+// PutNote implements Notes on the store.
+func (f notesOf) PutNote(ctx context.Context, n Note) error {
+	ns, err := f.notes()
 	if err != nil {
 		return err
 	}
 	return ns.PutNote(ctx, n)
 }
 
-// GetNote implements Notes on the primary store.
-func (r *Resilient) GetNote(ctx context.Context, tenant, key string) ([]byte, bool, error) {
-	ns, err := r.notes()
+// GetNote implements Notes on the store.
+func (f notesOf) GetNote(ctx context.Context, tenant, key string) ([]byte, bool, error) {
+	ns, err := f.notes()
 	if err != nil {
 		return nil, false, err
 	}
 	return ns.GetNote(ctx, tenant, key)
 }
 
-// AddNoteCount implements Notes on the primary store.
-func (r *Resilient) AddNoteCount(ctx context.Context, tenant, key string, delta int64, ttl time.Duration) error {
-	ns, err := r.notes()
+// AddNoteCount implements Notes on the store.
+func (f notesOf) AddNoteCount(ctx context.Context, tenant, key string, delta int64, ttl time.Duration) error {
+	ns, err := f.notes()
 	if err != nil {
 		return err
 	}
 	return ns.AddNoteCount(ctx, tenant, key, delta, ttl)
 }
 
-// NoteCounts implements Notes on the primary store.
-func (r *Resilient) NoteCounts(ctx context.Context, tenant string, keys []string) ([]int64, error) {
-	ns, err := r.notes()
+// NoteCounts implements Notes on the store.
+func (f notesOf) NoteCounts(ctx context.Context, tenant string, keys []string) ([]int64, error) {
+	ns, err := f.notes()
 	if err != nil {
 		return nil, err
 	}
 	return ns.NoteCounts(ctx, tenant, keys)
 }
 
-// errNoNotes: the primary store keeps no notes.
+// errNoNotes: the store keeps no notes.
 var errNoNotes = errors.New("limiter: the store keeps no notes")
 
-func (r *Resilient) notes() (Notes, error) {
-	ns, ok := r.primary.(Notes)
+func (f notesOf) notes() (Notes, error) {
+	ns, ok := f.s.(Notes)
 	if !ok {
 		return nil, errNoNotes
 	}
@@ -323,4 +328,5 @@ var (
 	_ Notes = (*Redis)(nil)
 	_ Notes = (*Memory)(nil)
 	_ Notes = (*Resilient)(nil)
+	_ Notes = (*Leased)(nil)
 )

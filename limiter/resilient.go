@@ -140,6 +140,7 @@ type ResilientOptions struct {
 //     store lost its data, and this replica's ledger of what it charged into
 //     the current windows is charged again, once per epoch.
 type Resilient struct {
+	notesOf    // Notes are the primary's (notes.go)
 	primary    Store
 	shared     Shared // nil without the Shared operations
 	local      *Memory
@@ -191,6 +192,7 @@ func NewResilient(opts ResilientOptions) (*Resilient, error) {
 		return nil, errors.Join(err, j.close())
 	}
 	r := &Resilient{
+		notesOf:    notesOf{opts.Primary},
 		primary:    opts.Primary,
 		local:      opts.Local,
 		floor:      int64(max(opts.Replicas, 1)),
