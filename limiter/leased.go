@@ -46,8 +46,10 @@ import (
 //     and are not counted here.
 //   - A replica that dies: each of its open leases expires unsettled within
 //     its lease TTL (the policy's LeaseTTL + MaxAge) of its last renewal and
-//     is charged at its estimate, k × the estimate of the request that took
-//     it: the over-charge is at most that, per open lease.
+//     is charged at its estimate, k × the per-request size it was taken at
+//     (the estimate of the request that took it, or the mean estimate of
+//     the chain's last lease if larger): the over-charge is at most that,
+//     per open lease.
 //
 // Near a limit leased mode degrades to exact admission: a block that does
 // not fit is never taken in part; the request that asked for it is admitted
@@ -67,13 +69,14 @@ type Leased struct {
 	tick    time.Duration
 	max     int
 
-	mu     sync.Mutex
-	seq    int64
-	closed bool
-	chains map[string]*chain
-	reqs   map[reqKey]*localReq
-	leases map[*leaseBlock]struct{} // not yet settled in the store
-	slots  map[reqKey]int64         // local concurrency in use, by tenant and level key
+	mu       sync.Mutex
+	seq      int64
+	overflow int64 // requests passed through for want of a chain
+	closed   bool
+	chains   map[string]*chain
+	reqs     map[reqKey]*localReq
+	leases   map[*leaseBlock]struct{} // not yet settled in the store
+	slots    map[reqKey]int64         // local concurrency in use, by tenant and level key
 
 	kick chan struct{}
 	stop chan struct{}
@@ -135,6 +138,9 @@ type chain struct {
 	acquiring  chan struct{} // closed when the acquisition in flight ends
 	exactUntil time.Time
 	open       int // leases of this chain not yet settled in the store
+	// meanTokens and meanCost are the mean estimates of the requests the
+	// chain's last closed lease served.
+	meanTokens, meanCost int64
 	// expired and crossed are what a lease settle off the request path
 	// reported, given to the chain's next decision.
 	expired []Expired
@@ -154,6 +160,7 @@ type leaseBlock struct {
 	// ones really used.
 	tokensCap, costCap int64
 	used, tokens, cost int64
+	estTokens, estCost int64 // the estimates of the requests taken
 	inflight           int
 	closed, settling   bool
 	done               bool // settled in the store
@@ -227,6 +234,7 @@ func (l *Leased) Admit(ctx context.Context, req AdmitRequest) (Decision, error) 
 	}
 	c := l.chainFor(key, req.Tenant)
 	if c == nil { // full of busy chains: exact
+		l.overflow++
 		l.mu.Unlock()
 		return l.inner.Admit(ctx, req)
 	}
@@ -262,12 +270,16 @@ func (l *Leased) Admit(ctx context.Context, req AdmitRequest) (Decision, error) 
 			l.mu.Lock()
 			continue
 		}
+		// Each of the k requests is sized at this one's estimate or the mean
+		// of the chain's last lease, whichever is larger: a lease sized by a
+		// small request would close at the next larger one.
+		tokens, cost := max(req.Tokens, c.meanTokens), max(req.Cost, c.meanCost)
 		k := min(c.block, req.Lease.MaxRequests)
-		if req.Tokens > 0 {
-			k = min(k, MaxTokens/req.Tokens)
+		if tokens > 0 {
+			k = min(k, MaxTokens/tokens)
 		}
-		if req.Cost > 0 {
-			k = min(k, MaxCost/req.Cost)
+		if cost > 0 {
+			k = min(k, MaxCost/cost)
 		}
 		if k < 2 {
 			break
@@ -275,7 +287,7 @@ func (l *Leased) Admit(ctx context.Context, req AdmitRequest) (Decision, error) 
 		w := make(chan struct{})
 		c.acquiring = w
 		l.seq++
-		lr := leaseRequest(&req, "lease~"+l.nonce+"~"+strconv.FormatInt(l.seq, 10), k)
+		lr := leaseRequest(&req, "lease~"+l.nonce+"~"+strconv.FormatInt(l.seq, 10), k, tokens, cost)
 		l.mu.Unlock()
 		d, err := l.inner.Admit(ctx, lr)
 		l.mu.Lock()
@@ -332,10 +344,11 @@ func (l *Leased) Admit(ctx context.Context, req AdmitRequest) (Decision, error) 
 	return d, nil
 }
 
-// leaseRequest is the detached reservation of k requests like req. It holds
+// leaseRequest is the detached reservation of k requests like req, each of
+// tokens and cost. It holds
 // no concurrency slot (Leased counts those), never has its output clamped,
 // and fails closed: a lease is never decided without the shared store.
-func leaseRequest(req *AdmitRequest, id string, k int64) AdmitRequest {
+func leaseRequest(req *AdmitRequest, id string, k, tokens, cost int64) AdmitRequest {
 	lim := req.Limits
 	lim.Concurrent = 0
 	lim.LeaseTTL = cmp.Or(lim.LeaseTTL, DefaultLeaseTTL) + req.Lease.MaxAge
@@ -347,7 +360,7 @@ func leaseRequest(req *AdmitRequest, id string, k int64) AdmitRequest {
 		}
 	}
 	return AdmitRequest{Tenant: req.Tenant, RequestID: id, Model: req.Model, Count: k, Limits: lim, LevelLimits: ll,
-		Tokens: k * req.Tokens, Cost: k * req.Cost, Budgets: req.Budgets, Detached: true, OnFailure: FailClosed}
+		Tokens: k * tokens, Cost: k * cost, Budgets: req.Budgets, Detached: true, OnFailure: FailClosed}
 }
 
 func (ls *leaseBlock) fits(req *AdmitRequest, now time.Time) bool {
@@ -360,6 +373,8 @@ func (l *Leased) take(ls *leaseBlock, req *AdmitRequest, rk reqKey, slots []reqK
 	ls.used++
 	ls.tokens += req.Tokens
 	ls.cost += req.Cost
+	ls.estTokens += req.Tokens
+	ls.estCost += req.Cost
 	ls.inflight++
 	ls.ids = append(ls.ids, rk)
 	l.reqs[rk] = &localReq{l: ls, tokens: req.Tokens, cost: req.Cost, slots: slots}
@@ -413,6 +428,9 @@ func (l *Leased) closeLease(ls *leaseBlock, now time.Time) {
 	c := ls.c
 	if c.cur == ls {
 		c.cur = nil
+	}
+	if ls.used > 0 {
+		c.meanTokens, c.meanCost = ls.estTokens/ls.used, ls.estCost/ls.used
 	}
 	switch {
 	case ls.used == ls.k && now.Sub(ls.opened) < ls.maxAge:
@@ -693,6 +711,14 @@ func (l *Leased) Open() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.leases)
+}
+
+// Overflowed reports how many requests that asked for leases were admitted
+// exactly because MaxChains busy chains were held.
+func (l *Leased) Overflowed() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.overflow
 }
 
 // Budgets implements Store.

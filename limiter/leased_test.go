@@ -421,3 +421,74 @@ func TestLeasedRenewedThroughTheKeeper(t *testing.T) {
 		t.Fatalf("settle: %+v", r)
 	}
 }
+
+// TestLeasedChainsAreBounded: past MaxChains an idle chain (no lease open)
+// is evicted for a new one; with every chain busy a request is admitted
+// exactly and counted.
+func TestLeasedChainsAreBounded(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	mem := NewMemory(MemoryOptions{Now: func() time.Time { return now }})
+	l := NewLeased(LeasedOptions{Inner: mem, MaxChains: 2, Logger: quiet, Now: func() time.Time { return now }})
+	defer l.Close()
+	terms := LeaseTerms{MaxAge: time.Minute, MaxRequests: 2}
+	a, b, c, d := newLeasedChain(now, 100, 100, 0, terms), newLeasedChain(now, 100, 100, 0, terms),
+		newLeasedChain(now, 100, 100, 0, terms), newLeasedChain(now, 100, 100, 0, terms)
+	for i := range 2 { // a's lease of 2 runs out and settles: a is idle
+		mustAdmit(t, l, a.request(fmt.Sprint("a", i), 1, 1))
+		mustSettle(t, l, SettleRequest{Tenant: a.org, RequestID: fmt.Sprint("a", i), Cost: 1})
+	}
+	mustAdmit(t, l, b.request("b", 1, 1))
+	mustAdmit(t, l, c.request("c", 1, 1)) // evicts a
+	if l.Open() != 2 || l.Overflowed() != 0 {
+		t.Fatalf("open %d overflowed %d, want b's and c's leases and no overflow", l.Open(), l.Overflowed())
+	}
+	if dd := mustAdmit(t, l, d.request("d", 1, 1)); !dd.Allowed || l.Overflowed() != 1 || l.Open() != 2 {
+		t.Fatalf("d with two busy chains: %+v, overflowed %d, open %d", dd, l.Overflowed(), l.Open())
+	}
+	// d was admitted exactly: it settles in the store.
+	if r := mustSettle(t, l, SettleRequest{Tenant: d.org, RequestID: "d", Cost: 1, Budgets: d.budgets}); !r.Settled || r.Budgets[0].Spent != 1 {
+		t.Fatalf("d's settle: %+v", r)
+	}
+}
+
+// TestLeasedBlockAdapts: a chain's block doubles when a lease runs out
+// before MaxAge and halves when one closes more than half unused.
+func TestLeasedBlockAdapts(t *testing.T) {
+	var clk atomic.Int64
+	clk.Store(1_800_000_000_000_000)
+	now := func() time.Time { return time.UnixMicro(clk.Load()) }
+	l := NewLeased(LeasedOptions{Inner: NewMemory(MemoryOptions{Now: now}), Logger: quiet, Now: now, Tick: time.Hour})
+	defer l.Close()
+	ch := newLeasedChain(now(), 1000, 1000, 0, LeaseTerms{MaxAge: time.Second, MaxRequests: 16})
+	n := 0
+	admit := func() {
+		mustAdmit(t, l, ch.request(fmt.Sprint("r", n), 1, 1))
+		n++
+	}
+	block := func() (cur, next int64) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		for _, c := range l.chains {
+			if c.cur != nil {
+				cur = c.cur.k
+			}
+			return cur, c.block
+		}
+		return 0, 0
+	}
+	for range 4 {
+		admit()
+	}
+	if cur, next := block(); cur != 0 || next != 8 {
+		t.Fatalf("after a lease of 4 ran out: current %d next %d, want none and 8", cur, next)
+	}
+	admit()
+	if cur, _ := block(); cur != 8 {
+		t.Fatalf("the next lease: %d, want 8", cur)
+	}
+	clk.Add(time.Second.Microseconds())
+	l.sweep(false) // aged, 1 of 8 used
+	if cur, next := block(); cur != 0 || next != 4 {
+		t.Fatalf("after a lease closed 7 of 8 unused: current %d next %d, want none and 4", cur, next)
+	}
+}
