@@ -11,6 +11,7 @@ import (
 	"math"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -75,8 +76,11 @@ type Leased struct {
 	closed   bool
 	chains   map[string]*chain
 	reqs     map[reqKey]*localReq
-	leases   map[*leaseBlock]struct{} // not yet settled in the store
-	slots    map[reqKey]int64         // local concurrency in use, by tenant and level key
+	// held is len(reqs), read without the lock: while no policy asks for
+	// leases a settle or renew passes through without taking it.
+	held   atomic.Int64
+	leases map[*leaseBlock]struct{} // not yet settled in the store
+	slots  map[reqKey]int64         // local concurrency in use, by tenant and level key
 
 	kick chan struct{}
 	stop chan struct{}
@@ -339,6 +343,7 @@ func (l *Leased) Admit(ctx context.Context, req AdmitRequest) (Decision, error) 
 	}
 	if len(slots) > 0 {
 		l.reqs[rk] = &localReq{slots: slots}
+		l.held.Store(int64(len(l.reqs)))
 	}
 	l.report(c, &d.Expired, &d.Crossed)
 	return d, nil
@@ -378,6 +383,7 @@ func (l *Leased) take(ls *leaseBlock, req *AdmitRequest, rk reqKey, slots []reqK
 	ls.inflight++
 	ls.ids = append(ls.ids, rk)
 	l.reqs[rk] = &localReq{l: ls, tokens: req.Tokens, cost: req.Cost, slots: slots}
+	l.held.Store(int64(len(l.reqs)))
 	d := ls.decision(now)
 	if req.Output.Tokens > 0 {
 		d.OutputTokens = req.Output.Tokens
@@ -527,6 +533,9 @@ func (l *Leased) releaseSlots(keys []reqKey) {
 // once; the lease is settled in the store when its last request has
 // (in this call, so the round trip is this settle's own).
 func (l *Leased) Settle(ctx context.Context, req SettleRequest) (SettleResult, error) {
+	if l.held.Load() == 0 {
+		return l.inner.Settle(ctx, req)
+	}
 	rk := reqKey{req.Tenant, req.RequestID}
 	l.mu.Lock()
 	lr := l.reqs[rk]
@@ -537,6 +546,7 @@ func (l *Leased) Settle(ctx context.Context, req SettleRequest) (SettleResult, e
 	ls := lr.l
 	if ls == nil { // admitted exactly, with local slots
 		delete(l.reqs, rk)
+		l.held.Store(int64(len(l.reqs)))
 		l.releaseSlots(lr.slots)
 		l.mu.Unlock()
 		return l.inner.Settle(ctx, req)
@@ -612,6 +622,7 @@ func (l *Leased) settled(ls *leaseBlock, r SettleResult, err error, keep bool) {
 			delete(l.reqs, k)
 		}
 	}
+	l.held.Store(int64(len(l.reqs)))
 	ls.ids = nil
 	if !keep {
 		return
@@ -676,6 +687,9 @@ func (l *Leased) sweep(final bool) {
 func (l *Leased) Renew(ctx context.Context, req RenewRequest) (int, error) {
 	if l.renewer == nil {
 		return 0, nil
+	}
+	if l.held.Load() == 0 {
+		return l.renewer.Renew(ctx, req)
 	}
 	var pass []string
 	byTTL := map[time.Duration][]string{}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"regexp"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -174,6 +175,23 @@ func TestLeasedReplicasOverOneRedis(t *testing.T) {
 		}
 	}
 	t.Logf("admitted %d (bound %d, floor %d), peak concurrency %d, tokens %d, cost %d", n, bound, keyRPM-replicas*maxReq, peak.Load(), tokens.Load(), cost.Load())
+}
+
+// commandsCalled is every command redis-server ran since its stats were
+// reset (INFO commandstats), less the INFO calls that read them.
+func commandsCalled(b *testing.B, c *redis.Client) int64 {
+	info, err := c.Info(ctxb, "commandstats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var n int64
+	for _, m := range regexp.MustCompile(`cmdstat_([a-z|]+):calls=(\d+)`).FindAllStringSubmatch(info, -1) {
+		if m[1] != "info" && m[1] != "config|resetstat" {
+			v, _ := strconv.ParseInt(m[2], 10, 64)
+			n += v
+		}
+	}
+	return n
 }
 
 // kill stops l as a dead replica stops: no more renewals or settles, and
@@ -377,6 +395,7 @@ func BenchmarkLeased(b *testing.B) {
 			stats.reset(b)
 			cpu := processCPU(b)
 			b.ReportAllocs()
+			defer func() { b.ReportMetric(float64(commandsCalled(b, c))/float64(b.N), "cmds/op") }()
 			b.SetParallelism(8) // 16 goroutines on 2 cores
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
