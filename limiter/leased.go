@@ -350,9 +350,11 @@ func (l *Leased) Admit(ctx context.Context, req AdmitRequest) (Decision, error) 
 }
 
 // leaseRequest is the detached reservation of k requests like req, each of
-// tokens and cost. It holds
-// no concurrency slot (Leased counts those), never has its output clamped,
-// and fails closed: a lease is never decided without the shared store.
+// tokens and cost. It holds no concurrency slot (Leased counts those), never
+// has its output clamped, and fails closed: a lease is never decided
+// without the shared store. It lives MaxAge longer than a request's
+// reservation: its last request may be admitted MaxAge after it, and is
+// renewed (through Renew) only from then on.
 func leaseRequest(req *AdmitRequest, id string, k, tokens, cost int64) AdmitRequest {
 	lim := req.Limits
 	lim.Concurrent = 0
