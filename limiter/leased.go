@@ -142,6 +142,12 @@ type chain struct {
 	acquiring  chan struct{} // closed when the acquisition in flight ends
 	exactUntil time.Time
 	open       int // leases of this chain not yet settled in the store
+	// denial is the chain's last exact denial for requests per minute, at
+	// deniedAt (local clock): until its RetryAfter has passed exact mode
+	// denies every request of the chain too (the TATs only ever rise; only
+	// a Cancel lowers them), so they are denied locally (stillDenied).
+	deniedAt time.Time
+	denial   Decision
 	// meanTokens and meanCost are the mean estimates of the requests the
 	// chain's last closed lease served.
 	meanTokens, meanCost int64
@@ -242,6 +248,10 @@ func (l *Leased) Admit(ctx context.Context, req AdmitRequest) (Decision, error) 
 		l.mu.Unlock()
 		return l.inner.Admit(ctx, req)
 	}
+	if d, ok := c.stillDenied(l.now()); ok {
+		l.mu.Unlock()
+		return d, nil
+	}
 	slots, denied := l.takeSlots(&req, c)
 	if denied != nil {
 		l.mu.Unlock()
@@ -339,6 +349,9 @@ func (l *Leased) Admit(ctx context.Context, req AdmitRequest) (Decision, error) 
 	defer l.mu.Unlock()
 	if err != nil || !d.Allowed || l.closed {
 		l.releaseSlots(slots)
+		if err == nil && d.Denied == DimensionRequests && !d.Degraded {
+			c.deniedAt, c.denial = l.now(), d
+		}
 		return d, err
 	}
 	if len(slots) > 0 {
@@ -347,6 +360,24 @@ func (l *Leased) Admit(ctx context.Context, req AdmitRequest) (Decision, error) 
 	}
 	l.report(c, &d.Expired, &d.Crossed)
 	return d, nil
+}
+
+// stillDenied is the chain's last requests-per-minute denial, moved on to
+// now, while its RetryAfter has not passed. Tokens and budgets denials are
+// never kept: a settle below its estimate gives tokens and money back.
+func (c *chain) stillDenied(now time.Time) (Decision, bool) {
+	if c.deniedAt.IsZero() {
+		return Decision{}, false
+	}
+	since := now.Sub(c.deniedAt)
+	if since >= c.denial.RetryAfter || since < 0 {
+		c.deniedAt, c.denial = time.Time{}, Decision{}
+		return Decision{}, false
+	}
+	d := c.denial
+	d.Now, d.RetryAfter = d.Now.Add(since), d.RetryAfter-since
+	d.Expired, d.Crossed = nil, nil // reported once, with the denial that had them
+	return d, true
 }
 
 // leaseRequest is the detached reservation of k requests like req, each of

@@ -325,14 +325,17 @@ func TestLeasedBlocksAndPassThrough(t *testing.T) {
 		d := mustAdmit(t, l, ch.request(fmt.Sprint("r", i), 1, 1))
 		if d.Allowed {
 			allowed++
+		} else if d.Denied != DimensionRequests || d.Level != "k:eng/k1" || d.RetryAfter <= 0 {
+			t.Fatalf("r%d: %+v; want requests denied at the key with a wait", i, d)
 		}
 	}
 	if allowed != 29 {
 		t.Fatalf("allowed %d of 40 under a limit of 30 with 1 used, want exactly 29", allowed)
 	}
-	// 1 plain + 4 leases + 1 denied block + 12 exact (the chain stays
-	// exact after the denial).
-	if got := cs.admits.Load(); got != 1+4+1+12 {
+	// 1 plain + 4 leases + 1 denied block + 1 exact admitted + 1 exact
+	// denied: the other 10 are denied locally until that denial's
+	// RetryAfter, as exact mode would deny them.
+	if got := cs.admits.Load(); got != 1+4+1+1+1 {
 		t.Fatalf("%d store admissions for 40 requests", got)
 	}
 	t.Logf("%d store admissions for 40 requests", cs.admits.Load())

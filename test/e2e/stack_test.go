@@ -43,6 +43,9 @@ type stackOptions struct {
 	mock   mockprovider.Options
 	// redisHook, if set, is added to every replica's Redis client.
 	redisHook redis.Hook
+	// wrap, if set, puts a layer over each replica's store (serve's
+	// limiter.Open stack: Leased).
+	wrap func(limiter.Store) limiter.Store
 }
 
 type stack struct {
@@ -139,6 +142,9 @@ func (s *stack) startProc(o stackOptions, store limiter.Store) *proc {
 		}
 	} else {
 		p.upstreams, p.pacer = s.upstreams, s.pacer
+	}
+	if o.wrap != nil {
+		store = o.wrap(store)
 	}
 	p.store = store
 	p.srv, _ = procs.Processor(t, procs.ProcessorOptions{Config: policy.NewHolder(s.cfg), Store: store, Registry: p.reg, Upstreams: p.upstreams, Pacer: p.pacer})
