@@ -57,7 +57,9 @@ import (
 // exactly (that request pays a second round trip), its chain's block halves
 // and the chain stays exact until the denial's RetryAfter (at most MaxAge).
 // A Degraded decision (the store unreachable) is never kept as a lease, and
-// while the store is down requests pass through to its failure policy.
+// while the store is down requests pass through to its failure policy. An
+// exact requests-per-minute denial answers the chain's requests locally
+// until its RetryAfter, which exact mode would deny as well.
 type Leased struct {
 	notesOf // Notes are Inner's (notes.go)
 	inner   Store
@@ -344,13 +346,14 @@ func (l *Leased) Admit(ctx context.Context, req AdmitRequest) (Decision, error) 
 		break
 	}
 	l.mu.Unlock()
+	sent := l.now() // before the store's own now: a kept denial never outlasts the store's
 	d, err := l.inner.Admit(ctx, req)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err != nil || !d.Allowed || l.closed {
 		l.releaseSlots(slots)
 		if err == nil && d.Denied == DimensionRequests && !d.Degraded {
-			c.deniedAt, c.denial = l.now(), d
+			c.deniedAt, c.denial = sent, d
 		}
 		return d, err
 	}
