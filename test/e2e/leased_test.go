@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,24 +39,12 @@ tenants:
 	probe := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	defer probe.Close()
 	before := commandCalls(t, probe)
-	var ok, denied, other atomic.Int64
+	var tl tally
+	ok, denied, other := &tl.ok, &tl.denied, &tl.other
 	start := time.Now()
 	parallel(200, 50, func(i int) {
-		x := s.do(context.Background(), i, anthropicRequest(budgetBody(i%2 == 1),
-			sim.Header{Name: "x-tenant-id", Value: "team"}, sim.Header{Name: "x-mock-output-tokens", Value: "100"}))
-		switch {
-		case x.err == nil && x.resp.Status == 200:
-			ok.Add(1)
-		case x.err == nil && x.resp.Status == 429 && x.header("x-tokenwarden-denied") == "org/requests":
-			denied.Add(1)
-		default:
-			other.Add(1)
-			if x.err != nil {
-				t.Errorf("exchange %d: %v", i, x.err)
-			} else {
-				t.Errorf("exchange %d: %d %s", i, x.resp.Status, x.body)
-			}
-		}
+		tl.count(t, i, "org/requests", s.do(context.Background(), i, anthropicRequest(budgetBody(i%2 == 1),
+			sim.Header{Name: "x-tenant-id", Value: "team"}, sim.Header{Name: "x-mock-output-tokens", Value: "100"})))
 	})
 	elapsed := time.Since(start)
 	// The leases settle once their last request has and they are max_age

@@ -63,24 +63,12 @@ tenants:
 			o.filter = patient
 			s := newStack(t, o)
 			ctx := context.Background()
-			var ok, denied, other atomic.Int64
+			var tl tally
+			ok, denied, other := &tl.ok, &tl.denied, &tl.other
 			parallel(500, 500, func(i int) {
-				x := s.do(ctx, i, anthropicRequest(budgetBody(i%2 == 1),
+				tl.count(t, i, "org/budget_month", s.do(ctx, i, anthropicRequest(budgetBody(i%2 == 1),
 					sim.Header{Name: "x-tenant-id", Value: "team"},
-					sim.Header{Name: "x-mock-output-tokens", Value: "100"}))
-				switch {
-				case x.err == nil && x.resp.Status == 200:
-					ok.Add(1)
-				case x.err == nil && x.resp.Status == 429 && x.header("x-tokenwarden-denied") == "org/budget_month":
-					denied.Add(1)
-				default:
-					other.Add(1)
-					if x.err != nil {
-						t.Errorf("exchange %d: %v", i, x.err)
-					} else {
-						t.Errorf("exchange %d: %d %v %s", i, x.resp.Status, x.resp.Headers, x.body)
-					}
-				}
+					sim.Header{Name: "x-mock-output-tokens", Value: "100"})))
 			})
 			// The last settles run after the last answers; wait for them.
 			deadline := time.Now().Add(10 * time.Second)
@@ -381,5 +369,26 @@ tenants:
 	x := s.do(context.Background(), 0, anthropicRequest(budgetBody(false), sim.Header{Name: "x-tenant-id", Value: "t1"}))
 	if x.err != nil || x.resp.Status != 200 {
 		t.Fatalf("after the disconnect the slot must be free: %v %+v", x.err, x.resp)
+	}
+}
+
+// tally counts a burst's exchanges: answered 200, denied 429 by the named
+// level and dimension (x-tokenwarden-denied), or anything else (an error
+// reported on t).
+type tally struct{ ok, denied, other atomic.Int64 }
+
+func (tl *tally) count(t *testing.T, i int, deniedBy string, x exchange) {
+	switch {
+	case x.err == nil && x.resp.Status == 200:
+		tl.ok.Add(1)
+	case x.err == nil && x.resp.Status == 429 && x.header("x-tokenwarden-denied") == deniedBy:
+		tl.denied.Add(1)
+	default:
+		tl.other.Add(1)
+		if x.err != nil {
+			t.Errorf("exchange %d: %v", i, x.err)
+		} else {
+			t.Errorf("exchange %d: %d %v %s", i, x.resp.Status, x.resp.Headers, x.body)
+		}
 	}
 }
