@@ -46,10 +46,12 @@ lint:
 # bench: Go micro-benchmarks for the hot path, then the load harness against
 # the no-op ext_proc floor (see README "Performance").
 # Everything lands in $(BENCH_DIR): go-bench.txt, results.md and results.json (Redis store),
-# results-memory.md and results-memory.json (memory store).
+# results-memory.md and results-memory.json (memory store), results-leased.md and
+# results-leased.json (Redis store, the policy's admission leased: BENCH_LEASES).
 # BENCH_ARGS passes flags to the harness (go run ./test/load/cmd/twload -h).
 BENCH_DIR  ?= bin/bench
 BENCH_ARGS ?=
+BENCH_LEASES ?= {max_age: 2s, max_requests: 64}
 bench:
 	@mkdir -p $(BENCH_DIR)
 	@echo "== Go benchmarks (all packages) -> $(BENCH_DIR)/go-bench.txt"
@@ -64,6 +66,10 @@ bench:
 	$(BENCH_DIR)/twload -tokenwarden $(BENCH_DIR)/tokenwarden -timeout 4m -memory-store -rates 400 \
 		-scenarios open-loop,saturation,small-json-openai,small-json-anthropic \
 		-out $(BENCH_DIR)/results-memory.md -json $(BENCH_DIR)/results-memory.json $(BENCH_ARGS)
+	@echo "== load harness: tokenwarden on Redis with leased admission (policy leases: $(BENCH_LEASES)) vs the floor (bounded to 4 minutes)"
+	$(BENCH_DIR)/twload -tokenwarden $(BENCH_DIR)/tokenwarden -timeout 4m -rates 400 -leases '$(BENCH_LEASES)' \
+		-scenarios open-loop,saturation,small-json-openai,small-json-anthropic \
+		-out $(BENCH_DIR)/results-leased.md -json $(BENCH_DIR)/results-leased.json $(BENCH_ARGS)
 
 # fuzz: a longer fuzzing pass over every parser (make test runs their seeds).
 FUZZTIME ?= 30s

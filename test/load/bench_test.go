@@ -20,7 +20,7 @@ import (
 // boundary in between.
 func inProcessServer(tb testing.TB) *extproc.Server {
 	tb.Helper()
-	cfg, err := policy.Parse([]byte(TokenwardenConfig("", 100*time.Millisecond)))
+	cfg, err := policy.Parse([]byte(TokenwardenConfig("", 100*time.Millisecond, "")))
 	if err != nil {
 		tb.Fatal(err)
 	}

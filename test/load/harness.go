@@ -55,6 +55,11 @@ type Options struct {
 	// MemoryStore runs tokenwarden with its in-memory store instead of the
 	// harness's Redis, to tell the store's share of a cost from the rest.
 	MemoryStore bool
+	// Leases, when set, is the governed policy's `leases:` value (a YAML flow
+	// map such as "{max_age: 2s, max_requests: 64}"): admissions decided from
+	// slices leased from the store instead of one store call per request.
+	// Empty measures exact admission.
+	Leases string
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
 }
@@ -126,7 +131,7 @@ func Start(ctx context.Context, opts Options) (h *Harness, err error) {
 	if opts.MemoryStore {
 		storeURL = ""
 	}
-	if err := os.WriteFile(cfgPath, []byte(TokenwardenConfig(storeURL, opts.StoreTimeout)), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(TokenwardenConfig(storeURL, opts.StoreTimeout, opts.Leases)), 0o600); err != nil {
 		return nil, fmt.Errorf("load: write config: %w", err)
 	}
 	grpcAddr, err := freeAddr()
@@ -245,8 +250,9 @@ const (
 // with two lanes and a four-level hierarchy (HierarchyOrgs) with limits and
 // budgets far above the load at every level, so every request is admitted
 // yet every limit (and, for batch work, its lane's share of it) and budget
-// of every level is checked and settled in the store.
-func TokenwardenConfig(redisURL string, storeTimeout time.Duration) string {
+// of every level is checked and settled in the store. A non-empty leases is
+// the policy's `leases:` (Options.Leases).
+func TokenwardenConfig(redisURL string, storeTimeout time.Duration, leases string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `store:
   redis: %q
@@ -261,7 +267,7 @@ identity:
 policies:
   default:
     limits: {requests_per_minute: 100000000, tokens_per_minute: 100000000000, concurrent: 1000000}
-    output_reservation: 1024
+    output_reservation: 1024%s
     # two lanes, as a shared account for tools and bulk jobs would have:
     # a batch request is also checked against its lane's share of every
     # limit at every level (Spec.Lane picks it, as route metadata would)
@@ -274,7 +280,7 @@ policies:
 prices:
   gpt-4o-mini: {input: 0.15, output: 0.6, cache_read: 0.075}
 orgs:
-`, redisURL, storeTimeout)
+`, redisURL, storeTimeout, leasesLine(leases))
 	const level = `{limits: {requests_per_minute: 100000000, tokens_per_minute: 100000000000, concurrent: 1000000}, ` +
 		`budgets: [{window: day, usd: 1000000, timezone: UTC}, {window: month, usd: 1000000, timezone: UTC}]`
 	for i := range HierarchyOrgs {
@@ -282,6 +288,14 @@ orgs:
 		fmt.Fprintf(&b, "  tenant-%04d: %s, teams: {%s: %s, users: %s}, keys: %s}}}}\n", i, level, HierarchyTeam, level, level, level)
 	}
 	return b.String()
+}
+
+// leasesLine is the policy line for TokenwardenConfig's leases, or nothing.
+func leasesLine(leases string) string {
+	if leases == "" {
+		return ""
+	}
+	return "\n    leases: " + leases
 }
 
 // SimConfig is the ext_proc filter configuration the harness plays Envoy

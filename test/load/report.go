@@ -37,7 +37,10 @@ type Report struct {
 	Command string
 	// Store is the store tokenwarden ran on, StoreRedis or StoreMemory.
 	Store string
-	Pairs []Pair
+	// Leases is the policy's `leases:` when admission was leased (the Redis
+	// store's targets apply), empty for exact admission.
+	Leases string
+	Pairs  []Pair
 	// Bench are Go benchmark results to cite (the 100 KB parse target);
 	// nil when no benchmark output was given.
 	Bench []BenchLine
@@ -282,8 +285,8 @@ func kb(n int) string { return strconv.Itoa(n>>10) + " KB" }
 // Markdown renders the report: the targets, then one table per scenario.
 func (r *Report) Markdown() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Measured %s on %s; load average %s before, %s after; tokenwarden on the %s store.\n\nCommand: `%s`\n\n",
-		r.Date.UTC().Format("2006-01-02 15:04 MST"), r.Machine, r.LoadBefore, r.LoadAfter, cmp.Or(r.Store, StoreRedis), r.Command)
+	fmt.Fprintf(&b, "Measured %s on %s; load average %s before, %s after; tokenwarden on the %s store%s.\n\nCommand: `%s`\n\n",
+		r.Date.UTC().Format("2006-01-02 15:04 MST"), r.Machine, r.LoadBefore, r.LoadAfter, cmp.Or(r.Store, StoreRedis), r.admission(), r.Command)
 	b.WriteString("Load generator (envoy/sim), processor and Redis share the machine; the no-op floor is a separate process answering every ext_proc message with an empty response, measured in the same run under the same load. Ratios are tokenwarden ÷ floor.\n\n")
 	if t := r.targets(); len(t) > 0 {
 		b.WriteString("| target | no-op floor | tokenwarden | ratio / added | target | verdict |\n|---|---:|---:|---:|---|---|\n")
@@ -308,6 +311,14 @@ func (r *Report) Markdown() string {
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// admission says how admission was decided, for the report's first line.
+func (r *Report) admission() string {
+	if r.Leases == "" {
+		return ", exact admission (one store call per admit and per settle)"
+	}
+	return ", leased admission (policy leases: " + r.Leases + ")"
 }
 
 // BenchLine is one result line of `go test -bench` output.

@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 
 func TestTokenwardenConfigParses(t *testing.T) {
 	for _, url := range []string{"", "redis://127.0.0.1:6390/0"} {
-		c, err := policy.Parse([]byte(TokenwardenConfig(url, 100*time.Millisecond)))
+		c, err := policy.Parse([]byte(TokenwardenConfig(url, 100*time.Millisecond, "")))
 		if err != nil {
 			t.Fatalf("store %q: %v", url, err)
 		}

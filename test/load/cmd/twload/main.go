@@ -62,6 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "", "also write the Markdown report to this file")
 	jsonOut := fs.String("json", "", "also write the raw results as JSON to this file")
 	memStore := fs.Bool("memory-store", false, "run tokenwarden on its in-memory store instead of Redis (its own targets)")
+	leases := fs.String("leases", "", "the governed policy's `leases:` (e.g. \"{max_age: 2s, max_requests: 64}\"): leased admission instead of exact")
 	timeout := fs.Duration("timeout", 8*time.Minute, "give up after this long")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -142,6 +143,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Conns:       *conns,
 		Seed:        *seed,
 		MemoryStore: *memStore,
+		Leases:      *leases,
 		Log:         stderr,
 	})
 	if err != nil {
@@ -161,7 +163,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *memStore {
 		store = load.StoreMemory
 	}
-	rep := &load.Report{Date: time.Now(), Machine: load.MachineInfo(), Command: "twload " + strings.Join(args, " "), Store: store,
+	rep := &load.Report{Date: time.Now(), Machine: load.MachineInfo(), Command: "twload " + strings.Join(args, " "), Store: store, Leases: *leases,
 		Pairs: pairs, Bench: bench, RoundTrips: rt, LoadBefore: loadBefore, LoadAfter: load.LoadAvg()}
 	md := rep.Markdown()
 	fmt.Fprint(stdout, md)
