@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/extproc/policy"
+	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
 // noopEnv makes the test binary serve the no-op floor instead of running
@@ -28,6 +29,19 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// make bench's leased pass (twload -leases) must give the policy exactly
+// the terms it names.
+func TestTokenwardenConfigLeases(t *testing.T) {
+	c, err := policy.Parse([]byte(TokenwardenConfig("redis://127.0.0.1:6390/0", 100*time.Millisecond, "{max_age: 5s, max_requests: 64}")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := c.Policy("tenant-0001", "")
+	if want := (limiter.LeaseTerms{MaxAge: 5 * time.Second, MaxRequests: 64}); p.Leases != want {
+		t.Errorf("leases %+v, want %+v", p.Leases, want)
+	}
+}
+
 func TestTokenwardenConfigParses(t *testing.T) {
 	for _, url := range []string{"", "redis://127.0.0.1:6390/0"} {
 		c, err := policy.Parse([]byte(TokenwardenConfig(url, 100*time.Millisecond, "")))
@@ -43,6 +57,9 @@ func TestTokenwardenConfigParses(t *testing.T) {
 		}
 		if len(p.Lanes) != 2 {
 			t.Errorf("the load policy must have two lanes: %+v", p.Lanes)
+		}
+		if p.Leases != (limiter.LeaseTerms{}) {
+			t.Errorf("the load policy is exact unless leases are asked for: %+v", p.Leases)
 		}
 		// A caller of the workload is admitted at four levels, each with
 		// its own limits and two budgets.
