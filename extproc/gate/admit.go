@@ -74,37 +74,6 @@ func (x *Exchange) admit() *Reply {
 	return nil
 }
 
-// levelRequest is what admission checks: the org's limits (with the
-// policy's burst and lease), each lower level's own limits, and every
-// level's budgets in level order. A caller outside orgs: is a one-level org
-// held to its policy.
-func (x *Exchange) levelRequest(now time.Time) (limiter.Limits, []limiter.LevelLimits, []limiter.Budget) {
-	if len(x.levels) == 0 {
-		l := x.batchLimits(x.policy.Limits)
-		return l, x.laneGroups(l, nil), x.policy.LimiterBudgets(now)
-	}
-	// Resolve leaves out pools that check nothing, so the org's own level
-	// (key "") may be absent: then the org has no limits of its own.
-	var limits limiter.Limits
-	var ll []limiter.LevelLimits
-	lv := make([]limiter.Level, 0, len(x.levels))
-	for i := range x.levels {
-		l := &x.levels[i]
-		lv = append(lv, limiter.Level{Key: l.Key, Budgets: policy.LimiterBudgetsOf(l.Budgets, now)})
-		if l.Key == "" {
-			limits = l.Limits
-			continue
-		}
-		if l.Limits.RequestsPerMinute > 0 || l.Limits.TokensPerMinute > 0 || l.Limits.Concurrent > 0 {
-			ll = append(ll, limiter.LevelLimits{Key: l.Key, RequestsPerMinute: l.Limits.RequestsPerMinute,
-				TokensPerMinute: l.Limits.TokensPerMinute, Concurrent: l.Limits.Concurrent})
-		}
-	}
-	limits.Burst, limits.LeaseTTL = x.policy.Limits.Burst, x.policy.Limits.LeaseTTL
-	limits = x.batchLimits(limits)
-	return limits, x.laneGroups(limits, ll), limiter.LevelBudgets(lv)
-}
-
 // batchLimits are the limits a batch submission is admitted under: its
 // reservation lasts the policy's batches.reservation_ttl, and it counts
 // nothing against tokens per minute (batch.go).
