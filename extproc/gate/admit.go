@@ -280,6 +280,10 @@ func (x *Exchange) answered(o *Outcome) {
 // headers describe the provider's limits and reach the client unchanged.
 func (x *Exchange) rateLimitHeaders(h *HeaderEdits) {
 	d := x.decision
+	// Room for all six at once, not four growths of the slice on the way.
+	if n := 3 * (b2i(d.Requests.Limit > 0) + b2i(d.Tokens.Limit > 0)); n > 0 {
+		h.Set = slices.Grow(h.Set, n)
+	}
 	if d.Requests.Limit > 0 {
 		h.set(contract.RateLimitPrefix+"limit-requests", strconv.FormatInt(d.Requests.Limit, 10))
 		h.set(contract.RateLimitPrefix+"remaining-requests", strconv.FormatInt(d.Requests.Remaining, 10))
@@ -290,4 +294,11 @@ func (x *Exchange) rateLimitHeaders(h *HeaderEdits) {
 		h.set(contract.RateLimitPrefix+"remaining-tokens", strconv.FormatInt(d.Tokens.Remaining, 10))
 		h.set(contract.RateLimitPrefix+"reset-tokens", d.Tokens.Reset.Round(time.Millisecond).String())
 	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -2,6 +2,7 @@ package gate
 
 import (
 	"bytes"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -592,7 +593,10 @@ func (x *Exchange) observeBudgets(states []limiter.BudgetState) {
 	if label == policy.OtherLabel {
 		return
 	}
-	bs := make([]LevelBudget, len(states))
+	// One buffer for the exchange's observations (admission, settle): the
+	// observer reads it during the call only (Observer.Budgets).
+	bs := slices.Grow(x.budgetBuf[:0], len(states))[:len(states)]
+	x.budgetBuf = bs
 	for i, s := range states {
 		lvl, window := x.budgetLevel(s.Level, s.Name)
 		bs[i] = LevelBudget{BudgetLevel: lvl, Window: window, State: s}
