@@ -126,7 +126,7 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 	if x.cfg.InOrg(x.caller) {
 		// A caller of a configured org is admitted at every level of it:
 		// the org keys the shared state, each level keeps its own.
-		res := x.cfg.Resolve(x.caller, r.RoutePolicy)
+		res := g.levels.resolve(x.cfg, g.opts.Config.Load(), x.caller, r.RoutePolicy)
 		x.tenant, x.policy, x.levels, known = res.Org, res.Policy, res.Levels, res.KnownRoute
 	} else {
 		x.policy, known = x.cfg.Policy(x.tenant, r.RoutePolicy)

@@ -9,8 +9,9 @@ import (
 	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
-// levelCache keeps what admission checks for a caller (levelRequest's
-// limits, level limits and budget names) per compiled configuration:
+// levelCache keeps where a caller stands (Resolve) and what admission
+// checks for it (levelRequest's limits, level limits and budget names) per
+// compiled configuration:
 // building them per request — a slice per level, every budget's store name,
 // its calendar windows — was a tenth of the processor's allocations in the
 // small-JSON load. An entry is a pure function of the configuration value
@@ -28,6 +29,14 @@ type levelCache struct {
 	mu  sync.RWMutex
 	cfg *policy.Config
 	m   map[levelKey]*levelTemplate
+	// res holds the Resolutions of cfg's callers (Begin), under the same
+	// rules: Resolve is a pure function of the configuration.
+	res map[resolveKey]*policy.Resolution
+}
+
+type resolveKey struct {
+	caller policy.Caller
+	route  string
 }
 
 const maxLevelTemplates = 4096
@@ -41,6 +50,47 @@ type levelKey struct {
 	caller policy.Caller // zero for a caller outside orgs: (its policy is all)
 	lane   int
 	batch  bool
+}
+
+// resolve is cfg.Resolve(caller, route), from the cache when it can be.
+// The Resolution's levels are shared: read, never written.
+func (c *levelCache) resolve(cfg, current *policy.Config, caller policy.Caller, route string) *policy.Resolution {
+	k := resolveKey{caller, route}
+	c.mu.RLock()
+	r := c.res[k]
+	if c.cfg != cfg {
+		r = nil
+	}
+	c.mu.RUnlock()
+	if r != nil {
+		return r
+	}
+	res := cfg.Resolve(caller, route)
+	r = &res
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.current(cfg, current) {
+		return r
+	}
+	if len(c.res) >= maxLevelTemplates {
+		clear(c.res)
+	}
+	c.res[k] = r
+	return r
+}
+
+// current reports whether the cache may keep entries of cfg, starting it
+// over for cfg when cfg is the current configuration and the cache still
+// holds an older one's. c.mu is held.
+func (c *levelCache) current(cfg, current *policy.Config) bool {
+	if c.cfg == cfg {
+		return true
+	}
+	if cfg != current {
+		return false
+	}
+	c.cfg, c.m, c.res = cfg, make(map[levelKey]*levelTemplate), make(map[resolveKey]*policy.Resolution)
+	return true
 }
 
 func (c *levelCache) get(cfg *policy.Config, k levelKey) *levelTemplate {
@@ -57,11 +107,8 @@ func (c *levelCache) get(cfg *policy.Config, k levelKey) *levelTemplate {
 func (c *levelCache) put(cfg, current *policy.Config, k levelKey, t *levelTemplate) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cfg != cfg {
-		if cfg != current {
-			return
-		}
-		c.cfg, c.m = cfg, make(map[levelKey]*levelTemplate)
+	if !c.current(cfg, current) {
+		return
 	}
 	if len(c.m) >= maxLevelTemplates {
 		clear(c.m)

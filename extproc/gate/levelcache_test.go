@@ -37,7 +37,7 @@ func uncachedLevelRequest(x *Exchange, now time.Time) (limiter.Limits, []limiter
 	return limits, x.laneGroups(limits, ll), limiter.LevelBudgets(lv)
 }
 
-// The cached admission request is the one built afresh: for callers at
+// The cached resolution and admission request are the ones built afresh: for callers at
 // several levels, after budget windows end (day and month, in a zone), and
 // after a reload that changes a cap, which the very next request sees.
 func TestLevelCacheMatchesFreshBuild(t *testing.T) {
@@ -49,6 +49,9 @@ func TestLevelCacheMatchesFreshBuild(t *testing.T) {
 		x, hv := h.g.Begin(context.Background(), Request{Headers: post(pathMessages), Envoy: jwtCaller("acme", team, user)})
 		if hv.PassThrough || hv.Reply != nil {
 			t.Fatalf("Begin: %+v", hv)
+		}
+		if res := x.cfg.Resolve(x.caller, ""); !reflect.DeepEqual(res.Levels, x.levels) || res.Policy != x.policy {
+			t.Fatalf("%s/%s: cached levels %+v, fresh %+v", team, user, x.levels, res.Levels)
 		}
 		now := h.clock.Now()
 		l, ll, bs := x.levelRequest(now)
