@@ -405,6 +405,10 @@ func (m *Memory) finish(t *memTenant, now int64, id string, rec *memRecord, stat
 	}
 	rec.state = state
 	rec.deadline = now + m.settledTTL
+	// An ended record only answers duplicates (settle, cancel and the sweep
+	// look at its state alone) for settledTTL: its windows and levels, most
+	// of its size, would only be kept and scanned by the GC that long.
+	rec.levels, rec.windows = nil, nil
 }
 
 // Budgets implements Store.
