@@ -17,27 +17,16 @@ import (
 const benchLevel = `{limits: {requests_per_minute: 100000000, tokens_per_minute: 100000000000, concurrent: 1000000}, ` +
 	`budgets: [{window: day, usd: 1000000, timezone: UTC}, {window: month, usd: 1000000, timezone: UTC}]`
 
-// benchYAML is the load harness's four-level configuration: an org, its
-// team, and every user and key with limits and budgets of their own, two
-// lanes; callers from jwt_authn's payload.
+// benchYAML is the load harness's four-level configuration (its
+// TokenwardenConfig, one org): an org, its team, and every user and key
+// with limits and budgets of their own, two lanes; callers from
+// jwt_authn's payload.
 var benchYAML = `
-identity:
-  from:
-    - jwt: {org: org_id, team: team, user: sub, key_id: kid}
-  unknown: default:anonymous
-  unconfigured: own
+identity: {from: [{jwt: {org: org_id, team: team, user: sub, key_id: kid}}], unknown: "default:anonymous", unconfigured: own}
 policies:
-  default:
-    limits: {requests_per_minute: 100000000, tokens_per_minute: 100000000000, concurrent: 1000000}
-    output_reservation: 1024
-    lanes:
-      interactive: {priority: 2, share: 0.7, default: true}
-      batch: {priority: 1, share: 0.3}
-    budgets:
-      - {window: day, usd: 1000000, timezone: UTC}
-      - {window: month, usd: 1000000, timezone: UTC}
-prices:
-  gpt-4o-mini: {input: 0.15, output: 0.6, cache_read: 0.075}
+  default: ` + benchLevel + `, output_reservation: 1024,
+    lanes: {interactive: {priority: 2, share: 0.7, default: true}, batch: {priority: 1, share: 0.3}}}
+prices: {gpt-4o-mini: {input: 0.15, output: 0.6, cache_read: 0.075}}
 orgs:
   acme: ` + benchLevel + `, teams: {search: ` + benchLevel + `, users: ` + benchLevel + `}, keys: ` + benchLevel + `}}}}
 `

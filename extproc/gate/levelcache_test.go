@@ -11,30 +11,19 @@ import (
 	"github.com/tokenwarden/tokenwarden/limiter"
 )
 
-// uncachedLevelRequest is levelRequest as it was built before levelCache:
-// from the exchange's levels and policy, at now, every time.
+// uncachedLevelRequest is levelRequest without levelCache: the limits
+// built afresh, the budgets as policy.LimiterBudgetsOf and
+// limiter.LevelBudgets build them at now.
 func uncachedLevelRequest(x *Exchange, now time.Time) (limiter.Limits, []limiter.LevelLimits, []limiter.Budget) {
+	t := x.levelTemplate()
 	if len(x.levels) == 0 {
-		l := x.batchLimits(x.policy.Limits)
-		return l, x.laneGroups(l, nil), x.policy.LimiterBudgets(now)
+		return t.limits, t.levelLimits, x.policy.LimiterBudgets(now)
 	}
-	var limits limiter.Limits
-	var ll []limiter.LevelLimits
 	var lv []limiter.Level
 	for _, l := range x.levels {
 		lv = append(lv, limiter.Level{Key: l.Key, Budgets: policy.LimiterBudgetsOf(l.Budgets, now)})
-		if l.Key == "" {
-			limits = l.Limits
-			continue
-		}
-		if l.Limits.RequestsPerMinute > 0 || l.Limits.TokensPerMinute > 0 || l.Limits.Concurrent > 0 {
-			ll = append(ll, limiter.LevelLimits{Key: l.Key, RequestsPerMinute: l.Limits.RequestsPerMinute,
-				TokensPerMinute: l.Limits.TokensPerMinute, Concurrent: l.Limits.Concurrent})
-		}
 	}
-	limits.Burst, limits.LeaseTTL = x.policy.Limits.Burst, x.policy.Limits.LeaseTTL
-	limits = x.batchLimits(limits)
-	return limits, x.laneGroups(limits, ll), limiter.LevelBudgets(lv)
+	return t.limits, t.levelLimits, limiter.LevelBudgets(lv)
 }
 
 // The cached resolution and admission request are the ones built afresh: for callers at
