@@ -288,3 +288,29 @@ func FuzzWindowAt(f *testing.F) {
 		checkWindowInvariants(t, kinds[int(kind)%len(kinds)], locs[int(zone)%len(locs)], time.Unix(unix, 0))
 	})
 }
+
+// TestWindowsCacheMatchesWindowsAround: the cached windows are exactly
+// WindowsAround's at every instant, forward, backward and across DST
+// changes and window ends.
+func TestWindowsCacheMatchesWindowsAround(t *testing.T) {
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Skip(err)
+	}
+	for _, loc := range []*time.Location{nil, time.UTC, ny} {
+		for _, kind := range []WindowKind{Day, Week, Month} {
+			w := NewWindows(kind, loc)
+			at := time.Date(2026, 3, 7, 22, 0, 0, 0, time.UTC)
+			steps := []time.Duration{0, time.Hour, 5 * time.Hour, -7 * time.Hour, 26 * time.Hour, 24 * time.Hour * 9, -24 * time.Hour * 40, time.Nanosecond, -time.Nanosecond}
+			for i := range 200 {
+				at = at.Add(steps[i%len(steps)] + time.Duration(i)*17*time.Minute)
+				if got, want := w.Around(at), WindowsAround(kind, loc, at); got != want {
+					t.Fatalf("%s %v at %v: %v, want %v", kind, loc, at, got, want)
+				}
+			}
+		}
+	}
+	if got := NewWindows("fortnight", nil).Around(time.Now()); got != ([3][2]time.Time{}) {
+		t.Fatalf("unknown kind: %v", got)
+	}
+}

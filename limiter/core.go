@@ -369,13 +369,21 @@ func crossings(raw []rawCrossing, budgets []Budget) []Crossing {
 	return out
 }
 
-// alertsByName indexes budgets' alert thresholds by name.
-func alertsByName(bs []Budget) map[string][]int64 {
-	m := make(map[string][]int64, len(bs))
-	for _, b := range bs {
-		m[b.Name] = b.Alerts
+// budgetAlerts looks up budgets' alert thresholds by name. A call carries
+// a handful of budgets (eight at four levels), so a scan is cheaper than
+// the map it replaced, built on every admit and settle; the last budget of
+// a name wins, as it did in that map.
+type budgetAlerts []Budget
+
+func alertsByName(bs []Budget) budgetAlerts { return budgetAlerts(bs) }
+
+func (a budgetAlerts) of(name string) []int64 {
+	for i := len(a) - 1; i >= 0; i-- {
+		if a[i].Name == name {
+			return a[i].Alerts
+		}
 	}
-	return m
+	return nil
 }
 
 // settleOutcome is a store's raw answer to Settle.

@@ -48,9 +48,9 @@ type memTenant struct {
 	pending  pendingSet // request id by expiry: leases and unsettled reservations at once
 	detached pendingSet // request id by expiry: reservations that hold no lease (AdmitRequest.Detached)
 	records  map[string]*memRecord
-	budgets  map[string]*memBudget // by budgetKey
-	calib    map[string]*memCalib  // by model
-	levels   map[string]*memLevel  // the levels below the org, by key
+	budgets  map[budgetKey]*memBudget
+	calib    map[string]*memCalib // by model
+	levels   map[string]*memLevel // the levels below the org, by key
 }
 
 // memLevel is one level's own state: its TATs and its leases (admit.lua's
@@ -131,13 +131,20 @@ func rateCode(conc, rpm, tpm, live, rpmAhead, tpmAhead, tol int64) int {
 	return codeAllowed
 }
 
-// budgetKey is a budget window's key, built on every admit and settle: the
-// digits go through a stack buffer into the one concatenation (one
-// allocation, not FormatInt's string and then the concatenation).
-func budgetKey(name string, windowStart int64) string {
-	var digits [20]byte
-	return name + ":" + string(strconv.AppendInt(digits[:0], windowStart/1_000_000, 10))
+// budgetKey is a budget window's key: its name and its start in unix
+// seconds (the Redis key's suffix). A struct, not a concatenated string, so
+// the lookups on every admit and settle allocate nothing.
+type budgetKey struct {
+	name  string
+	start int64 // unix seconds
 }
+
+func keyOf(name string, windowStart int64) budgetKey {
+	return budgetKey{name, windowStart / 1_000_000}
+}
+
+// String is the key as the Redis store spells its suffix (tests' dumps).
+func (k budgetKey) String() string { return k.name + ":" + strconv.FormatInt(k.start, 10) }
 
 // Admit implements Store.
 func (m *Memory) Admit(ctx context.Context, req AdmitRequest) (Decision, error) {
@@ -160,13 +167,19 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 		return o
 	}
 	l := req.Limits
-	keys := make([]string, len(req.Budgets))
+	// keys and next stay on the stack for the usual few levels and budgets.
+	var keyBuf [16]budgetKey
+	keys := keyBuf[:0]
+	if len(req.Budgets) > len(keyBuf) {
+		keys = make([]budgetKey, 0, len(req.Budgets))
+	}
+	keys = keys[:len(req.Budgets)]
 	o.budgets = make([]budgetOutcome, 0, len(req.Budgets))
 	room := int64(MaxCost)
 	for i := range req.Budgets {
 		b := &req.Budgets[i]
 		w := pickWindow(&b.Windows, now)
-		keys[i] = budgetKey(b.Name, unixMicros(b.Windows[w].Start))
+		keys[i] = keyOf(b.Name, unixMicros(b.Windows[w].Start))
 		bo := budgetOutcome{window: w}
 		if s := t.budget(keys[i], now); s != nil {
 			bo.spent, bo.reserved = s.spent, s.reserved
@@ -184,7 +197,12 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 	tol := newRate(1, l.Burst).tolerance
 	o.code = rateCode(l.Concurrent, l.RequestsPerMinute, l.TokensPerMinute, t.pending.live(now), rpmNew-now, tpmNew-now, tol)
 	type levelNext struct{ rpm, tpm int64 }
-	next := make([]levelNext, len(req.LevelLimits))
+	var nextBuf [8]levelNext
+	next := nextBuf[:0]
+	if len(req.LevelLimits) > len(nextBuf) {
+		next = make([]levelNext, 0, len(req.LevelLimits))
+	}
+	next = next[:len(req.LevelLimits)]
 	o.levelTATs = make([][2]int64, 0, len(req.LevelLimits))
 	for i := range req.LevelLimits {
 		ll := &req.LevelLimits[i]
@@ -333,7 +351,7 @@ func (m *Memory) calibrate(t *memTenant, now int64, c *CalibrationSample) (facto
 
 // sweep charges every reservation of t whose expiry has passed at its
 // estimate, up to the sweep limit, oldest first.
-func (m *Memory) sweep(t *memTenant, now int64, alerts map[string][]int64, expired *[]Expired, crossed *[]rawCrossing) {
+func (m *Memory) sweep(t *memTenant, now int64, alerts budgetAlerts, expired *[]Expired, crossed *[]rawCrossing) {
 	for range m.sweepLimit {
 		id, ok := t.pending.popExpired(now)
 		if !ok {
@@ -353,10 +371,10 @@ func (m *Memory) sweep(t *memTenant, now int64, alerts map[string][]int64, expir
 
 // charge replaces a reservation's estimate by cost in each of its windows and
 // records first alert crossings.
-func (m *Memory) charge(t *memTenant, now int64, rec *memRecord, cost int64, alerts map[string][]int64, crossed *[]rawCrossing) []windowOutcome {
-	var out []windowOutcome
+func (m *Memory) charge(t *memTenant, now int64, rec *memRecord, cost int64, alerts budgetAlerts, crossed *[]rawCrossing) []windowOutcome {
+	out := make([]windowOutcome, 0, len(rec.windows))
 	for _, w := range rec.windows {
-		key := budgetKey(w.name, w.start)
+		key := keyOf(w.name, w.start)
 		s := t.budget(key, now)
 		if s == nil { // the window's retention ran out; charge a fresh one like HINCRBY would
 			s = &memBudget{deadline: w.end + m.retention}
@@ -364,7 +382,7 @@ func (m *Memory) charge(t *memTenant, now int64, rec *memRecord, cost int64, ale
 		}
 		s.reserved -= rec.cost
 		s.spent += cost
-		for _, a := range alerts[w.name] {
+		for _, a := range alerts.of(w.name) {
 			if s.spent >= a && !s.alerts[a] {
 				if s.alerts == nil {
 					s.alerts = make(map[int64]bool)
@@ -388,6 +406,10 @@ func (m *Memory) finish(t *memTenant, now int64, id string, rec *memRecord, stat
 	}
 	rec.state = state
 	rec.deadline = now + m.settledTTL
+	// An ended record only answers duplicates (settle, cancel and the sweep
+	// look at its state alone) for settledTTL: its windows and levels, most
+	// of its size, would only be kept and scanned by the GC that long.
+	rec.levels, rec.windows = nil, nil
 }
 
 // Budgets implements Store.
@@ -404,7 +426,7 @@ func (m *Memory) Budgets(ctx context.Context, tenant string, budgets []Budget) (
 		w := pickWindow(&b.Windows, now)
 		st := BudgetState{Name: b.Name, Level: levelOf(b.Name), Window: b.Windows[w], Cap: b.Cap}
 		if t != nil {
-			if s := t.budget(budgetKey(b.Name, unixMicros(b.Windows[w].Start)), now); s != nil {
+			if s := t.budget(keyOf(b.Name, unixMicros(b.Windows[w].Start)), now); s != nil {
 				st.Spent, st.Reserved, st.Degraded = s.spent, s.reserved, s.degraded
 			}
 		}
@@ -422,14 +444,14 @@ func (m *Memory) Close() error { return nil }
 func (m *Memory) tenant(name string) *memTenant {
 	t := m.tenants[name]
 	if t == nil {
-		t = &memTenant{pending: newPendingSet(), detached: newPendingSet(), records: map[string]*memRecord{}, budgets: map[string]*memBudget{}}
+		t = &memTenant{pending: newPendingSet(), detached: newPendingSet(), records: map[string]*memRecord{}, budgets: map[budgetKey]*memBudget{}}
 		m.tenants[name] = t
 	}
 	return t
 }
 
 // budget returns a live budget window, or nil when absent or past its TTL.
-func (t *memTenant) budget(key string, now int64) *memBudget {
+func (t *memTenant) budget(key budgetKey, now int64) *memBudget {
 	s := t.budgets[key]
 	if s == nil || s.deadline <= now {
 		return nil

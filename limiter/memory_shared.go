@@ -107,7 +107,7 @@ func (m *Memory) Reconcile(ctx context.Context, req ReconcileRequest) (Reconcile
 	for _, w := range req.Windows {
 		rec.windows = append(rec.windows, recWindow{w.Name, unixMicros(w.Window.Start), unixMicros(w.Window.End)})
 		if req.Degraded {
-			key := budgetKey(w.Name, unixMicros(w.Window.Start))
+			key := keyOf(w.Name, unixMicros(w.Window.Start))
 			s := t.budget(key, now)
 			if s == nil {
 				s = &memBudget{deadline: unixMicros(w.Window.End) + m.retention}

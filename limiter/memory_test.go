@@ -62,7 +62,8 @@ func (m *Memory) dump(tenant string) string {
 	for _, id := range slices.Sorted(maps.Keys(t.records)) {
 		fmt.Fprintf(&b, " r:%s=%+v", id, *t.records[id])
 	}
-	for _, k := range slices.Sorted(maps.Keys(t.budgets)) {
+	keys := slices.SortedFunc(maps.Keys(t.budgets), func(x, y budgetKey) int { return strings.Compare(x.String(), y.String()) })
+	for _, k := range keys {
 		fmt.Fprintf(&b, " b:%s=%+v", k, *t.budgets[k])
 	}
 	return b.String()

@@ -74,6 +74,10 @@ type Exchange struct {
 	// charge is what Settle charges the reservation, fixed with the outcome.
 	charge limiter.Charge
 
+	// budgetBuf is observeBudgets' buffer, reused by the exchange's
+	// observations.
+	budgetBuf []LevelBudget
+
 	rc   cacheState    // the response cache's part (cache.go)
 	up   upstreamState // the upstream view's part (upstream.go)
 	pace paceState     // pacing's part (pacing.go)
@@ -122,7 +126,7 @@ func (g *Gate) Begin(ctx context.Context, r Request) (*Exchange, HeadersVerdict)
 	if x.cfg.InOrg(x.caller) {
 		// A caller of a configured org is admitted at every level of it:
 		// the org keys the shared state, each level keeps its own.
-		res := x.cfg.Resolve(x.caller, r.RoutePolicy)
+		res := g.levels.resolve(x.cfg, g.opts.Config.Load(), x.caller, r.RoutePolicy)
 		x.tenant, x.policy, x.levels, known = res.Org, res.Policy, res.Levels, res.KnownRoute
 	} else {
 		x.policy, known = x.cfg.Policy(x.tenant, r.RoutePolicy)

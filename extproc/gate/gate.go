@@ -76,6 +76,7 @@ type Gate struct {
 	idPrefix string
 	idSeq    atomic.Uint64
 	budgets  *budgetCache
+	levels   levelCache // admission's limits and budgets per caller (levelcache.go)
 	// upstreams is Options.Upstreams, or a local view.
 	upstreams limiter.UpstreamView
 	calib     *calibrator

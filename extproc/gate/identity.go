@@ -15,8 +15,8 @@ import (
 // dialect is known.
 func (x *Exchange) identify(h Headers, env Envoy) (refusal func() *Reply) {
 	id := &x.cfg.Identity
-	for _, src := range id.Sources {
-		if c := callerFrom(src, h, env); !c.Empty() {
+	for i := range id.Sources {
+		if c := callerFrom(&id.Sources[i], h, env); !c.Empty() {
 			x.caller = c
 			break
 		}
@@ -54,20 +54,17 @@ func (x *Exchange) refuseCaller(code int, kind wire.ErrorKind, msg string) *Repl
 }
 
 // callerFrom reads one source.
-func callerFrom(src policy.IdentitySource, h Headers, env Envoy) policy.Caller {
+func callerFrom(src *policy.IdentitySource, h Headers, env Envoy) policy.Caller {
 	var c policy.Caller
 	switch src.Kind {
 	case policy.SourceMetadata:
 		if env == nil {
 			return c
 		}
-		for lvl, field := range src.Fields {
-			if field == "" {
+		for lvl := range src.Fields {
+			path := src.FieldPath(policy.Level(lvl))
+			if path == nil {
 				continue
-			}
-			path := strings.Split(field, ".")
-			if src.Key != "" {
-				path = append([]string{src.Key}, path...)
 			}
 			if v, ok := env.Metadata(src.Namespace, path...); ok && v != "" {
 				c[lvl] = policy.IdentityName(v)

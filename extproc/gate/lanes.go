@@ -43,12 +43,8 @@ func splitLaneKey(key string) (levelKey, lane string) {
 // chooseLane picks the request's lane: the route's, else the caller's
 // verified lane claim (identity.lane), else the policy's default.
 func (x *Exchange) chooseLane(routeLane string, env Envoy) {
-	if c := x.cfg.Identity.Lane; routeLane == "" && c.Field != "" && env != nil {
-		path := strings.Split(c.Field, ".")
-		if c.Key != "" {
-			path = append([]string{c.Key}, path...)
-		}
-		routeLane, _ = env.Metadata(c.Namespace, path...)
+	if c := &x.cfg.Identity.Lane; routeLane == "" && c.Field != "" && env != nil {
+		routeLane, _ = env.Metadata(c.Namespace, c.Path()...)
 	}
 	lane, i, known := x.policy.Lane(routeLane)
 	x.lane, x.laneIndex = lane, i

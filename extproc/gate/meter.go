@@ -2,6 +2,7 @@ package gate
 
 import (
 	"bytes"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -555,7 +556,7 @@ func (x *Exchange) recordCrossings(crossed []limiter.Crossing) {
 		if c.Cap > 0 {
 			ratio = float64(c.Threshold) / float64(c.Cap)
 		}
-		lvl, window := x.budgetLevel(c.Budget)
+		lvl, window := x.budgetLevel(c.Level, c.Budget)
 		x.g.obs.BudgetCrossed(x.cfg.TenantLabel(x.tenant), lvl, window, ratio)
 		x.g.log.Warn("budget threshold crossed",
 			"event", "budget_alert", "tenant", x.tenant, "level", lvl.Level, "level_name", lvl.Name, "level_key", c.Level,
@@ -566,9 +567,14 @@ func (x *Exchange) recordCrossings(crossed []limiter.Crossing) {
 }
 
 // budgetLevel names the level of a store budget name for metrics, and its
-// window kind.
-func (x *Exchange) budgetLevel(name string) (BudgetLevel, string) {
-	key, window := limiter.SplitBudgetName(name)
+// window kind. key is the level key the store reported with the name
+// (BudgetState.Level, Crossing.Level): unescaping it again from the name
+// cost allocations on every admit and settle.
+func (x *Exchange) budgetLevel(key, name string) (BudgetLevel, string) {
+	window := name
+	if i := strings.IndexByte(name, '/'); i >= 0 {
+		window = name[i+1:]
+	}
 	return BudgetLevel{Level: policy.LevelOfKey(key).String(), Name: x.cfg.LevelLabel(x.tenant, key)}, window
 }
 
@@ -587,9 +593,12 @@ func (x *Exchange) observeBudgets(states []limiter.BudgetState) {
 	if label == policy.OtherLabel {
 		return
 	}
-	bs := make([]LevelBudget, len(states))
+	// One buffer for the exchange's observations (admission, settle): the
+	// observer reads it during the call only (Observer.Budgets).
+	bs := slices.Grow(x.budgetBuf[:0], len(states))[:len(states)]
+	x.budgetBuf = bs
 	for i, s := range states {
-		lvl, window := x.budgetLevel(s.Name)
+		lvl, window := x.budgetLevel(s.Level, s.Name)
 		bs[i] = LevelBudget{BudgetLevel: lvl, Window: window, State: s}
 	}
 	x.g.obs.Budgets(label, bs, x.g.opts.Now())

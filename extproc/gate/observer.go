@@ -26,7 +26,8 @@ type Observer interface {
 	// PrefixChange records a change of a policy's stable prompt prefix.
 	PrefixChange(policy string)
 	// Budgets records a configured org's budget windows, at every level of
-	// one caller, as the store last reported them.
+	// one caller, as the store last reported them. budgets is the caller's
+	// buffer, valid during the call only: copy what is kept.
 	Budgets(tenantLabel string, budgets []LevelBudget, now time.Time)
 	// BudgetCrossed records an alert threshold (a fraction of the cap)
 	// crossed for the first time in a window of a level, across all

@@ -30,13 +30,13 @@ var levelLabels = []string{"tenant", "level", "name", "window"}
 func (m *Metrics) Budgets(tenantLabel string, budgets []gate.LevelBudget, now time.Time) {
 	for _, b := range budgets {
 		st := b.State
+		g := m.budgetGauges.of(m, budgetSeries{tenantLabel, b.Level, b.Name, b.Window})
 		if b.Name == policy.OtherLabel {
 			var ok bool
-			if st, ok = m.unnamed.most(unnamedKey{tenantLabel, b.Level, b.Window}, st); !ok {
+			if st, ok = g.most(st); !ok {
 				continue
 			}
 		}
-		g := m.budgetGauges.of(m, budgetSeries{tenantLabel, b.Level, b.Name, b.Window})
 		g.used.Set(st.Used())
 		g.spent.Set(accounting.NanoUSD(st.Spent).USD())
 		g.cap.Set(accounting.NanoUSD(st.Cap).USD())
@@ -62,7 +62,16 @@ type budgetGauges struct {
 	m  map[budgetSeries]*budgetGauge
 }
 
-type budgetGauge struct{ used, spent, cap, exhaustion prometheus.Gauge }
+type budgetGauge struct {
+	used, spent, cap, exhaustion prometheus.Gauge
+	// For a series of unnamed members (name="other"): the state of the
+	// most used member seen in the current window (most). Kept with the
+	// series' gauges, which are looked up anyway, rather than in a map of
+	// its own behind one lock for every settle.
+	mu      sync.Mutex
+	seen    bool
+	current limiter.BudgetState
+}
 
 func (b *budgetGauges) of(m *Metrics, k budgetSeries) *budgetGauge {
 	b.mu.RLock()
@@ -90,35 +99,23 @@ func (m *Metrics) BudgetCrossed(tenantLabel string, level gate.BudgetLevel, wind
 	m.budgetAlerts.WithLabelValues(tenantLabel, level.Level, level.Name, window, strconv.FormatFloat(threshold, 'f', -1, 64)).Inc()
 }
 
-// unnamedLevels keeps, per org label, level and window kind, the state of
-// the most used unnamed member seen in the current window. Its keys are
-// bounded labels, so it is bounded too.
-type unnamedLevels struct {
-	mu     sync.Mutex
-	states map[unnamedKey]limiter.BudgetState
-}
-
-type unnamedKey struct{ tenant, level, window string }
-
-// most folds st into k's record and returns the state to publish; ok is
-// false for a state of a window older than the one already seen (a late
-// answer), which changes nothing.
-func (u *unnamedLevels) most(k unnamedKey, st limiter.BudgetState) (limiter.BudgetState, bool) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.states == nil {
-		u.states = map[unnamedKey]limiter.BudgetState{}
-	}
-	cur, seen := u.states[k]
+// most folds st into the series' record of its unnamed members and
+// returns the state to publish: the most used member seen in the current
+// window. ok is false for a state of a window older than the one already
+// seen (a late answer), which changes nothing.
+func (g *budgetGauge) most(st limiter.BudgetState) (limiter.BudgetState, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	cur := g.current
 	switch {
-	case !seen, st.Window.Start.After(cur.Window.Start):
+	case !g.seen, st.Window.Start.After(cur.Window.Start):
 		// The first member seen, or the first of a new window.
 	case st.Window.Start.Before(cur.Window.Start):
 		return cur, false
 	case spentRatio(st) < spentRatio(cur):
 		return cur, true
 	}
-	u.states[k] = st
+	g.seen, g.current = true, st
 	return st, true
 }
 

@@ -50,7 +50,6 @@ type Metrics struct {
 	budgetCap        *prometheus.GaugeVec     // levelLabels
 	budgetExhaustion *prometheus.GaugeVec     // levelLabels
 	budgetAlerts     *prometheus.CounterVec   // tenant, level, name, window, threshold
-	unnamed          unnamedLevels            // levels.go
 	budgetGauges     budgetGauges             // levels.go: the four gauges above, per series
 	providerLatency  *prometheus.HistogramVec // policy
 	providerStatus   *prometheus.CounterVec   // dialect, code
@@ -72,6 +71,8 @@ type Metrics struct {
 	// phase holds the processing observers by phase, looked up once: every
 	// ext_proc message observes one.
 	phase map[string]prometheus.Observer
+	// hot caches the children written on every exchange (children.go).
+	hot outcomeChildren
 
 	cache     *cacheMetrics     // cache.go
 	estimator *estimatorMetrics // estimator.go
@@ -232,7 +233,9 @@ func (m *Metrics) Unconfigured(kind string) { m.unconfigured.WithLabelValues(kin
 
 // Outcome implements gate.Observer.
 func (m *Metrics) Outcome(o *gate.Outcome) {
-	m.requests.WithLabelValues(o.Dialect, o.ModelLabel, string(o.Result)).Inc()
+	m.hot.requests.get([3]string{o.Dialect, o.ModelLabel, string(o.Result)}, func(k [3]string) prometheus.Counter {
+		return m.requests.WithLabelValues(k[:]...)
+	}).Inc()
 	if !o.Metered {
 		return
 	}
@@ -240,21 +243,27 @@ func (m *Metrics) Outcome(o *gate.Outcome) {
 		m.outputClamps.WithLabelValues(o.Policy).Inc()
 	}
 	u, model, src := o.Usage, o.ModelLabel, string(o.Source)
-	m.tokens.WithLabelValues(model, "input", src).Add(float64(u.InputTokens))
-	m.tokens.WithLabelValues(model, "output", src).Add(float64(u.OutputTokens))
-	m.tokens.WithLabelValues(model, "cache_read", src).Add(float64(u.CacheReadTokens))
-	m.tokens.WithLabelValues(model, "cache_write", src).Add(float64(u.CacheWriteTokens()))
+	tc := m.hot.tokens.get([2]string{model, src}, func(k [2]string) *tokenCounters {
+		return &tokenCounters{input: m.tokens.WithLabelValues(k[0], "input", k[1]), output: m.tokens.WithLabelValues(k[0], "output", k[1]),
+			cacheRead: m.tokens.WithLabelValues(k[0], "cache_read", k[1]), cacheWrite: m.tokens.WithLabelValues(k[0], "cache_write", k[1])}
+	})
+	tc.input.Add(float64(u.InputTokens))
+	tc.output.Add(float64(u.OutputTokens))
+	tc.cacheRead.Add(float64(u.CacheReadTokens))
+	tc.cacheWrite.Add(float64(u.CacheWriteTokens()))
 	if u.CacheReadTokens > 0 {
 		m.promptCache.WithLabelValues(model, "read").Add(float64(u.CacheReadTokens))
 	}
 	if w := u.CacheWriteTokens(); w > 0 {
 		m.promptCache.WithLabelValues(model, "write").Add(float64(w))
 	}
-	m.cost.WithLabelValues(model).Add(o.Cost.Total.USD())
+	m.hot.cost.get(model, func(k string) prometheus.Counter { return m.cost.WithLabelValues(k) }).Add(o.Cost.Total.USD())
 	if o.Unpriced {
 		m.unpriced.Inc()
 	}
-	m.spend.WithLabelValues(o.TenantLabel, model, string(o.Source), apiOf(o.Dialect)).Add(o.Cost.Total.USD())
+	m.hot.spend.get([4]string{o.TenantLabel, model, string(o.Source), apiOf(o.Dialect)}, func(k [4]string) prometheus.Counter {
+		return m.spend.WithLabelValues(k[:]...)
+	}).Add(o.Cost.Total.USD())
 	m.batchSettled(o)
 	if o.Latency > 0 {
 		m.providerLatency.WithLabelValues(o.Policy).Observe(o.Latency.Seconds())
@@ -263,12 +272,14 @@ func (m *Metrics) Outcome(o *gate.Outcome) {
 
 // Admission implements gate.Observer.
 func (m *Metrics) Admission(tenantLabel, result string) {
-	m.admissions.WithLabelValues(tenantLabel, result).Inc()
+	m.hot.admissions.get([2]string{tenantLabel, result}, func(k [2]string) prometheus.Counter {
+		return m.admissions.WithLabelValues(k[:]...)
+	}).Inc()
 }
 
 // StoreCall implements gate.Observer.
 func (m *Metrics) StoreCall(op string, took time.Duration, err error) {
-	m.storeSeconds.WithLabelValues(op).Observe(took.Seconds())
+	m.hot.storeSeconds.get(op, func(k string) prometheus.Observer { return m.storeSeconds.WithLabelValues(k) }).Observe(took.Seconds())
 	if err != nil {
 		m.storeErrors.WithLabelValues(op).Inc()
 	}
@@ -276,7 +287,9 @@ func (m *Metrics) StoreCall(op string, took time.Duration, err error) {
 
 // ProviderResponse implements gate.Observer.
 func (m *Metrics) ProviderResponse(dialect string, status int) {
-	m.providerStatus.WithLabelValues(dialect, statusLabel(status)).Inc()
+	m.hot.status.get([2]string{dialect, statusLabel(status)}, func(k [2]string) prometheus.Counter {
+		return m.providerStatus.WithLabelValues(k[:]...)
+	}).Inc()
 }
 
 // ModelRewrite implements gate.Observer.

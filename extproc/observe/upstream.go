@@ -50,7 +50,9 @@ func newUpstreamMetrics(reg prometheus.Registerer) *upstreamMetrics {
 
 // ProviderRemaining implements gate.UpstreamObserver.
 func (m *Metrics) ProviderRemaining(host, window string, fraction float64) {
-	m.upstream.remaining.WithLabelValues(host, window).Set(fraction)
+	m.hot.remaining.get([2]string{host, window}, func(k [2]string) prometheus.Gauge {
+		return m.upstream.remaining.WithLabelValues(k[:]...)
+	}).Set(fraction)
 }
 
 // UpstreamCooldown implements gate.UpstreamObserver.

@@ -153,6 +153,18 @@ type Budget struct {
 	AlertAt  []float64
 	// Alerts are the nano-USD amounts matching AlertAt, plus the cap.
 	Alerts []int64
+	// windows keeps the calendar windows around the current instant, for
+	// the compiled configuration's life (nil: worked out on every call).
+	windows *accounting.Windows
+}
+
+// WindowsAround is accounting.WindowsAround for the budget's window and
+// zone, reused within the current window.
+func (b *Budget) WindowsAround(now time.Time) [3][2]time.Time {
+	if b.windows != nil {
+		return b.windows.Around(now)
+	}
+	return accounting.WindowsAround(b.Window, b.Location, now)
 }
 
 // ModelPolicy is the per-policy model governance.
@@ -719,7 +731,8 @@ func compileBudgets(at string, in []budgetFile) ([]Budget, error) {
 		for j, a := range amounts {
 			alerts[j] = int64(a)
 		}
-		out = append(out, Budget{Window: kind, Cap: cp, Location: loc, AlertAt: append([]float64(nil), b.AlertAt...), Alerts: alerts})
+		out = append(out, Budget{Window: kind, Cap: cp, Location: loc, AlertAt: append([]float64(nil), b.AlertAt...), Alerts: alerts,
+			windows: accounting.NewWindows(kind, loc)})
 	}
 	return out, nil
 }
@@ -901,8 +914,9 @@ func LimiterBudgetsOf(budgets []Budget, now time.Time) []limiter.Budget {
 		return nil
 	}
 	out := make([]limiter.Budget, len(budgets))
-	for i, b := range budgets {
-		ws := accounting.WindowsAround(b.Window, b.Location, now)
+	for i := range budgets {
+		b := &budgets[i]
+		ws := b.WindowsAround(now)
 		out[i] = limiter.Budget{Name: string(b.Window), Cap: int64(b.Cap), Alerts: b.Alerts}
 		for j := range ws {
 			out[i].Windows[j] = limiter.Window{Start: ws[j][0], End: ws[j][1]}

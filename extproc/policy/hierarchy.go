@@ -93,10 +93,13 @@ type org struct {
 }
 
 type team struct {
-	name  string
-	block block
-	users *block
-	keys  *block
+	name string
+	// key and label are the team's level key ("t:<team>") and metric label
+	// ("<org>/<team>"), built once: every request of the team names both.
+	key, label string
+	block      block
+	users      *block
+	keys       *block
 }
 
 // block is one level's block, compiled: its own limits and budgets (what a
@@ -162,7 +165,7 @@ func compileOrgs(f map[string]orgFile, policies map[string]*Policy) (map[string]
 				return nil, fmt.Errorf("%s: a team name must be 1-64 letters, digits, '.', '_' or '-'", tat)
 			}
 			tf := of.Teams[tname]
-			t := &team{name: tname}
+			t := &team{name: tname, key: "t:" + tname, label: name + "/" + tname}
 			if t.block, err = compileBlock(tat, tf.levelFile, policies); err != nil {
 				return nil, err
 			}
@@ -224,7 +227,7 @@ func (c *Config) Resolve(caller Caller, routePolicy string) Resolution {
 	teamName := ""
 	if t := o.teams[caller[LevelTeam]]; t != nil {
 		teamName = t.name
-		chain = append(chain, ResolvedLevel{Level: LevelTeam, Name: t.name, Key: "t:" + t.name, Label: o.name + "/" + t.name})
+		chain = append(chain, ResolvedLevel{Level: LevelTeam, Name: t.name, Key: t.key, Label: t.label})
 		blocks = append(blocks, &t.block)
 		// A team's member defaults replace the org's; without its own, the
 		// team's members get the org's.

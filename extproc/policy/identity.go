@@ -31,6 +31,28 @@ type Identity struct {
 // filter_metadata[Namespace][Key][Field...] (Field a dot path).
 type LaneClaim struct {
 	Namespace, Key, Field string
+	// path is Key and Field's parts, split once when compiled.
+	path []string
+}
+
+// Path is the claim's path inside its namespace: Key (when set), then
+// Field's dot-separated parts. Read on every request without a route lane,
+// so it is split when the configuration is compiled; the slice is shared,
+// read-only.
+func (c *LaneClaim) Path() []string {
+	if c.path == nil && c.Field != "" {
+		return metadataPath(c.Key, c.Field)
+	}
+	return c.path
+}
+
+// metadataPath is key (when set) followed by field's dot-separated parts.
+func metadataPath(key, field string) []string {
+	parts := strings.Split(field, ".")
+	if key == "" {
+		return parts
+	}
+	return append([]string{key}, parts...)
 }
 
 // Level is one level of a caller's hierarchy, most general first.
@@ -82,12 +104,28 @@ type IdentitySource struct {
 	// Fields name, per level, the metadata field (a dot path for nested
 	// claims) that holds it; "" leaves the level unset.
 	Fields [levels]string
+	// paths are Key and each field's parts (FieldPath), split once when
+	// compiled rather than on every request.
+	paths [levels][]string
 	// Attribute is the request attribute of the peer identity (SourcePeer).
 	Attribute string
 	// Header is the header read (SourceAPIKey, SourceHeader), lower case.
 	Header string
 	// Level is the level a header's value gives (SourceHeader).
 	Level Level
+}
+
+// FieldPath is the metadata path of level lvl's field inside Namespace:
+// Key (when set), then the field's dot-separated parts; nil when the level
+// has no field. The slice is shared, read-only.
+func (s *IdentitySource) FieldPath(lvl Level) []string {
+	if s.Fields[lvl] == "" {
+		return nil
+	}
+	if p := s.paths[lvl]; p != nil {
+		return p
+	}
+	return metadataPath(s.Key, s.Fields[lvl])
 }
 
 // UnknownCaller is the answer to a request no source identifies.
@@ -191,6 +229,7 @@ func compileIdentity(f identityFile) (Identity, error) {
 		if l.Key != nil {
 			out.Lane.Key = *l.Key
 		}
+		out.Lane.path = metadataPath(out.Lane.Key, out.Lane.Field)
 	}
 	for i, s := range f.From {
 		src, err := compileSource(fmt.Sprintf("identity.from[%d]", i), s)
@@ -282,6 +321,11 @@ func compileMetadataSource(at string, m metadataSourceFile, namespace, key strin
 	src.Fields = [levels]string{m.Org, m.Team, m.User, m.APIKey}
 	if src.Fields == [levels]string{} {
 		return src, fmt.Errorf("%s: map at least one of org, team, user, key_id to a field", at)
+	}
+	for lvl, f := range src.Fields {
+		if f != "" {
+			src.paths[lvl] = metadataPath(src.Key, f)
+		}
 	}
 	return src, nil
 }

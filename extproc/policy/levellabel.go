@@ -30,7 +30,7 @@ func (c *Config) LevelLabel(org, key string) string {
 	case LevelTeam:
 		if o := c.orgs[org]; o != nil {
 			if t := o.teams[key[len("t:"):]]; t != nil {
-				return o.name + "/" + t.name
+				return t.label
 			}
 		}
 	}
