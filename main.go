@@ -294,6 +294,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	metrics.WatchQueue(g.QueueStats)
+	if store.Leased != nil {
+		metrics.WatchLeases(store.Leased.Stats)
+	}
 	go every(ctx, 5*time.Second, g.ReleaseIdlePacing) // an idle upstream does not stay paced
 	srv, err := extproc.NewServer(extproc.Options{Gate: g, Metrics: metrics, Logger: logger})
 	if err != nil {

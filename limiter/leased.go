@@ -75,6 +75,8 @@ type Leased struct {
 	mu       sync.Mutex
 	seq      int64
 	overflow int64 // requests passed through for want of a chain
+	taken    int64 // leases the store granted
+	served   int64 // requests admitted from a lease
 	closed   bool
 	chains   map[string]*chain
 	reqs     map[reqKey]*localReq
@@ -323,6 +325,7 @@ func (l *Leased) Admit(ctx context.Context, req AdmitRequest) (Decision, error) 
 				tokensCap: lr.Tokens, costCap: lr.Cost, budgets: req.Budgets, blockK: k}
 			c.cur, c.open = ls, c.open+1
 			l.leases[ls] = struct{}{}
+			l.taken++
 			dd := l.take(ls, &req, rk, slots, now)
 			// The lease's own reports, once: to the request that took it.
 			dd.Expired, dd.Crossed = append(dd.Expired, d.Expired...), append(dd.Crossed, d.Crossed...)
@@ -411,6 +414,7 @@ func (ls *leaseBlock) fits(req *AdmitRequest, now time.Time) bool {
 
 // take admits req from ls (which it fits) and builds its decision.
 func (l *Leased) take(ls *leaseBlock, req *AdmitRequest, rk reqKey, slots []reqKey, now time.Time) Decision {
+	l.served++
 	ls.used++
 	ls.tokens += req.Tokens
 	ls.cost += req.Cost
@@ -769,6 +773,25 @@ func (l *Leased) Overflowed() int64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.overflow
+}
+
+// LeasedStats are Leased's counters, for the metrics.
+type LeasedStats struct {
+	// Open is the leases not yet settled in the store.
+	Open int
+	// Taken is the leases the store granted, Served the requests admitted
+	// from them: Served/Taken is how many requests one lease's two store
+	// calls stood for.
+	Taken, Served int64
+	// Overflowed is Overflowed().
+	Overflowed int64
+}
+
+// Stats reads the counters at once.
+func (l *Leased) Stats() LeasedStats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return LeasedStats{Open: len(l.leases), Taken: l.taken, Served: l.served, Overflowed: l.overflow}
 }
 
 // Budgets implements Store.

@@ -339,6 +339,10 @@ func TestLeasedBlocksAndPassThrough(t *testing.T) {
 		t.Fatalf("%d store admissions for 40 requests", got)
 	}
 	t.Logf("%d store admissions for 40 requests", cs.admits.Load())
+	// 28 of the 29 came from the 4 leases; the plain and the exact one did not.
+	if st := l.Stats(); st.Taken != 4 || st.Served != 28 || st.Overflowed != 0 || st.Open != 4 {
+		t.Errorf("stats %+v, want 4 leases taken, 28 served from them, 4 open (none settled)", st)
+	}
 }
 
 // TestLeasedStallDuringAcquisition: Redis stopped (SIGSTOP) while a lease is

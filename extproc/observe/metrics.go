@@ -78,6 +78,7 @@ type Metrics struct {
 	estimator *estimatorMetrics // estimator.go
 	upstream  *upstreamMetrics  // upstream.go
 	queue     *queueMetrics     // queue.go
+	leases    *leaseMetrics     // leases.go
 	batch     *batchMetrics     // batch.go
 	pacing    *pacingMetrics    // pacing.go
 }
@@ -204,6 +205,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.estimator = newEstimatorMetrics(reg)
 	m.upstream = newUpstreamMetrics(reg)
 	m.queue = newQueueMetrics(reg)
+	m.leases = newLeaseMetrics(reg)
 	m.batch = newBatchMetrics(reg)
 	m.pacing = newPacingMetrics(reg)
 	// Series that would otherwise appear only after their first event are
