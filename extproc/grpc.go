@@ -35,7 +35,8 @@ func (s *Server) NewGRPCServer(extra ...grpc.ServerOption) *GRPCServer {
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 		// Envoy keeps its gRPC connection to the processor open and pings it.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	}, extra...)
+	}, codecOption()...)
+	opts = append(opts, extra...)
 	gs := &GRPCServer{Server: grpc.NewServer(opts...), health: health.NewServer()}
 	extprocv3.RegisterExternalProcessorServer(gs.Server, s)
 	healthpb.RegisterHealthServer(gs.Server, gs.health)

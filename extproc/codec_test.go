@@ -1,0 +1,155 @@
+package extproc
+
+import (
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc/encoding"
+	grpcproto "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// envoyExtras is what Envoy repeats on every message: forwarded metadata
+// and attributes.
+func envoyExtras(t *testing.T, r *extprocv3.ProcessingRequest) *extprocv3.ProcessingRequest {
+	t.Helper()
+	payload, err := structpb.NewStruct(map[string]any{"org_id": "acme", "sub": "u1", "team": "eng"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attrs, err := structpb.NewStruct(map[string]any{"xds.route_metadata.filter_metadata['tokenwarden']['policy']": "default"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.MetadataContext = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+		"envoy.filters.http.jwt_authn": {Fields: map[string]*structpb.Value{"payload": structpb.NewStructValue(payload)}},
+	}}
+	r.Attributes = map[string]*structpb.Struct{"envoy.filters.http.ext_proc": attrs}
+	r.ObservabilityMode = true
+	r.ProtocolConfig = &extprocv3.ProtocolConfiguration{RequestBodyMode: filterv3.ProcessingMode_BUFFERED}
+	return r
+}
+
+func TestCodecDropsEnvoyContextAfterRequestHeaders(t *testing.T) {
+	hdrs := &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: ":status", RawValue: []byte("200")}}}}
+	body := &extprocv3.HttpBody{Body: []byte(`{"model":"m"}`), EndOfStream: true}
+	cases := []struct {
+		name string
+		req  *extprocv3.ProcessingRequest
+		keep bool // metadata_context and attributes are decoded
+	}{
+		{"request_headers", &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: hdrs}}, true},
+		{"request_body", &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: body}}, false},
+		{"response_headers", &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: hdrs}}, false},
+		{"response_body", &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: body}}, false},
+		{"response_trailers", &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseTrailers{ResponseTrailers: &extprocv3.HttpTrailers{}}}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			full := envoyExtras(t, tc.req)
+			b, err := proto.Marshal(full)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := proto.Clone(full).(*extprocv3.ProcessingRequest)
+			if !tc.keep {
+				want.MetadataContext, want.Attributes = nil, nil
+			}
+			// In field order, as Envoy writes them, and with the Envoy
+			// context first and split around the message.
+			for _, wire := range [][]byte{b, reorder(t, b)} {
+				got := &extprocv3.ProcessingRequest{}
+				if err := unmarshalRequest(wire, got); err != nil {
+					t.Fatal(err)
+				}
+				if !proto.Equal(got, want) {
+					t.Errorf("decoded\n%v\nwant\n%v", got, want)
+				}
+			}
+		})
+	}
+}
+
+// reorder moves every metadata_context and attributes field of b to the
+// front, and the message oneof between them.
+func reorder(t *testing.T, b []byte) []byte {
+	t.Helper()
+	var front, rest, mid []byte
+	for off := 0; off < len(b); {
+		num, typ, tl := protowire.ConsumeTag(b[off:])
+		vl := protowire.ConsumeFieldValue(num, typ, b[off+tl:])
+		if tl < 0 || vl < 0 {
+			t.Fatal("bad wire")
+		}
+		f := b[off : off+tl+vl]
+		switch {
+		case num == fieldMetadataContext:
+			front = append(front, f...)
+		case num >= 2 && num <= 7:
+			mid = append(mid, f...)
+		default:
+			rest = append(rest, f...)
+		}
+		off += tl + vl
+	}
+	out := append(front, mid...)
+	for off := 0; off < len(rest); {
+		num, typ, tl := protowire.ConsumeTag(rest[off:])
+		vl := protowire.ConsumeFieldValue(num, typ, rest[off+tl:])
+		out = append(out, rest[off:off+tl+vl]...)
+		off += tl + vl
+	}
+	return out
+}
+
+func TestCodecMalformedIsProtoError(t *testing.T) {
+	good, err := proto.Marshal(envoyExtras(t, &extprocv3.ProcessingRequest{
+		Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: &extprocv3.HttpBody{Body: []byte("x")}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range [][]byte{good[:len(good)-1], good[:3], {0xff}, append(append([]byte{}, good...), 0x42, 0x05, 0x01)} {
+		wantErr := proto.Unmarshal(b, &extprocv3.ProcessingRequest{})
+		gotErr := unmarshalRequest(b, &extprocv3.ProcessingRequest{})
+		if (wantErr == nil) != (gotErr == nil) {
+			t.Errorf("% x: error %v, proto.Unmarshal says %v", b, gotErr, wantErr)
+		}
+	}
+}
+
+func TestCodecOtherMessages(t *testing.T) {
+	opts := codecOption()
+	if len(opts) != 1 {
+		t.Fatalf("codec options: %d, want 1", len(opts))
+	}
+	c := codec{encoding.GetCodecV2(grpcproto.Name)}
+	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}
+	data, err := c.Marshal(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := &extprocv3.ProcessingResponse{}
+	if err := c.Unmarshal(data, got); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(got, resp) {
+		t.Errorf("round trip: %v, want %v", got, resp)
+	}
+	req := envoyExtras(t, &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{}}})
+	b, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotReq := &extprocv3.ProcessingRequest{}
+	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, gotReq); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(gotReq, req) {
+		t.Errorf("request headers through the codec: %v, want %v", gotReq, req)
+	}
+}
