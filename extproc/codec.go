@@ -1,6 +1,9 @@
 package extproc
 
 import (
+	"math"
+	"unicode/utf8"
+
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
@@ -8,6 +11,7 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // ProcessingRequest field numbers
@@ -103,4 +107,215 @@ func unmarshalRequest(b []byte, req *extprocv3.ProcessingRequest) error {
 		return merge.Unmarshal(b[from:], req)
 	}
 	return nil
+}
+
+// Marshal implements encoding.CodecV2. An answer with dynamic metadata has
+// its Struct encoded here, directly from its maps: protobuf-go encodes map
+// fields through reflection, and the metadata, a dozen fields on every
+// metered answer, was most of what marshalling an answer cost. The rest of
+// the answer, and any metadata holding what this encoder does not write
+// (invalid UTF-8, a nil value), goes through the proto codec.
+func (c codec) Marshal(v any) (mem.BufferSlice, error) {
+	r, ok := v.(*extprocv3.ProcessingResponse)
+	if !ok || r.DynamicMetadata == nil {
+		return c.CodecV2.Marshal(v)
+	}
+	md := r.DynamicMetadata
+	var enc structEncoder
+	mdSize, ok := enc.structSize(md)
+	if !ok {
+		return c.CodecV2.Marshal(v)
+	}
+	// The answer is the sending goroutine's own until Send returns, and
+	// Send marshals before it returns: the field is put back before anyone
+	// else can look.
+	r.DynamicMetadata = nil
+	defer func() { r.DynamicMetadata = md }()
+	size := proto.Size(r)
+	buf := make([]byte, 0, size+protowire.SizeTag(fieldDynamicMetadata)+protowire.SizeBytes(mdSize))
+	buf, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(buf, r)
+	if err != nil {
+		return nil, err
+	}
+	buf = protowire.AppendTag(buf, fieldDynamicMetadata, protowire.BytesType)
+	buf = protowire.AppendVarint(buf, uint64(mdSize))
+	buf = enc.appendStruct(buf, md)
+	return mem.BufferSlice{mem.SliceBuffer(buf)}, nil
+}
+
+// ProcessingResponse.dynamic_metadata and the structpb field numbers
+// (https://github.com/protocolbuffers/protobuf/blob/main/src/google/protobuf/struct.proto).
+const (
+	fieldDynamicMetadata protowire.Number = 8
+
+	fieldStructFields                              = 1 // Struct.fields, map<string, Value>
+	fieldMapKey, fieldMapValue                     = 1, 2
+	fieldNull, fieldNumber, fieldString, fieldBool = 1, 2, 3, 4
+	fieldStruct, fieldList                         = 5, 6
+	fieldListValues                                = 1 // ListValue.values
+)
+
+// structEncoder encodes a Struct in two passes, sizes then bytes. Every
+// nested message is length-prefixed, so the bytes pass needs the size of
+// each nested Struct and ListValue; the sizes pass records them by pointer
+// (map order differs between the passes) so that each map is walked, and
+// each string validated, once per pass.
+//
+// The records are arrays, so that the encoder lives on its caller's stack;
+// metadata with more nested messages than they hold is left to protobuf-go.
+type structEncoder struct {
+	structs [8]sizedStruct
+	lists   [4]sizedList
+	ns, nl  int
+}
+
+type sizedStruct struct {
+	s *structpb.Struct
+	n int
+}
+
+type sizedList struct {
+	l *structpb.ListValue
+	n int
+}
+
+// structSize is s's encoded size; false if s holds what appendStruct does
+// not encode exactly as protobuf-go would.
+func (e *structEncoder) structSize(s *structpb.Struct) (int, bool) {
+	n := 0
+	for k, v := range s.GetFields() {
+		vs, ok := e.valueSize(v)
+		if !ok || !utf8.ValidString(k) {
+			return 0, false
+		}
+		n += entrySize(k, vs)
+	}
+	if e.ns == len(e.structs) {
+		return 0, false
+	}
+	e.structs[e.ns] = sizedStruct{s, n}
+	e.ns++
+	return n, true
+}
+
+// entrySize is the size of one Struct.fields map entry, tag included.
+func entrySize(k string, valueSize int) int {
+	e := protowire.SizeTag(fieldMapKey) + protowire.SizeBytes(len(k)) + protowire.SizeTag(fieldMapValue) + protowire.SizeBytes(valueSize)
+	return protowire.SizeTag(fieldStructFields) + protowire.SizeBytes(e)
+}
+
+func (e *structEncoder) valueSize(v *structpb.Value) (int, bool) {
+	if v == nil {
+		return 0, false
+	}
+	switch k := v.Kind.(type) {
+	case *structpb.Value_NullValue:
+		return protowire.SizeTag(fieldNull) + protowire.SizeVarint(uint64(k.NullValue)), true
+	case *structpb.Value_NumberValue:
+		return protowire.SizeTag(fieldNumber) + protowire.SizeFixed64(), true
+	case *structpb.Value_StringValue:
+		return protowire.SizeTag(fieldString) + protowire.SizeBytes(len(k.StringValue)), utf8.ValidString(k.StringValue)
+	case *structpb.Value_BoolValue:
+		return protowire.SizeTag(fieldBool) + protowire.SizeVarint(protowire.EncodeBool(k.BoolValue)), true
+	case *structpb.Value_StructValue:
+		if k.StructValue == nil {
+			return 0, false
+		}
+		n, ok := e.structSize(k.StructValue)
+		return protowire.SizeTag(fieldStruct) + protowire.SizeBytes(n), ok
+	case *structpb.Value_ListValue:
+		if k.ListValue == nil {
+			return 0, false
+		}
+		n := 0
+		for _, v := range k.ListValue.Values {
+			vs, ok := e.valueSize(v)
+			if !ok {
+				return 0, false
+			}
+			n += protowire.SizeTag(fieldListValues) + protowire.SizeBytes(vs)
+		}
+		if e.nl == len(e.lists) {
+			return 0, false
+		}
+		e.lists[e.nl] = sizedList{k.ListValue, n}
+		e.nl++
+		return protowire.SizeTag(fieldList) + protowire.SizeBytes(n), true
+	}
+	return 0, false // no kind: left to protobuf-go
+}
+
+// sizeOf is the size the sizes pass found for a Value's content.
+func (e *structEncoder) sizeOf(v *structpb.Value) int {
+	switch k := v.Kind.(type) {
+	case *structpb.Value_StructValue:
+		return protowire.SizeTag(fieldStruct) + protowire.SizeBytes(e.structLen(k.StructValue))
+	case *structpb.Value_ListValue:
+		return protowire.SizeTag(fieldList) + protowire.SizeBytes(e.listLen(k.ListValue))
+	}
+	n, _ := e.valueSize(v) // a scalar: nothing recorded, nothing walked
+	return n
+}
+
+func (e *structEncoder) structLen(s *structpb.Struct) int {
+	for _, r := range e.structs[:e.ns] {
+		if r.s == s {
+			return r.n
+		}
+	}
+	return 0 // not reached: the sizes pass saw every Struct
+}
+
+func (e *structEncoder) listLen(l *structpb.ListValue) int {
+	for _, r := range e.lists[:e.nl] {
+		if r.l == l {
+			return r.n
+		}
+	}
+	return 0
+}
+
+// appendStruct encodes s, which structSize accepted.
+func (e *structEncoder) appendStruct(b []byte, s *structpb.Struct) []byte {
+	for k, v := range s.Fields {
+		vs := e.sizeOf(v)
+		b = protowire.AppendTag(b, fieldStructFields, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(protowire.SizeTag(fieldMapKey)+protowire.SizeBytes(len(k))+protowire.SizeTag(fieldMapValue)+protowire.SizeBytes(vs)))
+		b = protowire.AppendTag(b, fieldMapKey, protowire.BytesType)
+		b = protowire.AppendString(b, k)
+		b = protowire.AppendTag(b, fieldMapValue, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(vs))
+		b = e.appendValue(b, v)
+	}
+	return b
+}
+
+func (e *structEncoder) appendValue(b []byte, v *structpb.Value) []byte {
+	switch k := v.Kind.(type) {
+	case *structpb.Value_NullValue:
+		b = protowire.AppendTag(b, fieldNull, protowire.VarintType)
+		b = protowire.AppendVarint(b, uint64(k.NullValue))
+	case *structpb.Value_NumberValue:
+		b = protowire.AppendTag(b, fieldNumber, protowire.Fixed64Type)
+		b = protowire.AppendFixed64(b, math.Float64bits(k.NumberValue))
+	case *structpb.Value_StringValue:
+		b = protowire.AppendTag(b, fieldString, protowire.BytesType)
+		b = protowire.AppendString(b, k.StringValue)
+	case *structpb.Value_BoolValue:
+		b = protowire.AppendTag(b, fieldBool, protowire.VarintType)
+		b = protowire.AppendVarint(b, protowire.EncodeBool(k.BoolValue))
+	case *structpb.Value_StructValue:
+		b = protowire.AppendTag(b, fieldStruct, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(e.structLen(k.StructValue)))
+		b = e.appendStruct(b, k.StructValue)
+	case *structpb.Value_ListValue:
+		b = protowire.AppendTag(b, fieldList, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(e.listLen(k.ListValue)))
+		for _, v := range k.ListValue.Values {
+			b = protowire.AppendTag(b, fieldListValues, protowire.BytesType)
+			b = protowire.AppendVarint(b, uint64(e.sizeOf(v)))
+			b = e.appendValue(b, v)
+		}
+	}
+	return b
 }

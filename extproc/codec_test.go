@@ -12,6 +12,9 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/tokenwarden/tokenwarden/accounting"
+	"github.com/tokenwarden/tokenwarden/extproc/gate"
 )
 
 // envoyExtras is what Envoy repeats on every message: forwarded metadata
@@ -151,5 +154,84 @@ func TestCodecOtherMessages(t *testing.T) {
 	}
 	if !proto.Equal(gotReq, req) {
 		t.Errorf("request headers through the codec: %v, want %v", gotReq, req)
+	}
+}
+
+func TestCodecMarshalsMetadata(t *testing.T) {
+	c := codec{encoding.GetCodecV2(grpcproto.Name)}
+	inner, err := structpb.NewStruct(map[string]any{
+		"tenant": "acme", "empty": "", "cost_usd": 0.0004224, "zero": 0.0, "neg": -3.5, "ok": true, "no": false,
+		"nothing": nil, "list": []any{"a", 1.0, map[string]any{"x": "y"}, []any{}}, "nested": map[string]any{}, "ünï": "cödé",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := &extprocv3.ProcessingResponse{
+		Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{
+			Response: &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{RemoveHeaders: []string{"x-a"}}}}},
+		ModeOverride:    noResponseBodyMode,
+		DynamicMetadata: &structpb.Struct{Fields: map[string]*structpb.Value{"tokenwarden": structpb.NewStructValue(inner), "other": structpb.NewNumberValue(1)}},
+	}
+	want := proto.Clone(resp)
+	if _, ok := (&structEncoder{}).structSize(resp.DynamicMetadata); !ok {
+		t.Fatal("the metadata would not be encoded directly")
+	}
+	data, err := c.Marshal(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(resp, want) {
+		t.Fatal("Marshal changed the answer")
+	}
+	b := data.Materialize()
+	if len(b) != proto.Size(want) {
+		t.Errorf("encoded %d bytes, protobuf-go encodes %d", len(b), proto.Size(want))
+	}
+	got := &extprocv3.ProcessingResponse{}
+	if err := proto.Unmarshal(b, got); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(got, want) {
+		t.Errorf("decoded\n%v\nwant\n%v", got, want)
+	}
+
+	// What the direct encoder does not write goes to protobuf-go, which
+	// refuses invalid UTF-8 as before.
+	resp.DynamicMetadata.Fields["bad"] = structpb.NewStringValue("\xff")
+	if _, err := c.Marshal(resp); err == nil {
+		t.Error("invalid UTF-8 in the metadata marshalled")
+	}
+	delete(resp.DynamicMetadata.Fields, "bad")
+	resp.DynamicMetadata.Fields["nil"] = nil
+	data, err = c.Marshal(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := (&extprocv3.ProcessingResponse{}); proto.Unmarshal(data.Materialize(), got) != nil || len(got.DynamicMetadata.Fields) != 3 {
+		t.Errorf("a nil value: %v", got)
+	}
+}
+
+// BenchmarkMarshalMeteredAnswer: the last answer of a metered exchange,
+// with its access-log metadata, through grpc-go's proto codec and through
+// the processor's.
+func BenchmarkMarshalMeteredAnswer(b *testing.B) {
+	o := &gate.Outcome{Tenant: "tenant-0000", Policy: "default", RequestedModel: "gpt-4o-mini", Model: "gpt-4o-mini",
+		Decision: "allowed", Metered: true, Source: gate.SourceMeasured, Usage: accounting.Usage{InputTokens: 2144, OutputTokens: 168},
+		Cost: accounting.Cost{Total: 422400}}
+	for _, c := range []struct {
+		name string
+		c    encoding.CodecV2
+	}{{"proto", encoding.GetCodecV2(grpcproto.Name)}, {"processor", codec{encoding.GetCodecV2(grpcproto.Name)}}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				data, err := c.c.Marshal(chunkAnswer(gate.ChunkVerdict{}, o))
+				if err != nil {
+					b.Fatal(err)
+				}
+				data.Free()
+			}
+		})
 	}
 }
