@@ -3,7 +3,9 @@ package extproc
 import (
 	"math"
 	"unicode/utf8"
+	"unsafe"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
@@ -17,9 +19,11 @@ import (
 // ProcessingRequest field numbers
 // (https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto).
 const (
-	fieldRequestHeaders  protowire.Number = 2
-	fieldMetadataContext protowire.Number = 8
-	fieldAttributes      protowire.Number = 9
+	fieldRequestHeaders   protowire.Number = 2
+	fieldResponseHeaders  protowire.Number = 3
+	fieldResponseTrailers protowire.Number = 7
+	fieldMetadataContext  protowire.Number = 8
+	fieldAttributes       protowire.Number = 9
 )
 
 // codec is the processor's gRPC codec: grpc-go's proto codec, except that a
@@ -54,59 +58,208 @@ func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	return unmarshalRequest(buf.ReadOnlyData(), req)
 }
 
-// unmarshalRequest decodes b into req, leaving out metadata_context and
-// attributes unless b is request_headers. A message is the concatenation of
-// its fields and decoding pieces with Merge is decoding the whole
+// unmarshalRequest decodes b into req as proto.Unmarshal does, with two
+// differences that only change what it costs:
+//   - metadata_context and attributes are left out unless b is
+//     request_headers;
+//   - request_headers and response_headers are decoded here (decodeHeaders)
+//     into one array of HeaderValues and one block of bytes, instead of
+//     three allocations a header.
+//
+// A message is the concatenation of its fields and decoding pieces with
+// Merge is decoding the whole
 // (https://protobuf.dev/programming-guides/encoding/#last-one-wins), so the
-// fields between the left-out ones are decoded in place. Anything that does
-// not scan cleanly is left to proto.Unmarshal, whose error it reports.
+// other fields are decoded by protobuf-go in runs between these. Anything
+// that does not scan cleanly, or that decodeHeaders does not know, is left
+// to proto.Unmarshal, whose error it reports.
 func unmarshalRequest(b []byte, req *extprocv3.ProcessingRequest) error {
-	// Up to three skipped ranges in practice (one each, in field order);
-	// more fall back to one plain decode.
-	var skip [4][2]int
-	n := 0
+	// Envoy sends up to five top-level fields; more go to proto.Unmarshal.
+	var fields wireFields
+	n, messages, requestHeaders := 0, 0, false
 	for off := 0; off < len(b); {
 		num, typ, tl := protowire.ConsumeTag(b[off:])
 		if tl < 0 {
 			return proto.Unmarshal(b, req)
 		}
 		vl := protowire.ConsumeFieldValue(num, typ, b[off+tl:])
-		if vl < 0 {
+		if vl < 0 || n == len(fields) {
 			return proto.Unmarshal(b, req)
 		}
-		switch num {
-		case fieldRequestHeaders:
-			return proto.Unmarshal(b, req)
-		case fieldMetadataContext, fieldAttributes:
-			if n > 0 && skip[n-1][1] == off {
-				skip[n-1][1] = off + tl + vl // adjacent: one range
-			} else if n == len(skip) {
-				return proto.Unmarshal(b, req)
-			} else {
-				skip[n] = [2]int{off, off + tl + vl}
-				n++
-			}
+		fields[n] = wireField{num: num, typ: typ, from: off, value: off + tl, to: off + tl + vl}
+		n++
+		if num >= fieldRequestHeaders && num <= fieldResponseTrailers {
+			messages++ // a field of the request oneof
 		}
+		requestHeaders = requestHeaders || num == fieldRequestHeaders
 		off += tl + vl
-	}
-	if n == 0 {
-		return proto.Unmarshal(b, req)
 	}
 	proto.Reset(req)
 	merge := proto.UnmarshalOptions{Merge: true}
-	from := 0
-	for _, s := range skip[:n] {
-		if s[0] > from {
-			if err := merge.Unmarshal(b[from:s[0]], req); err != nil {
-				return err
+	run := -1 // start of the fields protobuf-go is to decode next
+	for _, f := range fields[:n] {
+		own := false
+		switch f.num {
+		case fieldMetadataContext, fieldAttributes:
+			own = !requestHeaders
+		case fieldRequestHeaders, fieldResponseHeaders:
+			if messages != 1 || f.typ != protowire.BytesType {
+				break
+			}
+			v, _ := protowire.ConsumeBytes(b[f.value:f.to])
+			h, ok := decodeHeaders(v)
+			if !ok {
+				break
+			}
+			own = true
+			if f.num == fieldRequestHeaders {
+				req.Request = &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: h}
+			} else {
+				req.Request = &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: h}
 			}
 		}
-		from = s[1]
+		switch {
+		case own && run >= 0:
+			if err := merge.Unmarshal(b[run:f.from], req); err != nil {
+				return err
+			}
+			run = -1
+		case !own && run < 0:
+			run = f.from
+		}
 	}
-	if from < len(b) {
-		return merge.Unmarshal(b[from:], req)
+	if run >= 0 {
+		return merge.Unmarshal(b[run:], req)
 	}
 	return nil
+}
+
+type wireFields [12]wireField
+
+// wireField is where one top-level field lies in a message.
+type wireField struct {
+	num             protowire.Number
+	typ             protowire.Type
+	from, value, to int
+}
+
+// HttpHeaders, HeaderMap and HeaderValue field numbers
+// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto,
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/base.proto).
+const (
+	fieldHeadersMap         protowire.Number = 1 // HttpHeaders.headers
+	fieldHeadersEndOfStream protowire.Number = 3 // HttpHeaders.end_of_stream
+	fieldMapHeaders         protowire.Number = 1 // HeaderMap.headers
+	fieldHeaderKey          protowire.Number = 1
+	fieldHeaderValue        protowire.Number = 2
+	fieldHeaderRawValue     protowire.Number = 3
+)
+
+// decodeHeaders decodes an HttpHeaders message as protobuf-go would; false
+// for anything it does not know (the deprecated attributes field, a field
+// added later, a repeated header map, invalid UTF-8 in a string field),
+// which is then left to protobuf-go.
+func decodeHeaders(b []byte) (*extprocv3.HttpHeaders, bool) {
+	h := &extprocv3.HttpHeaders{}
+	var hm []byte
+	seenMap := false
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, false
+		}
+		b = b[n:]
+		switch {
+		case num == fieldHeadersMap && typ == protowire.BytesType && !seenMap:
+			hm, n = protowire.ConsumeBytes(b)
+			seenMap = true
+		case num == fieldHeadersEndOfStream && typ == protowire.VarintType:
+			var v uint64
+			v, n = protowire.ConsumeVarint(b)
+			h.EndOfStream = protowire.DecodeBool(v)
+		default:
+			return nil, false
+		}
+		if n < 0 {
+			return nil, false
+		}
+		b = b[n:]
+	}
+	if seenMap {
+		m, ok := decodeHeaderMap(hm)
+		if !ok {
+			return nil, false
+		}
+		h.Headers = m
+	}
+	return h, true
+}
+
+// decodeHeaderMap decodes a HeaderMap: a first pass checks it and counts
+// headers and bytes, the second fills one HeaderValue array and one byte
+// block. Keys and values are strings over the block and raw values slices
+// of it; nothing writes to the block once it is filled, so they are as
+// immutable as protobuf-go's copies.
+func decodeHeaderMap(b []byte) (*corev3.HeaderMap, bool) {
+	count, size := 0, 0
+	for rest := b; len(rest) > 0; {
+		num, typ, n := protowire.ConsumeTag(rest)
+		if n < 0 || num != fieldMapHeaders || typ != protowire.BytesType {
+			return nil, false
+		}
+		rest = rest[n:]
+		hv, n := protowire.ConsumeBytes(rest)
+		if n < 0 {
+			return nil, false
+		}
+		rest = rest[n:]
+		for len(hv) > 0 {
+			num, typ, n := protowire.ConsumeTag(hv)
+			if n < 0 || num < fieldHeaderKey || num > fieldHeaderRawValue || typ != protowire.BytesType {
+				return nil, false
+			}
+			hv = hv[n:]
+			v, n := protowire.ConsumeBytes(hv)
+			if n < 0 || (num != fieldHeaderRawValue && !utf8.Valid(v)) {
+				return nil, false
+			}
+			hv = hv[n:]
+			size += len(v)
+		}
+		count++
+	}
+	m := &corev3.HeaderMap{}
+	if count == 0 {
+		return m, true
+	}
+	vals := make([]corev3.HeaderValue, count)
+	m.Headers = make([]*corev3.HeaderValue, count)
+	block := make([]byte, 0, size)
+	i := 0
+	for rest := b; len(rest) > 0; i++ {
+		_, _, n := protowire.ConsumeTag(rest)
+		rest = rest[n:]
+		hv, n := protowire.ConsumeBytes(rest)
+		rest = rest[n:]
+		for len(hv) > 0 {
+			num, _, n := protowire.ConsumeTag(hv)
+			hv = hv[n:]
+			v, n := protowire.ConsumeBytes(hv)
+			hv = hv[n:]
+			start := len(block)
+			block = append(block, v...)
+			own := block[start:len(block):len(block)]
+			switch num {
+			case fieldHeaderKey:
+				vals[i].Key = unsafe.String(unsafe.SliceData(own), len(own))
+			case fieldHeaderValue:
+				vals[i].Value = unsafe.String(unsafe.SliceData(own), len(own))
+			case fieldHeaderRawValue:
+				vals[i].RawValue = own
+			}
+		}
+		m.Headers[i] = &vals[i]
+	}
+	return m, true
 }
 
 // Marshal implements encoding.CodecV2. An answer with dynamic metadata has

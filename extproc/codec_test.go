@@ -19,7 +19,7 @@ import (
 
 // envoyExtras is what Envoy repeats on every message: forwarded metadata
 // and attributes.
-func envoyExtras(t *testing.T, r *extprocv3.ProcessingRequest) *extprocv3.ProcessingRequest {
+func envoyExtras(t testing.TB, r *extprocv3.ProcessingRequest) *extprocv3.ProcessingRequest {
 	t.Helper()
 	payload, err := structpb.NewStruct(map[string]any{"org_id": "acme", "sub": "u1", "team": "eng"})
 	if err != nil {
@@ -80,7 +80,7 @@ func TestCodecDropsEnvoyContextAfterRequestHeaders(t *testing.T) {
 
 // reorder moves every metadata_context and attributes field of b to the
 // front, and the message oneof between them.
-func reorder(t *testing.T, b []byte) []byte {
+func reorder(t testing.TB, b []byte) []byte {
 	t.Helper()
 	var front, rest, mid []byte
 	for off := 0; off < len(b); {
@@ -231,6 +231,135 @@ func BenchmarkMarshalMeteredAnswer(b *testing.B) {
 					b.Fatal(err)
 				}
 				data.Free()
+			}
+		})
+	}
+}
+
+// referenceDecode is what unmarshalRequest must match: proto.Unmarshal of
+// b without its metadata_context and attributes unless b is
+// request_headers (all of b when it has more top-level fields than
+// unmarshalRequest scans).
+func referenceDecode(b []byte) (*extprocv3.ProcessingRequest, error) {
+	var kept []byte
+	requestHeaders := false
+	n := 0
+	for off := 0; off < len(b); n++ {
+		num, typ, tl := protowire.ConsumeTag(b[off:])
+		if tl < 0 {
+			return nil, protowire.ParseError(tl)
+		}
+		vl := protowire.ConsumeFieldValue(num, typ, b[off+tl:])
+		if vl < 0 {
+			return nil, protowire.ParseError(vl)
+		}
+		requestHeaders = requestHeaders || num == fieldRequestHeaders
+		off += tl + vl
+	}
+	requestHeaders = requestHeaders || n > len(wireFields{})
+	for off := 0; off < len(b); {
+		num, typ, tl := protowire.ConsumeTag(b[off:])
+		vl := protowire.ConsumeFieldValue(num, typ, b[off+tl:])
+		if requestHeaders || (num != fieldMetadataContext && num != fieldAttributes) {
+			kept = append(kept, b[off:off+tl+vl]...)
+		}
+		off += tl + vl
+	}
+	r := &extprocv3.ProcessingRequest{}
+	return r, proto.Unmarshal(kept, r)
+}
+
+func headerSeeds(t testing.TB) [][]byte {
+	hv := func(k, v string) *corev3.HeaderValue { return &corev3.HeaderValue{Key: k, RawValue: []byte(v)} }
+	many := &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+		hv(":method", "POST"), hv(":path", "/v1/messages"), hv("empty", ""), {Key: "old", Value: "value-only"},
+		{Key: "both", Value: "v", RawValue: []byte("raw")}, {}, hv("x-api-key", "sk-ant-\xff\x00"),
+	}}, EndOfStream: true}
+	var seeds [][]byte
+	for _, r := range []*extprocv3.ProcessingRequest{
+		{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: many}},
+		{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: many}},
+		{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{}}},
+		{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{}}}},
+		{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
+			Headers: many.Headers, Attributes: map[string]*structpb.Struct{"deprecated": {}}}}},
+		{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: []byte("{}")}}},
+	} {
+		b, err := proto.Marshal(envoyExtras(t, r))
+		if err != nil {
+			t.Fatal(err)
+		}
+		seeds = append(seeds, b, reorder(t, b))
+	}
+	// Header maps twice, HeaderValue fields twice, an unknown field, and
+	// invalid UTF-8 in a key: left to protobuf-go.
+	hm := protowire.AppendTag(nil, fieldMapHeaders, protowire.BytesType)
+	hm = protowire.AppendBytes(hm, protowire.AppendString(protowire.AppendTag(protowire.AppendString(protowire.AppendTag(nil, fieldHeaderKey, protowire.BytesType), "a"), fieldHeaderKey, protowire.BytesType), "b"))
+	for _, hh := range [][]byte{
+		append(protowire.AppendBytes(protowire.AppendTag(nil, fieldHeadersMap, protowire.BytesType), hm), protowire.AppendBytes(protowire.AppendTag(nil, fieldHeadersMap, protowire.BytesType), hm)...),
+		protowire.AppendVarint(protowire.AppendTag(protowire.AppendBytes(protowire.AppendTag(nil, fieldHeadersMap, protowire.BytesType), hm), 9, protowire.VarintType), 1),
+		protowire.AppendBytes(protowire.AppendTag(nil, fieldHeadersMap, protowire.BytesType),
+			protowire.AppendBytes(protowire.AppendTag(nil, fieldMapHeaders, protowire.BytesType), protowire.AppendString(protowire.AppendTag(nil, fieldHeaderKey, protowire.BytesType), "\xff"))),
+	} {
+		seeds = append(seeds, protowire.AppendBytes(protowire.AppendTag(nil, fieldResponseHeaders, protowire.BytesType), hh))
+	}
+	return seeds
+}
+
+func checkDecode(t *testing.T, b []byte) {
+	want, wantErr := referenceDecode(b)
+	got := &extprocv3.ProcessingRequest{}
+	gotErr := unmarshalRequest(b, got)
+	if (wantErr == nil) != (gotErr == nil) {
+		t.Fatalf("% x: error %v, want %v", b, gotErr, wantErr)
+	}
+	if wantErr == nil && !proto.Equal(got, want) {
+		t.Fatalf("% x: decoded\n%v\nwant\n%v", b, got, want)
+	}
+}
+
+func TestCodecHeaders(t *testing.T) {
+	for _, b := range headerSeeds(t) {
+		checkDecode(t, b)
+	}
+}
+
+func FuzzUnmarshalRequest(f *testing.F) {
+	for _, b := range headerSeeds(f) {
+		f.Add(b)
+	}
+	f.Fuzz(checkDecode)
+}
+
+// BenchmarkUnmarshalHeaders: response_headers as Envoy sends them (eleven
+// headers, the forwarded jwt_authn payload), by protobuf-go and by the
+// processor's codec.
+func BenchmarkUnmarshalHeaders(b *testing.B) {
+	var hs []*corev3.HeaderValue
+	for _, kv := range [][2]string{{":status", "200"}, {"content-type", "application/json"}, {"date", "Thu, 30 Oct 2025 16:17:35 GMT"},
+		{"content-length", "595"}, {"x-request-id", "req_load"}, {"x-ratelimit-limit-requests", "100000"},
+		{"x-ratelimit-remaining-requests", "99999"}, {"x-ratelimit-reset-requests", "6ms"}, {"x-ratelimit-limit-tokens", "1000000000"},
+		{"x-ratelimit-remaining-tokens", "999990000"}, {"x-ratelimit-reset-tokens", "60ms"}} {
+		hs = append(hs, &corev3.HeaderValue{Key: kv[0], RawValue: []byte(kv[1])})
+	}
+	msg, err := proto.Marshal(envoyExtras(b, &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
+		ResponseHeaders: &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: hs}}}}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, d := range []struct {
+		name string
+		f    func([]byte, *extprocv3.ProcessingRequest) error
+	}{
+		{"proto", func(b []byte, r *extprocv3.ProcessingRequest) error { return proto.Unmarshal(b, r) }},
+		{"processor", unmarshalRequest},
+	} {
+		b.Run(d.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := d.f(msg, &extprocv3.ProcessingRequest{}); err != nil {
+					b.Fatal(err)
+				}
 			}
 		})
 	}
