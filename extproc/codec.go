@@ -40,12 +40,15 @@ type codec struct{ encoding.CodecV2 }
 // codec, if the proto codec is not registered (it registers itself when its
 // package, imported here, is loaded).
 func codecOption() []grpc.ServerOption {
-	c := encoding.GetCodecV2(grpcproto.Name)
+	c := protoCodec()
 	if c == nil {
 		return nil
 	}
 	return []grpc.ServerOption{grpc.ForceServerCodecV2(codec{c})}
 }
+
+// protoCodec is grpc-go's proto codec, which codec wraps.
+func protoCodec() encoding.CodecV2 { return encoding.GetCodecV2(grpcproto.Name) }
 
 // Unmarshal implements encoding.CodecV2.
 func (c codec) Unmarshal(data mem.BufferSlice, v any) error {

@@ -6,8 +6,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
-	"google.golang.org/grpc/encoding"
-	grpcproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -130,7 +128,7 @@ func TestCodecOtherMessages(t *testing.T) {
 	if len(opts) != 1 {
 		t.Fatalf("codec options: %d, want 1", len(opts))
 	}
-	c := codec{encoding.GetCodecV2(grpcproto.Name)}
+	c := codec{protoCodec()}
 	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}
 	data, err := c.Marshal(resp)
 	if err != nil {
@@ -158,7 +156,7 @@ func TestCodecOtherMessages(t *testing.T) {
 }
 
 func TestCodecMarshalsMetadata(t *testing.T) {
-	c := codec{encoding.GetCodecV2(grpcproto.Name)}
+	c := codec{protoCodec()}
 	inner, err := structpb.NewStruct(map[string]any{
 		"tenant": "acme", "empty": "", "cost_usd": 0.0004224, "zero": 0.0, "neg": -3.5, "ok": true, "no": false,
 		"nothing": nil, "list": []any{"a", 1.0, map[string]any{"x": "y"}, []any{}}, "nested": map[string]any{}, "ünï": "cödé",
@@ -221,8 +219,10 @@ func BenchmarkMarshalMeteredAnswer(b *testing.B) {
 		Cost: accounting.Cost{Total: 422400}}
 	for _, c := range []struct {
 		name string
-		c    encoding.CodecV2
-	}{{"proto", encoding.GetCodecV2(grpcproto.Name)}, {"processor", codec{encoding.GetCodecV2(grpcproto.Name)}}} {
+		c    interface {
+			Marshal(any) (mem.BufferSlice, error)
+		}
+	}{{"proto", protoCodec()}, {"processor", codec{protoCodec()}}} {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
