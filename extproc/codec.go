@@ -67,7 +67,9 @@ func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 //     request_headers;
 //   - request_headers and response_headers are decoded here (decodeHeaders)
 //     into one array of HeaderValues and one block of bytes, instead of
-//     three allocations a header.
+//     three allocations a header;
+//   - request_headers' metadata_context and attributes are decoded here
+//     (decodeMetadata, decodeAttribute) without reflection.
 //
 // A message is the concatenation of its fields and decoding pieces with
 // Merge is decoding the whole
@@ -78,7 +80,7 @@ func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 func unmarshalRequest(b []byte, req *extprocv3.ProcessingRequest) error {
 	// Envoy sends up to five top-level fields; more go to proto.Unmarshal.
 	var fields wireFields
-	n, messages, requestHeaders := 0, 0, false
+	n, messages, metadataFields, requestHeaders := 0, 0, 0, false
 	for off := 0; off < len(b); {
 		num, typ, tl := protowire.ConsumeTag(b[off:])
 		if tl < 0 {
@@ -94,16 +96,44 @@ func unmarshalRequest(b []byte, req *extprocv3.ProcessingRequest) error {
 			messages++ // a field of the request oneof
 		}
 		requestHeaders = requestHeaders || num == fieldRequestHeaders
+		if num == fieldMetadataContext {
+			metadataFields++
+		}
 		off += tl + vl
 	}
 	proto.Reset(req)
 	merge := proto.UnmarshalOptions{Merge: true}
 	run := -1 // start of the fields protobuf-go is to decode next
 	for _, f := range fields[:n] {
+		switch f.num {
+		case fieldMetadataContext, fieldAttributes, fieldRequestHeaders, fieldResponseHeaders:
+			// Decoded here, perhaps: what came before is decoded first, so
+			// a later value (a repeated map key) still wins.
+			if run >= 0 {
+				if err := merge.Unmarshal(b[run:f.from], req); err != nil {
+					return err
+				}
+				run = -1
+			}
+		}
 		own := false
 		switch f.num {
-		case fieldMetadataContext, fieldAttributes:
+		case fieldMetadataContext:
 			own = !requestHeaders
+			if own || metadataFields != 1 || f.typ != protowire.BytesType {
+				break
+			}
+			v, _ := protowire.ConsumeBytes(b[f.value:f.to])
+			if m, ok := decodeMetadata(v); ok {
+				req.MetadataContext, own = m, true
+			}
+		case fieldAttributes:
+			own = !requestHeaders
+			if own || f.typ != protowire.BytesType {
+				break
+			}
+			v, _ := protowire.ConsumeBytes(b[f.value:f.to])
+			own = decodeAttribute(v, req)
 		case fieldRequestHeaders, fieldResponseHeaders:
 			if messages != 1 || f.typ != protowire.BytesType {
 				break
@@ -120,13 +150,7 @@ func unmarshalRequest(b []byte, req *extprocv3.ProcessingRequest) error {
 				req.Request = &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: h}
 			}
 		}
-		switch {
-		case own && run >= 0:
-			if err := merge.Unmarshal(b[run:f.from], req); err != nil {
-				return err
-			}
-			run = -1
-		case !own && run < 0:
+		if !own && run < 0 {
 			run = f.from
 		}
 	}
@@ -263,6 +287,237 @@ func decodeHeaderMap(b []byte) (*corev3.HeaderMap, bool) {
 		m.Headers[i] = &vals[i]
 	}
 	return m, true
+}
+
+// decodeMetadata decodes request_headers' metadata_context, Envoy's
+// forwarded dynamic metadata (a map of Structs), without protobuf-go's
+// reflection over map fields, which was most of what decoding request
+// headers cost. The bytes are copied once and strings are views of the
+// copy. False for anything decodeStruct does not know (typed metadata,
+// unknown fields), which protobuf-go then decodes.
+func decodeMetadata(b []byte) (*corev3.Metadata, bool) {
+	own := append([]byte(nil), b...)
+	m := &corev3.Metadata{}
+	for len(own) > 0 {
+		num, typ, n := protowire.ConsumeTag(own)
+		if n < 0 || num != fieldFilterMetadata || typ != protowire.BytesType {
+			return nil, false
+		}
+		own = own[n:]
+		e, n := protowire.ConsumeBytes(own)
+		if n < 0 {
+			return nil, false
+		}
+		own = own[n:]
+		k, st, ok := decodeStructEntry(e, 0)
+		if !ok {
+			return nil, false
+		}
+		if m.FilterMetadata == nil {
+			m.FilterMetadata = make(map[string]*structpb.Struct, 2)
+		}
+		m.FilterMetadata[k] = st
+	}
+	return m, true
+}
+
+// decodeAttribute decodes one entry of request_headers' attributes (a map
+// of Structs) into req, as decodeMetadata does; false leaves it to
+// protobuf-go, in which case req is untouched.
+func decodeAttribute(b []byte, req *extprocv3.ProcessingRequest) bool {
+	k, st, ok := decodeStructEntry(append([]byte(nil), b...), 0)
+	if !ok {
+		return false
+	}
+	if req.Attributes == nil {
+		req.Attributes = make(map[string]*structpb.Struct, 1)
+	}
+	req.Attributes[k] = st
+	return true
+}
+
+// Metadata.filter_metadata's field number, and how deep decodeStruct goes
+// before it leaves a Struct to protobuf-go (whose own limit is 10,000).
+const (
+	fieldFilterMetadata protowire.Number = 1
+	maxStructDepth                       = 32
+)
+
+// view is b as a string. Only for bytes the decoder copied out of gRPC's
+// buffer and never writes again.
+func view(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// decodeStructEntry decodes a map<string, Struct> entry (key 1, value 2).
+// A missing value is left to protobuf-go.
+func decodeStructEntry(b []byte, depth int) (string, *structpb.Struct, bool) {
+	var key string
+	var st *structpb.Struct
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || typ != protowire.BytesType || (num != fieldMapKey && num != fieldMapValue) {
+			return "", nil, false
+		}
+		b = b[n:]
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return "", nil, false
+		}
+		b = b[n:]
+		if num == fieldMapKey {
+			if !utf8.Valid(v) {
+				return "", nil, false
+			}
+			key = view(v)
+			continue
+		}
+		if st != nil {
+			return "", nil, false // a repeated value merges: protobuf-go's
+		}
+		var ok bool
+		if st, ok = decodeStruct(v, depth); !ok {
+			return "", nil, false
+		}
+	}
+	return key, st, st != nil
+}
+
+// decodeStruct decodes a google.protobuf.Struct.
+func decodeStruct(b []byte, depth int) (*structpb.Struct, bool) {
+	if depth > maxStructDepth {
+		return nil, false
+	}
+	s := &structpb.Struct{}
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || num != fieldStructFields || typ != protowire.BytesType {
+			return nil, false
+		}
+		b = b[n:]
+		e, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return nil, false
+		}
+		b = b[n:]
+		var key string
+		var val *structpb.Value
+		for len(e) > 0 {
+			num, typ, n := protowire.ConsumeTag(e)
+			if n < 0 || typ != protowire.BytesType || (num != fieldMapKey && num != fieldMapValue) {
+				return nil, false
+			}
+			e = e[n:]
+			v, n := protowire.ConsumeBytes(e)
+			if n < 0 {
+				return nil, false
+			}
+			e = e[n:]
+			if num == fieldMapKey {
+				if !utf8.Valid(v) {
+					return nil, false
+				}
+				key = view(v)
+				continue
+			}
+			if val != nil {
+				return nil, false
+			}
+			var ok bool
+			if val, ok = decodeValue(v, depth); !ok {
+				return nil, false
+			}
+		}
+		if val == nil {
+			return nil, false
+		}
+		if s.Fields == nil {
+			s.Fields = make(map[string]*structpb.Value, 8)
+		}
+		s.Fields[key] = val
+	}
+	return s, true
+}
+
+// decodeValue decodes a google.protobuf.Value holding at most one kind.
+func decodeValue(b []byte, depth int) (*structpb.Value, bool) {
+	v := &structpb.Value{}
+	if len(b) == 0 {
+		return v, true
+	}
+	num, typ, n := protowire.ConsumeTag(b)
+	if n < 0 {
+		return nil, false
+	}
+	b = b[n:]
+	switch {
+	case num == fieldNull && typ == protowire.VarintType:
+		x, m := protowire.ConsumeVarint(b)
+		n = m
+		v.Kind = &structpb.Value_NullValue{NullValue: structpb.NullValue(int32(x))}
+	case num == fieldNumber && typ == protowire.Fixed64Type:
+		x, m := protowire.ConsumeFixed64(b)
+		n = m
+		v.Kind = &structpb.Value_NumberValue{NumberValue: math.Float64frombits(x)}
+	case num == fieldBool && typ == protowire.VarintType:
+		x, m := protowire.ConsumeVarint(b)
+		n = m
+		v.Kind = &structpb.Value_BoolValue{BoolValue: protowire.DecodeBool(x)}
+	case typ == protowire.BytesType && (num == fieldString || num == fieldStruct || num == fieldList):
+		x, m := protowire.ConsumeBytes(b)
+		if n = m; n < 0 {
+			return nil, false
+		}
+		switch num {
+		case fieldString:
+			if !utf8.Valid(x) {
+				return nil, false
+			}
+			v.Kind = &structpb.Value_StringValue{StringValue: view(x)}
+		case fieldStruct:
+			st, ok := decodeStruct(x, depth+1)
+			if !ok {
+				return nil, false
+			}
+			v.Kind = &structpb.Value_StructValue{StructValue: st}
+		case fieldList:
+			l, ok := decodeList(x, depth+1)
+			if !ok {
+				return nil, false
+			}
+			v.Kind = &structpb.Value_ListValue{ListValue: l}
+		}
+	default:
+		return nil, false
+	}
+	if n < 0 || n != len(b) {
+		return nil, false // malformed, or more than one field: protobuf-go's
+	}
+	return v, true
+}
+
+// decodeList decodes a google.protobuf.ListValue.
+func decodeList(b []byte, depth int) (*structpb.ListValue, bool) {
+	if depth > maxStructDepth {
+		return nil, false
+	}
+	l := &structpb.ListValue{}
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || num != fieldListValues || typ != protowire.BytesType {
+			return nil, false
+		}
+		b = b[n:]
+		e, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return nil, false
+		}
+		b = b[n:]
+		v, ok := decodeValue(e, depth)
+		if !ok {
+			return nil, false
+		}
+		l.Values = append(l.Values, v)
+	}
+	return l, true
 }
 
 // Marshal implements encoding.CodecV2. An answer with dynamic metadata has

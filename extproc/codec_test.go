@@ -342,10 +342,23 @@ func BenchmarkUnmarshalHeaders(b *testing.B) {
 		{"x-ratelimit-remaining-tokens", "999990000"}, {"x-ratelimit-reset-tokens", "60ms"}} {
 		hs = append(hs, &corev3.HeaderValue{Key: kv[0], RawValue: []byte(kv[1])})
 	}
-	msg, err := proto.Marshal(envoyExtras(b, &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
-		ResponseHeaders: &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: hs}}}}))
-	if err != nil {
-		b.Fatal(err)
+	h := &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: hs}}
+	for _, r := range []*extprocv3.ProcessingRequest{
+		{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: h}},
+		{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: h}},
+	} {
+		msg, err := proto.Marshal(envoyExtras(b, r))
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchUnmarshal(b, msg, r.GetRequestHeaders() != nil)
+	}
+}
+
+func benchUnmarshal(b *testing.B, msg []byte, request bool) {
+	kind := "response"
+	if request {
+		kind = "request"
 	}
 	for _, d := range []struct {
 		name string
@@ -354,7 +367,7 @@ func BenchmarkUnmarshalHeaders(b *testing.B) {
 		{"proto", func(b []byte, r *extprocv3.ProcessingRequest) error { return proto.Unmarshal(b, r) }},
 		{"processor", unmarshalRequest},
 	} {
-		b.Run(d.name, func(b *testing.B) {
+		b.Run(kind+"/"+d.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				if err := d.f(msg, &extprocv3.ProcessingRequest{}); err != nil {
