@@ -299,16 +299,11 @@ func decodeMetadata(b []byte) (*corev3.Metadata, bool) {
 	own := append([]byte(nil), b...)
 	m := &corev3.Metadata{}
 	for len(own) > 0 {
-		num, typ, n := protowire.ConsumeTag(own)
-		if n < 0 || num != fieldFilterMetadata || typ != protowire.BytesType {
+		e, rest, ok := nextBytes(own, fieldFilterMetadata)
+		if !ok {
 			return nil, false
 		}
-		own = own[n:]
-		e, n := protowire.ConsumeBytes(own)
-		if n < 0 {
-			return nil, false
-		}
-		own = own[n:]
+		own = rest
 		k, st, ok := decodeStructEntry(e, 0)
 		if !ok {
 			return nil, false
@@ -347,38 +342,55 @@ const (
 // buffer and never writes again.
 func view(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
+// nextBytes reads one length-delimited field numbered want off the front
+// of b: its value and what follows; false for any other field or bad wire.
+func nextBytes(b []byte, want protowire.Number) (v, rest []byte, ok bool) {
+	num, typ, n := protowire.ConsumeTag(b)
+	if n < 0 || num != want || typ != protowire.BytesType {
+		return nil, nil, false
+	}
+	v, m := protowire.ConsumeBytes(b[n:])
+	if m < 0 {
+		return nil, nil, false
+	}
+	return v, b[n+m:], true
+}
+
+// mapEntry splits a map<string, message> entry into its key and its
+// value's bytes; false for a value given twice (protobuf-go merges those),
+// an unknown field or a key that is not UTF-8.
+func mapEntry(e []byte) (key string, val []byte, hasVal, ok bool) {
+	for len(e) > 0 {
+		num, typ, n := protowire.ConsumeTag(e)
+		if n < 0 || typ != protowire.BytesType || (num != fieldMapKey && num != fieldMapValue) {
+			return "", nil, false, false
+		}
+		v, m := protowire.ConsumeBytes(e[n:])
+		if m < 0 {
+			return "", nil, false, false
+		}
+		e = e[n+m:]
+		switch {
+		case num == fieldMapKey && utf8.Valid(v):
+			key = view(v)
+		case num == fieldMapValue && !hasVal:
+			val, hasVal = v, true
+		default:
+			return "", nil, false, false
+		}
+	}
+	return key, val, hasVal, true
+}
+
 // decodeStructEntry decodes a map<string, Struct> entry (key 1, value 2).
 // A missing value is left to protobuf-go.
 func decodeStructEntry(b []byte, depth int) (string, *structpb.Struct, bool) {
-	var key string
-	var st *structpb.Struct
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 || typ != protowire.BytesType || (num != fieldMapKey && num != fieldMapValue) {
-			return "", nil, false
-		}
-		b = b[n:]
-		v, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return "", nil, false
-		}
-		b = b[n:]
-		if num == fieldMapKey {
-			if !utf8.Valid(v) {
-				return "", nil, false
-			}
-			key = view(v)
-			continue
-		}
-		if st != nil {
-			return "", nil, false // a repeated value merges: protobuf-go's
-		}
-		var ok bool
-		if st, ok = decodeStruct(v, depth); !ok {
-			return "", nil, false
-		}
+	key, val, hasVal, ok := mapEntry(b)
+	if !ok || !hasVal {
+		return "", nil, false
 	}
-	return key, st, st != nil
+	st, ok := decodeStruct(val, depth)
+	return key, st, ok
 }
 
 // decodeStruct decodes a google.protobuf.Struct.
@@ -388,51 +400,23 @@ func decodeStruct(b []byte, depth int) (*structpb.Struct, bool) {
 	}
 	s := &structpb.Struct{}
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 || num != fieldStructFields || typ != protowire.BytesType {
+		e, rest, ok := nextBytes(b, fieldStructFields)
+		if !ok {
 			return nil, false
 		}
-		b = b[n:]
-		e, n := protowire.ConsumeBytes(b)
-		if n < 0 {
+		b = rest
+		key, val, hasVal, ok := mapEntry(e)
+		if !ok || !hasVal {
 			return nil, false
 		}
-		b = b[n:]
-		var key string
-		var val *structpb.Value
-		for len(e) > 0 {
-			num, typ, n := protowire.ConsumeTag(e)
-			if n < 0 || typ != protowire.BytesType || (num != fieldMapKey && num != fieldMapValue) {
-				return nil, false
-			}
-			e = e[n:]
-			v, n := protowire.ConsumeBytes(e)
-			if n < 0 {
-				return nil, false
-			}
-			e = e[n:]
-			if num == fieldMapKey {
-				if !utf8.Valid(v) {
-					return nil, false
-				}
-				key = view(v)
-				continue
-			}
-			if val != nil {
-				return nil, false
-			}
-			var ok bool
-			if val, ok = decodeValue(v, depth); !ok {
-				return nil, false
-			}
-		}
-		if val == nil {
+		v, ok := decodeValue(val, depth)
+		if !ok {
 			return nil, false
 		}
 		if s.Fields == nil {
 			s.Fields = make(map[string]*structpb.Value, 8)
 		}
-		s.Fields[key] = val
+		s.Fields[key] = v
 	}
 	return s, true
 }
@@ -501,16 +485,11 @@ func decodeList(b []byte, depth int) (*structpb.ListValue, bool) {
 	}
 	l := &structpb.ListValue{}
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 || num != fieldListValues || typ != protowire.BytesType {
+		e, rest, ok := nextBytes(b, fieldListValues)
+		if !ok {
 			return nil, false
 		}
-		b = b[n:]
-		e, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return nil, false
-		}
-		b = b[n:]
+		b = rest
 		v, ok := decodeValue(e, depth)
 		if !ok {
 			return nil, false
