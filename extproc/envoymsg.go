@@ -184,37 +184,47 @@ var noResponseBodyMode = &filterv3.ProcessingMode{
 }
 
 // withMetadata attaches the request's access-log fields under the
-// tokenwarden namespace; nothing when o is nil. Every value is a string or
-// a float64, so the conversion cannot fail.
+// tokenwarden namespace; nothing when o is nil.
 func withMetadata(r *extprocv3.ProcessingResponse, o *gate.Outcome) *extprocv3.ProcessingResponse {
-	f := observe.AccessLog(o)
-	if len(f) == 0 {
+	if o == nil {
 		return r
 	}
 	// structpb.NewStringValue and NewNumberValue are two allocations a
-	// field (the Value and its oneof wrapper); a metered answer has about a
-	// dozen fields, so both come from arrays here.
+	// field (the Value and its oneof wrapper), and the namespace's Struct
+	// and Value two more; a metered answer has a dozen fields, so all of
+	// them come from one block, leaving the two maps.
+	var buf [observe.MaxAccessLogFields]observe.AccessLogField
+	f := observe.AppendAccessLog(buf[:0], o)
+	b := new(metadataBlock)
 	fields := make(map[string]*structpb.Value, len(f))
-	vals := make([]structpb.Value, len(f))
-	strs := make([]structpb.Value_StringValue, 0, len(f))
-	nums := make([]structpb.Value_NumberValue, 0, len(f))
-	i := 0
-	for k, v := range f {
-		switch v := v.(type) {
-		case string:
-			strs = append(strs, structpb.Value_StringValue{StringValue: v})
-			vals[i].Kind = &strs[len(strs)-1]
-		case float64:
-			nums = append(nums, structpb.Value_NumberValue{NumberValue: v})
-			vals[i].Kind = &nums[len(nums)-1]
-		default:
-			continue
+	for i, fl := range f {
+		if i == len(b.vals) {
+			break // MaxAccessLogFields is wrong; the rest is not logged
 		}
-		fields[k] = &vals[i]
-		i++
+		if fl.Number {
+			b.nums[i].NumberValue = fl.Num
+			b.vals[i].Kind = &b.nums[i]
+		} else {
+			b.strs[i].StringValue = fl.Str
+			b.vals[i].Kind = &b.strs[i]
+		}
+		fields[fl.Key] = &b.vals[i]
 	}
-	r.DynamicMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{
-		contract.MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: fields}),
-	}}
+	b.inner.Fields = fields
+	b.nsKind.StructValue = &b.inner
+	b.ns.Kind = &b.nsKind
+	b.outer.Fields = map[string]*structpb.Value{contract.MetadataNamespace: &b.ns}
+	r.DynamicMetadata = &b.outer
 	return r
+}
+
+// metadataBlock holds every message of one answer's dynamic metadata but
+// its maps.
+type metadataBlock struct {
+	outer, inner structpb.Struct
+	ns           structpb.Value
+	nsKind       structpb.Value_StructValue
+	vals         [observe.MaxAccessLogFields]structpb.Value
+	strs         [observe.MaxAccessLogFields]structpb.Value_StringValue
+	nums         [observe.MaxAccessLogFields]structpb.Value_NumberValue
 }

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"strconv"
 	"time"
+	"unsafe"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
@@ -362,11 +363,17 @@ type envoyHeaders []*corev3.HeaderValue
 // Get implements gate.Headers. Envoy sends raw_value with value empty
 // (send_header_raw_value, on by default); value is read as a fallback for
 // older configurations.
+//
+// The raw value is returned without a copy (an exchange reads about twenty
+// headers, several more than once): protobuf-go decodes a bytes field into
+// an array of its own, never into gRPC's receive buffer, and nothing writes
+// to a received message, so the string is as immutable as a copy and keeps
+// only that array alive.
 func (h envoyHeaders) Get(name string) (string, bool) {
 	for _, hv := range h {
 		if hv.GetKey() == name {
 			if len(hv.RawValue) > 0 {
-				return string(hv.RawValue), true
+				return unsafe.String(unsafe.SliceData(hv.RawValue), len(hv.RawValue)), true
 			}
 			return hv.Value, true
 		}

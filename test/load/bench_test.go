@@ -73,7 +73,11 @@ func BenchmarkExchange(b *testing.B) {
 		srv  func(testing.TB) *sim.Filter
 	}{
 		{"floor", func(tb testing.TB) *sim.Filter { return serveInMemory(tb, Noop{}) }},
-		{"tokenwarden", func(tb testing.TB) *sim.Filter { return serveInMemory(tb, inProcessServer(tb)) }},
+		// Served by the gRPC server `serve` builds (its stream workers and
+		// message limits), so the profile is the one the binary has.
+		{"tokenwarden", func(tb testing.TB) *sim.Filter {
+			return serveGRPCInMemory(tb, inProcessServer(tb).NewGRPCServer().Server)
+		}},
 	}
 	kinds := []struct {
 		name        string

@@ -17,9 +17,16 @@ import (
 // filter whose streams are timed like the harness's.
 func serveInMemory(tb testing.TB, srv extprocv3.ExternalProcessorServer) *sim.Filter {
 	tb.Helper()
-	lis := bufconn.Listen(4 << 20)
 	gs := grpc.NewServer(grpc.MaxRecvMsgSize(64 << 20))
 	extprocv3.RegisterExternalProcessorServer(gs, srv)
+	return serveGRPCInMemory(tb, gs)
+}
+
+// serveGRPCInMemory serves gs, with its services registered, on an
+// in-memory listener and returns a sim filter as serveInMemory does.
+func serveGRPCInMemory(tb testing.TB, gs *grpc.Server) *sim.Filter {
+	tb.Helper()
+	lis := bufconn.Listen(4 << 20)
 	go func() { _ = gs.Serve(lis) }()
 	conn, err := grpc.NewClient("passthrough:///bufnet",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
