@@ -2,6 +2,7 @@ package observe
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"strings"
 	"sync/atomic"
@@ -241,4 +242,35 @@ func TestStoreEventsMetrics(t *testing.T) {
 			t.Errorf("%s = %v, want %v", name, got, c.want)
 		}
 	}
+}
+
+// The lease series read the store's counters at the scrape, zero until
+// serve wires them.
+func TestLeaseSeries(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	want := func(open, taken, served, over float64) {
+		t.Helper()
+		exp := fmt.Sprintf(`
+# HELP tokenwarden_leases_open Leases this replica holds that are not yet settled in the store (policies with leases:).
+# TYPE tokenwarden_leases_open gauge
+tokenwarden_leases_open %g
+# HELP tokenwarden_leases_taken_total Leases the store granted to this replica; each costs one admit and one settle in the store.
+# TYPE tokenwarden_leases_taken_total counter
+tokenwarden_leases_taken_total %g
+# HELP tokenwarden_leased_requests_total Requests admitted from a lease without a store call; served ÷ taken is how many requests a lease stood for.
+# TYPE tokenwarden_leased_requests_total counter
+tokenwarden_leased_requests_total %g
+# HELP tokenwarden_leased_overflows_total Requests of a leased policy admitted exactly because this replica held as many caller chains as it allows.
+# TYPE tokenwarden_leased_overflows_total counter
+tokenwarden_leased_overflows_total %g
+`, open, taken, served, over)
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(exp), "tokenwarden_leases_open", "tokenwarden_leases_taken_total",
+			"tokenwarden_leased_requests_total", "tokenwarden_leased_overflows_total"); err != nil {
+			t.Error(err)
+		}
+	}
+	want(0, 0, 0, 0)
+	m.WatchLeases(func() limiter.LeasedStats { return limiter.LeasedStats{Open: 3, Taken: 7, Served: 90, Overflowed: 2} })
+	want(3, 7, 90, 2)
 }
