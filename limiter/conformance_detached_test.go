@@ -31,6 +31,64 @@ func runDetachedConformance(t *testing.T, h harness) {
 		}
 	})
 
+	// Detached holds no slot at the levels below the org either (a batch
+	// would hold a team's, user's or key's slot for its whole lease), and
+	// so its end, settled, rebound or expired, frees none it never took.
+	t.Run("DetachedHoldsNoLevelSlot", func(t *testing.T) {
+		org := newTenant("detached-levels")
+		now := h.now(t)
+		bs := []Budget{dayBudget("day", now, 1000)}
+		ttl := 300*time.Millisecond + h.slack
+		one := []LevelLimits{{Key: "t:eng", Concurrent: 1}, {Key: "u:eng/ann", Concurrent: 1}}
+		req := func(id string, detached bool) AdmitRequest {
+			return AdmitRequest{Tenant: org, RequestID: id, Limits: Limits{LeaseTTL: time.Hour}, LevelLimits: one, Cost: 10, Budgets: bs, Detached: detached}
+		}
+		full := func(s Store, id, when string) {
+			t.Helper()
+			if d := mustAdmit(t, s, req(id, false)); d.Allowed || d.Denied != DimensionConcurrency || d.Level != "t:eng" {
+				t.Fatalf("%s: a second plain request at Concurrent=1: %+v", when, d)
+			}
+		}
+		settled := req("settled", true)
+		expiring := req("expiring", true)
+		expiring.Limits.LeaseTTL = ttl
+		for _, r := range []AdmitRequest{settled, req("rebound", true), expiring} {
+			if d := mustAdmit(t, h.store, r); !d.Allowed {
+				t.Fatalf("detached %s: %+v", r.RequestID, d)
+			}
+		}
+		if d := mustAdmit(t, h.replica, req("plain", false)); !d.Allowed {
+			t.Fatalf("a plain request beside three detached ones at Concurrent=1: %+v", d)
+		}
+		full(h.store, "second", "while the plain one runs")
+		if r := mustSettle(t, h.replica, SettleRequest{Tenant: org, RequestID: "settled", Cost: 5, Budgets: bs}); !r.Settled {
+			t.Fatalf("detached settle: %+v", r)
+		}
+		full(h.replica, "second", "after a detached settle")
+		if ok, err := h.store.(Rebinder).Rebind(ctxb, RebindRequest{Tenant: org, From: "rebound", To: "batch:1"}); err != nil || !ok {
+			t.Fatalf("rebind: %v %v", ok, err)
+		}
+		if r := mustSettle(t, h.store, SettleRequest{Tenant: org, RequestID: "batch:1", Cost: 5, Budgets: bs}); !r.Settled {
+			t.Fatalf("rebound settle: %+v", r)
+		}
+		full(h.store, "second", "after a rebound detached settle")
+		h.advance(ttl + 50*time.Millisecond)
+		// An admission of the org outside these levels sweeps the expired
+		// detached one; the plain request still holds the slot.
+		d := mustAdmit(t, h.replica, AdmitRequest{Tenant: org, RequestID: "sweeper", Limits: Limits{LeaseTTL: time.Hour}, Budgets: bs})
+		if !d.Allowed || len(d.Expired) != 1 || d.Expired[0].RequestID != "expiring" {
+			t.Fatalf("sweep: %+v", d)
+		}
+		full(h.store, "third", "after a detached expiry")
+		if r := mustSettle(t, h.store, SettleRequest{Tenant: org, RequestID: "expiring", Cost: 5, Budgets: bs}); r.Settled {
+			t.Fatalf("settled after its expiry: %+v", r)
+		}
+		mustSettle(t, h.store, SettleRequest{Tenant: org, RequestID: "plain", Cost: 5, Budgets: bs})
+		if d := mustAdmit(t, h.replica, req("after", false)); !d.Allowed {
+			t.Fatalf("the plain request's settle freed its slot: %+v", d)
+		}
+	})
+
 	t.Run("DetachedRebindThenSettleOnce", func(t *testing.T) {
 		org := newTenant("detached-rebind")
 		now := h.now(t)

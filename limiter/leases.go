@@ -46,11 +46,13 @@ type LeaseKeeperOptions struct {
 // could lapse, so one lost renewal does not lose it.
 type LeaseKeeper struct {
 	Store
-	renewer Renewer
-	tick    time.Duration
-	onRenew func(int, error)
-	log     *slog.Logger
-	now     func() time.Time
+	notesOf  // Notes are the store's (notes.go)
+	rebinder Rebinder
+	renewer  Renewer
+	tick     time.Duration
+	onRenew  func(int, error)
+	log      *slog.Logger
+	now      func() time.Time
 
 	max  int
 	mu   sync.Mutex
@@ -71,6 +73,7 @@ type lease struct {
 func NewLeaseKeeper(o LeaseKeeperOptions) *LeaseKeeper {
 	k := &LeaseKeeper{
 		Store:   o.Store,
+		notesOf: notesOf{o.Store},
 		tick:    cmp.Or(o.Tick, time.Second),
 		max:     cmp.Or(o.Max, DefaultQueueSize),
 		onRenew: o.OnRenew,
@@ -84,14 +87,18 @@ func NewLeaseKeeper(o LeaseKeeperOptions) *LeaseKeeper {
 		k.now = time.Now
 	}
 	k.renewer, _ = o.Store.(Renewer)
+	k.rebinder, _ = o.Store.(Rebinder)
 	go k.loop()
 	return k
 }
 
-// Admit implements Store, registering an allowed reservation.
+// Admit implements Store, registering an allowed reservation. A detached
+// one is not registered: it holds no lease to renew (its LeaseTTL is its
+// whole life), and it is settled, if ever, under the id Rebind gives it, so
+// its entry would never be removed.
 func (k *LeaseKeeper) Admit(ctx context.Context, req AdmitRequest) (Decision, error) {
 	d, err := k.Store.Admit(ctx, req)
-	if err == nil && d.Allowed && k.renewer != nil {
+	if err == nil && d.Allowed && k.renewer != nil && !req.Detached {
 		k.mu.Lock()
 		if len(k.open) < k.max {
 			k.open[openKey(req.Tenant, req.RequestID)] = &lease{tenant: req.Tenant, id: req.RequestID,
@@ -111,6 +118,16 @@ func (k *LeaseKeeper) Settle(ctx context.Context, req SettleRequest) (SettleResu
 	delete(k.open, openKey(req.Tenant, req.RequestID))
 	k.mu.Unlock()
 	return k.Store.Settle(ctx, req)
+}
+
+// Rebind implements Rebinder when the store does: the gate renames a
+// batch's detached reservation through the store it was given, which is
+// this keeper under serve.
+func (k *LeaseKeeper) Rebind(ctx context.Context, req RebindRequest) (bool, error) {
+	if k.rebinder == nil {
+		return false, nil
+	}
+	return k.rebinder.Rebind(ctx, req)
 }
 
 // Open reports how many reservations the keeper holds.

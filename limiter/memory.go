@@ -260,10 +260,15 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 		if ll.TokensPerMinute > 0 {
 			s.tpm, o.levelTATs[i][1] = next[i].tpm, next[i].tpm
 		}
-		if ll.Concurrent > 0 {
+		rl := *ll
+		if req.Detached {
+			// Holds no slot here either (AdmitRequest.Detached): its record
+			// says so, as admit.lua's lease flag does, so its end frees none.
+			rl.Concurrent = 0
+		} else if ll.Concurrent > 0 {
 			s.pending.add(req.RequestID, expiry)
 		}
-		rec.levels = append(rec.levels, *ll)
+		rec.levels = append(rec.levels, rl)
 	}
 	for i := range req.Budgets {
 		w := req.Budgets[i].Windows[o.budgets[i].window]

@@ -329,4 +329,11 @@ var (
 	_ Notes = (*Memory)(nil)
 	_ Notes = (*Resilient)(nil)
 	_ Notes = (*Leased)(nil)
+	_ Notes = (*LeaseKeeper)(nil)
+
+	_ Rebinder = (*Redis)(nil)
+	_ Rebinder = (*Memory)(nil)
+	_ Rebinder = (*Resilient)(nil)
+	_ Rebinder = (*Leased)(nil)
+	_ Rebinder = (*LeaseKeeper)(nil)
 )

@@ -194,8 +194,8 @@ end
 local keep_pending_ms = math.ceil(lease_us / 1000) + retention_s * 1000
 local lines = {}
 for l = 1, nl do
-  local lease = '0'
-  if lcl[l] > 0 then lease = '1' end
+  local lease = '0' -- a detached reservation holds no slot at any level
+  if lcl[l] > 0 and not detached then lease = '1' end
   local k = 18 + 4 * l -- ARGV index of the level's rpm limit
   lines[l] = lkey[l] .. '\t' .. ARGV[k] .. '\t' .. ARGV[k + 1] .. '\t' .. lease .. '\n'
 end
@@ -248,7 +248,7 @@ for l = 1, nl do
     fields[#fields + 1] = names[3 * l + 5]; fields[#fields + 1] = fmt(ltnew[l])
     tat_max = math.max(tat_max, ltnew[l])
   end
-  if lcl[l] > 0 then
+  if lcl[l] > 0 and not detached then
     redis.call('ZADD', lpkey[l], sexpiry, id)
     -- The zset must outlive its newest lease. With no live lease before
     -- this one, no other lease's life can be cut short: set it outright.
