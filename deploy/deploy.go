@@ -103,6 +103,10 @@ var Metrics = []Metric{
 	{"tokenwarden_upstream_pacing_engaged", Gauge, []string{"host"}},
 	{"tokenwarden_upstream_pacing_rate", Gauge, []string{"host", "window"}},
 	{"tokenwarden_upstream_paced_total", Counter, []string{"host"}},
+	{"tokenwarden_leases_open", Gauge, nil},
+	{"tokenwarden_leases_taken_total", Counter, nil},
+	{"tokenwarden_leased_requests_total", Counter, nil},
+	{"tokenwarden_leased_overflows_total", Counter, nil},
 }
 
 // Lookup returns the contract entry for a family name.
