@@ -215,11 +215,14 @@ func scenarioRows(p Pair) []row {
 		if fs.N == 0 && ts.N == 0 {
 			continue
 		}
-		name := s
-		if s != SeriesExchange {
-			name = "ext_proc " + s
-		} else {
+		name, whole := s, strings.HasPrefix(s, SeriesExchange)
+		switch {
+		case s == SeriesExchange:
 			name = "full exchange"
+		case whole:
+			name = "full " + s
+		default:
+			name = "ext_proc " + s
 		}
 		qs := []struct {
 			q    string

@@ -380,7 +380,9 @@ func (r *run) exchange(ctx context.Context, due time.Time, measured bool) {
 		r.fail(err)
 		return
 	}
-	r.rec.Add(SeriesExchange, ended.Sub(due))
+	d := ended.Sub(due)
+	kind, bySize := exchangeSeries(len(spec.Body), spec.SSE)
+	r.rec.AddAll([]Sample{{SeriesExchange, d}, {kind, d}, {bySize, d}})
 	r.rec.AddAll(tm.take())
 }
 
