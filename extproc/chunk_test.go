@@ -1,6 +1,8 @@
 package extproc
 
 import (
+	"bytes"
+	"sync"
 	"testing"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -30,5 +32,33 @@ func TestChunkAnswer(t *testing.T) {
 	}
 	if m := mutation(gate.ChunkVerdict{Replace: true}); !m.GetClearBody() {
 		t.Errorf("an empty replacement must drop the chunk, got %v", m)
+	}
+}
+
+// TestUnchangedChunkShared: the one answer every unchanged chunk shares is
+// the empty response_body answer, stays so however many streams marshal it
+// at once (run with -race), and is not what a metered or rewritten chunk
+// gets.
+func TestUnchangedChunkShared(t *testing.T) {
+	c := codec{protoCodec()}
+	want, err := c.Marshal(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 100 {
+				got, err := c.Marshal(chunkAnswer(gate.ChunkVerdict{}, nil))
+				if err != nil || !bytes.Equal(got.Materialize(), want.Materialize()) {
+					t.Errorf("shared answer marshals as %x, %v; want %x", got.Materialize(), err, want.Materialize())
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if chunkAnswer(gate.ChunkVerdict{Replace: true}, nil) == unchangedChunk || chunkAnswer(gate.ChunkVerdict{}, &gate.Outcome{}) == unchangedChunk {
+		t.Error("a rewritten or final chunk must get an answer of its own")
 	}
 }

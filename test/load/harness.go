@@ -77,6 +77,8 @@ type Harness struct {
 	redis *Redis
 	floor *process
 	twdn  *process
+	// twdnMetrics is tokenwarden's /metrics, for its GC counters.
+	twdnMetrics string
 }
 
 // Start starts redis-server, the no-op floor and tokenwarden serve, and
@@ -150,6 +152,7 @@ func Start(ctx context.Context, opts Options) (h *Harness, err error) {
 	if err := waitReady(ctx, "http://"+adminAddr+"/readyz", 10*time.Second); err != nil {
 		return nil, err
 	}
+	h.twdnMetrics = "http://" + adminAddr + "/metrics"
 	fmt.Fprintf(opts.Log, "tokenwarden pid %d on %s (admin %s)\n", h.twdn.cmd.Process.Pid, grpcAddr, adminAddr)
 	return h, nil
 }
@@ -161,7 +164,7 @@ func (h *Harness) Floor() Target {
 
 // Tokenwarden is the processor under test, with its Redis.
 func (h *Harness) Tokenwarden() Target {
-	return Target{Name: "tokenwarden", Filter: h.twdn.filter, PID: h.twdn.cmd.Process.Pid, Redis: h.redis}
+	return Target{Name: "tokenwarden", Filter: h.twdn.filter, PID: h.twdn.cmd.Process.Pid, Redis: h.redis, Metrics: h.twdnMetrics}
 }
 
 // RunScenarios runs every scenario against the floor and tokenwarden, on

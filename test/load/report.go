@@ -215,11 +215,14 @@ func scenarioRows(p Pair) []row {
 		if fs.N == 0 && ts.N == 0 {
 			continue
 		}
-		name := s
-		if s != SeriesExchange {
-			name = "ext_proc " + s
-		} else {
+		name, whole := s, strings.HasPrefix(s, SeriesExchange)
+		switch {
+		case s == SeriesExchange:
 			name = "full exchange"
+		case whole:
+			name = "full " + s
+		default:
+			name = "ext_proc " + s
 		}
 		qs := []struct {
 			q    string
@@ -240,6 +243,7 @@ func scenarioRows(p Pair) []row {
 		row{metric: "load generator CPU (cores busy)", floor: fmt.Sprintf("%.2f", f.GeneratorCores()), twdn: fmt.Sprintf("%.2f", t.GeneratorCores())},
 		row{metric: "redis-server CPU per exchange", floor: "—", twdn: us(perExchange(t.RedisCPU, t.Exchanges))},
 		row{metric: "processor CPU per exchange", floor: us(f.CPUPerExchange()), twdn: us(t.CPUPerExchange()), ratio: ratio(float64(t.CPUPerExchange()), float64(f.CPUPerExchange()))},
+		gcRow(t),
 		row{metric: "processor RSS peak", floor: mb(f.RSSPeakKB), twdn: mb(t.RSSPeakKB), ratio: ratio(float64(t.RSSPeakKB), float64(f.RSSPeakKB))},
 		row{metric: "Redis commands executed per request (scripts' calls included)", floor: "—", twdn: strconv.FormatFloat(t.RedisPerExchange, 'f', 2, 64) + byCommand(t.RedisByCommand)},
 	)
@@ -247,6 +251,19 @@ func scenarioRows(p Pair) []row {
 		rows = append(rows, row{metric: "SSE bodies kept BUFFERED (gate timeouts)", floor: strconv.FormatInt(f.GateTimeouts, 10), twdn: strconv.FormatInt(t.GateTimeouts, 10)})
 	}
 	return rows
+}
+
+// gcRow is tokenwarden's garbage collection in the window, per exchange:
+// what it allocated, and how often the collector ran and stopped the world
+// (the floor, a separate program, does not export these).
+func gcRow(t *Result) row {
+	r := row{metric: "tokenwarden GC: allocated per exchange; cycles, stop-the-world pause per 1,000 exchanges", floor: "—", twdn: "—"}
+	if t.GC.Cycles <= 0 || t.Exchanges <= 0 {
+		return r
+	}
+	n := float64(t.Exchanges)
+	r.twdn = fmt.Sprintf("%.0f KB; %.1f cycles, %.1f ms", t.GC.AllocBytes/n/1024, t.GC.Cycles/n*1000, t.GC.Pause.Seconds()*1e6/n)
+	return r
 }
 
 // byCommand lists the commands behind a Redis count, most frequent first.

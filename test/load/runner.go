@@ -46,6 +46,9 @@ type Target struct {
 	PID int
 	// Redis, when set, is the processor's store: its commands are counted.
 	Redis *Redis
+	// Metrics, when set, is the processor's Prometheus endpoint: its
+	// garbage collector's counters are read around the measured window.
+	Metrics string
 }
 
 // Result is what one scenario measured against one target.
@@ -62,6 +65,9 @@ type Result struct {
 	// Window is the measured wall time: from the end of the warmup to the
 	// last measured exchange's end.
 	Window time.Duration
+	// GC is the processor's garbage collection during the measured window
+	// (zero without Target.Metrics).
+	GC GCStat
 	// Throughput is measured exchanges completed per second of Window.
 	Throughput float64
 	// Latency holds one Summary per series (see the Series constants).
@@ -108,6 +114,7 @@ func Merge(rounds []*Result) *Result {
 		out.CPU += r.CPU
 		out.GeneratorCPU += r.GeneratorCPU
 		out.RedisCPU += r.RedisCPU
+		out.GC = out.GC.Add(r.GC)
 		if r.Cores > 0 {
 			wall += r.CPU.Seconds() / r.Cores
 		}
@@ -188,8 +195,12 @@ func Run(ctx context.Context, sc Scenario, t Target, w *Workload) (*Result, erro
 
 	// The CPU reading at the end of the warmup.
 	var cpuStart, selfStart, redisStart ProcStat
-	var cpuErr, selfErr, redisErr error
+	var gcStart GCStat
+	var cpuErr, selfErr, redisErr, gcErr error
 	readStart := func() {
+		if t.Metrics != "" {
+			gcStart, gcErr = ReadGCStat(ctx, t.Metrics)
+		}
 		if t.PID > 0 {
 			cpuStart, cpuErr = ReadProc(t.PID)
 		}
@@ -221,6 +232,12 @@ func Run(ctx context.Context, sc Scenario, t Target, w *Workload) (*Result, erro
 	if err = cmp.Or(selfErr, err); err != nil {
 		return nil, err
 	}
+	var gcEnd GCStat
+	if t.Metrics != "" {
+		if gcEnd, err = ReadGCStat(ctx, t.Metrics); cmp.Or(gcErr, err) != nil {
+			return nil, cmp.Or(gcErr, err)
+		}
+	}
 
 	res := r.res
 	res.rec = r.rec
@@ -237,6 +254,7 @@ func Run(ctx context.Context, sc Scenario, t Target, w *Workload) (*Result, erro
 	res.Throughput = float64(res.Exchanges) / res.Window.Seconds()
 	res.Latency = r.rec.Summaries()
 	res.RSSPeakKB = peak
+	res.GC = gcEnd.Sub(gcStart)
 	res.GeneratorCPU = selfEnd.CPU - selfStart.CPU
 	if t.PID > 0 {
 		if cpuErr != nil {
@@ -380,7 +398,9 @@ func (r *run) exchange(ctx context.Context, due time.Time, measured bool) {
 		r.fail(err)
 		return
 	}
-	r.rec.Add(SeriesExchange, ended.Sub(due))
+	d := ended.Sub(due)
+	kind, bySize := exchangeSeries(len(spec.Body), spec.SSE)
+	r.rec.AddAll([]Sample{{SeriesExchange, d}, {kind, d}, {bySize, d}})
 	r.rec.AddAll(tm.take())
 }
 

@@ -1,6 +1,7 @@
 package load
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -69,5 +70,29 @@ func TestRecorderKeepsSeriesApart(t *testing.T) {
 	}
 	if _, ok := got[SeriesRequestBody]; ok {
 		t.Error("a series with no samples is reported")
+	}
+}
+
+// Every exchange lands in one response kind and one size bucket, the
+// bucket bounds are exclusive above, and every breakdown series is reported.
+func TestExchangeSeries(t *testing.T) {
+	for _, tc := range []struct {
+		size         int
+		sse          bool
+		kind, bucket string
+	}{
+		{2 << 10, false, SeriesExchangeJSON, "exchange, request body < 8 KB"},
+		{8<<10 - 1, true, SeriesExchangeSSE, "exchange, request body < 8 KB"},
+		{8 << 10, false, SeriesExchangeJSON, "exchange, request body 8–32 KB"},
+		{96 << 10, true, SeriesExchangeSSE, "exchange, request body ≥ 96 KB"},
+		{200 << 10, false, SeriesExchangeJSON, "exchange, request body ≥ 96 KB"},
+	} {
+		kind, bySize := exchangeSeries(tc.size, tc.sse)
+		if kind != tc.kind || bySize != tc.bucket {
+			t.Errorf("exchangeSeries(%d, %v) = %q, %q; want %q, %q", tc.size, tc.sse, kind, bySize, tc.kind, tc.bucket)
+		}
+		if !slices.Contains(seriesOrder, kind) || !slices.Contains(seriesOrder, bySize) {
+			t.Errorf("%q or %q is not reported", kind, bySize)
+		}
 	}
 }
