@@ -138,36 +138,12 @@ func unmarshalRequest(b []byte, req *extprocv3.ProcessingRequest) error {
 			}
 			v, _ := protowire.ConsumeBytes(b[f.value:f.to])
 			own = decodeAttribute(v, req)
-		case fieldRequestHeaders, fieldResponseHeaders:
+		case fieldRequestHeaders, fieldResponseHeaders, fieldRequestBody, fieldResponseBody:
 			if messages != 1 || f.typ != protowire.BytesType {
 				break
 			}
 			v, _ := protowire.ConsumeBytes(b[f.value:f.to])
-			h, ok := decodeHeaders(v)
-			if !ok {
-				break
-			}
-			own = true
-			if f.num == fieldRequestHeaders {
-				req.Request = &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: h}
-			} else {
-				req.Request = &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: h}
-			}
-		case fieldRequestBody, fieldResponseBody:
-			if messages != 1 || f.typ != protowire.BytesType {
-				break
-			}
-			v, _ := protowire.ConsumeBytes(b[f.value:f.to])
-			body, ok := decodeBody(v)
-			if !ok {
-				break
-			}
-			own = true
-			if f.num == fieldRequestBody {
-				req.Request = &extprocv3.ProcessingRequest_RequestBody{RequestBody: body}
-			} else {
-				req.Request = &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: body}
-			}
+			own = decodeMessage(f.num, v, req)
 		}
 		if !own && run < 0 {
 			run = f.from
@@ -177,6 +153,35 @@ func unmarshalRequest(b []byte, req *extprocv3.ProcessingRequest) error {
 		return merge.Unmarshal(b[run:], req)
 	}
 	return nil
+}
+
+// decodeMessage decodes the request oneof's headers or body message into
+// req; false leaves it to protobuf-go, req untouched.
+func decodeMessage(num protowire.Number, v []byte, req *extprocv3.ProcessingRequest) bool {
+	var (
+		h    *extprocv3.HttpHeaders
+		body *extprocv3.HttpBody
+		ok   bool
+	)
+	if num == fieldRequestHeaders || num == fieldResponseHeaders {
+		h, ok = decodeHeaders(v)
+	} else {
+		body, ok = decodeBody(v)
+	}
+	if !ok {
+		return false
+	}
+	switch num {
+	case fieldRequestHeaders:
+		req.Request = &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: h}
+	case fieldResponseHeaders:
+		req.Request = &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: h}
+	case fieldRequestBody:
+		req.Request = &extprocv3.ProcessingRequest_RequestBody{RequestBody: body}
+	default:
+		req.Request = &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: body}
+	}
+	return true
 }
 
 type wireFields [12]wireField
@@ -208,27 +213,22 @@ func decodeHeaders(b []byte) (*extprocv3.HttpHeaders, bool) {
 	h := &extprocv3.HttpHeaders{}
 	var hm []byte
 	seenMap := false
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return nil, false
-		}
-		b = b[n:]
+	ok := eachField(b, func(num protowire.Number, typ protowire.Type, b []byte) int {
 		switch {
 		case num == fieldHeadersMap && typ == protowire.BytesType && !seenMap:
+			var n int
 			hm, n = protowire.ConsumeBytes(b)
 			seenMap = true
+			return n
 		case num == fieldHeadersEndOfStream && typ == protowire.VarintType:
-			var v uint64
-			v, n = protowire.ConsumeVarint(b)
+			v, n := protowire.ConsumeVarint(b)
 			h.EndOfStream = protowire.DecodeBool(v)
-		default:
-			return nil, false
+			return n
 		}
-		if n < 0 {
-			return nil, false
-		}
-		b = b[n:]
+		return -1
+	})
+	if !ok {
+		return nil, false
 	}
 	if seenMap {
 		m, ok := decodeHeaderMap(hm)
@@ -238,6 +238,24 @@ func decodeHeaders(b []byte) (*extprocv3.HttpHeaders, bool) {
 		h.Headers = m
 	}
 	return h, true
+}
+
+// eachField calls field with each field's number, type and the bytes from
+// its value on, which consumes the value and says how much it took, or
+// -1 for a field it does not take; false for that or bad wire.
+func eachField(b []byte, field func(num protowire.Number, typ protowire.Type, b []byte) int) bool {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		if n = field(num, typ, b); n < 0 {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
 }
 
 // HttpBody field numbers: body, then four bools.
@@ -255,18 +273,14 @@ const (
 func decodeBody(b []byte) (*extprocv3.HttpBody, bool) {
 	h := &extprocv3.HttpBody{}
 	var body []byte
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return nil, false
-		}
-		b = b[n:]
+	ok := eachField(b, func(num protowire.Number, typ protowire.Type, b []byte) int {
 		switch {
 		case num == fieldBody && typ == protowire.BytesType:
+			var n int
 			body, n = protowire.ConsumeBytes(b)
+			return n
 		case num >= fieldBodyEndOfStream && num <= fieldBodyLastBool && typ == protowire.VarintType:
-			var v uint64
-			v, n = protowire.ConsumeVarint(b)
+			v, n := protowire.ConsumeVarint(b)
 			set := protowire.DecodeBool(v)
 			switch num {
 			case fieldBodyEndOfStream:
@@ -278,13 +292,12 @@ func decodeBody(b []byte) (*extprocv3.HttpBody, bool) {
 			default:
 				h.DrainComplete = set
 			}
-		default:
-			return nil, false
+			return n
 		}
-		if n < 0 {
-			return nil, false
-		}
-		b = b[n:]
+		return -1
+	})
+	if !ok {
+		return nil, false
 	}
 	if len(body) > 0 {
 		h.Body = append([]byte(nil), body...)

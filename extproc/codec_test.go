@@ -36,6 +36,16 @@ func envoyExtras(t testing.TB, r *extprocv3.ProcessingRequest) *extprocv3.Proces
 	return r
 }
 
+// extrasWire is r with envoyExtras, encoded.
+func extrasWire(t testing.TB, r *extprocv3.ProcessingRequest) []byte {
+	t.Helper()
+	b, err := proto.Marshal(envoyExtras(t, r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func TestCodecDropsEnvoyContextAfterRequestHeaders(t *testing.T) {
 	hdrs := &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: ":status", RawValue: []byte("200")}}}}
 	body := &extprocv3.HttpBody{Body: []byte(`{"model":"m"}`), EndOfStream: true}
@@ -350,10 +360,7 @@ func bodySeeds(t testing.TB) [][]byte {
 			{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: h}},
 			{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: h}},
 		} {
-			b, err := proto.Marshal(envoyExtras(t, r))
-			if err != nil {
-				t.Fatal(err)
-			}
+			b := extrasWire(t, r)
 			seeds = append(seeds, b, reorder(t, b))
 		}
 	}
@@ -469,10 +476,7 @@ func BenchmarkUnmarshalHeaders(b *testing.B) {
 		{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: h}},
 		{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: h}},
 	} {
-		msg, err := proto.Marshal(envoyExtras(b, r))
-		if err != nil {
-			b.Fatal(err)
-		}
+		msg := extrasWire(b, r)
 		kind := "response"
 		if r.GetRequestHeaders() != nil {
 			kind = "request"
