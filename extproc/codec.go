@@ -21,6 +21,8 @@ import (
 const (
 	fieldRequestHeaders   protowire.Number = 2
 	fieldResponseHeaders  protowire.Number = 3
+	fieldRequestBody      protowire.Number = 4
+	fieldResponseBody     protowire.Number = 5
 	fieldResponseTrailers protowire.Number = 7
 	fieldMetadataContext  protowire.Number = 8
 	fieldAttributes       protowire.Number = 9
@@ -68,6 +70,8 @@ func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 //   - request_headers and response_headers are decoded here (decodeHeaders)
 //     into one array of HeaderValues and one block of bytes, instead of
 //     three allocations a header;
+//   - request_body and response_body are decoded here (decodeBody), the
+//     body copied once as protobuf-go copies it, without its reflection;
 //   - request_headers' metadata_context and attributes are decoded here
 //     (decodeMetadata, decodeAttribute) without reflection.
 //
@@ -106,7 +110,7 @@ func unmarshalRequest(b []byte, req *extprocv3.ProcessingRequest) error {
 	run := -1 // start of the fields protobuf-go is to decode next
 	for _, f := range fields[:n] {
 		switch f.num {
-		case fieldMetadataContext, fieldAttributes, fieldRequestHeaders, fieldResponseHeaders:
+		case fieldMetadataContext, fieldAttributes, fieldRequestHeaders, fieldResponseHeaders, fieldRequestBody, fieldResponseBody:
 			// Decoded here, perhaps: what came before is decoded first, so
 			// a later value (a repeated map key) still wins.
 			if run >= 0 {
@@ -134,21 +138,12 @@ func unmarshalRequest(b []byte, req *extprocv3.ProcessingRequest) error {
 			}
 			v, _ := protowire.ConsumeBytes(b[f.value:f.to])
 			own = decodeAttribute(v, req)
-		case fieldRequestHeaders, fieldResponseHeaders:
+		case fieldRequestHeaders, fieldResponseHeaders, fieldRequestBody, fieldResponseBody:
 			if messages != 1 || f.typ != protowire.BytesType {
 				break
 			}
 			v, _ := protowire.ConsumeBytes(b[f.value:f.to])
-			h, ok := decodeHeaders(v)
-			if !ok {
-				break
-			}
-			own = true
-			if f.num == fieldRequestHeaders {
-				req.Request = &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: h}
-			} else {
-				req.Request = &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: h}
-			}
+			own = decodeMessage(f.num, v, req)
 		}
 		if !own && run < 0 {
 			run = f.from
@@ -158,6 +153,35 @@ func unmarshalRequest(b []byte, req *extprocv3.ProcessingRequest) error {
 		return merge.Unmarshal(b[run:], req)
 	}
 	return nil
+}
+
+// decodeMessage decodes the request oneof's headers or body message into
+// req; false leaves it to protobuf-go, req untouched.
+func decodeMessage(num protowire.Number, v []byte, req *extprocv3.ProcessingRequest) bool {
+	var (
+		h    *extprocv3.HttpHeaders
+		body *extprocv3.HttpBody
+		ok   bool
+	)
+	if num == fieldRequestHeaders || num == fieldResponseHeaders {
+		h, ok = decodeHeaders(v)
+	} else {
+		body, ok = decodeBody(v)
+	}
+	if !ok {
+		return false
+	}
+	switch num {
+	case fieldRequestHeaders:
+		req.Request = &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: h}
+	case fieldResponseHeaders:
+		req.Request = &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: h}
+	case fieldRequestBody:
+		req.Request = &extprocv3.ProcessingRequest_RequestBody{RequestBody: body}
+	default:
+		req.Request = &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: body}
+	}
+	return true
 }
 
 type wireFields [12]wireField
@@ -189,27 +213,22 @@ func decodeHeaders(b []byte) (*extprocv3.HttpHeaders, bool) {
 	h := &extprocv3.HttpHeaders{}
 	var hm []byte
 	seenMap := false
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return nil, false
-		}
-		b = b[n:]
+	ok := eachField(b, func(num protowire.Number, typ protowire.Type, b []byte) int {
 		switch {
 		case num == fieldHeadersMap && typ == protowire.BytesType && !seenMap:
+			var n int
 			hm, n = protowire.ConsumeBytes(b)
 			seenMap = true
+			return n
 		case num == fieldHeadersEndOfStream && typ == protowire.VarintType:
-			var v uint64
-			v, n = protowire.ConsumeVarint(b)
+			v, n := protowire.ConsumeVarint(b)
 			h.EndOfStream = protowire.DecodeBool(v)
-		default:
-			return nil, false
+			return n
 		}
-		if n < 0 {
-			return nil, false
-		}
-		b = b[n:]
+		return -1
+	})
+	if !ok {
+		return nil, false
 	}
 	if seenMap {
 		m, ok := decodeHeaderMap(hm)
@@ -217,6 +236,71 @@ func decodeHeaders(b []byte) (*extprocv3.HttpHeaders, bool) {
 			return nil, false
 		}
 		h.Headers = m
+	}
+	return h, true
+}
+
+// eachField calls field with each field's number, type and the bytes from
+// its value on, which consumes the value and says how much it took, or
+// -1 for a field it does not take; false for that or bad wire.
+func eachField(b []byte, field func(num protowire.Number, typ protowire.Type, b []byte) int) bool {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		if n = field(num, typ, b); n < 0 {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
+// HttpBody field numbers: body, then four bools.
+const (
+	fieldBody            protowire.Number = 1
+	fieldBodyEndOfStream protowire.Number = 2
+	fieldBodyLastBool    protowire.Number = 5 // drain_complete
+)
+
+// decodeBody decodes an HttpBody message as protobuf-go would: the last
+// value of a field wins, and the body is copied out of b (gRPC's receive
+// buffer, which goes back to its pool after Unmarshal) into an array of
+// its own. False for a field it does not know (one added later), which is
+// then left to protobuf-go.
+func decodeBody(b []byte) (*extprocv3.HttpBody, bool) {
+	h := &extprocv3.HttpBody{}
+	var body []byte
+	ok := eachField(b, func(num protowire.Number, typ protowire.Type, b []byte) int {
+		switch {
+		case num == fieldBody && typ == protowire.BytesType:
+			var n int
+			body, n = protowire.ConsumeBytes(b)
+			return n
+		case num >= fieldBodyEndOfStream && num <= fieldBodyLastBool && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			set := protowire.DecodeBool(v)
+			switch num {
+			case fieldBodyEndOfStream:
+				h.EndOfStream = set
+			case fieldBodyEndOfStream + 1:
+				h.EndOfStreamWithoutMessage = set
+			case fieldBodyEndOfStream + 2:
+				h.GrpcMessageCompressed = set
+			default:
+				h.DrainComplete = set
+			}
+			return n
+		}
+		return -1
+	})
+	if !ok {
+		return nil, false
+	}
+	if len(body) > 0 {
+		h.Body = append([]byte(nil), body...)
 	}
 	return h, true
 }
@@ -393,43 +477,79 @@ func decodeStructEntry(b []byte, depth int) (string, *structpb.Struct, bool) {
 	return key, st, ok
 }
 
-// decodeStruct decodes a google.protobuf.Struct.
+// decodeStruct decodes a google.protobuf.Struct. Its Values come from one
+// array and its string kinds from another (kinds), instead of two
+// allocations a field: a forwarded JWT payload is a dozen of them on every
+// request. Nothing writes to a received message, so sharing an array is as
+// safe as protobuf-go's separate allocations.
 func decodeStruct(b []byte, depth int) (*structpb.Struct, bool) {
 	if depth > maxStructDepth {
 		return nil, false
 	}
+	n, ok := countFields(b, fieldStructFields)
+	if !ok {
+		return nil, false
+	}
 	s := &structpb.Struct{}
-	for len(b) > 0 {
-		e, rest, ok := nextBytes(b, fieldStructFields)
-		if !ok {
-			return nil, false
-		}
-		b = rest
+	if n == 0 {
+		return s, true
+	}
+	vals := make([]structpb.Value, n)
+	kinds := kindBlock{left: n}
+	s.Fields = make(map[string]*structpb.Value, n)
+	for i := range vals {
+		e, rest, _ := nextBytes(b, fieldStructFields) // countFields checked it
+		b, kinds.left = rest, n-i
 		key, val, hasVal, ok := mapEntry(e)
-		if !ok || !hasVal {
+		if !ok || !hasVal || !decodeValue(val, depth, &vals[i], &kinds) {
 			return nil, false
 		}
-		v, ok := decodeValue(val, depth)
-		if !ok {
-			return nil, false
-		}
-		if s.Fields == nil {
-			s.Fields = make(map[string]*structpb.Value, 8)
-		}
-		s.Fields[key] = v
+		s.Fields[key] = &vals[i]
 	}
 	return s, true
 }
 
-// decodeValue decodes a google.protobuf.Value holding at most one kind.
-func decodeValue(b []byte, depth int) (*structpb.Value, bool) {
-	v := &structpb.Value{}
+// countFields counts the length-delimited fields numbered want that make
+// up b; false for any other field or bad wire.
+func countFields(b []byte, want protowire.Number) (int, bool) {
+	n := 0
+	for len(b) > 0 {
+		_, rest, ok := nextBytes(b, want)
+		if !ok {
+			return 0, false
+		}
+		b = rest
+		n++
+	}
+	return n, true
+}
+
+// kindBlock hands out the string kinds of one Struct's or ListValue's
+// Values from one array, sized when the first string arrives for the
+// values still to decode (left, this one included, which the caller sets). The array never
+// grows past its capacity, so the pointers it gave out stay valid.
+type kindBlock struct {
+	strs []structpb.Value_StringValue
+	left int
+}
+
+func (k *kindBlock) str(s string) *structpb.Value_StringValue {
+	if len(k.strs) == cap(k.strs) {
+		k.strs = make([]structpb.Value_StringValue, 0, k.left)
+	}
+	k.strs = append(k.strs, structpb.Value_StringValue{StringValue: s})
+	return &k.strs[len(k.strs)-1]
+}
+
+// decodeValue decodes a google.protobuf.Value holding at most one kind
+// into v, a string kind from kinds.
+func decodeValue(b []byte, depth int, v *structpb.Value, kinds *kindBlock) bool {
 	if len(b) == 0 {
-		return v, true
+		return true
 	}
 	num, typ, n := protowire.ConsumeTag(b)
 	if n < 0 {
-		return nil, false
+		return false
 	}
 	b = b[n:]
 	switch {
@@ -448,53 +568,58 @@ func decodeValue(b []byte, depth int) (*structpb.Value, bool) {
 	case typ == protowire.BytesType && (num == fieldString || num == fieldStruct || num == fieldList):
 		x, m := protowire.ConsumeBytes(b)
 		if n = m; n < 0 {
-			return nil, false
+			return false
 		}
 		switch num {
 		case fieldString:
 			if !utf8.Valid(x) {
-				return nil, false
+				return false
 			}
-			v.Kind = &structpb.Value_StringValue{StringValue: view(x)}
+			v.Kind = kinds.str(view(x))
 		case fieldStruct:
 			st, ok := decodeStruct(x, depth+1)
 			if !ok {
-				return nil, false
+				return false
 			}
 			v.Kind = &structpb.Value_StructValue{StructValue: st}
 		case fieldList:
 			l, ok := decodeList(x, depth+1)
 			if !ok {
-				return nil, false
+				return false
 			}
 			v.Kind = &structpb.Value_ListValue{ListValue: l}
 		}
 	default:
-		return nil, false
+		return false
 	}
-	if n < 0 || n != len(b) {
-		return nil, false // malformed, or more than one field: protobuf-go's
-	}
-	return v, true
+	// Malformed, or more than one field: protobuf-go's.
+	return n >= 0 && n == len(b)
 }
 
-// decodeList decodes a google.protobuf.ListValue.
+// decodeList decodes a google.protobuf.ListValue, its Values and string
+// kinds from one array each, as decodeStruct does.
 func decodeList(b []byte, depth int) (*structpb.ListValue, bool) {
 	if depth > maxStructDepth {
 		return nil, false
 	}
+	n, ok := countFields(b, fieldListValues)
+	if !ok {
+		return nil, false
+	}
 	l := &structpb.ListValue{}
-	for len(b) > 0 {
-		e, rest, ok := nextBytes(b, fieldListValues)
-		if !ok {
+	if n == 0 {
+		return l, true
+	}
+	vals := make([]structpb.Value, n)
+	kinds := kindBlock{left: n}
+	l.Values = make([]*structpb.Value, n)
+	for i := range vals {
+		e, rest, _ := nextBytes(b, fieldListValues)
+		b, kinds.left = rest, n-i
+		if !decodeValue(e, depth, &vals[i], &kinds) {
 			return nil, false
 		}
-		b = rest
-		v, ok := decodeValue(e, depth)
-		if !ok {
-			return nil, false
-		}
-		l.Values = append(l.Values, v)
+		l.Values[i] = &vals[i]
 	}
 	return l, true
 }
@@ -505,10 +630,26 @@ func decodeList(b []byte, depth int) (*structpb.ListValue, bool) {
 // metered answer, was most of what marshalling an answer cost. The rest of
 // the answer, and any metadata holding what this encoder does not write
 // (invalid UTF-8, a nil value), goes through the proto codec.
+//
+// An answer without metadata is encoded as the proto codec encodes one
+// below gRPC's pooling threshold, into one allocation fewer (oneBuffer).
 func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	r, ok := v.(*extprocv3.ProcessingResponse)
-	if !ok || r.DynamicMetadata == nil {
+	if !ok {
 		return c.CodecV2.Marshal(v)
+	}
+	if r.DynamicMetadata == nil {
+		// Sized first, so that UseCachedSize is safe (the proto codec does
+		// the same).
+		size := proto.Size(r)
+		if !mem.IsBelowBufferPoolingThreshold(size) {
+			return c.CodecV2.Marshal(v) // a pooled buffer, given back once written
+		}
+		buf, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(make([]byte, 0, size), r)
+		if err != nil {
+			return nil, err
+		}
+		return oneBuffer(buf), nil
 	}
 	md := r.DynamicMetadata
 	var enc structEncoder
@@ -530,7 +671,22 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	buf = protowire.AppendTag(buf, fieldDynamicMetadata, protowire.BytesType)
 	buf = protowire.AppendVarint(buf, uint64(mdSize))
 	buf = enc.appendStruct(buf, md)
-	return mem.BufferSlice{mem.SliceBuffer(buf)}, nil
+	return oneBuffer(buf), nil
+}
+
+// singleBuffer is a BufferSlice of one SliceBuffer in one allocation:
+// mem.BufferSlice{mem.SliceBuffer(b)} is two, the slice's array and the
+// boxed slice header. A SliceBuffer is not pooled (Free does nothing), so
+// gRPC may hold it as long as it likes.
+type singleBuffer struct {
+	slice [1]mem.Buffer
+	buf   mem.SliceBuffer
+}
+
+func oneBuffer(b []byte) mem.BufferSlice {
+	s := &singleBuffer{buf: b}
+	s.slice[0] = &s.buf
+	return s.slice[:]
 }
 
 // ProcessingResponse.dynamic_metadata and the structpb field numbers

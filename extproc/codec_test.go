@@ -36,6 +36,16 @@ func envoyExtras(t testing.TB, r *extprocv3.ProcessingRequest) *extprocv3.Proces
 	return r
 }
 
+// extrasWire is r with envoyExtras, encoded.
+func extrasWire(t testing.TB, r *extprocv3.ProcessingRequest) []byte {
+	t.Helper()
+	b, err := proto.Marshal(envoyExtras(t, r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func TestCodecDropsEnvoyContextAfterRequestHeaders(t *testing.T) {
 	hdrs := &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: ":status", RawValue: []byte("200")}}}}
 	body := &extprocv3.HttpBody{Body: []byte(`{"model":"m"}`), EndOfStream: true}
@@ -140,6 +150,23 @@ func TestCodecOtherMessages(t *testing.T) {
 	}
 	if !proto.Equal(got, resp) {
 		t.Errorf("round trip: %v, want %v", got, resp)
+	}
+	// Small answers are encoded here, large ones (a rewritten body) into
+	// gRPC's pooled buffers: the bytes are protobuf-go's either way.
+	for _, size := range []int{10, 4 << 10} {
+		r := bodyAnswer(gate.BodyVerdict{Body: make([]byte, size), BodyChanged: true})
+		data, err := c.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := proto.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := data.Materialize(); string(got) != string(want) {
+			t.Errorf("a %d-byte body answer: % x, want % x", size, got, want)
+		}
+		data.Free()
 	}
 	req := envoyExtras(t, &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{}}})
 	b, err := proto.Marshal(req)
@@ -318,14 +345,116 @@ func checkDecode(t *testing.T, b []byte) {
 	}
 }
 
+// bodySeeds are request_body and response_body messages: every HttpBody
+// field, none, a field given twice (the last wins), an unknown field and a
+// known one with the wrong wire type (left to protobuf-go), and two bodies.
+func bodySeeds(t testing.TB) [][]byte {
+	var seeds [][]byte
+	for _, h := range []*extprocv3.HttpBody{
+		{Body: []byte(`{"model":"m"}`), EndOfStream: true},
+		{Body: []byte("chunk")},
+		{},
+		{EndOfStream: true, EndOfStreamWithoutMessage: true, GrpcMessageCompressed: true, DrainComplete: true},
+	} {
+		for _, r := range []*extprocv3.ProcessingRequest{
+			{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: h}},
+			{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: h}},
+		} {
+			b := extrasWire(t, r)
+			seeds = append(seeds, b, reorder(t, b))
+		}
+	}
+	body := func(num protowire.Number, v []byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), v)
+	}
+	twice := append(body(fieldBody, []byte("first")), body(fieldBody, []byte("second"))...)
+	twice = protowire.AppendVarint(protowire.AppendTag(twice, fieldBodyEndOfStream, protowire.VarintType), 1)
+	twice = protowire.AppendVarint(protowire.AppendTag(twice, fieldBodyEndOfStream, protowire.VarintType), 0)
+	unknown := protowire.AppendVarint(protowire.AppendTag(body(fieldBody, []byte("x")), 9, protowire.VarintType), 1)
+	wrongType := protowire.AppendVarint(protowire.AppendTag(nil, fieldBody, protowire.VarintType), 1)
+	wrongBool := body(fieldBodyEndOfStream, []byte("1"))
+	for _, hb := range [][]byte{twice, unknown, wrongType, wrongBool} {
+		seeds = append(seeds, body(fieldRequestBody, hb), body(fieldResponseBody, hb))
+	}
+	seeds = append(seeds, append(body(fieldRequestBody, twice), body(fieldRequestBody, body(fieldBody, []byte("more")))...))
+	return seeds
+}
+
+// metadataSeeds are request_headers whose metadata and attributes hold
+// every kind of Value: strings among numbers, bools and nulls, nested and
+// empty Structs and lists, a list of strings, a repeated key.
+func metadataSeeds(t testing.TB) [][]byte {
+	rich, err := structpb.NewStruct(map[string]any{
+		"tenant": "acme", "empty": "", "cost_usd": 0.0004224, "neg": -3.5, "ok": true, "no": false, "nothing": nil,
+		"list": []any{"a", 1.0, map[string]any{"x": "y", "z": "w"}, []any{}, "b", []any{"c", "d"}}, "nested": map[string]any{},
+		"claims": map[string]any{"sub": "u1", "org": "o", "n": 2.0, "roles": []any{"r1", "r2", "r3"}}, "ünï": "cödé",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &extprocv3.ProcessingRequest{
+		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{EndOfStream: true}},
+		MetadataContext: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"a": rich, "b": {}, "c": {Fields: map[string]*structpb.Value{
+			"only": structpb.NewStringValue("one")}}}},
+		Attributes: map[string]*structpb.Struct{"envoy.filters.http.ext_proc": rich},
+	}
+	b, err := proto.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A Struct whose key comes twice: the last value wins.
+	entry := func(k, v string) []byte {
+		e := protowire.AppendString(protowire.AppendTag(nil, fieldMapKey, protowire.BytesType), k)
+		sv := protowire.AppendString(protowire.AppendTag(nil, fieldString, protowire.BytesType), v)
+		e = protowire.AppendBytes(protowire.AppendTag(e, fieldMapValue, protowire.BytesType), sv)
+		return protowire.AppendBytes(protowire.AppendTag(nil, fieldStructFields, protowire.BytesType), e)
+	}
+	st := append(entry("k", "first"), entry("k", "second")...)
+	attr := protowire.AppendString(protowire.AppendTag(nil, fieldMapKey, protowire.BytesType), "x")
+	attr = protowire.AppendBytes(protowire.AppendTag(attr, fieldMapValue, protowire.BytesType), st)
+	dup := protowire.AppendBytes(protowire.AppendTag(append([]byte(nil), b...), fieldAttributes, protowire.BytesType), attr)
+	return [][]byte{b, reorder(t, b), dup}
+}
+
+func TestCodecMetadata(t *testing.T) {
+	for _, b := range metadataSeeds(t) {
+		checkDecode(t, b)
+	}
+}
+
 func TestCodecHeaders(t *testing.T) {
 	for _, b := range headerSeeds(t) {
 		checkDecode(t, b)
 	}
 }
 
+func TestCodecBodies(t *testing.T) {
+	for _, b := range bodySeeds(t) {
+		checkDecode(t, b)
+	}
+	// The body is the decoder's own copy, not a view of the buffer gRPC
+	// reuses.
+	b := bodySeeds(t)[0]
+	got := &extprocv3.ProcessingRequest{}
+	if err := unmarshalRequest(b, got); err != nil {
+		t.Fatal(err)
+	}
+	for i := range b {
+		b[i] = 0
+	}
+	if string(got.GetRequestBody().GetBody()) != `{"model":"m"}` {
+		t.Errorf("body after its buffer was reused: %q", got.GetRequestBody().GetBody())
+	}
+}
+
 func FuzzUnmarshalRequest(f *testing.F) {
 	for _, b := range headerSeeds(f) {
+		f.Add(b)
+	}
+	for _, b := range bodySeeds(f) {
+		f.Add(b)
+	}
+	for _, b := range metadataSeeds(f) {
 		f.Add(b)
 	}
 	f.Fuzz(checkDecode)
@@ -347,19 +476,31 @@ func BenchmarkUnmarshalHeaders(b *testing.B) {
 		{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: h}},
 		{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: h}},
 	} {
-		msg, err := proto.Marshal(envoyExtras(b, r))
-		if err != nil {
-			b.Fatal(err)
+		msg := extrasWire(b, r)
+		kind := "response"
+		if r.GetRequestHeaders() != nil {
+			kind = "request"
 		}
-		benchUnmarshal(b, msg, r.GetRequestHeaders() != nil)
+		benchUnmarshal(b, msg, kind)
 	}
 }
 
-func benchUnmarshal(b *testing.B, msg []byte, request bool) {
-	kind := "response"
-	if request {
-		kind = "request"
+// BenchmarkUnmarshalBody: an 8 KiB request_body as Envoy sends it (with
+// the forwarded metadata and attributes), by protobuf-go and by the codec.
+func BenchmarkUnmarshalBody(b *testing.B) {
+	r := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{
+		Body: make([]byte, 8<<10), EndOfStream: true}}}
+	full := envoyExtras(b, r)
+	// Envoy sends the protocol configuration with the first message only.
+	full.ProtocolConfig, full.ObservabilityMode = nil, false
+	msg, err := proto.Marshal(full)
+	if err != nil {
+		b.Fatal(err)
 	}
+	benchUnmarshal(b, msg, "body")
+}
+
+func benchUnmarshal(b *testing.B, msg []byte, kind string) {
 	for _, d := range []struct {
 		name string
 		f    func([]byte, *extprocv3.ProcessingRequest) error

@@ -18,23 +18,42 @@ import (
 // This file is the only place gate values become ext_proc messages
 // (https://www.envoyproxy.io/docs/envoy/latest/api-v3/service/ext_proc/v3/external_processor.proto):
 // one function per kind of answer.
+//
+// The answers an exchange always sends (request headers and body, response
+// headers and body) are each built in one block, an anonymous struct of
+// all their messages, instead of one allocation a message: nothing writes
+// to an answer once it is built, so sharing the block is as safe as
+// separate messages.
 
 // requestHeadersAnswer answers request_headers. clear_route_cache goes with
 // every header mutation, so a route matching on a header tokenwarden changed
 // is picked again.
 func requestHeadersAnswer(e gate.HeaderEdits, mode *filterv3.ProcessingMode) *extprocv3.ProcessingResponse {
-	return &extprocv3.ProcessingResponse{
-		Response:     &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{Response: common(e, nil, false, true)}},
-		ModeOverride: mode,
-	}
+	k := new(struct {
+		r extprocv3.ProcessingResponse
+		w extprocv3.ProcessingResponse_RequestHeaders
+		h extprocv3.HeadersResponse
+		c commonBlock
+	})
+	k.h.Response = k.c.common(e, nil, false, true)
+	k.w.RequestHeaders = &k.h
+	k.r.Response, k.r.ModeOverride = &k.w, mode
+	return &k.r
 }
 
 // bodyAnswer answers request_body: the (possibly rewritten) body and its
 // header changes; an empty answer lets the body through unchanged.
 func bodyAnswer(v gate.BodyVerdict) *extprocv3.ProcessingResponse {
-	return &extprocv3.ProcessingResponse{
-		Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{Response: common(v.Edits, v.Body, v.BodyChanged, true)}},
-	}
+	k := new(struct {
+		r extprocv3.ProcessingResponse
+		w extprocv3.ProcessingResponse_RequestBody
+		b extprocv3.BodyResponse
+		c commonBlock
+	})
+	k.b.Response = k.c.common(v.Edits, v.Body, v.BodyChanged, true)
+	k.w.RequestBody = &k.b
+	k.r.Response = &k.w
+	return &k.r
 }
 
 // clearChunkAnswer holds a STREAMED request chunk back: the whole body goes
@@ -69,10 +88,16 @@ func responseHeadersAnswer(v gate.ResponseVerdict, o *gate.Outcome) *extprocv3.P
 	case v.Stream:
 		mode = streamedResponseMode
 	}
-	return withMetadata(&extprocv3.ProcessingResponse{
-		Response:     &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{Response: common(v.Edits, nil, false, false)}},
-		ModeOverride: mode,
-	}, o)
+	k := new(struct {
+		r extprocv3.ProcessingResponse
+		w extprocv3.ProcessingResponse_ResponseHeaders
+		h extprocv3.HeadersResponse
+		c commonBlock
+	})
+	k.h.Response = k.c.common(v.Edits, nil, false, false)
+	k.w.ResponseHeaders = &k.h
+	k.r.Response, k.r.ModeOverride = &k.w, mode
+	return withMetadata(&k.r, o)
 }
 
 // unchangedChunk is the answer to a response_body message that goes on
@@ -96,17 +121,21 @@ func chunkAnswer(v gate.ChunkVerdict, o *gate.Outcome) *extprocv3.ProcessingResp
 	if !v.Replace && o == nil {
 		return unchangedChunk
 	}
-	br := &extprocv3.BodyResponse{}
+	k := new(struct {
+		r extprocv3.ProcessingResponse
+		w extprocv3.ProcessingResponse_ResponseBody
+		b extprocv3.BodyResponse
+	})
 	if v.Replace {
 		m := &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_ClearBody{ClearBody: true}}
 		if len(v.Body) > 0 {
 			m.Mutation = &extprocv3.BodyMutation_Body{Body: v.Body}
 		}
-		br.Response = &extprocv3.CommonResponse{BodyMutation: m}
+		k.b.Response = &extprocv3.CommonResponse{BodyMutation: m}
 	}
-	return withMetadata(&extprocv3.ProcessingResponse{
-		Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: br},
-	}, o)
+	k.w.ResponseBody = &k.b
+	k.r.Response = &k.w
+	return withMetadata(&k.r, o)
 }
 
 func responseTrailersAnswer(o *gate.Outcome) *extprocv3.ProcessingResponse {
@@ -131,16 +160,31 @@ func replyAnswer(r *gate.Reply, o *gate.Outcome) *extprocv3.ProcessingResponse {
 // common builds a CommonResponse; nil when there is nothing to say, which
 // Envoy reads as "continue unchanged". clear_route_cache only acts together
 // with a header mutation, and only on the request path.
-func common(e gate.HeaderEdits, body []byte, bodyChanged, clearRouteCache bool) *extprocv3.CommonResponse {
+//
+// Its messages come from k, which is part of the answer's block.
+func (k *commonBlock) common(e gate.HeaderEdits, body []byte, bodyChanged, clearRouteCache bool) *extprocv3.CommonResponse {
 	if e.Empty() && !bodyChanged {
 		return nil
 	}
-	c := &extprocv3.CommonResponse{HeaderMutation: headerMutation(e)}
+	c := &k.c
+	if fillHeaderMutation(&k.hm, e) {
+		c.HeaderMutation = &k.hm
+	}
 	c.ClearRouteCache = clearRouteCache && c.HeaderMutation != nil
 	if bodyChanged {
-		c.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}
+		k.body.Body = body
+		k.bm.Mutation = &k.body
+		c.BodyMutation = &k.bm
 	}
 	return c
+}
+
+// commonBlock holds the messages of one CommonResponse.
+type commonBlock struct {
+	c    extprocv3.CommonResponse
+	hm   extprocv3.HeaderMutation
+	bm   extprocv3.BodyMutation
+	body extprocv3.BodyMutation_Body
 }
 
 // headerMutation encodes header edits. Envoy reads only raw_value (its
@@ -149,15 +193,28 @@ func common(e gate.HeaderEdits, body []byte, bodyChanged, clearRouteCache bool) 
 // append_action is set too, for the day Envoy honours it
 // (HeaderValueOption: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/base.proto).
 func headerMutation(e gate.HeaderEdits) *extprocv3.HeaderMutation {
-	if e.Empty() {
+	m := new(extprocv3.HeaderMutation)
+	if !fillHeaderMutation(m, e) {
 		return nil
 	}
-	m := &extprocv3.HeaderMutation{RemoveHeaders: e.Remove}
+	return m
+}
+
+// fillHeaderMutation is headerMutation into m; false, m untouched, when
+// there is nothing to edit.
+func fillHeaderMutation(m *extprocv3.HeaderMutation, e gate.HeaderEdits) bool {
+	if e.Empty() {
+		return false
+	}
+	m.RemoveHeaders = e.Remove
 	if n := len(e.Set); n > 0 {
 		// Every answer sets headers (each exchange about ten): the
-		// messages and the values' bytes come from one array each, four
-		// allocations for the lot instead of three a header.
-		opts, vals := make([]corev3.HeaderValueOption, n), make([]corev3.HeaderValue, n)
+		// messages come from one array, the values' bytes from another,
+		// three allocations for the lot instead of three a header.
+		set := make([]struct {
+			opt corev3.HeaderValueOption
+			val corev3.HeaderValue
+		}, n)
 		size := 0
 		for _, h := range e.Set {
 			size += len(h.Value)
@@ -167,12 +224,13 @@ func headerMutation(e gate.HeaderEdits) *extprocv3.HeaderMutation {
 		for i, h := range e.Set {
 			start := len(raw)
 			raw = append(raw, h.Value...)
-			vals[i].Key, vals[i].RawValue = h.Name, raw[start:len(raw):len(raw)]
-			opts[i].Header, opts[i].AppendAction = &vals[i], corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
-			m.SetHeaders[i] = &opts[i]
+			hv := &set[i]
+			hv.val.Key, hv.val.RawValue = h.Name, raw[start:len(raw):len(raw)]
+			hv.opt.Header, hv.opt.AppendAction = &hv.val, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+			m.SetHeaders[i] = &hv.opt
 		}
 	}
-	return m
+	return true
 }
 
 // passThroughMode switches off everything after request headers: no body

@@ -77,8 +77,14 @@ func (s *Server) Process(grpcStream extprocv3.ExternalProcessor_ProcessServer) (
 		}
 		st.end()
 	}()
+	// One request message for the stream, each Recv decoding into it (the
+	// codec and protobuf-go reset it first): Recv allocated one a message.
+	// Only the message's own struct is reused; what a handled message
+	// pointed to (headers, body, metadata, which the gate may keep) is left
+	// alone, and nothing keeps the message itself past handle.
+	req := new(extprocv3.ProcessingRequest)
 	for {
-		req, rerr := grpcStream.Recv()
+		rerr := grpcStream.RecvMsg(req)
 		if rerr != nil {
 			if errors.Is(rerr, io.EOF) || status.Code(rerr) == codes.Canceled {
 				return nil
