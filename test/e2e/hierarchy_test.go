@@ -165,10 +165,39 @@ orgs:
 			if denied[0].Load()+denied[1].Load()+denied[2].Load() != 500-ok.Load() {
 				t.Errorf("denials do not add up")
 			}
-			for i, lvl := range []string{"org", "team", "user"} {
-				if denied[i].Load() == 0 {
-					t.Errorf("no request was refused at the %s level; the caps are meant to bind at every level", lvl)
+			if denied[0].Load() == 0 {
+				t.Errorf("no request was refused at the org level; the caps are meant to bind at every level")
+			}
+			// Whether the search team's and ads user1's caps bind before the
+			// org's within one burst depends on the order the 500 arrive in
+			// (the search team has about a third of them against a cap of 15
+			// of the org's 40). A level the burst never refused at is then
+			// driven to its cap one request at a time — round-robin over the
+			// search users for the team, user1 for the user, both with room
+			// left at the org — and must refuse at its own level.
+			probe := func(level, want string, users []int) {
+				for n := range 60 {
+					u := users[n%len(users)]
+					req := anthropicRequest(budgetBody(false),
+						sim.Header{Name: "x-mock-output-tokens", Value: strconv.FormatInt(outputOf(u), 10)})
+					req.Metadata = map[string]map[string]any{policy.JWTNamespace: {"payload": map[string]any{
+						"org_id": "acme", "team": callers[u].team, "sub": callers[u].user}}}
+					x := s.do(ctx, 1000+n, req)
+					if x.err != nil || x.resp.Status == 200 {
+						continue
+					}
+					if got := x.header(contract.DeniedHeader); x.resp.Status != 429 || got != want {
+						t.Errorf("%s probe: request %d answered %d %q, want 429 %q", level, n, x.resp.Status, got, want)
+					}
+					return
 				}
+				t.Errorf("%s probe: 60 requests in a row admitted; the %s cap never bound", level, level)
+			}
+			if denied[1].Load() == 0 {
+				probe("team", "team/budget_day", []int{0, 2, 4, 6, 8})
+			}
+			if denied[2].Load() == 0 {
+				probe("user", "user/budget_day", []int{1})
 			}
 		})
 	}
