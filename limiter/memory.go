@@ -33,6 +33,8 @@ type Memory struct {
 	settledTTL int64 // µs
 	sweepLimit int
 
+	endedSpan int64 // µs: the longest an ended reservation answers duplicates
+
 	mu       sync.Mutex
 	tenants  map[string]*memTenant
 	nextGC   int64
@@ -44,10 +46,11 @@ type Memory struct {
 var _ Shared = (*Memory)(nil)
 
 type memTenant struct {
-	rpm, tpm int64      // TATs; a value ≤ now means a full bucket
-	pending  pendingSet // request id by expiry: leases and unsettled reservations at once
-	detached pendingSet // request id by expiry: reservations that hold no lease (AdmitRequest.Detached)
-	records  map[string]*memRecord
+	rpm, tpm int64                 // TATs; a value ≤ now means a full bucket
+	pending  pendingSet            // request id by expiry: leases and unsettled reservations at once
+	detached pendingSet            // request id by expiry: reservations that hold no lease (AdmitRequest.Detached)
+	records  map[string]*memRecord // pending reservations and reconciled charges
+	ended    endedSet              // reservations that ended, while they answer duplicates
 	budgets  map[budgetKey]*memBudget
 	calib    map[string]*memCalib // by model
 	levels   map[string]*memLevel // the levels below the org, by key
@@ -80,7 +83,7 @@ type memCalib struct {
 }
 
 type memRecord struct {
-	state    byte // 'p' pending, 's' settled, 'x' expired, 'c' cancelled, 'd' a reconciled charge
+	state    byte // 'p' pending, 'd' a reconciled charge; the ended states are in endedSet
 	tokens   int64
 	cost     int64
 	tpmLimit int64
@@ -113,6 +116,7 @@ func NewMemory(opts MemoryOptions) *Memory {
 	if m.now == nil {
 		m.now = time.Now
 	}
+	m.endedSpan = max(m.settledTTL, int64(DefaultTombstoneTTL/time.Microsecond))
 	return m
 }
 
@@ -162,7 +166,7 @@ func (m *Memory) admit(req *AdmitRequest) admitOutcome {
 	m.gc(now)
 	t := m.tenant(req.Tenant)
 	o := admitOutcome{now: now, rpmTAT: max(t.rpm, now), tpmTAT: max(t.tpm, now)}
-	if r := t.records[req.RequestID]; r != nil && r.deadline > now {
+	if t.known(req.RequestID, now) {
 		o.code = codeDuplicate
 		return o
 	}
@@ -308,7 +312,7 @@ func (m *Memory) settle(req *SettleRequest) settleOutcome {
 	}
 	rec := t.records[req.RequestID]
 	if rec == nil || rec.deadline <= now {
-		o.unknown = true
+		o.unknown = t.ended.state(req.RequestID, now) == 0
 		return o
 	}
 	if rec.state != 'p' {
@@ -410,11 +414,19 @@ func (m *Memory) finish(t *memTenant, now int64, id string, rec *memRecord, stat
 		}
 	}
 	rec.state = state
-	rec.deadline = now + m.settledTTL
-	// An ended record only answers duplicates (settle, cancel and the sweep
-	// look at its state alone) for settledTTL: its windows and levels, most
-	// of its size, would only be kept and scanned by the GC that long.
-	rec.levels, rec.windows = nil, nil
+	// An ended reservation only answers duplicates (settle, cancel and the
+	// sweep look at its state alone) for settledTTL.
+	delete(t.records, id)
+	t.ended.add(id, now, now+m.settledTTL, state)
+}
+
+// known reports whether id names a reservation or charge that still
+// answers duplicates, in any state.
+func (t *memTenant) known(id string, now int64) bool {
+	if r := t.records[id]; r != nil && r.deadline > now {
+		return true
+	}
+	return t.ended.state(id, now) != 0
 }
 
 // Budgets implements Store.
@@ -449,7 +461,8 @@ func (m *Memory) Close() error { return nil }
 func (m *Memory) tenant(name string) *memTenant {
 	t := m.tenants[name]
 	if t == nil {
-		t = &memTenant{pending: newPendingSet(), detached: newPendingSet(), records: map[string]*memRecord{}, budgets: map[budgetKey]*memBudget{}}
+		t = &memTenant{pending: newPendingSet(), detached: newPendingSet(), records: map[string]*memRecord{},
+			ended: endedSet{span: m.endedSpan}, budgets: map[budgetKey]*memBudget{}}
 		m.tenants[name] = t
 	}
 	return t
@@ -477,6 +490,7 @@ func (m *Memory) gc(now int64) {
 				delete(t.records, id)
 			}
 		}
+		t.ended.age(now)
 		for k, b := range t.budgets {
 			if b.deadline <= now {
 				delete(t.budgets, k)
@@ -492,7 +506,7 @@ func (m *Memory) gc(now int64) {
 				delete(t.levels, k)
 			}
 		}
-		if len(t.records) == 0 && len(t.budgets) == 0 && len(t.calib) == 0 && len(t.levels) == 0 &&
+		if len(t.records) == 0 && t.ended.len() == 0 && len(t.budgets) == 0 && len(t.calib) == 0 && len(t.levels) == 0 &&
 			t.pending.len() == 0 && t.detached.len() == 0 && t.rpm <= now && t.tpm <= now {
 			delete(m.tenants, name)
 		}

@@ -20,7 +20,9 @@ func (m *Memory) Cancel(ctx context.Context, req CancelRequest) (CancelResult, e
 	keep := int64(DefaultTombstoneTTL / time.Microsecond)
 	rec := t.records[req.RequestID]
 	if rec == nil || rec.deadline <= now {
-		t.records[req.RequestID] = &memRecord{state: 'c', deadline: now + keep}
+		if t.ended.state(req.RequestID, now) == 0 {
+			t.ended.add(req.RequestID, now, now+keep, 'c') // a tombstone: the admit that comes late is a duplicate
+		}
 		return CancelResult{}, nil
 	}
 	if rec.state != 'p' {
@@ -50,8 +52,8 @@ func (m *Memory) Cancel(ctx context.Context, req CancelRequest) (CancelResult, e
 	}
 	t.pending.remove(req.RequestID)
 	t.detached.remove(req.RequestID)
-	rec.state = 'c'
-	rec.deadline = now + keep
+	delete(t.records, req.RequestID)
+	t.ended.add(req.RequestID, now, now+keep, 'c')
 	return CancelResult{Released: true}, nil
 }
 
@@ -99,8 +101,7 @@ func (m *Memory) Reconcile(ctx context.Context, req ReconcileRequest) (Reconcile
 	now := unixMicros(m.now())
 	m.gc(now)
 	t := m.tenant(req.Tenant)
-	live := func(id string) bool { r := t.records[id]; return r != nil && r.deadline > now }
-	if live(req.RequestID) || req.Unless != "" && live(req.Unless) {
+	if t.known(req.RequestID, now) || req.Unless != "" && t.known(req.Unless, now) {
 		return ReconcileResult{}, nil
 	}
 	rec := &memRecord{state: 'd'}
@@ -171,7 +172,7 @@ func (m *Memory) Rebind(ctx context.Context, req RebindRequest) (bool, error) {
 	if rec == nil || rec.deadline <= now || rec.state != 'p' || it == nil {
 		return false, nil
 	}
-	if r := t.records[req.To]; r != nil && r.deadline > now {
+	if t.known(req.To, now) {
 		return false, nil
 	}
 	exp := it.exp

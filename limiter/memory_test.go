@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -61,6 +62,12 @@ func (m *Memory) dump(tenant string) string {
 	}
 	for _, id := range slices.Sorted(maps.Keys(t.records)) {
 		fmt.Fprintf(&b, " r:%s=%+v", id, *t.records[id])
+	}
+	for _, g := range []endedGen{t.ended.prev, t.ended.cur} {
+		ended := slices.SortedFunc(maps.Keys(g.entries), func(x, y endedKey) int { return cmp.Compare(x[0], y[0])*2 + cmp.Compare(x[1], y[1]) })
+		for _, k := range ended {
+			fmt.Fprintf(&b, " e:%x=%+v", k, g.entries[k])
+		}
 	}
 	keys := slices.SortedFunc(maps.Keys(t.budgets), func(x, y budgetKey) int { return strings.Compare(x.String(), y.String()) })
 	for _, k := range keys {
