@@ -375,8 +375,12 @@ func mergeMetadata(dst *structpb.Struct, md *structpb.Struct, receiving []string
 		if cur == nil {
 			cur = &structpb.Struct{Fields: map[string]*structpb.Value{}}
 		}
-		if src != nil {
-			proto.Merge(cur, src)
+		// MergeFrom on a map field replaces each entry whose key the source
+		// has; the values are the decoded answer's own and nothing writes to
+		// them after, so they are shared rather than cloned (proto.Merge's
+		// deep copy was a third of this side's extra CPU per metered answer).
+		for k, v := range src.GetFields() {
+			cur.Fields[k] = v
 		}
 		dst.Fields[ns] = structpb.NewStructValue(cur)
 	}
