@@ -151,8 +151,7 @@ func TestSettleOutlivesTheStream(t *testing.T) {
 }
 
 // The store's view of the budgets reaches the observer for configured
-// tenants only (others would share one meaningless series), while the
-// downgrade cache learns every tenant's use.
+// tenants only (others would share one meaningless series).
 func TestBudgetObservations(t *testing.T) {
 	h := newHarness(t, baseYAML)
 	est := sonnetCost(accounting.Usage{InputTokens: inputEstimate(t, pathMessages, sonnetBody), OutputTokens: 256})
@@ -187,6 +186,27 @@ func TestBudgetObservations(t *testing.T) {
 	if len(h.obs.budgets) != 2 {
 		t.Errorf("an unconfigured tenant's budgets were published: %+v", h.obs.budgets[2:])
 	}
+	if got := h.g.budgets.ratio("zeta", "", accounting.Day, h.clock.Now()); got != 0 {
+		t.Errorf("no policy downgrades by budget use, yet the cache remembered zeta's day use as %v", got)
+	}
+}
+
+// With a downgrade rule configured, the cache learns every tenant's use
+// from the answers, configured or not.
+func TestDowngradeCacheLearnsEveryTenant(t *testing.T) {
+	const cfg = `
+policies:
+  default:
+    budgets: [{window: day, usd: 50}]
+    models:
+      downgrade: [{when_budget_used: 0.8, window: day, from: "claude-opus-*", to: claude-sonnet-4-5}]
+tenants:
+  acme: {}
+`
+	h := newHarness(t, cfg)
+	x, _ := h.admit(post(pathMessages, tenantHeader("zeta")), sonnetBody)
+	respond(t, x)
+	x.Settle()
 	if got, want := h.g.budgets.ratio("zeta", "", accounting.Day, h.clock.Now()), float64(messageCost)/50e9; got != want {
 		t.Errorf("zeta's day use in the downgrade cache = %v, want %v", got, want)
 	}

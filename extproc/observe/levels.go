@@ -28,14 +28,138 @@ var levelLabels = []string{"tenant", "level", "name", "window"}
 // current window — "is anyone near their cap" — rather than whichever
 // member happened to be last.
 func (m *Metrics) Budgets(tenantLabel string, budgets []gate.LevelBudget, now time.Time) {
-	for _, b := range budgets {
-		st := b.State
-		g := m.budgetGauges.of(m, budgetSeries{tenantLabel, b.Level, b.Name, b.Window})
-		if b.Name == policy.OtherLabel {
-			var ok bool
-			if st, ok = g.most(st); !ok {
-				continue
-			}
+	gs := m.budgetGauges.handles(m, tenantLabel, budgets)
+	for i, b := range budgets {
+		gs[i].observe(b.State, now, b.Name == policy.OtherLabel)
+	}
+}
+
+// budgetSeries is one label set of the budget gauges (levelLabels).
+type budgetSeries struct{ tenant, level, name, window string }
+
+// budgetGauges holds the budget gauges of each series already seen. Every
+// admission and every settle observes every budget of every level of its
+// caller (eight at four levels), and setting four gauges for each, with
+// the lookups of their label sets, was 10% of the processor's CPU in the
+// small-JSON load (pprof, 2026-12-04). A scrape reads one value a series,
+// so an observation only records the state, and publish turns each
+// series' latest state into its gauges when the registry is collected
+// (budgetCollector). The label sets are bounded (configured names or
+// "other"), so the maps are too.
+type budgetGauges struct {
+	mu sync.RWMutex
+	m  map[budgetSeries]*budgetGauge
+	// sets caches the series of one caller's budget list, which has the
+	// same levels, names and windows on every exchange of that caller: one
+	// lookup, checked element by element, instead of one a budget.
+	sets map[budgetSetKey][]*budgetGauge
+}
+
+// budgetSetKey names a budget list by its tenant label, length and the
+// first and last budget's series; handles checks the rest.
+type budgetSetKey struct {
+	tenant      string
+	n           int
+	first, last gate.LevelBudget
+}
+
+type budgetGauge struct {
+	series                       budgetSeries
+	used, spent, cap, exhaustion prometheus.Gauge
+
+	mu      sync.Mutex
+	pending bool // latest is newer than the gauges
+	latest  limiter.BudgetState
+	at      time.Time // when latest was observed: the forecast's now
+	// For a series of unnamed members (name="other"): the state of the
+	// most used member seen in the current window (most).
+	seen    bool
+	current limiter.BudgetState
+}
+
+// handles returns the series of each budget, creating what is missing.
+func (b *budgetGauges) handles(m *Metrics, tenant string, budgets []gate.LevelBudget) []*budgetGauge {
+	if len(budgets) == 0 {
+		return nil
+	}
+	key := budgetSetKey{tenant: tenant, n: len(budgets), first: stripState(budgets[0]), last: stripState(budgets[len(budgets)-1])}
+	b.mu.RLock()
+	gs := b.sets[key]
+	b.mu.RUnlock()
+	if gs != nil && sameSeries(gs, tenant, budgets) {
+		return gs
+	}
+	gs = make([]*budgetGauge, len(budgets))
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, lb := range budgets {
+		gs[i] = b.of(m, budgetSeries{tenant, lb.Level, lb.Name, lb.Window})
+	}
+	if b.sets == nil || len(b.sets) >= maxBudgetSets {
+		b.sets = map[budgetSetKey][]*budgetGauge{}
+	}
+	b.sets[key] = gs
+	return gs
+}
+
+// maxBudgetSets bounds the cache of budget lists; past it the cache starts
+// over, which costs lookups, never series.
+const maxBudgetSets = 4096
+
+func stripState(lb gate.LevelBudget) gate.LevelBudget {
+	lb.State = limiter.BudgetState{}
+	return lb
+}
+
+func sameSeries(gs []*budgetGauge, tenant string, budgets []gate.LevelBudget) bool {
+	for i, lb := range budgets {
+		if s := gs[i].series; s.tenant != tenant || s.level != lb.Level || s.name != lb.Name || s.window != lb.Window {
+			return false
+		}
+	}
+	return true
+}
+
+// of returns one series' gauges, creating them; b.mu is held.
+func (b *budgetGauges) of(m *Metrics, k budgetSeries) *budgetGauge {
+	if g := b.m[k]; g != nil {
+		return g
+	}
+	l := []string{k.tenant, k.level, k.name, k.window}
+	g := &budgetGauge{series: k, used: m.budgetUsed.WithLabelValues(l...), spent: m.budgetSpent.WithLabelValues(l...),
+		cap: m.budgetCap.WithLabelValues(l...), exhaustion: m.budgetExhaustion.WithLabelValues(l...)}
+	if b.m == nil {
+		b.m = map[budgetSeries]*budgetGauge{}
+	}
+	b.m[k] = g
+	return g
+}
+
+// observe records st as the series' latest state; for a series of unnamed
+// members, only when it is the most used one of the current window.
+func (g *budgetGauge) observe(st limiter.BudgetState, now time.Time, unnamed bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if unnamed {
+		var ok bool
+		if st, ok = g.most(st); !ok {
+			return
+		}
+	}
+	g.latest, g.at, g.pending = st, now, true
+}
+
+// publish sets the gauges of every series observed since the last call.
+func (b *budgetGauges) publish() {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	for _, g := range b.m {
+		g.mu.Lock()
+		st, now, pending := g.latest, g.at, g.pending
+		g.pending = false
+		g.mu.Unlock()
+		if !pending {
+			continue
 		}
 		g.used.Set(st.Used())
 		g.spent.Set(accounting.NanoUSD(st.Spent).USD())
@@ -48,50 +172,27 @@ func (m *Metrics) Budgets(tenantLabel string, budgets []gate.LevelBudget, now ti
 	}
 }
 
-// budgetSeries is one label set of the budget gauges (levelLabels).
-type budgetSeries struct{ tenant, level, name, window string }
+// budgetCollector is the four budget gauge families as one collector that
+// publishes the latest observed states before each collection.
+type budgetCollector struct{ m *Metrics }
 
-// budgetGauges holds the four budget gauges of each series already seen:
-// every settle sets them for every budget of every level of its caller
-// (eight at four levels), and resolving a label set (WithLabelValues:
-// hashing the labels, a lock) four times for each was 6% of the
-// processor's CPU in the small-JSON load (pprof). The label sets are
-// bounded (configured names or "other"), so the map is too.
-type budgetGauges struct {
-	mu sync.RWMutex
-	m  map[budgetSeries]*budgetGauge
+func (c budgetCollector) vecs() []*prometheus.GaugeVec {
+	return []*prometheus.GaugeVec{c.m.budgetUsed, c.m.budgetSpent, c.m.budgetCap, c.m.budgetExhaustion}
 }
 
-type budgetGauge struct {
-	used, spent, cap, exhaustion prometheus.Gauge
-	// For a series of unnamed members (name="other"): the state of the
-	// most used member seen in the current window (most). Kept with the
-	// series' gauges, which are looked up anyway, rather than in a map of
-	// its own behind one lock for every settle.
-	mu      sync.Mutex
-	seen    bool
-	current limiter.BudgetState
+// Describe implements prometheus.Collector.
+func (c budgetCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, v := range c.vecs() {
+		v.Describe(ch)
+	}
 }
 
-func (b *budgetGauges) of(m *Metrics, k budgetSeries) *budgetGauge {
-	b.mu.RLock()
-	g := b.m[k]
-	b.mu.RUnlock()
-	if g != nil {
-		return g
+// Collect implements prometheus.Collector.
+func (c budgetCollector) Collect(ch chan<- prometheus.Metric) {
+	c.m.budgetGauges.publish()
+	for _, v := range c.vecs() {
+		v.Collect(ch)
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if g = b.m[k]; g == nil {
-		l := []string{k.tenant, k.level, k.name, k.window}
-		g = &budgetGauge{used: m.budgetUsed.WithLabelValues(l...), spent: m.budgetSpent.WithLabelValues(l...),
-			cap: m.budgetCap.WithLabelValues(l...), exhaustion: m.budgetExhaustion.WithLabelValues(l...)}
-		if b.m == nil {
-			b.m = map[budgetSeries]*budgetGauge{}
-		}
-		b.m[k] = g
-	}
-	return g
 }
 
 // BudgetCrossed implements gate.Observer.
@@ -103,9 +204,8 @@ func (m *Metrics) BudgetCrossed(tenantLabel string, level gate.BudgetLevel, wind
 // returns the state to publish: the most used member seen in the current
 // window. ok is false for a state of a window older than the one already
 // seen (a late answer), which changes nothing.
+// g.mu is held.
 func (g *budgetGauge) most(st limiter.BudgetState) (limiter.BudgetState, bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	cur := g.current
 	switch {
 	case !g.seen, st.Window.Start.After(cur.Window.Start):

@@ -197,7 +197,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.requests, m.tokens, m.cost, m.processing, m.admissions, m.spend,
-		m.budgetUsed, m.budgetSpent, m.budgetCap, m.budgetExhaustion, m.budgetAlerts, m.providerLatency, m.providerStatus,
+		budgetCollector{m}, m.budgetAlerts, m.providerLatency, m.providerStatus,
 		m.promptCache, m.prefixChanges, m.modelRewrites, m.outputClamps, m.storeUp, m.storeErrors, m.storeSeconds,
 		m.activeStreams, m.streamErrors, m.unconfigured, m.unpriced, m.configReloads, m.configReloadTime)
 	m.store = newStoreMetrics(reg)

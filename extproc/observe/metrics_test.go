@@ -27,21 +27,21 @@ func TestBudgetGaugesAndForecast(t *testing.T) {
 	// $4 spent in 6 hours: the $6 left last 9 more hours at that rate, before the day ends.
 	org := gate.BudgetLevel{Level: "org", Name: "acme"}
 	m.Budgets("acme", []gate.LevelBudget{{BudgetLevel: org, Window: "day", State: limiter.BudgetState{Name: "day", Window: window, Cap: 10e9, Spent: 4e9, Reserved: 1e9}}}, now)
-	if got := testutil.ToFloat64(m.budgetExhaustion.WithLabelValues("acme", "org", "acme", "day")); got != 9*3600 {
+	if got := scrapedBudget(m, m.budgetExhaustion, "acme", "org", "acme", "day"); got != 9*3600 {
 		t.Errorf("exhaustion forecast %v s, want %v", got, 9*3600)
 	}
-	if got := testutil.ToFloat64(m.budgetUsed.WithLabelValues("acme", "org", "acme", "day")); got != 0.5 {
+	if got := scrapedBudget(m, m.budgetUsed, "acme", "org", "acme", "day"); got != 0.5 {
 		t.Errorf("used ratio %v, want spent+reserved = 0.5", got)
 	}
-	if got := testutil.ToFloat64(m.budgetSpent.WithLabelValues("acme", "org", "acme", "day")); got != 4 {
+	if got := scrapedBudget(m, m.budgetSpent, "acme", "org", "acme", "day"); got != 4 {
 		t.Errorf("spent %v USD", got)
 	}
-	if got := testutil.ToFloat64(m.budgetCap.WithLabelValues("acme", "org", "acme", "day")); got != 10 {
+	if got := scrapedBudget(m, m.budgetCap, "acme", "org", "acme", "day"); got != 10 {
 		t.Errorf("cap %v USD", got)
 	}
 	// $1 in 6 hours: the rest would take 54 hours, past the day's end.
 	m.Budgets("acme", []gate.LevelBudget{{BudgetLevel: org, Window: "day", State: limiter.BudgetState{Name: "day", Window: window, Cap: 10e9, Spent: 1e9}}}, now)
-	if got := testutil.ToFloat64(m.budgetExhaustion.WithLabelValues("acme", "org", "acme", "day")); !math.IsInf(got, 1) {
+	if got := scrapedBudget(m, m.budgetExhaustion, "acme", "org", "acme", "day"); !math.IsInf(got, 1) {
 		t.Errorf("a budget that outlasts its window forecasts %v, want +Inf", got)
 	}
 }
@@ -67,13 +67,13 @@ func TestBudgetGaugesPerLevel(t *testing.T) {
 		}, now)
 	}
 	spent := func(l gate.BudgetLevel) float64 {
-		return testutil.ToFloat64(m.budgetSpent.WithLabelValues("acme", l.Level, l.Name, "day"))
+		return scrapedBudget(m, m.budgetSpent, "acme", l.Level, l.Name, "day")
 	}
 	publish(now, 6e9, day)
-	if got := testutil.ToFloat64(m.budgetUsed.WithLabelValues("acme", "org", "acme", "day")); got != 0.5 {
+	if got := scrapedBudget(m, m.budgetUsed, "acme", "org", "acme", "day"); got != 0.5 {
 		t.Errorf("org used %v", got)
 	}
-	if got := testutil.ToFloat64(m.budgetUsed.WithLabelValues("acme", "team", "acme/search", "day")); got != 0.2 {
+	if got := scrapedBudget(m, m.budgetUsed, "acme", "team", "acme/search", "day"); got != 0.2 {
 		t.Errorf("team used %v", got)
 	}
 	if got := spent(user); got != 6 {
@@ -273,4 +273,60 @@ tokenwarden_leased_overflows_total %g
 	want(0, 0, 0, 0)
 	m.WatchLeases(func() limiter.LeasedStats { return limiter.LeasedStats{Open: 3, Taken: 7, Served: 90, Overflowed: 2} })
 	want(3, 7, 90, 2)
+}
+
+// scrapedBudget is one budget gauge's value as a scrape would see it.
+func scrapedBudget(m *Metrics, vec *prometheus.GaugeVec, labels ...string) float64 {
+	m.budgetGauges.publish()
+	return testutil.ToFloat64(vec.WithLabelValues(labels...))
+}
+
+// A scrape publishes what was observed since the last one, and budget lists
+// that share their first and last series but differ in between keep their
+// own series.
+func TestBudgetGaugesPublishOnScrape(t *testing.T) {
+	start := time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC)
+	window := limiter.Window{Start: start, End: start.Add(24 * time.Hour)}
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	lb := func(level, name string, spent int64) gate.LevelBudget {
+		return gate.LevelBudget{BudgetLevel: gate.BudgetLevel{Level: level, Name: name}, Window: "day",
+			State: limiter.BudgetState{Name: name, Window: window, Cap: 10e9, Spent: spent}}
+	}
+	scrape := func(level, name string) float64 {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "tokenwarden_budget_spent_usd" {
+				continue
+			}
+			for _, mt := range mf.GetMetric() {
+				got := map[string]string{}
+				for _, l := range mt.GetLabel() {
+					got[l.GetName()] = l.GetValue()
+				}
+				if got["level"] == level && got["name"] == name {
+					return mt.GetGauge().GetValue()
+				}
+			}
+		}
+		return -1
+	}
+	m.Budgets("acme", []gate.LevelBudget{lb("org", "acme", 1e9), lb("team", "acme/a", 2e9), lb("key", "k", 3e9)}, start)
+	m.Budgets("acme", []gate.LevelBudget{lb("org", "acme", 4e9), lb("team", "acme/b", 5e9), lb("key", "k", 6e9)}, start)
+	for _, c := range []struct {
+		level, name string
+		want        float64
+	}{{"org", "acme", 4}, {"team", "acme/a", 2}, {"team", "acme/b", 5}, {"key", "k", 6}} {
+		if got := scrape(c.level, c.name); got != c.want {
+			t.Errorf("%s %s: scraped %v USD spent, want %v", c.level, c.name, got, c.want)
+		}
+	}
+	m.Budgets("acme", []gate.LevelBudget{lb("org", "acme", 7e9), lb("team", "acme/a", 8e9), lb("key", "k", 9e9)}, start)
+	if got := scrape("team", "acme/a"); got != 8 {
+		t.Errorf("after a new observation: scraped %v, want 8", got)
+	}
 }

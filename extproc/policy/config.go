@@ -45,6 +45,8 @@ type Config struct {
 	effective map[tenantPolicy]*Policy
 	tenants   map[string]*tenantConfig
 	orgs      map[string]*org
+	// downgrades: some policy has Models.Downgrade rules (ReadsBudgetUse).
+	downgrades bool
 }
 
 type tenantPolicy struct{ tenant, policy string }
@@ -419,8 +421,18 @@ func compile(f *fileConfig) (*Config, error) {
 			return nil, fmt.Errorf("orgs.%s: also under tenants:; a tenant is a one-level org, name it once", name)
 		}
 	}
+	for _, p := range c.policies {
+		c.downgrades = c.downgrades || len(p.Models.Downgrade) > 0
+	}
+	for _, p := range c.effective {
+		c.downgrades = c.downgrades || len(p.Models.Downgrade) > 0
+	}
 	return c, nil
 }
+
+// ReadsBudgetUse reports whether any policy downgrades a model by budget
+// use, the one reader of the use the gate remembers from each answer.
+func (c *Config) ReadsBudgetUse() bool { return c.downgrades }
 
 func compileStore(s storeFile) (Store, error) {
 	out := Store{Redis: s.Redis, RedisCluster: s.RedisCluster, Timeout: s.Timeout.Duration, Replicas: s.Replicas}
