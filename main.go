@@ -222,6 +222,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	reloadEvery := fs.Duration("reload-interval", 2*time.Second, "how often --config is checked for changes")
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "how long this process has from SIGTERM to exit (the pod's terminationGracePeriodSeconds less its preStop delay); the drain, the settles of the streams it cuts and the journal flush fit in it")
 	drain := fs.Duration("drain-timeout", 0, "how long shutdown lets open streams finish before cutting them (0: --shutdown-grace less min(10s, a third of it), kept for settling and flushing)")
+	heapFloor := fs.Int("gc-heap-floor-mib", extproc.DefaultHeapFloor>>20, "the heap the garbage collector may grow to before collecting while the live heap is small (max(2×live, floor)); 0 leaves Go's default; ignored when GOGC is set")
 	journalDir := fs.String("journal-dir", "", "directory for the store journal (what this replica owes the shared store: decisions made while it was down, settles not yet taken, cancels) and ledger, replayed at start; empty keeps them in memory, lost at exit")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
@@ -235,6 +236,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	logger, err := newLogger(stderr, *logLevel)
 	if err != nil {
 		return err
+	}
+	if *heapFloor < 0 || *heapFloor > 1<<20 {
+		return fmt.Errorf("--gc-heap-floor-mib %d must be between 0 and 1048576", *heapFloor)
+	}
+	if *heapFloor > 0 && os.Getenv("GOGC") == "" {
+		defer extproc.KeepHeapFloor(ctx, uint64(*heapFloor)<<20)()
 	}
 	data, cfg, err := loadConfig(*configPath)
 	if err != nil {
