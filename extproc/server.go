@@ -70,9 +70,13 @@ func (s *Server) Process(grpcStream extprocv3.ExternalProcessor_ProcessServer) (
 	st := &stream{gate: s.gate, metrics: s.metrics, log: s.log, ctx: grpcStream.Context(), send: grpcStream.Send}
 	defer func() {
 		if p := recover(); p != nil {
+			stack := debug.Stack()
+			if hp, ok := p.(*helperPanic); ok {
+				p, stack = hp.value, hp.stack
+			}
 			s.metrics.StreamError(observe.StreamPanic)
 			s.log.Error("processor panic; the stream ends with Internal and its request is settled",
-				"panic", p, "state", st.state.String(), "stack", string(debug.Stack()))
+				"panic", p, "state", st.state.String(), "stack", string(stack))
 			err = status.Error(codes.Internal, "tokenwarden: internal error")
 		}
 		st.end()

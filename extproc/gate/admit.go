@@ -54,7 +54,7 @@ func (x *Exchange) admit() *Reply {
 		x.decisionTag = "failed_closed"
 		return x.reject(503, wire.ErrorUnavailable, "", "tokenwarden: the limits store is unavailable and this policy fails closed; retry shortly", ResultStoreError, nil)
 	}
-	x.decision = d
+	x.keepDecision(d)
 	x.recordExpired(d.Expired)
 	x.recordCrossings(d.Crossed)
 	x.observeBudgets(d.Budgets)
@@ -215,6 +215,17 @@ func retryIn(d limiter.Decision) time.Duration {
 		return max(d.RetryAfter, time.Millisecond)
 	}
 	return 0
+}
+
+// keepDecision keeps what the exchange reads of its admission after the
+// admitting call: the rate states (its rate-limit headers), the output the
+// store granted, the denial and whether the store was down. The budget
+// windows, expiries and crossings are read within that call only (the
+// decision passed along), and a slow stream would hold them — about 1 KB
+// at four levels — until its response ends.
+func (x *Exchange) keepDecision(d limiter.Decision) {
+	d.Budgets, d.Expired, d.Crossed = nil, nil, nil
+	x.decision = d
 }
 
 // budgetCap is the cap of the named budget window in a decision.

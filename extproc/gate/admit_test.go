@@ -522,3 +522,17 @@ func TestRefusalsLogSampled(t *testing.T) {
 		t.Fatalf("%d log lines for 50 refusals in well under a second, want 1", got)
 	}
 }
+
+// An admitted exchange keeps none of its decision's budget windows: they
+// were observed during admission, and a slow stream would hold them until
+// its response ends. What it reads later (its rate-limit headers) stays.
+func TestAdmittedExchangeKeepsNoBudgetWindows(t *testing.T) {
+	h := newHarness(t, denialYAML(`{requests_per_minute: 100, concurrent: 10}`, dayBudget))
+	x, _ := h.admit(post(pathMessages, tenantHeader("acme")), sonnetBody)
+	if d := x.decision; d.Budgets != nil || d.Expired != nil || d.Crossed != nil {
+		t.Errorf("kept %d budget windows, %d expiries, %d crossings, want none", len(d.Budgets), len(d.Expired), len(d.Crossed))
+	}
+	if x.decision.Requests.Limit != 100 {
+		t.Errorf("kept requests limit %d, want 100 (the rate-limit headers read it)", x.decision.Requests.Limit)
+	}
+}

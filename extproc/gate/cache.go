@@ -347,7 +347,7 @@ func (x *Exchange) admitHit() *Reply {
 		}
 		return x.reject(503, wire.ErrorUnavailable, "", "tokenwarden: the limits store is unavailable and this policy fails closed; retry shortly", ResultStoreError, nil)
 	}
-	x.decision = d
+	x.keepDecision(d)
 	if !d.Allowed {
 		x.decisionTag = "denied_" + string(d.Denied)
 		g.obs.Admission(tenantLabel, x.decisionTag)

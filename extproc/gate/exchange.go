@@ -74,10 +74,6 @@ type Exchange struct {
 	// charge is what Settle charges the reservation, fixed with the outcome.
 	charge limiter.Charge
 
-	// budgetBuf is observeBudgets' buffer, reused by the exchange's
-	// observations.
-	budgetBuf []LevelBudget
-
 	rc   cacheState    // the response cache's part (cache.go)
 	up   upstreamState // the upstream view's part (upstream.go)
 	pace paceState     // pacing's part (pacing.go)

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/tokenwarden/tokenwarden/accounting"
 	"github.com/tokenwarden/tokenwarden/extproc/contract"
@@ -597,13 +598,20 @@ func (x *Exchange) observeBudgets(states []limiter.BudgetState) {
 	if label == policy.OtherLabel {
 		return
 	}
-	// One buffer for the exchange's observations (admission, settle): the
-	// observer reads it during the call only (Observer.Budgets).
-	bs := slices.Grow(x.budgetBuf[:0], len(states))[:len(states)]
-	x.budgetBuf = bs
+	// A pooled buffer: the observer reads it during the call only
+	// (Observer.Budgets), and one kept by the exchange (1.3 KB at four
+	// levels) would be held by every slow stream to its end.
+	buf := levelBudgetBufs.Get().(*[]LevelBudget)
+	bs := slices.Grow((*buf)[:0], len(states))[:len(states)]
 	for i, s := range states {
 		lvl, window := x.budgetLevel(s.Level, s.Name)
 		bs[i] = LevelBudget{BudgetLevel: lvl, Window: window, State: s}
 	}
 	x.g.obs.Budgets(label, bs, x.g.opts.Now())
+	clear(bs) // the states' strings are not the pool's to keep alive
+	*buf = bs[:0]
+	levelBudgetBufs.Put(buf)
 }
+
+// levelBudgetBufs are observeBudgets' buffers.
+var levelBudgetBufs = sync.Pool{New: func() any { return new([]LevelBudget) }}

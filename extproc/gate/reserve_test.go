@@ -240,12 +240,18 @@ orgs:
 		t.Fatalf("clamped to %d, want %d (the team's room)", x.clamped, want)
 	}
 	reserved := in*sonnetIn + want*sonnetOut
-	for _, b := range x.decision.Budgets {
+	// The store's view of the windows the request was admitted against.
+	_, _, windows := x.levelRequest(h.clock.Now())
+	states, err := h.mem.Budgets(context.Background(), x.tenant, windows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range states {
 		if b.Reserved != reserved {
 			t.Errorf("%s (level %q) reserved %d, want %d", b.Name, b.Level, b.Reserved, reserved)
 		}
 	}
-	if len(x.decision.Budgets) < 2 {
-		t.Fatalf("admitted %d budgets, want the org's and the team's", len(x.decision.Budgets))
+	if len(states) < 2 {
+		t.Fatalf("admitted %d budgets, want the org's and the team's", len(states))
 	}
 }

@@ -1,0 +1,6 @@
+//go:build race
+
+package extproc
+
+// raceDetector reports a build with the race detector, whose stacks differ.
+const raceDetector = true
