@@ -90,8 +90,8 @@ type stream struct {
 // and the headers' take some streams past 8 KB too (the slow-streams
 // load's RSS peak: 92 MB with the body alone on a helper, 86 MB with all
 // three). The response body's chunks, the many messages of a slow stream,
-// are not: metering a chunk is shallow, and a helper costs about 2 µs
-// (starting it and growing its stack).
+// are not: metering a chunk is shallow, and handing a call to a helper
+// costs a goroutine switch each way.
 func (st *stream) handle(req *extprocv3.ProcessingRequest) (resp *extprocv3.ProcessingResponse, settle bool, err error) {
 	switch req.Request.(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders, *extprocv3.ProcessingRequest_RequestBody,
@@ -139,13 +139,13 @@ func (st *stream) dispatch(req *extprocv3.ProcessingRequest) (resp *extprocv3.Pr
 // stack only when under a quarter of it is in use, and a stream parked in
 // gRPC's Recv uses more), which is what a slow stream waiting on its
 // response holds: with 1,000 of them, about 8 MB of stacks, and the
-// processor's RSS over its 100 MB target. The helper's stack goes back to
-// the runtime when it ends. At most one helper runs per stream, and only
-// while the stream's goroutine waits for it, so nothing uses the stream
-// concurrently; a panic in it is carried back and raised again here, under
-// the stream's own guard, with the helper's stack for the log. The call's
-// values live in the stream (st.call), not in a closure's captured
-// variables: two allocations per helper (BenchmarkExchange), not seven.
+// processor's RSS over its 100 MB target. The deep stack is the helper's,
+// which serves other streams' calls (helperPool). One helper runs a
+// stream's call, and only while the stream's goroutine waits for it, so
+// nothing uses the stream concurrently; a panic in it is carried back and
+// raised again here, under the stream's own guard, with the helper's stack
+// for the log. The call's values live in the stream (st.call), not in a
+// closure's captured variables, which would be allocated for every call.
 func (st *stream) onOwnStack(req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, bool, error) {
 	c := &st.call
 	c.req = req
@@ -189,12 +189,17 @@ func (p *helperPool) run(st *stream) {
 		go st.runCall()
 		return
 	}
-	go func() {
+	go p.helper(st)
+}
+
+// helper runs first's call, then parks for the next ones. first is
+// dropped before parking: a parked helper keeps no stream alive.
+func (p *helperPool) helper(first *stream) {
+	first.runCall()
+	first = nil
+	for st := range p.calls {
 		st.runCall()
-		for st := range p.calls {
-			st.runCall()
-		}
-	}()
+	}
 }
 
 // runCall is onOwnStack's helper goroutine.
