@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"sync"
 )
 
 // DefaultHeapFloor is the heap goal KeepHeapFloor holds the collector to
@@ -34,13 +35,19 @@ const maxHeapFloorPercent = 1000
 // sets GOGC has chosen; the caller does not start it then.
 func KeepHeapFloor(ctx context.Context, floor uint64) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
+	// mu orders a cleanup's update against the restore: one that checked
+	// ctx just before stop must not set the floor's percent after it.
+	var mu sync.Mutex
+	stopped := false
 	previous := debug.SetGCPercent(heapFloorPercent(liveHeap(), floor))
 	var arm func()
 	arm = func() {
 		// A cleanup runs after the collection that finds its object
 		// unreachable: once per cycle, on the runtime's cleanup goroutine.
 		runtime.AddCleanup(new([32]byte), func(struct{}) {
-			if ctx.Err() != nil {
+			mu.Lock()
+			defer mu.Unlock()
+			if stopped {
 				return
 			}
 			debug.SetGCPercent(heapFloorPercent(liveHeap(), floor))
@@ -52,6 +59,9 @@ func KeepHeapFloor(ctx context.Context, floor uint64) (stop func()) {
 	go func() {
 		defer close(done)
 		<-ctx.Done()
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
 		debug.SetGCPercent(previous)
 	}()
 	return func() { cancel(); <-done }
