@@ -421,10 +421,9 @@ func compile(f *fileConfig) (*Config, error) {
 			return nil, fmt.Errorf("orgs.%s: also under tenants:; a tenant is a one-level org, name it once", name)
 		}
 	}
+	// Overrides (tenants:, orgs:) change limits, budgets and prompt caching, never model
+	// rules (applyOverride): every policy's downgrades are its base's.
 	for _, p := range c.policies {
-		c.downgrades = c.downgrades || len(p.Models.Downgrade) > 0
-	}
-	for _, p := range c.effective {
 		c.downgrades = c.downgrades || len(p.Models.Downgrade) > 0
 	}
 	return c, nil
