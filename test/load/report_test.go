@@ -71,7 +71,7 @@ func TestTargetsVerdicts(t *testing.T) {
 	rep := &Report{
 		Pairs: []Pair{
 			{Scenario: Scenario{Name: ScenarioRate + "@1000", Rate: 1000}, Floor: result(10*ms, 20*ms, 1000, 30<<10), Twdn: result(12*ms, 40*ms, 1000, 50<<10)},
-			{Scenario: Scenario{Name: ScenarioSaturation, Concurrency: 64}, Floor: result(ms, ms, 2000, 1), Twdn: result(ms, ms, 1300, 1)},
+			{Scenario: Scenario{Name: ScenarioSaturation, Concurrency: 64}, Floor: result(10*ms, 20*ms, 2000, 1), Twdn: result(14*ms, 20*ms, 1300, 1)},
 			{Scenario: Scenario{Name: ScenarioStreams, Concurrency: 1000}, Floor: result(ms, ms, 1, 40<<10), Twdn: result(ms, ms, 1, 120<<10)},
 			{Scenario: Scenario{Name: ScenarioSmallJSON + "-openai", Concurrency: 16}, Floor: result(10*ms, 20*ms, 1000, 1), Twdn: smallTwdn},
 		},
@@ -110,6 +110,7 @@ func TestTargetsVerdicts(t *testing.T) {
 	for m, v := range map[string]string{
 		"small-json-openai (16 concurrent) throughput":                                        "**missed**", // 0.8× < 0.85×
 		"small-json-openai (16 concurrent) p50":                                               "**missed**", // 1.4× > 1.25×
+		"saturation (64 concurrent) p50":                                                      "**missed**", // 1.4× > 1.25×
 		"small-json-openai (16 concurrent) Redis CPU per exchange (admit + settle, 4 levels)": "",
 	} {
 		if memVerdicts[m] != v {
