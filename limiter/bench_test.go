@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -223,4 +224,86 @@ func benchExchange(b *testing.B, s Store, a AdmitRequest, st SettleRequest) bool
 		return false
 	}
 	return true
+}
+
+// BenchmarkRedisShape splits the exact scripts' time inside Redis by what
+// a call carries: an admit and a settle per op at four levels (eight
+// budgets, three levels with their own limits), with eight reservations
+// kept pending as under load, and the same without the budgets, without
+// the levels' limits, and without both. It reports the script time per
+// call and, apart, the time of the Redis commands the scripts ran: the
+// difference is the scripts' own Lua work (argument handling, string
+// building, tables, the reply), which is most of a call's cost.
+func BenchmarkRedisShape(b *testing.B) {
+	srv := redistest.Start(b, redistest.Options{})
+	c := newClient(b, srv.Addr())
+	s := newRedisStore(b, c)
+	now, err := c.Time(ctxb).Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	noBudgets := func(a *AdmitRequest, st *SettleRequest) { a.Budgets, st.Budgets = nil, nil }
+	noLevels := func(a *AdmitRequest, _ *SettleRequest) { a.LevelLimits = nil }
+	for _, shape := range []struct {
+		name  string
+		strip []func(*AdmitRequest, *SettleRequest)
+	}{
+		{"Full", nil},
+		{"NoBudgets", []func(*AdmitRequest, *SettleRequest){noBudgets}},
+		{"NoLevelLimits", []func(*AdmitRequest, *SettleRequest){noLevels}},
+		{"OrgLimitsOnly", []func(*AdmitRequest, *SettleRequest){noBudgets, noLevels}},
+	} {
+		b.Run(shape.name, func(b *testing.B) {
+			var pending []SettleRequest
+			op := func(id string) {
+				a, st := benchRequests(now, 4, id)
+				for _, f := range shape.strip {
+					f(&a, &st)
+				}
+				if d, err := s.Admit(ctxb, a); err != nil || !d.Allowed {
+					b.Fatalf("admit: %+v %v", d, err)
+				}
+				if pending = append(pending, st); len(pending) > 8 {
+					if r, err := s.Settle(ctxb, pending[0]); err != nil || !r.Settled {
+						b.Fatalf("settle: %+v %v", r, err)
+					}
+					pending = pending[1:]
+				}
+			}
+			tag := fmt.Sprint("shape-", shape.name, "-", b.N, "-")
+			for i := range 16 { // the pending reservations and the scripts loaded
+				op(fmt.Sprint(tag, "w", i))
+			}
+			if err := c.ConfigResetStat(ctxb).Err(); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				op(fmt.Sprint(tag, i))
+			}
+			b.StopTimer()
+			calls, usec := commandStat(b, c, "evalsha")
+			b.ReportMetric(usec, "redis-µs/call")
+			b.ReportMetric(commandsUsec(b, c)/float64(calls), "commands-µs/call")
+		})
+	}
+}
+
+// commandsUsec is the time Redis spent in commands other than EVALSHA
+// since the last CONFIG RESETSTAT: the commands the scripts ran.
+func commandsUsec(b *testing.B, c *redis.Client) float64 {
+	b.Helper()
+	info, err := c.Info(ctxb, "commandstats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total float64
+	for _, m := range regexp.MustCompile(`cmdstat_([a-z|]+):calls=\d+,usec=(\d+),`).FindAllStringSubmatch(info, -1) {
+		if m[1] == "evalsha" || strings.HasPrefix(m[1], "config") || m[1] == "info" {
+			continue
+		}
+		v, _ := strconv.ParseFloat(m[2], 64)
+		total += v
+	}
+	return total
 }
