@@ -106,14 +106,20 @@ func BenchmarkMemory(b *testing.B) {
 	benchStore(b, func() Store { return NewMemory(MemoryOptions{}) }, time.Now(), 1, nil)
 }
 
-func BenchmarkRedis(b *testing.B) {
+// benchRedis starts a redis-server for b and returns a client, a store over
+// it and Redis's clock.
+func benchRedis(b *testing.B) (*redis.Client, *Redis, time.Time) {
 	srv := redistest.Start(b, redistest.Options{})
 	c := newClient(b, srv.Addr())
-	s := newRedisStore(b, c)
 	now, err := c.Time(ctxb).Result()
 	if err != nil {
 		b.Fatal(err)
 	}
+	return c, newRedisStore(b, c), now
+}
+
+func BenchmarkRedis(b *testing.B) {
+	c, s, now := benchRedis(b)
 	for _, n := range []int{1, 4} {
 		b.Run(fmt.Sprintf("Levels%d", n), func(b *testing.B) {
 			benchStore(b, func() Store { return s }, now, n, &commandStats{c: c})
@@ -235,13 +241,7 @@ func benchExchange(b *testing.B, s Store, a AdmitRequest, st SettleRequest) bool
 // difference is the scripts' own Lua work (argument handling, string
 // building, tables, the reply), which is most of a call's cost.
 func BenchmarkRedisShape(b *testing.B) {
-	srv := redistest.Start(b, redistest.Options{})
-	c := newClient(b, srv.Addr())
-	s := newRedisStore(b, c)
-	now, err := c.Time(ctxb).Result()
-	if err != nil {
-		b.Fatal(err)
-	}
+	c, s, now := benchRedis(b)
 	noBudgets := func(a *AdmitRequest, st *SettleRequest) { a.Budgets, st.Budgets = nil, nil }
 	noLevels := func(a *AdmitRequest, _ *SettleRequest) { a.LevelLimits = nil }
 	for _, shape := range []struct {
