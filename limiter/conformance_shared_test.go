@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -34,6 +35,43 @@ func runSharedConformance(t *testing.T, h harness) {
 		}
 		if r, err := s.Cancel(ctxb, CancelRequest{Tenant: tenant, RequestID: "lost"}); err != nil || r.Released {
 			t.Fatalf("second cancel: %+v %v", r, err)
+		}
+	})
+
+	// A lease's block of requests (AdmitRequest.Count) cancelled gives back
+	// every request it counted, at the org and at the levels below: with one
+	// back instead, the two singles after it would not fit the rpm of 4.
+	t.Run("CancelGivesBackEveryRequestOfABlock", func(t *testing.T) {
+		tenant := newTenant("cancel-block")
+		for _, c := range []struct {
+			name   string
+			limits Limits
+			levels []LevelLimits
+		}{
+			{"org", Limits{RequestsPerMinute: 4}, nil},
+			{"user", Limits{}, userLimits("eng", "ann", LevelLimits{}, LevelLimits{RequestsPerMinute: 4})},
+		} {
+			admit := func(id string, count int64) Decision {
+				return mustAdmit(t, s, AdmitRequest{Tenant: tenant, RequestID: c.name + id, Limits: c.limits, LevelLimits: c.levels, Count: count, Detached: count > 1})
+			}
+			if d := admit("block", 3); !d.Allowed {
+				t.Fatalf("%s: the block of 3: %+v", c.name, d)
+			}
+			if d := admit("over", 2); d.Allowed {
+				t.Fatalf("%s: 2 more beside the block of 3 under 4 a minute: %+v", c.name, d)
+			}
+			r, err := replica.Cancel(ctxb, CancelRequest{Tenant: tenant, RequestID: c.name + "block", RequestsPerMinute: c.limits.RequestsPerMinute, Requests: 3})
+			if err != nil || !r.Released {
+				t.Fatalf("%s: cancel: %+v %v", c.name, r, err)
+			}
+			for i := range 4 {
+				if d := admit(fmt.Sprint("single", i), 1); !d.Allowed {
+					t.Fatalf("%s: single %d after the cancel: %+v", c.name, i, d)
+				}
+			}
+			if d := admit("fifth", 1); d.Allowed {
+				t.Fatalf("%s: a fifth in the minute: %+v", c.name, d)
+			}
 		}
 	})
 

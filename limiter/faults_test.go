@@ -276,6 +276,22 @@ func TestNoPhantomAfterStall(t *testing.T) {
 			t.Fatalf("admit after the stall: %+v %v", d, err)
 		}
 	}
+	// A block of requests (a lease's: AdmitRequest.Count) lost the same way
+	// gives back every request it counted: four singles fit the minute's
+	// four again, where one given back would leave room for one.
+	rpm := Limits{RequestsPerMinute: 4}
+	warm()
+	srv.Pause()
+	if _, err := res.Admit(ctxb, AdmitRequest{Tenant: "blk", RequestID: "block", Limits: rpm, Count: 4, Detached: true, OnFailure: FailClosed}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("block admit while stalled: %v", err)
+	}
+	srv.Resume()
+	waitFor(t, "the block's cancel to be applied", func() bool { return res.Pending() == 0 })
+	for i := range 4 {
+		if d, err := res.Admit(ctxb, AdmitRequest{Tenant: "blk", RequestID: fmt.Sprint("single", i), Limits: rpm}); err != nil || !d.Allowed {
+			t.Fatalf("single %d after the block's cancel: %+v %v", i, d, err)
+		}
+	}
 }
 
 // TestJournalReplaysOnce: what was decided while the store was down,

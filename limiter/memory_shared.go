@@ -30,7 +30,7 @@ func (m *Memory) Cancel(ctx context.Context, req CancelRequest) (CancelResult, e
 	}
 	m.charge(t, now, rec, 0, nil, new([]rawCrossing))
 	if rpm := newRate(req.RequestsPerMinute, req.Burst); rpm.limit > 0 && t.rpm > 0 {
-		t.rpm = max(max(t.rpm, now)-increment(1, rpm.limit), now)
+		t.rpm = max(max(t.rpm, now)-req.count()*increment(1, rpm.limit), now)
 	}
 	if rec.tpmLimit > 0 && t.tpm > 0 {
 		t.tpm = max(max(t.tpm, now)-increment(rec.tokens, rec.tpmLimit), now)
@@ -41,7 +41,7 @@ func (m *Memory) Cancel(ctx context.Context, req CancelRequest) (CancelResult, e
 			continue
 		}
 		if ll.RequestsPerMinute > 0 && s.rpm > 0 {
-			s.rpm = max(max(s.rpm, now)-increment(1, ll.RequestsPerMinute), now)
+			s.rpm = max(max(s.rpm, now)-req.count()*increment(1, ll.RequestsPerMinute), now)
 		}
 		if ll.TokensPerMinute > 0 && s.tpm > 0 {
 			s.tpm = max(max(s.tpm, now)-increment(rec.tokens, ll.TokensPerMinute), now)

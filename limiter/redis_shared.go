@@ -14,7 +14,7 @@ func (r *Redis) Cancel(ctx context.Context, req CancelRequest) (CancelResult, er
 	}
 	prefix := tenantPrefix(req.Tenant)
 	rpm := newRate(req.RequestsPerMinute, req.Burst)
-	args := []any{prefix, req.RequestID, rpm.limit, r.tombstoneTTL.Milliseconds(), int64(r.retention / time.Second)}
+	args := []any{prefix, req.RequestID, rpm.limit, r.tombstoneTTL.Milliseconds(), int64(r.retention / time.Second), req.count()}
 	keys := []string{prefix + "s", prefix + "p", prefix + "r:" + req.RequestID}
 	v, err := r.run(ctx, cancelScript, keys, args)
 	if err != nil {

@@ -332,7 +332,7 @@ func (r *Resilient) Admit(ctx context.Context, req AdmitRequest) (Decision, erro
 			// its connection was never opened).
 			if !neverSent(err) {
 				r.owe(journalOp{Kind: OpCancel, Cancel: &CancelRequest{Tenant: req.Tenant, RequestID: req.RequestID,
-					RequestsPerMinute: req.Limits.RequestsPerMinute, Burst: req.Limits.Burst}})
+					RequestsPerMinute: req.Limits.RequestsPerMinute, Burst: req.Limits.Burst, Requests: req.count()}})
 			}
 			if ctx.Err() != nil {
 				return Decision{}, err // the caller is gone: nobody to serve

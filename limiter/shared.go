@@ -46,13 +46,18 @@ type Shared interface {
 var ErrShed = errors.New("limiter: store busy, call shed")
 
 // CancelRequest names an admission to undo. RequestsPerMinute is the limit
-// the admission was made under, so the request it counted is refunded too.
+// the admission was made under, so the requests it counted are refunded
+// too: Requests of them (its AdmitRequest.Count, a lease's block), at the
+// org and at every level below it that limits requests; zero means one.
 type CancelRequest struct {
 	Tenant            string
 	RequestID         string
 	RequestsPerMinute int64
 	Burst             float64
+	Requests          int64 `json:",omitempty"`
 }
+
+func (req *CancelRequest) count() int64 { return max(req.Requests, 1) }
 
 // CancelResult says what Cancel found.
 type CancelResult struct {

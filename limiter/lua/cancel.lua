@@ -3,15 +3,17 @@
 -- ("c"), which makes the admission a no-op (its SET NX fails) if it arrives
 -- later. With a pending record, release everything it reserved: its
 -- estimate leaves every window, its lease is released, its tokens and the
--- request itself leave the GCRA buckets. A finished record is left alone.
+-- requests it counted leave the GCRA buckets. A finished record is left alone.
 -- KEYS: 1 tenant state hash, 2 pending zset, 3 this request's record.
 -- ARGV: 1 key prefix, 2 request id, 3 rpm limit, 4 tombstone ms,
---   5 retention s.
+--   5 retention s, 6 how many requests the admission stood for (its count,
+--   as admit.lua's ARGV[19]).
 -- Returns {now, released 0/1}.
 local prefix, id = ARGV[1], ARGV[2]
 local skey, pkey, rkey = KEYS[1], KEYS[2], KEYS[3]
 local now = now_us()
 local keep_ms, retention_s = tonumber(ARGV[4]), tonumber(ARGV[5])
+local count = tonumber(ARGV[6])
 local v = redis.call('GET', rkey)
 if not v then
   redis.call('SET', rkey, 'c', 'PX', fmt(keep_ms))
@@ -24,7 +26,7 @@ local st = redis.call('HMGET', skey, 'r', 't', 'e')
 local fields, tat_max = {}, now
 local rpm_l = tonumber(ARGV[3])
 if rpm_l > 0 and st[1] then
-  local tat = math.max(math.max(tonumber(st[1]), now) - increment(1, rpm_l), now)
+  local tat = math.max(math.max(tonumber(st[1]), now) - count * increment(1, rpm_l), now)
   fields[#fields + 1] = 'r'; fields[#fields + 1] = fmt(tat)
   tat_max = math.max(tat_max, tat)
 end
@@ -34,11 +36,11 @@ if tl > 0 and st[2] then
   fields[#fields + 1] = 't'; fields[#fields + 1] = fmt(tat)
   tat_max = math.max(tat_max, tat)
 end
--- The levels below the org give back the request and its tokens too.
+-- The levels below the org give back the requests and the tokens too.
 if rec[6] ~= '' then
   local names, incs = {}, {}
   for k, lrl, ltl in record_levels(rec[6]) do
-    if lrl > 0 then names[#names + 1] = 'r:' .. k; incs[#incs + 1] = increment(1, lrl) end
+    if lrl > 0 then names[#names + 1] = 'r:' .. k; incs[#incs + 1] = count * increment(1, lrl) end
     if ltl > 0 then names[#names + 1] = 't:' .. k; incs[#incs + 1] = increment(rec[1], ltl) end
   end
   if #names > 0 then
