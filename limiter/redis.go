@@ -440,12 +440,14 @@ func parseAdmit(v any, nb int) (admitOutcome, error) {
 	if code == codeDuplicate {
 		return o, nil
 	}
-	rows, err := asSlice(top[4], nb)
+	// Each budget's window, spent and reserved, one flat list.
+	flat, err := asSlice(top[4], 3*nb)
 	if err != nil {
 		return admitOutcome{}, err
 	}
-	for _, row := range rows {
-		b, err := parseBudget(row)
+	o.budgets = make([]budgetOutcome, 0, nb)
+	for i := 0; i < len(flat); i += 3 {
+		b, err := parseBudgetFields(flat[i : i+3])
 		if err != nil {
 			return admitOutcome{}, err
 		}
@@ -463,18 +465,18 @@ func parseAdmit(v any, nb int) (admitOutcome, error) {
 			return admitOutcome{}, err
 		}
 		o.level = int(lvl)
-		rows, err := asSlice(top[9], -1)
+		// Each level's rpm and tpm TAT, one flat list.
+		flat, err := asSlice(top[9], -1)
+		if err == nil && len(flat)%2 != 0 {
+			err = fmt.Errorf("levels' TATs of odd length %d", len(flat))
+		}
 		if err != nil {
 			return admitOutcome{}, err
 		}
-		for _, row := range rows {
-			pair, err := asSlice(row, 2)
-			if err != nil {
-				return admitOutcome{}, err
-			}
+		for i := 0; i < len(flat); i += 2 {
 			var tats [2]int64
 			for j := range tats {
-				if tats[j], err = asInt(pair[j]); err != nil {
+				if tats[j], err = asInt(flat[i+j]); err != nil {
 					return admitOutcome{}, err
 				}
 			}
@@ -514,15 +516,19 @@ func parseSettle(v any) (settleOutcome, error) {
 		return settleOutcome{}, err
 	}
 	o.settled, o.unknown = settled == 1, settled == -1
-	rows, err := asSlice(top[2], -1)
+	// Each window's name, start, end, spent and reserved, one flat list.
+	flat, err := asSlice(top[2], -1)
+	if err == nil && len(flat)%5 != 0 {
+		err = fmt.Errorf("settled windows of length %d", len(flat))
+	}
 	if err != nil {
 		return settleOutcome{}, err
 	}
-	for _, row := range rows {
-		f, err := asSlice(row, 5)
-		if err != nil {
-			return settleOutcome{}, err
-		}
+	if len(flat) > 0 {
+		o.budgets = make([]windowOutcome, 0, len(flat)/5)
+	}
+	for k := 0; k < len(flat); k += 5 {
+		f := flat[k : k+5]
 		w := windowOutcome{name: asString(f[0])}
 		for i, p := range []*int64{&w.start, &w.end, &w.spent, &w.reserved} {
 			if *p, err = asInt(f[i+1]); err != nil {
@@ -543,6 +549,12 @@ func parseBudget(v any) (budgetOutcome, error) {
 	if err != nil {
 		return budgetOutcome{}, err
 	}
+	return parseBudgetFields(f)
+}
+
+// parseBudgetFields reads a budget's window index, spent, reserved and,
+// from lua/budgets.lua, degraded.
+func parseBudgetFields(f []any) (budgetOutcome, error) {
 	if len(f) != 3 && len(f) != 4 {
 		return budgetOutcome{}, fmt.Errorf("budget row of %d fields", len(f))
 	}

@@ -42,10 +42,22 @@ func (a *scriptArgs) str(s string) {
 	a.argv = append(a.argv, &a.strs[len(a.strs)-1])
 }
 
-// alerts adds the alerts block that lua/common.lua read_alerts reads.
+// alerts adds the alerts block that lua/common.lua read_alerts reads, of
+// the budgets that have thresholds: a budget the block leaves out has none
+// to cross, as one listed with none, and each listed costs every settle a
+// table and two arguments to parse.
 func (a *scriptArgs) alerts(budgets []Budget) {
-	a.int(int64(len(budgets)))
+	n := 0
+	for i := range budgets {
+		if len(budgets[i].Alerts) > 0 {
+			n++
+		}
+	}
+	a.int(int64(n))
 	for _, b := range budgets {
+		if len(b.Alerts) == 0 {
+			continue
+		}
 		a.str(b.Name)
 		a.int(int64(len(b.Alerts)))
 		for _, t := range b.Alerts {
@@ -54,7 +66,7 @@ func (a *scriptArgs) alerts(budgets []Budget) {
 	}
 }
 
-// alertsLen is how many arguments alerts adds for budgets.
+// alertsLen is at most how many arguments alerts adds for budgets.
 func alertsLen(budgets []Budget) int {
 	n := 1 + 2*len(budgets)
 	for _, b := range budgets {

@@ -22,9 +22,10 @@
 --   org's); then the window sets: count, then per set three windows as
 --   start µs, end µs; then the budgets: count, then per budget: name, cap,
 --   its window set (1-based); then the alerts block (read_alerts).
--- Returns {now, code, rpm TAT, tpm TAT, {window, spent, reserved}...,
+-- Returns {now, code, rpm TAT, tpm TAT, {window, spent, reserved, ...},
 --   expired, crossed, output reserved (0 when denied), the denying level
---   (0 the org, else its index), {rpm TAT, tpm TAT} per level}; codes as in
+--   (0 the org, else its index), {rpm TAT, tpm TAT, ...}}: the budgets' and
+--   the levels' figures flat, three a budget and two a level; codes as in
 --   core.go.
 local prefix, id = ARGV[1], ARGV[2]
 local skey, pkey, rkey = KEYS[1], KEYS[2], KEYS[3]
@@ -93,7 +94,7 @@ for b = 1, nb do
   local spent, res = tonumber(v[1]) or 0, tonumber(v[2]) or 0
   bname[b], bcap[b], bset[b], bkey[b] = name, tonumber(ARGV[j + 1]), set, key
   bspent[b], bres[b], bnew[b] = spent, res, not v[1] and not v[2]
-  states[b] = {widx[set], spent, res}
+  states[3 * b - 2], states[3 * b - 1], states[3 * b] = widx[set], spent, res
   j = j + 3
 end
 local alerts_at = j
@@ -139,7 +140,7 @@ local dkey = prefix .. 'd'
 local nd = tonumber(st[6])
 local function level_tats()
   local r = {}
-  for l = 1, nl do r[l] = {lrtat[l], lttat[l]} end
+  for l = 1, nl do r[2 * l - 1], r[2 * l] = lrtat[l], lttat[l] end
   return r
 end
 
@@ -288,9 +289,9 @@ save_state(skey, fields, tonumber(st[4]), tat_max, now)
 local spent_again = #expired > 0 -- the sweep may have charged these windows
 local scost = fmt(cost)
 for b = 1, nb do
-  states[b][3] = redis.call('HINCRBY', bkey[b], 'reserved', scost)
+  states[3 * b] = redis.call('HINCRBY', bkey[b], 'reserved', scost)
   if spent_again then
-    states[b][2] = tonumber(redis.call('HGET', bkey[b], 'spent')) or 0
+    states[3 * b - 1] = tonumber(redis.call('HGET', bkey[b], 'spent')) or 0
   end
   if bnew[b] then -- an existing window already expires at its end + retention
     redis.call('EXPIREAT', bkey[b], fmt(math.floor(wend[bset[b]] / 1000000) + retention_s))

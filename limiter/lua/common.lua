@@ -38,8 +38,8 @@ local function increment(cost, limit)
 end
 
 -- Alert thresholds per budget name from ARGV, starting at index i:
--- count, then per budget: name, n, n thresholds. Returns the table and the
--- next index.
+-- count, then per budget with thresholds: name, n, n thresholds (a budget
+-- left out has none). Returns the table and the next index.
 local function read_alerts(i)
   local alerts = {}
   local n = tonumber(ARGV[i]); i = i + 1
@@ -138,11 +138,13 @@ local function record_levels(levels)
 end
 
 -- Replaces a reservation's estimate by cost in each window listed in its
--- record, records first alert crossings into crossed, and returns
--- {name, start, end, spent, reserved} per window. A window's hash keeps the
--- expiry it got at creation; one is set only if the hash has vanished.
+-- record, records first alert crossings into crossed, and returns name,
+-- start, end, spent, reserved of each window, one flat list (a table per
+-- window, and its conversion to a reply, cost more than the charge). A
+-- window's hash keeps the expiry it got at creation; one is set only if
+-- the hash has vanished.
 local function charge(prefix, windows, est, cost, alerts, retention_s, crossed)
-  local out = {}
+  local out, n = {}, 0
   -- The levels' budgets share windows: each window's key suffix and
   -- expiry are computed once.
   local sfx, exp = {}, {}
@@ -170,7 +172,8 @@ local function charge(prefix, windows, est, cost, alerts, retention_s, crossed)
       end
       if added then redis.call('EXPIREAT', akey, expire_at) end
     end
-    out[#out + 1] = {name, s, e, spent, reserved}
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = name, s, e, spent, reserved
+    n = n + 5
   end
   return out
 end

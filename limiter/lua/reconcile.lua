@@ -7,7 +7,7 @@
 -- ARGV: 1 key prefix, 2 cost, 3 degraded 0/1, 4 marker ms, 5 retention s,
 --   6 window count, then per window: name, start µs, end µs; then the
 --   alerts block (read_alerts).
--- Returns {now, applied 0/1, {name, start, end, spent, reserved}..., crossed}.
+-- Returns {now, applied 0/1, {name, start, end, spent, reserved, ...}, crossed}.
 local prefix = ARGV[1]
 local now = now_us()
 if redis.call('EXISTS', KEYS[1]) == 1 or (KEYS[2] ~= KEYS[1] and redis.call('EXISTS', KEYS[2]) == 1) then

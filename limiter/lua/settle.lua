@@ -6,7 +6,7 @@
 -- ARGV: 1 key prefix, 2 request id, 3 tokens, 4 cost, 5 retention s,
 --   6 settled TTL ms, 7 sweep limit, then the alerts block (read_alerts),
 --   then the calibration sample: model ('' for none), estimated, measured.
--- Returns {now, settled 1 / finished 0 / unknown -1, {name, start, end, spent, reserved}...,
+-- Returns {now, settled 1 / finished 0 / unknown -1, {name, start, end, spent, reserved, ...},
 --   expired, crossed[, {factor, samples}]}.
 local prefix, id = ARGV[1], ARGV[2]
 local skey, pkey, rkey = KEYS[1], KEYS[2], KEYS[3]
