@@ -376,3 +376,40 @@ func TestRedisErrorReplyIsNotUnavailable(t *testing.T) {
 		t.Fatalf("Admit over a corrupt key: %v; want a plain error", err)
 	}
 }
+
+// TestParseFlatReplies: the scripts answer budgets (window, spent,
+// reserved), levels (rpm TAT, tpm TAT) and settled windows (name, start,
+// end, spent, reserved) as flat lists; a list that is not a whole number of
+// entries is an error, not a misread.
+func TestParseFlatReplies(t *testing.T) {
+	admit := func(budgets, levels []any) any {
+		return []any{int64(1), int64(codeAllowed), int64(2), int64(3), budgets, []any{}, []any{}, int64(0), int64(0), levels}
+	}
+	settle := func(windows []any) any {
+		return []any{int64(1), int64(1), windows, []any{}, []any{}}
+	}
+	o, err := parseAdmit(admit([]any{int64(1), int64(10), int64(20), int64(0), int64(30), int64(40)},
+		[]any{int64(5), int64(6), int64(7), int64(8)}), 2)
+	if err != nil || len(o.budgets) != 2 || o.budgets[0] != (budgetOutcome{window: 1, spent: 10, reserved: 20}) ||
+		o.budgets[1] != (budgetOutcome{window: 0, spent: 30, reserved: 40}) ||
+		len(o.levelTATs) != 2 || o.levelTATs[0] != [2]int64{5, 6} || o.levelTATs[1] != [2]int64{7, 8} {
+		t.Fatalf("parseAdmit = %+v, %v", o, err)
+	}
+	for name, v := range map[string]any{
+		"a budget short":   admit([]any{int64(1), int64(10), int64(20), int64(0), int64(30)}, []any{}),
+		"a budget extra":   admit([]any{int64(1), int64(10), int64(20), int64(0), int64(30), int64(40), int64(0)}, []any{}),
+		"a level short":    admit([]any{int64(1), int64(10), int64(20), int64(0), int64(30), int64(40)}, []any{int64(5), int64(6), int64(7)}),
+		"a window index 3": admit([]any{int64(3), int64(10), int64(20), int64(0), int64(30), int64(40)}, []any{}),
+	} {
+		if _, err := parseAdmit(v, 2); err == nil {
+			t.Errorf("parseAdmit accepted %s: %v", name, v)
+		}
+	}
+	s, err := parseSettle(settle([]any{"day", "100", "200", int64(7), int64(8), "month", "100", "300", int64(9), int64(10)}))
+	if err != nil || len(s.budgets) != 2 || s.budgets[1] != (windowOutcome{name: "month", start: 100, end: 300, spent: 9, reserved: 10}) {
+		t.Fatalf("parseSettle = %+v, %v", s, err)
+	}
+	if _, err := parseSettle(settle([]any{"day", "100", "200", int64(7)})); err == nil {
+		t.Error("parseSettle accepted a window short of a field")
+	}
+}
