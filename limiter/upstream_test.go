@@ -2,7 +2,9 @@ package limiter
 
 import (
 	"context"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -135,14 +137,68 @@ func TestUpstreamRedisShared(t *testing.T) {
 	}
 	c := newUpstreamRedis(t, newClient(t, srv.Addr()), 0)
 	waitFor(t, "a replica started later reads it", func() bool { return c.CooldownUntil("up1", time.Now()).Equal(until) })
-	pttl, err := newClient(t, srv.Addr()).PTTL(context.Background(), upstreamKeyPrefix+"up1}").Result()
+	rc := newClient(t, srv.Addr())
+	pttl, err := rc.PTTL(ctx, upstreamIndexKey).Result()
 	if err != nil || pttl <= 0 || pttl > 20*time.Second {
-		t.Fatalf("the key expires with the cool-down: pttl %s %v", pttl, err)
+		t.Fatalf("the index expires with the last cool-down: pttl %s %v", pttl, err)
 	}
 	// A shorter cool-down from another replica changes nothing anywhere.
 	b.Cooldown(ctx, "up1", time.Now().Add(time.Second))
-	if got, _ := newClient(t, srv.Addr()).Get(context.Background(), upstreamKeyPrefix+"up1}").Result(); got != strconv.FormatInt(until.UnixMilli(), 10) {
-		t.Fatalf("stored end %s, want %d", got, until.UnixMilli())
+	if got, _ := rc.ZScore(ctx, upstreamIndexKey, "up1").Result(); int64(got) != until.UnixMilli() {
+		t.Fatalf("stored end %v, want %d", got, until.UnixMilli())
+	}
+}
+
+// TestUpstreamRedisIndex: the re-read is one read of the index whatever
+// else the keyspace holds (no SCAN: each request's record is a key), an
+// ended cool-down is pruned by the next write and never re-read, and the
+// index lives exactly as long as its last cool-down.
+func TestUpstreamRedisIndex(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t, redistest.Options{})
+	rc := newClient(t, srv.Addr())
+	pipe := rc.Pipeline()
+	for i := range 5000 { // other keys, as a busy limiter's records
+		pipe.Set(ctx, "tw:{org}:r:"+strconv.Itoa(i), "s", time.Minute)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.ConfigResetStat(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	a := newUpstreamRedis(t, newClient(t, srv.Addr()), 0)
+	short := time.Now().Add(150 * time.Millisecond)
+	if err := a.Cooldown(ctx, "brief", short); err != nil {
+		t.Fatal(err)
+	}
+	long := time.Now().Add(20 * time.Second).Truncate(time.Millisecond)
+	if err := a.Cooldown(ctx, "long", long); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(short) + 50*time.Millisecond)
+	if err := a.Cooldown(ctx, "other", time.Now().Add(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	members, err := rc.ZRange(ctx, upstreamIndexKey, 0, -1).Result()
+	if err != nil || !slices.Equal(members, []string{"other", "long"}) {
+		t.Fatalf("index %v %v: the ended cool-down is pruned by the next write", members, err)
+	}
+	c := newUpstreamRedis(t, newClient(t, srv.Addr()), 0)
+	waitFor(t, "a replica started later reads the live ones", func() bool { return c.Stats().Active == 2 })
+	if got := c.CooldownUntil("long", time.Now()); !got.Equal(long) {
+		t.Fatalf("re-read end %s, want %s", got, long)
+	}
+	stats, err := rc.Info(ctx, "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(stats, "cmdstat_scan:") {
+		t.Fatalf("a re-read walked the keyspace:\n%s", stats)
+	}
+	pttl, err := rc.PTTL(ctx, upstreamIndexKey).Result()
+	if err != nil || pttl < 19*time.Second || pttl > 20*time.Second {
+		t.Fatalf("the index expires with its last cool-down (20s): pttl %s %v", pttl, err)
 	}
 }
 
