@@ -248,6 +248,8 @@ func scenarioRows(p Pair) []row {
 		row{metric: "load generator CPU (cores busy)", floor: fmt.Sprintf("%.2f", f.GeneratorCores()), twdn: fmt.Sprintf("%.2f", t.GeneratorCores())},
 		row{metric: "redis-server CPU per exchange", floor: "—", twdn: us(perExchange(t.RedisCPU, t.Exchanges))},
 		row{metric: "processor CPU per exchange", floor: us(f.CPUPerExchange()), twdn: us(t.CPUPerExchange()), ratio: ratio(float64(t.CPUPerExchange()), float64(f.CPUPerExchange()))},
+		row{metric: "load generator CPU per exchange", floor: us(f.GeneratorCPUPerExchange()), twdn: us(t.GeneratorCPUPerExchange()),
+			ratio: ratio(float64(t.GeneratorCPUPerExchange()), float64(f.GeneratorCPUPerExchange()))},
 		gcRow(t),
 		row{metric: "processor RSS peak", floor: mb(f.RSSPeakKB), twdn: mb(t.RSSPeakKB), ratio: ratio(float64(t.RSSPeakKB), float64(f.RSSPeakKB))},
 		row{metric: "Redis commands executed per request (scripts' calls included)", floor: "—", twdn: strconv.FormatFloat(t.RedisPerExchange, 'f', 2, 64) + byCommand(t.RedisByCommand)},

@@ -125,3 +125,37 @@ func TestTargetsVerdicts(t *testing.T) {
 		t.Errorf("targets table row not rendered as expected:\n%s", md)
 	}
 }
+
+// TestGeneratorCPUPerExchange: the load generator's CPU is reported per
+// exchange, for the floor and tokenwarden, with their ratio — the share of
+// a throughput ratio that is the generator applying the answers.
+func TestGeneratorCPUPerExchange(t *testing.T) {
+	for _, tc := range []struct {
+		cpu       time.Duration
+		exchanges int64
+		want      time.Duration
+	}{
+		{0, 0, 0},
+		{time.Second, 0, 0},
+		{time.Millisecond, 4, 250 * time.Microsecond},
+		{2 * time.Second, 10000, 200 * time.Microsecond},
+	} {
+		r := &Result{GeneratorCPU: tc.cpu, Exchanges: tc.exchanges}
+		if got := r.GeneratorCPUPerExchange(); got != tc.want {
+			t.Errorf("%s over %d exchanges: %s, want %s", tc.cpu, tc.exchanges, got, tc.want)
+		}
+	}
+	p := Pair{
+		Floor: &Result{GeneratorCPU: 2010 * time.Millisecond, Exchanges: 10000},
+		Twdn:  &Result{GeneratorCPU: 2540 * time.Millisecond, Exchanges: 10000},
+	}
+	for _, r := range scenarioRows(p) {
+		if r.metric == "load generator CPU per exchange" {
+			if r.floor != "201 µs" || r.twdn != "254 µs" || r.ratio != "1.26×" {
+				t.Fatalf("row %+v", r)
+			}
+			return
+		}
+	}
+	t.Fatal("no load generator CPU per exchange row")
+}

@@ -156,6 +156,17 @@ func (r *Result) CPUPerExchange() time.Duration {
 	return r.CPU / time.Duration(r.Exchanges)
 }
 
+// GeneratorCPUPerExchange is the harness's CPU per exchange measured: what
+// the load generator spends on each exchange — applying the answers among
+// it — which takes the same two cores as the processor, so a processor's
+// answers that cost the generator more lower its throughput ratio too.
+func (r *Result) GeneratorCPUPerExchange() time.Duration {
+	if r.Exchanges == 0 {
+		return 0
+	}
+	return r.GeneratorCPU / time.Duration(r.Exchanges)
+}
+
 // GeneratorCores is the harness's CPU over the measured wall time, in cores.
 func (r *Result) GeneratorCores() float64 {
 	if r.Cores <= 0 || r.CPU <= 0 {
