@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -155,10 +154,7 @@ func (s *commandStats) report(b *testing.B) {
 // seconds: the thread that runs every command and script.
 func mainThreadCPU(b *testing.B, c *redis.Client) float64 {
 	b.Helper()
-	info, err := c.Info(ctxb, "cpu").Result()
-	if err != nil {
-		b.Fatal(err)
-	}
+	info := redisInfo(b, c, "cpu")
 	var total float64
 	for _, f := range []string{"used_cpu_user_main_thread", "used_cpu_sys_main_thread"} {
 		m := regexp.MustCompile(f + `:([\d.]+)`).FindStringSubmatch(info)
@@ -293,17 +289,11 @@ func BenchmarkRedisShape(b *testing.B) {
 // since the last CONFIG RESETSTAT: the commands the scripts ran.
 func commandsUsec(b *testing.B, c *redis.Client) float64 {
 	b.Helper()
-	info, err := c.Info(ctxb, "commandstats").Result()
-	if err != nil {
-		b.Fatal(err)
-	}
-	var total float64
-	for _, m := range regexp.MustCompile(`cmdstat_([a-z|]+):calls=\d+,usec=(\d+),`).FindAllStringSubmatch(info, -1) {
-		if m[1] == "evalsha" || strings.HasPrefix(m[1], "config") || m[1] == "info" {
-			continue
+	var total int64
+	for name, st := range readCommandStats(b, c) {
+		if !clientCommand(name) {
+			total += st.usec
 		}
-		v, _ := strconv.ParseFloat(m[2], 64)
-		total += v
 	}
-	return total
+	return float64(total)
 }

@@ -173,21 +173,49 @@ func (h *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 	}
 }
 
-// commandStat reads calls and usec_per_call of one command from INFO
-// commandstats.
+// commandStat reads calls and microseconds per call of one command from
+// INFO commandstats.
 func commandStat(t testing.TB, c *redis.Client, name string) (calls int64, usecPerCall float64) {
 	t.Helper()
-	info, err := c.Info(ctxb, "commandstats").Result()
+	st := readCommandStats(t, c)[name]
+	if st.calls == 0 {
+		return 0, 0
+	}
+	return st.calls, float64(st.usec) / float64(st.calls)
+}
+
+// cmdStat is one command's line of INFO commandstats.
+type cmdStat struct{ calls, usec int64 }
+
+// readCommandStats is INFO commandstats by command: what redis-server ran
+// since its stats were last reset, the commands scripts ran included.
+func readCommandStats(t testing.TB, c *redis.Client) map[string]cmdStat {
+	t.Helper()
+	out := map[string]cmdStat{}
+	for _, m := range regexp.MustCompile(`cmdstat_([a-z|]+):calls=(\d+),usec=(\d+),`).FindAllStringSubmatch(redisInfo(t, c, "commandstats"), -1) {
+		calls, _ := strconv.ParseInt(m[2], 10, 64)
+		usec, _ := strconv.ParseInt(m[3], 10, 64)
+		out[m[1]] = cmdStat{calls: calls, usec: usec}
+	}
+	return out
+}
+
+// readsStats reports the commands that read or reset the stats themselves
+// (INFO, CONFIG), which no store call sends.
+func readsStats(name string) bool { return name == "info" || strings.HasPrefix(name, "config") }
+
+// clientCommand reports a command the client sends itself — a script call,
+// or one that reads the stats — rather than one a script ran.
+func clientCommand(name string) bool { return name == "evalsha" || name == "eval" || readsStats(name) }
+
+// redisInfo is the INFO section of c's server.
+func redisInfo(t testing.TB, c *redis.Client, section string) string {
+	t.Helper()
+	info, err := c.Info(ctxb, section).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`cmdstat_` + name + `:calls=(\d+),usec=\d+,usec_per_call=([\d.]+)`).FindStringSubmatch(info)
-	if m == nil {
-		return 0, 0
-	}
-	calls, _ = strconv.ParseInt(m[1], 10, 64)
-	usecPerCall, _ = strconv.ParseFloat(m[2], 64)
-	return calls, usecPerCall
+	return info
 }
 
 func TestRedisOneRoundTripEach(t *testing.T) {
@@ -263,22 +291,15 @@ func TestRedisOneRoundTripEach(t *testing.T) {
 }
 
 // scriptCommands sums INFO commandstats calls of every command but the
-// client's own (EVALSHA, EVAL, INFO, CONFIG): the commands scripts ran.
+// client's own (clientCommand): the commands scripts ran.
 func scriptCommands(t testing.TB, c *redis.Client) (int64, map[string]int64) {
 	t.Helper()
-	info, err := c.Info(ctxb, "commandstats").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var total int64
 	by := map[string]int64{}
-	for _, m := range regexp.MustCompile(`cmdstat_([a-z|]+):calls=(\d+)`).FindAllStringSubmatch(info, -1) {
-		switch name := m[1]; {
-		case name == "evalsha", name == "eval", name == "info", strings.HasPrefix(name, "config"):
-		default:
-			calls, _ := strconv.ParseInt(m[2], 10, 64)
-			by[name] = calls
-			total += calls
+	for name, st := range readCommandStats(t, c) {
+		if !clientCommand(name) {
+			by[name] = st.calls
+			total += st.calls
 		}
 	}
 	return total, by

@@ -161,10 +161,7 @@ func (r *Result) CPUPerExchange() time.Duration {
 // it — which takes the same two cores as the processor, so a processor's
 // answers that cost the generator more lower its throughput ratio too.
 func (r *Result) GeneratorCPUPerExchange() time.Duration {
-	if r.Exchanges == 0 {
-		return 0
-	}
-	return r.GeneratorCPU / time.Duration(r.Exchanges)
+	return perExchange(r.GeneratorCPU, r.Exchanges)
 }
 
 // GeneratorCores is the harness's CPU over the measured wall time, in cores.
