@@ -177,8 +177,11 @@ func (u *UpstreamRedis) writeBounded(ctx context.Context, id string, until time.
 	}
 	done := make(chan error, 1)
 	go func() {
-		defer func() { <-u.writing }()
-		done <- u.write(ctx, id, until)
+		err := u.write(ctx, id, until)
+		// Free before answering: the caller's next cool-down must find this
+		// write finished, not still holding the one slot.
+		<-u.writing
+		done <- err
 	}()
 	t := time.NewTimer(u.opts.Timeout)
 	defer t.Stop()

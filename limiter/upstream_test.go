@@ -258,3 +258,21 @@ func TestUpstreamRedisCluster(t *testing.T) {
 	c := newUpstreamRedis(t, newClusterClient(t, cl.Addrs()), 0)
 	waitFor(t, "a later replica reads every master", func() bool { return c.Stats().Active == 8 })
 }
+
+// TestUpstreamRedisBackToBack: a cool-down learned right after another was
+// written is written too, not kept local as if the last write were still
+// in flight (one write at a time is the bound, a finished one holds none).
+func TestUpstreamRedisBackToBack(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t, redistest.Options{})
+	u := newUpstreamRedis(t, newClient(t, srv.Addr()), 0)
+	until := time.Now().Add(20 * time.Second)
+	for i := range 300 {
+		if err := u.Cooldown(ctx, "up"+strconv.Itoa(i), until); err != nil {
+			t.Fatalf("cool-down %d, right after the one before it: %v", i, err)
+		}
+	}
+	if s := u.Stats(); s.Published != 300 || s.Skipped != 0 {
+		t.Fatalf("stats %+v: every cool-down written", s)
+	}
+}
